@@ -1,0 +1,52 @@
+# Tongxin: the two commands a newcomer needs are `make run` and `make test`.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+APP := appliance
+STAMP := $(VENV)/.installed
+PROTO := $(APP)/src/tongxin/proto
+
+.PHONY: run test lint unit integration proto setup clean bench
+
+# Debian's python3 lacks venv/pip until python3-venv is installed.
+$(BIN)/python:
+	@$(PY) -m venv --help >/dev/null 2>&1 && $(PY) -c 'import ensurepip' 2>/dev/null || \
+	  { echo "installing python3-venv (needs root)"; apt-get update -qq && apt-get install -y -qq python3-venv; }
+	$(PY) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python $(APP)/pyproject.toml
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '$(APP)[dev]'
+	@touch $@
+
+$(PROTO)/tongxin_pb2.py: $(PROTO)/tongxin.proto $(STAMP)
+	cd $(PROTO) && ../../../../$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. tongxin.proto
+
+setup: $(STAMP) $(PROTO)/tongxin_pb2.py
+
+proto: $(PROTO)/tongxin_pb2.py
+
+## run: start one node on embedded defaults (SQLite, in-process queue) at 127.0.0.1:8080
+run: setup
+	$(BIN)/tongxin serve --allow-registration $(ARGS)
+
+lint: setup
+	cd $(APP) && ../$(BIN)/ruff check src tests bench
+	cd $(APP) && ../$(BIN)/mypy
+
+unit: setup
+	cd $(APP) && ../$(BIN)/pytest -q tests/unit
+
+integration: setup
+	cd $(APP) && ../$(BIN)/pytest -q tests/integration
+
+## test: everything CI runs
+test: setup lint
+	cd $(APP) && ../$(BIN)/pytest -q -p no:cacheprovider tests
+
+bench: setup
+	$(BIN)/python $(APP)/bench/relay_bench.py
+
+clean:
+	rm -rf $(VENV) var

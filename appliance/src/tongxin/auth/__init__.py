@@ -1,0 +1,1 @@
+"""Accounts, password hashing, signed tokens and lockout."""

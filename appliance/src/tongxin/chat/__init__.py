@@ -1,0 +1,1 @@
+"""Chat semantics: conversations, the per-conversation log, receipts."""

@@ -1,0 +1,33 @@
+"""A bounded cache of conversation member lists for fan-out.
+
+Every message to a group needs its member list; reading 10,000 rows per
+message would make the store the bottleneck. Entries are dropped when a
+membership change passes through the delivery bus (on every node).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from tongxin.store.ports import ChatStore
+
+
+class MemberCache:
+    def __init__(self, store: ChatStore, capacity: int = 4096) -> None:
+        self.store = store
+        self.capacity = capacity
+        self._cache: OrderedDict[str, frozenset[str]] = OrderedDict()
+
+    async def get(self, conversation_id: str) -> frozenset[str]:
+        members = self._cache.get(conversation_id)
+        if members is not None:
+            self._cache.move_to_end(conversation_id)
+            return members
+        members = frozenset(await self.store.member_ids(conversation_id))
+        self._cache[conversation_id] = members
+        if len(self._cache) > self.capacity:
+            self._cache.popitem(last=False)
+        return members
+
+    def invalidate(self, conversation_id: str) -> None:
+        self._cache.pop(conversation_id, None)

@@ -1,0 +1,427 @@
+"""Chat semantics on top of the ports. No knowledge of sockets or storage engines.
+
+Every change to a conversation is an entry in its log with the next sequence
+number: messages, recalls, edits and membership changes alike. A device that
+was offline therefore catches up on all of them with one SYNC by seq range.
+The ACK for an entry is returned only after ``store.append`` has committed it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from tongxin.chat.members import MemberCache
+from tongxin.clock import now_ms
+from tongxin.config import ChatConfig
+from tongxin.delivery.ports import Delivery, DeliveryBus
+from tongxin.errors import RequestError
+from tongxin.proto import tongxin_pb2 as pb
+from tongxin.store.ports import (
+    ChatStore,
+    ConversationRow,
+    ConversationView,
+    Entry,
+    GroupFull,
+    MemberOps,
+    MemberRow,
+    NoSuchConversation,
+    Unavailable,
+)
+
+CLIENT_ID_MAX = 64
+NAME_MAX = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    user_id: str
+    device_id: str
+
+
+def direct_id(a: str, b: str) -> str:
+    x, y = sorted((a, b))
+    return f"d:{x}:{y}"
+
+
+def entry_to_pb(e: Entry) -> pb.Message:
+    m = pb.Message(
+        conversation_id=e.conversation_id, seq=e.seq, sender_id=e.sender_id,
+        sender_device=e.sender_device, client_msg_id=e.client_msg_id, sent_at_ms=e.sent_at,
+        kind=e.kind, target_seq=e.target_seq, recalled=e.recalled, edited_at_ms=e.edited_at,
+    )
+    # A recalled message's content stays in the store (retention and audit
+    # rules decide its fate) but is never handed to clients again.
+    if e.content and not e.recalled:
+        m.content.ParseFromString(e.content)
+    if e.system:
+        m.system.ParseFromString(e.system)
+    return m
+
+
+def _content_kind(content: pb.Content) -> str | None:
+    return content.WhichOneof("body")
+
+
+class ChatService:
+    def __init__(self, store: ChatStore, bus: DeliveryBus, members: MemberCache,
+                 cfg: ChatConfig, max_message_size: int) -> None:
+        self.store = store
+        self.bus = bus
+        self.members = members
+        self.cfg = cfg
+        self.max_message_size = max_message_size
+
+    # ---- helpers ---------------------------------------------------------
+
+    async def _member(self, conversation_id: str, user_id: str) -> MemberRow:
+        member = await self.store.get_member(conversation_id, user_id)
+        if member is None:
+            # Same answer whether the conversation exists or not: ids of
+            # conversations one is not in are not revealed.
+            raise RequestError(pb.NOT_FOUND, f"no conversation {conversation_id!r} for you")
+        return member
+
+    async def _resolve_users(self, refs: list[str]) -> list[str]:
+        out: list[str] = []
+        for ref in refs:
+            user = (await self.store.get_user(ref) if ref.startswith("u_")
+                    else await self.store.get_user_by_name(ref.strip().lower()))
+            if user is None:
+                raise RequestError(pb.NOT_FOUND, f"no user {ref!r}")
+            if user.id not in out:
+                out.append(user.id)
+        return out
+
+    def _check_content(self, content: pb.Content) -> None:
+        kind = _content_kind(content)
+        if kind is None:
+            raise RequestError(pb.INVALID_ARGUMENT, "message has no content")
+        if kind == "text":
+            if not content.text.strip():
+                raise RequestError(pb.INVALID_ARGUMENT, "text is empty")
+            if len(content.text) > self.cfg.max_text_length:
+                raise RequestError(pb.INVALID_ARGUMENT,
+                                   f"text longer than {self.cfg.max_text_length} characters")
+        elif kind == "file" and not content.file.file_id:
+            raise RequestError(pb.INVALID_ARGUMENT, "file message without file_id")
+
+    @staticmethod
+    def _check_client_id(client_msg_id: str) -> None:
+        if not 1 <= len(client_msg_id) <= CLIENT_ID_MAX:
+            raise RequestError(pb.INVALID_ARGUMENT,
+                               f"client_msg_id must be 1-{CLIENT_ID_MAX} characters")
+
+    async def _append(self, entry: Entry, mark_recalled: bool = False,
+                      mark_edited: bytes | None = None) -> tuple[Entry, bool]:
+        try:
+            return await self.store.append(entry, mark_recalled, mark_edited)
+        except Unavailable as exc:
+            raise RequestError(pb.UNAVAILABLE, f"message not stored: {exc}",
+                               retry_after_ms=1000) from exc
+        except NoSuchConversation as exc:
+            raise RequestError(pb.NOT_FOUND, f"no conversation {entry.conversation_id!r}") from exc
+
+    async def _publish_entry(self, entry: Entry, actor: Actor,
+                             user_ids: tuple[str, ...] = (), members_changed: bool = False) -> None:
+        await self.bus.publish(Delivery(
+            frame_type=pb.DELIVER, payload=entry_to_pb(entry).SerializeToString(),
+            conversation_id=entry.conversation_id, user_ids=user_ids,
+            skip_user=actor.user_id, skip_device=actor.device_id,
+            members_changed=members_changed,
+        ))
+
+    def _ack(self, entry: Entry, duplicate: bool) -> pb.Ack:
+        return pb.Ack(conversation_id=entry.conversation_id, client_msg_id=entry.client_msg_id,
+                      seq=entry.seq, sent_at_ms=entry.sent_at, duplicate=duplicate)
+
+    def _system_entry(self, conversation_id: str, actor: Actor, event: pb.SystemEvent) -> Entry:
+        return Entry(conversation_id=conversation_id, sender_id=actor.user_id,
+                     sender_device=actor.device_id, client_msg_id="sys-" + uuid.uuid4().hex,
+                     sent_at=now_ms(), kind=pb.SYSTEM, system=event.SerializeToString())
+
+    # ---- conversations ---------------------------------------------------
+
+    async def view(self, conv: ConversationRow, user_id: str,
+                   member: MemberRow | None = None) -> pb.Conversation:
+        me = member or await self._member(conv.id, user_id)
+        out = pb.Conversation(
+            conversation_id=conv.id, kind=conv.kind, name=conv.name, last_seq=conv.last_seq,
+            member_count=conv.member_count, my_role=me.role, my_read_seq=me.read_seq,
+            created_at_ms=conv.created_at,
+        )
+        rows = await self.store.list_members(conv.id, 500)
+        for m in rows:
+            out.members.add(user_id=m.user_id, role=m.role, read_seq=m.read_seq,
+                            delivered_seq=m.delivered_seq)
+            if conv.kind == pb.DIRECT and m.user_id != user_id:
+                out.peer_id = m.user_id
+        return out
+
+    async def create(self, actor: Actor, req: pb.CreateConversation) -> pb.Conversation:
+        if req.kind == pb.DIRECT:
+            others = await self._resolve_users(list(req.member_ids))
+            if len(others) != 1 or others[0] == actor.user_id:
+                raise RequestError(pb.INVALID_ARGUMENT,
+                                   "a direct conversation names exactly one other user")
+            cid = direct_id(actor.user_id, others[0])
+            members = [(actor.user_id, pb.MEMBER), (others[0], pb.MEMBER)]
+            name = ""
+        elif req.kind == pb.GROUP:
+            name = req.name.strip()
+            if not name or len(name) > NAME_MAX:
+                raise RequestError(pb.INVALID_ARGUMENT, f"group name must be 1-{NAME_MAX} chars")
+            if len(req.member_ids) > self.cfg.max_members_per_change:
+                raise RequestError(pb.INVALID_ARGUMENT,
+                                   f"at most {self.cfg.max_members_per_change} members per request")
+            others = [u for u in await self._resolve_users(list(req.member_ids))
+                      if u != actor.user_id]
+            if len(others) + 1 > self.cfg.max_group_members:
+                raise RequestError(pb.GROUP_FULL, "too many members")
+            cid = "g:" + uuid.uuid4().hex[:20]
+            members = [(actor.user_id, pb.OWNER)] + [(u, pb.MEMBER) for u in others]
+        else:
+            raise RequestError(pb.INVALID_ARGUMENT, "kind must be DIRECT or GROUP")
+        event = pb.SystemEvent(kind=pb.SystemEvent.CREATED, actor_id=actor.user_id,
+                               user_ids=[u for u, _ in members], name=name)
+        entry = self._system_entry(cid, actor, event)
+        row = ConversationRow(cid, req.kind, name, entry.sent_at, actor.user_id, 0, 0)
+        try:
+            conv, created = await self.store.create_conversation(row, members, entry)
+        except Unavailable as exc:
+            raise RequestError(pb.UNAVAILABLE, str(exc), retry_after_ms=1000) from exc
+        if created:
+            await self._publish_entry(entry, actor, members_changed=True)
+        return await self.view(conv, actor.user_id)
+
+    async def list(self, actor: Actor) -> pb.ConversationList:
+        views: list[ConversationView] = await self.store.conversations_of(actor.user_id)
+        out = pb.ConversationList()
+        for v in views:
+            c = v.conversation
+            out.conversations.add(
+                conversation_id=c.id, kind=c.kind, name=c.name, last_seq=c.last_seq,
+                member_count=c.member_count, my_role=v.me.role, my_read_seq=v.me.read_seq,
+                peer_id=v.peer_id, created_at_ms=c.created_at)
+        return out
+
+    async def change_members(self, actor: Actor, req: pb.MemberChange) -> pb.Conversation:
+        conv = await self.store.get_conversation(req.conversation_id)
+        me = await self._member(req.conversation_id, actor.user_id)
+        assert conv is not None
+        if conv.kind != pb.GROUP:
+            raise RequestError(pb.FORBIDDEN, "members of a direct conversation cannot change")
+        if len(req.user_ids) > self.cfg.max_members_per_change:
+            raise RequestError(pb.INVALID_ARGUMENT,
+                               f"at most {self.cfg.max_members_per_change} users per request")
+        ops = MemberOps()
+        event = pb.SystemEvent(actor_id=actor.user_id)
+        is_admin = me.role in (pb.ADMIN, pb.OWNER)
+        before = await self.members.get(conv.id)
+        if req.op == pb.MemberChange.ADD:
+            if not is_admin:
+                raise RequestError(pb.FORBIDDEN, "only the owner or an admin can add members")
+            users = [u for u in await self._resolve_users(list(req.user_ids)) if u not in before]
+            if not users:
+                raise RequestError(pb.INVALID_ARGUMENT, "no new members to add")
+            ops.add = [(u, pb.MEMBER) for u in users]
+            event.kind, event.user_ids[:] = pb.SystemEvent.MEMBERS_ADDED, users
+        elif req.op == pb.MemberChange.REMOVE:
+            users = [u for u in await self._resolve_users(list(req.user_ids)) if u in before]
+            if not users:
+                raise RequestError(pb.NOT_FOUND, "none of those users is a member")
+            for u in users:
+                target = await self.store.get_member(conv.id, u)
+                if u == actor.user_id:
+                    raise RequestError(pb.INVALID_ARGUMENT, "use LEAVE to leave a group")
+                if target is None or target.role >= me.role or not is_admin:
+                    raise RequestError(pb.FORBIDDEN,
+                                       "you may remove only members of a lower role")
+            ops.remove = users
+            event.kind, event.user_ids[:] = pb.SystemEvent.MEMBERS_REMOVED, users
+        elif req.op == pb.MemberChange.LEAVE:
+            ops.remove = [actor.user_id]
+            event.kind, event.user_ids[:] = pb.SystemEvent.MEMBER_LEFT, [actor.user_id]
+            if me.role == pb.OWNER:
+                # Ownership passes on rather than leaving a group nobody can run.
+                heir = next((m for m in await self.store.list_members(conv.id, 2)
+                             if m.user_id != actor.user_id), None)
+                if heir is not None:
+                    ops.set_role = [(heir.user_id, pb.OWNER)]
+        elif req.op == pb.MemberChange.SET_ROLE:
+            if me.role != pb.OWNER:
+                raise RequestError(pb.FORBIDDEN, "only the owner can change roles")
+            if req.role not in (pb.MEMBER, pb.ADMIN, pb.OWNER):
+                raise RequestError(pb.INVALID_ARGUMENT, "role must be MEMBER, ADMIN or OWNER")
+            users = [u for u in await self._resolve_users(list(req.user_ids)) if u in before]
+            if not users or actor.user_id in users:
+                raise RequestError(pb.INVALID_ARGUMENT, "name members other than yourself")
+            if req.role == pb.OWNER and len(users) != 1:
+                raise RequestError(pb.INVALID_ARGUMENT, "ownership goes to exactly one member")
+            ops.set_role = [(u, req.role) for u in users]
+            if req.role == pb.OWNER:
+                ops.set_role.append((actor.user_id, pb.ADMIN))
+            event.kind, event.user_ids[:], event.role = (pb.SystemEvent.ROLE_CHANGED, users,
+                                                         req.role)
+        elif req.op == pb.MemberChange.RENAME:
+            if not is_admin:
+                raise RequestError(pb.FORBIDDEN, "only the owner or an admin can rename")
+            name = req.name.strip()
+            if not name or len(name) > NAME_MAX:
+                raise RequestError(pb.INVALID_ARGUMENT, f"group name must be 1-{NAME_MAX} chars")
+            ops.rename = name
+            event.kind, event.name = pb.SystemEvent.RENAMED, name
+        else:
+            raise RequestError(pb.INVALID_ARGUMENT, "unknown member operation")
+        entry = self._system_entry(conv.id, actor, event)
+        try:
+            await self.store.change_members(conv.id, ops, entry, self.cfg.max_group_members)
+        except GroupFull as exc:
+            raise RequestError(pb.GROUP_FULL, str(exc)) from exc
+        except Unavailable as exc:
+            raise RequestError(pb.UNAVAILABLE, str(exc), retry_after_ms=1000) from exc
+        self.members.invalidate(conv.id)
+        # Removed members hear of their removal, new ones of their addition.
+        after = await self.members.get(conv.id)
+        await self._publish_entry(entry, actor, user_ids=tuple(before | after),
+                                  members_changed=True)
+        conv = await self.store.get_conversation(conv.id)
+        assert conv is not None
+        if req.op == pb.MemberChange.LEAVE:
+            return pb.Conversation(conversation_id=conv.id, kind=conv.kind, name=conv.name,
+                                   last_seq=conv.last_seq, member_count=conv.member_count)
+        return await self.view(conv, actor.user_id)
+
+    # ---- the log ---------------------------------------------------------
+
+    async def send(self, actor: Actor, req: pb.SendRequest) -> pb.Ack:
+        self._check_client_id(req.client_msg_id)
+        self._check_content(req.content)
+        await self._member(req.conversation_id, actor.user_id)
+        entry = Entry(conversation_id=req.conversation_id, sender_id=actor.user_id,
+                      sender_device=actor.device_id, client_msg_id=req.client_msg_id,
+                      sent_at=now_ms(), kind=pb.CHAT, content=req.content.SerializeToString())
+        stored, duplicate = await self._append(entry)
+        if not duplicate:
+            await self._publish_entry(stored, actor)
+        return self._ack(stored, duplicate)
+
+    async def _own_target(self, actor: Actor, conversation_id: str, target_seq: int,
+                          window: float, verb: str) -> tuple[MemberRow, Entry]:
+        me = await self._member(conversation_id, actor.user_id)
+        target = await self.store.get_entry(conversation_id, target_seq)
+        if target is None or target.kind != pb.CHAT or target.seq < me.joined_seq:
+            raise RequestError(pb.NOT_FOUND, f"no message {target_seq} to {verb}")
+        if target.recalled:
+            raise RequestError(pb.CONFLICT, f"message {target_seq} was recalled")
+        own = target.sender_id == actor.user_id
+        if not own and not (verb == "recall" and me.role in (pb.ADMIN, pb.OWNER)):
+            raise RequestError(pb.FORBIDDEN, f"you may {verb} only your own messages")
+        if now_ms() - target.sent_at > window * 1000:
+            raise RequestError(pb.RECALL_WINDOW_EXPIRED,
+                               f"messages can be {verb}ed only within {window:g}s of sending")
+        return me, target
+
+    async def recall(self, actor: Actor, req: pb.RecallRequest) -> pb.Ack:
+        self._check_client_id(req.client_msg_id)
+        prior = await self._replayed(actor, req.conversation_id, req.client_msg_id)
+        if prior is not None:
+            return prior
+        await self._own_target(actor, req.conversation_id, req.target_seq,
+                               self.cfg.recall_window, "recall")
+        entry = Entry(conversation_id=req.conversation_id, sender_id=actor.user_id,
+                      sender_device=actor.device_id, client_msg_id=req.client_msg_id,
+                      sent_at=now_ms(), kind=pb.RECALLED, target_seq=req.target_seq)
+        stored, duplicate = await self._append(entry, mark_recalled=True)
+        if not duplicate:
+            await self._publish_entry(stored, actor)
+        return self._ack(stored, duplicate)
+
+    async def edit(self, actor: Actor, req: pb.EditRequest) -> pb.Ack:
+        self._check_client_id(req.client_msg_id)
+        prior = await self._replayed(actor, req.conversation_id, req.client_msg_id)
+        if prior is not None:
+            return prior
+        self._check_content(req.content)
+        if _content_kind(req.content) != "text":
+            raise RequestError(pb.INVALID_ARGUMENT, "only text messages can be edited")
+        _, target = await self._own_target(actor, req.conversation_id, req.target_seq,
+                                           self.cfg.edit_window, "edit")
+        if target.sender_id != actor.user_id:
+            raise RequestError(pb.FORBIDDEN, "you may edit only your own messages")
+        content = req.content.SerializeToString()
+        entry = Entry(conversation_id=req.conversation_id, sender_id=actor.user_id,
+                      sender_device=actor.device_id, client_msg_id=req.client_msg_id,
+                      sent_at=now_ms(), kind=pb.EDITED, target_seq=req.target_seq,
+                      content=content)
+        stored, duplicate = await self._append(entry, mark_edited=content)
+        if not duplicate:
+            await self._publish_entry(stored, actor)
+        return self._ack(stored, duplicate)
+
+    async def _replayed(self, actor: Actor, conversation_id: str,
+                        client_msg_id: str) -> pb.Ack | None:
+        """A re-sent recall/edit is answered from the log before the checks that
+        would now refuse it: the first attempt may have been stored while its
+        ACK was lost, and the retry must get the same ACK."""
+        await self._member(conversation_id, actor.user_id)
+        prior = await self.store.find_by_client_id(conversation_id, actor.user_id, client_msg_id)
+        return self._ack(prior, True) if prior is not None else None
+
+    async def sync(self, actor: Actor, req: pb.SyncRequest) -> pb.SyncResponse:
+        me = await self._member(req.conversation_id, actor.user_id)
+        limit = min(req.limit or self.cfg.sync_page_max, self.cfg.sync_page_max)
+        if req.before_seq:
+            rows = await self.store.entries_before(req.conversation_id, req.before_seq,
+                                                   limit + 1, me.joined_seq)
+            has_more = len(rows) > limit
+            rows = rows[-limit:]
+        else:
+            rows = await self.store.entries_after(req.conversation_id, req.after_seq,
+                                                  limit + 1, me.joined_seq)
+            has_more = len(rows) > limit
+            rows = rows[:limit]
+        conv = await self.store.get_conversation(req.conversation_id)
+        out = pb.SyncResponse(conversation_id=req.conversation_id, has_more=has_more,
+                              last_seq=conv.last_seq if conv else 0)
+        out.messages.extend(entry_to_pb(e) for e in rows)
+        return out
+
+    # ---- ephemeral: receipts and typing ----------------------------------
+
+    async def receipt(self, actor: Actor, req: pb.Receipt) -> None:
+        if req.kind not in (pb.DELIVERED, pb.READ):
+            raise RequestError(pb.INVALID_ARGUMENT, "receipt kind must be DELIVERED or READ")
+        await self._member(req.conversation_id, actor.user_id)
+        conv = await self.store.get_conversation(req.conversation_id)
+        assert conv is not None
+        if req.seq > conv.last_seq:
+            raise RequestError(pb.INVALID_ARGUMENT,
+                               f"seq {req.seq} is beyond the conversation's last {conv.last_seq}")
+        kind = "read" if req.kind == pb.READ else "delivered"
+        try:
+            seq = await self.store.set_cursor(req.conversation_id, actor.user_id, kind, req.seq)
+        except Unavailable as exc:
+            raise RequestError(pb.UNAVAILABLE, str(exc), retry_after_ms=1000) from exc
+        event = pb.Receipt(conversation_id=req.conversation_id, kind=req.kind, seq=seq,
+                           user_id=actor.user_id, device_id=actor.device_id, at_ms=now_ms())
+        recipients: tuple[str, ...] = ()
+        if conv.member_count > self.cfg.receipt_fanout_limit:
+            recipients = (actor.user_id,)
+        await self.bus.publish(Delivery(
+            frame_type=pb.RECEIPT, payload=event.SerializeToString(),
+            conversation_id=req.conversation_id, user_ids=recipients,
+            skip_user=actor.user_id, skip_device=actor.device_id))
+
+    async def typing(self, actor: Actor, req: pb.Typing) -> None:
+        await self._member(req.conversation_id, actor.user_id)
+        members = await self.members.get(req.conversation_id)
+        if len(members) > self.cfg.typing_fanout_limit:
+            return
+        event = pb.Typing(conversation_id=req.conversation_id, user_id=actor.user_id,
+                          typing=req.typing)
+        await self.bus.publish(Delivery(
+            frame_type=pb.TYPING, payload=event.SerializeToString(),
+            conversation_id=req.conversation_id, skip_user=actor.user_id,
+            skip_device=actor.device_id))
+

@@ -1,0 +1,204 @@
+"""``tongxin chat``: a line-based terminal client built on the SDK.
+
+Type a line to send it to the open conversation; commands start with '/'
+(``/help`` lists them). Incoming messages print as they arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import sys
+
+from tongxin.client import Client, ConnectionClosed, Event, TongxinError
+from tongxin.proto import tongxin_pb2 as pb
+
+HELP = """commands:
+  /dm USER              open a direct conversation with USER
+  /group NAME USER...   create a group and open it
+  /add USER...          add members to the open group
+  /open CONV_ID         open a conversation by id
+  /list                 list your conversations with unread counts
+  /history [N]          show the last N entries of the open conversation
+  /recall SEQ           recall your message SEQ
+  /edit SEQ TEXT        replace the text of your message SEQ
+  /who USER...          show whether users are online
+  /quit                 leave
+anything else is sent as a message to the open conversation"""
+
+
+class ChatUI:
+    def __init__(self, client: Client) -> None:
+        self.c = client
+        self.current = ""
+        self.names: dict[str, str] = {}
+
+    def out(self, text: str) -> None:
+        print(text, flush=True)
+
+    async def name(self, user_id: str) -> str:
+        if user_id not in self.names:
+            with contextlib.suppress(TongxinError):
+                for u in await self.c.users([user_id]):
+                    self.names[u.user_id] = u.username
+        return self.names.get(user_id, user_id)
+
+    async def render(self, m: pb.Message) -> str:
+        who = await self.name(m.sender_id)
+        where = f"[{m.conversation_id}#{m.seq}]"
+        if m.kind == pb.CHAT:
+            if m.recalled:
+                return f"{where} {who}: (recalled)"
+            body = m.content.text if m.content.HasField("text") else (
+                f"<file {m.content.file.name}>" if m.content.HasField("file") else "<encrypted>")
+            edited = " (edited)" if m.edited_at_ms else ""
+            return f"{where} {who}: {body}{edited}"
+        if m.kind == pb.RECALLED:
+            return f"{where} {who} recalled message {m.target_seq}"
+        if m.kind == pb.EDITED:
+            return f"{where} {who} edited message {m.target_seq}: {m.content.text}"
+        names = [await self.name(u) for u in m.system.user_ids]
+        kind = pb.SystemEvent.Kind.Name(m.system.kind).lower().replace("_", " ")
+        return f"{where} {who}: {kind} {', '.join(names)} {m.system.name}".rstrip()
+
+    async def on_event(self, ev: Event) -> None:
+        if ev.type == pb.DELIVER:
+            m: pb.Message = ev.message
+            self.out(await self.render(m))
+            if m.conversation_id == self.current:
+                await self.c.read(m.conversation_id, m.seq)
+        elif ev.type == pb.RECEIPT and ev.message.kind == pb.READ:
+            who = await self.name(ev.message.user_id)
+            self.out(f"  ({who} read up to #{ev.message.seq} in {ev.message.conversation_id})")
+        elif ev.type == pb.TYPING and ev.message.typing:
+            self.out(f"  ({await self.name(ev.message.user_id)} is typing...)")
+        elif ev.type == pb.PRESENCE:
+            for e in ev.message.entries:
+                state = pb.PresenceStatus.Name(e.status).lower()
+                self.out(f"  ({await self.name(e.user_id)} is {state})")
+        elif ev.type == pb.ERROR:
+            self.out(f"! {pb.ErrorCode.Name(ev.message.code)}: {ev.message.message}")
+
+    async def open(self, conv: pb.Conversation) -> None:
+        self.current = conv.conversation_id
+        label = conv.name or await self.name(conv.peer_id)
+        self.out(f"-- now in {label} ({conv.conversation_id}); last seq {conv.last_seq}")
+        if conv.peer_id:
+            await self.c.subscribe_presence([conv.peer_id])
+        page = await self.c.sync(conv.conversation_id, before_seq=conv.last_seq + 1, limit=10)
+        for m in page.messages:
+            self.out(await self.render(m))
+        if page.messages:
+            await self.c.read(conv.conversation_id, page.messages[-1].seq)
+
+    async def command(self, line: str) -> bool:
+        parts = line.split()
+        cmd, rest = parts[0], parts[1:]
+        if cmd == "/quit":
+            return False
+        if cmd == "/help":
+            self.out(HELP)
+        elif cmd == "/dm" and len(rest) == 1:
+            await self.open(await self.c.direct(rest[0]))
+        elif cmd == "/group" and rest:
+            await self.open(await self.c.create_group(rest[0], rest[1:]))
+        elif cmd == "/add" and rest and self.current:
+            await self.c.change_members(self.current, pb.MemberChange.ADD, rest)
+        elif cmd == "/open" and len(rest) == 1:
+            convs = {c.conversation_id: c for c in await self.c.conversations()}
+            if rest[0] not in convs:
+                self.out(f"! no conversation {rest[0]}")
+            else:
+                await self.open(convs[rest[0]])
+        elif cmd == "/list":
+            for c in await self.c.conversations():
+                label = c.name or await self.name(c.peer_id)
+                unread = c.last_seq - c.my_read_seq
+                self.out(f"{c.conversation_id}  {label}  unread {unread}")
+        elif cmd == "/history" and self.current:
+            n = int(rest[0]) if rest and rest[0].isdigit() else 20
+            convs = {c.conversation_id: c for c in await self.c.conversations()}
+            last = convs[self.current].last_seq if self.current in convs else 0
+            page = await self.c.sync(self.current, before_seq=last + 1, limit=n)
+            for m in page.messages:
+                self.out(await self.render(m))
+        elif cmd == "/recall" and len(rest) == 1 and rest[0].isdigit() and self.current:
+            await self.c.recall(self.current, int(rest[0]))
+            self.out(f"  recalled #{rest[0]}")
+        elif cmd == "/edit" and len(rest) >= 2 and rest[0].isdigit() and self.current:
+            await self.c.edit(self.current, int(rest[0]), " ".join(rest[1:]))
+            self.out(f"  edited #{rest[0]}")
+        elif cmd == "/who" and rest:
+            ids = [u.user_id for u in await self.c.users(rest)]
+            update = await self.c.subscribe_presence(ids)
+            for e in update.entries:
+                self.out(f"  {await self.name(e.user_id)}: "
+                         f"{pb.PresenceStatus.Name(e.status).lower()} ({e.devices} devices)")
+        else:
+            self.out("? unknown command or missing argument; /help lists commands")
+        return True
+
+    async def line(self, text: str) -> bool:
+        text = text.strip()
+        if not text:
+            return True
+        try:
+            if text.startswith("/"):
+                return await self.command(text)
+            if not self.current:
+                self.out("? open a conversation first: /dm USER or /group NAME USER...")
+                return True
+            ack = await self.c.send_text(self.current, text)
+            self.out(f"  sent #{ack.seq}")
+        except TongxinError as err:
+            self.out(f"! {pb.ErrorCode.Name(err.code)}: {err.message}")
+        return True
+
+
+async def _stdin_lines() -> asyncio.StreamReader:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    return reader
+
+
+async def run_chat(url: str, user: str, password: str, *, register: bool = False,
+                   device_id: str = "", open_with: str = "") -> int:
+    device = device_id or f"cli-{socket.gethostname()}"[:64]
+    client = Client(url, device_id=device, client_name="tongxin-cli")
+    try:
+        await client.connect()
+        auth = await (client.register(user, password) if register
+                      else client.login(user, password))
+    except TongxinError as err:
+        print(f"tongxin: {err.message}", file=sys.stderr)
+        await client.close()
+        return 1
+    except OSError as exc:
+        print(f"tongxin: cannot connect to {url}: {exc}", file=sys.stderr)
+        await client.close()
+        return 1
+    ui = ChatUI(client)
+    ui.names[auth.user_id] = auth.username
+    ui.out(f"logged in as {auth.username}; /help for commands")
+
+    async def pump() -> None:
+        while True:
+            await ui.on_event(await client.events.get())
+
+    events = asyncio.create_task(pump())
+    try:
+        if open_with:
+            await ui.line(f"/dm {open_with}")
+        reader = await _stdin_lines()
+        while True:
+            raw = await reader.readline()
+            if not raw or not await ui.line(raw.decode(errors="replace")):
+                break
+    except ConnectionClosed as exc:
+        print(f"tongxin: {exc}", file=sys.stderr)
+    finally:
+        events.cancel()
+        await client.close()
+    return 0

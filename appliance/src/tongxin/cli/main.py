@@ -1,0 +1,248 @@
+"""The ``tongxin`` command: serve, administer accounts, chat in a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from tongxin.config import Config, ConfigError, documented_keys, load_config, parse_listen
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return int(uvloop.run(coro))
+
+
+def _config(args: argparse.Namespace) -> Config:
+    cfg = load_config(args.config)
+    if getattr(args, "listen", None):
+        parse_listen(args.listen)
+        cfg.server.listen = args.listen
+    if getattr(args, "allow_registration", False):
+        cfg.accounts.self_registration = True
+    return cfg
+
+
+def _password(args: argparse.Namespace, confirm: bool = False) -> str:
+    if getattr(args, "password_stdin", False):
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass("password: ")
+    if confirm and getpass.getpass("again: ") != first:
+        raise SystemExit("passwords differ")
+    return first
+
+
+# ---- serve ---------------------------------------------------------------------
+
+
+async def _serve(cfg: Config) -> int:
+    from aiohttp import web
+
+    from tongxin.logs import setup_logging
+    from tongxin.server.node import Node
+
+    setup_logging(cfg.logging.level, cfg.logging.json)
+    node = Node(cfg)
+    runner = web.AppRunner(node.app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    host, port = cfg.listen_address()
+    site = web.TCPSite(runner, host, port, backlog=4096)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        print(f"tongxin: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    print(f"Tongxin {node.node_id} is running on embedded defaults "
+          f"(data in {cfg.home.resolve()}).", flush=True)
+    print(f"  web client:  http://{shown}:{port}/", flush=True)
+    print(f"  WebSocket:   ws://{shown}:{port}/ws", flush=True)
+    print("  Press Ctrl+C to stop.", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    return _run(_serve(_config(args)))
+
+
+# ---- accounts ------------------------------------------------------------------
+
+
+async def _with_accounts(cfg: Config, fn: Callable[[Any], Coroutine[Any, Any, int]]) -> int:
+    from tongxin.auth.accounts import Accounts
+    from tongxin.auth.tokens import TokenSigner, load_or_create_key
+    from tongxin.server.node import make_store
+
+    store = make_store(cfg)
+    await store.open()
+    try:
+        key = load_or_create_key(cfg.home / "secrets" / "token.key")
+        return await fn(Accounts(store, TokenSigner(key), cfg.accounts))
+    finally:
+        await store.close()
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    from tongxin.clock import now_ms
+    from tongxin.errors import RequestError
+
+    cfg = _config(args)
+
+    async def run(acc: Any) -> int:
+        store = acc.store
+        if args.action == "add":
+            password = _password(args, confirm=True)
+            try:
+                user = await acc.create_user(args.username, password, args.display_name or "")
+            except RequestError as err:
+                print(f"tongxin: {err.message}", file=sys.stderr)
+                return 1
+            print(f"created {user.username} ({user.id})")
+            return 0
+        if args.action == "list":
+            for u in await store.list_users():
+                state = ("disabled" if u.disabled else
+                         "locked" if u.locked_until > now_ms() else "active")
+                print(f"{u.id}\t{u.username}\t{u.display_name}\t{state}")
+            return 0
+        user = await store.get_user_by_name(args.username.lower())
+        if user is None:
+            print(f"tongxin: no user {args.username!r}", file=sys.stderr)
+            return 1
+        if args.action == "disable":
+            await store.set_disabled(user.id, True)
+            n = await store.revoke_user_tokens(user.id, now_ms())
+            print(f"disabled {user.username}; revoked {n} tokens")
+        elif args.action == "enable":
+            await store.set_disabled(user.id, False)
+            print(f"enabled {user.username}")
+        elif args.action == "unlock":
+            await store.update_login_state(user.id, 0, 0, 0)
+            print(f"unlocked {user.username}")
+        elif args.action == "passwd":
+            from tongxin.auth.passwords import check_policy, hash_password
+
+            password = _password(args, confirm=True)
+            why = check_policy(password, cfg.accounts.password_min_length)
+            if why:
+                print(f"tongxin: {why}", file=sys.stderr)
+                return 1
+            await store.set_password(user.id, hash_password(password, cfg.accounts.scrypt_n))
+            n = await store.revoke_user_tokens(user.id, now_ms())
+            print(f"password changed for {user.username}; revoked {n} tokens")
+        elif args.action == "revoke-tokens":
+            n = await store.revoke_user_tokens(user.id, now_ms())
+            print(f"revoked {n} tokens of {user.username}")
+        return 0
+
+    return _run(_with_accounts(cfg, run))
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from tongxin.server.node import make_store
+
+    cfg = _config(args)
+
+    async def run() -> int:
+        store = make_store(cfg)
+        await store.open()  # opening applies pending schema migrations
+        await store.close()
+        print(f"schema up to date ({cfg.storage.backend})")
+        return 0
+
+    return _run(run())
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.action == "check":
+        _config(args)
+        print("configuration is valid")
+        return 0
+    for key, default, doc in documented_keys():
+        print(f"{key}: {default!r}  # {doc}")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from tongxin.cli.chat import run_chat
+
+    password = "" if args.register is False and args.token else _password(args)
+    return _run(run_chat(args.url, args.user, password, register=args.register,
+                         device_id=args.device, open_with=args.to))
+
+
+# ---- parser --------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tongxin", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", help="YAML configuration file (see docs/operations.md)")
+
+    s = sub.add_parser("serve", help="run a node (embedded defaults without --config)")
+    common(s)
+    s.add_argument("--listen", help="HOST:PORT to listen on (default 127.0.0.1:8080)")
+    s.add_argument("--allow-registration", action="store_true",
+                   help="let people create their own accounts (accounts.self_registration)")
+    s.set_defaults(func=cmd_serve)
+
+    u = sub.add_parser("user", help="administer accounts")
+    common(u)
+    u.add_argument("action", choices=["add", "list", "disable", "enable", "unlock", "passwd",
+                                      "revoke-tokens"])
+    u.add_argument("username", nargs="?", default="")
+    u.add_argument("--display-name")
+    u.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    u.set_defaults(func=cmd_user)
+
+    m = sub.add_parser("migrate", help="create or upgrade the database schema")
+    common(m)
+    m.set_defaults(func=cmd_migrate)
+
+    c = sub.add_parser("config", help="print every configuration key, or check a file")
+    common(c)
+    c.add_argument("action", choices=["defaults", "check"])
+    c.set_defaults(func=cmd_config)
+
+    ch = sub.add_parser("chat", help="chat in the terminal")
+    ch.add_argument("--url", default="ws://127.0.0.1:8080/ws")
+    ch.add_argument("--user", required=True)
+    ch.add_argument("--device", default="", help="device id (default: cli-<hostname>)")
+    ch.add_argument("--register", action="store_true", help="create the account first")
+    ch.add_argument("--to", default="", help="open a direct chat with this user at start")
+    ch.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    ch.add_argument("--token", default="", help=argparse.SUPPRESS)
+    ch.set_defaults(func=cmd_chat)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"tongxin: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

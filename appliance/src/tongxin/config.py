@@ -1,0 +1,214 @@
+"""Configuration: dataclasses with documented defaults, loaded from strict YAML.
+
+Every key, its default and its meaning live in the ``doc`` metadata below;
+docs/operations.md carries the same table and a test keeps the two equal.
+Unknown keys and values of the wrong type are rejected with a message naming
+the key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the key."""
+
+
+def _f(default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass
+class ServerConfig:
+    listen: str = _f("127.0.0.1:8080", "HOST:PORT the HTTP and WebSocket listener binds")
+    max_frame_payload: int = _f(65536, "largest payload of one frame; larger messages are fragmented")
+    max_message_size: int = _f(8388608, "largest reassembled (and decompressed) message payload")
+    compression_threshold: int = _f(1024, "payloads of at least this many bytes are zstd-compressed")
+    fragment_timeout: float = _f(30.0, "seconds a fragmented message may take to complete")
+    auth_timeout: float = _f(10.0, "seconds a new connection has to authenticate")
+    heartbeat_interval: float = _f(30.0, "seconds between client pings (jittered +-20%)")
+    idle_timeout_factor: float = _f(3.0, "a connection silent this many heartbeat intervals is closed")
+    send_queue_frames: int = _f(2048, "frames queued to one slow connection before it is dropped")
+    send_queue_bytes: int = _f(16777216, "bytes queued to one slow connection before it is dropped")
+    max_unauthenticated_errors: int = _f(5, "frames before AUTH tolerated before the connection closes")
+    gc_freeze: bool = _f(True, "freeze start-up objects out of the cyclic GC (shorter pauses)")
+    web_client: bool = _f(True, "serve the web client at /")
+
+
+@dataclass
+class StorageConfig:
+    backend: str = _f("sqlite", "history and accounts backend: sqlite")
+    sqlite_path: str = _f("", "SQLite file; empty means <data_dir>/tongxin.db")
+    sqlite_synchronous: str = _f("full", "SQLite synchronous mode: full (fsync per batch) or normal")
+    batch_max: int = _f(256, "writes committed together in one transaction (group commit)")
+
+
+@dataclass
+class AccountsConfig:
+    self_registration: bool = _f(False, "allow REGISTER frames and POST /api/v1/register")
+    token_ttl: float = _f(604800.0, "seconds a login token stays valid")
+    lockout_threshold: int = _f(5, "failed logins within lockout_window that lock the account")
+    lockout_window: float = _f(900.0, "seconds over which failed logins are counted")
+    lockout_duration: float = _f(900.0, "seconds an account stays locked")
+    password_min_length: int = _f(8, "shortest password accepted")
+    scrypt_n: int = _f(16384, "scrypt cost parameter N for password hashes (power of two)")
+
+
+@dataclass
+class ChatConfig:
+    recall_window: float = _f(120.0, "seconds after sending during which a message can be recalled")
+    edit_window: float = _f(86400.0, "seconds after sending during which a message can be edited")
+    max_group_members: int = _f(10000, "members a group may hold")
+    max_members_per_change: int = _f(1000, "users one MEMBERS request may add or remove")
+    sync_page_max: int = _f(200, "entries one SYNC answer returns at most")
+    max_text_length: int = _f(16384, "characters one text message may hold")
+    rate_limit_per_second: float = _f(20.0, "sustained frames per second one user may send")
+    rate_limit_burst: float = _f(100.0, "burst of frames one user may send above the rate")
+    receipt_fanout_limit: int = _f(500, "groups larger than this send receipts only to own devices")
+    typing_fanout_limit: int = _f(500, "groups larger than this do not relay typing")
+
+
+@dataclass
+class LoggingConfig:
+    level: str = _f("info", "log level: debug, info, warning, error")
+    json: bool = _f(True, "structured JSON lines on stderr (false: plain text)")
+
+
+@dataclass
+class Config:
+    data_dir: str = _f("", "state directory; empty means $TONGXIN_HOME, else ./var")
+    node_id: str = _f("", "name of this node in logs and routing; empty means hostname:port")
+    server: ServerConfig = field(default_factory=ServerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    accounts: AccountsConfig = field(default_factory=AccountsConfig)
+    chat: ChatConfig = field(default_factory=ChatConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    @property
+    def home(self) -> Path:
+        return Path(self.data_dir or os.environ.get("TONGXIN_HOME") or "var")
+
+    @property
+    def sqlite_file(self) -> Path:
+        return Path(self.storage.sqlite_path) if self.storage.sqlite_path else self.home / "tongxin.db"
+
+    def listen_address(self) -> tuple[str, int]:
+        return parse_listen(self.server.listen)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"server.listen: expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+_CHOICES = {
+    "storage.backend": ("sqlite",),
+    "storage.sqlite_synchronous": ("full", "normal"),
+    "logging.level": ("debug", "info", "warning", "error"),
+}
+
+
+def _build(cls: type[Any], data: Any, path: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        where = f"{path}.{key}" if path else str(key)
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown configuration key {where!r}{hint}")
+        want = hints[key]
+        if dataclasses.is_dataclass(want):
+            kwargs[key] = _build(want, value, where)  # type: ignore[arg-type]
+            continue
+        kwargs[key] = _coerce(want, value, where)
+    obj = cls(**kwargs)
+    _validate(obj, path)
+    return obj
+
+
+def _coerce(want: Any, value: Any, where: str) -> Any:
+    # bool is a subclass of int in Python; YAML "yes" must not become 1.
+    if want is bool:
+        if isinstance(value, bool):
+            return value
+    elif want is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif want is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif want is str:
+        if isinstance(value, str):
+            return value
+    name = getattr(want, "__name__", str(want))
+    raise ConfigError(f"{where}: expected {name}, got {type(value).__name__} {value!r}")
+
+
+def _validate(obj: Any, path: str) -> None:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        where = f"{path}.{f.name}" if path else f.name
+        choices = _CHOICES.get(where)
+        if choices and value not in choices:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}")
+        if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+            raise ConfigError(f"{where}: must not be negative, got {value}")
+    if isinstance(obj, ServerConfig):
+        parse_listen(obj.listen)
+        if obj.max_frame_payload < 1024:
+            raise ConfigError("server.max_frame_payload: must be at least 1024")
+        if obj.max_message_size < obj.max_frame_payload:
+            raise ConfigError("server.max_message_size: must be at least server.max_frame_payload")
+    if isinstance(obj, AccountsConfig) and obj.scrypt_n & (obj.scrypt_n - 1):
+        raise ConfigError("accounts.scrypt_n: must be a power of two")
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> Config:
+    data: Any = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    cfg: Config = _build(Config, data, "")
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition("__")
+        target = getattr(cfg, section) if key else cfg
+        setattr(target, key or section, value)
+    return cfg
+
+
+def documented_keys() -> list[tuple[str, Any, str]]:
+    """(dotted key, default, doc) for every key, in declaration order."""
+    out: list[tuple[str, Any, str]] = []
+
+    def walk(cls: type[Any], prefix: str) -> None:
+        hints = get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], f"{prefix}{f.name}.")
+            else:
+                out.append((prefix + f.name, f.default, f.metadata["doc"]))
+
+    walk(Config, "")
+    return out

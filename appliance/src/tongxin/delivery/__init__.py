@@ -1,0 +1,1 @@
+"""Delivery port: how a stored entry reaches every node that holds a recipient."""

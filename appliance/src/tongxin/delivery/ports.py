@@ -1,0 +1,38 @@
+"""The delivery port. In-process by default; Kafka in production.
+
+A Delivery is what one node tells every node (itself included): "push this
+frame to these users' connected devices". It carries the encoded payload so
+no node needs to read the store to fan out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    frame_type: int
+    payload: bytes
+    conversation_id: str = ""
+    # Recipients; empty means every current member of conversation_id.
+    user_ids: tuple[str, ...] = ()
+    # (user_id, device_id) that must not receive it: the sending device,
+    # which already has the ACK.
+    skip_user: str = ""
+    skip_device: str = ""
+    # Set on membership changes: nodes drop cached member lists first.
+    members_changed: bool = False
+    # Presence updates go to the connections watching this user instead.
+    watchers_of: str = ""
+
+
+Handler = Callable[[Delivery], Awaitable[None]]
+
+
+class DeliveryBus(Protocol):
+    async def start(self, handler: Handler) -> None: ...
+    async def publish(self, delivery: Delivery) -> None: ...
+    async def close(self) -> None: ...

@@ -1,0 +1,1 @@
+"""Presence port: which users are online, on how many devices."""

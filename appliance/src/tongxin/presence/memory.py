@@ -1,0 +1,40 @@
+"""Embedded default presence: a dict, valid for one node."""
+
+from __future__ import annotations
+
+from tongxin.clock import now_ms
+from tongxin.presence.ports import PresenceEntry
+
+
+class MemoryPresence:
+    def __init__(self) -> None:
+        self._devices: dict[str, set[tuple[str, str]]] = {}
+        self._last_seen: dict[str, int] = {}
+
+    async def device_online(self, user_id: str, device_id: str, node_id: str) -> bool:
+        devices = self._devices.setdefault(user_id, set())
+        was_offline = not devices
+        devices.add((node_id, device_id))
+        self._last_seen[user_id] = now_ms()
+        return was_offline
+
+    async def device_offline(self, user_id: str, device_id: str, node_id: str) -> bool:
+        devices = self._devices.get(user_id)
+        if devices is None:
+            return False
+        devices.discard((node_id, device_id))
+        self._last_seen[user_id] = now_ms()
+        if devices:
+            return False
+        del self._devices[user_id]
+        return True
+
+    async def status(self, user_ids: list[str]) -> list[PresenceEntry]:
+        return [
+            PresenceEntry(u, bool(self._devices.get(u)), len(self._devices.get(u, ())),
+                          self._last_seen.get(u, 0))
+            for u in user_ids
+        ]
+
+    async def close(self) -> None:
+        self._devices.clear()

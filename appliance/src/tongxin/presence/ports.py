@@ -1,0 +1,27 @@
+"""The presence port. In-memory by default; Redis Cluster in production."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceEntry:
+    user_id: str
+    online: bool
+    devices: int
+    last_seen_ms: int
+
+
+class PresenceRegistry(Protocol):
+    async def device_online(self, user_id: str, device_id: str, node_id: str) -> bool:
+        """Record a connected device; True if the user was offline before."""
+        ...
+
+    async def device_offline(self, user_id: str, device_id: str, node_id: str) -> bool:
+        """Forget a device; True if the user has no device left."""
+        ...
+
+    async def status(self, user_ids: list[str]) -> list[PresenceEntry]: ...
+    async def close(self) -> None: ...

@@ -1,0 +1,1 @@
+"""Protocol Buffers payloads of the wire protocol (generated from tongxin.proto)."""

@@ -1,0 +1,1 @@
+"""The aiohttp application: WebSocket gateway, health, metrics, HTTP API."""

@@ -1,0 +1,363 @@
+"""One WebSocket connection: frame checks, authentication, dispatch, send queue.
+
+Frames from one connection are handled one at a time, in order, so that the
+messages one device sends to a conversation get sequence numbers in the order
+it sent them. Outgoing frames go through a bounded queue drained by a task
+that exists only while the queue is non-empty; a reader too slow to keep the
+queue under its bounds is disconnected (close 4008) rather than allowed to
+grow the server's memory. It loses nothing: it syncs by seq on reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import WSMsgType, web
+from google.protobuf.message import DecodeError
+from google.protobuf.message import Message as PbMessage
+
+from tongxin.auth.accounts import Session
+from tongxin.chat.service import Actor
+from tongxin.clock import now_ms
+from tongxin.errors import RequestError
+from tongxin.metrics import error_name, type_name
+from tongxin.proto import tongxin_pb2 as pb
+from tongxin.wire import closecodes
+from tongxin.wire.codec import Decoder
+from tongxin.wire.frame import MAX_SEQ, FrameError, decode_frame
+
+if TYPE_CHECKING:
+    from tongxin.server.node import Node
+
+log = logging.getLogger("tongxin.connection")
+
+Handler = Callable[["Connection", int, bytes], Awaitable[None]]
+
+# Frames that do not count against the user's rate limit.
+_FREE = frozenset({pb.PING, pb.PONG})
+
+
+def _parse(cls: type[Any], payload: bytes) -> Any:
+    try:
+        return cls.FromString(payload)
+    except DecodeError as exc:
+        raise RequestError(pb.BAD_PAYLOAD, f"payload is not a valid {cls.__name__}") from exc
+
+
+class Connection:
+    def __init__(self, ws: web.WebSocketResponse, node: Node, remote: str) -> None:
+        self.ws = ws
+        self.node = node
+        self.remote = remote
+        self.user_id = ""
+        self.device_id = ""
+        self.session: Session | None = None
+        self.next_seq = 1
+        self.decoder = Decoder(node.limits)
+        self.opened = time.monotonic()
+        self.last_seen = self.opened
+        self.heartbeat = node.cfg.server.heartbeat_interval * random.uniform(0.8, 1.2)
+        self.queue: deque[bytes] = deque()
+        self.queued_bytes = 0
+        self.draining = False
+        self.closing = False
+        self.unauth_errors = 0
+        self.watching: tuple[str, ...] = ()
+
+    @property
+    def actor(self) -> Actor:
+        return Actor(self.user_id, self.device_id)
+
+    # ---- outgoing ----------------------------------------------------------
+
+    def push(self, frames: list[bytes], ftype: int) -> None:
+        if self.closing:
+            return
+        cfg = self.node.cfg.server
+        size = sum(len(f) for f in frames)
+        if (len(self.queue) + len(frames) > cfg.send_queue_frames
+                or self.queued_bytes + size > cfg.send_queue_bytes):
+            self.node.metrics.send_queue_overflows.inc()
+            self.node.spawn(self.close(closecodes.SLOW_CONSUMER, "send queue full"))
+            return
+        self.queue.extend(frames)
+        self.queued_bytes += size
+        self.node.metrics.frames_out.labels(type_name(ftype)).inc()
+        if not self.draining:
+            self.draining = True
+            self.node.spawn(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            while self.queue and not self.ws.closed:
+                data = self.queue.popleft()
+                self.queued_bytes -= len(data)
+                await self.ws.send_bytes(data)
+        except (ConnectionError, RuntimeError):
+            self.closing = True
+        finally:
+            self.draining = False
+
+    def reply(self, ftype: int, seq: int, msg: PbMessage) -> None:
+        self.push(self.node.encoder.encode(ftype, seq, msg.SerializeToString()), ftype)
+
+    def error(self, code: int, message: str, ref_seq: int = 0, *, fatal: bool = False,
+              retry_after_ms: int = 0) -> None:
+        self.node.metrics.errors.labels(error_name(code)).inc()
+        self.reply(pb.ERROR, ref_seq, pb.Error(code=code, message=message, ref_seq=ref_seq,
+                                                retry_after_ms=retry_after_ms, fatal=fatal))
+
+    async def close(self, code: int, reason: str) -> None:
+        """Flush what is queued (bounded wait), then close with ``code``."""
+        if self.closing:
+            return
+        self.closing = True
+        self.node.metrics.closes.labels(closecodes.name(code)).inc()
+        deadline = time.monotonic() + 2.0
+        while self.draining and time.monotonic() < deadline and code != closecodes.SLOW_CONSUMER:
+            await asyncio.sleep(0.01)
+        self.queue.clear()
+        if not self.ws.closed:
+            await self.ws.close(code=code, message=reason.encode()[:120])
+
+    async def fail(self, err: FrameError) -> None:
+        self.error(err.code, err.message, err.seq, fatal=True)
+        await self.close(closecodes.PROTOCOL_ERROR, err.message)
+
+    # ---- incoming ----------------------------------------------------------
+
+    async def run(self) -> None:
+        node = self.node
+        async for msg in self.ws:
+            if self.closing:
+                break
+            self.last_seen = time.monotonic()
+            if msg.type == WSMsgType.BINARY:
+                await self.on_binary(msg.data)
+            elif msg.type == WSMsgType.TEXT:
+                self.error(pb.BAD_HEADER, "text messages are not part of the protocol; "
+                                          "send binary frames", fatal=True)
+                await self.close(closecodes.PROTOCOL_ERROR, "text message")
+            elif msg.type == WSMsgType.ERROR:
+                node.metrics.errors.labels("websocket").inc()
+                break
+
+    async def on_binary(self, data: bytes) -> None:
+        arrived = time.perf_counter()
+        try:
+            frame = decode_frame(data, self.node.limits.max_frame_payload)
+        except FrameError as err:
+            if err.fatal:
+                await self.fail(err)
+                return
+            # Not fatal (unknown type): the sequence still moves on.
+            if err.seq == self.next_seq:
+                self.next_seq = self._after(err.seq)
+            self.error(err.code, err.message, err.seq)
+            return
+        self.node.metrics.frames_in.labels(type_name(frame.type)).inc()
+        pending = self.decoder.pending_since is not None
+        if not pending and frame.seq != self.next_seq:
+            await self.fail(FrameError(
+                pb.SEQ_GAP, f"expected frame seq {self.next_seq}, got {frame.seq}",
+                seq=frame.seq, fatal=True))
+            return
+        try:
+            whole = self.decoder.feed(frame)
+        except FrameError as err:
+            if err.fatal:
+                await self.fail(err)
+                return
+            self.next_seq = self._after(frame.seq)
+            self.error(err.code, err.message, err.seq)
+            return
+        if whole is None:
+            return
+        self.next_seq = self._after(whole.seq)
+        await self.handle(whole.type, whole.seq, whole.payload, arrived)
+
+    @staticmethod
+    def _after(seq: int) -> int:
+        # seq 0 is reserved for server pushes, so the counter wraps to 1.
+        return 1 if seq >= MAX_SEQ else seq + 1
+
+    async def handle(self, ftype: int, seq: int, payload: bytes, arrived: float) -> None:
+        node = self.node
+        try:
+            if self.session is None:
+                if ftype not in (pb.AUTH, pb.REGISTER, pb.PING):
+                    self.unauth_errors += 1
+                    raise RequestError(pb.NOT_AUTHENTICATED,
+                                       "authenticate with AUTH or REGISTER first")
+            elif ftype not in _FREE:
+                wait = node.limiter.take(self.user_id)
+                if wait:
+                    raise RequestError(pb.RATE_LIMITED, "too many frames; slow down",
+                                       retry_after_ms=int(wait * 1000) + 1)
+            handler = HANDLERS.get(ftype)
+            if handler is None:
+                raise RequestError(pb.UNKNOWN_TYPE,
+                                   f"frame type {type_name(ftype)} is not accepted from clients")
+            await handler(self, seq, payload)
+            if ftype == pb.SEND:
+                node.metrics.ack_latency.observe(time.perf_counter() - arrived)
+        except RequestError as err:
+            self.error(err.code, err.message, seq, retry_after_ms=err.retry_after_ms)
+            if self.session is None and self.unauth_errors >= node.cfg.server.max_unauthenticated_errors:
+                await self.close(closecodes.AUTH_REQUIRED, "too many frames before AUTH")
+        except Exception:
+            log.exception("handler failed", extra={"type": type_name(ftype), "user": self.user_id})
+            self.error(pb.INTERNAL, "internal error; the request was not applied", seq)
+
+    # ---- handlers ----------------------------------------------------------
+
+    async def _auth(self, seq: int, payload: bytes) -> None:
+        if self.session is not None:
+            raise RequestError(pb.ALREADY_AUTHENTICATED, "this connection is authenticated")
+        req: pb.AuthRequest = _parse(pb.AuthRequest, payload)
+        accounts = self.node.accounts
+        try:
+            method = req.WhichOneof("method")
+            if method == "password":
+                session = await accounts.login(req.password.username, req.password.password,
+                                               req.device_id)
+            elif method == "token":
+                session = await accounts.resume(req.token, req.device_id)
+            else:
+                raise RequestError(pb.INVALID_ARGUMENT, "AUTH needs a password or a token")
+        except RequestError:
+            self.unauth_errors += 1
+            raise
+        await self._start_session(seq, session)
+
+    async def _register(self, seq: int, payload: bytes) -> None:
+        if self.session is not None:
+            raise RequestError(pb.ALREADY_AUTHENTICATED, "this connection is authenticated")
+        req: pb.RegisterRequest = _parse(pb.RegisterRequest, payload)
+        try:
+            session = await self.node.accounts.register(req.username, req.password,
+                                                        req.display_name, req.device_id)
+        except RequestError:
+            self.unauth_errors += 1
+            raise
+        await self._start_session(seq, session)
+
+    async def _start_session(self, seq: int, session: Session) -> None:
+        self.session = session
+        self.user_id, self.device_id = session.user.id, session.device_id
+        await self.node.attach(self)
+        lim = self.node.limits
+        self.reply(pb.AUTH_OK, seq, pb.AuthResponse(
+            user_id=session.user.id, username=session.user.username,
+            display_name=session.user.display_name, device_id=session.device_id,
+            token=session.token, token_expires_at_ms=session.claims.expires_at_ms,
+            server_time_ms=now_ms(), heartbeat_interval_ms=int(self.heartbeat * 1000),
+            max_frame_payload=lim.max_frame_payload, max_message_size=lim.max_message_size,
+            compression_threshold=lim.compression_threshold,
+            sync_page_max=self.node.cfg.chat.sync_page_max))
+
+    async def _send(self, seq: int, payload: bytes) -> None:
+        ack = await self.node.chat.send(self.actor, _parse(pb.SendRequest, payload))
+        self._count_ack(ack)
+        self.reply(pb.ACK, seq, ack)
+
+    def _count_ack(self, ack: pb.Ack) -> None:
+        (self.node.metrics.duplicates if ack.duplicate else self.node.metrics.messages_stored).inc()
+
+    async def _recall(self, seq: int, payload: bytes) -> None:
+        ack = await self.node.chat.recall(self.actor, _parse(pb.RecallRequest, payload))
+        self._count_ack(ack)
+        self.reply(pb.ACK, seq, ack)
+
+    async def _edit(self, seq: int, payload: bytes) -> None:
+        ack = await self.node.chat.edit(self.actor, _parse(pb.EditRequest, payload))
+        self._count_ack(ack)
+        self.reply(pb.ACK, seq, ack)
+
+    async def _sync(self, seq: int, payload: bytes) -> None:
+        self.reply(pb.SYNC_RESULT, seq,
+                   await self.node.chat.sync(self.actor, _parse(pb.SyncRequest, payload)))
+
+    async def _receipt(self, seq: int, payload: bytes) -> None:
+        await self.node.chat.receipt(self.actor, _parse(pb.Receipt, payload))
+
+    async def _typing(self, seq: int, payload: bytes) -> None:
+        await self.node.chat.typing(self.actor, _parse(pb.Typing, payload))
+
+    async def _ping(self, seq: int, payload: bytes) -> None:
+        req: pb.Ping = _parse(pb.Ping, payload)
+        self.reply(pb.PONG, seq, pb.Pong(client_time_ms=req.client_time_ms,
+                                         server_time_ms=now_ms()))
+
+    async def _pong(self, seq: int, payload: bytes) -> None:
+        _parse(pb.Pong, payload)
+
+    async def _conv_create(self, seq: int, payload: bytes) -> None:
+        self.reply(pb.CONV_INFO, seq, await self.node.chat.create(
+            self.actor, _parse(pb.CreateConversation, payload)))
+
+    async def _conv_list(self, seq: int, payload: bytes) -> None:
+        _parse(pb.ListConversations, payload)
+        self.reply(pb.CONV_LIST_RESULT, seq, await self.node.chat.list(self.actor))
+
+    async def _members(self, seq: int, payload: bytes) -> None:
+        self.reply(pb.CONV_INFO, seq, await self.node.chat.change_members(
+            self.actor, _parse(pb.MemberChange, payload)))
+
+    async def _presence_sub(self, seq: int, payload: bytes) -> None:
+        req: pb.PresenceSubscribe = _parse(pb.PresenceSubscribe, payload)
+        ids = tuple(dict.fromkeys(req.user_ids))
+        if len(ids) > 1000:
+            raise RequestError(pb.INVALID_ARGUMENT, "subscribe to at most 1000 users")
+        self.node.hub.watch(self, ids)
+        update = pb.PresenceUpdate()
+        for e in await self.node.presence.status(list(ids)):
+            update.entries.add(user_id=e.user_id, devices=e.devices, last_seen_ms=e.last_seen_ms,
+                               status=pb.ONLINE if e.online else pb.OFFLINE)
+        self.reply(pb.PRESENCE, seq, update)
+
+    async def _user_query(self, seq: int, payload: bytes) -> None:
+        req: pb.UserQuery = _parse(pb.UserQuery, payload)
+        if len(req.user_ids) > 500:
+            raise RequestError(pb.INVALID_ARGUMENT, "ask for at most 500 users")
+        out = pb.UserList()
+        store = self.node.store
+        for ref in dict.fromkeys(req.user_ids):
+            user = await (store.get_user(ref) if ref.startswith("u_")
+                          else store.get_user_by_name(ref.strip().lower()))
+            if user is not None:
+                out.users.add(user_id=user.id, username=user.username,
+                              display_name=user.display_name)
+        self.reply(pb.USER_LIST, seq, out)
+
+    async def _logout(self, seq: int, payload: bytes) -> None:
+        req: pb.Logout = _parse(pb.Logout, payload)
+        if req.revoke_token and self.session is not None:
+            await self.node.accounts.revoke(self.session.claims.token_id)
+        await self.close(closecodes.NORMAL, "logged out")
+
+
+HANDLERS: dict[int, Handler] = {
+    pb.AUTH: Connection._auth,
+    pb.REGISTER: Connection._register,
+    pb.SEND: Connection._send,
+    pb.RECALL: Connection._recall,
+    pb.EDIT: Connection._edit,
+    pb.SYNC: Connection._sync,
+    pb.RECEIPT: Connection._receipt,
+    pb.TYPING: Connection._typing,
+    pb.PING: Connection._ping,
+    pb.PONG: Connection._pong,
+    pb.CONV_CREATE: Connection._conv_create,
+    pb.CONV_LIST: Connection._conv_list,
+    pb.MEMBERS: Connection._members,
+    pb.PRESENCE_SUB: Connection._presence_sub,
+    pb.LOGOUT: Connection._logout,
+    pb.USER_QUERY: Connection._user_query,
+}

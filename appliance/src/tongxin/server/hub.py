@@ -1,0 +1,87 @@
+"""The local side of fan-out: which devices this node holds, and pushing to them.
+
+A delivery's frames are encoded once and the same bytes objects are queued
+to every recipient connection, so a 10,000-member group costs one encode.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tongxin.chat.members import MemberCache
+from tongxin.delivery.ports import Delivery
+from tongxin.metrics import Metrics
+from tongxin.wire.codec import Encoder
+
+if TYPE_CHECKING:
+    from tongxin.server.connection import Connection
+
+
+class Hub:
+    def __init__(self, encoder: Encoder, members: MemberCache, metrics: Metrics) -> None:
+        self.encoder = encoder
+        self.members = members
+        self.metrics = metrics
+        self.devices: dict[str, dict[str, Connection]] = {}
+        self.watchers: dict[str, set[Connection]] = {}
+        self.all: set[Connection] = set()
+
+    def attach(self, conn: Connection) -> Connection | None:
+        """Register an authenticated connection; return the one it replaces."""
+        devs = self.devices.setdefault(conn.user_id, {})
+        old = devs.get(conn.device_id)
+        devs[conn.device_id] = conn
+        return old
+
+    def detach(self, conn: Connection) -> bool:
+        """Forget a connection; True if it was the registered one for its device."""
+        self.all.discard(conn)
+        for uid in conn.watching:
+            ws = self.watchers.get(uid)
+            if ws is not None:
+                ws.discard(conn)
+                if not ws:
+                    del self.watchers[uid]
+        conn.watching = ()
+        devs = self.devices.get(conn.user_id)
+        if devs is None or devs.get(conn.device_id) is not conn:
+            return False
+        del devs[conn.device_id]
+        if not devs:
+            del self.devices[conn.user_id]
+        return True
+
+    def watch(self, conn: Connection, user_ids: tuple[str, ...]) -> None:
+        for uid in conn.watching:
+            ws = self.watchers.get(uid)
+            if ws is not None:
+                ws.discard(conn)
+                if not ws:
+                    del self.watchers[uid]
+        conn.watching = user_ids
+        for uid in user_ids:
+            self.watchers.setdefault(uid, set()).add(conn)
+
+    async def dispatch(self, d: Delivery) -> None:
+        if d.members_changed and d.conversation_id:
+            self.members.invalidate(d.conversation_id)
+        frames: list[bytes] | None = None
+        if d.watchers_of:
+            targets = list(self.watchers.get(d.watchers_of, ()))
+        else:
+            users = d.user_ids or await self.members.get(d.conversation_id)
+            targets = []
+            for uid in users:
+                devs = self.devices.get(uid)
+                if not devs:
+                    continue
+                for dev, conn in devs.items():
+                    if uid == d.skip_user and dev == d.skip_device:
+                        continue
+                    targets.append(conn)
+        for conn in targets:
+            if frames is None:
+                frames = self.encoder.encode(d.frame_type, 0, d.payload)
+            conn.push(frames, d.frame_type)
+        if targets:
+            self.metrics.deliveries.inc(len(targets))

@@ -1,0 +1,267 @@
+"""One appliance node: the ports wired together, the aiohttp app, its lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import socket
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from tongxin import __version__
+from tongxin.auth.accounts import Accounts
+from tongxin.auth.tokens import TokenSigner, load_or_create_key
+from tongxin.chat.members import MemberCache
+from tongxin.chat.service import ChatService
+from tongxin.clock import now_ms
+from tongxin.config import Config
+from tongxin.delivery.inprocess import InProcessBus
+from tongxin.delivery.ports import Delivery, DeliveryBus
+from tongxin.errors import RequestError
+from tongxin.metrics import Metrics
+from tongxin.presence.memory import MemoryPresence
+from tongxin.presence.ports import PresenceRegistry
+from tongxin.proto import tongxin_pb2 as pb
+from tongxin.server.connection import Connection
+from tongxin.server.hub import Hub
+from tongxin.server.ratelimit import RateLimiter
+from tongxin.store.ports import ChatStore
+from tongxin.store.sqlite_store import SqliteStore
+from tongxin.wire import closecodes
+from tongxin.wire.codec import Encoder, WireLimits
+from tongxin.wire.frame import HEADER_SIZE
+
+log = logging.getLogger("tongxin.node")
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+
+def make_store(cfg: Config) -> ChatStore:
+    if cfg.storage.backend == "sqlite":
+        return SqliteStore(cfg.sqlite_file, cfg.storage.sqlite_synchronous, cfg.storage.batch_max)
+    raise ValueError(f"unknown storage backend {cfg.storage.backend!r}")
+
+
+class Node:
+    def __init__(self, cfg: Config, store: ChatStore | None = None,
+                 bus: DeliveryBus | None = None, presence: PresenceRegistry | None = None) -> None:
+        self.cfg = cfg
+        s = cfg.server
+        self.limits = WireLimits(s.max_frame_payload, s.max_message_size,
+                                 s.compression_threshold, s.fragment_timeout)
+        self.node_id = cfg.node_id or f"{socket.gethostname()}:{cfg.listen_address()[1]}"
+        self.metrics = Metrics()
+        self.store = store or make_store(cfg)
+        self.bus = bus or InProcessBus()
+        self.presence = presence or MemoryPresence()
+        self.encoder = Encoder(self.limits)
+        self.members = MemberCache(self.store)
+        self.hub = Hub(self.encoder, self.members, self.metrics)
+        self.chat = ChatService(self.store, self.bus, self.members, cfg.chat, s.max_message_size)
+        self.limiter = RateLimiter(cfg.chat.rate_limit_per_second, cfg.chat.rate_limit_burst)
+        self.accounts: Accounts  # set in start(): the token key lives in the data dir
+        self.ready = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # ---- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        home = self.cfg.home
+        home.mkdir(parents=True, exist_ok=True)
+        key = load_or_create_key(home / "secrets" / "token.key")
+        self.accounts = Accounts(self.store, TokenSigner(key), self.cfg.accounts)
+        await self.store.open()
+        await self.bus.start(self.hub.dispatch)
+        self._sweeper = asyncio.create_task(self._sweep())
+        if self.cfg.server.gc_freeze:
+            # Everything allocated so far lives for the process lifetime; moving
+            # it out of the collector's view shortens full-collection pauses.
+            gc.collect()
+            gc.freeze()
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        for conn in list(self.hub.all):
+            await conn.close(closecodes.GOING_AWAY, "server shutting down")
+        if self._sweeper:
+            self._sweeper.cancel()
+        for t in list(self._tasks):
+            t.cancel()
+        await self.bus.close()
+        await self.presence.close()
+        await self.store.close()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def sweep_interval(self) -> float:
+        s = self.cfg.server
+        return max(0.05, min(2.0, s.auth_timeout / 4, s.fragment_timeout / 4,
+                             s.heartbeat_interval / 4))
+
+    async def _sweep(self) -> None:
+        """One timer for all connections instead of several per connection."""
+        s = self.cfg.server
+        while True:
+            await asyncio.sleep(self.sweep_interval())
+            now = time.monotonic()
+            for conn in list(self.hub.all):
+                if conn.closing:
+                    continue
+                if conn.session is None and now - conn.opened > s.auth_timeout:
+                    self.metrics.errors.labels("auth_timeout").inc()
+                    self.spawn(conn.close(closecodes.AUTH_REQUIRED, "no AUTH in time"))
+                elif conn.decoder.expired():
+                    conn.decoder.reset()
+                    conn.error(pb.FRAGMENT_TIMEOUT,
+                               f"fragmented message did not complete within "
+                               f"{s.fragment_timeout:g}s", fatal=True)
+                    self.spawn(conn.close(closecodes.PROTOCOL_ERROR, "fragment timeout"))
+                elif now - conn.last_seen > conn.heartbeat * s.idle_timeout_factor:
+                    self.spawn(conn.close(closecodes.IDLE, "no frames within the idle timeout"))
+            self.limiter.forget_idle()
+
+    # ---- sessions ----------------------------------------------------------
+
+    async def attach(self, conn: Connection) -> None:
+        old = self.hub.attach(conn)
+        if old is not None and old is not conn:
+            self.spawn(old.close(closecodes.REPLACED, "same device connected again"))
+        self.metrics.authenticated.inc()
+        if await self.presence.device_online(conn.user_id, conn.device_id, self.node_id):
+            await self._publish_presence(conn.user_id, True)
+
+    async def detach(self, conn: Connection) -> None:
+        if conn.session is not None:
+            self.metrics.authenticated.dec()
+        if self.hub.detach(conn) and await self.presence.device_offline(
+                conn.user_id, conn.device_id, self.node_id):
+            await self._publish_presence(conn.user_id, False)
+
+    async def _publish_presence(self, user_id: str, online: bool) -> None:
+        update = pb.PresenceUpdate()
+        update.entries.add(user_id=user_id, status=pb.ONLINE if online else pb.OFFLINE,
+                           last_seen_ms=now_ms(), devices=0)
+        await self.bus.publish(Delivery(frame_type=pb.PRESENCE,
+                                        payload=update.SerializeToString(),
+                                        watchers_of=user_id))
+
+    # ---- HTTP --------------------------------------------------------------
+
+    async def ws_handler(self, request: web.Request) -> web.StreamResponse:
+        # permessage-deflate off: zstd in the frame replaces it, and deflate
+        # state costs ~100 KB per connection. Twice the frame limit lets an
+        # oversized frame reach our own check and get an ERROR frame; beyond
+        # that aiohttp closes with 1009 before buffering more.
+        ws = web.WebSocketResponse(compress=False, autoping=True, heartbeat=None,
+                                   max_msg_size=2 * (self.limits.max_frame_payload + HEADER_SIZE))
+        if not self.ready:
+            raise web.HTTPServiceUnavailable(text="starting or stopping")
+        await ws.prepare(request)
+        conn = Connection(ws, self, request.remote or "")
+        self.hub.all.add(conn)
+        self.metrics.connections.inc()
+        try:
+            await conn.run()
+        finally:
+            self.metrics.connections.dec()
+            await self.detach(conn)
+            if not ws.closed:
+                await ws.close()
+        return ws
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "version": __version__, "node": self.node_id})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        store_ok = self.ready and await self.store.ping()
+        body = {"ready": bool(store_ok), "store": store_ok, "node": self.node_id}
+        return web.json_response(body, status=200 if store_ok else 503)
+
+    async def metrics_handler(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.metrics.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _json_body(self, request: web.Request) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except ValueError as exc:
+            raise web.HTTPBadRequest(text="body must be JSON") from exc
+        if not isinstance(body, dict):
+            raise web.HTTPBadRequest(text="body must be a JSON object")
+        return body
+
+    async def api_login(self, request: web.Request) -> web.Response:
+        body = await self._json_body(request)
+        try:
+            s = await self.accounts.login(str(body.get("username", "")),
+                                          str(body.get("password", "")),
+                                          str(body.get("device_id", "")))
+        except RequestError as err:
+            return _api_error(err, 401)
+        return web.json_response({"user_id": s.user.id, "token": s.token,
+                                  "device_id": s.device_id,
+                                  "expires_at_ms": s.claims.expires_at_ms})
+
+    async def api_register(self, request: web.Request) -> web.Response:
+        body = await self._json_body(request)
+        try:
+            s = await self.accounts.register(str(body.get("username", "")),
+                                             str(body.get("password", "")),
+                                             str(body.get("display_name", "")),
+                                             str(body.get("device_id", "")))
+        except RequestError as err:
+            return _api_error(err, 400)
+        return web.json_response({"user_id": s.user.id, "token": s.token,
+                                  "device_id": s.device_id,
+                                  "expires_at_ms": s.claims.expires_at_ms})
+
+    async def index(self, request: web.Request) -> web.StreamResponse:
+        page = WEB_DIR / "index.html"
+        if not page.exists():
+            return web.Response(text="Tongxin is running. Connect a client to /ws.\n")
+        return web.FileResponse(page)
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=1024 * 1024)
+        app.router.add_get("/ws", self.ws_handler)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics_handler)
+        app.router.add_post("/api/v1/login", self.api_login)
+        app.router.add_post("/api/v1/register", self.api_register)
+        if self.cfg.server.web_client:
+            app.router.add_get("/", self.index)
+            if WEB_DIR.exists():
+                app.router.add_static("/static/", WEB_DIR)
+
+        async def on_startup(_: web.Application) -> None:
+            await self.start()
+
+        async def on_shutdown(_: web.Application) -> None:
+            await self.stop()
+
+        app.on_startup.append(on_startup)
+        app.on_shutdown.append(on_shutdown)
+        return app
+
+
+_HTTP_STATUS = {pb.ACCOUNT_LOCKED: 423, pb.REGISTRATION_DISABLED: 403, pb.CONFLICT: 409,
+                pb.INVALID_ARGUMENT: 400, pb.UNAVAILABLE: 503}
+
+
+def _api_error(err: RequestError, default: int) -> web.Response:
+    return web.json_response(
+        {"error": pb.ErrorCode.Name(err.code), "message": err.message,
+         "retry_after_ms": err.retry_after_ms},
+        status=_HTTP_STATUS.get(err.code, default))

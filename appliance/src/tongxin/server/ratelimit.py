@@ -1,0 +1,36 @@
+"""Per-user token buckets: a burst is allowed, a sustained flood is not."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+class RateLimiter:
+    def __init__(self, rate: float, burst: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, key: str) -> float:
+        """Spend one token; return 0 if allowed, else seconds until one is available."""
+        if self.rate <= 0:
+            return 0.0
+        now = self._clock()
+        tokens, last = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens >= 1:
+            self._buckets[key] = (tokens - 1, now)
+            return 0.0
+        self._buckets[key] = (tokens, now)
+        return (1 - tokens) / self.rate
+
+    def forget_idle(self) -> None:
+        """Drop full buckets so the dict does not grow with every user ever seen."""
+        now = self._clock()
+        full = [k for k, (t, last) in self._buckets.items()
+                if t + (now - last) * self.rate >= self.burst]
+        for k in full:
+            del self._buckets[k]

@@ -1,0 +1,1 @@
+"""Storage port and its adapters (SQLite embedded default)."""

@@ -1,0 +1,164 @@
+"""The storage port: what chat logic needs from history and accounts.
+
+The SQLite adapter is the embedded default; a MySQL-protocol (TiDB) adapter
+implements the same Protocol. Chat logic imports only this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class StoreError(Exception):
+    """Base of storage failures."""
+
+
+class Unavailable(StoreError):
+    """The backend could not complete the operation; nothing was committed."""
+
+
+class Conflict(StoreError):
+    """A uniqueness rule refused the write (a username already taken)."""
+
+
+class GroupFull(Conflict):
+    """Adding these members would exceed the group size limit."""
+
+
+class NoSuchConversation(StoreError):
+    """The conversation does not exist."""
+
+
+@dataclass(slots=True)
+class User:
+    id: str
+    username: str
+    display_name: str
+    password_hash: str
+    role: str
+    created_at: int
+    failed_logins: int = 0
+    first_failure_at: int = 0
+    locked_until: int = 0
+    disabled: bool = False
+
+
+@dataclass(slots=True)
+class Entry:
+    """One entry of a conversation log (a message, recall, edit or system event)."""
+
+    conversation_id: str
+    sender_id: str
+    sender_device: str
+    client_msg_id: str
+    sent_at: int
+    kind: int
+    content: bytes = b""  # serialized tongxin.v1.Content
+    target_seq: int = 0
+    system: bytes = b""  # serialized tongxin.v1.SystemEvent
+    seq: int = 0
+    recalled: bool = False
+    edited_at: int = 0
+
+
+@dataclass(slots=True)
+class ConversationRow:
+    id: str
+    kind: int
+    name: str
+    created_at: int
+    created_by: str
+    last_seq: int
+    member_count: int
+
+
+@dataclass(slots=True)
+class MemberRow:
+    conversation_id: str
+    user_id: str
+    role: int
+    joined_seq: int
+    read_seq: int = 0
+    delivered_seq: int = 0
+
+
+@dataclass(slots=True)
+class ConversationView:
+    """A conversation as one member sees it."""
+
+    conversation: ConversationRow
+    me: MemberRow
+    peer_id: str = ""
+    members: list[MemberRow] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class MemberOps:
+    """Membership changes applied atomically with the entry that records them."""
+
+    add: list[tuple[str, int]] = field(default_factory=list)  # (user_id, role)
+    remove: list[str] = field(default_factory=list)
+    set_role: list[tuple[str, int]] = field(default_factory=list)
+    rename: str | None = None
+
+
+class ChatStore(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def ping(self) -> bool: ...
+
+    # accounts
+    async def create_user(self, user: User) -> User: ...
+    async def get_user(self, user_id: str) -> User | None: ...
+    async def get_user_by_name(self, username: str) -> User | None: ...
+    async def list_users(self) -> list[User]: ...
+    async def update_login_state(
+        self, user_id: str, failed_logins: int, first_failure_at: int, locked_until: int
+    ) -> None: ...
+    async def set_password(self, user_id: str, password_hash: str) -> None: ...
+    async def set_disabled(self, user_id: str, disabled: bool) -> None: ...
+    async def add_token(self, token_id: str, user_id: str, device_id: str, issued_at: int,
+                        expires_at: int) -> None: ...
+    async def token_revoked(self, token_id: str) -> bool | None:
+        """True if revoked, False if valid, None if unknown."""
+        ...
+    async def revoke_token(self, token_id: str, at: int) -> bool: ...
+    async def revoke_user_tokens(self, user_id: str, at: int) -> int: ...
+
+    # conversations
+    async def create_conversation(
+        self, conv: ConversationRow, members: list[tuple[str, int]], created: Entry
+    ) -> tuple[ConversationRow, bool]:
+        """Create it with its first entry; if the id exists, return it and False."""
+        ...
+    async def get_conversation(self, conversation_id: str) -> ConversationRow | None: ...
+    async def get_member(self, conversation_id: str, user_id: str) -> MemberRow | None: ...
+    async def member_ids(self, conversation_id: str) -> list[str]: ...
+    async def list_members(self, conversation_id: str, limit: int) -> list[MemberRow]: ...
+    async def conversations_of(self, user_id: str) -> list[ConversationView]: ...
+    async def change_members(self, conversation_id: str, ops: MemberOps, entry: Entry,
+                             max_members: int) -> Entry:
+        """Apply ops and append entry in one transaction; raises GroupFull via Conflict."""
+        ...
+
+    # the log
+    async def append(self, entry: Entry, mark_recalled: bool = False,
+                     mark_edited: bytes | None = None) -> tuple[Entry, bool]:
+        """Assign the next seq and store durably. Returns (entry, duplicate).
+
+        A (conversation, sender, client_msg_id) seen before returns the stored
+        entry and True without writing. mark_recalled / mark_edited also update
+        the target entry in the same transaction.
+        """
+        ...
+    async def get_entry(self, conversation_id: str, seq: int) -> Entry | None: ...
+    async def find_by_client_id(self, conversation_id: str, sender_id: str,
+                                client_msg_id: str) -> Entry | None: ...
+    async def entries_after(self, conversation_id: str, after_seq: int, limit: int,
+                            min_seq: int = 0) -> list[Entry]: ...
+    async def entries_before(self, conversation_id: str, before_seq: int, limit: int,
+                             min_seq: int = 0) -> list[Entry]: ...
+    async def set_cursor(self, conversation_id: str, user_id: str, kind: str, seq: int) -> int:
+        """Raise the member's 'read' or 'delivered' cursor to seq; return the new value."""
+        ...

@@ -1,0 +1,411 @@
+"""The embedded default store: history and accounts in one SQLite file (WAL).
+
+Writes go through a group-committing writer thread, reads through a second
+connection on its own thread, so a long sync read never delays an ACK.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from tongxin.store.ports import (
+    Conflict,
+    ConversationRow,
+    ConversationView,
+    Entry,
+    GroupFull,
+    MemberOps,
+    MemberRow,
+    NoSuchConversation,
+    StoreError,
+    User,
+)
+from tongxin.store.sqlite_worker import SqliteWorker, connect
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS users (
+    id TEXT PRIMARY KEY,
+    username TEXT NOT NULL UNIQUE,
+    display_name TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    role TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    failed_logins INTEGER NOT NULL DEFAULT 0,
+    first_failure_at INTEGER NOT NULL DEFAULT 0,
+    locked_until INTEGER NOT NULL DEFAULT 0,
+    disabled INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    issued_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    revoked_at INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS tokens_by_user ON tokens(user_id);
+CREATE TABLE IF NOT EXISTS conversations (
+    id TEXT PRIMARY KEY,
+    kind INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    created_by TEXT NOT NULL,
+    last_seq INTEGER NOT NULL DEFAULT 0,
+    member_count INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS members (
+    conversation_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    role INTEGER NOT NULL,
+    joined_seq INTEGER NOT NULL,
+    read_seq INTEGER NOT NULL DEFAULT 0,
+    delivered_seq INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (conversation_id, user_id)
+);
+CREATE INDEX IF NOT EXISTS members_by_user ON members(user_id);
+CREATE TABLE IF NOT EXISTS messages (
+    conversation_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    sender_id TEXT NOT NULL,
+    sender_device TEXT NOT NULL,
+    client_msg_id TEXT NOT NULL,
+    sent_at INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    content BLOB NOT NULL,
+    target_seq INTEGER NOT NULL DEFAULT 0,
+    system BLOB NOT NULL,
+    recalled INTEGER NOT NULL DEFAULT 0,
+    edited_at INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (conversation_id, seq)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_by_client_id
+    ON messages(conversation_id, sender_id, client_msg_id);
+"""
+
+_USER_COLS = ("id, username, display_name, password_hash, role, created_at, failed_logins, "
+              "first_failure_at, locked_until, disabled")
+_ENTRY_COLS = ("conversation_id, sender_id, sender_device, client_msg_id, sent_at, kind, content, "
+               "target_seq, system, seq, recalled, edited_at")
+_CONV_COLS = "id, kind, name, created_at, created_by, last_seq, member_count"
+_MEMBER_COLS = "conversation_id, user_id, role, joined_seq, read_seq, delivered_seq"
+
+
+def _user(row: Any) -> User:
+    return User(*row[:9], disabled=bool(row[9]))
+
+
+def _entry(row: Any) -> Entry:
+    return Entry(*row[:10], recalled=bool(row[10]), edited_at=row[11])
+
+
+def _conv(row: Any) -> ConversationRow:
+    return ConversationRow(*row)
+
+
+def _member(row: Any) -> MemberRow:
+    return MemberRow(*row)
+
+
+def _insert_entry(conn: sqlite3.Connection, e: Entry) -> Entry:
+    cur = conn.execute(
+        "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq",
+        (e.conversation_id,),
+    )
+    row = cur.fetchone()
+    if row is None:
+        raise NoSuchConversation(e.conversation_id)
+    e.seq = row[0]
+    conn.execute(
+        f"INSERT INTO messages ({_ENTRY_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        (e.conversation_id, e.sender_id, e.sender_device, e.client_msg_id, e.sent_at, e.kind,
+         e.content, e.target_seq, e.system, e.seq, int(e.recalled), e.edited_at),
+    )
+    return e
+
+
+class SqliteStore:
+    def __init__(self, path: Path, synchronous: str = "full", batch_max: int = 256) -> None:
+        self.path = path
+        self._writer = SqliteWorker(path, synchronous, batch_max, "tongxin-sqlite-writer")
+        self._reader = SqliteWorker(path, synchronous, 1, "tongxin-sqlite-reader")
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # executescript() commits on its own, so the schema is applied on a
+        # short-lived connection rather than inside the writer's batches.
+        conn = connect(self.path, "full")
+        try:
+            self._migrate(conn)
+        finally:
+            conn.close()
+        self._writer.start()
+        self._reader.start()
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        conn.executescript(SCHEMA)
+        row = conn.execute("SELECT version FROM schema_version").fetchone()
+        if row is None:
+            conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+        elif row[0] > SCHEMA_VERSION:
+            raise StoreError(
+                f"database schema version {row[0]} is newer than this release ({SCHEMA_VERSION})"
+            )
+
+    async def close(self) -> None:
+        await self._reader.stop()
+        await self._writer.stop()
+
+    async def ping(self) -> bool:
+        try:
+            return await self._reader.run(lambda c: c.execute("SELECT 1").fetchone()[0] == 1)
+        except StoreError:
+            return False
+
+    # ---- accounts --------------------------------------------------------
+
+    async def create_user(self, user: User) -> User:
+        def job(conn: sqlite3.Connection) -> User:
+            try:
+                conn.execute(
+                    f"INSERT INTO users ({_USER_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (user.id, user.username, user.display_name, user.password_hash, user.role,
+                     user.created_at, 0, 0, 0, 0),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise Conflict(f"username {user.username!r} is taken") from exc
+            return user
+
+        return await self._writer.run(job)
+
+    async def _one_user(self, where: str, arg: str) -> User | None:
+        def job(conn: sqlite3.Connection) -> User | None:
+            row = conn.execute(f"SELECT {_USER_COLS} FROM users WHERE {where} = ?", (arg,)).fetchone()
+            return _user(row) if row else None
+
+        return await self._reader.run(job)
+
+    async def get_user(self, user_id: str) -> User | None:
+        return await self._one_user("id", user_id)
+
+    async def get_user_by_name(self, username: str) -> User | None:
+        return await self._one_user("username", username)
+
+    async def list_users(self) -> list[User]:
+        return await self._reader.run(
+            lambda c: [_user(r) for r in c.execute(f"SELECT {_USER_COLS} FROM users ORDER BY username")]
+        )
+
+    async def update_login_state(self, user_id: str, failed_logins: int, first_failure_at: int,
+                                 locked_until: int) -> None:
+        await self._writer.run(lambda c: c.execute(
+            "UPDATE users SET failed_logins=?, first_failure_at=?, locked_until=? WHERE id=?",
+            (failed_logins, first_failure_at, locked_until, user_id),
+        ))
+
+    async def set_password(self, user_id: str, password_hash: str) -> None:
+        await self._writer.run(lambda c: c.execute(
+            "UPDATE users SET password_hash=? WHERE id=?", (password_hash, user_id)))
+
+    async def set_disabled(self, user_id: str, disabled: bool) -> None:
+        await self._writer.run(lambda c: c.execute(
+            "UPDATE users SET disabled=?, failed_logins=0, locked_until=0 WHERE id=?",
+            (int(disabled), user_id)))
+
+    async def add_token(self, token_id: str, user_id: str, device_id: str, issued_at: int,
+                        expires_at: int) -> None:
+        await self._writer.run(lambda c: c.execute(
+            "INSERT INTO tokens (id, user_id, device_id, issued_at, expires_at) VALUES (?,?,?,?,?)",
+            (token_id, user_id, device_id, issued_at, expires_at)))
+
+    async def token_revoked(self, token_id: str) -> bool | None:
+        def job(conn: sqlite3.Connection) -> bool | None:
+            row = conn.execute("SELECT revoked_at FROM tokens WHERE id=?", (token_id,)).fetchone()
+            return None if row is None else bool(row[0])
+
+        return await self._reader.run(job)
+
+    async def revoke_token(self, token_id: str, at: int) -> bool:
+        return await self._writer.run(lambda c: c.execute(
+            "UPDATE tokens SET revoked_at=? WHERE id=? AND revoked_at=0", (at, token_id)
+        ).rowcount == 1)
+
+    async def revoke_user_tokens(self, user_id: str, at: int) -> int:
+        return await self._writer.run(lambda c: c.execute(
+            "UPDATE tokens SET revoked_at=? WHERE user_id=? AND revoked_at=0", (at, user_id)
+        ).rowcount)
+
+    # ---- conversations ---------------------------------------------------
+
+    async def create_conversation(self, conv: ConversationRow, members: list[tuple[str, int]],
+                                  created: Entry) -> tuple[ConversationRow, bool]:
+        def job(conn: sqlite3.Connection) -> tuple[ConversationRow, bool]:
+            row = conn.execute(f"SELECT {_CONV_COLS} FROM conversations WHERE id=?",
+                               (conv.id,)).fetchone()
+            if row is not None:
+                return _conv(row), False
+            conn.execute(
+                f"INSERT INTO conversations ({_CONV_COLS}) VALUES (?,?,?,?,?,?,?)",
+                (conv.id, conv.kind, conv.name, conv.created_at, conv.created_by, 0, len(members)),
+            )
+            conn.executemany(
+                f"INSERT INTO members ({_MEMBER_COLS}) VALUES (?,?,?,1,0,0)",
+                [(conv.id, uid, role) for uid, role in members],
+            )
+            _insert_entry(conn, created)
+            conv.last_seq, conv.member_count = created.seq, len(members)
+            return conv, True
+
+        return await self._writer.run(job)
+
+    async def get_conversation(self, conversation_id: str) -> ConversationRow | None:
+        def job(conn: sqlite3.Connection) -> ConversationRow | None:
+            row = conn.execute(f"SELECT {_CONV_COLS} FROM conversations WHERE id=?",
+                               (conversation_id,)).fetchone()
+            return _conv(row) if row else None
+
+        return await self._reader.run(job)
+
+    async def get_member(self, conversation_id: str, user_id: str) -> MemberRow | None:
+        def job(conn: sqlite3.Connection) -> MemberRow | None:
+            row = conn.execute(
+                f"SELECT {_MEMBER_COLS} FROM members WHERE conversation_id=? AND user_id=?",
+                (conversation_id, user_id)).fetchone()
+            return _member(row) if row else None
+
+        return await self._reader.run(job)
+
+    async def member_ids(self, conversation_id: str) -> list[str]:
+        return await self._reader.run(lambda c: [r[0] for r in c.execute(
+            "SELECT user_id FROM members WHERE conversation_id=?", (conversation_id,))])
+
+    async def list_members(self, conversation_id: str, limit: int) -> list[MemberRow]:
+        return await self._reader.run(lambda c: [_member(r) for r in c.execute(
+            f"SELECT {_MEMBER_COLS} FROM members WHERE conversation_id=? "
+            "ORDER BY role DESC, user_id LIMIT ?", (conversation_id, limit))])
+
+    async def conversations_of(self, user_id: str) -> list[ConversationView]:
+        def job(conn: sqlite3.Connection) -> list[ConversationView]:
+            mcols = ", ".join(f"m.{c.strip()}" for c in _MEMBER_COLS.split(","))
+            ccols = ", ".join(f"c.{c.strip()}" for c in _CONV_COLS.split(","))
+            views = [
+                ConversationView(_conv(r[:7]), _member(r[7:]))
+                for r in conn.execute(
+                    f"SELECT {ccols}, {mcols} FROM members m JOIN conversations c "
+                    "ON c.id = m.conversation_id WHERE m.user_id=? ORDER BY c.created_at",
+                    (user_id,))
+            ]
+            direct = {v.conversation.id: v for v in views if v.conversation.kind == 1}
+            if direct:
+                marks = ",".join("?" * len(direct))
+                for cid, uid in conn.execute(
+                    f"SELECT conversation_id, user_id FROM members WHERE conversation_id IN ({marks})"
+                    " AND user_id != ?", (*direct, user_id)):
+                    direct[cid].peer_id = uid
+            return views
+
+        return await self._reader.run(job)
+
+    async def change_members(self, conversation_id: str, ops: MemberOps, entry: Entry,
+                             max_members: int) -> Entry:
+        def job(conn: sqlite3.Connection) -> Entry:
+            row = conn.execute("SELECT member_count FROM conversations WHERE id=?",
+                               (conversation_id,)).fetchone()
+            if row is None:
+                raise NoSuchConversation(conversation_id)
+            existing = {r[0] for r in conn.execute(
+                "SELECT user_id FROM members WHERE conversation_id=?", (conversation_id,))}
+            adds = [(u, r) for u, r in ops.add if u not in existing]
+            removes = [u for u in ops.remove if u in existing]
+            count = len(existing) + len(adds) - len(removes)
+            if count > max_members:
+                raise GroupFull(f"group would have {count} members, the limit is {max_members}")
+            _insert_entry(conn, entry)
+            conn.executemany(
+                f"INSERT INTO members ({_MEMBER_COLS}) VALUES (?,?,?,?,0,0)",
+                [(conversation_id, u, r, entry.seq) for u, r in adds])
+            conn.executemany("DELETE FROM members WHERE conversation_id=? AND user_id=?",
+                             [(conversation_id, u) for u in removes])
+            conn.executemany("UPDATE members SET role=? WHERE conversation_id=? AND user_id=?",
+                             [(r, conversation_id, u) for u, r in ops.set_role])
+            if ops.rename is not None:
+                conn.execute("UPDATE conversations SET name=? WHERE id=?",
+                             (ops.rename, conversation_id))
+            conn.execute("UPDATE conversations SET member_count=? WHERE id=?",
+                         (count, conversation_id))
+            return entry
+
+        return await self._writer.run(job)
+
+    # ---- the log ---------------------------------------------------------
+
+    async def append(self, entry: Entry, mark_recalled: bool = False,
+                     mark_edited: bytes | None = None) -> tuple[Entry, bool]:
+        def job(conn: sqlite3.Connection) -> tuple[Entry, bool]:
+            row = conn.execute(
+                f"SELECT {_ENTRY_COLS} FROM messages WHERE conversation_id=? AND sender_id=? "
+                "AND client_msg_id=?",
+                (entry.conversation_id, entry.sender_id, entry.client_msg_id)).fetchone()
+            if row is not None:
+                return _entry(row), True
+            _insert_entry(conn, entry)
+            if mark_recalled:
+                conn.execute("UPDATE messages SET recalled=1 WHERE conversation_id=? AND seq=?",
+                             (entry.conversation_id, entry.target_seq))
+            if mark_edited is not None:
+                conn.execute(
+                    "UPDATE messages SET content=?, edited_at=? WHERE conversation_id=? AND seq=?",
+                    (mark_edited, entry.sent_at, entry.conversation_id, entry.target_seq))
+            return entry, False
+
+        return await self._writer.run(job)
+
+    async def get_entry(self, conversation_id: str, seq: int) -> Entry | None:
+        def job(conn: sqlite3.Connection) -> Entry | None:
+            row = conn.execute(
+                f"SELECT {_ENTRY_COLS} FROM messages WHERE conversation_id=? AND seq=?",
+                (conversation_id, seq)).fetchone()
+            return _entry(row) if row else None
+
+        return await self._reader.run(job)
+
+    async def find_by_client_id(self, conversation_id: str, sender_id: str,
+                                client_msg_id: str) -> Entry | None:
+        def job(conn: sqlite3.Connection) -> Entry | None:
+            row = conn.execute(
+                f"SELECT {_ENTRY_COLS} FROM messages WHERE conversation_id=? AND sender_id=? "
+                "AND client_msg_id=?", (conversation_id, sender_id, client_msg_id)).fetchone()
+            return _entry(row) if row else None
+
+        return await self._reader.run(job)
+
+    async def entries_after(self, conversation_id: str, after_seq: int, limit: int,
+                            min_seq: int = 0) -> list[Entry]:
+        return await self._reader.run(lambda c: [_entry(r) for r in c.execute(
+            f"SELECT {_ENTRY_COLS} FROM messages WHERE conversation_id=? AND seq>? "
+            "ORDER BY seq LIMIT ?", (conversation_id, max(after_seq, min_seq - 1), limit))])
+
+    async def entries_before(self, conversation_id: str, before_seq: int, limit: int,
+                             min_seq: int = 0) -> list[Entry]:
+        rows = await self._reader.run(lambda c: [_entry(r) for r in c.execute(
+            f"SELECT {_ENTRY_COLS} FROM messages WHERE conversation_id=? AND seq<? AND seq>=? "
+            "ORDER BY seq DESC LIMIT ?", (conversation_id, before_seq, min_seq, limit))])
+        rows.reverse()
+        return rows
+
+    async def set_cursor(self, conversation_id: str, user_id: str, kind: str, seq: int) -> int:
+        column = {"read": "read_seq", "delivered": "delivered_seq"}[kind]
+
+        def job(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                f"UPDATE members SET {column} = MAX({column}, ?) "
+                f"WHERE conversation_id=? AND user_id=? RETURNING {column}",
+                (seq, conversation_id, user_id)).fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._writer.run(job)

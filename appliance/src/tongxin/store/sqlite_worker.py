@@ -1,0 +1,145 @@
+"""Run sqlite3 calls on a dedicated thread, committing writes in batches.
+
+Why a thread of our own rather than one call per thread-pool job: the ACK to
+a sender must wait for the fsync of its write, and one fsync per message caps
+a disk at a few hundred messages per second. The writer drains everything
+queued while the previous commit was in flight and commits it as one
+transaction (group commit), each job inside its own SAVEPOINT so that one
+failing job does not undo the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tongxin.store.ports import Unavailable
+
+T = TypeVar("T")
+
+Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], asyncio.AbstractEventLoop]
+
+
+def connect(path: Path, synchronous: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def _resolve(fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if fut.cancelled():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)
+
+
+class SqliteWorker:
+    """One connection, one thread. ``batch`` > 1 turns on group commit."""
+
+    def __init__(self, path: Path, synchronous: str, batch: int, name: str) -> None:
+        self.path = path
+        self.synchronous = synchronous
+        self.batch = batch
+        self.name = name
+        self._q: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    def start(self) -> None:
+        self._conn = connect(self.path, self.synchronous)
+        self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._q.put(None)
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        self._thread = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._thread is None:
+            raise Unavailable(f"{self.name}: store is not open")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._q.put((fn, fut, loop))
+        return await fut
+
+    def _loop(self) -> None:
+        assert self._conn is not None
+        conn = self._conn
+        while True:
+            job = self._q.get()
+            if job is None:
+                return
+            jobs = [job]
+            stop = False
+            while len(jobs) < self.batch:
+                try:
+                    nxt = self._q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                jobs.append(nxt)
+            if self.batch > 1:
+                self._run_batch(conn, jobs)
+            else:
+                for fn, fut, loop in jobs:
+                    self._run_one(conn, fn, fut, loop)
+            if stop:
+                return
+
+    @staticmethod
+    def _run_one(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any],
+                 fut: asyncio.Future[Any], loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            result, error = fn(conn), None
+        except sqlite3.Error as exc:
+            result, error = None, Unavailable(f"database error: {exc}")
+        except Exception as exc:
+            result, error = None, exc
+        loop.call_soon_threadsafe(_resolve, fut, result, error)
+
+    @staticmethod
+    def _run_batch(conn: sqlite3.Connection, jobs: list[Job]) -> None:
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for fn, _fut, _loop in jobs:
+                conn.execute("SAVEPOINT job")
+                try:
+                    outcomes.append((fn(conn), None))
+                    conn.execute("RELEASE job")
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    if isinstance(exc, sqlite3.Error):
+                        exc = Unavailable(f"database error: {exc}")
+                    outcomes.append((None, exc))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            # The commit (or BEGIN) failed: nothing in this batch is durable,
+            # so every job fails and no caller sends an ACK.
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            err = Unavailable(f"database commit failed: {exc}")
+            outcomes = [(None, err)] * len(jobs)
+        for (_fn, fut, loop), (result, error) in zip(jobs, outcomes, strict=True):
+            loop.call_soon_threadsafe(_resolve, fut, result, error)

@@ -1,0 +1,175 @@
+"""Message <-> frames: zstd compression and fragmentation on top of the header.
+
+Both directions use the same rules (docs/protocol.md, "Compression" and
+"Fragmentation"):
+
+* a payload of at least ``compression_threshold`` bytes is zstd-compressed
+  when that makes it smaller, and FLAG_COMPRESSED is set;
+* a (possibly compressed) payload larger than ``max_frame_payload`` is cut
+  into pieces sent as consecutive frames with the same type and seq, each
+  with FLAG_FRAGMENT, the last also with FLAG_FINAL. Fragments of one message
+  are never interleaved with other frames from the same sender.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import zstandard
+
+from tongxin.proto import tongxin_pb2 as pb
+from tongxin.wire.frame import (
+    FLAG_COMPRESSED,
+    FLAG_FINAL,
+    FLAG_FRAGMENT,
+    Frame,
+    FrameError,
+    encode_frame,
+)
+
+ZSTD_LEVEL = 3
+
+
+@dataclass(frozen=True, slots=True)
+class WireLimits:
+    max_frame_payload: int = 64 * 1024
+    max_message_size: int = 8 * 1024 * 1024
+    compression_threshold: int = 1024
+    fragment_timeout: float = 30.0
+
+
+class Encoder:
+    """Turns (type, seq, payload) into one or more ready-to-send frames."""
+
+    def __init__(self, limits: WireLimits) -> None:
+        self.limits = limits
+        # zstd contexts are not thread-safe but are reusable; one per encoder
+        # avoids re-allocating ~1 MB of compression state per message.
+        self._cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
+
+    def encode(self, ftype: int, seq: int, payload: bytes) -> list[bytes]:
+        flags = 0
+        if len(payload) >= self.limits.compression_threshold:
+            packed = self._cctx.compress(payload)
+            if len(packed) < len(payload):
+                payload, flags = packed, FLAG_COMPRESSED
+        limit = self.limits.max_frame_payload
+        if len(payload) <= limit:
+            return [encode_frame(ftype, seq, flags, payload)]
+        frames = []
+        for start in range(0, len(payload), limit):
+            last = start + limit >= len(payload)
+            fflags = flags | FLAG_FRAGMENT | (FLAG_FINAL if last else 0)
+            frames.append(encode_frame(ftype, seq, fflags, payload[start : start + limit]))
+        return frames
+
+
+def decompress(data: bytes, max_size: int, seq: int = 0) -> bytes:
+    """Decompress a zstd payload, refusing to inflate past ``max_size``.
+
+    Reading through a stream reader bounds memory even when the zstd frame
+    does not declare its content size (a decompression bomb).
+    """
+    try:
+        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data))
+        out = reader.read(max_size + 1)
+    except zstandard.ZstdError as exc:
+        raise FrameError(pb.BAD_COMPRESSION, f"corrupt zstd payload: {exc}", seq=seq) from exc
+    if len(out) > max_size:
+        raise FrameError(
+            pb.PAYLOAD_TOO_LARGE, f"decompressed payload exceeds {max_size} bytes", seq=seq
+        )
+    return out
+
+
+@dataclass(slots=True)
+class _Partial:
+    type: int
+    seq: int
+    flags: int
+    started: float
+    chunks: list[bytes]
+    size: int
+
+
+class Decoder:
+    """Reassembles fragments and decompresses, yielding whole messages.
+
+    One decoder per connection direction. At most one fragmented message is
+    in progress at a time, since fragments are never interleaved.
+    """
+
+    def __init__(self, limits: WireLimits, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limits = limits
+        self._clock = clock
+        self._partial: _Partial | None = None
+
+    @property
+    def pending_since(self) -> float | None:
+        return self._partial.started if self._partial else None
+
+    def expired(self) -> bool:
+        p = self._partial
+        return p is not None and self._clock() - p.started > self.limits.fragment_timeout
+
+    def reset(self) -> None:
+        self._partial = None
+
+    def feed(self, frame: Frame) -> Frame | None:
+        """Return the whole message once complete, None while fragments are pending."""
+        p = self._partial
+        if p is not None and self.expired():
+            self._partial = None
+            raise FrameError(
+                pb.FRAGMENT_TIMEOUT,
+                f"fragments of seq {p.seq} did not complete within "
+                f"{self.limits.fragment_timeout:g}s",
+                seq=p.seq, fatal=True,
+            )
+        if not frame.flags & FLAG_FRAGMENT:
+            if p is not None:
+                self._partial = None
+                raise FrameError(
+                    pb.FRAGMENT_ERROR,
+                    f"unfragmented frame seq {frame.seq} arrived inside fragmented seq {p.seq}",
+                    seq=frame.seq, fatal=True,
+                )
+            return self._finish(frame.type, frame.seq, frame.flags, frame.payload)
+        if p is None:
+            p = self._partial = _Partial(frame.type, frame.seq, frame.flags, self._clock(), [], 0)
+        elif (frame.seq, frame.type) != (p.seq, p.type) or (
+            frame.flags & FLAG_COMPRESSED
+        ) != (p.flags & FLAG_COMPRESSED):
+            self._partial = None
+            raise FrameError(
+                pb.FRAGMENT_ERROR,
+                f"fragment seq {frame.seq} type {frame.type} does not continue "
+                f"seq {p.seq} type {p.type}",
+                seq=frame.seq, fatal=True,
+            )
+        p.size += len(frame.payload)
+        if p.size > self.limits.max_message_size:
+            self._partial = None
+            raise FrameError(
+                pb.PAYLOAD_TOO_LARGE,
+                f"fragmented message exceeds {self.limits.max_message_size} bytes",
+                seq=frame.seq, fatal=True,
+            )
+        p.chunks.append(frame.payload)
+        if not frame.flags & FLAG_FINAL:
+            return None
+        self._partial = None
+        return self._finish(p.type, p.seq, p.flags, b"".join(p.chunks))
+
+    def _finish(self, ftype: int, seq: int, flags: int, payload: bytes) -> Frame:
+        if flags & FLAG_COMPRESSED:
+            payload = decompress(payload, self.limits.max_message_size, seq)
+        elif len(payload) > self.limits.max_message_size:
+            raise FrameError(
+                pb.PAYLOAD_TOO_LARGE,
+                f"payload exceeds {self.limits.max_message_size} bytes", seq=seq,
+            )
+        return Frame(ftype, seq, 0, payload)
