@@ -21,7 +21,7 @@ $(STAMP): $(BIN)/python $(APP)/pyproject.toml
 	@touch $@
 
 $(PROTO)/tongxin_pb2.py: $(PROTO)/tongxin.proto $(STAMP)
-	cd $(PROTO) && ../../../../$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. tongxin.proto
+	cd $(PROTO) && ../../../../$(BIN)/python -m grpc_tools.protoc -I. --python_out=. tongxin.proto
 
 setup: $(STAMP) $(PROTO)/tongxin_pb2.py
 

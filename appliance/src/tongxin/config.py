@@ -153,9 +153,8 @@ def _coerce(want: Any, value: Any, where: str) -> Any:
     elif want is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
-    elif want is str:
-        if isinstance(value, str):
-            return value
+    elif want is str and isinstance(value, str):
+        return value
     name = getattr(want, "__name__", str(want))
     raise ConfigError(f"{where}: expected {name}, got {type(value).__name__} {value!r}")
 

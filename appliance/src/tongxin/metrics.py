@@ -9,14 +9,14 @@ from tongxin.proto import tongxin_pb2 as pb
 
 def type_name(ftype: int) -> str:
     try:
-        return pb.FrameType.Name(ftype).lower()
+        return str(pb.FrameType.Name(ftype)).lower()
     except ValueError:
         return "unknown"
 
 
 def error_name(code: int) -> str:
     try:
-        return pb.ErrorCode.Name(code).lower()
+        return str(pb.ErrorCode.Name(code)).lower()
     except ValueError:
         return "unknown"
 

@@ -60,7 +60,8 @@ def entry_to_pb(e: Entry) -> pb.Message:
 
 
 def _content_kind(content: pb.Content) -> str | None:
-    return content.WhichOneof("body")
+    kind: str | None = content.WhichOneof("body")
+    return kind
 
 
 class ChatService:

@@ -181,7 +181,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_chat(args: argparse.Namespace) -> int:
     from tongxin.cli.chat import run_chat
 
-    password = "" if args.register is False and args.token else _password(args)
+    password = _password(args)
     return _run(run_chat(args.url, args.user, password, register=args.register,
                          device_id=args.device, open_with=args.to))
 
@@ -228,7 +228,6 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--register", action="store_true", help="create the account first")
     ch.add_argument("--to", default="", help="open a direct chat with this user at start")
     ch.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    ch.add_argument("--token", default="", help=argparse.SUPPRESS)
     ch.set_defaults(func=cmd_chat)
     return p
 

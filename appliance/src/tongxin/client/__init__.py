@@ -197,17 +197,13 @@ class Client:
                 if not fut.done():
                     fut.set_exception(exc)
 
-    async def next_event(self, *types: int, timeout: float = 10.0) -> Event:
+    async def next_event(self, *types: int, wait: float = 10.0) -> Event:
         """The next pushed event (of one of ``types``, if given); others are discarded."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise TimeoutError(f"no event of types {types} within {timeout}s")
-            ev = await asyncio.wait_for(self.events.get(), remaining)
-            if not types or ev.type in types:
-                return ev
+        async with asyncio.timeout(wait):
+            while True:
+                ev = await self.events.get()
+                if not types or ev.type in types:
+                    return ev
 
     def drain_events(self) -> list[Event]:
         out = []

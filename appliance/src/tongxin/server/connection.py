@@ -11,6 +11,7 @@ grow the server's memory. It loses nothing: it syncs by seq on reconnect.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -65,7 +66,7 @@ class Connection:
         self.heartbeat = node.cfg.server.heartbeat_interval * random.uniform(0.8, 1.2)
         self.queue: deque[bytes] = deque()
         self.queued_bytes = 0
-        self.draining = False
+        self.drain_task: asyncio.Task[None] | None = None
         self.closing = False
         self.unauth_errors = 0
         self.watching: tuple[str, ...] = ()
@@ -89,9 +90,8 @@ class Connection:
         self.queue.extend(frames)
         self.queued_bytes += size
         self.node.metrics.frames_out.labels(type_name(ftype)).inc()
-        if not self.draining:
-            self.draining = True
-            self.node.spawn(self._drain())
+        if self.drain_task is None:
+            self.drain_task = self.node.spawn(self._drain())
 
     async def _drain(self) -> None:
         try:
@@ -102,7 +102,7 @@ class Connection:
         except (ConnectionError, RuntimeError):
             self.closing = True
         finally:
-            self.draining = False
+            self.drain_task = None
 
     def reply(self, ftype: int, seq: int, msg: PbMessage) -> None:
         self.push(self.node.encoder.encode(ftype, seq, msg.SerializeToString()), ftype)
@@ -119,9 +119,12 @@ class Connection:
             return
         self.closing = True
         self.node.metrics.closes.labels(closecodes.name(code)).inc()
-        deadline = time.monotonic() + 2.0
-        while self.draining and time.monotonic() < deadline and code != closecodes.SLOW_CONSUMER:
-            await asyncio.sleep(0.01)
+        task = self.drain_task
+        if task is not None and code != closecodes.SLOW_CONSUMER:
+            # Let the ERROR frame that explains the close reach the client,
+            # but never wait long on a peer that is not reading.
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(task), 2.0)
         self.queue.clear()
         if not self.ws.closed:
             await self.ws.close(code=code, message=reason.encode()[:120])

@@ -99,10 +99,11 @@ class Node:
         await self.presence.close()
         await self.store.close()
 
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def sweep_interval(self) -> float:
         s = self.cfg.server

@@ -96,11 +96,13 @@ _MEMBER_COLS = "conversation_id, user_id, role, joined_seq, read_seq, delivered_
 
 
 def _user(row: Any) -> User:
-    return User(*row[:9], disabled=bool(row[9]))
+    return User(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8],
+                bool(row[9]))
 
 
 def _entry(row: Any) -> Entry:
-    return Entry(*row[:10], recalled=bool(row[10]), edited_at=row[11])
+    return Entry(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9],
+                 bool(row[10]), row[11])
 
 
 def _conv(row: Any) -> ConversationRow:

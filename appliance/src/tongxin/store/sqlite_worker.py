@@ -11,6 +11,7 @@ failing job does not undo the others.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import sqlite3
 import threading
@@ -106,12 +107,14 @@ class SqliteWorker:
     @staticmethod
     def _run_one(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any],
                  fut: asyncio.Future[Any], loop: asyncio.AbstractEventLoop) -> None:
+        result: Any = None
+        error: Exception | None = None
         try:
-            result, error = fn(conn), None
+            result = fn(conn)
         except sqlite3.Error as exc:
-            result, error = None, Unavailable(f"database error: {exc}")
+            error = Unavailable(f"database error: {exc}")
         except Exception as exc:
-            result, error = None, exc
+            error = exc
         loop.call_soon_threadsafe(_resolve, fut, result, error)
 
     @staticmethod
@@ -127,19 +130,17 @@ class SqliteWorker:
                 except Exception as exc:
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
-                    if isinstance(exc, sqlite3.Error):
-                        exc = Unavailable(f"database error: {exc}")
-                    outcomes.append((None, exc))
+                    err: Exception = (Unavailable(f"database error: {exc}")
+                                      if isinstance(exc, sqlite3.Error) else exc)
+                    outcomes.append((None, err))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             # The commit (or BEGIN) failed: nothing in this batch is durable,
             # so every job fails and no caller sends an ACK.
             if conn.in_transaction:
-                try:
+                with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-            err = Unavailable(f"database commit failed: {exc}")
-            outcomes = [(None, err)] * len(jobs)
+            failed = Unavailable(f"database commit failed: {exc}")
+            outcomes = [(None, failed)] * len(jobs)
         for (_fn, fut, loop), (result, error) in zip(jobs, outcomes, strict=True):
             loop.call_soon_threadsafe(_resolve, fut, result, error)
