@@ -89,8 +89,8 @@ class Node:
 
     async def stop(self) -> None:
         self.ready = False
-        for conn in list(self.hub.all):
-            await conn.close(closecodes.GOING_AWAY, "server shutting down")
+        await asyncio.gather(*(conn.close(closecodes.GOING_AWAY, "server shutting down")
+                               for conn in list(self.hub.all)), return_exceptions=True)
         if self._sweeper:
             self._sweeper.cancel()
         for t in list(self._tasks):

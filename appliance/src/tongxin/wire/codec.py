@@ -76,11 +76,23 @@ def decompress(data: bytes, max_size: int, seq: int = 0) -> bytes:
     try:
         reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data))
         out = reader.read(max_size + 1)
+        if len(out) > max_size:
+            raise FrameError(
+                pb.PAYLOAD_TOO_LARGE, f"decompressed payload exceeds {max_size} bytes", seq=seq
+            )
+        # The bounded read stops quietly at the end of the input or of the
+        # first zstd frame, so a truncated frame (even an empty payload) or
+        # bytes after the frame would pass as a shorter message. Check that
+        # the payload is exactly one whole frame; this second pass produces
+        # no more output than the first, so it is bounded too.
+        check = zstandard.ZstdDecompressor().decompressobj()
+        check.decompress(data)
+        complete = check.eof and not check.unused_data
     except zstandard.ZstdError as exc:
         raise FrameError(pb.BAD_COMPRESSION, f"corrupt zstd payload: {exc}", seq=seq) from exc
-    if len(out) > max_size:
+    if not complete:
         raise FrameError(
-            pb.PAYLOAD_TOO_LARGE, f"decompressed payload exceeds {max_size} bytes", seq=seq
+            pb.BAD_COMPRESSION, "zstd payload is not exactly one complete zstd frame", seq=seq
         )
     return out
 
