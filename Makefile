@@ -20,8 +20,8 @@ $(STAMP): $(BIN)/python $(APP)/pyproject.toml
 	$(BIN)/pip install -q -e '$(APP)[dev]'
 	@touch $@
 
-$(PROTO)/tongxin_pb2.py: $(PROTO)/tongxin.proto $(STAMP)
-	cd $(PROTO) && ../../../../$(BIN)/python -m grpc_tools.protoc -I. --python_out=. tongxin.proto
+$(PROTO)/tongxin_pb2.py: $(PROTO)/tongxin.proto $(PROTO)/internal.proto $(STAMP)
+	cd $(PROTO) && ../../../../$(BIN)/python -m grpc_tools.protoc -I. --python_out=. tongxin.proto internal.proto
 
 setup: $(STAMP) $(PROTO)/tongxin_pb2.py
 

@@ -77,6 +77,35 @@ class ChatConfig:
 
 
 @dataclass
+class DeliveryConfig:
+    backend: str = _f("inprocess", "delivery between nodes: inprocess (one node) or kafka")
+
+
+@dataclass
+class KafkaConfig:
+    bootstrap_servers: str = _f("127.0.0.1:9092", "Kafka bootstrap servers, comma-separated")
+    topic_prefix: str = _f("tongxin", "prefix of the per-node topics (<prefix>.node.<node_id>)")
+    deliveries_topic: str = _f("tongxin.deliveries", "conversation-keyed deliveries topic")
+    partitions: int = _f(12, "partitions of the deliveries topic when it is created")
+    replication_factor: int = _f(1, "replicas of each topic when created (3 in production)")
+    min_insync_replicas: int = _f(1, "min.insync.replicas of the deliveries topic (2 in production)")
+    retention_days: float = _f(7.0, "retention of the deliveries topic (the offline queue)")
+    node_topic_retention: float = _f(3600.0, "seconds routed records stay on a node's topic")
+    router_group: str = _f("tongxin-router", "consumer group shared by all nodes for routing")
+    linger_ms: int = _f(2, "producer linger: batching versus latency")
+    send_timeout: float = _f(10.0, "seconds to wait for the broker before a send fails")
+    max_in_flight: int = _f(10000, "deliveries awaiting broker acks before sends are refused")
+
+
+@dataclass
+class PresenceConfig:
+    backend: str = _f("memory", "presence and routing: memory (one node) or redis")
+    redis_nodes: str = _f("127.0.0.1:7000", "Redis Cluster startup nodes, comma-separated")
+    key_prefix: str = _f("tx", "prefix of every Redis key")
+    node_ttl: float = _f(15.0, "seconds without a heartbeat after which a node counts as dead")
+
+
+@dataclass
 class LoggingConfig:
     level: str = _f("info", "log level: debug, info, warning, error")
     json: bool = _f(True, "structured JSON lines on stderr (false: plain text)")
@@ -90,6 +119,9 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     accounts: AccountsConfig = field(default_factory=AccountsConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    presence: PresenceConfig = field(default_factory=PresenceConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     @property
@@ -115,6 +147,8 @@ _CHOICES = {
     "storage.backend": ("sqlite",),
     "storage.sqlite_synchronous": ("full", "normal"),
     "logging.level": ("debug", "info", "warning", "error"),
+    "delivery.backend": ("inprocess", "kafka"),
+    "presence.backend": ("memory", "redis"),
 }
 
 

@@ -125,12 +125,26 @@ class ChatService:
 
     async def _publish_entry(self, entry: Entry, actor: Actor,
                              user_ids: tuple[str, ...] = (), members_changed: bool = False) -> None:
-        await self.bus.publish(Delivery(
+        await self._publish(Delivery(
             frame_type=pb.DELIVER, payload=entry_to_pb(entry).SerializeToString(),
             conversation_id=entry.conversation_id, user_ids=user_ids,
             skip_user=actor.user_id, skip_device=actor.device_id,
             members_changed=members_changed,
         ))
+
+    async def _publish(self, delivery: Delivery) -> None:
+        try:
+            await self.bus.publish(delivery)
+        except Unavailable as exc:
+            # Stored but not handed to the delivery stream: no ACK. The
+            # client re-sends the same client_msg_id, which finds the stored
+            # entry and publishes it again.
+            raise RequestError(pb.UNAVAILABLE, f"not delivered: {exc}; re-send to retry",
+                               retry_after_ms=1000) from exc
+
+    async def _publish_new(self, stored: Entry, duplicate: bool, actor: Actor) -> None:
+        if not duplicate or self.bus.republish_duplicates:
+            await self._publish_entry(stored, actor)
 
     def _ack(self, entry: Entry, duplicate: bool) -> pb.Ack:
         return pb.Ack(conversation_id=entry.conversation_id, client_msg_id=entry.client_msg_id,
@@ -303,8 +317,7 @@ class ChatService:
                       sender_device=actor.device_id, client_msg_id=req.client_msg_id,
                       sent_at=now_ms(), kind=pb.CHAT, content=req.content.SerializeToString())
         stored, duplicate = await self._append(entry)
-        if not duplicate:
-            await self._publish_entry(stored, actor)
+        await self._publish_new(stored, duplicate, actor)
         return self._ack(stored, duplicate)
 
     async def _own_target(self, actor: Actor, conversation_id: str, target_seq: int,
@@ -334,8 +347,7 @@ class ChatService:
                       sender_device=actor.device_id, client_msg_id=req.client_msg_id,
                       sent_at=now_ms(), kind=pb.RECALLED, target_seq=req.target_seq)
         stored, duplicate = await self._append(entry, mark_recalled=True)
-        if not duplicate:
-            await self._publish_entry(stored, actor)
+        await self._publish_new(stored, duplicate, actor)
         return self._ack(stored, duplicate)
 
     async def edit(self, actor: Actor, req: pb.EditRequest) -> pb.Ack:
@@ -356,8 +368,7 @@ class ChatService:
                       sent_at=now_ms(), kind=pb.EDITED, target_seq=req.target_seq,
                       content=content)
         stored, duplicate = await self._append(entry, mark_edited=content)
-        if not duplicate:
-            await self._publish_entry(stored, actor)
+        await self._publish_new(stored, duplicate, actor)
         return self._ack(stored, duplicate)
 
     async def _replayed(self, actor: Actor, conversation_id: str,
@@ -367,7 +378,10 @@ class ChatService:
         ACK was lost, and the retry must get the same ACK."""
         await self._member(conversation_id, actor.user_id)
         prior = await self.store.find_by_client_id(conversation_id, actor.user_id, client_msg_id)
-        return self._ack(prior, True) if prior is not None else None
+        if prior is None:
+            return None
+        await self._publish_new(prior, True, actor)
+        return self._ack(prior, True)
 
     async def sync(self, actor: Actor, req: pb.SyncRequest) -> pb.SyncResponse:
         me = await self._member(req.conversation_id, actor.user_id)
@@ -409,7 +423,7 @@ class ChatService:
         recipients: tuple[str, ...] = ()
         if conv.member_count > self.cfg.receipt_fanout_limit:
             recipients = (actor.user_id,)
-        await self.bus.publish(Delivery(
+        await self._publish(Delivery(
             frame_type=pb.RECEIPT, payload=event.SerializeToString(),
             conversation_id=req.conversation_id, user_ids=recipients,
             skip_user=actor.user_id, skip_device=actor.device_id))
@@ -421,7 +435,7 @@ class ChatService:
             return
         event = pb.Typing(conversation_id=req.conversation_id, user_id=actor.user_id,
                           typing=req.typing)
-        await self.bus.publish(Delivery(
+        await self._publish(Delivery(
             frame_type=pb.TYPING, payload=event.SerializeToString(),
             conversation_id=req.conversation_id, skip_user=actor.user_id,
             skip_device=actor.device_id))

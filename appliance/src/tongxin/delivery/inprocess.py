@@ -6,6 +6,8 @@ from tongxin.delivery.ports import Delivery, Handler
 
 
 class InProcessBus:
+    republish_duplicates = False
+
     def __init__(self) -> None:
         self._handler: Handler | None = None
 

@@ -27,12 +27,19 @@ class Delivery:
     members_changed: bool = False
     # Presence updates go to the connections watching this user instead.
     watchers_of: str = ""
+    # user_ids is the exact recipient list on this node, even when empty
+    # (set by the Kafka router, which already resolved the members).
+    routed: bool = False
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
 
 
 class DeliveryBus(Protocol):
+    #: True when a publish can fail after the store committed (a broker), so a
+    #: re-sent client_msg_id must be published again before it is ACKed.
+    republish_duplicates: bool
+
     async def start(self, handler: Handler) -> None: ...
     async def publish(self, delivery: Delivery) -> None: ...
     async def close(self) -> None: ...

@@ -10,6 +10,7 @@ class MemoryPresence:
     def __init__(self) -> None:
         self._devices: dict[str, set[tuple[str, str]]] = {}
         self._last_seen: dict[str, int] = {}
+        self._node_id = ""
 
     async def device_online(self, user_id: str, device_id: str, node_id: str) -> bool:
         devices = self._devices.setdefault(user_id, set())
@@ -35,6 +36,19 @@ class MemoryPresence:
                           self._last_seen.get(u, 0))
             for u in user_ids
         ]
+
+    async def nodes_of(self, user_ids: list[str]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for u in user_ids:
+            for node in {n for n, _ in self._devices.get(u, ())}:
+                out.setdefault(node, []).append(u)
+        return out
+
+    async def live_nodes(self) -> list[str]:
+        return [self._node_id] if self._node_id else []
+
+    async def start(self, node_id: str) -> None:
+        self._node_id = node_id
 
     async def close(self) -> None:
         self._devices.clear()

@@ -211,8 +211,11 @@ class Connection:
             if ftype == pb.SEND:
                 node.metrics.ack_latency.observe(time.perf_counter() - arrived)
         except RequestError as err:
-            self.error(err.code, err.message, seq, retry_after_ms=err.retry_after_ms)
-            if self.session is None and self.unauth_errors >= node.cfg.server.max_unauthenticated_errors:
+            # Error.fatal promises the close that follows, so decide it first.
+            fatal = (self.session is None
+                     and self.unauth_errors >= node.cfg.server.max_unauthenticated_errors)
+            self.error(err.code, err.message, seq, retry_after_ms=err.retry_after_ms, fatal=fatal)
+            if fatal:
                 await self.close(closecodes.AUTH_REQUIRED, "too many frames before AUTH")
         except Exception:
             log.exception("handler failed", extra={"type": type_name(ftype), "user": self.user_id})

@@ -69,7 +69,7 @@ class Hub:
         if d.watchers_of:
             targets = list(self.watchers.get(d.watchers_of, ()))
         else:
-            users = d.user_ids or await self.members.get(d.conversation_id)
+            users = d.user_ids if (d.user_ids or d.routed) else await self.members.get(d.conversation_id)
             targets = []
             for uid in users:
                 devs = self.devices.get(uid)

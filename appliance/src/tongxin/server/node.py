@@ -31,7 +31,7 @@ from tongxin.proto import tongxin_pb2 as pb
 from tongxin.server.connection import Connection
 from tongxin.server.hub import Hub
 from tongxin.server.ratelimit import RateLimiter
-from tongxin.store.ports import ChatStore
+from tongxin.store.ports import ChatStore, Unavailable
 from tongxin.store.sqlite_store import SqliteStore
 from tongxin.wire import closecodes
 from tongxin.wire.codec import Encoder, WireLimits
@@ -48,6 +48,15 @@ def make_store(cfg: Config) -> ChatStore:
     raise ValueError(f"unknown storage backend {cfg.storage.backend!r}")
 
 
+def make_presence(cfg: Config) -> PresenceRegistry:
+    if cfg.presence.backend == "redis":
+        from tongxin.presence.redis_presence import RedisPresence
+
+        return RedisPresence(cfg.presence.redis_nodes, cfg.presence.key_prefix,
+                             cfg.presence.node_ttl)
+    return MemoryPresence()
+
+
 class Node:
     def __init__(self, cfg: Config, store: ChatStore | None = None,
                  bus: DeliveryBus | None = None, presence: PresenceRegistry | None = None) -> None:
@@ -58,10 +67,10 @@ class Node:
         self.node_id = cfg.node_id or f"{socket.gethostname()}:{cfg.listen_address()[1]}"
         self.metrics = Metrics()
         self.store = store or make_store(cfg)
-        self.bus = bus or InProcessBus()
-        self.presence = presence or MemoryPresence()
+        self.presence = presence or make_presence(cfg)
         self.encoder = Encoder(self.limits)
         self.members = MemberCache(self.store)
+        self.bus = bus or self._make_bus()
         self.hub = Hub(self.encoder, self.members, self.metrics)
         self.chat = ChatService(self.store, self.bus, self.members, cfg.chat, s.max_message_size)
         self.limiter = RateLimiter(cfg.chat.rate_limit_per_second, cfg.chat.rate_limit_burst)
@@ -69,6 +78,15 @@ class Node:
         self.ready = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
+
+    def _make_bus(self) -> DeliveryBus:
+        if self.cfg.delivery.backend == "kafka":
+            from tongxin.delivery.kafka_bus import KafkaBus
+
+            return KafkaBus(self.cfg.kafka, self.node_id, self.members.get,
+                            self.members.invalidate, self.presence.nodes_of,
+                            self.presence.live_nodes, self.metrics.registry)
+        return InProcessBus()
 
     # ---- lifecycle ---------------------------------------------------------
 
@@ -78,6 +96,7 @@ class Node:
         key = load_or_create_key(home / "secrets" / "token.key")
         self.accounts = Accounts(self.store, TokenSigner(key), self.cfg.accounts)
         await self.store.open()
+        await self.presence.start(self.node_id)
         await self.bus.start(self.hub.dispatch)
         self._sweeper = asyncio.create_task(self._sweep())
         if self.cfg.server.gc_freeze:
@@ -123,10 +142,13 @@ class Node:
                     self.metrics.errors.labels("auth_timeout").inc()
                     self.spawn(conn.close(closecodes.AUTH_REQUIRED, "no AUTH in time"))
                 elif conn.decoder.expired():
+                    # ref_seq names the incomplete message, as when a late
+                    # fragment finds it expired (Decoder.feed).
+                    pending = conn.decoder.pending_seq
                     conn.decoder.reset()
                     conn.error(pb.FRAGMENT_TIMEOUT,
                                f"fragmented message did not complete within "
-                               f"{s.fragment_timeout:g}s", fatal=True)
+                               f"{s.fragment_timeout:g}s", pending, fatal=True)
                     self.spawn(conn.close(closecodes.PROTOCOL_ERROR, "fragment timeout"))
                 elif now - conn.last_seen > conn.heartbeat * s.idle_timeout_factor:
                     self.spawn(conn.close(closecodes.IDLE, "no frames within the idle timeout"))
@@ -153,9 +175,14 @@ class Node:
         update = pb.PresenceUpdate()
         update.entries.add(user_id=user_id, status=pb.ONLINE if online else pb.OFFLINE,
                            last_seen_ms=now_ms(), devices=0)
-        await self.bus.publish(Delivery(frame_type=pb.PRESENCE,
-                                        payload=update.SerializeToString(),
-                                        watchers_of=user_id))
+        try:
+            await self.bus.publish(Delivery(frame_type=pb.PRESENCE,
+                                            payload=update.SerializeToString(),
+                                            watchers_of=user_id))
+        except Unavailable as exc:
+            # Presence is best effort: watchers re-read it on their next
+            # PRESENCE_SUB; a broker outage must not fail a login.
+            log.warning("presence update not published: %s", exc)
 
     # ---- HTTP --------------------------------------------------------------
 

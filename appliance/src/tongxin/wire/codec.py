@@ -123,6 +123,11 @@ class Decoder:
     def pending_since(self) -> float | None:
         return self._partial.started if self._partial else None
 
+    @property
+    def pending_seq(self) -> int:
+        """Seq of the fragmented message in progress, 0 if none."""
+        return self._partial.seq if self._partial else 0
+
     def expired(self) -> bool:
         p = self._partial
         return p is not None and self._clock() - p.started > self.limits.fragment_timeout

@@ -1,0 +1,248 @@
+"""Delivery through Kafka (seed §3.1), for many nodes.
+
+Two stages:
+
+1. ``publish`` writes the delivery to the deliveries topic, keyed by
+   conversation so one conversation's entries stay in one partition, in
+   order. The producer is idempotent with acks=all, and ``publish`` returns
+   only once the broker has the record: the chat layer ACKs a message only
+   after it is both stored and published, so a broker outage shows up as a
+   clear UNAVAILABLE to the sender (who re-sends the same client_msg_id)
+   instead of a stored-but-never-pushed message. The topic keeps 7 days.
+2. A consumer group shared by all nodes (balanced: each partition is read
+   by exactly one node) resolves recipients (members from the store) and
+   their nodes (from the presence registry) and writes one routed record per
+   node to that node's own topic. Each node reads its own topic and pushes
+   to its local devices. Offsets are committed only after routing, so a
+   node that dies mid-batch leaves the batch to the next owner of the
+   partition (at-least-once; clients drop seqs they already hold).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from prometheus_client import CollectorRegistry, Gauge
+
+from tongxin.clock import now_ms
+from tongxin.config import KafkaConfig
+from tongxin.delivery.ports import Delivery, Handler
+from tongxin.proto import internal_pb2 as ipb
+from tongxin.store.ports import Unavailable
+
+log = logging.getLogger("tongxin.kafka")
+
+MembersOf = Callable[[str], Awaitable[frozenset[str]]]
+Invalidate = Callable[[str], None]
+NodesOf = Callable[[list[str]], Awaitable[dict[str, list[str]]]]
+LiveNodes = Callable[[], Awaitable[list[str]]]
+
+DAY_MS = 86_400_000
+
+
+def to_record(d: Delivery, origin: str) -> bytes:
+    rec = ipb.DeliveryRecord(
+        frame_type=d.frame_type, payload=d.payload, conversation_id=d.conversation_id,
+        user_ids=list(d.user_ids), skip_user=d.skip_user, skip_device=d.skip_device,
+        members_changed=d.members_changed, watchers_of=d.watchers_of, routed=d.routed,
+        origin_node=origin, published_at_ms=now_ms())
+    data: bytes = rec.SerializeToString()
+    return data
+
+
+def from_record(data: bytes) -> Delivery:
+    rec = ipb.DeliveryRecord.FromString(data)
+    return Delivery(frame_type=rec.frame_type, payload=rec.payload,
+                    conversation_id=rec.conversation_id, user_ids=tuple(rec.user_ids),
+                    skip_user=rec.skip_user, skip_device=rec.skip_device,
+                    members_changed=rec.members_changed, watchers_of=rec.watchers_of,
+                    routed=rec.routed)
+
+
+def node_topic(prefix: str, node_id: str) -> str:
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in node_id)
+    return f"{prefix}.node.{safe}"
+
+
+class KafkaBus:
+    republish_duplicates = True
+
+    def __init__(self, cfg: KafkaConfig, node_id: str, members_of: MembersOf,
+                 invalidate: Invalidate, nodes_of: NodesOf, live_nodes: LiveNodes,
+                 registry: CollectorRegistry) -> None:
+        self.cfg = cfg
+        self.node_id = node_id
+        self.members_of = members_of
+        self.invalidate = invalidate
+        self.nodes_of = nodes_of
+        self.live_nodes = live_nodes
+        self.topic = cfg.deliveries_topic
+        self.my_topic = node_topic(cfg.topic_prefix, node_id)
+        self._handler: Handler | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._router: AIOKafkaConsumer | None = None
+        self._inbox: AIOKafkaConsumer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._in_flight = 0
+        self.lag = Gauge("tongxin_kafka_consumer_lag", "Records behind the partition end",
+                         ["topic", "partition"], registry=registry)
+        self.in_flight = Gauge("tongxin_kafka_in_flight", "Deliveries awaiting broker acks",
+                               registry=registry)
+
+    async def _ensure_topics(self) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.cfg.bootstrap_servers)
+        await admin.start()
+        try:
+            topics = [
+                NewTopic(self.topic, self.cfg.partitions, self.cfg.replication_factor,
+                         topic_configs={"retention.ms": str(int(self.cfg.retention_days * DAY_MS)),
+                                        "min.insync.replicas": str(self.cfg.min_insync_replicas)}),
+                NewTopic(self.my_topic, 1, self.cfg.replication_factor,
+                         topic_configs={"retention.ms": str(int(self.cfg.node_topic_retention * 1000))}),
+            ]
+            for t in topics:
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    await admin.create_topics([t])
+        finally:
+            await admin.close()
+
+    async def start(self, handler: Handler) -> None:
+        self._handler = handler
+        await self._ensure_topics()
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.cfg.bootstrap_servers, enable_idempotence=True, acks="all",
+            linger_ms=self.cfg.linger_ms, request_timeout_ms=int(self.cfg.send_timeout * 1000),
+            client_id=f"tongxin-{self.node_id}")
+        await self._producer.start()
+        self._router = AIOKafkaConsumer(
+            self.topic, bootstrap_servers=self.cfg.bootstrap_servers,
+            group_id=self.cfg.router_group, enable_auto_commit=False,
+            auto_offset_reset="earliest", session_timeout_ms=6000, heartbeat_interval_ms=1000,
+            client_id=f"tongxin-router-{self.node_id}")
+        await self._router.start()
+        # A node's own topic is read from its end: what was routed to an
+        # earlier process of this node is for connections that no longer exist.
+        self._inbox = AIOKafkaConsumer(bootstrap_servers=self.cfg.bootstrap_servers,
+                                       enable_auto_commit=False,
+                                       client_id=f"tongxin-inbox-{self.node_id}")
+        await self._inbox.start()
+        tp = TopicPartition(self.my_topic, 0)
+        self._inbox.assign([tp])
+        await self._inbox.seek_to_end(tp)
+        self._tasks = [asyncio.create_task(self._route_loop()),
+                       asyncio.create_task(self._inbox_loop()),
+                       asyncio.create_task(self._lag_loop())]
+
+    async def publish(self, delivery: Delivery) -> None:
+        assert self._producer is not None
+        if self._in_flight >= self.cfg.max_in_flight:
+            # Bounded memory: refuse rather than queue without limit.
+            raise Unavailable("delivery queue is full (Kafka is slow or down)")
+        key = (delivery.conversation_id or delivery.watchers_of or delivery.skip_user).encode()
+        self._in_flight += 1
+        self.in_flight.inc()
+        try:
+            await asyncio.wait_for(
+                self._producer.send_and_wait(self.topic, to_record(delivery, self.node_id), key=key),
+                self.cfg.send_timeout)
+        except (KafkaError, TimeoutError) as exc:
+            raise Unavailable(f"delivery broker unavailable: {exc!r}") from exc
+        finally:
+            self._in_flight -= 1
+            self.in_flight.dec()
+
+    async def _route_one(self, d: Delivery) -> None:
+        assert self._producer is not None
+        if d.members_changed and d.conversation_id:
+            self.invalidate(d.conversation_id)
+        live = await self.live_nodes()
+        if d.watchers_of:
+            targets: dict[str, list[str]] = {n: [] for n in live}
+        else:
+            users = list(d.user_ids) if d.user_ids else sorted(await self.members_of(d.conversation_id))
+            targets = await self.nodes_of(users)
+            if d.members_changed:
+                # Every node drops its cached member list, recipients or not.
+                for n in live:
+                    targets.setdefault(n, [])
+        sends = []
+        for node, users in targets.items():
+            routed = Delivery(frame_type=d.frame_type, payload=d.payload,
+                              conversation_id=d.conversation_id, user_ids=tuple(users),
+                              skip_user=d.skip_user, skip_device=d.skip_device,
+                              members_changed=d.members_changed, watchers_of=d.watchers_of,
+                              routed=True)
+            sends.append(await self._producer.send(
+                node_topic(self.cfg.topic_prefix, node), to_record(routed, self.node_id)))
+        for fut in sends:
+            await fut
+
+    async def _route_loop(self) -> None:
+        assert self._router is not None
+        while True:
+            try:
+                batch = await self._router.getmany(timeout_ms=500, max_records=500)
+                for _tp, records in batch.items():
+                    for rec in records:
+                        await self._route_one(from_record(rec.value))
+                if batch:
+                    await self._router.commit()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Uncommitted records are routed again after the pause.
+                log.warning("delivery routing failed, retrying: %r", exc)
+                await asyncio.sleep(1.0)
+                with contextlib.suppress(Exception):
+                    for tp in self._router.assignment():
+                        committed = await self._router.committed(tp)
+                        if committed is not None:
+                            self._router.seek(tp, committed)
+
+    async def _inbox_loop(self) -> None:
+        assert self._inbox is not None and self._handler is not None
+        while True:
+            try:
+                batch = await self._inbox.getmany(timeout_ms=500, max_records=1000)
+                for records in batch.values():
+                    for rec in records:
+                        await self._handler(from_record(rec.value))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("node inbox read failed, retrying: %r", exc)
+                await asyncio.sleep(1.0)
+
+    async def _lag_loop(self) -> None:
+        while True:
+            await asyncio.sleep(5.0)
+            for consumer in (self._router, self._inbox):
+                if consumer is None:
+                    continue
+                with contextlib.suppress(Exception):
+                    for tp in consumer.assignment():
+                        high = consumer.highwater(tp)
+                        if high is None:
+                            continue
+                        pos = await consumer.position(tp)
+                        self.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - pos))
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        for client in (self._router, self._inbox):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.stop()
+        if self._producer is not None:
+            with contextlib.suppress(Exception):
+                await self._producer.stop()
