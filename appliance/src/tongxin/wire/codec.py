@@ -68,33 +68,55 @@ class Encoder:
 
 
 def decompress(data: bytes, max_size: int, seq: int = 0) -> bytes:
-    """Decompress a zstd payload, refusing to inflate past ``max_size``.
+    """Decompress a payload that must be exactly one whole zstd frame, refusing
+    to inflate past ``max_size`` (a decompression bomb costs no memory).
 
-    Reading through a stream reader bounds memory even when the zstd frame
-    does not declare its content size (a decompression bomb).
+    Our encoders declare the content size in the frame header, so the usual
+    path checks that size against the cap and decompresses once (libzstd
+    refuses output that disagrees with the declared size). A frame without a
+    declared size is read in bounded chunks instead.
     """
     try:
-        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data))
-        out = reader.read(max_size + 1)
-        if len(out) > max_size:
-            raise FrameError(
-                pb.PAYLOAD_TOO_LARGE, f"decompressed payload exceeds {max_size} bytes", seq=seq
-            )
-        # The bounded read stops quietly at the end of the input or of the
-        # first zstd frame, so a truncated frame (even an empty payload) or
-        # bytes after the frame would pass as a shorter message. Check that
-        # the payload is exactly one whole frame; this second pass produces
-        # no more output than the first, so it is bounded too.
-        check = zstandard.ZstdDecompressor().decompressobj()
-        check.decompress(data)
-        complete = check.eof and not check.unused_data
+        declared = zstandard.get_frame_parameters(data).content_size
+        if declared != zstandard.CONTENTSIZE_UNKNOWN:
+            if declared > max_size:
+                raise FrameError(pb.PAYLOAD_TOO_LARGE,
+                                 f"decompressed payload exceeds {max_size} bytes", seq=seq)
+            dobj = _DCTX.decompressobj()
+            out = dobj.decompress(data)
+            complete = dobj.eof and not dobj.unused_data
+        else:
+            out, complete = _decompress_unsized(data, max_size, seq)
     except zstandard.ZstdError as exc:
         raise FrameError(pb.BAD_COMPRESSION, f"corrupt zstd payload: {exc}", seq=seq) from exc
     if not complete:
+        # A truncated frame, or bytes after it, must not pass as a shorter message.
         raise FrameError(
             pb.BAD_COMPRESSION, "zstd payload is not exactly one complete zstd frame", seq=seq
         )
     return out
+
+
+_DCTX = zstandard.ZstdDecompressor()
+_CHUNK = 64 * 1024
+
+
+def _decompress_unsized(data: bytes, max_size: int, seq: int) -> tuple[bytes, bool]:
+    reader = _DCTX.stream_reader(io.BytesIO(data))
+    parts: list[bytes] = []
+    total = 0
+    while chunk := reader.read(_CHUNK):
+        total += len(chunk)
+        if total > max_size:
+            raise FrameError(
+                pb.PAYLOAD_TOO_LARGE, f"decompressed payload exceeds {max_size} bytes", seq=seq
+            )
+        parts.append(chunk)
+    # The stream reader stops quietly at the end of the input; a second,
+    # bounded-by-now pass tells whether the frame was whole.
+    check = _DCTX.decompressobj()
+    check.decompress(data)
+    return b"".join(parts), bool(check.eof and not check.unused_data)
 
 
 @dataclass(slots=True)
