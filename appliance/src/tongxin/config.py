@@ -41,14 +41,21 @@ class ServerConfig:
     max_unauthenticated_errors: int = _f(5, "frames before AUTH tolerated before the connection closes")
     gc_freeze: bool = _f(True, "freeze start-up objects out of the cyclic GC (shorter pauses)")
     web_client: bool = _f(True, "serve the web client at /")
+    workers: int = _f(1, "node processes sharing the port (SO_REUSEPORT); >1 needs kafka and redis")
 
 
 @dataclass
 class StorageConfig:
-    backend: str = _f("sqlite", "history and accounts backend: sqlite")
+    backend: str = _f("sqlite", "history and accounts backend: sqlite, or mysql (TiDB, MySQL, MariaDB)")
     sqlite_path: str = _f("", "SQLite file; empty means <data_dir>/tongxin.db")
     sqlite_synchronous: str = _f("full", "SQLite synchronous mode: full (fsync per batch) or normal")
-    batch_max: int = _f(256, "writes committed together in one transaction (group commit)")
+    batch_max: int = _f(256, "SQLite writes committed together in one transaction (group commit)")
+    mysql_dsn: str = _f("mysql://tongxin@127.0.0.1:4000/tongxin",
+                        "mysql backend: mysql://USER[:PASSWORD]@HOST:PORT/DATABASE; without a "
+                        "password in it, $TONGXIN_MYSQL_PASSWORD is used")
+    mysql_pool_size: int = _f(32, "mysql backend: connections kept at most (transactions in flight)")
+    mysql_timeout: float = _f(10.0, "mysql backend: seconds a connect, statement or lock wait may "
+                              "take before the request fails with UNAVAILABLE")
 
 
 @dataclass
@@ -106,9 +113,39 @@ class PresenceConfig:
 
 
 @dataclass
+class FilesConfig:
+    backend: str = _f("local", "where file contents live: local (<data_dir>/files) or s3")
+    local_path: str = _f("", "local directory for file bytes (s3: its spool); empty means <data_dir>/files")
+    max_file_size: int = _f(2147483648, "largest file one upload may declare (bytes)")
+    part_size: int = _f(8388608, "upload part size; at least 65536, and at least 5 MiB with s3")
+    max_parts: int = _f(10000, "parts one upload may have; part_size grows for files that need more")
+    upload_expiry: float = _f(86400.0, "seconds an unfinished upload is kept after its last part")
+    s3_endpoint: str = _f("", "S3 endpoint URL, e.g. https://s3.example.internal:9000")
+    s3_bucket: str = _f("", "S3 bucket that holds the files (must exist)")
+    s3_region: str = _f("us-east-1", "S3 region name used for request signing")
+    s3_access_key: str = _f("", "S3 access key; empty means $TONGXIN_S3_ACCESS_KEY")
+    s3_secret_key: str = _f("", "S3 secret key; empty means $TONGXIN_S3_SECRET_KEY")
+
+
+@dataclass
 class LoggingConfig:
     level: str = _f("info", "log level: debug, info, warning, error")
     json: bool = _f(True, "structured JSON lines on stderr (false: plain text)")
+
+
+@dataclass
+class ComplianceConfig:
+    audit_sign_interval: float = _f(300.0, "seconds between SM2 signatures of the audit chain head")
+    audit_hot_days: float = _f(30.0, "days audit records stay in compliance.db before they are archived")
+    audit_retention_days: float = _f(180.0, "days audit records are kept, archives included; at least "
+                                     "180 (网络安全法) unless audit_retention_override")
+    audit_retention_override: bool = _f(False, "allow audit_retention_days below 180 "
+                                        "(audited at every start)")
+    audit_archive_dir: str = _f("", "audit archive directory; empty means <data_dir>/audit-archive")
+    step_up_window: float = _f(300.0, "seconds a verified TOTP code counts as a fresh second factor")
+    message_retention_days: float = _f(0.0, "days messages are kept before `tongxin retention run` "
+                                       "deletes them; 0 keeps them forever")
+    retention_batch: int = _f(500, "messages the retention job deletes per transaction")
 
 
 @dataclass
@@ -122,11 +159,17 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     presence: PresenceConfig = field(default_factory=PresenceConfig)
+    files: FilesConfig = field(default_factory=FilesConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    compliance: ComplianceConfig = field(default_factory=ComplianceConfig)
 
     @property
     def home(self) -> Path:
         return Path(self.data_dir or os.environ.get("TONGXIN_HOME") or "var")
+
+    @property
+    def files_dir(self) -> Path:
+        return Path(self.files.local_path) if self.files.local_path else self.home / "files"
 
     @property
     def sqlite_file(self) -> Path:
@@ -144,8 +187,9 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 
 _CHOICES = {
-    "storage.backend": ("sqlite",),
+    "storage.backend": ("sqlite", "mysql"),
     "storage.sqlite_synchronous": ("full", "normal"),
+    "files.backend": ("local", "s3"),
     "logging.level": ("debug", "info", "warning", "error"),
     "delivery.backend": ("inprocess", "kafka"),
     "presence.backend": ("memory", "redis"),
@@ -208,8 +252,43 @@ def _validate(obj: Any, path: str) -> None:
             raise ConfigError("server.max_frame_payload: must be at least 1024")
         if obj.max_message_size < obj.max_frame_payload:
             raise ConfigError("server.max_message_size: must be at least server.max_frame_payload")
+    if isinstance(obj, FilesConfig):
+        _validate_files(obj)
+    if isinstance(obj, StorageConfig):
+        from tongxin.store.dsn import parse_dsn
+
+        try:
+            parse_dsn(obj.mysql_dsn)
+        except ValueError as exc:
+            raise ConfigError(f"storage.mysql_dsn: {exc}") from None
+        if obj.mysql_pool_size < 1:
+            raise ConfigError("storage.mysql_pool_size: must be at least 1")
+        if obj.mysql_timeout <= 0:
+            raise ConfigError("storage.mysql_timeout: must be positive")
     if isinstance(obj, AccountsConfig) and obj.scrypt_n & (obj.scrypt_n - 1):
         raise ConfigError("accounts.scrypt_n: must be a power of two")
+    if (isinstance(obj, ComplianceConfig) and obj.audit_retention_days < 180
+            and not obj.audit_retention_override):
+        raise ConfigError("compliance.audit_retention_days: the legal minimum is 180 days "
+                          "(网络安全法); set compliance.audit_retention_override to go below it")
+
+
+FILES_MIN_PART_SIZE = 65536
+S3_MIN_PART_SIZE = 5 * 1024 * 1024  # S3 refuses smaller parts (but the last) in a multipart copy
+
+
+def _validate_files(f: FilesConfig) -> None:
+    if f.part_size < FILES_MIN_PART_SIZE:
+        raise ConfigError(f"files.part_size: must be at least {FILES_MIN_PART_SIZE}")
+    if f.max_parts < 1:
+        raise ConfigError("files.max_parts: must be at least 1")
+    if f.backend == "s3":
+        if f.part_size < S3_MIN_PART_SIZE:
+            raise ConfigError(f"files.part_size: must be at least {S3_MIN_PART_SIZE} with the s3 backend")
+        if f.max_parts > 10000:
+            raise ConfigError("files.max_parts: S3 allows at most 10000 parts")
+        if not f.s3_endpoint or not f.s3_bucket:
+            raise ConfigError("files.s3_endpoint and files.s3_bucket: required with the s3 backend")
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> Config:

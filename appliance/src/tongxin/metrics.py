@@ -49,3 +49,10 @@ class Metrics:
                                             registry=r)
         self.deliveries = Counter("tongxin_deliveries", "Frames fanned out to local devices",
                                   registry=r)
+        self.file_bytes_uploaded = Counter("tongxin_file_bytes_uploaded",
+                                           "Bytes of upload parts accepted and stored", registry=r)
+        self.files_completed = Counter("tongxin_files_completed",
+                                       "Uploads verified and completed into files", registry=r)
+        self.uploads_expired = Counter("tongxin_uploads_expired",
+                                       "Unfinished uploads deleted after files.upload_expiry",
+                                       registry=r)

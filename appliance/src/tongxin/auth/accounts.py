@@ -6,11 +6,14 @@ import asyncio
 import re
 import secrets
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from tongxin.auth.passwords import check_policy, hash_password, verify_password
 from tongxin.auth.tokens import Claims, TokenError, TokenSigner
 from tongxin.clock import now_ms
+from tongxin.compliance.roles import ADMIN_ROLES
 from tongxin.config import AccountsConfig
 from tongxin.errors import RequestError
 from tongxin.proto import tongxin_pb2 as pb
@@ -19,9 +22,9 @@ from tongxin.store.ports import ChatStore, Conflict, User
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,31}$")
 DEVICE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
-# A hash of a random password, checked when the username does not exist so that
-# "no such user" and "wrong password" take the same time.
-_DUMMY_HASH = hash_password(secrets.token_hex(8), n=1024)
+# (event, fields): where security events go (tongxin.compliance.service.Compliance.hook,
+# wired by the node). Unset, nothing is recorded.
+AuditHook = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +40,11 @@ class Accounts:
         self.store = store
         self.signer = signer
         self.cfg = cfg
+        self.audit: AuditHook | None = None
+        # A hash of a random password, checked when the username does not exist
+        # so that "no such user" and "wrong password" take the same time: it
+        # must cost what real hashes cost (scrypt_n), or timing reveals names.
+        self._dummy_hash = hash_password(secrets.token_hex(8), n=cfg.scrypt_n)
 
     async def _hash(self, password: str) -> str:
         # scrypt is deliberately slow (~50 ms); keep it off the event loop.
@@ -68,24 +76,59 @@ class Accounts:
         user = await self.create_user(username, password, display_name)
         return await self.issue(user, device_id)
 
+    async def _emit(self, event: str, **fields: Any) -> None:
+        if self.audit is not None:
+            await self.audit(event, fields)
+
     async def login(self, username: str, password: str, device_id: str) -> Session:
-        user = await self.store.get_user_by_name(username.strip().lower())
+        user = await self.authenticate(username, password, clear_failures=False)
+        if user.role in ADMIN_ROLES:
+            # Separation of duties: administrative accounts are not chat
+            # accounts, and they never get a token without a second factor.
+            await self._emit("auth.login", actor=user.id, actor_role=user.role,
+                             target=user.username, outcome="denied",
+                             reason="administrative account at the chat login")
+            raise RequestError(pb.FORBIDDEN, "administrative accounts sign in at "
+                               "/api/v1/admin/login with a second factor")
+        if user.failed_logins:
+            await self.store.update_login_state(user.id, 0, 0, 0)
+        session = await self.issue(user, device_id)
+        await self._emit("auth.login", actor=user.id, actor_role=user.role, target=user.username,
+                         device=session.device_id, token_id=session.claims.token_id)
+        return session
+
+    async def authenticate(self, username: str, password: str, *,
+                           clear_failures: bool = True) -> User:
+        """Check a password, counting failures towards the lockout."""
+        name = username.strip().lower()
+        user = await self.store.get_user_by_name(name)
         now = now_ms()
         if user is None:
-            await asyncio.to_thread(verify_password, password, _DUMMY_HASH)
+            await asyncio.to_thread(verify_password, password, self._dummy_hash)
+            await self._emit("auth.login", target=name[:64], outcome="failed", reason="unknown user")
             raise RequestError(pb.AUTH_FAILED, "wrong username or password")
         if user.disabled:
+            await self._emit("auth.login", actor=user.id, target=name, outcome="denied",
+                             reason="account disabled")
             raise RequestError(pb.ACCOUNT_LOCKED, "account is disabled")
         if user.locked_until > now:
+            await self._emit("auth.login", actor=user.id, target=name, outcome="denied",
+                             reason="account locked")
             raise RequestError(pb.ACCOUNT_LOCKED, "account is locked after repeated failures",
                                retry_after_ms=user.locked_until - now)
         ok = await asyncio.to_thread(verify_password, password, user.password_hash)
         if not ok:
+            await self._emit("auth.login", actor=user.id, target=name, outcome="failed",
+                             reason="wrong password")
             await self._record_failure(user, now)
             raise RequestError(pb.AUTH_FAILED, "wrong username or password")
-        if user.failed_logins:
+        if clear_failures and user.failed_logins:
             await self.store.update_login_state(user.id, 0, 0, 0)
-        return await self.issue(user, device_id)
+        return user
+
+    async def record_failure(self, user: User) -> None:
+        """A failed second factor counts like a wrong password."""
+        await self._record_failure(user, now_ms())
 
     async def _record_failure(self, user: User, now: int) -> None:
         window_ms = int(self.cfg.lockout_window * 1000)
@@ -97,6 +140,8 @@ class Accounts:
         if failures >= self.cfg.lockout_threshold:
             locked_until = now + int(self.cfg.lockout_duration * 1000)
             failures, first = 0, 0
+            await self._emit("auth.lockout", actor=user.id, target=user.username,
+                             outcome="locked", until=locked_until)
         await self.store.update_login_state(user.id, failures, first, locked_until)
 
     async def issue(self, user: User, device_id: str) -> Session:
@@ -128,4 +173,7 @@ class Accounts:
         return Session(user, claims.device_id, token, claims)
 
     async def revoke(self, token_id: str) -> bool:
-        return await self.store.revoke_token(token_id, now_ms())
+        revoked = await self.store.revoke_token(token_id, now_ms())
+        if revoked:
+            await self._emit("auth.token_revoked", target=token_id, reason="logout")
+        return revoked

@@ -9,6 +9,7 @@ The ACK for an entry is returned only after ``store.append`` has committed it.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from tongxin.chat.members import MemberCache
@@ -31,6 +32,10 @@ from tongxin.store.ports import (
 
 CLIENT_ID_MAX = 64
 NAME_MAX = 64
+
+# (file_id, conversation_id) -> the stored FileInfo if that completed file
+# belongs to that conversation, else None (files.service.FileService.message_file).
+FileLookup = Callable[[str, str], Awaitable["pb.FileInfo | None"]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,12 +71,15 @@ def _content_kind(content: pb.Content) -> str | None:
 
 class ChatService:
     def __init__(self, store: ChatStore, bus: DeliveryBus, members: MemberCache,
-                 cfg: ChatConfig, max_message_size: int) -> None:
+                 cfg: ChatConfig, max_message_size: int, files: FileLookup | None = None) -> None:
         self.store = store
+        self.files = files
         self.bus = bus
         self.members = members
         self.cfg = cfg
         self.max_message_size = max_message_size
+        # (event, fields) for the audit trail (tongxin.auth.accounts.AuditHook), set by the node.
+        self.audit: Callable[[str, dict[str, object]], Awaitable[None]] | None = None
 
     # ---- helpers ---------------------------------------------------------
 
@@ -209,6 +217,13 @@ class ChatService:
             await self._publish_entry(entry, actor, members_changed=True)
         return await self.view(conv, actor.user_id)
 
+    async def get(self, actor: Actor, conversation_id: str) -> pb.Conversation:
+        me = await self._member(conversation_id, actor.user_id)
+        conv = await self.store.get_conversation(conversation_id)
+        if conv is None:
+            raise RequestError(pb.NOT_FOUND, f"no conversation {conversation_id!r} for you")
+        return await self.view(conv, actor.user_id, me)
+
     async def list(self, actor: Actor) -> pb.ConversationList:
         views: list[ConversationView] = await self.store.conversations_of(actor.user_id)
         out = pb.ConversationList()
@@ -313,6 +328,13 @@ class ChatService:
         self._check_client_id(req.client_msg_id)
         self._check_content(req.content)
         await self._member(req.conversation_id, actor.user_id)
+        if self.files is not None and _content_kind(req.content) == "file":
+            stored_file = await self.files(req.content.file.file_id, req.conversation_id)
+            if stored_file is None:
+                raise RequestError(pb.NOT_FOUND, f"no file {req.content.file.file_id!r} "
+                                   "in this conversation")
+            # The stored metadata, not the sender's copy, goes into the log.
+            req.content.file.CopyFrom(stored_file)
         entry = Entry(conversation_id=req.conversation_id, sender_id=actor.user_id,
                       sender_device=actor.device_id, client_msg_id=req.client_msg_id,
                       sent_at=now_ms(), kind=pb.CHAT, content=req.content.SerializeToString())
@@ -347,6 +369,10 @@ class ChatService:
                       sender_device=actor.device_id, client_msg_id=req.client_msg_id,
                       sent_at=now_ms(), kind=pb.RECALLED, target_seq=req.target_seq)
         stored, duplicate = await self._append(entry, mark_recalled=True)
+        if self.audit is not None and not duplicate:
+            await self.audit("chat.recall", {"actor": actor.user_id, "target": req.conversation_id,
+                                             "seq": req.target_seq, "entry_seq": stored.seq,
+                                             "device": actor.device_id})
         await self._publish_new(stored, duplicate, actor)
         return self._ack(stored, duplicate)
 
@@ -397,9 +423,23 @@ class ChatService:
             has_more = len(rows) > limit
             rows = rows[:limit]
         conv = await self.store.get_conversation(req.conversation_id)
-        out = pb.SyncResponse(conversation_id=req.conversation_id, has_more=has_more,
+        out = pb.SyncResponse(conversation_id=req.conversation_id, has_more=True,
                               last_seq=conv.last_seq if conv else 0)
-        out.messages.extend(entry_to_pb(e) for e in rows)
+        # The answer must fit in one message of max_message_size (advertised
+        # in AUTH_OK; clients refuse larger ones): end the page early and let
+        # the client page on. Scrolling back keeps the newest entries.
+        msgs = [entry_to_pb(e) for e in rows]
+        size, keep = out.ByteSize(), 0
+        for m in reversed(msgs) if req.before_seq else msgs:
+            size += m.ByteSize() + 6  # + field tag and length prefix
+            if keep and size > self.max_message_size:
+                break
+            keep += 1
+        if keep < len(msgs):
+            has_more = True
+            msgs = msgs[-keep:] if req.before_seq else msgs[:keep]
+        out.has_more = has_more
+        out.messages.extend(msgs)
         return out
 
     # ---- ephemeral: receipts and typing ----------------------------------

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -33,7 +35,12 @@ def _config(args: argparse.Namespace) -> Config:
 
 def _password(args: argparse.Namespace, confirm: bool = False) -> str:
     if getattr(args, "password_stdin", False):
-        return sys.stdin.readline().rstrip("\n")
+        # Byte by byte from the descriptor: a buffered readline would also take
+        # the lines after the password, which `tongxin chat` then never sees.
+        line = bytearray()
+        while (ch := os.read(sys.stdin.fileno(), 1)) not in (b"", b"\n"):
+            line += ch
+        return line.decode().rstrip("\r")
     first = getpass.getpass("password: ")
     if confirm and getpass.getpass("again: ") != first:
         raise SystemExit("passwords differ")
@@ -43,18 +50,21 @@ def _password(args: argparse.Namespace, confirm: bool = False) -> str:
 # ---- serve ---------------------------------------------------------------------
 
 
-async def _serve(cfg: Config) -> int:
+async def _serve(cfg: Config, worker: int | None = None) -> int:
     from aiohttp import web
 
     from tongxin.logs import setup_logging
     from tongxin.server.node import Node
 
     setup_logging(cfg.logging.level, cfg.logging.json)
+    if worker is not None:
+        base = cfg.node_id or f"{socket.gethostname()}:{cfg.listen_address()[1]}"
+        cfg.node_id = f"{base}/w{worker}"
     node = Node(cfg)
     runner = web.AppRunner(node.app(), access_log=None, handle_signals=False)
     await runner.setup()
     host, port = cfg.listen_address()
-    site = web.TCPSite(runner, host, port, backlog=4096)
+    site = web.TCPSite(runner, host, port, backlog=4096, reuse_port=worker is not None)
     try:
         await site.start()
     except OSError as exc:
@@ -77,7 +87,25 @@ async def _serve(cfg: Config) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    return _run(_serve(_config(args)))
+    from tongxin.server.workers import check_workers, supervise, worker_index
+
+    cfg = _config(args)
+    check_workers(cfg)
+    index = worker_index()
+    if cfg.server.workers > 1 and index is None:
+        return supervise(cfg, ["serve", *_argv(args)])
+    return _run(_serve(cfg, index))
+
+
+def _argv(args: argparse.Namespace) -> list[str]:
+    out = []
+    if args.config:
+        out += ["--config", args.config]
+    if args.listen:
+        out += ["--listen", args.listen]
+    if args.allow_registration:
+        out.append("--allow-registration")
+    return out
 
 
 # ---- accounts ------------------------------------------------------------------
@@ -150,7 +178,16 @@ def cmd_user(args: argparse.Namespace) -> int:
             print(f"revoked {n} tokens of {user.username}")
         return 0
 
-    return _run(_with_accounts(cfg, run))
+    async def audited(acc: Any) -> int:
+        from tongxin.cli.compliance import audit_cli_action
+
+        rc = await run(acc)
+        if args.action != "list":
+            event = {"add": "create", "passwd": "reset_password"}.get(args.action, args.action)
+            await audit_cli_action(cfg, f"user.{event.replace('-', '_')}", args.username, rc)
+        return rc
+
+    return _run(_with_accounts(cfg, audited))
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -229,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--to", default="", help="open a direct chat with this user at start")
     ch.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     ch.set_defaults(func=cmd_chat)
+
+    from tongxin.cli.compliance import add_commands
+
+    add_commands(sub, common)  # admin, audit, retention, export, report
     return p
 
 

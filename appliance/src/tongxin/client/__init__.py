@@ -14,20 +14,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
 import aiohttp
 from google.protobuf.message import Message as PbMessage
 
+from tongxin.client.files import FileApiError, FilesHttp, Source, http_base
 from tongxin.clock import now_ms
 from tongxin.proto import tongxin_pb2 as pb
 from tongxin.wire.codec import Decoder, Encoder, WireLimits
 from tongxin.wire.frame import MAX_SEQ, FrameError, decode_frame
 
-__all__ = ["Client", "Event", "TongxinError", "pb"]
+__all__ = ["Client", "Event", "FileApiError", "TongxinError", "pb"]
 
 M = TypeVar("M", bound=PbMessage)
 
@@ -260,6 +263,11 @@ class Client:
             conversation_id=conversation_id, op=op, user_ids=list(users), role=role, name=name),
             pb.Conversation)
 
+    async def conversation(self, conversation_id: str) -> pb.Conversation:
+        """One conversation with its members' roles and read/delivered cursors."""
+        return await self.request(pb.CONV_GET, pb.GetConversation(conversation_id=conversation_id),
+                                  pb.Conversation)
+
     async def conversations(self) -> list[pb.Conversation]:
         res = await self.request(pb.CONV_LIST, pb.ListConversations(), pb.ConversationList)
         return list(res.conversations)
@@ -324,3 +332,49 @@ class Client:
 
     async def ping(self) -> pb.Pong:
         return await self.request(pb.PING, pb.Ping(client_time_ms=now_ms()), pb.Pong)
+
+    # ---- files (HTTP, docs/files-api.md) -------------------------------------
+
+    @property
+    def http_url(self) -> str:
+        """The node's HTTP base URL, derived from the WebSocket URL."""
+        return http_base(self.url)
+
+    def files_http(self) -> FilesHttp:
+        """Low-level files API calls with this session's token (log in first)."""
+        if self._session is None or self.auth is None or not self.auth.token:
+            raise RuntimeError("connect() and log in before using the files API")
+        return FilesHttp(self._session, self.http_url, self.auth.token)
+
+    async def upload_file(self, conversation_id: str, source: Source, name: str = "",
+                          content_type: str = "application/octet-stream", parallel: int = 4,
+                          upload_id: str = "") -> pb.FileInfo:
+        """Upload a file (a path or bytes) in parts of the server's part size,
+        ``parallel`` at a time, and return its FileInfo for ``send_file``.
+
+        With ``upload_id`` it resumes: it asks which parts the server holds and
+        sends only the missing ones. Raises FileApiError when refused.
+        """
+        return await self.files_http().upload(conversation_id, source, name, content_type,
+                                               parallel, upload_id)
+
+    async def download_file(self, file_id: str,
+                            range: tuple[int, int | None] | None = None) -> bytes:
+        """The file's bytes, or ``range=(start, stop)`` of them (stop exclusive, None: to the end)."""
+        data = await self.files_http().download(file_id, range, None)
+        assert isinstance(data, bytes)
+        return data
+
+    async def download_file_to(self, file_id: str, path: str | os.PathLike[str],
+                               range: tuple[int, int | None] | None = None) -> int:
+        """Stream the file (or a range) into ``path``; return the bytes written."""
+        written = await self.files_http().download(file_id, range, Path(path))
+        assert isinstance(written, int)
+        return written
+
+    async def file_info(self, file_id: str) -> pb.FileInfo:
+        return await self.files_http().info(file_id)
+
+    async def send_file(self, conversation_id: str, info: pb.FileInfo,
+                        client_msg_id: str = "") -> pb.Ack:
+        return await self.send(conversation_id, pb.Content(file=info), client_msg_id)

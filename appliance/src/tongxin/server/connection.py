@@ -43,6 +43,9 @@ Handler = Callable[["Connection", int, bytes], Awaitable[None]]
 # Frames that do not count against the user's rate limit.
 _FREE = frozenset({pb.PING, pb.PONG})
 
+# Seconds a close handshake may take before the socket is dropped.
+CLOSE_TIMEOUT = 2.0
+
 
 def _parse(cls: type[Any], payload: bytes) -> Any:
     try:
@@ -52,8 +55,10 @@ def _parse(cls: type[Any], payload: bytes) -> Any:
 
 
 class Connection:
-    def __init__(self, ws: web.WebSocketResponse, node: Node, remote: str) -> None:
+    def __init__(self, ws: web.WebSocketResponse, node: Node, remote: str,
+                 transport: asyncio.Transport | None = None) -> None:
         self.ws = ws
+        self.transport = transport
         self.node = node
         self.remote = remote
         self.user_id = ""
@@ -127,7 +132,16 @@ class Connection:
                 await asyncio.wait_for(asyncio.shield(task), 2.0)
         self.queue.clear()
         if not self.ws.closed:
-            await self.ws.close(code=code, message=reason.encode()[:120])
+            try:
+                # The close frame queues behind what the peer has not read, and
+                # the handshake waits for its reply: a peer that stops reading
+                # would hold this task and the connection forever. Bound it,
+                # then drop the socket.
+                await asyncio.wait_for(
+                    self.ws.close(code=code, message=reason.encode()[:120]), CLOSE_TIMEOUT)
+            except TimeoutError:
+                if self.transport is not None:
+                    self.transport.abort()
 
     async def fail(self, err: FrameError) -> None:
         self.error(err.code, err.message, err.seq, fatal=True)
@@ -266,7 +280,9 @@ class Connection:
             server_time_ms=now_ms(), heartbeat_interval_ms=int(self.heartbeat * 1000),
             max_frame_payload=lim.max_frame_payload, max_message_size=lim.max_message_size,
             compression_threshold=lim.compression_threshold,
-            sync_page_max=self.node.cfg.chat.sync_page_max))
+            sync_page_max=self.node.cfg.chat.sync_page_max,
+            recall_window_ms=int(self.node.cfg.chat.recall_window * 1000),
+            edit_window_ms=int(self.node.cfg.chat.edit_window * 1000)))
 
     async def _send(self, seq: int, payload: bytes) -> None:
         ack = await self.node.chat.send(self.actor, _parse(pb.SendRequest, payload))
@@ -307,6 +323,10 @@ class Connection:
     async def _conv_create(self, seq: int, payload: bytes) -> None:
         self.reply(pb.CONV_INFO, seq, await self.node.chat.create(
             self.actor, _parse(pb.CreateConversation, payload)))
+
+    async def _conv_get(self, seq: int, payload: bytes) -> None:
+        req: pb.GetConversation = _parse(pb.GetConversation, payload)
+        self.reply(pb.CONV_INFO, seq, await self.node.chat.get(self.actor, req.conversation_id))
 
     async def _conv_list(self, seq: int, payload: bytes) -> None:
         _parse(pb.ListConversations, payload)
@@ -362,6 +382,7 @@ HANDLERS: dict[int, Handler] = {
     pb.PONG: Connection._pong,
     pb.CONV_CREATE: Connection._conv_create,
     pb.CONV_LIST: Connection._conv_list,
+    pb.CONV_GET: Connection._conv_get,
     pb.MEMBERS: Connection._members,
     pb.PRESENCE_SUB: Connection._presence_sub,
     pb.LOGOUT: Connection._logout,

@@ -24,10 +24,12 @@ from tongxin.config import Config
 from tongxin.delivery.inprocess import InProcessBus
 from tongxin.delivery.ports import Delivery, DeliveryBus
 from tongxin.errors import RequestError
+from tongxin.files.service import FileService, make_file_service
 from tongxin.metrics import Metrics
 from tongxin.presence.memory import MemoryPresence
 from tongxin.presence.ports import PresenceRegistry
 from tongxin.proto import tongxin_pb2 as pb
+from tongxin.server import admin_api, files_api
 from tongxin.server.connection import Connection
 from tongxin.server.hub import Hub
 from tongxin.server.ratelimit import RateLimiter
@@ -45,6 +47,11 @@ WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 def make_store(cfg: Config) -> ChatStore:
     if cfg.storage.backend == "sqlite":
         return SqliteStore(cfg.sqlite_file, cfg.storage.sqlite_synchronous, cfg.storage.batch_max)
+    if cfg.storage.backend == "mysql":
+        from tongxin.store.mysql_store import MysqlStore
+
+        return MysqlStore.from_dsn(cfg.storage.mysql_dsn, cfg.storage.mysql_pool_size,
+                                   cfg.storage.mysql_timeout)
     raise ValueError(f"unknown storage backend {cfg.storage.backend!r}")
 
 
@@ -72,7 +79,9 @@ class Node:
         self.members = MemberCache(self.store)
         self.bus = bus or self._make_bus()
         self.hub = Hub(self.encoder, self.members, self.metrics)
-        self.chat = ChatService(self.store, self.bus, self.members, cfg.chat, s.max_message_size)
+        self.files: FileService = make_file_service(cfg, self.store, self.metrics)
+        self.chat = ChatService(self.store, self.bus, self.members, cfg.chat, s.max_message_size,
+                                files=self.files.message_file)
         self.limiter = RateLimiter(cfg.chat.rate_limit_per_second, cfg.chat.rate_limit_burst)
         self.accounts: Accounts  # set in start(): the token key lives in the data dir
         self.ready = False
@@ -96,6 +105,8 @@ class Node:
         key = load_or_create_key(home / "secrets" / "token.key")
         self.accounts = Accounts(self.store, TokenSigner(key), self.cfg.accounts)
         await self.store.open()
+        await self.files.open()
+        self.spawn(self.files.run_sweeper())  # expired uploads, in batches
         await self.presence.start(self.node_id)
         await self.bus.start(self.hub.dispatch)
         self._sweeper = asyncio.create_task(self._sweep())
@@ -116,6 +127,7 @@ class Node:
             t.cancel()
         await self.bus.close()
         await self.presence.close()
+        await self.files.close()
         await self.store.close()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -196,7 +208,7 @@ class Node:
         if not self.ready:
             raise web.HTTPServiceUnavailable(text="starting or stopping")
         await ws.prepare(request)
-        conn = Connection(ws, self, request.remote or "")
+        conn = Connection(ws, self, request.remote or "", request.transport)
         self.hub.all.add(conn)
         self.metrics.connections.inc()
         try:
@@ -215,6 +227,14 @@ class Node:
         store_ok = self.ready and await self.store.ping()
         body = {"ready": bool(store_ok), "store": store_ok, "node": self.node_id}
         return web.json_response(body, status=200 if store_ok else 503)
+
+    async def info(self, request: web.Request) -> web.Response:
+        """What a client needs before it logs in (the login page asks)."""
+        return web.json_response({
+            "version": __version__, "self_registration": self.cfg.accounts.self_registration,
+            "password_min_length": self.cfg.accounts.password_min_length,
+            "websocket": "/ws",
+        })
 
     async def metrics_handler(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.metrics.registry),
@@ -266,8 +286,10 @@ class Node:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics_handler)
+        app.router.add_get("/api/v1/info", self.info)
         app.router.add_post("/api/v1/login", self.api_login)
         app.router.add_post("/api/v1/register", self.api_register)
+        files_api.add_routes(app, self)
         if self.cfg.server.web_client:
             app.router.add_get("/", self.index)
             if WEB_DIR.exists():
@@ -281,6 +303,8 @@ class Node:
 
         app.on_startup.append(on_startup)
         app.on_shutdown.append(on_shutdown)
+        # Last: its startup hook opens compliance (audit, 2FA) and needs self.accounts.
+        admin_api.add_routes(app, self)
         return app
 
 

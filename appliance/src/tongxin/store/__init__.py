@@ -1,1 +1,1 @@
-"""Storage port and its adapters (SQLite embedded default)."""
+"""Storage port and its adapters: SQLite (embedded default), MySQL protocol (TiDB)."""

@@ -219,6 +219,10 @@ class SqliteStore:
             "UPDATE users SET disabled=?, failed_logins=0, locked_until=0 WHERE id=?",
             (int(disabled), user_id)))
 
+    async def set_role(self, user_id: str, role: str) -> None:
+        await self._writer.run(lambda c: c.execute(
+            "UPDATE users SET role=? WHERE id=?", (role, user_id)))
+
     async def add_token(self, token_id: str, user_id: str, device_id: str, issued_at: int,
                         expires_at: int) -> None:
         await self._writer.run(lambda c: c.execute(

@@ -1,0 +1,395 @@
+"""Compliance commands: ``tongxin admin``, ``audit``, ``retention``, ``export``, ``report``.
+
+They run on the node, against its data directory, as the service's OS user;
+everything they change is audited with the actor ``cli:<os user>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import getpass
+import json
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from tongxin.config import Config
+
+Common = Callable[[argparse.ArgumentParser], None]
+
+
+def _cli_actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli:unknown"
+
+
+def _config(args: argparse.Namespace) -> Config:
+    from tongxin.cli.main import _config as load
+
+    return load(args)
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    return asyncio.run(coro)
+
+
+async def _open(cfg: Config) -> Any:
+    from tongxin.compliance.service import Compliance
+
+    comp = Compliance(cfg)
+    await comp.open()
+    return comp
+
+
+def _time_arg(value: str) -> int:
+    """Milliseconds from an ISO-8601 date/time (UTC when no zone) or plain ms."""
+    if value.isdigit():
+        return int(value)
+    dt = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=datetime.UTC)
+    return int(dt.timestamp() * 1000)
+
+
+async def audit_cli_action(cfg: Config, event: str, target: str, rc: int) -> None:
+    """Record a ``tongxin user ...`` administration command in the audit trail."""
+    comp = await _open(cfg)
+    try:
+        await comp.audit(event, actor=_cli_actor(), target=target,
+                         outcome="ok" if rc == 0 else "failed", via="cli")
+    finally:
+        await comp.close()
+
+
+# ---- admin -----------------------------------------------------------------------
+
+
+def cmd_admin(args: argparse.Namespace) -> int:
+    from tongxin.cli.main import _password, _with_accounts
+    from tongxin.compliance import roles
+    from tongxin.errors import RequestError
+
+    cfg = _config(args)
+
+    async def run(acc: Any) -> int:
+        comp = await _open(cfg)
+        actor = _cli_actor()
+        try:
+            if args.action == "list":
+                totp = set(await comp.store.totp_user_ids())
+                for u in await acc.store.list_users():
+                    if roles.is_admin(u.role):
+                        state = "disabled" if u.disabled else "active"
+                        print(f"{u.username}\t{u.role}\t{state}\t"
+                              f"{'totp' if u.id in totp else 'NO SECOND FACTOR'}")
+                return 0
+            if args.action == "create":
+                password = _password(args, confirm=True)
+                try:
+                    user = await acc.create_user(args.username, password, args.display_name or "",
+                                                 role=args.role)
+                except RequestError as err:
+                    await comp.audit("admin.create", actor=actor, target=args.username,
+                                     outcome="failed", role=args.role, reason=err.message)
+                    print(f"tongxin: {err.message}", file=sys.stderr)
+                    return 1
+                secret, uri = await comp.totp.enroll(user.id, user.username, actor)
+                await comp.audit("admin.create", actor=actor, target=user.username,
+                                 user_id=user.id, role=args.role, totp="enrolled")
+                print(f"created {user.username} ({user.id}) with role {args.role}")
+                print(f"TOTP secret: {secret}")
+                print(f"TOTP URI:    {uri}")
+                print("Enter the secret (or the URI as a QR code) in an authenticator app now; "
+                      "it is not shown again.")
+                return 0
+            user = await acc.store.get_user_by_name(args.username.lower())
+            if user is None:
+                print(f"tongxin: no user {args.username!r}", file=sys.stderr)
+                return 1
+            if args.action == "totp-reset":
+                if not roles.is_admin(user.role):
+                    print("tongxin: only administrative accounts have a second factor here",
+                          file=sys.stderr)
+                    return 1
+                secret, uri = await comp.totp.enroll(user.id, user.username, actor)
+                await comp.audit("totp.reset", actor=actor, target=user.username, user_id=user.id)
+                print(f"TOTP secret: {secret}")
+                print(f"TOTP URI:    {uri}")
+                return 0
+            return 2
+        finally:
+            await comp.close()
+
+    return _run(_with_accounts(cfg, run))
+
+
+# ---- audit -----------------------------------------------------------------------
+
+
+def _print_verify(report: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
+        return
+    total = report.archived_records + report.hot_records
+    print(f"records {report.first_seq}..{report.last_seq}: {total} checked "
+          f"({report.archived_records} archived in {report.segments} segments, "
+          f"{report.hot_records} in the database, {report.purged_records} purged by retention)")
+    if report.manifest_signed is not None:
+        print(f"archive manifest signature: {'verified' if report.manifest_signed else 'NOT VERIFIED'}")
+    print(f"signed heads: {report.heads_verified} of {report.heads_total} verify; latest covers "
+          f"record {report.latest_signed_seq}")
+    print(f"audit keys: {', '.join(fp[:16] for fp in report.key_fingerprints) or 'none'}")
+    if report.ok:
+        print("OK: the audit chain is intact")
+        return
+    first = report.first_problem
+    print(f"BROKEN: first problem at record {first.seq} ({first.where}): {first.message}")
+    for p in report.problems:
+        print(f"  {p.where}\trecord {p.seq}\t{p.kind}\t{p.message}")
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+
+    async def run() -> int:
+        comp = await _open(cfg)
+        actor = _cli_actor()
+        try:
+            if args.action == "verify":
+                report = await comp.verify([Path(p) for p in args.pubkey or []])
+                await comp.audit("audit.verify", actor=actor, ok=report.ok,
+                                 problems=len(report.problems))
+                _print_verify(report, args.json)
+                return 0 if report.ok else 1
+            if args.action == "sign":
+                head = await comp.sign_head(force=True)
+                if head is None:
+                    print("the audit log is empty; nothing to sign")
+                    return 0
+                print(f"signed head: record {head.seq} hash {head.hash} key {head.key_fp[:16]}")
+                return 0
+            if args.action == "archive":
+                res = await comp.run_archive()
+                print(f"archived {res.archived} records in {res.segments} segments; "
+                      f"purged {res.purged_segments} segments past retention")
+                return 0
+            if args.action == "rotate-key":
+                old = comp.keys.current_fingerprint()
+                new = await comp.rotate_key()
+                await comp.audit("key.rotate", actor=actor, target="audit_sign",
+                                 old_fingerprint=old or "", new_fingerprint=new)
+                await comp.sign_head(force=True)
+                print(f"new audit signing key {new}")
+                return 0
+            if args.action == "tail":
+                seq, _ = await comp.store.audit_state()
+                rows = await comp.store.audit_records(max(0, seq - args.n), args.n)
+                for r in rows:
+                    print(r.body)
+                return 0
+            return 2
+        finally:
+            await comp.close()
+
+    return _run(run())
+
+
+# ---- retention ---------------------------------------------------------------------
+
+
+def cmd_retention(args: argparse.Namespace) -> int:
+    from tongxin.compliance.history import HistoryUnsupported, make_history
+    from tongxin.compliance.retention import effective_policies, run_retention
+
+    cfg = _config(args)
+
+    async def run() -> int:
+        comp = await _open(cfg)
+        actor = _cli_actor()
+        try:
+            if args.action == "show":
+                days, override = await comp.audit_retention()
+                print(f"audit retention: {days:g} days{' (override)' if override else ''}")
+                for scope, d in (await effective_policies(cfg, comp.store)).items():
+                    print(f"messages {scope}: {d:g} days{' (forever)' if d == 0 else ''}")
+                for h in await comp.store.holds():
+                    print(f"hold #{h.id}: {h.kind} {h.target} — {h.reason}")
+                return 0
+            if args.action == "run":
+                try:
+                    history = make_history(cfg)
+                except HistoryUnsupported as exc:
+                    print(f"tongxin: {exc}", file=sys.stderr)
+                    return 1
+                await history.open()
+                try:
+                    res = await run_retention(cfg, comp.store, history, actor=actor,
+                                              max_batches=args.max_batches)
+                finally:
+                    await history.close()
+                await comp.audit("retention.run", actor=actor, run_id=res.run_id,
+                                 deleted=res.deleted, finished=res.finished, resumed=res.resumed,
+                                 skipped_on_hold=res.skipped_on_hold)
+                state = "finished" if res.finished else "stopped (run again to continue)"
+                print(f"retention run #{res.run_id} {state}: {res.deleted} messages deleted, "
+                      f"{res.skipped_on_hold} conversations skipped for legal holds")
+                return 0
+            return 2
+        finally:
+            await comp.close()
+
+    return _run(run())
+
+
+# ---- export ------------------------------------------------------------------------
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from tongxin.clock import now_ms
+    from tongxin.compliance.export import export_messages, verify_export
+    from tongxin.compliance.history import HistoryUnsupported, make_history
+    from tongxin.server.node import make_store
+
+    cfg = _config(args)
+
+    async def run() -> int:
+        comp = await _open(cfg)
+        actor = _cli_actor()
+        try:
+            if args.verify:
+                problems = verify_export(Path(args.verify), comp.keys)
+                for p in problems:
+                    print(f"BROKEN: {p}")
+                if not problems:
+                    print("OK: the export verifies")
+                return 1 if problems else 0
+            if bool(args.user) == bool(args.conversation):
+                print("tongxin: give --user or --conversation", file=sys.stderr)
+                return 2
+            if args.user:
+                store = make_store(cfg)
+                await store.open()
+                try:
+                    u = await store.get_user_by_name(args.user.lower())
+                finally:
+                    await store.close()
+                if u is None:
+                    print(f"tongxin: no user {args.user!r}", file=sys.stderr)
+                    return 1
+                kind, target, name = "user", u.id, u.username
+            else:
+                kind, target, name = "conversation", args.conversation, args.conversation
+            try:
+                history = make_history(cfg)
+            except HistoryUnsupported as exc:
+                print(f"tongxin: {exc}", file=sys.stderr)
+                return 1
+            await history.open()
+            try:
+                path, manifest = await export_messages(
+                    history, comp.keys, Path(args.out) if args.out else cfg.home / "exports",
+                    kind=kind, target=target, target_name=name,
+                    from_ms=_time_arg(args.from_) if args.from_ else 0,
+                    to_ms=_time_arg(args.to) if args.to else now_ms() + 1,
+                    actor=actor, now=now_ms())
+            finally:
+                await history.close()
+            await comp.audit("export.messages", actor=actor, target=f"{kind}:{target}",
+                             export_id=manifest["export_id"], records=manifest["records"],
+                             from_ms=manifest["from_ms"], to_ms=manifest["to_ms"],
+                             sm3=manifest["files"][0]["sm3"])
+            print(f"exported {manifest['records']} entries to {path}")
+            return 0
+        finally:
+            await comp.close()
+
+    return _run(run())
+
+
+# ---- report ------------------------------------------------------------------------
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from tongxin.compliance.report import build_report, write_report
+    from tongxin.server.node import make_store
+
+    cfg = _config(args)
+
+    async def run() -> int:
+        comp = await _open(cfg)
+        store = make_store(cfg)
+        await store.open()
+        try:
+            report = await build_report(cfg, comp, await store.list_users())
+            j, h = write_report(report, Path(args.out) if args.out else cfg.home / "reports")
+            await comp.audit("report.compliance", actor=_cli_actor(), summary=report["summary"])
+        finally:
+            await store.close()
+            await comp.close()
+        s = report["summary"]
+        print(f"pass {s['pass']}, fail {s['fail']}, gap {s['gap']}")
+        for item in report["items"]:
+            print(f"  {item['status'].upper():4}  {item['id']:5} {item['clause']:16} {item['title']}")
+        print(f"wrote {j} and {h}")
+        return 0 if s["fail"] == 0 else 1
+
+    return _run(run())
+
+
+# ---- parser ------------------------------------------------------------------------
+
+
+def add_commands(sub: Any, common: Common) -> None:
+    a = sub.add_parser("admin", help="bootstrap administrative accounts (三员) on the node")
+    asub = a.add_subparsers(dest="action", required=True)
+    ac = asub.add_parser("create", help="create an administrative account and enrol its TOTP")
+    common(ac)
+    ac.add_argument("username")
+    ac.add_argument("--role", required=True, choices=["sysadmin", "secadmin", "auditor"])
+    ac.add_argument("--display-name")
+    ac.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    al = asub.add_parser("list", help="administrative accounts and their second factor")
+    common(al)
+    at = asub.add_parser("totp-reset", help="enrol a new TOTP secret for an administrator")
+    common(at)
+    at.add_argument("username")
+    for sp in (ac, al, at):
+        sp.set_defaults(func=cmd_admin)
+
+    au = sub.add_parser("audit", help="verify, sign, archive or read the audit trail")
+    common(au)
+    au.add_argument("action", choices=["verify", "sign", "archive", "rotate-key", "tail"])
+    au.add_argument("--pubkey", action="append",
+                    help="a trusted audit public key (PEM) to verify with, besides audit-keys/")
+    au.add_argument("--json", action="store_true", help="verify: print the full result as JSON")
+    au.add_argument("-n", type=int, default=20, help="tail: how many records")
+    au.set_defaults(func=cmd_audit)
+
+    r = sub.add_parser("retention", help="message retention with legal holds")
+    common(r)
+    r.add_argument("action", choices=["run", "show"])
+    r.add_argument("--max-batches", type=int, default=0,
+                   help="stop after this many delete batches (the next run continues)")
+    r.set_defaults(func=cmd_retention)
+
+    e = sub.add_parser("export", help="signed compliance export of messages")
+    common(e)
+    e.add_argument("--user", help="a user's messages (username)")
+    e.add_argument("--conversation", help="a conversation's messages (id)")
+    e.add_argument("--from", dest="from_", help="start (ISO-8601, UTC when no zone, or ms)")
+    e.add_argument("--to", help="end, exclusive (ISO-8601 or ms; default now)")
+    e.add_argument("--out", help="directory for the export (default <data_dir>/exports)")
+    e.add_argument("--verify", metavar="DIR", help="verify an export directory instead")
+    e.set_defaults(func=cmd_export)
+
+    rp = sub.add_parser("report", help="compliance report (等保 2.0 level 3)")
+    common(rp)
+    rp.add_argument("kind", choices=["compliance"])
+    rp.add_argument("--out", help="directory for compliance-report.{json,html} (default "
+                    "<data_dir>/reports)")
+    rp.set_defaults(func=cmd_report)

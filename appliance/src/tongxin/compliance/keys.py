@@ -1,0 +1,94 @@
+"""The audit signing key: SM2, in ``<data_dir>/secrets/audit_sign.key`` (0600).
+
+Every public key ever used is kept in ``<data_dir>/audit-keys/<fingerprint>.pem``
+so heads and manifests signed before a rotation still verify. A fingerprint is
+the hex SM3 of the key's SubjectPublicKeyInfo DER. Auditors should record the
+fingerprint out of band (it is printed by ``tongxin audit verify`` and in the
+compliance report): whoever can write the data directory can add a key file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tongxin.crypto import SM2PrivateKey, SM2PublicKey, sm3_digest
+from tongxin.crypto.errors import CryptoError
+
+
+def fingerprint(pub: SM2PublicKey) -> str:
+    return sm3_digest(pub.to_der()).hex()
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a secret file with mode 0600, atomically (rename over the old one)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+class AuditKeys:
+    def __init__(self, home: Path) -> None:
+        self.private_path = home / "secrets" / "audit_sign.key"
+        self.public_dir = home / "audit-keys"
+        self._key: SM2PrivateKey | None = None
+
+    def exists(self) -> bool:
+        return self.private_path.exists()
+
+    def signing_key(self, create: bool = True) -> SM2PrivateKey:
+        """Load the key, creating it on first use; raises CryptoError without SM2."""
+        if self._key is not None:
+            return self._key
+        if self.private_path.exists():
+            self._key = SM2PrivateKey.from_pem(self.private_path.read_bytes())
+            self._publish(self._key.public_key())
+            return self._key
+        if not create:
+            raise CryptoError(f"no audit signing key at {self.private_path}")
+        return self.rotate()
+
+    def rotate(self) -> SM2PrivateKey:
+        """A new key pair; the old public key stays in audit-keys/ for verification."""
+        key = SM2PrivateKey.generate()
+        self._publish(key.public_key())
+        write_private(self.private_path, key.to_pem())
+        self._key = key
+        return key
+
+    def _publish(self, pub: SM2PublicKey) -> None:
+        self.public_dir.mkdir(parents=True, exist_ok=True)
+        path = self.public_dir / f"{fingerprint(pub)}.pem"
+        if not path.exists():
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(pub.to_pem())
+            os.replace(tmp, path)
+
+    def current_fingerprint(self) -> str | None:
+        try:
+            return fingerprint(self.signing_key(create=False).public_key())
+        except (CryptoError, OSError):
+            return None
+
+    def public_keys(self, extra: list[Path] | None = None) -> dict[str, SM2PublicKey]:
+        """Every known public key by fingerprint (files in audit-keys/ plus ``extra``)."""
+        out: dict[str, SM2PublicKey] = {}
+        paths = sorted(self.public_dir.glob("*.pem")) if self.public_dir.is_dir() else []
+        for p in [*paths, *(extra or [])]:
+            try:
+                pub = SM2PublicKey.from_pem(p.read_bytes())
+            except (CryptoError, OSError, ValueError):
+                continue
+            out[fingerprint(pub)] = pub
+        return out
+
+    def sign(self, message: bytes) -> tuple[str, str]:
+        """(key fingerprint, hex DER signature)."""
+        key = self.signing_key()
+        return fingerprint(key.public_key()), key.sign(message).hex()

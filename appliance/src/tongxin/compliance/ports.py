@@ -1,0 +1,130 @@
+"""The compliance store port: audit records, signed heads, second factors,
+admin sessions, settings, legal holds and retention state.
+
+The embedded default is :class:`tongxin.compliance.sqlite_store.SqliteComplianceStore`
+(a file of its own, ``<data_dir>/compliance.db``). A MySQL-protocol adapter for
+multi-node installations implements the same Protocol (not written yet).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(slots=True)
+class AuditRecord:
+    seq: int
+    ts: int
+    event: str
+    actor: str
+    target: str
+    outcome: str
+    body: str  # canonical JSON of the record, "hash" excluded
+    hash: str  # hex SM3 of body
+
+    def fields(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.body)
+        return data
+
+
+@dataclass(slots=True)
+class SignedHead:
+    seq: int
+    hash: str
+    ts: int
+    node: str
+    key_fp: str  # hex SM3 of the signing key's SubjectPublicKeyInfo DER
+    signature: str  # hex DER SM2 signature over chain.head_message(...)
+
+
+@dataclass(slots=True)
+class TotpRow:
+    user_id: str
+    secret_enc: bytes  # nonce(12) || SM4-GCM(secret) || tag(16), AAD = user id
+    enrolled_at: int
+    last_step: int = 0
+    enrolled_by: str = ""
+
+
+@dataclass(slots=True)
+class AdminSession:
+    token_id: str
+    user_id: str
+    role: str
+    issued_at: int
+    expires_at: int
+    factor_at: int  # last time a TOTP code was verified for this session (ms)
+
+
+@dataclass(slots=True)
+class Hold:
+    id: int
+    kind: str  # "user" or "conversation"
+    target: str  # user id or conversation id
+    reason: str
+    created_by: str
+    created_at: int
+    released_at: int = 0
+    released_by: str = ""
+
+
+@dataclass(slots=True)
+class RetentionRun:
+    id: int
+    started_at: int
+    started_by: str
+    cutoffs: dict[str, int]  # scope -> sent_at cutoff (ms), fixed when the run starts
+    cursor: str  # last conversation id finished
+    deleted: int
+    finished_at: int = 0
+
+
+class ComplianceStore(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    # audit chain
+    async def append_audit(self, fields: dict[str, Any]) -> AuditRecord:
+        """Link the record to the chain's head and store it durably (one transaction)."""
+        ...
+    async def audit_state(self) -> tuple[int, str]:
+        """(seq, hash) of the newest record ever appended, archived or not."""
+        ...
+    async def audit_records(self, after_seq: int, limit: int) -> list[AuditRecord]: ...
+    async def audit_older_than(self, ts: int, limit: int) -> list[AuditRecord]: ...
+    async def delete_audit_through(self, seq: int) -> int: ...
+    async def add_head(self, head: SignedHead) -> None: ...
+    async def heads(self) -> list[SignedHead]: ...
+
+    # second factor
+    async def get_totp(self, user_id: str) -> TotpRow | None: ...
+    async def put_totp(self, row: TotpRow) -> None: ...
+    async def delete_totp(self, user_id: str) -> bool: ...
+    async def use_totp_step(self, user_id: str, step: int) -> bool:
+        """Record ``step`` as used; False if it (or a later one) was used before."""
+        ...
+    async def totp_user_ids(self) -> list[str]: ...
+
+    # admin sessions
+    async def add_admin_session(self, s: AdminSession) -> None: ...
+    async def get_admin_session(self, token_id: str) -> AdminSession | None: ...
+    async def set_factor_at(self, token_id: str, at: int) -> None: ...
+
+    # settings (JSON values)
+    async def get_setting(self, key: str) -> Any: ...
+    async def set_setting(self, key: str, value: Any, at: int, by: str) -> None: ...
+
+    # legal holds
+    async def add_hold(self, kind: str, target: str, reason: str, by: str, at: int) -> Hold: ...
+    async def release_hold(self, hold_id: int, by: str, at: int) -> Hold | None: ...
+    async def holds(self, active_only: bool = True) -> list[Hold]: ...
+
+    # message retention
+    async def set_policy(self, scope: str, days: float | None) -> None: ...
+    async def policies(self) -> dict[str, float]: ...
+    async def open_run(self) -> RetentionRun | None: ...
+    async def start_run(self, at: int, by: str, cutoffs: dict[str, int]) -> RetentionRun: ...
+    async def save_run(self, run: RetentionRun) -> None: ...
+    async def last_run(self) -> RetentionRun | None: ...

@@ -1,0 +1,74 @@
+"""Separation of duties (三员分立): the administrative roles and what each may do.
+
+Three administrative roles split the work that one "root" account would
+otherwise hold, so that no single person can both act and hide the act:
+
+* ``sysadmin`` (系统管理员) administers ordinary user accounts;
+* ``secadmin`` (安全管理员) sets security policy: roles, second factors, keys,
+  retention and legal holds;
+* ``auditor`` (审计管理员) reads the audit log, verifies it, reports and exports.
+
+Ordinary users (``user``) hold none of these permissions. An account holds
+exactly one role (the ``users.role`` column), so no one holds two. The admin
+API checks every request against :data:`PERMISSIONS`; anything else is refused
+with 403 and audited.
+"""
+
+from __future__ import annotations
+
+USER = "user"
+SYSADMIN = "sysadmin"
+SECADMIN = "secadmin"
+AUDITOR = "auditor"
+
+ADMIN_ROLES: tuple[str, ...] = (SYSADMIN, SECADMIN, AUDITOR)
+ALL_ROLES: tuple[str, ...] = (USER, *ADMIN_ROLES)
+
+PERMISSIONS: dict[str, frozenset[str]] = {
+    SYSADMIN: frozenset({
+        "user.list", "user.create", "user.disable", "user.enable", "user.unlock",
+        "user.revoke_tokens", "user.reset_password", "user.delete",
+    }),
+    SECADMIN: frozenset({
+        "role.list", "role.assign", "totp.reset", "key.rotate", "retention.read",
+        "retention.set", "hold.list", "hold.set", "hold.release",
+    }),
+    AUDITOR: frozenset({
+        "audit.read", "audit.verify", "audit.sign", "report.read", "export.messages",
+    }),
+    USER: frozenset(),
+}
+
+# Operations every administrative role may do on its own session.
+SESSION_OPERATIONS: frozenset[str] = frozenset({"session.read", "session.logout"})
+
+# Operations that need a fresh second factor (step-up) on top of the login.
+SENSITIVE: frozenset[str] = frozenset({
+    "user.delete", "key.rotate", "retention.set", "export.messages", "hold.release",
+    "role.assign",
+})
+
+ROLE_TITLES: dict[str, str] = {
+    SYSADMIN: "系统管理员 system administrator",
+    SECADMIN: "安全管理员 security administrator",
+    AUDITOR: "审计管理员 auditor",
+    USER: "普通用户 ordinary user",
+}
+
+
+def is_admin(role: str) -> bool:
+    return role in ADMIN_ROLES
+
+
+def allowed(role: str, operation: str) -> bool:
+    if operation in SESSION_OPERATIONS:
+        return is_admin(role)
+    return operation in PERMISSIONS.get(role, frozenset())
+
+
+def owner_of(operation: str) -> str | None:
+    """The role that may perform ``operation`` (None if no role may)."""
+    for role, ops in PERMISSIONS.items():
+        if operation in ops:
+            return role
+    return None

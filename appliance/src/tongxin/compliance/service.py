@@ -1,0 +1,206 @@
+"""The compliance facade one node (or one CLI command) opens: the store, the
+audit log with its signing key and archive, and the second factor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from tongxin.clock import now_ms
+from tongxin.compliance import chain
+from tongxin.compliance.archive import DAY_MS, Archive, ArchiveResult
+from tongxin.compliance.keys import AuditKeys
+from tongxin.compliance.ports import AuditRecord, ComplianceStore, SignedHead
+from tongxin.compliance.sqlite_store import SqliteComplianceStore
+from tongxin.compliance.totp import Totp, secrets_key
+from tongxin.compliance.verify import VerifyReport, verify_chain
+from tongxin.config import Config, documented_keys
+from tongxin.crypto import sm2_available
+from tongxin.crypto.errors import CryptoError
+
+log = logging.getLogger("tongxin.compliance")
+
+# 《网络安全法》第二十一条: network logs are kept for no less than six months.
+LEGAL_MIN_RETENTION_DAYS = 180.0
+AUDIT_RETENTION_SETTING = "audit.retention"
+CONFIG_SNAPSHOT_SETTING = "config.snapshot"
+_SECRET_WORDS = ("secret", "password", "access_key", "dsn")
+
+
+def compliance_db(cfg: Config) -> Path:
+    return cfg.home / "compliance.db"
+
+
+def archive_dir(cfg: Config) -> Path:
+    c = cfg.compliance
+    return Path(c.audit_archive_dir) if c.audit_archive_dir else cfg.home / "audit-archive"
+
+
+def config_snapshot(cfg: Config) -> dict[str, Any]:
+    """Every configuration key and its value, secrets replaced by '***'."""
+    out: dict[str, Any] = {}
+    for key, _default, _doc in documented_keys():
+        obj: Any = cfg
+        for part in key.split("."):
+            obj = getattr(obj, part)
+        if any(w in key for w in _SECRET_WORDS) and obj:
+            obj = "***"
+        out[key] = obj if isinstance(obj, bool | int | str) or obj is None else repr(obj)
+    return out
+
+
+class RetentionBelowMinimum(ValueError):
+    """Audit retention below the legal minimum was asked for without an override."""
+
+
+class Compliance:
+    def __init__(self, cfg: Config, node_id: str = "", store: ComplianceStore | None = None) -> None:
+        self.cfg = cfg
+        self.node_id = node_id or "cli"
+        self.store: ComplianceStore = store or SqliteComplianceStore(
+            compliance_db(cfg), cfg.storage.sqlite_synchronous)
+        self.keys = AuditKeys(cfg.home)
+        self.archive = Archive(archive_dir(cfg), self.keys)
+        self.totp: Totp
+        self._signed_seq = -1
+        self._task: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        await self.store.open()
+        self.totp = Totp(self.store, secrets_key(self.cfg.home))
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        await self.store.close()
+
+    # ---- the audit trail ---------------------------------------------------
+
+    async def audit(self, event: str, *, actor: str = "", actor_role: str = "", target: str = "",
+                    outcome: str = "ok", source: str = "", **details: Any) -> AuditRecord:
+        return await self.store.append_audit({
+            "ts": now_ms(), "node": self.node_id, "event": event, "outcome": outcome,
+            "actor": actor, "actor_role": actor_role, "target": target, "source": source,
+            "details": details})
+
+    async def hook(self, event: str, fields: dict[str, Any]) -> None:
+        """For Accounts and ChatService: record an event, never fail the caller."""
+        f = dict(fields)
+        try:
+            await self.audit(event, actor=str(f.pop("actor", "")),
+                             actor_role=str(f.pop("actor_role", "")),
+                             target=str(f.pop("target", "")), outcome=str(f.pop("outcome", "ok")),
+                             source=str(f.pop("source", "")), **f)
+        except Exception:
+            log.exception("audit record %s could not be written", event)
+
+    async def sign_head(self, force: bool = False) -> SignedHead | None:
+        seq, digest = await self.store.audit_state()
+        if seq == 0 or (seq == self._signed_seq and not force):
+            return None
+        ts = now_ms()
+        fp, sig = await asyncio.to_thread(self.keys.sign, chain.head_message(seq, digest, ts,
+                                                                              self.node_id))
+        head = SignedHead(seq, digest, ts, self.node_id, fp, sig)
+        await self.store.add_head(head)
+        self._signed_seq = seq
+        return head
+
+    async def rotate_key(self) -> str:
+        """A new audit signing key; the chain head is signed with it at once."""
+        await asyncio.to_thread(self.keys.rotate)
+        fp = self.keys.current_fingerprint() or ""
+        await self.sign_head(force=True)
+        return fp
+
+    async def verify(self, trusted: Iterable[Path] = ()) -> VerifyReport:
+        return await verify_chain(self.store, self.keys, self.archive, trusted)
+
+    async def audit_retention(self) -> tuple[float, bool]:
+        """(days, override) in force: a stored setting wins over the config file."""
+        stored = await self.store.get_setting(AUDIT_RETENTION_SETTING)
+        if isinstance(stored, dict):
+            return float(stored["days"]), bool(stored.get("override", False))
+        c = self.cfg.compliance
+        return c.audit_retention_days, c.audit_retention_override
+
+    async def set_audit_retention(self, days: float, override: bool, reason: str, *, actor: str,
+                                  actor_role: str, source: str = "") -> None:
+        """Change audit retention; below the legal minimum only with an override and a reason.
+
+        Both the refusal and the change are audited.
+        """
+        before, _ = await self.audit_retention()
+        if days < LEGAL_MIN_RETENTION_DAYS and not (override and reason.strip()):
+            await self.audit("retention.audit.set", actor=actor, actor_role=actor_role,
+                             outcome="denied", source=source, days=str(days), before=str(before),
+                             reason="below the legal minimum of 180 days without an override")
+            raise RetentionBelowMinimum(
+                f"audit retention {days:g} days is below the legal minimum of "
+                f"{LEGAL_MIN_RETENTION_DAYS:g} days (网络安全法); an override with a reason is required")
+        await self.store.set_setting(AUDIT_RETENTION_SETTING,
+                                     {"days": days, "override": bool(override), "reason": reason},
+                                     now_ms(), actor)
+        event = ("retention.audit.override" if days < LEGAL_MIN_RETENTION_DAYS
+                 else "retention.audit.set")
+        await self.audit(event, actor=actor, actor_role=actor_role, source=source,
+                         days=str(days), before=str(before), override=bool(override), reason=reason)
+
+    async def record_config(self) -> list[str]:
+        """Audit configuration changes since the last start; returns the changed keys."""
+        snap = config_snapshot(self.cfg)
+        old = await self.store.get_setting(CONFIG_SNAPSHOT_SETTING)
+        changed = sorted(k for k in snap if not isinstance(old, dict) or old.get(k) != snap[k])
+        if old is None:
+            await self.audit("config.initial", actor="system", keys=len(snap))
+        elif changed:
+            await self.audit("config.change", actor="system", changed={
+                k: {"from": old.get(k), "to": snap[k]} for k in changed})
+        if changed or old is None:
+            await self.store.set_setting(CONFIG_SNAPSHOT_SETTING, snap, now_ms(), "system")
+        c = self.cfg.compliance
+        if c.audit_retention_override and c.audit_retention_days < LEGAL_MIN_RETENTION_DAYS:
+            await self.audit("retention.audit.override", actor="system", source="config",
+                             days=str(c.audit_retention_days),
+                             reason="compliance.audit_retention_override is set in the configuration")
+        return changed
+
+    async def run_archive(self, now: int | None = None) -> ArchiveResult:
+        """Archive records past the hot period; purge archives past the retention."""
+        now = now_ms() if now is None else now
+        hot = self.cfg.compliance.audit_hot_days
+        result = await self.archive.archive(self.store, now - int(hot * DAY_MS), now)
+        days, _ = await self.audit_retention()
+        if self.archive.exists():
+            result.purged_segments = await asyncio.to_thread(self.archive.purge, days, now)
+        if result.archived or result.purged_segments:
+            await self.audit("audit.archive", actor="system", records=result.archived,
+                             segments=result.segments, purged_segments=result.purged_segments)
+        return result
+
+    # ---- background work of a node -----------------------------------------
+
+    def start_background(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def _loop(self) -> None:
+        interval = max(1.0, self.cfg.compliance.audit_sign_interval)
+        next_archive = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if sm2_available():
+                    await self.sign_head()
+                if loop.time() >= next_archive:
+                    next_archive = loop.time() + 3600
+                    await self.run_archive()
+            except (CryptoError, OSError) as exc:
+                log.error("audit head signing or archiving failed: %s", exc)
+            except Exception:
+                log.exception("audit background task")

@@ -1,0 +1,577 @@
+"""The admin HTTP API under /api/v1/admin: separation of duties (三员分立),
+second factor, the audit trail, retention and holds, exports and the report.
+
+Every request but the login carries ``Authorization: Bearer <token>`` where
+the token came from ``POST /api/v1/admin/login`` (password + TOTP). Each route
+names one operation; the caller's role must hold it (tongxin.compliance.roles).
+Refusals answer 401/403 and are audited like everything that succeeds.
+Sensitive operations also need a fresh second factor: a TOTP code verified
+within ``compliance.step_up_window`` seconds on this session, or one sent now
+in the ``X-Tongxin-TOTP`` header.
+
+The compliance state (compliance.db, the audit key, the signer task) is opened
+by this module's startup hook, after the node itself has started, and closed
+by its cleanup hook, after the node has stopped; ``Node.app()`` only calls
+:func:`add_routes`, after registering its own hooks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from tongxin import __version__
+from tongxin.auth.passwords import check_policy, hash_password
+from tongxin.clock import now_ms
+from tongxin.compliance import roles
+from tongxin.compliance.export import export_messages
+from tongxin.compliance.history import HistoryUnsupported, make_history
+from tongxin.compliance.ports import AdminSession
+from tongxin.compliance.report import build_report
+from tongxin.compliance.retention import DEFAULT_SCOPE, conversation_scope, effective_policies
+from tongxin.compliance.service import Compliance, RetentionBelowMinimum
+from tongxin.compliance.totp import TotpResult
+from tongxin.crypto import sm2_available
+from tongxin.crypto.errors import CryptoError
+from tongxin.errors import RequestError
+from tongxin.proto import tongxin_pb2 as pb
+from tongxin.store.ports import User
+
+if TYPE_CHECKING:
+    from tongxin.server.node import Node
+
+log = logging.getLogger("tongxin.admin")
+
+PREFIX = "/api/v1/admin"
+STEP_UP_HEADER = "X-Tongxin-TOTP"
+_STATUS = {pb.ACCOUNT_LOCKED: 423, pb.FORBIDDEN: 403, pb.INVALID_ARGUMENT: 400, pb.CONFLICT: 409,
+           pb.UNAVAILABLE: 503}
+
+
+@dataclass(frozen=True, slots=True)
+class Ctx:
+    user: User
+    role: str
+    session: AdminSession
+    source: str
+
+
+AdminHandler = Callable[[web.Request, Ctx], Awaitable[web.StreamResponse]]
+
+
+def _err(status: int, error: str, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": error, "message": message, **extra}, status=status)
+
+
+def _user_json(u: User, totp: bool) -> dict[str, Any]:
+    state = "disabled" if u.disabled else "locked" if u.locked_until > now_ms() else "active"
+    return {"id": u.id, "username": u.username, "display_name": u.display_name, "role": u.role,
+            "state": state, "totp": totp, "created_at": u.created_at}
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text="body must be JSON") from exc
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="body must be a JSON object")
+    return body
+
+
+class AdminApi:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self._compliance: Compliance | None = None
+
+    @property
+    def c(self) -> Compliance:
+        if self._compliance is None:
+            raise web.HTTPServiceUnavailable(text="compliance is not open yet")
+        return self._compliance
+
+    # ---- lifecycle: on_startup after Node.start, on_cleanup after Node.stop ------
+
+    async def on_startup(self, app: web.Application) -> None:
+        node = self.node
+        comp = Compliance(node.cfg, node.node_id)
+        await comp.open()
+        self._compliance = comp
+        node.accounts.audit = comp.hook
+        node.chat.audit = comp.hook
+        await comp.record_config()
+        await comp.audit("node.start", actor="system", version=__version__)
+        if sm2_available():
+            try:
+                await comp.sign_head()
+            except (CryptoError, OSError) as exc:
+                log.error("cannot sign the audit chain head: %s", exc)
+        else:
+            log.error("SM2 is unavailable: audit heads and archives cannot be signed")
+        comp.start_background()
+
+    async def on_cleanup(self, app: web.Application) -> None:
+        comp = self._compliance
+        if comp is None:
+            return
+        await comp.audit("node.stop", actor="system")
+        if sm2_available():
+            try:
+                await comp.sign_head(force=True)
+            except (CryptoError, OSError) as exc:
+                log.error("cannot sign the audit chain head: %s", exc)
+        self._compliance = None
+        await comp.close()
+
+    # ---- authentication, authorisation, step-up ------------------------------
+
+    def guard(self, operation: str, handler: AdminHandler) -> Callable[[web.Request],
+                                                                       Awaitable[web.StreamResponse]]:
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            comp = self.c
+            source = request.remote or ""
+            where = {"method": request.method, "path": request.path, "operation": operation}
+            auth = request.headers.get("Authorization", "")
+            token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+            if not token:
+                await comp.audit("admin.unauthenticated", outcome="denied", source=source,
+                                 reason="no bearer token", **where)
+                return _err(401, "NOT_AUTHENTICATED", "send Authorization: Bearer <admin token>")
+            try:
+                session = await self.node.accounts.resume(token, "")
+            except RequestError as err:
+                await comp.audit("admin.unauthenticated", outcome="denied", source=source,
+                                 reason=err.message, **where)
+                return _err(401, pb.ErrorCode.Name(err.code), err.message)
+            user = session.user
+            admin = await comp.store.get_admin_session(session.claims.token_id)
+            if not roles.is_admin(user.role):
+                await comp.audit("admin.forbidden", actor=user.id, actor_role=user.role,
+                                 target=operation, outcome="denied", source=source,
+                                 reason="not an administrative account", **where)
+                return _err(403, "FORBIDDEN", f"{operation} needs an administrative role",
+                            operation=operation, required_role=roles.owner_of(operation))
+            if admin is None or admin.role != user.role:
+                await comp.audit("admin.unauthenticated", actor=user.id, actor_role=user.role,
+                                 outcome="denied", source=source,
+                                 reason="token not issued by the admin login for this role", **where)
+                return _err(401, "TOKEN_INVALID",
+                            "sign in at /api/v1/admin/login (again, if your role changed)")
+            if not roles.allowed(user.role, operation):
+                owner = roles.owner_of(operation)
+                await comp.audit("admin.forbidden", actor=user.id, actor_role=user.role,
+                                 target=operation, outcome="denied", source=source,
+                                 reason=f"{operation} belongs to {owner}", **where)
+                return _err(403, "FORBIDDEN", f"{user.role} may not {operation} "
+                            f"(separation of duties: it belongs to {owner})",
+                            operation=operation, required_role=owner)
+            if operation in roles.SENSITIVE:
+                refused = await self._step_up(request, user, admin, operation, source, where)
+                if refused is not None:
+                    return refused
+            try:
+                return await handler(request, Ctx(user, user.role, admin, source))
+            except RequestError as err:
+                return _err(_STATUS.get(err.code, 400), pb.ErrorCode.Name(err.code), err.message)
+
+        return wrapped
+
+    async def _step_up(self, request: web.Request, user: User, admin: AdminSession,
+                       operation: str, source: str, where: dict[str, str]) -> web.Response | None:
+        comp = self.c
+        code = request.headers.get(STEP_UP_HEADER, "").strip()
+        now = now_ms()
+        if code:
+            result = await comp.totp.verify(user.id, code)
+            if result is TotpResult.OK:
+                await comp.store.set_factor_at(admin.token_id, now)
+                await comp.audit("auth.step_up", actor=user.id, actor_role=user.role,
+                                 target=operation, source=source)
+                return None
+            if result is not TotpResult.NOT_ENROLLED:
+                fresh = await self.node.store.get_user(user.id)
+                if fresh is not None:
+                    await self.node.accounts.record_failure(fresh)
+            await comp.audit("auth.step_up", actor=user.id, actor_role=user.role, target=operation,
+                             outcome="failed", source=source, reason=result.value, **where)
+            return _err(403, "STEP_UP_FAILED", f"second factor refused ({result.value})",
+                        operation=operation)
+        window = comp.cfg.compliance.step_up_window * 1000
+        if window > 0 and now - admin.factor_at < window:
+            return None
+        await comp.audit("auth.step_up", actor=user.id, actor_role=user.role, target=operation,
+                         outcome="denied", source=source, reason="no fresh second factor", **where)
+        return _err(403, "STEP_UP_REQUIRED", f"{operation} needs a fresh second factor: send a "
+                    f"current TOTP code in the {STEP_UP_HEADER} header", operation=operation)
+
+    # ---- login ----------------------------------------------------------------
+
+    async def login(self, request: web.Request) -> web.Response:
+        comp = self.c
+        accounts = self.node.accounts
+        body = await _body(request)
+        source = request.remote or ""
+        username = str(body.get("username", ""))
+        try:
+            user = await accounts.authenticate(username, str(body.get("password", "")),
+                                               clear_failures=False)
+        except RequestError as err:
+            return _err(_STATUS.get(err.code, 401), pb.ErrorCode.Name(err.code), err.message,
+                        retry_after_ms=err.retry_after_ms)
+        if not roles.is_admin(user.role):
+            await comp.audit("admin.login", actor=user.id, actor_role=user.role, target=user.username,
+                             outcome="denied", source=source, reason="not an administrative account")
+            return _err(403, "FORBIDDEN", "not an administrative account")
+        result = await comp.totp.verify(user.id, str(body.get("totp", "")))
+        if result is TotpResult.NOT_ENROLLED:
+            await comp.audit("admin.login", actor=user.id, actor_role=user.role, target=user.username,
+                             outcome="denied", source=source, reason="no second factor enrolled")
+            return _err(403, "NO_SECOND_FACTOR", "no TOTP enrolled for this account; a security "
+                        "administrator (or `tongxin admin totp-reset` on the node) enrols one")
+        if result is not TotpResult.OK:
+            await accounts.record_failure(user)
+            await comp.audit("admin.login", actor=user.id, actor_role=user.role, target=user.username,
+                             outcome="failed", source=source, reason=f"TOTP {result.value}")
+            return _err(401, "AUTH_FAILED", f"second factor refused ({result.value})")
+        if user.failed_logins:
+            await self.node.store.update_login_state(user.id, 0, 0, 0)
+        try:
+            s = await accounts.issue(user, str(body.get("device_id", "")) or "admin-console")
+        except RequestError as err:
+            return _err(400, pb.ErrorCode.Name(err.code), err.message)
+        now = now_ms()
+        await comp.store.add_admin_session(AdminSession(
+            s.claims.token_id, user.id, user.role, now, s.claims.expires_at_ms, now))
+        await comp.audit("admin.login", actor=user.id, actor_role=user.role, target=user.username,
+                         source=source, token_id=s.claims.token_id)
+        return web.json_response({"user_id": user.id, "role": user.role, "token": s.token,
+                                  "expires_at_ms": s.claims.expires_at_ms,
+                                  "permissions": sorted(roles.PERMISSIONS[user.role])})
+
+    async def whoami(self, request: web.Request, ctx: Ctx) -> web.Response:
+        return web.json_response({"user_id": ctx.user.id, "username": ctx.user.username,
+                                  "role": ctx.role,
+                                  "permissions": sorted(roles.PERMISSIONS[ctx.role])})
+
+    async def logout(self, request: web.Request, ctx: Ctx) -> web.Response:
+        await self.node.accounts.revoke(ctx.session.token_id)
+        return web.json_response({"revoked": True})
+
+    # ---- sysadmin: user administration ------------------------------------------
+
+    async def _target(self, request: web.Request, ctx: Ctx, operation: str,
+                      ordinary_only: bool = True) -> User | web.Response:
+        name = request.match_info["name"].strip().lower()
+        user = await self.node.store.get_user_by_name(name)
+        if user is None:
+            return _err(404, "NOT_FOUND", f"no user {name!r}")
+        if ordinary_only and roles.is_admin(user.role):
+            await self.c.audit("admin.forbidden", actor=ctx.user.id, actor_role=ctx.role,
+                               target=user.username, outcome="denied", source=ctx.source,
+                               operation=operation,
+                               reason="administrative accounts are managed on the node "
+                                      "(tongxin admin) and their roles by the security administrator")
+            return _err(403, "FORBIDDEN", f"{user.username} is an administrative account")
+        return user
+
+    async def list_users(self, request: web.Request, ctx: Ctx) -> web.Response:
+        totp = set(await self.c.store.totp_user_ids())
+        users = [_user_json(u, u.id in totp) for u in await self.node.store.list_users()]
+        await self.c.audit("user.list", actor=ctx.user.id, actor_role=ctx.role, source=ctx.source,
+                           count=len(users))
+        return web.json_response({"users": users})
+
+    async def create_user(self, request: web.Request, ctx: Ctx) -> web.Response:
+        body = await _body(request)
+        user = await self.node.accounts.create_user(str(body.get("username", "")),
+                                                    str(body.get("password", "")),
+                                                    str(body.get("display_name", "")))
+        await self.c.audit("user.create", actor=ctx.user.id, actor_role=ctx.role,
+                           target=user.username, source=ctx.source, user_id=user.id, role=user.role)
+        return web.json_response(_user_json(user, False), status=201)
+
+    def user_action(self, action: str) -> AdminHandler:
+        async def handler(request: web.Request, ctx: Ctx) -> web.Response:
+            op = f"user.{action}"
+            target = await self._target(request, ctx, op)
+            if isinstance(target, web.Response):
+                return target
+            store, now = self.node.store, now_ms()
+            detail: dict[str, Any] = {}
+            if action == "disable":
+                await store.set_disabled(target.id, True)
+                detail["revoked_tokens"] = await store.revoke_user_tokens(target.id, now)
+            elif action == "enable":
+                await store.set_disabled(target.id, False)
+            elif action == "unlock":
+                await store.update_login_state(target.id, 0, 0, 0)
+            elif action == "revoke_tokens":
+                detail["revoked_tokens"] = await store.revoke_user_tokens(target.id, now)
+            elif action == "reset_password":
+                body = await _body(request)
+                password = str(body.get("password", ""))
+                why = check_policy(password, self.node.cfg.accounts.password_min_length)
+                if why:
+                    return _err(400, "INVALID_ARGUMENT", why)
+                await store.set_password(target.id, await asyncio.to_thread(
+                    hash_password, password, self.node.cfg.accounts.scrypt_n))
+                detail["revoked_tokens"] = await store.revoke_user_tokens(target.id, now)
+            elif action == "delete":
+                # Message history keeps referring to the account's id, so the
+                # row stays: disabled, tokens revoked, password unusable.
+                await store.set_disabled(target.id, True)
+                await store.set_password(target.id, "!deleted")
+                detail["revoked_tokens"] = await store.revoke_user_tokens(target.id, now)
+            await self.c.audit(op, actor=ctx.user.id, actor_role=ctx.role, target=target.username,
+                               source=ctx.source, user_id=target.id, **detail)
+            return web.json_response({"username": target.username, "done": action, **detail})
+
+        return handler
+
+    # ---- secadmin: roles, second factors, keys, retention, holds -------------------
+
+    async def list_roles(self, request: web.Request, ctx: Ctx) -> web.Response:
+        totp = set(await self.c.store.totp_user_ids())
+        admins = [_user_json(u, u.id in totp) for u in await self.node.store.list_users()
+                  if roles.is_admin(u.role)]
+        await self.c.audit("role.list", actor=ctx.user.id, actor_role=ctx.role, source=ctx.source)
+        return web.json_response({"roles": {r: sorted(roles.PERMISSIONS[r]) for r in roles.ALL_ROLES},
+                                  "sensitive": sorted(roles.SENSITIVE), "admins": admins})
+
+    async def assign_role(self, request: web.Request, ctx: Ctx) -> web.Response:
+        body = await _body(request)
+        role = str(body.get("role", ""))
+        target = await self._target(request, ctx, "role.assign", ordinary_only=False)
+        if isinstance(target, web.Response):
+            return target
+        if role not in roles.ALL_ROLES:
+            return _err(400, "INVALID_ARGUMENT", f"role must be one of {', '.join(roles.ALL_ROLES)}")
+        if target.id == ctx.user.id:
+            await self.c.audit("admin.forbidden", actor=ctx.user.id, actor_role=ctx.role,
+                               target=target.username, outcome="denied", source=ctx.source,
+                               operation="role.assign", reason="own role")
+            return _err(403, "FORBIDDEN", "no one changes their own role")
+        before = target.role
+        await self.node.store.set_role(target.id, role)
+        # Sessions opened under the old role end now.
+        revoked = await self.node.store.revoke_user_tokens(target.id, now_ms())
+        enrolled = await self.c.totp.enrolled(target.id)
+        await self.c.audit("role.change", actor=ctx.user.id, actor_role=ctx.role,
+                           target=target.username, source=ctx.source, user_id=target.id,
+                           before=before, after=role, revoked_tokens=revoked)
+        return web.json_response({"username": target.username, "before": before, "role": role,
+                                  "totp_enrolled": enrolled})
+
+    async def reset_totp(self, request: web.Request, ctx: Ctx) -> web.Response:
+        target = await self._target(request, ctx, "totp.reset", ordinary_only=False)
+        if isinstance(target, web.Response):
+            return target
+        if target.id == ctx.user.id:
+            await self.c.audit("admin.forbidden", actor=ctx.user.id, actor_role=ctx.role,
+                               target=target.username, outcome="denied", source=ctx.source,
+                               operation="totp.reset", reason="own second factor")
+            return _err(403, "FORBIDDEN", "another security administrator resets your second factor")
+        secret, uri = await self.c.totp.enroll(target.id, target.username, ctx.user.id)
+        await self.c.audit("totp.reset", actor=ctx.user.id, actor_role=ctx.role,
+                           target=target.username, source=ctx.source, user_id=target.id)
+        return web.json_response({"username": target.username, "secret": secret, "uri": uri})
+
+    async def rotate_key(self, request: web.Request, ctx: Ctx) -> web.Response:
+        old = self.c.keys.current_fingerprint()
+        try:
+            new = await self.c.rotate_key()
+        except CryptoError as exc:
+            return _err(503, "UNAVAILABLE", str(exc))
+        await self.c.audit("key.rotate", actor=ctx.user.id, actor_role=ctx.role, target="audit_sign",
+                           source=ctx.source, old_fingerprint=old or "", new_fingerprint=new)
+        await self.c.sign_head(force=True)
+        return web.json_response({"key": "audit_sign", "old_fingerprint": old, "fingerprint": new})
+
+    async def _retention_view(self) -> dict[str, Any]:
+        days, override = await self.c.audit_retention()
+        holds = await self.c.store.holds()
+        last = await self.c.store.last_run()
+        return {"audit_retention_days": days, "audit_retention_override": override,
+                "message_policies": await effective_policies(self.c.cfg, self.c.store),
+                "holds": [asdict(h) for h in holds],
+                "last_run": None if last is None else asdict(last)}
+
+    async def get_retention(self, request: web.Request, ctx: Ctx) -> web.Response:
+        return web.json_response(await self._retention_view())
+
+    async def set_retention(self, request: web.Request, ctx: Ctx) -> web.Response:
+        body = await _body(request)
+        comp = self.c
+        if "audit_retention_days" in body:
+            try:
+                days = float(body["audit_retention_days"])
+            except (TypeError, ValueError):
+                return _err(400, "INVALID_ARGUMENT", "audit_retention_days must be a number")
+            try:
+                await comp.set_audit_retention(days, bool(body.get("override", False)),
+                                               str(body.get("reason", "")), actor=ctx.user.id,
+                                               actor_role=ctx.role, source=ctx.source)
+            except RetentionBelowMinimum as exc:
+                return _err(400, "BELOW_LEGAL_MINIMUM", str(exc))
+        if "message_retention_days" in body:
+            raw = body["message_retention_days"]
+            if raw is not None and (not isinstance(raw, int | float) or raw < 0):
+                return _err(400, "INVALID_ARGUMENT", "message_retention_days must be >= 0 or null")
+            cid = str(body.get("conversation_id", ""))
+            scope = conversation_scope(cid) if cid else DEFAULT_SCOPE
+            await comp.store.set_policy(scope, None if raw is None else float(raw))
+            await comp.audit("retention.messages.set", actor=ctx.user.id, actor_role=ctx.role,
+                             target=scope, source=ctx.source,
+                             days="cleared" if raw is None else str(raw))
+        return web.json_response(await self._retention_view())
+
+    async def list_holds(self, request: web.Request, ctx: Ctx) -> web.Response:
+        holds = await self.c.store.holds(active_only=request.query.get("all") != "1")
+        return web.json_response({"holds": [asdict(h) for h in holds]})
+
+    async def add_hold(self, request: web.Request, ctx: Ctx) -> web.Response:
+        body = await _body(request)
+        kind = str(body.get("kind", ""))
+        target = str(body.get("target", ""))
+        reason = str(body.get("reason", "")).strip()
+        if kind not in ("user", "conversation") or not target or not reason:
+            return _err(400, "INVALID_ARGUMENT", "kind (user|conversation), target and reason needed")
+        if kind == "user" and not target.startswith("u_"):
+            u = await self.node.store.get_user_by_name(target.lower())
+            if u is None:
+                return _err(404, "NOT_FOUND", f"no user {target!r}")
+            target = u.id
+        hold = await self.c.store.add_hold(kind, target, reason, ctx.user.id, now_ms())
+        await self.c.audit("hold.set", actor=ctx.user.id, actor_role=ctx.role,
+                           target=f"{kind}:{target}", source=ctx.source, hold_id=hold.id,
+                           reason=reason)
+        return web.json_response(asdict(hold), status=201)
+
+    async def release_hold(self, request: web.Request, ctx: Ctx) -> web.Response:
+        try:
+            hold_id = int(request.match_info["hold_id"])
+        except ValueError:
+            return _err(400, "INVALID_ARGUMENT", "hold id must be a number")
+        hold = await self.c.store.release_hold(hold_id, ctx.user.id, now_ms())
+        if hold is None:
+            return _err(404, "NOT_FOUND", f"no active hold {hold_id}")
+        await self.c.audit("hold.release", actor=ctx.user.id, actor_role=ctx.role,
+                           target=f"{hold.kind}:{hold.target}", source=ctx.source, hold_id=hold_id)
+        return web.json_response(asdict(hold))
+
+    # ---- auditor: the audit log, verification, export, report ----------------------
+
+    async def read_audit(self, request: web.Request, ctx: Ctx) -> web.Response:
+        try:
+            after = int(request.query.get("after", "0"))
+            limit = max(1, min(1000, int(request.query.get("limit", "100"))))
+        except ValueError:
+            return _err(400, "INVALID_ARGUMENT", "after and limit are integers")
+        rows = await self.c.store.audit_records(after, limit)
+        await self.c.audit("audit.read", actor=ctx.user.id, actor_role=ctx.role, source=ctx.source,
+                           after=after, count=len(rows))
+        return web.json_response({"records": [{**r.fields(), "hash": r.hash} for r in rows]})
+
+    async def verify_audit(self, request: web.Request, ctx: Ctx) -> web.Response:
+        report = await self.c.verify()
+        await self.c.audit("audit.verify", actor=ctx.user.id, actor_role=ctx.role,
+                           source=ctx.source, ok=report.ok, problems=len(report.problems))
+        return web.json_response(report.as_dict())
+
+    async def sign_audit(self, request: web.Request, ctx: Ctx) -> web.Response:
+        try:
+            head = await self.c.sign_head(force=True)
+        except CryptoError as exc:
+            return _err(503, "UNAVAILABLE", str(exc))
+        await self.c.audit("audit.sign", actor=ctx.user.id, actor_role=ctx.role, source=ctx.source,
+                           seq=head.seq if head else 0)
+        return web.json_response({"seq": head.seq if head else 0, "hash": head.hash if head else "",
+                                  "key_fp": head.key_fp if head else ""})
+
+    async def export(self, request: web.Request, ctx: Ctx) -> web.Response:
+        body = await _body(request)
+        try:
+            from_ms = int(body.get("from_ms", 0))
+            to_ms = int(body.get("to_ms", now_ms() + 1))
+        except (TypeError, ValueError):
+            return _err(400, "INVALID_ARGUMENT", "from_ms and to_ms are integers (ms)")
+        if body.get("user"):
+            ref = str(body["user"]).lower()
+            u = await (self.node.store.get_user(ref) if ref.startswith("u_")
+                       else self.node.store.get_user_by_name(ref))
+            if u is None:
+                return _err(404, "NOT_FOUND", f"no user {ref!r}")
+            kind, target, name = "user", u.id, u.username
+        elif body.get("conversation_id"):
+            kind, target = "conversation", str(body["conversation_id"])
+            name = target
+        else:
+            return _err(400, "INVALID_ARGUMENT", "name a user or a conversation_id")
+        try:
+            history = make_history(self.c.cfg)
+        except HistoryUnsupported as exc:
+            return _err(501, "UNSUPPORTED", str(exc))
+        await history.open()
+        try:
+            path, manifest = await export_messages(
+                history, self.c.keys, self.c.cfg.home / "exports", kind=kind, target=target,
+                target_name=name, from_ms=from_ms, to_ms=to_ms, actor=ctx.user.id, now=now_ms())
+        except ValueError as exc:
+            return _err(400, "INVALID_ARGUMENT", str(exc))
+        finally:
+            await history.close()
+        await self.c.audit("export.messages", actor=ctx.user.id, actor_role=ctx.role,
+                           target=f"{kind}:{target}", source=ctx.source,
+                           export_id=manifest["export_id"], records=manifest["records"],
+                           from_ms=from_ms, to_ms=to_ms, sm3=manifest["files"][0]["sm3"])
+        return web.json_response({"path": str(path), "manifest": manifest})
+
+    async def report(self, request: web.Request, ctx: Ctx) -> web.Response:
+        users = await self.node.store.list_users()
+        data = await build_report(self.c.cfg, self.c, users)
+        await self.c.audit("report.compliance", actor=ctx.user.id, actor_role=ctx.role,
+                           source=ctx.source, summary=data["summary"])
+        return web.json_response(data)
+
+
+ADMIN_API = web.AppKey("tongxin_admin_api", AdminApi)
+
+
+def add_routes(app: web.Application, node: Node) -> None:
+    api = AdminApi(node)
+    app[ADMIN_API] = api
+    # Registered after the node's own hooks (see Node.app): startup needs node.accounts.
+    app.on_startup.append(api.on_startup)
+    app.on_cleanup.append(api.on_cleanup)
+    r, g, p = app.router, api.guard, PREFIX
+    r.add_post(f"{p}/login", api.login)
+    r.add_get(f"{p}/whoami", g("session.read", api.whoami))
+    r.add_post(f"{p}/logout", g("session.logout", api.logout))
+    # sysadmin
+    r.add_get(f"{p}/users", g("user.list", api.list_users))
+    r.add_post(f"{p}/users", g("user.create", api.create_user))
+    for action, verb in (("disable", "disable"), ("enable", "enable"), ("unlock", "unlock"),
+                         ("revoke_tokens", "revoke-tokens"), ("reset_password", "password")):
+        r.add_post(f"{p}/users/{{name}}/{verb}", g(f"user.{action}", api.user_action(action)))
+    r.add_delete(f"{p}/users/{{name}}", g("user.delete", api.user_action("delete")))
+    # secadmin
+    r.add_get(f"{p}/roles", g("role.list", api.list_roles))
+    r.add_put(f"{p}/users/{{name}}/role", g("role.assign", api.assign_role))
+    r.add_post(f"{p}/users/{{name}}/totp", g("totp.reset", api.reset_totp))
+    r.add_post(f"{p}/keys/audit/rotate", g("key.rotate", api.rotate_key))
+    r.add_get(f"{p}/retention", g("retention.read", api.get_retention))
+    r.add_put(f"{p}/retention", g("retention.set", api.set_retention))
+    r.add_get(f"{p}/holds", g("hold.list", api.list_holds))
+    r.add_post(f"{p}/holds", g("hold.set", api.add_hold))
+    r.add_delete(f"{p}/holds/{{hold_id}}", g("hold.release", api.release_hold))
+    # auditor
+    r.add_get(f"{p}/audit", g("audit.read", api.read_audit))
+    r.add_post(f"{p}/audit/verify", g("audit.verify", api.verify_audit))
+    r.add_post(f"{p}/audit/sign", g("audit.sign", api.sign_audit))
+    r.add_post(f"{p}/export", g("export.messages", api.export))
+    r.add_get(f"{p}/report", g("report.read", api.report))

@@ -1,0 +1,727 @@
+"""History and accounts on the MySQL protocol: TiDB in production, MariaDB in CI.
+
+Behaves like the SQLite adapter (the same ``ChatStore`` contract, checked by
+tests/integration/test_store_contract.py against both), with SQL kept in the
+subset TiDB runs: no RETURNING, no stored procedures, no triggers.
+
+* **Sequence numbers.** ``UPDATE conversations SET last_seq =
+  LAST_INSERT_ID(last_seq + 1)`` takes the conversation row's lock, increments
+  the counter and hands the new value back in the same statement (in the OK
+  packet on MySQL/MariaDB; TiDB is asked ``SELECT LAST_INSERT_ID()``), the
+  equivalent of SQLite's ``UPDATE ... RETURNING``. The lock is held until
+  COMMIT, so seqs are dense and each one is assigned once; a rolled-back
+  transaction gives its increment back.
+* **Idempotency.** The unique key ``(conversation_id, sender_id,
+  client_msg_id)``: a re-send finds the stored entry; two concurrent sends of
+  the same id race to the key and the loser answers with the winner's entry.
+* **Failures.** Losing the connection, a timeout or any server error raises
+  ``Unavailable`` (the chat layer answers UNAVAILABLE and sends no ACK). A
+  COMMIT whose answer is lost may still have committed; the client's re-send
+  with the same ``client_msg_id`` then finds it, so nothing is stored twice.
+  Deadlocks and TiDB write conflicts are retried.
+* **Group commit.** There is no batching thread: the pool runs up to
+  ``storage.mysql_pool_size`` transactions at once and the server groups their
+  log flushes (InnoDB's group commit, TiDB's batched Raft writes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import asyncmy
+from asyncmy import errors as myerrors
+from asyncmy.connection import Connection
+from asyncmy.constants import CLIENT
+from asyncmy.cursors import Cursor
+from asyncmy.pool import Pool
+
+from tongxin.store import migrations
+from tongxin.store.dsn import MysqlDsn, parse_dsn
+from tongxin.store.ports import (
+    Conflict,
+    ConversationRow,
+    ConversationView,
+    Entry,
+    GroupFull,
+    MemberOps,
+    MemberRow,
+    NoSuchConversation,
+    StoreError,
+    Unavailable,
+    User,
+)
+
+log = logging.getLogger("tongxin.store.mysql")
+
+T = TypeVar("T")
+
+ER_DUP_ENTRY = 1062
+# Retried: the server rolled the whole transaction back and says so.
+_RETRY_CODES = {
+    1213,  # ER_LOCK_DEADLOCK
+    9007,  # TiDB: write conflict (optimistic transactions)
+    8002,  # TiDB: SELECT FOR UPDATE write conflict
+    8022,  # TiDB: transaction commit failed, retryable
+    8028,  # TiDB: schema changed during the transaction (information schema is out of date)
+}
+_ATTEMPTS = 3
+
+_USER_COLS = ("id, username, display_name, password_hash, role, created_at, failed_logins, "
+              "first_failure_at, locked_until, disabled")
+_ENTRY_COLS = ("conversation_id, sender_id, sender_device, client_msg_id, sent_at, kind, content, "
+               "target_seq, `system`, seq, recalled, edited_at")
+_CONV_COLS = "id, kind, name, created_at, created_by, last_seq, member_count"
+_MEMBER_COLS = "conversation_id, user_id, role, joined_seq, read_seq, delivered_seq"
+_CHUNK = 500  # rows per multi-row statement
+_MIGRATION_LOCK = "tongxin.schema_migrations"
+_MIGRATION_LOCK_WAIT = 600  # seconds
+
+_MIGRATIONS_DDL = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+    " version INT NOT NULL PRIMARY KEY,"
+    " name VARCHAR(255) NOT NULL,"
+    " checksum CHAR(64) NOT NULL,"
+    " applied_at BIGINT NOT NULL"
+    ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+)
+
+
+def _s(value: Any) -> str:
+    """VARBINARY columns come back as bytes."""
+    return value.decode("utf-8") if isinstance(value, bytes | bytearray) else str(value)
+
+
+def _user(r: Any) -> User:
+    return User(_s(r[0]), _s(r[1]), r[2], r[3], r[4], int(r[5]), int(r[6]), int(r[7]), int(r[8]),
+                bool(r[9]))
+
+
+def _entry(r: Any) -> Entry:
+    return Entry(_s(r[0]), _s(r[1]), _s(r[2]), _s(r[3]), int(r[4]), int(r[5]), bytes(r[6]),
+                 int(r[7]), bytes(r[8]), int(r[9]), bool(r[10]), int(r[11]))
+
+
+def _conv(r: Any) -> ConversationRow:
+    return ConversationRow(_s(r[0]), int(r[1]), r[2], int(r[3]), _s(r[4]), int(r[5]), int(r[6]))
+
+
+def _member(r: Any) -> MemberRow:
+    return MemberRow(_s(r[0]), _s(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]))
+
+
+def _code(exc: BaseException) -> int:
+    args = getattr(exc, "args", ())
+    return int(args[0]) if args and isinstance(args[0], int) else 0
+
+
+def _is_dup(exc: BaseException) -> bool:
+    return isinstance(exc, myerrors.IntegrityError) and _code(exc) == ER_DUP_ENTRY
+
+
+class _Raced(StoreError):
+    """Internal: a concurrent transaction inserted the same unique key first."""
+
+
+# OSError covers TimeoutError and lost sockets; RuntimeError is the pool's "closing".
+_DB_ERRORS = (myerrors.MySQLError, OSError, EOFError, RuntimeError)
+
+
+class MysqlStore:
+    def __init__(self, dsn: MysqlDsn, pool_size: int = 32, timeout: float = 10.0) -> None:
+        self.dsn = dsn
+        self.pool_size = max(1, pool_size)
+        self.timeout = timeout
+        self.flavor = "mysql"  # "tidb" once the server says so
+        self.server_version = ""
+        self._pool: Pool | None = None
+        self._prepared: weakref.WeakSet[Connection] = weakref.WeakSet()
+
+    @classmethod
+    def from_dsn(cls, dsn: str, pool_size: int = 32, timeout: float = 10.0,
+                 password: str | None = None) -> MysqlStore:
+        """The password comes from the DSN, else ``password``, else $TONGXIN_MYSQL_PASSWORD."""
+        parsed = parse_dsn(dsn)
+        if not parsed.password:
+            pw = password if password is not None else os.environ.get("TONGXIN_MYSQL_PASSWORD", "")
+            parsed = MysqlDsn(parsed.host, parsed.port, parsed.user, pw, parsed.database)
+        return cls(parsed, pool_size, timeout)
+
+    # ---- lifecycle -----------------------------------------------------------
+
+    def _connect_kwargs(self) -> dict[str, Any]:
+        return {
+            "host": self.dsn.host,
+            "port": self.dsn.port,
+            "user": self.dsn.user,
+            "password": self.dsn.password,
+            "database": self.dsn.database,
+            "charset": "utf8mb4",
+            "autocommit": True,
+            "connect_timeout": max(1, int(self.timeout)),
+            "read_timeout": self.timeout,
+            # rowcount counts matched rows, as SQLite's does
+            "client_flag": CLIENT.FOUND_ROWS,
+        }
+
+    def _session_sql(self) -> list[str]:
+        """Run once on each new connection (one statement each: no multi-statements)."""
+        return [
+            # Every statement sees the latest committed rows (TiDB's default
+            # REPEATABLE READ would read at the transaction's start); what must
+            # not change under us is locked (the conversation row).
+            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+            f"SET SESSION innodb_lock_wait_timeout = {max(1, int(self.timeout))}, "
+            "sql_mode = 'STRICT_TRANS_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,"
+            "ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION'",
+        ]
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        try:
+            pool = await asyncio.wait_for(
+                asyncmy.create_pool(minsize=1, maxsize=self.pool_size, pool_recycle=3600,
+                                    **self._connect_kwargs()),
+                self.timeout + 1)
+        except _DB_ERRORS as exc:
+            raise Unavailable(f"cannot connect to {self.dsn.host}:{self.dsn.port}: {exc}") from exc
+        self._pool = pool
+        try:
+            await self.migrate()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        pool.close()
+        try:
+            await asyncio.wait_for(pool.wait_closed(), self.timeout)
+        except (TimeoutError, *_DB_ERRORS):
+            pool.terminate()
+
+    async def ping(self) -> bool:
+        try:
+            return await self._read(self._ping) == 1
+        except StoreError:
+            return False
+
+    @staticmethod
+    async def _ping(cur: Cursor) -> int:
+        await cur.execute("SELECT 1")
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    # ---- migrations ----------------------------------------------------------
+
+    async def migrate(self) -> list[int]:
+        """Apply pending migrations; return the versions applied.
+
+        Runs on a connection of its own without the statement timeout (a DDL
+        on a large table may take minutes), under a named lock so that nodes
+        starting together take turns.
+        """
+        kwargs = {**self._connect_kwargs(), "read_timeout": None}
+        try:
+            conn = await asyncio.wait_for(asyncmy.connect(**kwargs), self.timeout + 1)
+        except _DB_ERRORS as exc:
+            raise Unavailable(f"cannot connect to {self.dsn.host}:{self.dsn.port}: {exc}") from exc
+        try:
+            async with conn.cursor() as cur:
+                await cur.execute("SELECT VERSION()")
+                row = await cur.fetchone()
+                self.server_version = str(row[0]) if row else ""
+                self.flavor = migrations.server_flavor(self.server_version)
+                locked = await self._named_lock(cur)
+                try:
+                    applied = await self._apply_migrations(cur)
+                finally:
+                    if locked:
+                        await cur.execute("SELECT RELEASE_LOCK(%s)", (_MIGRATION_LOCK,))
+                        await cur.fetchall()
+        except _DB_ERRORS as exc:
+            raise Unavailable(f"schema migration failed: {exc!r}") from exc
+        finally:
+            conn.close()
+        if applied:
+            log.info("applied schema migrations %s on %s (%s)", applied, self.server_version,
+                     self.flavor)
+        return applied
+
+    @staticmethod
+    async def _named_lock(cur: Cursor) -> bool:
+        try:
+            await cur.execute("SELECT GET_LOCK(%s, %s)", (_MIGRATION_LOCK, _MIGRATION_LOCK_WAIT))
+        except myerrors.ProgrammingError:
+            return False  # a server without named locks: every statement is re-runnable anyway
+        got = await cur.fetchone()
+        if not got or got[0] != 1:
+            raise Unavailable(f"another node held the schema migration lock for "
+                              f"{_MIGRATION_LOCK_WAIT} s")
+        return True
+
+    async def _apply_migrations(self, cur: Cursor) -> list[int]:
+        await cur.execute(
+            "SELECT COUNT(*) FROM information_schema.tables "
+            "WHERE table_schema = DATABASE() AND table_name = 'schema_migrations'")
+        row = await cur.fetchone()
+        if not row or not row[0]:  # (IF NOT EXISTS alone leaves a note in the log each start)
+            await cur.execute(_MIGRATIONS_DDL)
+        await cur.execute("SELECT version, checksum FROM schema_migrations")
+        done = {int(v): _s(c) for v, c in await cur.fetchall()}
+        known = migrations.load()
+        latest = known[-1].version if known else 0
+        if done and max(done) > latest:
+            raise StoreError(f"database schema version {max(done)} is newer than this "
+                             f"release ({latest})")
+        applied: list[int] = []
+        for mig in known:
+            if mig.version in done:
+                if done[mig.version] != mig.checksum:
+                    raise StoreError(f"schema migration {mig.version} ({mig.name}) was changed "
+                                     "after it was applied to this database")
+                continue
+            for sql in mig.statements(self.flavor):
+                await cur.execute(sql)
+            await cur.execute(
+                "INSERT INTO schema_migrations (version, name, checksum, applied_at) "
+                "VALUES (%s, %s, %s, %s)",
+                (mig.version, mig.name, mig.checksum, int(time.time() * 1000)))
+            applied.append(mig.version)
+        return applied
+
+    async def schema_version(self) -> int:
+        async def job(cur: Cursor) -> int:
+            await cur.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+            row = await cur.fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._read(job)
+
+    # ---- connection handling -------------------------------------------------
+
+    async def _with_conn(self, fn: Callable[[Connection, Cursor], Awaitable[T]], *,
+                         retry: bool = True) -> T:
+        """Run ``fn`` on a pooled connection, mapping driver failures to Unavailable.
+
+        A connection that saw a driver error is closed, never reused (the pool
+        itself drops idle connections whose socket the server closed). Errors
+        the server rolled back (deadlock, TiDB write conflict) are retried.
+        """
+        pool = self._pool
+        if pool is None:
+            raise Unavailable("mysql store is not open")
+        attempt = 0
+        while True:
+            attempt += 1
+            conn: Connection | None = None
+            try:
+                # A little longer than connect_timeout, so a refused or slow
+                # connect surfaces as the driver's error, not as a cancellation.
+                conn = await asyncio.wait_for(pool.acquire(), self.timeout + 1)
+                async with conn.cursor() as cur:
+                    if conn not in self._prepared:
+                        for sql in self._session_sql():
+                            await cur.execute(sql)
+                        self._prepared.add(conn)
+                    result = await fn(conn, cur)
+                pool.release(conn)
+                return result
+            except StoreError:
+                if conn is not None:
+                    await self._rollback_quietly(conn)
+                    pool.release(conn)
+                raise
+            except _DB_ERRORS as exc:
+                if conn is not None:
+                    if isinstance(exc, myerrors.MySQLError) and _code(exc) in _RETRY_CODES:
+                        await self._rollback_quietly(conn)
+                    else:
+                        conn.close()
+                    pool.release(conn)
+                if retry and attempt < _ATTEMPTS and _code(exc) in _RETRY_CODES:
+                    continue
+                raise Unavailable(f"database error: {exc!r}") from exc
+            except BaseException:
+                # Cancelled mid-statement: the stream is out of sync, drop it.
+                if conn is not None:
+                    conn.close()
+                    pool.release(conn)
+                raise
+
+    @staticmethod
+    async def _rollback_quietly(conn: Connection) -> None:
+        try:
+            await conn.rollback()
+        except _DB_ERRORS:
+            conn.close()
+
+    async def _read(self, fn: Callable[[Cursor], Awaitable[T]]) -> T:
+        async def job(_conn: Connection, cur: Cursor) -> T:
+            return await fn(cur)
+
+        return await self._with_conn(job)
+
+    async def _write(self, fn: Callable[[Cursor], Awaitable[T]]) -> T:
+        """One transaction: BEGIN, fn, COMMIT. The result is returned only after COMMIT."""
+        async def job(conn: Connection, cur: Cursor) -> T:
+            await conn.begin()
+            result = await fn(cur)
+            await conn.commit()
+            return result
+
+        return await self._with_conn(job)
+
+    @staticmethod
+    async def _one(cur: Cursor, sql: str, args: tuple[Any, ...]) -> Any:
+        await cur.execute(sql, args)
+        return await cur.fetchone()
+
+    @staticmethod
+    async def _all(cur: Cursor, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        await cur.execute(sql, args)
+        return list(await cur.fetchall())
+
+    # ---- accounts ------------------------------------------------------------
+
+    async def create_user(self, user: User) -> User:
+        async def job(cur: Cursor) -> User:
+            try:
+                await cur.execute(
+                    f"INSERT INTO users ({_USER_COLS}) VALUES (%s,%s,%s,%s,%s,%s,0,0,0,0)",
+                    (user.id, user.username, user.display_name, user.password_hash, user.role,
+                     user.created_at))
+            except myerrors.IntegrityError as exc:
+                raise Conflict(f"username {user.username!r} is taken") from exc
+            return user
+
+        return await self._write(job)
+
+    async def _one_user(self, where: str, arg: str) -> User | None:
+        async def job(cur: Cursor) -> User | None:
+            row = await self._one(cur, f"SELECT {_USER_COLS} FROM users WHERE {where} = %s", (arg,))
+            return _user(row) if row else None
+
+        return await self._read(job)
+
+    async def get_user(self, user_id: str) -> User | None:
+        return await self._one_user("id", user_id)
+
+    async def get_user_by_name(self, username: str) -> User | None:
+        return await self._one_user("username", username)
+
+    async def list_users(self) -> list[User]:
+        async def job(cur: Cursor) -> list[User]:
+            return [_user(r) for r in await self._all(
+                cur, f"SELECT {_USER_COLS} FROM users ORDER BY username", ())]
+
+        return await self._read(job)
+
+    async def _exec(self, sql: str, args: tuple[Any, ...]) -> int:
+        async def job(cur: Cursor) -> int:
+            await cur.execute(sql, args)
+            n = cur.rowcount
+            return n if isinstance(n, int) else 0
+
+        return await self._write(job)
+
+    async def update_login_state(self, user_id: str, failed_logins: int, first_failure_at: int,
+                                 locked_until: int) -> None:
+        await self._exec(
+            "UPDATE users SET failed_logins=%s, first_failure_at=%s, locked_until=%s WHERE id=%s",
+            (failed_logins, first_failure_at, locked_until, user_id))
+
+    async def set_password(self, user_id: str, password_hash: str) -> None:
+        await self._exec("UPDATE users SET password_hash=%s WHERE id=%s", (password_hash, user_id))
+
+    async def set_disabled(self, user_id: str, disabled: bool) -> None:
+        await self._exec(
+            "UPDATE users SET disabled=%s, failed_logins=0, locked_until=0 WHERE id=%s",
+            (int(disabled), user_id))
+
+    async def set_role(self, user_id: str, role: str) -> None:
+        await self._exec("UPDATE users SET role=%s WHERE id=%s", (role, user_id))
+
+    async def add_token(self, token_id: str, user_id: str, device_id: str, issued_at: int,
+                        expires_at: int) -> None:
+        await self._exec(
+            "INSERT INTO tokens (id, user_id, device_id, issued_at, expires_at) "
+            "VALUES (%s,%s,%s,%s,%s)", (token_id, user_id, device_id, issued_at, expires_at))
+
+    async def token_revoked(self, token_id: str) -> bool | None:
+        async def job(cur: Cursor) -> bool | None:
+            row = await self._one(cur, "SELECT revoked_at FROM tokens WHERE id=%s", (token_id,))
+            return None if row is None else bool(row[0])
+
+        return await self._read(job)
+
+    async def revoke_token(self, token_id: str, at: int) -> bool:
+        return await self._exec(
+            "UPDATE tokens SET revoked_at=%s WHERE id=%s AND revoked_at=0", (at, token_id)) == 1
+
+    async def revoke_user_tokens(self, user_id: str, at: int) -> int:
+        return await self._exec(
+            "UPDATE tokens SET revoked_at=%s WHERE user_id=%s AND revoked_at=0", (at, user_id))
+
+    # ---- conversations -------------------------------------------------------
+
+    async def _insert_entry(self, cur: Cursor, e: Entry) -> Entry:
+        await cur.execute(
+            "UPDATE conversations SET last_seq = LAST_INSERT_ID(last_seq + 1) WHERE id = %s",
+            (e.conversation_id,))
+        if cur.rowcount != 1:
+            raise NoSuchConversation(e.conversation_id)
+        seq = int(cur.lastrowid or 0) if self.flavor == "mysql" else 0
+        if not seq:
+            row = await self._one(cur, "SELECT LAST_INSERT_ID()", ())
+            seq = int(row[0])
+        try:
+            await cur.execute(
+                f"INSERT INTO messages ({_ENTRY_COLS}) "
+                "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                (e.conversation_id, e.sender_id, e.sender_device, e.client_msg_id, e.sent_at,
+                 e.kind, e.content, e.target_seq, e.system, seq, int(e.recalled), e.edited_at))
+        except myerrors.IntegrityError as exc:
+            if _is_dup(exc):
+                raise _Raced(e.client_msg_id) from exc
+            raise
+        e.seq = seq
+        return e
+
+    async def create_conversation(self, conv: ConversationRow, members: list[tuple[str, int]],
+                                  created: Entry) -> tuple[ConversationRow, bool]:
+        select = f"SELECT {_CONV_COLS} FROM conversations WHERE id=%s"
+
+        async def job(cur: Cursor) -> tuple[ConversationRow, bool]:
+            row = await self._one(cur, select, (conv.id,))
+            if row is not None:
+                return _conv(row), False
+            try:
+                await cur.execute(
+                    f"INSERT INTO conversations ({_CONV_COLS}) VALUES (%s,%s,%s,%s,%s,0,%s)",
+                    (conv.id, conv.kind, conv.name, conv.created_at, conv.created_by,
+                     len(members)))
+            except myerrors.IntegrityError as exc:
+                if _is_dup(exc):
+                    raise _Raced(conv.id) from exc
+                raise
+            for i in range(0, len(members), _CHUNK):
+                await cur.executemany(
+                    f"INSERT INTO members ({_MEMBER_COLS}) VALUES (%s,%s,%s,1,0,0)",
+                    [(conv.id, uid, role) for uid, role in members[i:i + _CHUNK]])
+            await self._insert_entry(cur, created)
+            conv.last_seq, conv.member_count = created.seq, len(members)
+            return conv, True
+
+        try:
+            return await self._write(job)
+        except _Raced:
+            # Created concurrently by another node: answer as if it existed before.
+            async def again(cur: Cursor) -> tuple[ConversationRow, bool]:
+                row = await self._one(cur, select, (conv.id,))
+                if row is None:
+                    raise Unavailable(f"conversation {conv.id} vanished") from None
+                return _conv(row), False
+
+            return await self._read(again)
+
+    async def get_conversation(self, conversation_id: str) -> ConversationRow | None:
+        async def job(cur: Cursor) -> ConversationRow | None:
+            row = await self._one(cur, f"SELECT {_CONV_COLS} FROM conversations WHERE id=%s",
+                                  (conversation_id,))
+            return _conv(row) if row else None
+
+        return await self._read(job)
+
+    async def get_member(self, conversation_id: str, user_id: str) -> MemberRow | None:
+        async def job(cur: Cursor) -> MemberRow | None:
+            row = await self._one(
+                cur, f"SELECT {_MEMBER_COLS} FROM members WHERE conversation_id=%s AND user_id=%s",
+                (conversation_id, user_id))
+            return _member(row) if row else None
+
+        return await self._read(job)
+
+    async def member_ids(self, conversation_id: str) -> list[str]:
+        async def job(cur: Cursor) -> list[str]:
+            return [_s(r[0]) for r in await self._all(
+                cur, "SELECT user_id FROM members WHERE conversation_id=%s", (conversation_id,))]
+
+        return await self._read(job)
+
+    async def list_members(self, conversation_id: str, limit: int) -> list[MemberRow]:
+        async def job(cur: Cursor) -> list[MemberRow]:
+            return [_member(r) for r in await self._all(
+                cur, f"SELECT {_MEMBER_COLS} FROM members WHERE conversation_id=%s "
+                "ORDER BY role DESC, user_id LIMIT %s", (conversation_id, limit))]
+
+        return await self._read(job)
+
+    async def conversations_of(self, user_id: str) -> list[ConversationView]:
+        mcols = ", ".join(f"m.{c.strip()}" for c in _MEMBER_COLS.split(","))
+        ccols = ", ".join(f"c.{c.strip()}" for c in _CONV_COLS.split(","))
+
+        async def job(cur: Cursor) -> list[ConversationView]:
+            views = [
+                ConversationView(_conv(r[:7]), _member(r[7:]))
+                for r in await self._all(
+                    cur, f"SELECT {ccols}, {mcols} FROM members m JOIN conversations c "
+                    "ON c.id = m.conversation_id WHERE m.user_id=%s ORDER BY c.created_at, c.id",
+                    (user_id,))
+            ]
+            direct = {v.conversation.id: v for v in views if v.conversation.kind == 1}
+            if direct:
+                for cid, uid in await self._all(
+                        cur, "SELECT p.conversation_id, p.user_id FROM members m "
+                        "JOIN conversations c ON c.id = m.conversation_id AND c.kind = 1 "
+                        "JOIN members p ON p.conversation_id = m.conversation_id "
+                        "AND p.user_id != m.user_id WHERE m.user_id=%s", (user_id,)):
+                    view = direct.get(_s(cid))
+                    if view is not None:
+                        view.peer_id = _s(uid)
+            return views
+
+        return await self._read(job)
+
+    async def change_members(self, conversation_id: str, ops: MemberOps, entry: Entry,
+                             max_members: int) -> Entry:
+        async def job(cur: Cursor) -> Entry:
+            # Lock the conversation first: member changes and appends to one
+            # conversation are serialized on this row, as in the SQLite writer.
+            row = await self._one(
+                cur, "SELECT member_count FROM conversations WHERE id=%s FOR UPDATE",
+                (conversation_id,))
+            if row is None:
+                raise NoSuchConversation(conversation_id)
+            existing = {_s(r[0]) for r in await self._all(
+                cur, "SELECT user_id FROM members WHERE conversation_id=%s", (conversation_id,))}
+            adds = [(u, r) for u, r in ops.add if u not in existing]
+            removes = [u for u in ops.remove if u in existing]
+            count = len(existing) + len(adds) - len(removes)
+            if count > max_members:
+                raise GroupFull(f"group would have {count} members, the limit is {max_members}")
+            await self._insert_entry(cur, entry)
+            for i in range(0, len(adds), _CHUNK):
+                await cur.executemany(
+                    f"INSERT INTO members ({_MEMBER_COLS}) VALUES (%s,%s,%s,%s,0,0)",
+                    [(conversation_id, u, r, entry.seq) for u, r in adds[i:i + _CHUNK]])
+            for i in range(0, len(removes), _CHUNK):
+                part = removes[i:i + _CHUNK]
+                marks = ",".join(["%s"] * len(part))
+                await cur.execute(
+                    f"DELETE FROM members WHERE conversation_id=%s AND user_id IN ({marks})",
+                    (conversation_id, *part))
+            for u, r in ops.set_role:
+                await cur.execute(
+                    "UPDATE members SET role=%s WHERE conversation_id=%s AND user_id=%s",
+                    (r, conversation_id, u))
+            if ops.rename is not None:
+                await cur.execute("UPDATE conversations SET name=%s WHERE id=%s",
+                                  (ops.rename, conversation_id))
+            await cur.execute("UPDATE conversations SET member_count=%s WHERE id=%s",
+                              (count, conversation_id))
+            return entry
+
+        try:
+            return await self._write(job)
+        except _Raced as exc:
+            # The entry's client id was already used in this conversation.
+            raise Unavailable(f"duplicate client_msg_id {exc} in a membership change") from exc
+
+    # ---- the log -------------------------------------------------------------
+
+    async def append(self, entry: Entry, mark_recalled: bool = False,
+                     mark_edited: bytes | None = None) -> tuple[Entry, bool]:
+        async def job(cur: Cursor) -> tuple[Entry, bool]:
+            row = await self._one(
+                cur, f"SELECT {_ENTRY_COLS} FROM messages WHERE conversation_id=%s "
+                "AND sender_id=%s AND client_msg_id=%s",
+                (entry.conversation_id, entry.sender_id, entry.client_msg_id))
+            if row is not None:
+                return _entry(row), True
+            await self._insert_entry(cur, entry)
+            if mark_recalled:
+                await cur.execute(
+                    "UPDATE messages SET recalled=1 WHERE conversation_id=%s AND seq=%s",
+                    (entry.conversation_id, entry.target_seq))
+            if mark_edited is not None:
+                await cur.execute(
+                    "UPDATE messages SET content=%s, edited_at=%s "
+                    "WHERE conversation_id=%s AND seq=%s",
+                    (mark_edited, entry.sent_at, entry.conversation_id, entry.target_seq))
+            return entry, False
+
+        try:
+            return await self._write(job)
+        except _Raced:
+            # A concurrent send with the same client id committed first.
+            stored = await self.find_by_client_id(entry.conversation_id, entry.sender_id,
+                                                  entry.client_msg_id)
+            if stored is None:
+                raise Unavailable("duplicate key, but the stored entry is not visible") from None
+            return stored, True
+
+    async def get_entry(self, conversation_id: str, seq: int) -> Entry | None:
+        async def job(cur: Cursor) -> Entry | None:
+            row = await self._one(
+                cur, f"SELECT {_ENTRY_COLS} FROM messages WHERE conversation_id=%s AND seq=%s",
+                (conversation_id, seq))
+            return _entry(row) if row else None
+
+        return await self._read(job)
+
+    async def find_by_client_id(self, conversation_id: str, sender_id: str,
+                                client_msg_id: str) -> Entry | None:
+        async def job(cur: Cursor) -> Entry | None:
+            row = await self._one(
+                cur, f"SELECT {_ENTRY_COLS} FROM messages WHERE conversation_id=%s "
+                "AND sender_id=%s AND client_msg_id=%s",
+                (conversation_id, sender_id, client_msg_id))
+            return _entry(row) if row else None
+
+        return await self._read(job)
+
+    async def entries_after(self, conversation_id: str, after_seq: int, limit: int,
+                            min_seq: int = 0) -> list[Entry]:
+        async def job(cur: Cursor) -> list[Entry]:
+            return [_entry(r) for r in await self._all(
+                cur, f"SELECT {_ENTRY_COLS} FROM messages WHERE conversation_id=%s AND seq>%s "
+                "ORDER BY seq LIMIT %s", (conversation_id, max(after_seq, min_seq - 1), limit))]
+
+        return await self._read(job)
+
+    async def entries_before(self, conversation_id: str, before_seq: int, limit: int,
+                             min_seq: int = 0) -> list[Entry]:
+        async def job(cur: Cursor) -> list[Entry]:
+            return [_entry(r) for r in await self._all(
+                cur, f"SELECT {_ENTRY_COLS} FROM messages WHERE conversation_id=%s AND seq<%s "
+                "AND seq>=%s ORDER BY seq DESC LIMIT %s",
+                (conversation_id, before_seq, min_seq, limit))]
+
+        rows = await self._read(job)
+        rows.reverse()
+        return rows
+
+    async def set_cursor(self, conversation_id: str, user_id: str, kind: str, seq: int) -> int:
+        column = {"read": "read_seq", "delivered": "delivered_seq"}[kind]
+
+        async def job(cur: Cursor) -> int:
+            await cur.execute(
+                f"UPDATE members SET {column} = GREATEST({column}, %s) "
+                "WHERE conversation_id=%s AND user_id=%s", (seq, conversation_id, user_id))
+            if cur.rowcount == 0:
+                return 0
+            row = await self._one(
+                cur, f"SELECT {column} FROM members WHERE conversation_id=%s AND user_id=%s",
+                (conversation_id, user_id))
+            return int(row[0]) if row else 0
+
+        return await self._write(job)
