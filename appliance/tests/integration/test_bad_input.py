@@ -291,7 +291,10 @@ def _bad_zstd(w: World, how: str) -> bytes:
     import zstandard
 
     good: bytes = zstandard.ZstdCompressor(level=3).compress(send_payload(w, "压缩" * 600))
-    return {"garbage": b"\x28\xb5\x2f\xfd" + os.urandom(40), "truncated": good[:-4],
+    # Garbage after the magic and a frame-header descriptor of 0 (no declared
+    # content size): random descriptor bits could declare any size, and one
+    # above the cap is rightly refused as PAYLOAD_TOO_LARGE instead.
+    return {"garbage": b"\x28\xb5\x2f\xfd\x00" + os.urandom(40), "truncated": good[:-4],
             "trailing": good + b"\x00", "empty": b"", "not-zstd": b"hello"}[how]
 
 
