@@ -58,7 +58,7 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_operations_doc_lists_every_key_with_its_default() -> None:
-    rows = re.findall(r"^\| `([a-z_.]+)` \| `([^`]*)` \|", DOCS.read_text(encoding="utf-8"), re.M)
+    rows = re.findall(r"^\| `([a-z0-9_.]+)` \| `([^`]*)` \|", DOCS.read_text(encoding="utf-8"), re.M)
     documented = {key: json.loads(default) for key, default in rows}
     in_code = {key: default for key, default, _ in documented_keys()}
     assert documented == in_code

@@ -1,0 +1,138 @@
+"""Helpers for tests that need the real engines (appliance/scripts/services.sh)
+and appliance nodes running as separate processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+SERVICES = SCRIPTS / "services.sh"
+
+
+def services(action: str, *names: str, timeout: float = 600) -> str:
+    """Run services.sh; raise with its output if it fails (tests fail, never skip)."""
+    proc = subprocess.run(["bash", str(SERVICES), action, *names], capture_output=True,
+                          text=True, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"services.sh {action} {' '.join(names)} failed "
+                           f"({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout
+
+
+def service_env() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in services("env").splitlines():
+        if line.startswith("export ") and "=" in line:
+            key, _, value = line[len("export "):].partition("=")
+            out[key] = value
+    return out
+
+
+def isolated_backends(env: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Kafka topics and Redis keys of their own, so tests never see each other's data."""
+    tag = uuid.uuid4().hex[:8]
+    return {
+        "delivery": {"backend": "kafka"},
+        "kafka": {"bootstrap_servers": env["TONGXIN_KAFKA_BOOTSTRAP"],
+                  "topic_prefix": f"tx-{tag}", "deliveries_topic": f"tx-{tag}.deliveries",
+                  "router_group": f"tx-{tag}-router", "partitions": 4, "send_timeout": 5.0},
+        "presence": {"backend": "redis", "redis_nodes": env["TONGXIN_REDIS_NODES"],
+                     "key_prefix": f"tx{tag}", "node_ttl": 15.0},
+    }
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class NodeProcess:
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def kill9(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+
+async def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path,
+                     within: float = 60.0) -> None:
+    deadline = time.monotonic() + within
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"node exited with {proc.returncode}:\n{_tail(log)}")
+            try:
+                async with http.get(url + "/readyz") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"node not ready within {within}s:\n{_tail(log)}")
+
+
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-3000:]
+
+
+def _spawn(name: str, home: Path, config: dict[str, Any], tmp: Path, port: int) -> NodeProcess:
+    cfg = dict(config)
+    cfg["data_dir"] = str(home)
+    cfg["node_id"] = name
+    cfg["server"] = {**cfg.get("server", {}), "listen": f"127.0.0.1:{port}", "gc_freeze": False}
+    cfg["accounts"] = {**cfg.get("accounts", {}), "scrypt_n": 1024, "self_registration": True}
+    cfg["logging"] = {"level": "info", "json": True}
+    path = tmp / f"{name}.yml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    log = tmp / f"{name}.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "tongxin.cli.main", "serve", "--config",
+                                 str(path)], stdout=fh, stderr=subprocess.STDOUT)
+    return NodeProcess(name, port, proc, log)
+
+
+async def start_node_process(name: str, home: Path, config: dict[str, Any],
+                             tmp: Path) -> NodeProcess:
+    node = _spawn(name, home, config, tmp, free_port())
+    try:
+        await wait_ready(node.http_url, node.proc, node.log)
+    except Exception:
+        node.kill9()
+        raise
+    return node

@@ -1,0 +1,663 @@
+"""The ChatStore contract, run against both adapters.
+
+``sqlite`` is the embedded default; ``mysql`` is the MySQL-protocol (TiDB)
+adapter against the real MariaDB that scripts/services.sh starts. Each test
+gets a fresh SQLite file or a fresh database. The fault test kills MariaDB in
+the middle of a stream of appends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import asyncmy
+import pytest
+from conftest import NodeFactory
+from engines import service_env, services
+
+from tongxin.client import pb
+from tongxin.store import migrations
+from tongxin.store.dsn import MysqlDsn, parse_dsn
+from tongxin.store.mysql_store import MysqlStore
+from tongxin.store.ports import (
+    ChatStore,
+    Conflict,
+    ConversationRow,
+    Entry,
+    GroupFull,
+    MemberOps,
+    NoSuchConversation,
+    StoreError,
+    Unavailable,
+    User,
+)
+from tongxin.store.sqlite_store import SqliteStore
+
+pytestmark = pytest.mark.integration
+
+DIRECT, GROUP = 1, 2
+
+
+def entry(conv: str, cid: str, sender: str = "u_a", content: bytes = b"x") -> Entry:
+    return Entry(conversation_id=conv, sender_id=sender, sender_device="d", client_msg_id=cid,
+                 sent_at=1, kind=1, content=content)
+
+
+def user(uid: str, name: str, created_at: int = 1) -> User:
+    return User(id=uid, username=name, display_name=name.title(), password_hash="h$" + name,
+                role="user", created_at=created_at)
+
+
+# ---- the two backends ------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> Iterator[MysqlDsn]:
+    """MariaDB from scripts/services.sh (started if needed). Fails, never skips."""
+    try:
+        services("start", "mariadb")
+        env = service_env()
+    except Exception as exc:  # the message carries services.sh's own output
+        pytest.fail(f"MariaDB could not be started with `appliance/scripts/services.sh start "
+                    f"mariadb` (the mysql store tests need it):\n{exc}", pytrace=False)
+    dsn = parse_dsn(env["TONGXIN_MYSQL_DSN"])
+    yield dsn
+
+
+async def _admin(dsn: MysqlDsn, sql: str) -> None:
+    conn = await asyncmy.connect(host=dsn.host, port=dsn.port, user=dsn.user,
+                                 password=dsn.password, database=dsn.database, autocommit=True)
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(sql)
+    finally:
+        conn.close()
+
+
+async def _create_database(server: MysqlDsn) -> MysqlDsn:
+    """A database of its own for one test (the test user may create tongxin_*)."""
+    name = f"tongxin_t_{uuid.uuid4().hex[:12]}"
+    await _admin(server, f"CREATE DATABASE `{name}`")
+    return MysqlDsn(server.host, server.port, server.user, server.password, name)
+
+
+@pytest.fixture
+async def fresh_mysql(mariadb: MysqlDsn) -> AsyncIterator[MysqlDsn]:
+    dsn = await _create_database(mariadb)
+    yield dsn
+    await _admin(mariadb, f"DROP DATABASE IF EXISTS `{dsn.database}`")
+
+
+Opener = Callable[[], Awaitable[ChatStore]]
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def opener(backend: str, tmp_path: Path,
+                 request: pytest.FixtureRequest) -> AsyncIterator[Opener]:
+    """Opens a new store over the same data each call; everything opened is closed after."""
+    opened: list[ChatStore] = []
+    server: MysqlDsn | None = None
+    if backend == "mysql":
+        server = request.getfixturevalue("mariadb")
+        dsn = await _create_database(server)
+
+        def make() -> ChatStore:
+            return MysqlStore(dsn, pool_size=16, timeout=5.0)
+    else:
+        def make() -> ChatStore:
+            return SqliteStore(tmp_path / "t.db")
+
+    async def open_one() -> ChatStore:
+        s = make()
+        await s.open()
+        opened.append(s)
+        return s
+
+    yield open_one
+    for s in opened:
+        await s.close()
+    if server is not None:
+        await _admin(server, f"DROP DATABASE IF EXISTS `{dsn.database}`")
+
+
+@pytest.fixture
+async def store(opener: Opener) -> ChatStore:
+    """A store holding group g:1 with members u_a (owner) and u_b; its seq 1 is 'create'."""
+    s = await opener()
+    conv = ConversationRow("g:1", GROUP, "g", 0, "u_a", 0, 0)
+    await s.create_conversation(conv, [("u_a", 3), ("u_b", 1)], entry("g:1", "create"))
+    return s
+
+
+# ---- the log -------------------------------------------------------------------------
+
+
+async def test_concurrent_appends_get_dense_increasing_seqs(store: ChatStore, backend: str) -> None:
+    results = await asyncio.gather(*(store.append(entry("g:1", f"m{i}")) for i in range(300)))
+    seqs = [e.seq for e, dup in results]
+    assert not any(dup for _, dup in results)
+    assert sorted(seqs) == list(range(2, 302))
+    if backend == "sqlite":
+        # One FIFO writer thread: submission order is seq order. With a pool,
+        # concurrent transactions take the conversation's lock in any order;
+        # the chat layer relies only on the sequential case below.
+        assert seqs == sorted(seqs)
+    conv = await store.get_conversation("g:1")
+    assert conv is not None and conv.last_seq == 301
+    stored = await store.entries_after("g:1", 1, 1000)
+    assert [e.seq for e in stored] == list(range(2, 302))
+
+
+async def test_sequential_appends_are_in_order(store: ChatStore) -> None:
+    seqs = [(await store.append(entry("g:1", f"s{i}")))[0].seq for i in range(20)]
+    assert seqs == list(range(2, 22))
+
+
+async def test_duplicate_client_id_returns_the_original(store: ChatStore) -> None:
+    first, dup1 = await store.append(entry("g:1", "same"))
+    again, dup2 = await store.append(entry("g:1", "same", content=b"other"))
+    assert (dup1, dup2) == (False, True)
+    assert again.seq == first.seq and again.content == b"x"
+    other, dup3 = await store.append(entry("g:1", "same", sender="u_b"))
+    assert not dup3 and other.seq == first.seq + 1  # ids are per sender
+
+
+async def test_concurrent_resends_store_once(store: ChatStore) -> None:
+    results = await asyncio.gather(*(store.append(entry("g:1", "racy")) for _ in range(10)))
+    assert len({e.seq for e, _ in results}) == 1
+    assert sorted(dup for _, dup in results) == [False] + [True] * 9
+    conv = await store.get_conversation("g:1")
+    assert conv is not None and conv.last_seq == 2  # no seq was spent on the duplicates
+
+
+async def test_ids_are_byte_exact(store: ChatStore) -> None:
+    # No collation: case and trailing spaces make different ids, as in SQLite.
+    a, _ = await store.append(entry("g:1", "m1"))
+    b, dup_b = await store.append(entry("g:1", "m1 "))
+    c, dup_c = await store.append(entry("g:1", "M1"))
+    assert not dup_b and not dup_c and len({a.seq, b.seq, c.seq}) == 3
+    found = await store.find_by_client_id("g:1", "u_a", "m1 ")
+    assert found is not None and found.seq == b.seq and found.client_msg_id == "m1 "
+
+
+async def test_content_round_trips(store: ChatStore) -> None:
+    blob = bytes(range(256)) * 64 + b"\x00"
+    e = entry("g:1", "bin", content=blob)
+    e.system = b"\x00sys\xff"
+    e.target_seq, e.sent_at, e.kind = 7, 1_700_000_000_123, 5
+    stored, _ = await store.append(e)
+    got = await store.get_entry("g:1", stored.seq)
+    assert got == stored
+    assert got is not None and got.content == blob and got.system == b"\x00sys\xff"
+    assert got.sent_at == 1_700_000_000_123 and got.kind == 5 and got.target_seq == 7
+
+
+async def test_failing_job_does_not_undo_the_others(store: ChatStore) -> None:
+    jobs = [store.append(entry("g:1", f"ok{i}")) for i in range(20)]
+    jobs.insert(10, store.append(entry("g:missing", "bad")))
+    results = await asyncio.gather(*jobs, return_exceptions=True)
+    assert isinstance(results[10], NoSuchConversation)
+    stored = await store.entries_after("g:1", 1, 100)
+    assert sorted(e.client_msg_id for e in stored) == sorted(f"ok{i}" for i in range(20))
+    assert [e.seq for e in stored] == list(range(2, 22))
+
+
+async def test_append_to_missing_conversation(store: ChatStore) -> None:
+    with pytest.raises(NoSuchConversation):
+        await store.append(entry("g:nope", "x"))
+    assert await store.get_conversation("g:nope") is None
+    assert await store.find_by_client_id("g:nope", "u_a", "x") is None
+
+
+async def test_recall_and_edit_update_the_target(store: ChatStore) -> None:
+    original, _ = await store.append(entry("g:1", "orig", content=b"v1"))
+    edit = entry("g:1", "edit1")
+    edit.kind, edit.target_seq, edit.sent_at = 3, original.seq, 99
+    stored_edit, _ = await store.append(edit, mark_edited=b"v2")
+    got = await store.get_entry("g:1", original.seq)
+    assert got is not None and got.content == b"v2" and got.edited_at == 99
+    recall = entry("g:1", "recall1")
+    recall.kind, recall.target_seq = 2, original.seq
+    await store.append(recall, mark_recalled=True)
+    got = await store.get_entry("g:1", original.seq)
+    assert got is not None and got.recalled and got.content == b"v2"
+    assert stored_edit.seq == original.seq + 1
+
+
+async def test_entries_after_and_before_with_min_seq(store: ChatStore) -> None:
+    for i in range(10):
+        await store.append(entry("g:1", f"p{i}"))  # seqs 2..11
+    after = await store.entries_after("g:1", 0, 100)
+    assert [e.seq for e in after] == list(range(1, 12))
+    assert [e.seq for e in await store.entries_after("g:1", 3, 4)] == [4, 5, 6, 7]
+    assert [e.seq for e in await store.entries_after("g:1", 0, 3, min_seq=6)] == [6, 7, 8]
+    assert [e.seq for e in await store.entries_after("g:1", 8, 100, min_seq=6)] == [9, 10, 11]
+    assert await store.entries_after("g:1", 11, 10) == []
+    assert [e.seq for e in await store.entries_before("g:1", 12, 3)] == [9, 10, 11]
+    assert [e.seq for e in await store.entries_before("g:1", 6, 100)] == [1, 2, 3, 4, 5]
+    assert [e.seq for e in await store.entries_before("g:1", 12, 100, min_seq=9)] == [9, 10, 11]
+    assert [e.seq for e in await store.entries_before("g:1", 8, 2, min_seq=4)] == [6, 7]
+    assert await store.entries_before("g:1", 1, 10) == []
+    assert await store.entries_after("g:other", 0, 10) == []
+
+
+async def test_find_by_client_id(store: ChatStore) -> None:
+    stored, _ = await store.append(entry("g:1", "findme", sender="u_b"))
+    found = await store.find_by_client_id("g:1", "u_b", "findme")
+    assert found == stored
+    assert await store.find_by_client_id("g:1", "u_a", "findme") is None
+    assert await store.find_by_client_id("g:1", "u_b", "other") is None
+    created = await store.find_by_client_id("g:1", "u_a", "create")
+    assert created is not None and created.seq == 1
+
+
+async def test_entries_survive_reopen(opener: Opener, store: ChatStore) -> None:
+    stored, _ = await store.append(entry("g:1", "durable"))
+    await store.close()
+    again = await opener()
+    assert await again.find_by_client_id("g:1", "u_a", "durable") == stored
+    conv = await again.get_conversation("g:1")
+    assert conv is not None and conv.last_seq == stored.seq
+    nxt, _ = await again.append(entry("g:1", "after-reopen"))
+    assert nxt.seq == stored.seq + 1
+
+
+# ---- conversations and members -----------------------------------------------------
+
+
+async def test_create_conversation_is_idempotent(store: ChatStore) -> None:
+    conv = await store.get_conversation("g:1")
+    assert conv == ConversationRow("g:1", GROUP, "g", 0, "u_a", 1, 2)
+    again, created = await store.create_conversation(
+        ConversationRow("g:1", GROUP, "other", 5, "u_b", 0, 0), [("u_b", 3)], entry("g:1", "c2"))
+    assert not created and again == conv
+    assert sorted(await store.member_ids("g:1")) == ["u_a", "u_b"]
+    first = await store.get_entry("g:1", 1)
+    assert first is not None and first.client_msg_id == "create"
+
+
+async def test_concurrent_creates_make_one_conversation(store: ChatStore) -> None:
+    results = await asyncio.gather(*(
+        store.create_conversation(ConversationRow("d:u_a:u_c", DIRECT, "", 10, "u_a", 0, 0),
+                                  [("u_a", 1), ("u_c", 1)], entry("d:u_a:u_c", f"create{i}"))
+        for i in range(5)))
+    assert sorted(created for _, created in results) == [False] * 4 + [True]
+    assert {c.last_seq for c, _ in results} == {1}
+    assert len(await store.entries_after("d:u_a:u_c", 0, 10)) == 1
+
+
+async def test_members(store: ChatStore) -> None:
+    member = await store.get_member("g:1", "u_b")
+    assert member is not None and (member.role, member.joined_seq, member.read_seq) == (1, 1, 0)
+    assert await store.get_member("g:1", "u_z") is None
+    assert await store.get_member("g:none", "u_a") is None
+    rows = await store.list_members("g:1", 10)
+    assert [(m.user_id, m.role) for m in rows] == [("u_a", 3), ("u_b", 1)]
+    assert len(await store.list_members("g:1", 1)) == 1
+    assert await store.member_ids("g:none") == []
+
+
+async def test_change_members(store: ChatStore) -> None:
+    ops = MemberOps(add=[("u_c", 1), ("u_d", 1), ("u_b", 1)], remove=["u_b", "u_x"],
+                    set_role=[("u_c", 2)], rename="新名字")
+    e = await store.change_members("g:1", ops, entry("g:1", "change"), max_members=10)
+    assert e.seq == 2
+    assert sorted(await store.member_ids("g:1")) == ["u_a", "u_c", "u_d"]
+    conv = await store.get_conversation("g:1")
+    assert conv is not None and (conv.name, conv.member_count, conv.last_seq) == ("新名字", 3, 2)
+    c = await store.get_member("g:1", "u_c")
+    assert c is not None and (c.role, c.joined_seq) == (2, 2)
+    stored = await store.get_entry("g:1", 2)
+    assert stored is not None and stored.client_msg_id == "change"
+    with pytest.raises(NoSuchConversation):
+        await store.change_members("g:none", MemberOps(add=[("u_a", 1)]), entry("g:none", "x"),
+                                   max_members=10)
+
+
+async def test_group_size_limit_is_atomic(store: ChatStore) -> None:
+    ops = MemberOps(add=[(f"u_{i}", 1) for i in range(5)])
+    with pytest.raises(GroupFull) as info:
+        await store.change_members("g:1", ops, entry("g:1", "add"), max_members=4)
+    assert isinstance(info.value, Conflict)
+    assert sorted(await store.member_ids("g:1")) == ["u_a", "u_b"]
+    conv = await store.get_conversation("g:1")
+    assert conv is not None and conv.last_seq == 1  # the refused change left no entry
+
+
+async def test_large_membership_change(store: ChatStore) -> None:
+    adds = [(f"u_{i:05d}", 1) for i in range(1200)]
+    await store.change_members("g:1", MemberOps(add=adds), entry("g:1", "big"), max_members=2000)
+    conv = await store.get_conversation("g:1")
+    assert conv is not None and conv.member_count == 1202
+    await store.change_members("g:1", MemberOps(remove=[u for u, _ in adds[:700]]),
+                               entry("g:1", "shrink"), max_members=2000)
+    assert len(await store.member_ids("g:1")) == 502
+
+
+async def test_conversations_of_with_peers(store: ChatStore) -> None:
+    await store.create_conversation(ConversationRow("d:u_a:u_b", DIRECT, "", 5, "u_a", 0, 0),
+                                    [("u_a", 1), ("u_b", 1)], entry("d:u_a:u_b", "c"))
+    await store.create_conversation(ConversationRow("d:u_a:u_c", DIRECT, "", 7, "u_c", 0, 0),
+                                    [("u_a", 1), ("u_c", 1)], entry("d:u_a:u_c", "c"))
+    await store.append(entry("d:u_a:u_c", "hello", sender="u_c"))
+    views = await store.conversations_of("u_a")
+    assert [v.conversation.id for v in views] == ["g:1", "d:u_a:u_b", "d:u_a:u_c"]
+    by_id = {v.conversation.id: v for v in views}
+    assert by_id["g:1"].peer_id == "" and by_id["g:1"].me.role == 3
+    assert by_id["d:u_a:u_b"].peer_id == "u_b"
+    assert by_id["d:u_a:u_c"].peer_id == "u_c"
+    assert by_id["d:u_a:u_c"].conversation.last_seq == 2
+    assert by_id["d:u_a:u_c"].me.user_id == "u_a"
+    views_b = await store.conversations_of("u_b")
+    assert [(v.conversation.id, v.peer_id) for v in views_b] == [("g:1", ""), ("d:u_a:u_b", "u_a")]
+    assert await store.conversations_of("u_nobody") == []
+
+
+async def test_cursor_only_moves_forward(store: ChatStore) -> None:
+    for i in range(5):
+        await store.append(entry("g:1", f"c{i}"))
+    assert await store.set_cursor("g:1", "u_b", "read", 4) == 4
+    assert await store.set_cursor("g:1", "u_b", "read", 2) == 4
+    assert await store.set_cursor("g:1", "u_b", "read", 4) == 4
+    assert await store.set_cursor("g:1", "u_b", "delivered", 6) == 6
+    member = await store.get_member("g:1", "u_b")
+    assert member is not None and (member.read_seq, member.delivered_seq) == (4, 6)
+    assert await store.set_cursor("g:1", "u_nobody", "read", 3) == 0
+
+
+# ---- accounts and tokens ------------------------------------------------------------
+
+
+async def test_accounts(opener: Opener) -> None:
+    s = await opener()
+    alice = await s.create_user(user("u_1", "alice", 10))
+    await s.create_user(user("u_2", "bob", 20))
+    with pytest.raises(Conflict):
+        await s.create_user(user("u_3", "alice"))
+    assert await s.get_user("u_1") == alice
+    assert await s.get_user("u_3") is None
+    assert await s.get_user_by_name("bob") == User("u_2", "bob", "Bob", "h$bob", "user", 20)
+    assert await s.get_user_by_name("Alice") is None  # usernames are stored lower-case
+    assert [u.username for u in await s.list_users()] == ["alice", "bob"]
+    await s.update_login_state("u_1", 3, 1000, 5000)
+    got = await s.get_user("u_1")
+    assert got is not None and (got.failed_logins, got.first_failure_at, got.locked_until) == (
+        3, 1000, 5000)
+    await s.set_password("u_1", "h$new")
+    await s.set_disabled("u_1", True)
+    got = await s.get_user("u_1")
+    assert got is not None and got.password_hash == "h$new" and got.disabled
+    assert (got.failed_logins, got.locked_until, got.first_failure_at) == (0, 0, 1000)
+    await s.set_disabled("u_1", False)
+    got = await s.get_user("u_1")
+    assert got is not None and not got.disabled
+    await s.set_role("u_2", "auditor")
+    got = await s.get_user("u_2")
+    assert got is not None and got.role == "auditor"
+    await s.create_user(User("u_4", "chén", "陈 👋", "h", "admin", 1))
+    got = await s.get_user_by_name("chén")
+    assert got is not None and got.display_name == "陈 👋" and got.role == "admin"
+
+
+async def test_tokens(opener: Opener) -> None:
+    s = await opener()
+    assert await s.token_revoked("t1") is None
+    await s.add_token("t1", "u_1", "d1", 100, 200)
+    await s.add_token("t2", "u_1", "d2", 100, 200)
+    await s.add_token("t3", "u_1", "d3", 100, 200)
+    await s.add_token("t4", "u_2", "d1", 100, 200)
+    assert await s.token_revoked("t1") is False
+    assert await s.revoke_token("t1", 150) is True
+    assert await s.revoke_token("t1", 160) is False
+    assert await s.revoke_token("nope", 160) is False
+    assert await s.token_revoked("t1") is True
+    assert await s.revoke_user_tokens("u_1", 170) == 2
+    assert await s.revoke_user_tokens("u_1", 180) == 0
+    assert await s.token_revoked("t2") is True
+    assert await s.token_revoked("t4") is False
+
+
+async def test_ping(opener: Opener) -> None:
+    s = await opener()
+    assert await s.ping() is True
+
+
+# ---- MySQL adapter specifics -----------------------------------------------------------
+
+
+async def test_migrations_are_recorded_and_idempotent(fresh_mysql: MysqlDsn) -> None:
+    s = MysqlStore(fresh_mysql, pool_size=2, timeout=5.0)
+    await s.open()
+    try:
+        assert s.flavor == "mysql" and "MariaDB" in s.server_version
+        assert await s.schema_version() == migrations.latest_version()
+        assert await s.migrate() == []  # nothing pending: applying again is a no-op
+    finally:
+        await s.close()
+
+
+async def test_nodes_starting_together_migrate_once(fresh_mysql: MysqlDsn) -> None:
+    stores = [MysqlStore(fresh_mysql, pool_size=1, timeout=5.0) for _ in range(4)]
+    applied = await asyncio.gather(*(s.migrate() for s in stores))
+    assert sorted(applied) == [[]] * 3 + [list(range(1, migrations.latest_version() + 1))]
+
+
+async def test_tongxin_migrate_applies_the_schema(fresh_mysql: MysqlDsn, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from tongxin.cli.main import main
+
+    d = fresh_mysql
+    cfg = tmp_path / "tongxin.yml"
+    cfg.write_text(f"data_dir: {tmp_path / 'home'}\nstorage:\n  backend: mysql\n"
+                   f"  mysql_dsn: mysql://{d.user}@{d.host}:{d.port}/{d.database}\n",
+                   encoding="utf-8")
+    os.environ["TONGXIN_MYSQL_PASSWORD"] = d.password
+    try:
+        assert await asyncio.to_thread(main, ["migrate", "--config", str(cfg)]) == 0
+    finally:
+        del os.environ["TONGXIN_MYSQL_PASSWORD"]
+    assert "schema up to date (mysql)" in capsys.readouterr().out
+    s = MysqlStore(d, pool_size=1, timeout=5.0)
+    await s.open()
+    try:
+        assert await s.schema_version() == migrations.latest_version()
+    finally:
+        await s.close()
+
+
+async def test_newer_schema_is_refused(fresh_mysql: MysqlDsn) -> None:
+    s = MysqlStore(fresh_mysql, pool_size=2, timeout=5.0)
+    await s.open()
+    await s.close()
+    await _admin(fresh_mysql, f"INSERT INTO `{fresh_mysql.database}`.schema_migrations "
+                 "VALUES (999, 'future', REPEAT('0', 64), 0)")
+    with pytest.raises(StoreError, match="newer than this release"):
+        await MysqlStore(fresh_mysql, pool_size=2, timeout=5.0).open()
+
+
+async def test_edited_migration_is_refused(fresh_mysql: MysqlDsn) -> None:
+    s = MysqlStore(fresh_mysql, pool_size=2, timeout=5.0)
+    await s.open()
+    await s.close()
+    await _admin(fresh_mysql, f"UPDATE `{fresh_mysql.database}`.schema_migrations "
+                 "SET checksum = REPEAT('0', 64) WHERE version = 1")
+    with pytest.raises(StoreError, match="was changed after it was applied"):
+        await MysqlStore(fresh_mysql, pool_size=2, timeout=5.0).open()
+
+
+async def test_unreachable_server_is_unavailable(mariadb: MysqlDsn) -> None:
+    from engines import free_port
+
+    dsn = MysqlDsn("127.0.0.1", free_port(), mariadb.user, mariadb.password, mariadb.database)
+    s = MysqlStore(dsn, pool_size=2, timeout=2.0)
+    with pytest.raises(Unavailable):
+        await s.open()
+    assert await s.ping() is False
+    with pytest.raises(Unavailable):
+        await s.get_user("u_1")
+
+
+def _mariadb_pid() -> int:
+    pid_file = Path(service_env()["TONGXIN_MYSQL_PID_FILE"])
+    return int(pid_file.read_text().split()[0])
+
+
+async def test_hung_database_times_out(fresh_mysql: MysqlDsn) -> None:
+    """A server that stops answering (SIGSTOP) costs one timeout, then Unavailable."""
+    s = MysqlStore(fresh_mysql, pool_size=4, timeout=1.5)
+    await s.open()
+    try:
+        await s.create_conversation(ConversationRow("g:h", GROUP, "h", 0, "u_a", 0, 0),
+                                    [("u_a", 3)], entry("g:h", "create"))
+        pid = _mariadb_pid()
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(Unavailable):
+                await s.append(entry("g:h", "stuck"))
+            assert time.monotonic() - started < 5
+            assert await s.ping() is False
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        stored, _ = await s.append(entry("g:h", "stuck"))  # the client's re-send
+        again, dup = await s.append(entry("g:h", "stuck"))
+        assert dup and again.seq == stored.seq
+        history = await s.entries_after("g:h", 0, 10)
+        assert [e.client_msg_id for e in history] == ["create", "stuck"]
+    finally:
+        await s.close()
+
+
+def _kill_mariadb() -> None:
+    pid = _mariadb_pid()
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"mariadbd (pid {pid}) survived SIGKILL")
+
+
+async def test_database_crash_mid_stream(fresh_mysql: MysqlDsn) -> None:
+    """Kill -9 MariaDB while appends stream in: every append either returned (and is
+    stored exactly once) or raised Unavailable; the pool reconnects after restart."""
+    s = MysqlStore(fresh_mysql, pool_size=8, timeout=3.0)
+    await s.open()
+    try:
+        await s.create_conversation(ConversationRow("g:f", GROUP, "f", 0, "u_a", 0, 0),
+                                    [("u_a", 3)], entry("g:f", "create"))
+        acked: dict[str, int] = {}
+        failed: list[str] = []
+        other: list[BaseException] = []
+        phase = {"down": False}
+        enough = asyncio.Event()  # set once 100 appends are acknowledged
+        during_outage: list[str] = []
+
+        async def sender(n: int, count: int) -> None:
+            for i in range(count):
+                cid = f"w{n}-{i}"
+                try:
+                    e, dup = await s.append(entry("g:f", cid))
+                except Unavailable:
+                    failed.append(cid)
+                    await asyncio.sleep(0.01)
+                    continue
+                except BaseException as exc:  # anything else breaks the contract
+                    other.append(exc)
+                    return
+                assert not dup
+                acked[cid] = e.seq
+                if len(acked) >= 100:
+                    enough.set()
+                if phase["down"]:
+                    during_outage.append(cid)
+
+        async def crash() -> None:
+            await enough.wait()
+            await asyncio.to_thread(_kill_mariadb)
+            await asyncio.sleep(0.1)  # answers read before the kill are handled by now
+            phase["down"] = True
+            await asyncio.sleep(1.0)  # appends keep coming in and must all fail
+            phase["down"] = False
+            await asyncio.to_thread(services, "start", "mariadb")
+
+        try:
+            await asyncio.gather(crash(), *(sender(n, 150) for n in range(4)))
+        finally:
+            services("start", "mariadb")  # never leave the database down for other tests
+        assert not other, other
+        assert failed, "the crash made no append fail"
+        assert not during_outage, f"appends acknowledged while the database was down: {during_outage}"
+        assert await s.ping() is True
+
+        # After the restart the pool reconnects and appends succeed again.
+        e, dup = await s.append(entry("g:f", "after-restart"))
+        assert not dup
+        acked["after-restart"] = e.seq
+
+        stored = await s.entries_after("g:f", 0, 10_000)
+        by_cid: dict[str, list[int]] = {}
+        for st in stored:
+            by_cid.setdefault(st.client_msg_id, []).append(st.seq)
+        for cid, seq in acked.items():
+            assert by_cid.get(cid) == [seq], f"acknowledged {cid} (seq {seq}) lost or duplicated"
+        assert all(len(v) == 1 for v in by_cid.values())
+        assert [st.seq for st in stored] == list(range(1, len(stored) + 1))  # no holes
+
+        # Clients re-send what failed; each ends up stored exactly once.
+        for cid in failed:
+            await s.append(entry("g:f", cid))
+        stored = await s.entries_after("g:f", 0, 10_000)
+        cids = [st.client_msg_id for st in stored]
+        assert len(cids) == len(set(cids)) == 1 + len(acked) + len(failed)
+    finally:
+        await s.close()
+
+
+# ---- end to end ----------------------------------------------------------------------
+
+
+async def test_two_users_chat_on_mysql(node_factory: NodeFactory, fresh_mysql: MysqlDsn) -> None:
+    d = fresh_mysql
+    dsn = f"mysql://{d.user}:{d.password}@{d.host}:{d.port}/{d.database}"
+    server = await node_factory(storage={"backend": "mysql", "mysql_dsn": dsn})
+    assert isinstance(server.node.store, MysqlStore)
+    alice = await server.user("alice")
+    bob = await server.user("bob")
+    conv = await alice.direct("bob")
+    ack = await alice.send_text(conv.conversation_id, "你好, bob")
+    assert ack.seq == conv.last_seq + 1
+    ev = await bob.next_event(pb.DELIVER)
+    while ev.message.kind != pb.CHAT:
+        ev = await bob.next_event(pb.DELIVER)
+    assert ev.message.content.text == "你好, bob"
+    assert ev.message.seq == ack.seq
+    reply = await bob.send_text(conv.conversation_id, "hi alice")
+    assert reply.seq == ack.seq + 1
+    got = await alice.next_event(pb.DELIVER)
+    while got.message.kind != pb.CHAT:
+        got = await alice.next_event(pb.DELIVER)
+    assert got.message.content.text == "hi alice"
+    # The history is in MariaDB: a second store over the same database sees it.
+    other = MysqlStore(d, pool_size=1, timeout=5.0)
+    await other.open()
+    try:
+        history = await other.entries_after(conv.conversation_id, 0, 10)
+        assert [e.seq for e in history][-2:] == [ack.seq, reply.seq]
+        assert (await other.get_user_by_name("alice")) is not None
+    finally:
+        await other.close()
