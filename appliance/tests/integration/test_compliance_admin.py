@@ -1,0 +1,395 @@
+"""The admin API on a real node: 三员分立, TOTP at login and step-up, audit of
+every refusal, retention limits, signed exports and the 等保 report."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pyotp
+import pytest
+from conftest import NodeFactory, RunningNode  # type: ignore[import-not-found, unused-ignore]
+
+from tongxin.compliance.export import verify_export
+from tongxin.compliance.service import Compliance
+from tongxin.crypto import sm2_available
+from tongxin.server.admin_api import ADMIN_API
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(not sm2_available(), reason="SM2 (gmssl-pyx) is not available")]
+
+PW = "admin-password-1"
+API = "/api/v1/admin"
+
+
+@dataclass
+class Admin:
+    name: str
+    role: str
+    user_id: str
+    secret: str
+    token: str = ""
+
+    def code(self, steps: int = 0) -> str:
+        return pyotp.TOTP(self.secret).at(time.time() + 30 * steps)
+
+
+def compliance(rn: RunningNode) -> Compliance:
+    return rn.runner.app[ADMIN_API].c
+
+
+async def steady_clock() -> None:
+    """Stay clear of a TOTP step boundary so codes made here match the server's step."""
+    t = time.time() % 30
+    if not 1.0 <= t <= 26.0:
+        await asyncio.sleep((31.0 - t) % 30 + 0.05)
+
+
+async def make_admin(rn: RunningNode, name: str, role: str) -> Admin:
+    user = await rn.node.accounts.create_user(name, PW, role=role)
+    secret, _ = await compliance(rn).totp.enroll(user.id, name, "test")
+    return Admin(name, role, user.id, secret)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+async def call(http: aiohttp.ClientSession, rn: RunningNode, method: str, path: str,
+               token: str = "", body: Any = None, totp: str = "") -> tuple[int, Any]:
+    headers = {}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    if totp:
+        headers["X-Tongxin-TOTP"] = totp
+    async with http.request(method, rn.http_url + API + path, json=body, headers=headers) as r:
+        text = await r.text()
+        try:
+            return r.status, json.loads(text)
+        except ValueError:
+            return r.status, text
+
+
+async def login(http: aiohttp.ClientSession, rn: RunningNode, admin: Admin, steps: int = -1) -> str:
+    status, body = await call(http, rn, "POST", "/login", body={
+        "username": admin.name, "password": PW, "totp": admin.code(steps)})
+    assert status == 200, body
+    admin.token = body["token"]
+    return admin.token
+
+
+async def events(rn: RunningNode, event: str = "") -> list[dict[str, Any]]:
+    rows = await compliance(rn).store.audit_records(0, 100000)
+    out = [r.fields() for r in rows]
+    return [r for r in out if not event or r["event"] == event]
+
+
+async def trio(rn: RunningNode, http: aiohttp.ClientSession) -> dict[str, Admin]:
+    await steady_clock()
+    admins = {role: await make_admin(rn, f"{role}1", role)
+              for role in ("sysadmin", "secadmin", "auditor")}
+    for a in admins.values():
+        await login(http, rn, a)
+    return admins
+
+
+async def test_admin_login_needs_a_valid_unreplayed_totp(node_factory: NodeFactory,
+                                                         http: aiohttp.ClientSession) -> None:
+    rn: RunningNode = await node_factory()
+    await steady_clock()
+    admin = await make_admin(rn, "sec", "secadmin")
+    status, body = await call(http, rn, "POST", "/login",
+                              body={"username": "sec", "password": PW, "totp": "000000"
+                                    if admin.code() != "000000" else "111111"})
+    assert status == 401 and "token" not in body
+    status, body = await call(http, rn, "POST", "/login",
+                              body={"username": "sec", "password": PW})
+    assert status == 401
+    code = admin.code()
+    status, body = await call(http, rn, "POST", "/login",
+                              body={"username": "sec", "password": PW, "totp": code})
+    assert status == 200 and body["role"] == "secadmin" and body["token"]
+    status, body = await call(http, rn, "POST", "/login",
+                              body={"username": "sec", "password": PW, "totp": code})
+    assert status == 401 and "replayed" in body["message"]
+    # An older step than the one already used is a replay as well.
+    status, body = await call(http, rn, "POST", "/login",
+                              body={"username": "sec", "password": PW, "totp": admin.code(-1)})
+    assert status == 401 and "replayed" in body["message"]
+    # The chat login does not hand administrative accounts a token at all.
+    async with http.post(rn.http_url + "/api/v1/login",
+                         json={"username": "sec", "password": PW}) as r:
+        assert r.status in (401, 403)
+        assert "token" not in await r.json()
+    outcomes = [(e["outcome"], e["details"].get("reason", "")) for e in await events(rn, "admin.login")]
+    assert outcomes == [("failed", "TOTP wrong"), ("failed", "TOTP wrong"), ("ok", ""),
+                        ("failed", "TOTP replayed"), ("failed", "TOTP replayed")]
+    # The failed second factors counted towards the lockout like wrong passwords.
+    user = await rn.node.store.get_user_by_name("sec")
+    assert user is not None and user.failed_logins == 2
+
+
+async def test_login_without_enrolled_totp_is_refused(node_factory: NodeFactory,
+                                                      http: aiohttp.ClientSession) -> None:
+    rn: RunningNode = await node_factory()
+    await rn.node.accounts.create_user("aud", PW, role="auditor")
+    status, body = await call(http, rn, "POST", "/login",
+                              body={"username": "aud", "password": PW, "totp": "123456"})
+    assert status == 403 and body["error"] == "NO_SECOND_FACTOR"
+    assert [e["outcome"] for e in await events(rn, "admin.login")] == ["denied"]
+
+
+# Operation -> (method, path, body) exercised against every role that does not own it.
+OPERATIONS: dict[str, tuple[str, str, Any]] = {
+    "user.list": ("GET", "/users", None),
+    "user.create": ("POST", "/users", {"username": "zed", "password": "password-9"}),
+    "user.disable": ("POST", "/users/carol/disable", None),
+    "user.delete": ("DELETE", "/users/carol", None),
+    "role.assign": ("PUT", "/users/carol/role", {"role": "auditor"}),
+    "totp.reset": ("POST", "/users/carol/totp", None),
+    "key.rotate": ("POST", "/keys/audit/rotate", None),
+    "retention.set": ("PUT", "/retention", {"audit_retention_days": 365}),
+    "hold.set": ("POST", "/holds", {"kind": "user", "target": "carol", "reason": "case 1"}),
+    "audit.read": ("GET", "/audit", None),
+    "audit.verify": ("POST", "/audit/verify", None),
+    "export.messages": ("POST", "/export", {"user": "carol"}),
+    "report.read": ("GET", "/report", None),
+}
+OWNER = {"user.list": "sysadmin", "user.create": "sysadmin", "user.disable": "sysadmin",
+         "user.delete": "sysadmin", "role.assign": "secadmin", "totp.reset": "secadmin",
+         "key.rotate": "secadmin", "retention.set": "secadmin", "hold.set": "secadmin",
+         "audit.read": "auditor", "audit.verify": "auditor", "export.messages": "auditor",
+         "report.read": "auditor"}
+
+
+async def test_each_role_is_refused_the_others_work_and_it_is_audited(
+        node_factory: NodeFactory, http: aiohttp.ClientSession) -> None:
+    rn: RunningNode = await node_factory()
+    admins = await trio(rn, http)
+    await rn.node.accounts.create_user("carol", "password-1")
+    dave = await rn.user("dave")
+    assert dave.auth is not None
+    ordinary_token = dave.auth.token
+    before = len(await events(rn, "admin.forbidden"))
+    refused = 0
+    for op, (method, path, body) in OPERATIONS.items():
+        for role, admin in admins.items():
+            if role == OWNER[op]:
+                continue
+            status, answer = await call(http, rn, method, path, admin.token, body,
+                                        totp=admin.code(1))
+            assert status == 403, (role, op, answer)
+            assert answer["required_role"] == OWNER[op], (role, op)
+            refused += 1
+        status, answer = await call(http, rn, method, path, ordinary_token, body)
+        assert status == 403, (op, answer)
+        refused += 1
+    forbidden = (await events(rn, "admin.forbidden"))[before:]
+    assert len(forbidden) == refused
+    assert {e["actor_role"] for e in forbidden} == {"sysadmin", "secadmin", "auditor", "user"}
+    assert all(e["outcome"] == "denied" for e in forbidden)
+    # Nothing the refusals asked for happened.
+    carol = await rn.node.store.get_user_by_name("carol")
+    assert carol is not None and not carol.disabled and carol.role == "user"
+    assert await rn.node.store.get_user_by_name("zed") is None
+    # No token, or a bad one: 401, audited too.
+    status, _ = await call(http, rn, "GET", "/users")
+    assert status == 401
+    status, _ = await call(http, rn, "GET", "/users", "v1.bogus.token")
+    assert status == 401
+    assert len(await events(rn, "admin.unauthenticated")) == 2
+    # Each owner can do its own work.
+    status, body = await call(http, rn, "GET", "/users", admins["sysadmin"].token)
+    assert status == 200 and any(u["username"] == "carol" for u in body["users"])
+    status, body = await call(http, rn, "GET", "/audit?limit=1000", admins["auditor"].token)
+    assert status == 200 and any(r["event"] == "admin.forbidden" for r in body["records"])
+    status, body = await call(http, rn, "POST", "/holds", admins["secadmin"].token,
+                              {"kind": "user", "target": "carol", "reason": "case 1"})
+    assert status == 201
+    # Administrative accounts are out of the sysadmin's reach; no one changes their own role.
+    status, _ = await call(http, rn, "POST", "/users/auditor1/disable", admins["sysadmin"].token)
+    assert status == 403
+    status, _ = await call(http, rn, "PUT", "/users/secadmin1/role", admins["secadmin"].token,
+                           {"role": "auditor"}, totp=admins["secadmin"].code(1))
+    assert status == 403
+
+
+async def test_sensitive_operations_need_a_fresh_second_factor(
+        node_factory: NodeFactory, http: aiohttp.ClientSession) -> None:
+    rn: RunningNode = await node_factory(compliance={"step_up_window": 0.0})
+    admins = await trio(rn, http)
+    await rn.node.accounts.create_user("carol", "password-1")
+    sys_, sec, aud = admins["sysadmin"], admins["secadmin"], admins["auditor"]
+    cases = [(sys_, "DELETE", "/users/carol", None),
+             (sec, "POST", "/keys/audit/rotate", None),
+             (sec, "PUT", "/retention", {"audit_retention_days": 365}),
+             (aud, "POST", "/export", {"user": "carol"})]
+    steps = {a.name: 0 for a in admins.values()}
+    for admin, method, path, body in cases:
+        status, answer = await call(http, rn, method, path, admin.token, body)
+        assert status == 403 and answer["error"] == "STEP_UP_REQUIRED", (path, answer)
+        # The login used the previous step; the current one (then the next) is fresh.
+        code = admin.code(steps[admin.name])
+        steps[admin.name] += 1
+        wrong = "123456" if code != "123456" else "654321"
+        status, answer = await call(http, rn, method, path, admin.token, body, totp=wrong)
+        assert status == 403 and answer["error"] == "STEP_UP_FAILED", (path, answer)
+        status, answer = await call(http, rn, method, path, admin.token, body, totp=code)
+        assert status == 200, (path, answer)
+        status, answer = await call(http, rn, method, path, admin.token, body, totp=code)
+        assert status == 403 and "replayed" in answer["message"], (path, answer)
+    carol = await rn.node.store.get_user_by_name("carol")
+    assert carol is not None and carol.disabled
+    step_ups = [(e["actor_role"], e["outcome"]) for e in await events(rn, "auth.step_up")]
+    assert step_ups.count(("sysadmin", "ok")) == 1
+    assert len([s for s in step_ups if s[1] != "ok"]) == 3 * len(cases)
+    assert [e["event"] for e in await events(rn) if e["event"] in (
+        "user.delete", "key.rotate", "retention.audit.set", "export.messages")] == [
+        "user.delete", "key.rotate", "retention.audit.set", "export.messages"]
+
+
+async def test_step_up_window_counts_the_login_as_fresh(node_factory: NodeFactory,
+                                                        http: aiohttp.ClientSession) -> None:
+    rn: RunningNode = await node_factory(compliance={"step_up_window": 300.0})
+    admins = await trio(rn, http)
+    status, body = await call(http, rn, "POST", "/keys/audit/rotate", admins["secadmin"].token)
+    assert status == 200 and body["fingerprint"] != body["old_fingerprint"]
+
+
+async def test_audit_retention_below_minimum_needs_an_override(
+        node_factory: NodeFactory, http: aiohttp.ClientSession) -> None:
+    rn: RunningNode = await node_factory()
+    admins = await trio(rn, http)
+    sec = admins["secadmin"]
+    status, body = await call(http, rn, "PUT", "/retention", sec.token, {"audit_retention_days": 90})
+    assert status == 400 and body["error"] == "BELOW_LEGAL_MINIMUM"
+    status, body = await call(http, rn, "PUT", "/retention", sec.token,
+                              {"audit_retention_days": 90, "override": True,
+                               "reason": "regulator approval 2026-3"})
+    assert status == 200 and body["audit_retention_days"] == 90
+    trail = [(e["event"], e["outcome"]) for e in await events(rn)
+             if e["event"].startswith("retention.audit")]
+    assert trail == [("retention.audit.set", "denied"), ("retention.audit.override", "ok")]
+
+
+async def test_login_events_recall_and_revocation_are_audited(server: RunningNode) -> None:
+    alice = await server.user("alice")
+    await server.user("bob")
+    conv = await alice.direct("bob")
+    ack = await alice.send_text(conv.conversation_id, "oops")
+    await alice.recall(conv.conversation_id, ack.seq)
+    bad = await server.client()
+    with pytest.raises(Exception):  # noqa: B017 - the SDK raises its own error type
+        await bad.login("alice", "wrong-password")
+    await alice.logout()
+    for _ in range(50):  # LOGOUT has no answer frame: wait for its record
+        got = await events(server)
+        if any(e["event"] == "auth.token_revoked" for e in got):
+            break
+        await asyncio.sleep(0.05)
+    names = [e["event"] for e in got]
+    assert names[:3] == ["config.initial", "node.start", "auth.login"]
+    assert "chat.recall" in names and "auth.token_revoked" in names
+    failed = [e for e in got if e["event"] == "auth.login" and e["outcome"] == "failed"]
+    assert failed and failed[0]["details"]["reason"] == "wrong password"
+    recall = next(e for e in got if e["event"] == "chat.recall")
+    assert recall["actor"] == alice.user_id and recall["details"]["seq"] == ack.seq
+    assert (await compliance(server).verify()).ok
+
+
+async def test_lockout_is_audited(node_factory: NodeFactory, http: aiohttp.ClientSession) -> None:
+    rn: RunningNode = await node_factory(accounts={"lockout_threshold": 2})
+    await rn.node.accounts.create_user("erin", "password-1")
+    for _ in range(3):
+        async with http.post(rn.http_url + "/api/v1/login",
+                             json={"username": "erin", "password": "nope-nope"}):
+            pass
+    lock = await events(rn, "auth.lockout")
+    assert len(lock) == 1 and lock[0]["target"] == "erin"
+    denied = [e for e in await events(rn, "auth.login") if e["outcome"] == "denied"]
+    assert denied and denied[0]["details"]["reason"] == "account locked"
+
+
+async def test_export_is_signed_verifiable_and_audited(node_factory: NodeFactory,
+                                                       http: aiohttp.ClientSession) -> None:
+    rn: RunningNode = await node_factory()
+    alice = await rn.user("alice")
+    await rn.user("bob")
+    conv = await alice.direct("bob")
+    for i in range(3):
+        await alice.send_text(conv.conversation_id, f"message {i}")
+    admins = await trio(rn, http)
+    aud = admins["auditor"]
+    status, body = await call(http, rn, "POST", "/export", aud.token,
+                              {"user": "alice", "from_ms": 0}, totp=aud.code(0))
+    assert status == 200, body
+    path = Path(body["path"])
+    lines = [json.loads(x) for x in (path / "messages.jsonl").read_text().splitlines()]
+    texts = [x["content"]["text"] for x in lines if x["content"] and "text" in x["content"]]
+    assert texts == ["message 0", "message 1", "message 2"]
+    assert body["manifest"]["records"] == len(lines)
+    assert verify_export(path, compliance(rn).keys) == []
+    (path / "messages.jsonl").write_text((path / "messages.jsonl").read_text().replace("1", "7"))
+    assert verify_export(path, compliance(rn).keys) == ["messages.jsonl does not match its SM3 digest"]
+    exported = await events(rn, "export.messages")
+    assert exported[0]["actor"] == aud.user_id and exported[0]["target"] == f"user:{alice.user_id}"
+
+
+def _item(report: dict[str, Any], item_id: str) -> dict[str, Any]:
+    return next(i for i in report["items"] if i["id"] == item_id)
+
+
+async def test_report_shows_evidence_and_turns_red_when_it_goes(
+        node_factory: NodeFactory, http: aiohttp.ClientSession) -> None:
+    rn: RunningNode = await node_factory()
+    admins = await trio(rn, http)
+    aud = admins["auditor"]
+    evidence = rn.cfg.home / "evidence"
+    evidence.mkdir()
+    (evidence / "backup-1.json").write_text(json.dumps({"finished_at": int(time.time() * 1000),
+                                                        "ok": True}))
+    status, report = await call(http, rn, "GET", "/report", aud.token)
+    assert status == 200
+    assert _item(report, "IA-4")["status"] == "pass"
+    assert report["two_factor_coverage"]["secadmin"] == {"accounts": 1, "totp": 1}
+    assert _item(report, "AC-1")["status"] == "pass"
+    assert _item(report, "AU-2")["status"] == "pass", _item(report, "AU-2")
+    assert _item(report, "BR-1")["status"] == "pass"
+    assert _item(report, "BR-2")["status"] == "gap"  # no DR drill result: a gap, not a pass
+    assert any("accounts.password_min_length = 8" in e for e in _item(report, "IA-1")["evidence"])
+    # Remove evidence: one admin loses the second factor, the backup record goes,
+    # one audit record is edited.
+    await compliance(rn).store.delete_totp(admins["sysadmin"].user_id)
+    (evidence / "backup-1.json").unlink()
+    conn = sqlite3.connect(rn.cfg.home / "compliance.db", isolation_level=None)
+    conn.execute("UPDATE audit SET body = replace(body, 'node.start', 'node.stopp') WHERE seq = 2")
+    conn.close()
+    status, report = await call(http, rn, "GET", "/report", aud.token)
+    assert status == 200
+    ia4 = _item(report, "IA-4")
+    assert ia4["status"] == "fail" and any("sysadmin1" in f for f in ia4["findings"])
+    assert _item(report, "AU-2")["status"] == "fail"
+    assert _item(report, "BR-1")["status"] == "gap"
+    # The CLI writes the same report as JSON and HTML; failing items are red.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tongxin.cli.main", "report", "compliance", "--out",
+        str(rn.cfg.home / "rep"), env={**os.environ, "TONGXIN_HOME": str(rn.cfg.home)},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
+    assert proc.returncode == 1, err  # failing items: non-zero exit
+    html = (rn.cfg.home / "rep" / "compliance-report.html").read_text()
+    assert '<tr class="red" id="IA-4">' in html and '<tr class="red" id="AU-2">' in html
+    assert '<tr class="green" id="IA-2">' in html
+    saved = json.loads((rn.cfg.home / "rep" / "compliance-report.json").read_text())
+    assert _item(saved, "AU-2")["status"] == "fail"

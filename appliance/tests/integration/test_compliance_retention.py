@@ -1,0 +1,140 @@
+"""Message retention against a running node's database: only what has expired
+goes, never what a legal hold covers, in batches that resume."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import NodeFactory, RunningNode  # type: ignore[import-not-found, unused-ignore]
+
+from tongxin.clock import now_ms
+from tongxin.compliance.archive import DAY_MS
+from tongxin.compliance.history import SqliteHistory
+from tongxin.compliance.retention import conversation_scope, run_retention
+from tongxin.compliance.service import Compliance
+from tongxin.server.admin_api import ADMIN_API
+
+pytestmark = pytest.mark.integration
+
+
+def counts(rn: RunningNode) -> dict[str, int]:
+    conn = sqlite3.connect(rn.cfg.sqlite_file)
+    try:
+        return dict(conn.execute(
+            "SELECT conversation_id, COUNT(*) FROM messages GROUP BY conversation_id").fetchall())
+    finally:
+        conn.close()
+
+
+async def history(rn: RunningNode) -> SqliteHistory:
+    h = SqliteHistory(rn.cfg.sqlite_file)
+    await h.open()
+    return h
+
+
+async def test_retention_deletes_only_expired_messages_and_never_held_ones(
+        node_factory: NodeFactory) -> None:
+    rn: RunningNode = await node_factory(compliance={"message_retention_days": 30.0})
+    comp: Compliance = rn.runner.app[ADMIN_API].c
+    alice, bob = await rn.user("alice"), await rn.user("bob")
+    carol, dave = await rn.user("carol"), await rn.user("dave")
+    erin = await rn.user("erin")
+    plain = await alice.direct("bob")  # no hold: expires
+    user_held = await carol.direct("dave")  # carol is on hold
+    conv_held = await erin.create_group("case-17", ["bob"])  # the conversation is on hold
+    forever = await alice.direct("erin")  # policy: keep forever
+    longer = await bob.direct("dave")  # policy: 60 days
+    for conv, who in ((plain, alice), (user_held, dave), (conv_held, bob), (forever, erin),
+                      (longer, dave)):
+        for i in range(3):
+            await who.send_text(conv.conversation_id, f"m{i}")
+    carol_id = carol.user_id
+    await comp.store.add_hold("user", carol_id, "litigation", "u_sec", now_ms())
+    await comp.store.add_hold("conversation", conv_held.conversation_id, "case 17", "u_sec", now_ms())
+    await comp.store.set_policy(conversation_scope(forever.conversation_id), 0)
+    await comp.store.set_policy(conversation_scope(longer.conversation_id), 60)
+    before = counts(rn)
+    h = await history(rn)
+    try:
+        # Today nothing is 30 days old.
+        res = await run_retention(rn.cfg, comp.store, h, actor="test")
+        assert res.finished and res.deleted == 0
+        assert counts(rn) == before
+        # Thirty-one days on: the plain conversation loses its log, nothing else.
+        res = await run_retention(rn.cfg, comp.store, h, actor="test", now=now_ms() + 31 * DAY_MS)
+        after = counts(rn)
+        assert res.deleted == before[plain.conversation_id]
+        assert plain.conversation_id not in after
+        for kept in (user_held, conv_held, forever, longer):
+            assert after[kept.conversation_id] == before[kept.conversation_id]
+        assert res.skipped_on_hold == 2
+        # The hold on carol ends: her conversation goes on the next run.
+        hold = next(x for x in await comp.store.holds() if x.target == carol_id)
+        await comp.store.release_hold(hold.id, "u_sec", now_ms())
+        res = await run_retention(rn.cfg, comp.store, h, actor="test", now=now_ms() + 31 * DAY_MS)
+        assert user_held.conversation_id not in counts(rn)
+        assert counts(rn)[conv_held.conversation_id] == before[conv_held.conversation_id]
+    finally:
+        await h.close()
+    # The node still serves what is left.
+    again = await bob.sync_all(conv_held.conversation_id)
+    assert [m.content.text for m in again if m.content.text] == ["m0", "m1", "m2"]
+
+
+async def test_retention_runs_in_batches_and_resumes(node_factory: NodeFactory) -> None:
+    rn: RunningNode = await node_factory(compliance={"message_retention_days": 1.0,
+                                                     "retention_batch": 2})
+    comp: Compliance = rn.runner.app[ADMIN_API].c
+    alice = await rn.user("alice")
+    convs = []
+    for name in ("bob", "carol", "dave"):
+        await rn.user(name)
+        conv = await alice.direct(name)
+        convs.append(conv)
+        for i in range(5):
+            await alice.send_text(conv.conversation_id, f"{name} {i}")
+    total = sum(counts(rn).values())
+    later = now_ms() + 2 * DAY_MS
+    h = await history(rn)
+    try:
+        first = await run_retention(rn.cfg, comp.store, h, actor="test", max_batches=3, now=later)
+        assert not first.finished and first.deleted == 6
+        assert sum(counts(rn).values()) == total - 6
+        # A hold placed while the run is open protects what is not deleted yet.
+        last = sorted(c.conversation_id for c in convs)[-1]
+        await comp.store.add_hold("conversation", last, "late hold", "u_sec", now_ms())
+        second = await run_retention(rn.cfg, comp.store, h, actor="test", now=later)
+        assert second.resumed and second.finished and second.run_id == first.run_id
+        left = counts(rn)
+        assert set(left) == {last}
+        assert left[last] == 6  # the created event and five messages
+    finally:
+        await h.close()
+
+
+async def test_cli_retention_run_and_show(node_factory: NodeFactory, tmp_path: Path) -> None:
+    rn: RunningNode = await node_factory()
+    alice = await rn.user("alice")
+    await rn.user("bob")
+    conv = await alice.direct("bob")
+    await alice.send_text(conv.conversation_id, "hello")
+    env = {**os.environ, "TONGXIN_HOME": str(rn.cfg.home)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tongxin.cli.main", "retention", "run", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    assert b"finished: 0 messages deleted" in out  # default: messages are kept forever
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tongxin.cli.main", "audit", "verify", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, out + err
+    assert b"OK: the audit chain is intact" in out
+    events = [r.event for r in await rn.runner.app[ADMIN_API].c.store.audit_records(0, 1000)]
+    assert "retention.run" in events and "audit.verify" in events

@@ -1,0 +1,213 @@
+"""The audit chain: SM3 links, SM2-signed heads, archive segments and verification."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import zstandard
+from conftest import make_config  # type: ignore[import-not-found, unused-ignore]
+
+from tongxin.clock import now_ms
+from tongxin.compliance import chain
+from tongxin.compliance.archive import DAY_MS, MANIFEST
+from tongxin.compliance.service import Compliance, RetentionBelowMinimum
+from tongxin.config import ConfigError, load_config
+from tongxin.crypto import SM2PublicKey, sm2_available, sm3_digest
+
+pytestmark = pytest.mark.skipif(not sm2_available(), reason="SM2 (gmssl-pyx) is not available")
+
+
+@pytest.fixture
+async def comp(tmp_path: Path) -> AsyncIterator[Compliance]:
+    c = Compliance(make_config(tmp_path / "home"), "test-node")
+    await c.open()
+    yield c
+    await c.close()
+
+
+def db(c: Compliance) -> sqlite3.Connection:
+    return sqlite3.connect(c.cfg.home / "compliance.db", isolation_level=None)
+
+
+async def fill(c: Compliance, n: int, ts: int | None = None) -> None:
+    for i in range(n):
+        await c.audit("auth.login", actor=f"u_{i}", target=f"user{i}", n=i)
+    if ts is not None:
+        rechain(c, ts)  # as if all records so far had been written at ts
+
+
+def rechain(c: Compliance, ts: int) -> None:
+    """Test helper: set every record's ts and rebuild hashes (as if written at ts)."""
+    conn = db(c)
+    prev = chain.GENESIS
+    for seq, body in conn.execute("SELECT seq, body FROM audit ORDER BY seq").fetchall():
+        rec = json.loads(body)
+        rec["ts"], rec["prev"] = ts + seq, prev
+        new = chain.canonical(rec)
+        prev = chain.digest(new)
+        conn.execute("UPDATE audit SET body=?, hash=?, ts=? WHERE seq=?", (new, prev, ts + seq, seq))
+    conn.execute("UPDATE audit_state SET last_hash=?", (prev,))
+    conn.close()
+
+
+def test_canonical_encoding_is_sorted_compact_and_refuses_floats() -> None:
+    assert chain.canonical({"b": 1, "a": "同信"}) == '{"a":"同信","b":1}'
+    with pytest.raises(chain.CanonicalError):
+        chain.canonical({"x": 1.5})
+    record, body, digest = chain.seal({"ts": 5, "event": "e", "details": {"f": 0.5}}, 1, chain.GENESIS)
+    assert record["details"] == {"f": "0.5"}
+    assert digest == sm3_digest(body.encode()).hex()
+    assert json.loads(body)["prev"] == chain.GENESIS
+
+
+async def test_records_link_and_heads_verify(comp: Compliance) -> None:
+    await fill(comp, 5)
+    head = await comp.sign_head()
+    assert head is not None and head.seq == 5
+    rows = await comp.store.audit_records(0, 10)
+    assert [r.seq for r in rows] == [1, 2, 3, 4, 5]
+    for a, b in itertools.pairwise(rows):
+        assert b.fields()["prev"] == a.hash
+    pub = SM2PublicKey.from_pem((comp.cfg.home / "audit-keys" / f"{head.key_fp}.pem").read_bytes())
+    pub.verify(bytes.fromhex(head.signature), chain.head_message(5, head.hash, head.ts, "test-node"))
+    report = await comp.verify()
+    assert report.ok, report.problems
+    assert report.heads_verified == 1 and report.last_seq == 5
+    key = comp.cfg.home / "secrets" / "audit_sign.key"
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+
+
+async def test_edit_delete_and_truncation_are_named(comp: Compliance) -> None:
+    await fill(comp, 6)
+    await comp.sign_head()
+    conn = db(comp)
+    conn.execute("UPDATE audit SET body = replace(body, '\"n\":2', '\"n\":9') WHERE seq = 3")
+    conn.execute("DELETE FROM audit WHERE seq = 5")
+    conn.close()
+    report = await comp.verify()
+    assert not report.ok
+    assert report.first_problem is not None and report.first_problem.seq == 3
+    kinds = {(p.seq, p.kind) for p in report.problems}
+    assert (3, "edited") in kinds
+    assert (5, "missing") in kinds
+    # Deleting the newest records is seen against the chain state and the signed head.
+    conn = db(comp)
+    conn.execute("DELETE FROM audit WHERE seq >= 6")
+    conn.close()
+    report = await comp.verify()
+    assert any(p.kind == "missing" and "at the end" in p.message for p in report.problems)
+    assert any(p.where == "heads" for p in report.problems)
+
+
+async def test_full_rewrite_is_caught_by_the_signed_head(comp: Compliance) -> None:
+    await fill(comp, 4)
+    await comp.sign_head()
+    conn = db(comp)
+    conn.execute("UPDATE audit SET body = replace(body, 'user1', 'mallory'), "
+                 "target = replace(target, 'user1', 'mallory') WHERE seq = 2")
+    conn.close()
+    rechain(comp, 1_000)  # a consistent chain again: only the signature can tell
+    report = await comp.verify()
+    assert [p.where for p in report.problems] == ["heads"]
+    assert "chain rewritten" in report.problems[0].message
+
+
+async def test_archive_then_verify_across_the_boundary_and_name_both_tampers(
+        comp: Compliance, tmp_path: Path) -> None:
+    old = now_ms() - 60 * DAY_MS  # past the 30 hot days, within the 180 days of retention
+    await fill(comp, 8, ts=old)  # records 1..8, long ago
+    await fill(comp, 4)  # records 9..12, now
+    await comp.sign_head()
+    res = await comp.run_archive()
+    assert res.archived == 8 and res.segments == 1
+    hot = await comp.store.audit_records(0, 100)
+    assert hot[0].seq == 9  # 8 archived + the audit.archive record at 13
+    report = await comp.verify()
+    assert report.ok, report.problems
+    assert report.archived_records == 8 and report.manifest_signed
+    # Tamper with record 4 inside the archive (recompressed, so the file still reads)
+    # and with record 10 in the database.
+    archive = comp.archive.path
+    seg = json.loads((archive / MANIFEST).read_text())["segments"][0]["file"]
+    lines = zstandard.ZstdDecompressor().stream_reader((archive / seg).read_bytes()).read().decode()
+    edited = lines.replace('"target":"user3"', '"target":"nobody"')
+    assert edited != lines
+    (archive / seg).write_bytes(zstandard.ZstdCompressor().compress(edited.encode()))
+    conn = db(comp)
+    conn.execute("UPDATE audit SET body = replace(body, 'user1\"', 'userX\"'), "
+                 "target = 'userX' WHERE seq = 10")
+    conn.close()
+    report = await comp.verify()
+    assert not report.ok
+    named = {(p.where, p.seq, p.kind) for p in report.problems}
+    assert (f"archive:{seg}", 4, "edited") in named
+    assert ("database", 10, "edited") in named
+    assert any(p.kind == "segment-altered" for p in report.problems)
+    assert report.first_problem is not None and report.first_problem.seq == 1  # segment digest
+
+
+async def test_manifest_edit_breaks_its_signature(comp: Compliance) -> None:
+    await fill(comp, 3, ts=now_ms() - 60 * DAY_MS)
+    await comp.run_archive()
+    m = comp.archive.path / MANIFEST
+    m.write_text(m.read_text().replace('"records":3', '"records":2'))
+    report = await comp.verify()
+    assert report.manifest_signed is False
+    assert any(p.kind == "bad-signature" for p in report.problems)
+
+
+async def test_purged_segments_keep_the_chain_anchored(comp: Compliance) -> None:
+    very_old = 1_000_000_000_000
+    await fill(comp, 5, ts=very_old)
+    await comp.run_archive(now=very_old + 40 * DAY_MS)  # archived, within retention
+    await fill(comp, 2)
+    assert (await comp.verify()).ok
+    res = await comp.run_archive()  # now: the segment is far past 180 days
+    assert res.purged_segments == 1
+    report = await comp.verify()
+    assert report.ok, report.problems
+    assert report.purged_records == 5 and report.first_seq == 6
+
+
+async def test_retention_below_the_legal_minimum(comp: Compliance) -> None:
+    with pytest.raises(RetentionBelowMinimum):
+        await comp.set_audit_retention(90, False, "", actor="u_sec", actor_role="secadmin")
+    with pytest.raises(RetentionBelowMinimum):
+        await comp.set_audit_retention(90, True, "  ", actor="u_sec", actor_role="secadmin")
+    assert await comp.audit_retention() == (180.0, False)
+    await comp.set_audit_retention(90, True, "court order 2026-17", actor="u_sec",
+                                   actor_role="secadmin")
+    assert await comp.audit_retention() == (90.0, True)
+    events = [(r.event, r.outcome) for r in await comp.store.audit_records(0, 10)]
+    assert events == [("retention.audit.set", "denied"), ("retention.audit.set", "denied"),
+                      ("retention.audit.override", "ok")]
+
+
+def test_config_refuses_retention_below_minimum_without_override(tmp_path: Path) -> None:
+    p = tmp_path / "c.yml"
+    p.write_text("compliance:\n  audit_retention_days: 30\n")
+    with pytest.raises(ConfigError, match="legal minimum is 180 days"):
+        load_config(p)
+    p.write_text("compliance:\n  audit_retention_days: 30\n  audit_retention_override: true\n")
+    assert load_config(p).compliance.audit_retention_days == 30.0
+
+
+async def test_config_override_and_changes_are_audited(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path / "h")
+    c = Compliance(cfg)
+    await c.open()
+    try:
+        assert await c.record_config()
+        cfg.compliance.audit_retention_days = 60.0
+        cfg.compliance.audit_retention_override = True
+        changed = await c.record_config()
+        assert "compliance.audit_retention_days" in changed
+        events = [r.event for r in await c.store.audit_records(0, 10)]
+        assert events == ["config.initial", "config.change", "retention.audit.override"]
+    finally:
+        await c.close()
