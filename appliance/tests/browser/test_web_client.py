@@ -1,0 +1,155 @@
+"""The web client in a real browser against a real node.
+
+Starts ``tongxin serve`` as a subprocess on a free loopback port (a small
+``max_frame_payload`` so that long messages are fragmented both ways), then
+runs ``node appliance/web/tests/e2e.mjs``, which drives Debian's headless
+Chromium with playwright-core: two users in two browser contexts chat both
+ways, send a file, see receipts, presence and typing, page back through
+history, and a phone-width page logs in. Screenshots land in
+test-artifacts/browser/.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+WEB = ROOT / "appliance" / "web"
+BUILT = ROOT / "appliance" / "src" / "tongxin" / "web"
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+
+# Small enough that a 12,000-character message is fragmented on the way in
+# and on the way out; the protocol's minimum is 1024.
+CONFIG = """\
+server:
+  max_frame_payload: 4096
+accounts:
+  scrypt_n: 1024
+logging:
+  json: false
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _require_tools() -> str:
+    """Fail (not skip) with the command that fixes whatever is missing."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"Chromium is missing at {CHROMIUM}: the browser test needs Debian's headless "
+                    "Chromium. Install it with `apt-get install -y chromium` (.ci/run does).",
+                    pytrace=False)
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is missing: `make web` installs nodejs and npm", pytrace=False)
+    if not (WEB / "node_modules" / "playwright-core").is_dir():
+        pytest.fail("appliance/web/node_modules is missing: run `make web`", pytrace=False)
+    page = BUILT / "index.html"
+    sources = [*(WEB / "src").glob("*.js"), WEB / "index.html", WEB / "style.css", WEB / "build.mjs"]
+    if not page.exists() or page.stat().st_mtime < max(p.stat().st_mtime for p in sources):
+        pytest.fail("the web client bundle is missing or older than its sources: run `make web`",
+                    pytrace=False)
+    return node
+
+
+def _tongxin() -> list[str]:
+    script = Path(sys.executable).parent / "tongxin"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from tongxin.cli.main import main; sys.exit(main())"]
+
+
+@pytest.fixture
+def node_url(tmp_path: Path) -> Iterator[str]:
+    port = _free_port()
+    cfg = tmp_path / "tongxin.yaml"
+    cfg.write_text(CONFIG)
+    log_path = tmp_path / "server.log"
+    env = {**os.environ, "TONGXIN_HOME": str(tmp_path / "home")}
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [*_tongxin(), "serve", "--allow-registration", "--config", str(cfg),
+             "--listen", f"127.0.0.1:{port}"],
+            env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"tongxin serve exited with {proc.returncode}:\n{log_path.read_text()}")
+            try:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=1) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"tongxin serve did not answer /healthz within 30s:\n{log_path.read_text()}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.timeout(300)
+def test_web_client_two_users_in_chromium(node_url: str) -> None:
+    node = _require_tools()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    try:
+        run = subprocess.run(
+            [node, str(WEB / "tests" / "e2e.mjs"), node_url, "--artifacts", str(ARTIFACTS)],
+            cwd=WEB, capture_output=True, text=True, timeout=240,
+            env={**os.environ, "CHROMIUM": str(CHROMIUM)})
+    except subprocess.TimeoutExpired as exc:
+        partial = b"".join(x if isinstance(x, bytes) else (x or "").encode()
+                           for x in (exc.stdout, exc.stderr))
+        pytest.fail(f"the browser test did not finish within 240s:\n{partial.decode(errors='replace')}")
+    out = run.stdout + run.stderr
+    print(out)
+    assert run.returncode == 0, f"browser test failed (exit {run.returncode}):\n{out}"
+    expected = [
+        "two users registered and logged in",
+        "bob opened the chat and sees alice's message",
+        'alice sees "read" on her message',
+        "bob replied and alice received it live",
+        "alice sees bob online",
+        "alice sees bob typing",
+        "alice recalled a message",
+        "arrived intact",
+        "after SYNC before_seq paging",
+        "alice created a group with bob",
+        "at 390px",
+        "no errors in the page consoles",
+    ]
+    if importlib.util.find_spec("tongxin.server.files_api") is not None:
+        # The node has the files API (docs/files-api.md), so the file step must run.
+        expected += ["alice uploaded a", "downloaded it with the same sha256",
+                     "alice sees her file message read by bob"]
+    ok_lines = [line for line in out.splitlines() if line.startswith("ok - ")]
+    for verified in expected:
+        assert any(verified in line for line in ok_lines), f"not verified: {verified}\n{out}"
+    # A small max_frame_payload must have made both directions fragment.
+    assert "alice sent 0 fragment frames" not in out, out
+    assert "e2e: " in out and " checks passed" in out, out
+    for shot in ("01-login-desktop", "06-alice-chat-desktop", "10-phone-list", "11-phone-chat"):
+        assert (ARTIFACTS / f"{shot}.png").stat().st_size > 1000, shot

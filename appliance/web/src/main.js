@@ -1,0 +1,1342 @@
+// Tongxin web client: state, protocol handling and DOM rendering. No framework:
+// the page is small, and each part re-renders itself from `state`.
+import { Client, TongxinError, ConnectionClosed, newId } from "./client.js";
+import { pb, T, E, enumName } from "./pb.js";
+import { FilesApi, FilesError, humanSize } from "./files.js";
+import { icon } from "./icons.js";
+
+const KIND = pb.MessageKind;
+const SYS = pb.SystemEvent.Kind;
+const RK = pb.ReceiptKind;
+const CK = pb.ConversationKind;
+const PAGE = 50;
+const PREVIEW_LIMIT = 40;
+const TYPING_TTL_MS = 6000;
+const LS = { device: "tongxin.device", token: "tongxin.token", user: "tongxin.username" };
+
+// ---- tiny DOM helpers ----------------------------------------------------------
+
+const $ = (id) => document.getElementById(id);
+
+function h(tag, props = {}, ...kids) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(props || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "class") el.className = v;
+    else if (k === "text") el.textContent = v;
+    else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "style") el.style.cssText = v;
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const kid of kids.flat()) {
+    if (kid === null || kid === undefined || kid === false) continue;
+    el.append(kid instanceof Node ? kid : document.createTextNode(String(kid)));
+  }
+  return el;
+}
+
+function debounce(fn, ms) {
+  let t = null;
+  return (...args) => {
+    clearTimeout(t);
+    t = setTimeout(() => fn(...args), ms);
+  };
+}
+
+function rafOnce(fn) {
+  let queued = false;
+  return () => {
+    if (queued) return;
+    queued = true;
+    requestAnimationFrame(() => {
+      queued = false;
+      fn();
+    });
+  };
+}
+
+function toast(text, kind = "error") {
+  const el = h("div", { class: `toast ${kind}`, role: "status", text });
+  $("toasts").append(el);
+  setTimeout(() => el.remove(), 5000);
+}
+
+function errText(err) {
+  if (err instanceof TongxinError) return err.serverMessage || err.codeName;
+  if (err instanceof ConnectionClosed) return "not connected to the server";
+  return err?.message || String(err);
+}
+
+function fmtTime(ms) {
+  if (!ms) return "";
+  const d = new Date(ms);
+  const now = new Date();
+  const hm = d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  if (d.toDateString() === now.toDateString()) return hm;
+  return `${d.toLocaleDateString([], { month: "short", day: "numeric" })} ${hm}`;
+}
+
+function fmtDay(ms) {
+  const d = new Date(ms);
+  const now = new Date();
+  if (d.toDateString() === now.toDateString()) return "Today";
+  const y = new Date(now);
+  y.setDate(now.getDate() - 1);
+  if (d.toDateString() === y.toDateString()) return "Yesterday";
+  return d.toLocaleDateString([], { weekday: "short", month: "short", day: "numeric", year: "numeric" });
+}
+
+function initials(name) {
+  const parts = String(name || "?").trim().split(/[\s._-]+/).filter(Boolean);
+  const s = parts.length > 1 ? parts[0][0] + parts[1][0] : (parts[0] || "?").slice(0, 2);
+  return s.toUpperCase();
+}
+
+function hue(str) {
+  let x = 0;
+  for (const c of String(str)) x = (x * 31 + c.charCodeAt(0)) % 360;
+  return x;
+}
+
+// ---- state -------------------------------------------------------------------------
+
+const state = {
+  me: null, // { userId, username, displayName }
+  token: localStorage.getItem(LS.token) || "",
+  conn: "offline", // offline | connecting | online | replaced
+  convs: new Map(), // id -> conversation (see upsertConv)
+  logs: new Map(), // id -> { items: Map<seq, Message>, oldest, newest, hasOlder, loaded, loading }
+  outbox: new Map(), // clientMsgId -> { convId, content, status, error, at }
+  uploads: new Map(), // local id -> upload in progress
+  users: new Map(), // userId -> { userId, username, displayName }
+  presence: new Map(), // userId -> { online, lastSeenMs }
+  open: null,
+  editing: null, // { convId, seq }
+  registering: false,
+};
+
+let client = null;
+let reconnectTimer = null;
+let reconnectDelay = 1000;
+let loggingOut = false;
+const files = new FilesApi(location.origin, () => state.token);
+
+function deviceId() {
+  let id = localStorage.getItem(LS.device);
+  if (!id) {
+    id = `web-${newId().slice(0, 16)}`;
+    localStorage.setItem(LS.device, id);
+  }
+  return id;
+}
+
+function wsUrl() {
+  return `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
+}
+
+function online() {
+  return client && !client.closed && state.conn === "online";
+}
+
+// ---- users, names, presence ------------------------------------------------------
+
+const userQueue = new Set();
+const flushUsers = debounce(async () => {
+  if (!online()) return;
+  const ids = [...userQueue].slice(0, 500);
+  ids.forEach((id) => userQueue.delete(id));
+  if (!ids.length) return;
+  try {
+    for (const u of await client.users(ids)) state.users.set(u.userId, u);
+    touch();
+  } catch (err) {
+    console.warn("user lookup failed", err);
+  }
+  renderAll();
+  if (userQueue.size) flushUsers();
+}, 30);
+
+function wantUser(id) {
+  if (id && !state.users.has(id) && !userQueue.has(id)) {
+    userQueue.add(id);
+    flushUsers();
+  }
+}
+
+function userName(id) {
+  if (state.me && id === state.me.userId) return state.me.displayName || state.me.username;
+  const u = state.users.get(id);
+  if (!u) {
+    wantUser(id);
+    return "…";
+  }
+  return u.displayName || u.username;
+}
+
+let presenceKey = "";
+const refreshPresence = debounce(async () => {
+  if (!online()) return;
+  const ids = new Set();
+  for (const c of state.convs.values()) {
+    if (c.peerId) ids.add(c.peerId);
+    for (const uid of c.members.keys()) ids.add(uid);
+  }
+  ids.delete(state.me.userId);
+  const list = [...ids].sort().slice(0, 1000);
+  const key = list.join(",");
+  if (key === presenceKey) return;
+  presenceKey = key;
+  try {
+    applyPresence(await client.subscribePresence(list));
+  } catch (err) {
+    presenceKey = "";
+    console.warn("presence subscription failed", err);
+  }
+}, 100);
+
+function applyPresence(update) {
+  for (const e of update.entries) {
+    state.presence.set(e.userId, { online: e.status === pb.PresenceStatus.ONLINE, lastSeenMs: e.lastSeenMs });
+    wantUser(e.userId);
+  }
+  renderAll();
+}
+
+function isOnline(uid) {
+  return !!state.presence.get(uid)?.online;
+}
+
+// ---- conversations -----------------------------------------------------------------
+
+function upsertConv(c) {
+  let conv = state.convs.get(c.conversationId);
+  if (!conv) {
+    conv = {
+      id: c.conversationId, kind: c.kind, name: "", lastSeq: 0, myReadSeq: 0, peerId: "",
+      memberCount: 0, createdAtMs: 0, members: new Map(), preview: null, previewSeq: 0,
+      typing: new Map(),
+    };
+    state.convs.set(conv.id, conv);
+  }
+  conv.kind = c.kind || conv.kind;
+  if (c.name) conv.name = c.name;
+  conv.lastSeq = Math.max(conv.lastSeq, c.lastSeq || 0);
+  conv.myReadSeq = Math.max(conv.myReadSeq, c.myReadSeq || 0);
+  if (c.peerId) conv.peerId = c.peerId;
+  if (c.memberCount) conv.memberCount = c.memberCount;
+  if (c.createdAtMs) conv.createdAtMs = c.createdAtMs;
+  if (c.members?.length) touch();
+  for (const m of c.members || []) {
+    const cur = conv.members.get(m.userId) || { readSeq: 0, deliveredSeq: 0, role: 0 };
+    cur.readSeq = Math.max(cur.readSeq, m.readSeq || 0);
+    cur.deliveredSeq = Math.max(cur.deliveredSeq, m.deliveredSeq || 0, cur.readSeq);
+    cur.role = m.role || cur.role;
+    conv.members.set(m.userId, cur);
+    wantUser(m.userId);
+  }
+  if (conv.peerId) wantUser(conv.peerId);
+  return conv;
+}
+
+function convTitle(conv) {
+  if (conv.kind === CK.DIRECT) return conv.peerId ? userName(conv.peerId) : "Direct chat";
+  return conv.name || "Group";
+}
+
+function unread(conv) {
+  return Math.max(0, conv.lastSeq - conv.myReadSeq);
+}
+
+function lastActivity(conv) {
+  return conv.preview?.sentAtMs || conv.createdAtMs || 0;
+}
+
+function logOf(convId) {
+  let log = state.logs.get(convId);
+  if (!log) {
+    log = { items: new Map(), oldest: 0, newest: 0, hasOlder: true, loaded: false, loading: false };
+    state.logs.set(convId, log);
+  }
+  return log;
+}
+
+function systemText(m) {
+  const s = m.system || {};
+  const who = userName(s.actorId || m.senderId);
+  const names = (s.userIds || []).map(userName).join(", ");
+  switch (s.kind) {
+    case SYS.CREATED: {
+      const conv = state.convs.get(m.conversationId);
+      return conv?.kind === CK.DIRECT ? `${who} started the conversation` : `${who} created the group “${s.name}”`;
+    }
+    case SYS.MEMBERS_ADDED: return `${who} added ${names}`;
+    case SYS.MEMBERS_REMOVED: return `${who} removed ${names}`;
+    case SYS.MEMBER_LEFT: return `${names || who} left`;
+    case SYS.ROLE_CHANGED: return `${who} changed the role of ${names}`;
+    case SYS.RENAMED: return `${who} renamed the group to “${s.name}”`;
+    default: return "conversation updated";
+  }
+}
+
+function previewText(m) {
+  if (!m) return "";
+  if (m.kind === KIND.SYSTEM) return systemText(m);
+  const mine = m.senderId === state.me?.userId;
+  const group = state.convs.get(m.conversationId)?.kind === CK.GROUP;
+  const prefix = mine ? "You: " : group ? `${userName(m.senderId)}: ` : "";
+  if (m.kind === KIND.RECALLED || m.recalled) return `${mine ? "You" : userName(m.senderId)} recalled a message`;
+  if (m.kind === KIND.EDITED) return `${prefix}${m.content?.text || ""}`;
+  const c = m.content || {};
+  if (c.file) return `${prefix}File: ${c.file.name}`;
+  if (c.text) return `${prefix}${c.text}`;
+  if (c.encrypted) return `${prefix}Encrypted message`;
+  return "";
+}
+
+/** Apply log entries (from SYNC, DELIVER or our own ACKs) to the conversation. */
+function addEntries(convId, msgs, { intoLog = true } = {}) {
+  const conv = state.convs.get(convId);
+  if (!conv) return;
+  touch();
+  const log = logOf(convId);
+  for (const m of msgs) {
+    conv.lastSeq = Math.max(conv.lastSeq, m.seq);
+    if (m.senderId) wantUser(m.senderId);
+    if (m.kind === KIND.SYSTEM) applySystem(conv, m);
+    if (intoLog) {
+      const target = m.targetSeq ? log.items.get(m.targetSeq) : null;
+      if (m.kind === KIND.RECALLED && target) {
+        target.recalled = true;
+        target.content = null;
+      } else if (m.kind === KIND.EDITED && target && !target.recalled) {
+        target.content = m.content;
+        target.editedAtMs = m.sentAtMs;
+      }
+      log.items.set(m.seq, m);
+      log.oldest = log.oldest ? Math.min(log.oldest, m.seq) : m.seq;
+      log.newest = Math.max(log.newest, m.seq);
+    }
+    if (m.seq >= conv.previewSeq) {
+      conv.previewSeq = m.seq;
+      conv.preview = m;
+    }
+    if (m.senderId && m.senderId !== state.me.userId) conv.typing.delete(m.senderId);
+  }
+}
+
+function applySystem(conv, m) {
+  const s = m.system || {};
+  if (s.kind === SYS.CREATED || s.kind === SYS.MEMBERS_ADDED) {
+    for (const uid of s.userIds || []) {
+      if (!conv.members.has(uid)) conv.members.set(uid, { readSeq: 0, deliveredSeq: 0, role: 0 });
+    }
+    refreshPresence();
+  } else if (s.kind === SYS.MEMBERS_REMOVED || s.kind === SYS.MEMBER_LEFT) {
+    for (const uid of s.userIds || []) conv.members.delete(uid);
+  } else if (s.kind === SYS.RENAMED && s.name) {
+    conv.name = s.name;
+  }
+}
+
+async function loadConversations() {
+  const list = await client.conversations();
+  for (const c of list) upsertConv(c);
+  renderAll();
+  refreshPresence();
+  // Previews (and so the list order) come from each conversation's newest entries.
+  const need = [...state.convs.values()]
+    .filter((c) => c.lastSeq > c.previewSeq)
+    .sort((a, b) => b.lastSeq - a.lastSeq)
+    .slice(0, PREVIEW_LIMIT);
+  for (let i = 0; i < need.length; i += 8) {
+    await Promise.all(need.slice(i, i + 8).map(async (conv) => {
+      try {
+        const res = await client.sync(conv.id, { beforeSeq: conv.lastSeq + 1, limit: 3 });
+        addEntries(conv.id, res.messages, { intoLog: false });
+      } catch (err) {
+        console.warn("preview failed", conv.id, err);
+      }
+    }));
+    renderList();
+  }
+  // Whatever reached this device is delivered.
+  for (const conv of state.convs.values()) if (unread(conv) > 0) queueReceipt(conv.id, RK.DELIVERED, conv.lastSeq);
+}
+
+const refreshConversations = debounce(() => {
+  if (online()) loadConversations().catch((err) => console.warn("conversation list failed", err));
+}, 200);
+
+// ---- history ------------------------------------------------------------------------
+
+async function loadLatest(conv) {
+  const log = logOf(conv.id);
+  if (log.loading) return;
+  log.loading = true;
+  try {
+    const res = await client.sync(conv.id, { beforeSeq: conv.lastSeq + 1, limit: PAGE });
+    addEntries(conv.id, res.messages);
+    log.hasOlder = res.hasMore;
+    log.loaded = true;
+    if (res.lastSeq > log.newest) await catchUp(conv, true);
+  } finally {
+    log.loading = false;
+  }
+}
+
+/** Fetch everything after the newest entry we hold, page by page. */
+async function catchUp(conv, already = false) {
+  const log = logOf(conv.id);
+  if (!log.loaded || (log.loading && !already)) return;
+  for (let i = 0; i < 50; i++) {
+    const res = await client.sync(conv.id, { afterSeq: log.newest });
+    addEntries(conv.id, res.messages);
+    if (!res.hasMore || !res.messages.length) break;
+  }
+}
+
+async function loadOlder() {
+  const conv = state.convs.get(state.open);
+  if (!conv || !online()) return;
+  const log = logOf(conv.id);
+  if (!log.loaded || !log.hasOlder || log.loading) return;
+  log.loading = true;
+  const box = $("messages");
+  const fromBottom = box.scrollHeight - box.scrollTop;
+  try {
+    const res = await client.sync(conv.id, { beforeSeq: log.oldest, limit: PAGE });
+    addEntries(conv.id, res.messages);
+    log.hasOlder = res.hasMore;
+  } catch (err) {
+    toast(`Could not load older messages: ${errText(err)}`);
+  } finally {
+    log.loading = false;
+  }
+  renderMessages({ keepFromBottom: fromBottom, force: true });
+}
+
+async function refreshDirectView(conv) {
+  if (conv.kind !== CK.DIRECT || !conv.peerId) return;
+  try {
+    // CONV_CREATE of an existing direct conversation returns it, with the
+    // members' receipt cursors (CONV_LIST carries none).
+    upsertConv(await client.direct(conv.peerId));
+    renderChat();
+  } catch (err) {
+    console.warn("direct view failed", err);
+  }
+}
+
+async function openConv(id) {
+  const conv = state.convs.get(id);
+  if (!conv) return;
+  if (state.editing && state.editing.convId !== id) cancelEdit();
+  stopTyping();
+  state.open = id;
+  $("main").classList.add("has-open");
+  renderAll();
+  forceBottom = true;
+  const log = logOf(id);
+  try {
+    if (!log.loaded) await loadLatest(conv);
+    else await catchUp(conv);
+  } catch (err) {
+    toast(`Could not load messages: ${errText(err)}`);
+  }
+  if (state.open !== id) return;
+  forceBottom = true;
+  renderChat();
+  refreshDirectView(conv);
+  refreshPresence();
+  if (window.matchMedia("(min-width: 721px)").matches) $("text").focus();
+}
+
+function closeConv() {
+  stopTyping();
+  state.open = null;
+  $("main").classList.remove("has-open");
+  renderAll();
+}
+
+// ---- receipts ------------------------------------------------------------------------
+
+const receiptQueue = new Map(); // `${conv}|${kind}` -> seq
+const sentReceipt = new Map();
+const flushReceipts = debounce(() => {
+  if (!online()) return;
+  for (const [key, seq] of receiptQueue) {
+    if ((sentReceipt.get(key) || 0) >= seq) continue;
+    const [convId, kind] = key.split("|");
+    try {
+      client.receipt(convId, Number(kind), seq);
+      sentReceipt.set(key, seq);
+    } catch {
+      return; // resent after reconnect
+    }
+  }
+  receiptQueue.clear();
+}, 250);
+
+function queueReceipt(convId, kind, seq) {
+  const key = `${convId}|${kind}`;
+  if ((receiptQueue.get(key) || 0) < seq) receiptQueue.set(key, seq);
+  flushReceipts();
+}
+
+/** READ receipt for what the open conversation displays. */
+function markRead() {
+  const conv = state.convs.get(state.open);
+  if (!conv || document.visibilityState !== "visible" || !nearBottom()) return;
+  const seq = logOf(conv.id).newest;
+  if (seq > conv.myReadSeq) {
+    conv.myReadSeq = seq;
+    queueReceipt(conv.id, RK.READ, seq);
+    renderList();
+  }
+}
+
+function ownStatus(conv, seq) {
+  const others = [...conv.members.entries()].filter(([uid]) => uid !== state.me.userId);
+  if (conv.kind === CK.DIRECT) {
+    const peer = conv.members.get(conv.peerId);
+    if (peer && peer.readSeq >= seq) return "read";
+    if (peer && peer.deliveredSeq >= seq) return "delivered";
+    return "sent";
+  }
+  const read = others.filter(([, m]) => m.readSeq >= seq).length;
+  if (read) return read === others.length ? "read" : `read by ${read}`;
+  if (others.some(([, m]) => m.deliveredSeq >= seq)) return "delivered";
+  return "sent";
+}
+
+// ---- sending ----------------------------------------------------------------------
+
+function sendContent(convId, content, clientMsgId = newId()) {
+  const item = { clientMsgId, convId, content, status: "sending", error: "", at: Date.now() };
+  state.outbox.set(clientMsgId, item);
+  touch();
+  forceBottom = true;
+  renderAll();
+  trySend(item);
+}
+
+async function trySend(item) {
+  if (!online()) return; // sent on reconnect
+  item.status = "sending";
+  try {
+    const ack = await client.send(item.convId, item.content, item.clientMsgId);
+    state.outbox.delete(item.clientMsgId);
+    addEntries(item.convId, [{
+      conversationId: item.convId, seq: ack.seq, senderId: state.me.userId, senderDevice: client.deviceId,
+      clientMsgId: item.clientMsgId, sentAtMs: ack.sentAtMs, kind: KIND.CHAT, content: item.content,
+      recalled: false, editedAtMs: 0,
+    }]);
+    renderAll();
+    markRead();
+  } catch (err) {
+    if (err instanceof ConnectionClosed) return; // stays queued; resent on reconnect
+    if (err instanceof TongxinError && (err.code === E.RATE_LIMITED || err.code === E.UNAVAILABLE)) {
+      setTimeout(() => trySend(item), err.retryAfterMs || 1000);
+      return;
+    }
+    item.status = "failed";
+    item.error = errText(err);
+    renderMessages({ force: true });
+  }
+}
+
+function resendOutbox() {
+  for (const item of state.outbox.values()) if (item.status === "sending") trySend(item);
+}
+
+let typingSentAt = 0;
+let typingStopTimer = null;
+
+function onComposerInput() {
+  const conv = state.convs.get(state.open);
+  const box = $("text");
+  box.style.height = "auto";
+  box.style.height = `${Math.min(box.scrollHeight, 160)}px`;
+  if (!conv || !online() || state.editing) return;
+  if (!box.value.trim()) {
+    stopTyping();
+    return;
+  }
+  const now = Date.now();
+  if (now - typingSentAt > 3000) {
+    typingSentAt = now;
+    try {
+      client.typing(conv.id, true);
+    } catch {
+      /* offline */
+    }
+  }
+  clearTimeout(typingStopTimer);
+  typingStopTimer = setTimeout(stopTyping, 5000);
+}
+
+function stopTyping() {
+  clearTimeout(typingStopTimer);
+  if (!typingSentAt) return;
+  typingSentAt = 0;
+  if (state.open && online()) {
+    try {
+      client.typing(state.open, false);
+    } catch {
+      /* offline */
+    }
+  }
+}
+
+async function onSubmit(ev) {
+  ev.preventDefault();
+  const conv = state.convs.get(state.open);
+  const box = $("text");
+  const text = box.value.trim();
+  if (!conv || !text) return;
+  if (state.editing) {
+    const { convId, seq } = state.editing;
+    try {
+      const ack = await client.edit(convId, seq, text);
+      addEntries(convId, [{
+        conversationId: convId, seq: ack.seq, senderId: state.me.userId, kind: KIND.EDITED, targetSeq: seq,
+        content: { text }, sentAtMs: ack.sentAtMs,
+      }]);
+      cancelEdit();
+      renderAll();
+      markRead();
+    } catch (err) {
+      toast(`Could not edit: ${errText(err)}`);
+    }
+    return;
+  }
+  box.value = "";
+  box.style.height = "auto";
+  stopTyping();
+  sendContent(conv.id, { text });
+}
+
+function startEdit(convId, m) {
+  state.editing = { convId, seq: m.seq };
+  $("edit-bar").hidden = false;
+  const box = $("text");
+  box.value = m.content?.text || "";
+  box.focus();
+  onComposerInput();
+}
+
+function cancelEdit() {
+  state.editing = null;
+  $("edit-bar").hidden = true;
+  $("text").value = "";
+}
+
+async function recall(convId, m) {
+  try {
+    const ack = await client.recall(convId, m.seq);
+    addEntries(convId, [{
+      conversationId: convId, seq: ack.seq, senderId: state.me.userId, kind: KIND.RECALLED, targetSeq: m.seq,
+      sentAtMs: ack.sentAtMs,
+    }]);
+    renderAll();
+    markRead();
+  } catch (err) {
+    toast(err instanceof TongxinError && err.code === E.RECALL_WINDOW_EXPIRED
+      ? "Too late to recall this message" : `Could not recall: ${errText(err)}`);
+  }
+}
+
+// ---- files ------------------------------------------------------------------------------
+
+function sendFiles(list) {
+  const conv = state.convs.get(state.open);
+  if (!conv) return;
+  for (const file of list) {
+    const up = { id: newId(), convId: conv.id, file, phase: "starting", done: 0, total: file.size, status: "active", error: "" };
+    state.uploads.set(up.id, up);
+    runUpload(up);
+  }
+  forceBottom = true;
+  renderMessages({ force: true });
+}
+
+async function runUpload(up) {
+  up.status = "active";
+  up.error = "";
+  up.abort = new AbortController();
+  renderMessages({ force: true });
+  try {
+    const info = await files.upload(up.file, up.convId, (p) => {
+      up.phase = p.phase;
+      up.done = p.done;
+      up.total = p.total;
+      paintUpload(up);
+    }, up.abort.signal);
+    state.uploads.delete(up.id);
+    sendContent(up.convId, {
+      file: {
+        fileId: info.file_id, name: info.name, size: info.size, contentType: info.content_type || "",
+        sha256: info.sha256 || "", sm3: info.sm3 || "",
+      },
+    }, `f-${up.id}`);
+  } catch (err) {
+    if (err.name === "AbortError") {
+      state.uploads.delete(up.id);
+    } else {
+      up.status = "failed";
+      up.error = errText(err);
+      up.network = err instanceof FilesError && err.status === 0;
+      if (err instanceof FilesError && err.code === "NO_FILES_API") toast("File sharing is not available on this server");
+    }
+    renderMessages({ force: true });
+  }
+}
+
+function uploadLabel(up) {
+  const pct = up.total ? Math.floor((100 * up.done) / up.total) : 100;
+  if (up.status === "failed") return `Upload stopped: ${up.error}`;
+  const verb = { hashing: "Preparing", uploading: "Uploading", verifying: "Verifying", done: "Sending" }[up.phase] || "Starting";
+  return `${verb} ${pct}% of ${humanSize(up.total)}`;
+}
+
+function paintUpload(up) {
+  const el = document.querySelector(`[data-upload="${up.id}"]`);
+  if (!el) return renderMessages({ force: true });
+  const pct = up.total ? (100 * up.done) / up.total : 100;
+  el.querySelector("progress").value = pct;
+  el.querySelector(".up-label").textContent = uploadLabel(up);
+}
+
+async function download(info, link) {
+  const label = link.textContent;
+  try {
+    await files.download(info, (done, total) => {
+      link.textContent = total ? `Downloading ${Math.floor((100 * done) / total)}%` : `Downloading ${humanSize(done)}`;
+    });
+  } catch (err) {
+    toast(`Download failed: ${errText(err)}`);
+  } finally {
+    link.textContent = label;
+  }
+}
+
+// ---- rendering ----------------------------------------------------------------------------
+
+let forceBottom = false;
+
+function nearBottom() {
+  const box = $("messages");
+  return box.scrollHeight - box.scrollTop - box.clientHeight < 60;
+}
+
+const renderAll = rafOnce(() => {
+  renderMe();
+  renderList();
+  renderChat();
+});
+
+function renderMe() {
+  const st = $("conn-status");
+  st.dataset.state = state.conn;
+  st.textContent = { online: "online", connecting: "connecting…", offline: "offline — reconnecting", replaced: "open in another tab" }[state.conn];
+  $("offline-banner").hidden = state.conn === "online" || state.conn === "replaced" || !state.me;
+  $("replaced-banner").hidden = state.conn !== "replaced";
+  if (!state.me) return;
+  $("me-name").textContent = state.me.displayName || state.me.username;
+  const av = $("me-avatar");
+  av.textContent = initials(state.me.displayName || state.me.username);
+  av.style.background = `hsl(${hue(state.me.userId)} 55% 45%)`;
+}
+
+function avatar(title, id, presenceUid) {
+  const el = h("span", { class: "avatar", style: `background:hsl(${hue(id)} 55% 45%)`, text: initials(title) });
+  if (presenceUid !== undefined) {
+    el.append(h("span", { class: `dot ${isOnline(presenceUid) ? "on" : ""}`, title: isOnline(presenceUid) ? "online" : "offline" }));
+  }
+  return el;
+}
+
+function typingNames(conv) {
+  const now = Date.now();
+  const names = [];
+  for (const [uid, until] of conv.typing) {
+    if (until > now) names.push(userName(uid));
+    else conv.typing.delete(uid);
+  }
+  return names;
+}
+
+function renderList() {
+  const ul = $("conv-list");
+  const convs = [...state.convs.values()].sort((a, b) => lastActivity(b) - lastActivity(a) || b.lastSeq - a.lastSeq);
+  ul.replaceChildren(...convs.map((conv) => {
+    const title = convTitle(conv);
+    const n = unread(conv);
+    const typing = typingNames(conv);
+    const pending = [...state.outbox.values()].some((o) => o.convId === conv.id);
+    return h("li", {},
+      h("button", {
+        class: `conv ${state.open === conv.id ? "active" : ""} ${n ? "has-unread" : ""}`,
+        "data-conv": conv.id, "data-title": title, onclick: () => openConv(conv.id),
+      },
+      avatar(title, conv.peerId || conv.id, conv.kind === CK.DIRECT ? conv.peerId : undefined),
+      h("span", { class: "conv-main" },
+        h("span", { class: "conv-top" },
+          h("span", { class: "conv-title", text: title }),
+          h("span", { class: "conv-time", text: fmtTime(lastActivity(conv)) })),
+        h("span", { class: "conv-bottom" },
+          typing.length
+            ? h("span", { class: "conv-preview typing", text: `${conv.kind === CK.GROUP ? typing.join(", ") + " " : ""}typing…` })
+            : h("span", { class: "conv-preview", text: pending ? "Sending…" : previewText(conv.preview) }),
+          n ? h("span", { class: "badge", "aria-label": `${n} unread`, text: n > 99 ? "99+" : String(n) }) : null))));
+  }));
+  $("conv-empty").hidden = state.convs.size > 0;
+  renderOnline();
+}
+
+function renderOnline() {
+  const ids = new Set();
+  for (const c of state.convs.values()) {
+    if (c.peerId) ids.add(c.peerId);
+    for (const uid of c.members.keys()) ids.add(uid);
+  }
+  ids.delete(state.me?.userId);
+  const on = [...ids].filter(isOnline).sort((a, b) => userName(a).localeCompare(userName(b)));
+  const box = $("online");
+  box.hidden = on.length === 0;
+  box.replaceChildren(h("span", { class: "online-label", text: "Online" }), ...on.map((uid) =>
+    h("button", { class: "chip", "data-user": uid, title: `Message ${userName(uid)}`, onclick: () => startDirect(uid) },
+      h("span", { class: "dot on" }), userName(uid))));
+}
+
+function renderChat() {
+  const conv = state.convs.get(state.open);
+  $("chat-empty").hidden = !!conv;
+  $("chat-pane").hidden = !conv;
+  if (!conv) return;
+  const title = convTitle(conv);
+  $("chat-title").textContent = title;
+  const av = $("chat-avatar");
+  av.replaceWith(Object.assign(avatar(title, conv.peerId || conv.id, conv.kind === CK.DIRECT ? conv.peerId : undefined), { id: "chat-avatar" }));
+  const typing = typingNames(conv);
+  let sub;
+  if (conv.kind === CK.DIRECT) {
+    const p = state.presence.get(conv.peerId);
+    sub = typing.length ? "typing…" : p?.online ? "online" : p?.lastSeenMs ? `last seen ${fmtTime(p.lastSeenMs)}` : "offline";
+  } else {
+    const count = conv.memberCount || conv.members.size;
+    const on = [...conv.members.keys()].filter((u) => u !== state.me.userId && isOnline(u)).length;
+    sub = `${count} ${count === 1 ? "member" : "members"}${on ? ` · ${on} online` : ""}`;
+  }
+  const subEl = $("chat-sub");
+  subEl.textContent = sub;
+  subEl.classList.toggle("typing", typing.length > 0);
+  $("typing").textContent = typing.length ? `${typing.join(", ")} ${typing.length > 1 ? "are" : "is"} typing…` : "";
+  renderMessages();
+}
+
+function messageBody(conv, m) {
+  if (m.recalled) {
+    return h("div", { class: "text recalled", text: m.senderId === state.me.userId ? "You recalled this message" : "This message was recalled" });
+  }
+  const c = m.content || {};
+  if (c.file) {
+    const f = c.file;
+    const link = h("a", {
+      class: "download", href: `/api/v1/files/${encodeURIComponent(f.fileId)}`, download: f.name, text: "Download",
+      onclick: (ev) => {
+        ev.preventDefault();
+        download(f, ev.currentTarget);
+      },
+    });
+    return h("div", { class: "file" },
+      icon("file", "file-icon"),
+      h("span", { class: "file-meta" }, h("span", { class: "file-name", text: f.name }),
+        h("span", { class: "file-size", text: humanSize(Number(f.size) || 0) })),
+      link);
+  }
+  if (c.encrypted) return h("div", { class: "text muted" }, icon("lock"), " Encrypted message");
+  return h("div", { class: "text", text: c.text || "" });
+}
+
+function messageEl(conv, m, showSender) {
+  const own = m.senderId === state.me.userId;
+  const status = own && !m.recalled ? ownStatus(conv, m.seq) : "";
+  const canAct = own && !m.recalled && (m.content?.text || m.content?.file);
+  const bubble = h("div", { class: "bubble" },
+    showSender && !own ? h("div", { class: "sender", style: `color:hsl(${hue(m.senderId)} 55% 38%)`, text: userName(m.senderId) }) : null,
+    messageBody(conv, m),
+    h("div", { class: "meta" },
+      m.editedAtMs && !m.recalled ? h("span", { class: "edited", text: "edited" }) : null,
+      h("span", { class: "time", text: fmtTime(m.sentAtMs) }),
+      status ? h("span", { class: `status ${status.startsWith("read") ? "read" : status}`, text: status }) : null));
+  const row = h("div", {
+    class: `msg ${own ? "own" : "theirs"}`, "data-seq": m.seq, "data-sender": m.senderId,
+    "data-status": status || null,
+  }, bubble);
+  if (canAct) {
+    row.append(h("button", {
+      class: "more", title: "Message actions", "aria-label": "Message actions",
+      onclick: (ev) => {
+        ev.stopPropagation();
+        openMenu(ev.currentTarget, conv, m);
+      },
+    }, icon("more")));
+  }
+  return row;
+}
+
+// Bumped by every change that shows in the message list, so that pushes
+// that do not (typing, presence) leave it alone: re-rendering would drop a
+// text selection the reader is making.
+let msgVersion = 0;
+let renderedKey = "";
+const touch = () => msgVersion++;
+
+function renderMessages({ keepFromBottom = 0, force = false } = {}) {
+  const conv = state.convs.get(state.open);
+  const box = $("messages");
+  if (!conv) return;
+  const key = `${conv.id}:${msgVersion}`;
+  if (!force && key === renderedKey && !forceBottom) return;
+  renderedKey = key;
+  const stick = forceBottom || nearBottom();
+  forceBottom = false;
+  const log = logOf(conv.id);
+  const kids = [];
+  if (log.loaded && log.hasOlder) {
+    kids.push(h("button", { class: "older", id: "load-older", text: log.loading ? "Loading…" : "Load earlier messages", onclick: loadOlder }));
+  } else if (log.loaded) {
+    kids.push(h("div", { class: "start", text: "Start of the conversation" }));
+  } else {
+    kids.push(h("div", { class: "start", text: "Loading…" }));
+  }
+  const seqs = [...log.items.keys()].sort((a, b) => a - b);
+  let day = "";
+  let prevSender = "";
+  for (const seq of seqs) {
+    const m = log.items.get(seq);
+    if (m.kind !== KIND.CHAT && m.kind !== KIND.SYSTEM) continue;
+    const d = fmtDay(m.sentAtMs);
+    if (d !== day) {
+      day = d;
+      prevSender = "";
+      kids.push(h("div", { class: "day", text: d }));
+    }
+    if (m.kind === KIND.SYSTEM) {
+      kids.push(h("div", { class: "system", "data-seq": m.seq, text: systemText(m) }));
+      prevSender = "";
+      continue;
+    }
+    kids.push(messageEl(conv, m, conv.kind === CK.GROUP && prevSender !== m.senderId));
+    prevSender = m.senderId;
+  }
+  for (const item of state.outbox.values()) {
+    if (item.convId !== conv.id) continue;
+    const pseudo = { senderId: state.me.userId, content: item.content, sentAtMs: item.at };
+    kids.push(h("div", { class: `msg own pending ${item.status}`, "data-client-id": item.clientMsgId },
+      h("div", { class: "bubble" }, messageBody(conv, pseudo),
+        h("div", { class: "meta" },
+          item.status === "failed"
+            ? h("span", { class: "status failed" }, `not sent: ${item.error} · `,
+              h("button", { class: "link", text: "Retry", onclick: () => trySend(item) }))
+            : h("span", { class: "status", text: "sending…" })))));
+  }
+  for (const up of state.uploads.values()) {
+    if (up.convId !== conv.id) continue;
+    const pct = up.total ? (100 * up.done) / up.total : 100;
+    kids.push(h("div", { class: `msg own upload ${up.status}`, "data-upload": up.id },
+      h("div", { class: "bubble" },
+        h("div", { class: "file" }, icon("file", "file-icon"),
+          h("span", { class: "file-meta" }, h("span", { class: "file-name", text: up.file.name }),
+            h("span", { class: "up-label", text: uploadLabel(up) }))),
+        h("progress", { max: "100", value: String(pct) }),
+        h("div", { class: "meta" },
+          up.status === "failed"
+            ? h("button", { class: "link", text: "Resume", onclick: () => runUpload(up) })
+            : h("button", { class: "link", text: "Cancel", onclick: () => up.abort?.abort() }),
+          up.status === "failed" ? h("button", { class: "link", text: "Dismiss", onclick: () => { state.uploads.delete(up.id); renderMessages({ force: true }); } }) : null))));
+  }
+  box.replaceChildren(...kids);
+  if (keepFromBottom) box.scrollTop = box.scrollHeight - keepFromBottom;
+  else if (stick) box.scrollTop = box.scrollHeight;
+  markRead();
+}
+
+// ---- message menu ----------------------------------------------------------------------
+
+function openMenu(anchor, conv, m) {
+  const menu = $("menu");
+  const items = [];
+  if (m.content?.text) items.push(h("button", { role: "menuitem", text: "Edit", onclick: () => { closeMenu(); startEdit(conv.id, m); } }));
+  items.push(h("button", { role: "menuitem", class: "danger", text: "Recall", onclick: () => { closeMenu(); recall(conv.id, m); } }));
+  menu.replaceChildren(...items);
+  menu.hidden = false;
+  const r = anchor.getBoundingClientRect();
+  const w = menu.offsetWidth;
+  menu.style.top = `${Math.min(r.bottom + 4, window.innerHeight - menu.offsetHeight - 8)}px`;
+  menu.style.left = `${Math.max(8, Math.min(r.right - w, window.innerWidth - w - 8))}px`;
+}
+
+function closeMenu() {
+  $("menu").hidden = true;
+}
+
+// ---- new chat dialog ------------------------------------------------------------------------
+
+async function startDirect(ref) {
+  try {
+    const conv = upsertConv(await client.direct(ref));
+    refreshPresence();
+    await openConv(conv.id);
+    return true;
+  } catch (err) {
+    toast(`Could not start the chat: ${errText(err)}`);
+    return false;
+  }
+}
+
+function setupDialog() {
+  const dlg = $("new-dialog");
+  const tabs = dlg.querySelectorAll("[data-tab]");
+  const show = (name) => {
+    for (const t of tabs) t.setAttribute("aria-selected", String(t.dataset.tab === name));
+    $("direct-form").hidden = name !== "direct";
+    $("group-form").hidden = name !== "group";
+    $("dialog-error").textContent = "";
+    (name === "direct" ? $("direct-user") : $("group-name")).focus();
+  };
+  for (const t of tabs) t.addEventListener("click", () => show(t.dataset.tab));
+  $("new-chat").addEventListener("click", () => {
+    $("direct-form").reset();
+    $("group-form").reset();
+    dlg.showModal();
+    show("direct");
+  });
+  for (const b of dlg.querySelectorAll("[data-close]")) b.addEventListener("click", () => dlg.close());
+  $("direct-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const ref = $("direct-user").value.trim();
+    if (!ref) return;
+    try {
+      const conv = upsertConv(await client.direct(ref));
+      dlg.close();
+      refreshPresence();
+      openConv(conv.id);
+    } catch (err) {
+      $("dialog-error").textContent = err instanceof TongxinError && err.code === E.NOT_FOUND
+        ? `There is no user “${ref}”` : errText(err);
+    }
+  });
+  $("group-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const name = $("group-name").value.trim();
+    const members = $("group-members").value.split(/[\s,;]+/).map((s) => s.trim()).filter(Boolean);
+    if (!name) return;
+    try {
+      const c = await client.createGroup(name, members);
+      const conv = upsertConv(c);
+      dlg.close();
+      refreshPresence();
+      openConv(conv.id);
+    } catch (err) {
+      $("dialog-error").textContent = errText(err);
+    }
+  });
+}
+
+// ---- pushes ---------------------------------------------------------------------------------------
+
+function onPush(type, msg) {
+  switch (type) {
+    case T.DELIVER: return onDeliver(msg);
+    case T.RECEIPT: return onReceipt(msg);
+    case T.PRESENCE: return applyPresence(msg);
+    case T.TYPING: return onTyping(msg);
+    case T.ERROR:
+      console.warn("server error", enumName(pb.ErrorCode, msg.code), msg.message, "ref seq", msg.refSeq);
+      if (msg.fatal) toast(`Connection error: ${msg.message}`);
+      return undefined;
+    default: return undefined;
+  }
+}
+
+function onDeliver(m) {
+  const conv = state.convs.get(m.conversationId);
+  if (!conv) {
+    refreshConversations(); // a conversation we did not know: someone started it
+    return;
+  }
+  const log = logOf(conv.id);
+  if (log.loaded && m.seq > log.newest + 1 && !log.loading) {
+    // A gap: keep the entry, then fetch what we missed from the last one we
+    // held (entries are keyed by seq, so duplicates collapse).
+    const held = log.newest;
+    addEntries(conv.id, [m]);
+    log.newest = held;
+    catchUp(conv).then(renderAll, (err) => console.warn("catch-up failed", err));
+  } else {
+    addEntries(conv.id, [m], { intoLog: log.loaded || log.loading });
+  }
+  if (m.kind === KIND.SYSTEM && m.system?.kind === SYS.MEMBERS_REMOVED && (m.system.userIds || []).includes(state.me.userId)) {
+    toast(`You were removed from ${convTitle(conv)}`, "info");
+  }
+  if (m.senderId !== state.me.userId) queueReceipt(conv.id, RK.DELIVERED, m.seq);
+  renderAll();
+}
+
+function onReceipt(r) {
+  const conv = state.convs.get(r.conversationId);
+  if (!conv) return;
+  touch();
+  if (r.userId === state.me.userId) {
+    if (r.kind === RK.READ) conv.myReadSeq = Math.max(conv.myReadSeq, r.seq); // another device of mine
+  } else {
+    const m = conv.members.get(r.userId) || { readSeq: 0, deliveredSeq: 0, role: 0 };
+    if (r.kind === RK.READ) m.readSeq = Math.max(m.readSeq, r.seq);
+    m.deliveredSeq = Math.max(m.deliveredSeq, r.seq);
+    conv.members.set(r.userId, m);
+  }
+  renderAll();
+}
+
+function onTyping(t) {
+  const conv = state.convs.get(t.conversationId);
+  if (!conv || t.userId === state.me.userId) return;
+  if (t.typing) conv.typing.set(t.userId, Date.now() + TYPING_TTL_MS);
+  else conv.typing.delete(t.userId);
+  wantUser(t.userId);
+  renderAll();
+  setTimeout(renderAll, TYPING_TTL_MS + 50);
+}
+
+// ---- session -------------------------------------------------------------------------------------
+
+async function startSession(authenticate) {
+  clearTimeout(reconnectTimer);
+  state.conn = "connecting";
+  renderMe();
+  const c = new Client(wsUrl(), { deviceId: deviceId() });
+  await c.connect();
+  let auth;
+  try {
+    auth = await authenticate(c);
+  } catch (err) {
+    c.close();
+    throw err;
+  }
+  if (client && client !== c) client.close();
+  client = c;
+  window.tongxinStats = c.stats;
+  window.tongxinLimits = { maxFramePayload: c.maxFramePayload, maxMessageSize: auth.maxMessageSize };
+  c.on("push", onPush);
+  c.on("wireError", (err) => {
+    console.error("wire error", err);
+    c.close(4000, "client could not decode a frame");
+  });
+  c.on("close", (ev) => onClosed(c, ev));
+  if (state.me && state.me.userId !== auth.userId) resetData();
+  state.me = { userId: auth.userId, username: auth.username, displayName: auth.displayName };
+  state.token = auth.token;
+  localStorage.setItem(LS.token, auth.token);
+  localStorage.setItem(LS.user, auth.username);
+  localStorage.setItem(LS.device, auth.deviceId);
+  state.conn = "online";
+  reconnectDelay = 1000;
+  presenceKey = "";
+  showMain();
+  await loadConversations();
+  const conv = state.convs.get(state.open);
+  if (conv) {
+    await catchUp(conv).catch(() => {});
+    refreshDirectView(conv);
+  }
+  for (const key of receiptQueue.keys()) sentReceipt.delete(key);
+  flushReceipts();
+  resendOutbox();
+  renderAll();
+}
+
+function resetData() {
+  state.convs.clear();
+  state.logs.clear();
+  state.outbox.clear();
+  state.uploads.clear();
+  state.users.clear();
+  state.presence.clear();
+  state.open = null;
+  sentReceipt.clear();
+  receiptQueue.clear();
+}
+
+function onClosed(c, ev) {
+  if (c !== client) return;
+  if (loggingOut) return;
+  if (ev.code === 4009) {
+    state.conn = "replaced"; // the same device id connected again (another tab)
+    renderMe();
+    return;
+  }
+  state.conn = "offline";
+  renderAll();
+  scheduleReconnect();
+}
+
+function scheduleReconnect() {
+  clearTimeout(reconnectTimer);
+  const delay = reconnectDelay * (0.8 + Math.random() * 0.4);
+  reconnectDelay = Math.min(reconnectDelay * 2, 30000);
+  reconnectTimer = setTimeout(reconnect, delay);
+}
+
+async function reconnect() {
+  if (!state.token) return showLogin();
+  try {
+    await startSession((c) => c.resume(state.token));
+  } catch (err) {
+    if (err instanceof TongxinError && [E.TOKEN_EXPIRED, E.TOKEN_INVALID, E.TOKEN_REVOKED, E.AUTH_FAILED, E.NOT_FOUND].includes(err.code)) {
+      localStorage.removeItem(LS.token);
+      state.token = "";
+      showLogin("Your session has ended. Please log in again.");
+      return;
+    }
+    state.conn = "offline";
+    renderMe();
+    scheduleReconnect();
+  }
+}
+
+async function logout() {
+  loggingOut = true;
+  try {
+    if (online()) client.logout(true);
+  } catch {
+    /* closing anyway */
+  }
+  setTimeout(() => client?.close(), 500);
+  localStorage.removeItem(LS.token);
+  state.token = "";
+  resetData();
+  state.me = null;
+  showLogin();
+  setTimeout(() => { loggingOut = false; }, 600);
+}
+
+function showLogin(message = "") {
+  clearTimeout(reconnectTimer);
+  $("main").hidden = true;
+  $("login").hidden = false;
+  $("login-error").textContent = message;
+  const u = $("login-form").elements.username;
+  if (!u.value) u.value = localStorage.getItem(LS.user) || "";
+  (u.value ? $("login-form").elements.password : u).focus();
+}
+
+function showMain() {
+  $("login").hidden = true;
+  $("main").hidden = false;
+  renderAll();
+}
+
+function setRegistering(on) {
+  state.registering = on;
+  const f = $("login-form");
+  $("display-name-row").hidden = !on;
+  $("login-submit").textContent = on ? "Create account" : "Log in";
+  $("login-title-sub").textContent = on ? "Create your account" : "Sign in to your workspace";
+  $("switch-text").textContent = on ? "Already have an account?" : "New here?";
+  $("switch-mode").textContent = on ? "Log in" : "Create an account";
+  f.elements.password.autocomplete = on ? "new-password" : "current-password";
+  $("login-error").textContent = "";
+}
+
+async function onLogin(ev) {
+  ev.preventDefault();
+  const f = ev.currentTarget;
+  const username = f.elements.username.value.trim();
+  const password = f.elements.password.value;
+  const displayName = f.elements.displayName.value.trim();
+  const btn = $("login-submit");
+  btn.disabled = true;
+  $("login-error").textContent = "";
+  try {
+    await startSession((c) => state.registering ? c.register(username, password, displayName) : c.login(username, password));
+    f.elements.password.value = "";
+  } catch (err) {
+    state.conn = "offline";
+    let text = errText(err);
+    if (err instanceof TongxinError) {
+      if (err.code === E.AUTH_FAILED) text = "Wrong username or password.";
+      else if (err.code === E.ACCOUNT_LOCKED) text = "Too many failed attempts: the account is locked for a while.";
+      else if (err.code === E.REGISTRATION_DISABLED) {
+        text = "This server does not allow self-registration. Ask an administrator for an account.";
+        setRegistering(false);
+        $("switch-row").hidden = true;
+      }
+    } else if (err instanceof ConnectionClosed) {
+      text = "Cannot reach the server.";
+    }
+    $("login-error").textContent = text.charAt(0).toUpperCase() + text.slice(1);
+  } finally {
+    btn.disabled = false;
+  }
+}
+
+// ---- wiring ------------------------------------------------------------------------------
+
+function init() {
+  $("login-form").addEventListener("submit", onLogin);
+  $("switch-mode").addEventListener("click", () => setRegistering(!state.registering));
+  $("logout").addEventListener("click", logout);
+  $("back").addEventListener("click", closeConv);
+  $("composer").addEventListener("submit", onSubmit);
+  const box = $("text");
+  box.addEventListener("input", onComposerInput);
+  box.addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) {
+      ev.preventDefault();
+      $("composer").requestSubmit();
+    } else if (ev.key === "Escape" && state.editing) {
+      cancelEdit();
+    }
+  });
+  box.addEventListener("blur", stopTyping);
+  $("edit-cancel").addEventListener("click", cancelEdit);
+  $("file-input").addEventListener("change", (ev) => {
+    const list = [...ev.target.files];
+    ev.target.value = "";
+    if (list.length) sendFiles(list);
+  });
+  $("attach").addEventListener("click", () => $("file-input").click());
+  $("messages").addEventListener("scroll", () => {
+    if ($("messages").scrollTop < 80) loadOlder();
+    markRead();
+  }, { passive: true });
+  document.addEventListener("visibilitychange", markRead);
+  window.addEventListener("online", () => {
+    // uploads cut off by the network go on by themselves when it is back
+    for (const up of state.uploads.values()) if (up.status === "failed" && up.network) runUpload(up);
+  });
+  document.addEventListener("click", (ev) => {
+    if (!$("menu").contains(ev.target)) closeMenu();
+  });
+  $("use-here").addEventListener("click", () => {
+    state.conn = "connecting";
+    reconnectDelay = 1000;
+    reconnect();
+  });
+  setupDialog();
+  setInterval(() => {
+    // typing indicators expire without a message
+    for (const c of state.convs.values()) if (c.typing.size) renderAll();
+  }, 2000);
+  if (state.token) {
+    $("login").hidden = true;
+    $("main").hidden = false;
+    reconnect();
+  } else {
+    showLogin();
+  }
+}
+
+init();
