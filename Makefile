@@ -7,7 +7,7 @@ APP := appliance
 STAMP := $(VENV)/.installed
 PROTO := $(APP)/src/tongxin/proto
 
-.PHONY: run test lint unit integration proto setup clean bench
+.PHONY: run test lint unit integration proto setup clean bench tofu
 
 # Debian's python3 lacks venv/pip until python3-venv is installed.
 $(BIN)/python:
@@ -23,9 +23,25 @@ $(STAMP): $(BIN)/python $(APP)/pyproject.toml
 $(PROTO)/tongxin_pb2.py: $(PROTO)/tongxin.proto $(PROTO)/internal.proto $(STAMP)
 	cd $(PROTO) && ../../../../$(BIN)/python -m grpc_tools.protoc -I. --python_out=. tongxin.proto internal.proto
 
-setup: $(STAMP) $(PROTO)/tongxin_pb2.py
+setup: $(STAMP) $(PROTO)/tongxin_pb2.py web
 
 proto: $(PROTO)/tongxin_pb2.py
+
+## web: the web client (appliance/web) built into $(WEB_OUT), served at /
+WEB := $(APP)/web
+WEB_OUT := $(APP)/src/tongxin/web
+.PHONY: web
+web: $(WEB_OUT)/index.html
+
+$(WEB)/node_modules/.installed: $(WEB)/package.json $(WEB)/package-lock.json
+	@command -v npm >/dev/null || \
+	  { echo "installing nodejs and npm (needs root)"; apt-get update -qq && apt-get install -y -qq nodejs npm; }
+	cd $(WEB) && npm ci --no-audit --no-fund
+	@touch $@
+
+$(WEB_OUT)/index.html: $(WEB)/node_modules/.installed $(WEB)/build.mjs $(WEB)/index.html $(WEB)/style.css \
+		$(wildcard $(WEB)/src/*.js) $(PROTO)/tongxin.proto
+	cd $(WEB) && node build.mjs
 
 ## run: start one node on embedded defaults (SQLite, in-process queue) at 127.0.0.1:8080
 run: setup
@@ -41,8 +57,13 @@ unit: setup
 integration: setup
 	cd $(APP) && ../$(BIN)/pytest -q tests/integration
 
+## tofu: fmt, validate and tofu test of every module and environment (builds tofu
+## and the providers from Go modules on first use; cached under ~/.cache/tongxin)
+tofu:
+	bash terraform/test.sh
+
 ## test: everything CI runs
-test: setup lint
+test: setup lint tofu
 	cd $(APP) && ../$(BIN)/pytest -q -p no:cacheprovider tests
 
 bench: setup
