@@ -17,17 +17,26 @@ class MemberCache:
         self.store = store
         self.capacity = capacity
         self._cache: OrderedDict[str, frozenset[str]] = OrderedDict()
+        # Bumped by invalidate(): a read that started before a membership
+        # change must not put its (old) answer back into the cache after it.
+        self._generation: dict[str, int] = {}
 
     async def get(self, conversation_id: str) -> frozenset[str]:
         members = self._cache.get(conversation_id)
         if members is not None:
             self._cache.move_to_end(conversation_id)
             return members
+        generation = self._generation.get(conversation_id, 0)
         members = frozenset(await self.store.member_ids(conversation_id))
-        self._cache[conversation_id] = members
-        if len(self._cache) > self.capacity:
-            self._cache.popitem(last=False)
+        if self._generation.get(conversation_id, 0) == generation:
+            self._cache[conversation_id] = members
+            if len(self._cache) > self.capacity:
+                self._cache.popitem(last=False)
         return members
 
     def invalidate(self, conversation_id: str) -> None:
         self._cache.pop(conversation_id, None)
+        self._generation[conversation_id] = self._generation.get(conversation_id, 0) + 1
+        if len(self._generation) > 4 * self.capacity:
+            # Old generations only matter while a read is in flight.
+            self._generation.clear()

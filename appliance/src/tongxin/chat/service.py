@@ -327,7 +327,11 @@ class ChatService:
     async def send(self, actor: Actor, req: pb.SendRequest) -> pb.Ack:
         self._check_client_id(req.client_msg_id)
         self._check_content(req.content)
-        await self._member(req.conversation_id, actor.user_id)
+        # The member set the fan-out needs anyway answers "may this user
+        # send here" without a store read per message; membership changes
+        # drop it on every node (the delivery carries members_changed).
+        if actor.user_id not in await self.members.get(req.conversation_id):
+            raise RequestError(pb.NOT_FOUND, f"no conversation {req.conversation_id!r} for you")
         if self.files is not None and _content_kind(req.content) == "file":
             stored_file = await self.files(req.content.file.file_id, req.conversation_id)
             if stored_file is None:

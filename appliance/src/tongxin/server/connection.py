@@ -94,7 +94,7 @@ class Connection:
             return
         self.queue.extend(frames)
         self.queued_bytes += size
-        self.node.metrics.frames_out.labels(type_name(ftype)).inc()
+        self.node.metrics.frame_out(ftype)
         if self.drain_task is None:
             self.drain_task = self.node.spawn(self._drain())
 
@@ -178,7 +178,7 @@ class Connection:
                 self.next_seq = self._after(err.seq)
             self.error(err.code, err.message, err.seq)
             return
-        self.node.metrics.frames_in.labels(type_name(frame.type)).inc()
+        self.node.metrics.frame_in(frame.type)
         pending = self.decoder.pending_since is not None
         if not pending and frame.seq != self.next_seq:
             await self.fail(FrameError(
