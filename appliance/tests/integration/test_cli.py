@@ -174,13 +174,13 @@ async def test_serve_and_two_terminal_chats(home: Path, procs: list[Proc],
     alice = await spawn(procs, home, "chat", "--url", url, "--user", "alice",
                         "--password-stdin", "--to", "bob", "--device", "cli-alice")
     await write(alice, PASSWORD + "\n")
-    await read_until(alice, "-- now in bob")
+    await read_until(alice, "-- now chatting with bob")
 
     # Bob's password and first message arrive in one write, as from a pipe.
     bob = await spawn(procs, home, "chat", "--url", url, "--user", "bob",
                       "--password-stdin", "--to", "alice", "--device", "cli-bob")
     await write(bob, PASSWORD + "\nhi alice, from bob\n")
-    await read_until(bob, "-- now in alice")
+    await read_until(bob, "-- now chatting with alice")
     sent = await read_until(bob, "sent #")
     assert sent[-1].strip().startswith("sent #")
     await read_until(alice, "bob: hi alice, from bob")

@@ -33,6 +33,7 @@ class ChatUI:
         self.c = client
         self.current = ""
         self.names: dict[str, str] = {}
+        self.labels: dict[str, str] = {}
 
     def out(self, text: str) -> None:
         print(text, flush=True)
@@ -44,9 +45,20 @@ class ChatUI:
                     self.names[u.user_id] = u.username
         return self.names.get(user_id, user_id)
 
+    async def label(self, conversation_id: str) -> str:
+        """A short name for a conversation: the group name or the other user."""
+        if conversation_id not in self.labels:
+            with contextlib.suppress(TongxinError):
+                conv = await self.c.conversation(conversation_id)
+                self.labels[conversation_id] = conv.name or await self.name(conv.peer_id)
+        return self.labels.get(conversation_id, conversation_id)
+
     async def render(self, m: pb.Message) -> str:
         who = await self.name(m.sender_id)
-        where = f"[{m.conversation_id}#{m.seq}]"
+        # Inside the open conversation a line needs only its seq; elsewhere
+        # it says which conversation it belongs to.
+        where = (f"#{m.seq}" if m.conversation_id == self.current
+                 else f"[{await self.label(m.conversation_id)}] #{m.seq}")
         if m.kind == pb.CHAT:
             if m.recalled:
                 return f"{where} {who}: (recalled)"
@@ -58,19 +70,35 @@ class ChatUI:
             return f"{where} {who} recalled message {m.target_seq}"
         if m.kind == pb.EDITED:
             return f"{where} {who} edited message {m.target_seq}: {m.content.text}"
-        names = [await self.name(u) for u in m.system.user_ids]
-        kind = pb.SystemEvent.Kind.Name(m.system.kind).lower().replace("_", " ")
-        return f"{where} {who}: {kind} {', '.join(names)} {m.system.name}".rstrip()
+        names = ", ".join([await self.name(u) for u in m.system.user_ids])
+        k = m.system.kind
+        text = {
+            pb.SystemEvent.CREATED: f"started the conversation ({names})",
+            pb.SystemEvent.MEMBERS_ADDED: f"added {names}",
+            pb.SystemEvent.MEMBERS_REMOVED: f"removed {names}",
+            pb.SystemEvent.MEMBER_LEFT: "left",
+            pb.SystemEvent.ROLE_CHANGED: f"changed the role of {names}",
+            pb.SystemEvent.RENAMED: f"renamed the group to {m.system.name}",
+        }.get(k, pb.SystemEvent.Kind.Name(k).lower())
+        return f"{where} {who} {text}"
 
     async def on_event(self, ev: Event) -> None:
         if ev.type == pb.DELIVER:
             m: pb.Message = ev.message
+            if not self.current:
+                # Someone wrote first: open that conversation so a reply
+                # needs no command.
+                with contextlib.suppress(TongxinError):
+                    await self.open(await self.c.conversation(m.conversation_id))
+                    return
             self.out(await self.render(m))
             if m.conversation_id == self.current:
                 await self.c.read(m.conversation_id, m.seq)
         elif ev.type == pb.RECEIPT and ev.message.kind == pb.READ:
             who = await self.name(ev.message.user_id)
-            self.out(f"  ({who} read up to #{ev.message.seq} in {ev.message.conversation_id})")
+            where = ("" if ev.message.conversation_id == self.current
+                     else f" in {await self.label(ev.message.conversation_id)}")
+            self.out(f"  ({who} read up to #{ev.message.seq}{where})")
         elif ev.type == pb.TYPING and ev.message.typing:
             self.out(f"  ({await self.name(ev.message.user_id)} is typing...)")
         elif ev.type == pb.PRESENCE:
@@ -83,7 +111,8 @@ class ChatUI:
     async def open(self, conv: pb.Conversation) -> None:
         self.current = conv.conversation_id
         label = conv.name or await self.name(conv.peer_id)
-        self.out(f"-- now in {label} ({conv.conversation_id}); last seq {conv.last_seq}")
+        self.labels[conv.conversation_id] = label
+        self.out(f"-- now chatting with {label}; type to send, /help for commands")
         if conv.peer_id:
             await self.c.subscribe_presence([conv.peer_id])
         page = await self.c.sync(conv.conversation_id, before_seq=conv.last_seq + 1, limit=10)
