@@ -49,7 +49,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -540,7 +540,11 @@ async def _bounded(n: int, factory: Callable[[int], Coroutine[Any, Any, T]],
 
 
 async def run_load(scenario: str, url: str, server_pid: int, args: argparse.Namespace,
-                   text: str) -> Result:
+                   text: str, *, receiver_url: str | None = None,
+                   other_pids: Sequence[int] = ()) -> Result:
+    """Run one scenario's load against ``url``. ``receiver_url``: receivers
+    connect there instead (another node); ``other_pids``: more server
+    processes whose CPU counts as the server's (cluster_bench.py)."""
     relay = scenario != "echo"
     # TCPConnector(limit=0): the default limit of 100 sockets would also bound
     # WebSocket connections, which keep their slot while open.
@@ -550,15 +554,15 @@ async def run_load(scenario: str, url: str, server_pid: int, args: argparse.Name
     loop = asyncio.get_running_loop()
     run_tag = f"{os.getpid() % 10000}{int(time.time()) % 100000}"
 
-    async def connect() -> Wire:
-        ws = await session.ws_connect(url, compress=0, autoping=True, max_msg_size=0,
+    async def connect(to: str = url) -> Wire:
+        ws = await session.ws_connect(to, compress=0, autoping=True, max_msg_size=0,
                                       autoclose=True)
         wire = Wire(ws)
         wires.append(wire)
         return wire
 
     async def register(role: str, i: int) -> tuple[Wire, str]:
-        wire = await connect()
+        wire = await connect((receiver_url or url) if role == "r" else url)
         payload = await wire.request(pb.REGISTER, pb.RegisterRequest(
             username=f"b{run_tag}{role}{i}", password=PASSWORD, device_id=f"bench-{role}{i}"),
             pb.AUTH_OK)
@@ -599,7 +603,9 @@ async def run_load(scenario: str, url: str, server_pid: int, args: argparse.Name
         cpu: dict[str, int] = {}
 
         def sample(tag: str) -> None:
-            cpu[f"srv_{tag}"], cpu[f"srvq_{tag}"] = sched_ns(server_pid)
+            per_server = [sched_ns(pid) for pid in (server_pid, *other_pids)]
+            cpu[f"srv_{tag}"] = sum(run for run, _ in per_server)
+            cpu[f"srvq_{tag}"] = sum(wait for _, wait in per_server)
             cpu[f"gen_{tag}"], cpu[f"genq_{tag}"] = sched_ns(os.getpid())
             cpu[f"wall_{tag}"] = time.perf_counter_ns()
             if tag == "b":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -66,6 +67,14 @@ class AccountsConfig:
     lockout_window: float = _f(900.0, "seconds over which failed logins are counted")
     lockout_duration: float = _f(900.0, "seconds an account stays locked")
     password_min_length: int = _f(8, "shortest password accepted")
+    password_min_classes: int = _f(1, "character classes (lower case, upper case, digits, others) "
+                                   "a password must mix, 1-4; 1 means no rule")
+    password_history: int = _f(0, "last passwords (the current one included) a new password may "
+                               "not repeat; 0 turns the check off")
+    password_max_age_days: float = _f(0.0, "days after which a password expires and must be "
+                                      "changed before the next login; 0 never expires")
+    session_idle_timeout: float = _f(0.0, "seconds a login token may go unused before a resume is "
+                                     "refused (TOKEN_EXPIRED); 0 turns it off")
     scrypt_n: int = _f(16384, "scrypt cost parameter N for password hashes (power of two)")
 
 
@@ -79,6 +88,9 @@ class ChatConfig:
     max_text_length: int = _f(16384, "characters one text message may hold")
     rate_limit_per_second: float = _f(20.0, "sustained frames per second one user may send")
     rate_limit_burst: float = _f(100.0, "burst of frames one user may send above the rate")
+    rate_limit_backend: str = _f("auto", "where per-user rate limits are counted: memory (this node), "
+                                 "redis (shared by all nodes), or auto (redis when presence.backend "
+                                 "is redis)")
     receipt_fanout_limit: int = _f(500, "groups larger than this send receipts only to own devices")
     typing_fanout_limit: int = _f(500, "groups larger than this do not relay typing")
 
@@ -146,6 +158,17 @@ class ComplianceConfig:
     message_retention_days: float = _f(0.0, "days messages are kept before `tongxin retention run` "
                                        "deletes them; 0 keeps them forever")
     retention_batch: int = _f(500, "messages the retention job deletes per transaction")
+    sms_provider: str = _f("none", "SMS second factor for administrators: none, command or webhook")
+    sms_command: str = _f("", "command provider: argv (split like a shell, but run without one); "
+                          "{phone} and {code} in it are replaced, and $TONGXIN_SMS_PHONE, "
+                          "$TONGXIN_SMS_CODE, $TONGXIN_SMS_TEXT are set")
+    sms_webhook_url: str = _f("", "webhook provider: URL that receives a JSON POST per code")
+    sms_webhook_secret: str = _f("", "webhook provider: sent as Authorization: Bearer; empty means "
+                                 "$TONGXIN_SMS_WEBHOOK_SECRET (none if unset)")
+    sms_timeout: float = _f(10.0, "seconds the SMS command or webhook may take")
+    sms_code_ttl: float = _f(300.0, "seconds an SMS code stays valid (used once)")
+    sms_send_interval: float = _f(60.0, "seconds between two SMS codes to one account")
+    sms_max_per_hour: int = _f(5, "SMS codes one account may be sent per hour")
 
 
 @dataclass
@@ -193,6 +216,8 @@ _CHOICES = {
     "logging.level": ("debug", "info", "warning", "error"),
     "delivery.backend": ("inprocess", "kafka"),
     "presence.backend": ("memory", "redis"),
+    "chat.rate_limit_backend": ("auto", "memory", "redis"),
+    "compliance.sms_provider": ("none", "command", "webhook"),
 }
 
 
@@ -267,6 +292,19 @@ def _validate(obj: Any, path: str) -> None:
             raise ConfigError("storage.mysql_timeout: must be positive")
     if isinstance(obj, AccountsConfig) and obj.scrypt_n & (obj.scrypt_n - 1):
         raise ConfigError("accounts.scrypt_n: must be a power of two")
+    if isinstance(obj, AccountsConfig) and not 1 <= obj.password_min_classes <= 4:
+        raise ConfigError("accounts.password_min_classes: must be 1, 2, 3 or 4")
+    if isinstance(obj, ComplianceConfig):
+        if obj.sms_provider == "command" and not obj.sms_command.strip():
+            raise ConfigError("compliance.sms_command: required with sms_provider: command")
+        try:
+            shlex.split(obj.sms_command)
+        except ValueError as exc:
+            raise ConfigError(f"compliance.sms_command: {exc}") from None
+        if obj.sms_provider == "webhook" and not obj.sms_webhook_url.startswith(
+                ("http://", "https://")):
+            raise ConfigError("compliance.sms_webhook_url: an http:// or https:// URL is required "
+                              "with sms_provider: webhook")
     if (isinstance(obj, ComplianceConfig) and obj.audit_retention_days < 180
             and not obj.audit_retention_override):
         raise ConfigError("compliance.audit_retention_days: the legal minimum is 180 days "

@@ -60,6 +60,9 @@ class Metrics:
         self.uploads_expired = Counter("tongxin_uploads_expired",
                                        "Unfinished uploads deleted after files.upload_expiry",
                                        registry=r)
+        self.redis_fallbacks = Counter(
+            "tongxin_redis_fallbacks", "Rate-limit checks and revocation look-ups answered "
+            "without Redis because it did not answer (local bucket, store)", ["use"], registry=r)
 
     # Per-frame hot path: resolving a labelled child costs ~10 us (label
     # tuple, lock, name lookup); the children are cached per frame type.

@@ -136,3 +136,67 @@ async def start_node_process(name: str, home: Path, config: dict[str, Any],
         node.kill9()
         raise
     return node
+
+
+def redis_primary_of(key: str, env: dict[str, str]) -> tuple[int, int]:
+    """(port, pid) of the Redis Cluster primary that holds ``key``'s slot now
+    (asked of the first node that answers: one may just have been killed)."""
+    for addr in env["TONGXIN_REDIS_NODES"].split(","):
+        port = addr.rpartition(":")[2]
+        try:
+            slot = subprocess.run(["redis-cli", "-p", port, "cluster", "keyslot", key],
+                                  capture_output=True, text=True, check=True, timeout=10).stdout
+            table = subprocess.run(["redis-cli", "-p", port, "cluster", "nodes"],
+                                   capture_output=True, text=True, check=True, timeout=10).stdout
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            continue
+        if not slot.strip().isdigit():
+            continue
+        n = int(slot)
+        for line in table.splitlines():
+            parts = line.split()
+            if "master" not in parts[2] or "fail" in parts[2]:
+                continue
+            for span in parts[8:]:
+                lo, _, hi = span.partition("-")
+                if lo.isdigit() and int(lo) <= n <= int(hi or lo):
+                    primary = int(parts[1].split(":")[1].split("@")[0])
+                    pid_file = (Path(env["TONGXIN_SERVICES_DIR"]) / "redis" / str(primary)
+                                / "redis.pid")
+                    return primary, int(pid_file.read_text().split()[0])
+        raise RuntimeError(f"no live Redis primary holds slot {n}")
+    raise RuntimeError("no Redis node answers")
+
+
+async def _mysql_admin(dsn: str, sql: str) -> None:
+    import asyncmy
+
+    from tongxin.store.dsn import parse_dsn
+
+    d = parse_dsn(dsn)
+    conn = await asyncmy.connect(host=d.host, port=d.port, user=d.user, password=d.password,
+                                 database=d.database, autocommit=True)
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(sql)
+    finally:
+        conn.close()
+
+
+async def create_mysql_database(server_dsn: str) -> str:
+    """A fresh database for one test on the services.sh MariaDB (its user may
+    create ``tongxin*`` databases); returns a DSN naming it."""
+    from urllib.parse import quote
+
+    from tongxin.store.dsn import parse_dsn
+
+    d = parse_dsn(server_dsn)
+    name = f"tongxin_t_{uuid.uuid4().hex[:12]}"
+    await _mysql_admin(server_dsn, f"CREATE DATABASE `{name}`")
+    return f"mysql://{quote(d.user, safe='')}:{quote(d.password, safe='')}@{d.host}:{d.port}/{name}"
+
+
+async def drop_mysql_database(server_dsn: str, dsn: str) -> None:
+    from tongxin.store.dsn import parse_dsn
+
+    await _mysql_admin(server_dsn, f"DROP DATABASE IF EXISTS `{parse_dsn(dsn).database}`")

@@ -393,7 +393,7 @@ async def test_bad_tokens(world: World) -> None:
     user = await world.node.node.store.get_user_by_name("alice")
     assert isinstance(user, User)
     revoked = await accounts.issue(user, "alice-revoked")
-    await accounts.revoke(revoked.claims.token_id)
+    await accounts.revoke(revoked.claims.token_id, user.id, revoked.claims.expires_at_ms)
     good = await accounts.issue(user, "alice-resume")
     cases = [(expired, "", pb.TOKEN_EXPIRED), (forged, "", pb.TOKEN_INVALID),
              (other_key, "", pb.TOKEN_INVALID), ("not-a-token", "", pb.TOKEN_INVALID)]

@@ -20,6 +20,7 @@ import pytest
 from engines import (
     NodeProcess,
     isolated_backends,
+    redis_primary_of,
     service_env,
     services,
     start_node_process,
@@ -243,22 +244,6 @@ async def test_kafka_restart_mid_stream(cluster: dict[str, Any]) -> None:
         await bob.close()
 
 
-def _redis_primary_pid(port_hint: int = 7000) -> tuple[int, int]:
-    """(port, pid) of a Redis primary that holds slots."""
-    import subprocess
-
-    out = subprocess.run(["redis-cli", "-p", str(port_hint), "cluster", "nodes"],
-                         capture_output=True, text=True, check=True).stdout
-    state = Path(os.environ.get("TONGXIN_SERVICES_DIR", "/tmp/tongxin-services"))
-    for line in out.splitlines():
-        parts = line.split()
-        if "master" in parts[2] and "fail" not in parts[2] and len(parts) > 8:
-            port = int(parts[1].split(":")[1].split("@")[0])
-            pid = int((state / "redis" / str(port) / "redis.pid").read_text().split()[0])
-            return port, pid
-    raise RuntimeError("no Redis primary found")
-
-
 async def test_redis_primary_failover_presence_and_routing_recover(
         cluster: dict[str, Any]) -> None:
     a, b = cluster["nodes"]
@@ -266,7 +251,8 @@ async def test_redis_primary_failover_presence_and_routing_recover(
     bob = await login(b.ws_url, "bob", "pc", register=True)
     conv = (await alice.direct("bob")).conversation_id
     try:
-        port, pid = _redis_primary_pid()
+        # The primary of one of alice's keys (the env names the cluster this run uses).
+        port, pid = redis_primary_of(f"x:{{{alice.user_id}}}", service_env())
         os.kill(pid, signal.SIGKILL)
         # The replica takes over after cluster-node-timeout; meanwhile routing
         # lookups may fail and be retried. Within a bounded time both presence

@@ -56,3 +56,19 @@ async def test_info_endpoint_tells_clients_about_registration(node_factory: Any)
     assert r.status == 200
     assert body["self_registration"] is False
     assert body["websocket"] == "/ws"
+
+
+async def test_backend_outage_is_503_on_http_api(server: RunningNode,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from tongxin.store.ports import Unavailable
+
+    async def down(*_: Any, **__: Any) -> None:
+        raise Unavailable("database unreachable")
+
+    monkeypatch.setattr(server.node.store, "get_user_by_name", down)
+    async with aiohttp.ClientSession() as http, http.post(
+            server.http_url + "/api/v1/login",
+            json={"username": "alice", "password": "password-1"}) as r:
+        body = await r.json()
+    assert r.status == 503
+    assert body["error"] == "UNAVAILABLE" and r.headers["Retry-After"] == "1"

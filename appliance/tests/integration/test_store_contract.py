@@ -428,6 +428,26 @@ async def test_tokens(opener: Opener) -> None:
     assert await s.token_revoked("t4") is False
 
 
+async def test_password_history_and_token_use(opener: Opener) -> None:
+    s = await opener()
+    await s.create_user(user("u_1", "alice", 10))
+    assert await s.password_history("u_1", 5) == []
+    for at in (100, 200, 300, 400):
+        await s.record_password("u_1", f"h{at}", at, keep=3)
+    got = await s.get_user("u_1")
+    assert got is not None and got.password_hash == "h400"
+    assert await s.password_history("u_1", 5) == [(400, "h400"), (300, "h300"), (200, "h200")]
+    assert await s.password_history("u_1", 1) == [(400, "h400")]
+    await s.record_password("u_1", "h500", 500, keep=0)  # no history asked: the newest stays
+    assert await s.password_history("u_1", 5) == [(500, "h500")]
+    assert await s.token_last_used("t1") == 0
+    await s.touch_token("t1", 1000)
+    await s.touch_token("t1", 900)  # never moves back
+    assert await s.token_last_used("t1") == 1000
+    await s.touch_token("t1", 1500)
+    assert await s.token_last_used("t1") == 1500
+
+
 async def test_ping(opener: Opener) -> None:
     s = await opener()
     assert await s.ping() is True

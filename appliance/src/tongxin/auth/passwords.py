@@ -38,10 +38,33 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(got, want)
 
 
-def check_policy(password: str, min_length: int) -> str | None:
+CLASS_NAMES = ("lower-case letters", "upper-case letters", "digits", "other characters")
+
+
+def char_classes(password: str) -> set[int]:
+    """Which of the four classes (0 lower, 1 upper, 2 digits, 3 others) the password uses.
+
+    Letters without case (汉字) count as "other characters".
+    """
+    found: set[int] = set()
+    for ch in password:
+        if ch.islower():
+            found.add(0)
+        elif ch.isupper():
+            found.add(1)
+        elif ch.isdigit():
+            found.add(2)
+        else:
+            found.add(3)
+    return found
+
+
+def check_policy(password: str, min_length: int, min_classes: int = 1) -> str | None:
     """Return why the password is refused, or None."""
     if len(password) < min_length:
         return f"password must be at least {min_length} characters"
     if len(password) > 1024:
         return "password must be at most 1024 characters"
+    if len(char_classes(password)) < min_classes:
+        return (f"password must mix at least {min_classes} of: {', '.join(CLASS_NAMES)}")
     return None

@@ -82,11 +82,13 @@ def cmd_admin(args: argparse.Namespace) -> int:
         try:
             if args.action == "list":
                 totp = set(await comp.store.totp_user_ids())
+                sms = set(await comp.store.sms_user_ids())
                 for u in await acc.store.list_users():
                     if roles.is_admin(u.role):
                         state = "disabled" if u.disabled else "active"
+                        factors = [f for f, ids in (("totp", totp), ("sms", sms)) if u.id in ids]
                         print(f"{u.username}\t{u.role}\t{state}\t"
-                              f"{'totp' if u.id in totp else 'NO SECOND FACTOR'}")
+                              f"{'+'.join(factors) or 'NO SECOND FACTOR'}")
                 return 0
             if args.action == "create":
                 password = _password(args, confirm=True)
@@ -120,6 +122,29 @@ def cmd_admin(args: argparse.Namespace) -> int:
                 await comp.audit("totp.reset", actor=actor, target=user.username, user_id=user.id)
                 print(f"TOTP secret: {secret}")
                 print(f"TOTP URI:    {uri}")
+                return 0
+            if args.action in ("sms-enroll", "sms-remove"):
+                if not roles.is_admin(user.role):
+                    print("tongxin: only administrative accounts have a second factor here",
+                          file=sys.stderr)
+                    return 1
+                if args.action == "sms-remove":
+                    removed = await comp.sms.remove(user.id)
+                    await comp.audit("sms.remove", actor=actor, target=user.username,
+                                     user_id=user.id, removed=removed)
+                    print(f"SMS number of {user.username} {'removed' if removed else 'was not set'}")
+                    return 0
+                try:
+                    masked = await comp.sms.enroll(user.id, args.phone, actor)
+                except ValueError as exc:
+                    print(f"tongxin: {exc}", file=sys.stderr)
+                    return 1
+                await comp.audit("sms.enroll", actor=actor, target=user.username, user_id=user.id,
+                                 phone=masked, provider=cfg.compliance.sms_provider)
+                print(f"SMS number {masked} enrolled for {user.username}")
+                if not comp.sms.enabled:
+                    print("note: compliance.sms_provider is none: SMS codes are not sent until "
+                          "a provider is configured")
                 return 0
             return 2
         finally:
@@ -325,7 +350,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         store = make_store(cfg)
         await store.open()
         try:
-            report = await build_report(cfg, comp, await store.list_users())
+            report = await build_report(cfg, comp, await store.list_users(),
+                                        generated_by=_cli_actor())
             j, h = write_report(report, Path(args.out) if args.out else cfg.home / "reports")
             await comp.audit("report.compliance", actor=_cli_actor(), summary=report["summary"])
         finally:
@@ -334,8 +360,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         s = report["summary"]
         print(f"pass {s['pass']}, fail {s['fail']}, gap {s['gap']}")
         for item in report["items"]:
-            print(f"  {item['status'].upper():4}  {item['id']:5} {item['clause']:16} {item['title']}")
+            print(f"  {item['status'].upper():4}  {item['id']:5} {item['clause']:20} {item['title']}")
         print(f"wrote {j} and {h}")
+        if report["config_differs_from_node"]:
+            print("warning: this configuration differs from the one the node last started with "
+                  f"({', '.join(report['config_differs_from_node'])}); pass the node's --config",
+                  file=sys.stderr)
         return 0 if s["fail"] == 0 else 1
 
     return _run(run())
@@ -358,7 +388,14 @@ def add_commands(sub: Any, common: Common) -> None:
     at = asub.add_parser("totp-reset", help="enrol a new TOTP secret for an administrator")
     common(at)
     at.add_argument("username")
-    for sp in (ac, al, at):
+    se = asub.add_parser("sms-enroll", help="enrol a phone number for SMS codes (second factor)")
+    common(se)
+    se.add_argument("username")
+    se.add_argument("phone", help="digits, optionally with a leading + (e.g. +8613800138000)")
+    sr = asub.add_parser("sms-remove", help="remove an administrator's SMS number")
+    common(sr)
+    sr.add_argument("username")
+    for sp in (ac, al, at, se, sr):
         sp.set_defaults(func=cmd_admin)
 
     au = sub.add_parser("audit", help="verify, sign, archive or read the audit trail")

@@ -72,7 +72,12 @@ async def _serve(cfg: Config, worker: int | None = None) -> int:
         print(f"tongxin: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
         return 1
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
-    print(f"Tongxin {node.node_id} is running on embedded defaults "
+    embedded = (cfg.storage.backend == "sqlite" and cfg.delivery.backend == "inprocess"
+                and cfg.presence.backend == "memory")
+    backends = ("embedded defaults" if embedded else
+                f"storage {cfg.storage.backend}, delivery {cfg.delivery.backend}, "
+                f"presence {cfg.presence.backend}")
+    print(f"Tongxin {node.node_id} is running on {backends} "
           f"(data in {cfg.home.resolve()}).", flush=True)
     print(f"  web client:  http://{shown}:{port}/", flush=True)
     print(f"  WebSocket:   ws://{shown}:{port}/ws", flush=True)
@@ -114,14 +119,17 @@ def _argv(args: argparse.Namespace) -> list[str]:
 async def _with_accounts(cfg: Config, fn: Callable[[Any], Coroutine[Any, Any, int]]) -> int:
     from tongxin.auth.accounts import Accounts
     from tongxin.auth.tokens import TokenSigner, load_or_create_key
-    from tongxin.server.node import make_store
+    from tongxin.server.node import make_revocations, make_store
 
     store = make_store(cfg)
     await store.open()
+    # Revocations go where the nodes look for them (Redis with many nodes).
+    revocations = make_revocations(cfg)
     try:
         key = load_or_create_key(cfg.home / "secrets" / "token.key")
-        return await fn(Accounts(store, TokenSigner(key), cfg.accounts))
+        return await fn(Accounts(store, TokenSigner(key), cfg.accounts, revocations))
     finally:
+        await revocations.close()
         await store.close()
 
 
@@ -154,7 +162,7 @@ def cmd_user(args: argparse.Namespace) -> int:
             return 1
         if args.action == "disable":
             await store.set_disabled(user.id, True)
-            n = await store.revoke_user_tokens(user.id, now_ms())
+            n = await acc.revoke_user(user.id)
             print(f"disabled {user.username}; revoked {n} tokens")
         elif args.action == "enable":
             await store.set_disabled(user.id, False)
@@ -163,25 +171,30 @@ def cmd_user(args: argparse.Namespace) -> int:
             await store.update_login_state(user.id, 0, 0, 0)
             print(f"unlocked {user.username}")
         elif args.action == "passwd":
-            from tongxin.auth.passwords import check_policy, hash_password
+            from tongxin.cli.compliance import _cli_actor
 
             password = _password(args, confirm=True)
-            why = check_policy(password, cfg.accounts.password_min_length)
-            if why:
-                print(f"tongxin: {why}", file=sys.stderr)
+            try:  # the policy; recorded in the password history; tokens revoked
+                n = await acc.set_password(user, password, actor=_cli_actor(), via="cli",
+                                           check_history=False)
+            except RequestError as err:
+                print(f"tongxin: {err.message}", file=sys.stderr)
                 return 1
-            await store.set_password(user.id, hash_password(password, cfg.accounts.scrypt_n))
-            n = await store.revoke_user_tokens(user.id, now_ms())
             print(f"password changed for {user.username}; revoked {n} tokens")
         elif args.action == "revoke-tokens":
-            n = await store.revoke_user_tokens(user.id, now_ms())
+            n = await acc.revoke_user(user.id)
             print(f"revoked {n} tokens of {user.username}")
         return 0
 
     async def audited(acc: Any) -> int:
-        from tongxin.cli.compliance import audit_cli_action
+        from tongxin.cli.compliance import _open, audit_cli_action
 
-        rc = await run(acc)
+        comp = await _open(cfg)  # password changes and policy refusals are audited too
+        acc.audit = comp.hook
+        try:
+            rc = await run(acc)
+        finally:
+            await comp.close()
         if args.action != "list":
             event = {"add": "create", "passwd": "reset_password"}.get(args.action, args.action)
             await audit_cli_action(cfg, f"user.{event.replace('-', '_')}", args.username, rc)

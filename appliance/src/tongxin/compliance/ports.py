@@ -49,6 +49,26 @@ class TotpRow:
 
 
 @dataclass(slots=True)
+class SmsPhone:
+    user_id: str
+    phone_enc: bytes  # nonce(12) || SM4-GCM(phone number) || tag(16), AAD = user id
+    enrolled_at: int
+    enrolled_by: str = ""
+
+
+@dataclass(slots=True)
+class SmsCode:
+    """The one outstanding SMS code of a user (a new one replaces it)."""
+
+    user_id: str
+    code_mac: str  # hex HMAC-SM3 over user id, created_at and the code: never the code
+    created_at: int
+    expires_at: int
+    used_at: int = 0
+    attempts: int = 0  # wrong codes tried against it
+
+
+@dataclass(slots=True)
 class AdminSession:
     token_id: str
     user_id: str
@@ -106,6 +126,26 @@ class ComplianceStore(Protocol):
         """Record ``step`` as used; False if it (or a later one) was used before."""
         ...
     async def totp_user_ids(self) -> list[str]: ...
+
+    # SMS second factor
+    async def get_sms_phone(self, user_id: str) -> SmsPhone | None: ...
+    async def put_sms_phone(self, row: SmsPhone) -> None: ...
+    async def delete_sms_phone(self, user_id: str) -> bool: ...
+    async def sms_user_ids(self) -> list[str]: ...
+    async def reserve_sms_send(self, user_id: str, at: int, interval_ms: int,
+                               per_hour: int) -> int:
+        """Record a send at ``at`` unless the rate limit forbids it; 0 if recorded,
+        else how many ms until one is allowed (one transaction, so racing requests
+        cannot both pass)."""
+        ...
+    async def put_sms_code(self, row: SmsCode) -> None: ...
+    async def get_sms_code(self, user_id: str) -> SmsCode | None: ...
+    async def use_sms_code(self, user_id: str, created_at: int, at: int) -> bool:
+        """Mark that code used; False if it was used (or replaced) before."""
+        ...
+    async def sms_code_failed(self, user_id: str, created_at: int) -> int:
+        """Count a wrong code against that code; returns its attempts so far."""
+        ...
 
     # admin sessions
     async def add_admin_session(self, s: AdminSession) -> None: ...

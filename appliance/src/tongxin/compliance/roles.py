@@ -30,7 +30,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
         "user.revoke_tokens", "user.reset_password", "user.delete",
     }),
     SECADMIN: frozenset({
-        "role.list", "role.assign", "totp.reset", "key.rotate", "retention.read",
+        "role.list", "role.assign", "totp.reset", "sms.enroll", "key.rotate", "retention.read",
         "retention.set", "hold.list", "hold.set", "hold.release",
     }),
     AUDITOR: frozenset({
@@ -40,12 +40,12 @@ PERMISSIONS: dict[str, frozenset[str]] = {
 }
 
 # Operations every administrative role may do on its own session.
-SESSION_OPERATIONS: frozenset[str] = frozenset({"session.read", "session.logout"})
+SESSION_OPERATIONS: frozenset[str] = frozenset({"session.read", "session.logout", "session.sms"})
 
 # Operations that need a fresh second factor (step-up) on top of the login.
 SENSITIVE: frozenset[str] = frozenset({
     "user.delete", "key.rotate", "retention.set", "export.messages", "hold.release",
-    "role.assign",
+    "role.assign", "sms.enroll",
 })
 
 ROLE_TITLES: dict[str, str] = {

@@ -9,12 +9,14 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from tongxin.clock import now_ms
 from tongxin.compliance import chain
 from tongxin.compliance.archive import DAY_MS, Archive, ArchiveResult
 from tongxin.compliance.keys import AuditKeys
 from tongxin.compliance.ports import AuditRecord, ComplianceStore, SignedHead
+from tongxin.compliance.sms import SmsFactor, make_provider, sms_keys
 from tongxin.compliance.sqlite_store import SqliteComplianceStore
 from tongxin.compliance.totp import Totp, secrets_key
 from tongxin.compliance.verify import VerifyReport, verify_chain
@@ -40,6 +42,15 @@ def archive_dir(cfg: Config) -> Path:
     return Path(c.audit_archive_dir) if c.audit_archive_dir else cfg.home / "audit-archive"
 
 
+def _mask_url(url: str) -> str:
+    """A URL without what may be a credential: the user info and the query."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))
+
+
 def config_snapshot(cfg: Config) -> dict[str, Any]:
     """Every configuration key and its value, secrets replaced by '***'."""
     out: dict[str, Any] = {}
@@ -47,8 +58,11 @@ def config_snapshot(cfg: Config) -> dict[str, Any]:
         obj: Any = cfg
         for part in key.split("."):
             obj = getattr(obj, part)
-        if any(w in key for w in _SECRET_WORDS) and obj:
+        # Secrets are strings; numbers such as accounts.password_min_length are policy.
+        if any(w in key for w in _SECRET_WORDS) and isinstance(obj, str) and obj:
             obj = "***"
+        elif isinstance(obj, str) and "://" in obj:
+            obj = _mask_url(obj)
         out[key] = obj if isinstance(obj, bool | int | str) or obj is None else repr(obj)
     return out
 
@@ -66,12 +80,15 @@ class Compliance:
         self.keys = AuditKeys(cfg.home)
         self.archive = Archive(archive_dir(cfg), self.keys)
         self.totp: Totp
+        self.sms: SmsFactor
         self._signed_seq = -1
         self._task: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         await self.store.open()
         self.totp = Totp(self.store, secrets_key(self.cfg.home))
+        self.sms = SmsFactor(self.store, self.cfg.compliance, sms_keys(self.cfg.home),
+                             make_provider(self.cfg.compliance))
 
     async def close(self) -> None:
         if self._task is not None:

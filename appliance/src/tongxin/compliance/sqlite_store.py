@@ -24,9 +24,11 @@ from tongxin.compliance.ports import (
     Hold,
     RetentionRun,
     SignedHead,
+    SmsCode,
+    SmsPhone,
     TotpRow,
 )
-from tongxin.store.sqlite_worker import SqliteWorker, connect
+from tongxin.store.sqlite_worker import SqliteDatabase
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -60,6 +62,25 @@ CREATE TABLE IF NOT EXISTS totp (
     last_step INTEGER NOT NULL DEFAULT 0,
     enrolled_by TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS sms_phones (
+    user_id TEXT PRIMARY KEY,
+    phone_enc BLOB NOT NULL,
+    enrolled_at INTEGER NOT NULL,
+    enrolled_by TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS sms_codes (
+    user_id TEXT PRIMARY KEY,
+    code_mac TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS sms_sends (
+    user_id TEXT NOT NULL,
+    at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sms_sends_by_user ON sms_sends(user_id, at);
 CREATE TABLE IF NOT EXISTS admin_sessions (
     token_id TEXT PRIMARY KEY,
     user_id TEXT NOT NULL,
@@ -130,26 +151,13 @@ def _append(conn: sqlite3.Connection, fields: dict[str, Any]) -> AuditRecord:
                        record["outcome"], body, digest)
 
 
-class SqliteComplianceStore:
+class SqliteComplianceStore(SqliteDatabase):
     def __init__(self, path: Path, synchronous: str = "full") -> None:
-        self.path = path
-        self._writer = SqliteWorker(path, synchronous, 64, "tongxin-compliance-writer")
-        self._reader = SqliteWorker(path, synchronous, 1, "tongxin-compliance-reader")
+        super().__init__(path, synchronous, 64, "compliance")
 
-    async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = connect(self.path, "full")
-        try:
-            conn.executescript(SCHEMA)
-        finally:
-            conn.close()
+    def apply_schema(self, conn: sqlite3.Connection) -> None:
+        conn.executescript(SCHEMA)
         self.path.chmod(0o600)
-        self._writer.start()
-        self._reader.start()
-
-    async def close(self) -> None:
-        await self._reader.stop()
-        await self._writer.stop()
 
     # ---- audit -----------------------------------------------------------
 
@@ -224,6 +232,80 @@ class SqliteComplianceStore:
     async def totp_user_ids(self) -> list[str]:
         return await self._reader.run(
             lambda c: [r[0] for r in c.execute("SELECT user_id FROM totp ORDER BY user_id")])
+
+    # ---- SMS second factor -----------------------------------------------
+
+    async def get_sms_phone(self, user_id: str) -> SmsPhone | None:
+        def job(conn: sqlite3.Connection) -> SmsPhone | None:
+            row = conn.execute("SELECT user_id, phone_enc, enrolled_at, enrolled_by FROM sms_phones "
+                               "WHERE user_id = ?", (user_id,)).fetchone()
+            return SmsPhone(row[0], bytes(row[1]), row[2], row[3]) if row else None
+
+        return await self._reader.run(job)
+
+    async def put_sms_phone(self, row: SmsPhone) -> None:
+        await self._writer.run(lambda c: c.execute(
+            "INSERT OR REPLACE INTO sms_phones (user_id, phone_enc, enrolled_at, enrolled_by) "
+            "VALUES (?,?,?,?)", (row.user_id, row.phone_enc, row.enrolled_at, row.enrolled_by)))
+
+    async def delete_sms_phone(self, user_id: str) -> bool:
+        def job(conn: sqlite3.Connection) -> bool:
+            conn.execute("DELETE FROM sms_codes WHERE user_id = ?", (user_id,))
+            return conn.execute("DELETE FROM sms_phones WHERE user_id = ?",
+                                (user_id,)).rowcount == 1
+
+        return await self._writer.run(job)
+
+    async def sms_user_ids(self) -> list[str]:
+        return await self._reader.run(
+            lambda c: [r[0] for r in c.execute("SELECT user_id FROM sms_phones ORDER BY user_id")])
+
+    async def reserve_sms_send(self, user_id: str, at: int, interval_ms: int,
+                               per_hour: int) -> int:
+        def job(conn: sqlite3.Connection) -> int:
+            conn.execute("DELETE FROM sms_sends WHERE at <= ?", (at - 3_600_000,))
+            times = [r[0] for r in conn.execute(
+                "SELECT at FROM sms_sends WHERE user_id = ? ORDER BY at", (user_id,))]
+            wait = 0
+            if times and at - times[-1] < interval_ms:
+                wait = interval_ms - (at - times[-1])
+            if len(times) >= per_hour:
+                wait = max(wait, times[len(times) - per_hour] + 3_600_000 - at)
+            if wait > 0:
+                return wait
+            conn.execute("INSERT INTO sms_sends (user_id, at) VALUES (?, ?)", (user_id, at))
+            return 0
+
+        return await self._writer.run(job)
+
+    async def put_sms_code(self, row: SmsCode) -> None:
+        await self._writer.run(lambda c: c.execute(
+            "INSERT OR REPLACE INTO sms_codes (user_id, code_mac, created_at, expires_at, used_at, "
+            "attempts) VALUES (?,?,?,?,?,?)",
+            (row.user_id, row.code_mac, row.created_at, row.expires_at, row.used_at, row.attempts)))
+
+    async def get_sms_code(self, user_id: str) -> SmsCode | None:
+        def job(conn: sqlite3.Connection) -> SmsCode | None:
+            row = conn.execute("SELECT user_id, code_mac, created_at, expires_at, used_at, attempts "
+                               "FROM sms_codes WHERE user_id = ?", (user_id,)).fetchone()
+            return SmsCode(*row) if row else None
+
+        return await self._reader.run(job)
+
+    async def use_sms_code(self, user_id: str, created_at: int, at: int) -> bool:
+        # One conditional UPDATE: two requests racing with the same code
+        # cannot both succeed.
+        return await self._writer.run(lambda c: c.execute(
+            "UPDATE sms_codes SET used_at = ? WHERE user_id = ? AND created_at = ? AND used_at = 0",
+            (at, user_id, created_at)).rowcount == 1)
+
+    async def sms_code_failed(self, user_id: str, created_at: int) -> int:
+        def job(conn: sqlite3.Connection) -> int:
+            row = conn.execute("UPDATE sms_codes SET attempts = attempts + 1 WHERE user_id = ? AND "
+                               "created_at = ? RETURNING attempts", (user_id, created_at)).fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._writer.run(job)
 
     # ---- admin sessions --------------------------------------------------
 

@@ -157,41 +157,65 @@ class KafkaBus:
             self._in_flight -= 1
             self.in_flight.dec()
 
-    async def _route_one(self, d: Delivery) -> None:
+    async def _route_batch(self, deliveries: list[Delivery]) -> None:
+        """Route a batch of deliveries to the nodes holding their recipients.
+
+        Two things keep one router fast under load. The presence look-ups are
+        made once per batch (live nodes; where each recipient is connected)
+        rather than per delivery. And every routed record is queued back to
+        back and their broker acks are awaited together: waiting for each
+        ack before routing the next delivery would cap a router at one broker
+        round trip (plus linger) per message. Queued in order, the idempotent
+        producer keeps their order per node topic. The caller commits the
+        offsets only after every ack, so a failure routes the batch again.
+        """
         assert self._producer is not None
-        if d.members_changed and d.conversation_id:
-            self.invalidate(d.conversation_id)
         live = await self.live_nodes()
-        if d.watchers_of:
-            targets: dict[str, list[str]] = {n: [] for n in live}
-        else:
-            users = list(d.user_ids) if d.user_ids else sorted(await self.members_of(d.conversation_id))
-            targets = await self.nodes_of(users)
-            if d.members_changed:
-                # Every node drops its cached member list, recipients or not.
-                for n in live:
-                    targets.setdefault(n, [])
-        sends = []
-        for node, users in targets.items():
-            routed = Delivery(frame_type=d.frame_type, payload=d.payload,
-                              conversation_id=d.conversation_id, user_ids=tuple(users),
-                              skip_user=d.skip_user, skip_device=d.skip_device,
-                              members_changed=d.members_changed, watchers_of=d.watchers_of,
-                              routed=True)
-            sends.append(await self._producer.send(
-                node_topic(self.cfg.topic_prefix, node), to_record(routed, self.node_id)))
-        for fut in sends:
-            await fut
+        recipients: list[list[str]] = []
+        for d in deliveries:
+            if d.members_changed and d.conversation_id:
+                # In order: later deliveries of this batch read the new members.
+                self.invalidate(d.conversation_id)
+            if d.watchers_of:
+                recipients.append([])
+            else:
+                recipients.append(list(d.user_ids) if d.user_ids
+                                  else sorted(await self.members_of(d.conversation_id)))
+        wanted = sorted({u for users in recipients for u in users})
+        nodes_of_user: dict[str, list[str]] = {}
+        for node, users in (await self.nodes_of(wanted) if wanted else {}).items():
+            for u in users:
+                nodes_of_user.setdefault(u, []).append(node)
+        acks: list[asyncio.Future[object]] = []
+        for d, users in zip(deliveries, recipients, strict=True):
+            targets: dict[str, list[str]] = {}
+            if d.watchers_of or d.members_changed:
+                # Presence goes to every node (watchers are not in Redis);
+                # a membership change makes every node drop its cached list.
+                targets = {n: [] for n in live}
+            for u in users:
+                for node in nodes_of_user.get(u, ()):
+                    targets.setdefault(node, []).append(u)
+            for node, node_users in targets.items():
+                routed = Delivery(frame_type=d.frame_type, payload=d.payload,
+                                  conversation_id=d.conversation_id, user_ids=tuple(node_users),
+                                  skip_user=d.skip_user, skip_device=d.skip_device,
+                                  members_changed=d.members_changed, watchers_of=d.watchers_of,
+                                  routed=True)
+                acks.append(await self._producer.send(
+                    node_topic(self.cfg.topic_prefix, node), to_record(routed, self.node_id)))
+        if acks:
+            await asyncio.gather(*acks)
 
     async def _route_loop(self) -> None:
         assert self._router is not None
         while True:
             try:
                 batch = await self._router.getmany(timeout_ms=500, max_records=500)
-                for _tp, records in batch.items():
-                    for rec in records:
-                        await self._route_one(from_record(rec.value))
-                if batch:
+                deliveries = [from_record(rec.value) for records in batch.values()
+                              for rec in records]
+                if deliveries:
+                    await self._route_batch(deliveries)
                     await self._router.commit()
             except asyncio.CancelledError:
                 raise

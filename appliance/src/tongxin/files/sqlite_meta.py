@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tongxin.files.ports import FileRow, NoSuchUpload, PartRow, PartsChanged, UploadRow
-from tongxin.store.sqlite_worker import SqliteWorker, connect
+from tongxin.store.sqlite_worker import SqliteDatabase
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS uploads (
@@ -78,27 +78,14 @@ def _live_upload(conn: sqlite3.Connection, upload_id: str) -> None:
         raise NoSuchUpload(upload_id)
 
 
-class SqliteFileMeta:
+class SqliteFileMeta(SqliteDatabase):
     def __init__(self, path: Path, synchronous: str = "full") -> None:
-        self.path = path
-        self._writer = SqliteWorker(path, synchronous, 64, "tongxin-files-writer")
-        self._reader = SqliteWorker(path, synchronous, 1, "tongxin-files-reader")
+        super().__init__(path, synchronous, 64, "files")
 
-    async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = connect(self.path, "full")
-        try:
-            # CREATE ... IF NOT EXISTS: the tables appear on the first start of
-            # a release that has them; later column changes get migrations here.
-            conn.executescript(SCHEMA)
-        finally:
-            conn.close()
-        self._writer.start()
-        self._reader.start()
-
-    async def close(self) -> None:
-        await self._reader.stop()
-        await self._writer.stop()
+    def apply_schema(self, conn: sqlite3.Connection) -> None:
+        # CREATE ... IF NOT EXISTS: the tables appear on the first start of a
+        # release that has them; later column changes get migrations here.
+        conn.executescript(SCHEMA)
 
     async def create_upload(self, upload: UploadRow) -> None:
         u = upload

@@ -7,7 +7,9 @@ names one operation; the caller's role must hold it (tongxin.compliance.roles).
 Refusals answer 401/403 and are audited like everything that succeeds.
 Sensitive operations also need a fresh second factor: a TOTP code verified
 within ``compliance.step_up_window`` seconds on this session, or one sent now
-in the ``X-Tongxin-TOTP`` header.
+in the ``X-Tongxin-TOTP`` header (or, with ``compliance.sms_provider``, an SMS
+code in ``X-Tongxin-SMS``). ``POST /api/v1/admin/password`` (old password and
+a second factor) changes an administrator's own password, also an expired one.
 
 The compliance state (compliance.db, the audit key, the signer task) is opened
 by this module's startup hook, after the node itself has started, and closed
@@ -17,7 +19,6 @@ by its cleanup hook, after the node has stopped; ``Node.app()`` only calls
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -26,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from tongxin import __version__
-from tongxin.auth.passwords import check_policy, hash_password
 from tongxin.clock import now_ms
 from tongxin.compliance import roles
 from tongxin.compliance.export import export_messages
@@ -35,11 +35,12 @@ from tongxin.compliance.ports import AdminSession
 from tongxin.compliance.report import build_report
 from tongxin.compliance.retention import DEFAULT_SCOPE, conversation_scope, effective_policies
 from tongxin.compliance.service import Compliance, RetentionBelowMinimum
-from tongxin.compliance.totp import TotpResult
+from tongxin.compliance.sms import SmsError, SmsRateLimited, SmsUnavailable
 from tongxin.crypto import sm2_available
 from tongxin.crypto.errors import CryptoError
 from tongxin.errors import RequestError
 from tongxin.proto import tongxin_pb2 as pb
+from tongxin.server.http_util import json_body
 from tongxin.store.ports import User
 
 if TYPE_CHECKING:
@@ -49,6 +50,10 @@ log = logging.getLogger("tongxin.admin")
 
 PREFIX = "/api/v1/admin"
 STEP_UP_HEADER = "X-Tongxin-TOTP"
+SMS_HEADER = "X-Tongxin-SMS"
+# Second-factor results that count towards the lockout like a wrong password
+# (guesses); "not enrolled", "no code sent" and "sms disabled" do not.
+_COUNTED = frozenset({"wrong", "replayed", "expired"})
 _STATUS = {pb.ACCOUNT_LOCKED: 423, pb.FORBIDDEN: 403, pb.INVALID_ARGUMENT: 400, pb.CONFLICT: 409,
            pb.UNAVAILABLE: 503}
 
@@ -68,20 +73,10 @@ def _err(status: int, error: str, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": error, "message": message, **extra}, status=status)
 
 
-def _user_json(u: User, totp: bool) -> dict[str, Any]:
+def _user_json(u: User, totp: bool, sms: bool = False) -> dict[str, Any]:
     state = "disabled" if u.disabled else "locked" if u.locked_until > now_ms() else "active"
     return {"id": u.id, "username": u.username, "display_name": u.display_name, "role": u.role,
-            "state": state, "totp": totp, "created_at": u.created_at}
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError as exc:
-        raise web.HTTPBadRequest(text="body must be JSON") from exc
-    if not isinstance(body, dict):
-        raise web.HTTPBadRequest(text="body must be a JSON object")
-    return body
+            "state": state, "totp": totp, "sms": sms, "created_at": u.created_at}
 
 
 class AdminApi:
@@ -185,36 +180,53 @@ class AdminApi:
                        operation: str, source: str, where: dict[str, str]) -> web.Response | None:
         comp = self.c
         code = request.headers.get(STEP_UP_HEADER, "").strip()
+        sms_code = request.headers.get(SMS_HEADER, "").strip()
         now = now_ms()
-        if code:
-            result = await comp.totp.verify(user.id, code)
-            if result is TotpResult.OK:
+        if code or sms_code:
+            factor, result = await self._second_factor(user, code, sms_code)
+            if result == "ok":
                 await comp.store.set_factor_at(admin.token_id, now)
                 await comp.audit("auth.step_up", actor=user.id, actor_role=user.role,
-                                 target=operation, source=source)
+                                 target=operation, source=source, factor=factor)
                 return None
-            if result is not TotpResult.NOT_ENROLLED:
+            if result in _COUNTED:
                 fresh = await self.node.store.get_user(user.id)
                 if fresh is not None:
                     await self.node.accounts.record_failure(fresh)
             await comp.audit("auth.step_up", actor=user.id, actor_role=user.role, target=operation,
-                             outcome="failed", source=source, reason=result.value, **where)
-            return _err(403, "STEP_UP_FAILED", f"second factor refused ({result.value})",
+                             outcome="failed", source=source, reason=result, factor=factor, **where)
+            return _err(403, "STEP_UP_FAILED", f"second factor refused ({result})",
                         operation=operation)
         window = comp.cfg.compliance.step_up_window * 1000
         if window > 0 and now - admin.factor_at < window:
             return None
         await comp.audit("auth.step_up", actor=user.id, actor_role=user.role, target=operation,
                          outcome="denied", source=source, reason="no fresh second factor", **where)
+        sms_hint = (f", or an SMS code (POST {PREFIX}/sms sends one) in the {SMS_HEADER} header"
+                    if comp.sms.enabled else "")
         return _err(403, "STEP_UP_REQUIRED", f"{operation} needs a fresh second factor: send a "
-                    f"current TOTP code in the {STEP_UP_HEADER} header", operation=operation)
+                    f"current TOTP code in the {STEP_UP_HEADER} header{sms_hint}",
+                    operation=operation)
+
+    async def _second_factor(self, user: User, totp: str, sms: str) -> tuple[str, str]:
+        """Verify a TOTP code, or an SMS code when only that is given:
+        (factor, "ok" or why not). Lockout counting is the caller's."""
+        comp = self.c
+        if sms and not totp:
+            return "SMS", (await comp.sms.verify(user.id, sms)).value
+        return "TOTP", (await comp.totp.verify(user.id, totp)).value
+
+    async def _has_factor(self, user_id: str) -> bool:
+        comp = self.c
+        return await comp.totp.enrolled(user_id) or (
+            comp.sms.enabled and await comp.sms.enrolled(user_id))
 
     # ---- login ----------------------------------------------------------------
 
     async def login(self, request: web.Request) -> web.Response:
         comp = self.c
         accounts = self.node.accounts
-        body = await _body(request)
+        body = await json_body(request)
         source = request.remote or ""
         username = str(body.get("username", ""))
         try:
@@ -227,17 +239,27 @@ class AdminApi:
             await comp.audit("admin.login", actor=user.id, actor_role=user.role, target=user.username,
                              outcome="denied", source=source, reason="not an administrative account")
             return _err(403, "FORBIDDEN", "not an administrative account")
-        result = await comp.totp.verify(user.id, str(body.get("totp", "")))
-        if result is TotpResult.NOT_ENROLLED:
+        if not await self._has_factor(user.id):
             await comp.audit("admin.login", actor=user.id, actor_role=user.role, target=user.username,
                              outcome="denied", source=source, reason="no second factor enrolled")
-            return _err(403, "NO_SECOND_FACTOR", "no TOTP enrolled for this account; a security "
-                        "administrator (or `tongxin admin totp-reset` on the node) enrols one")
-        if result is not TotpResult.OK:
-            await accounts.record_failure(user)
+            return _err(403, "NO_SECOND_FACTOR", "no TOTP (or SMS number) enrolled for this "
+                        "account; a security administrator (or `tongxin admin totp-reset` on the "
+                        "node) enrols one")
+        if await accounts.password_expired(user):
             await comp.audit("admin.login", actor=user.id, actor_role=user.role, target=user.username,
-                             outcome="failed", source=source, reason=f"TOTP {result.value}")
-            return _err(401, "AUTH_FAILED", f"second factor refused ({result.value})")
+                             outcome="denied", source=source, reason="password expired")
+            return _err(403, "PASSWORD_EXPIRED", f"the password has expired: change it with POST "
+                        f"{PREFIX}/password (username, old_password, new_password and totp or "
+                        f"sms_code), then log in", password_expired=True,
+                        change_password=f"{PREFIX}/password")
+        factor, result = await self._second_factor(user, str(body.get("totp", "")),
+                                                   str(body.get("sms_code", "")))
+        if result != "ok":
+            if result in _COUNTED:
+                await accounts.record_failure(user)
+            await comp.audit("admin.login", actor=user.id, actor_role=user.role, target=user.username,
+                             outcome="failed", source=source, reason=f"{factor} {result}")
+            return _err(401, "AUTH_FAILED", f"second factor refused ({result})")
         if user.failed_logins:
             await self.node.store.update_login_state(user.id, 0, 0, 0)
         try:
@@ -248,10 +270,91 @@ class AdminApi:
         await comp.store.add_admin_session(AdminSession(
             s.claims.token_id, user.id, user.role, now, s.claims.expires_at_ms, now))
         await comp.audit("admin.login", actor=user.id, actor_role=user.role, target=user.username,
-                         source=source, token_id=s.claims.token_id)
+                         source=source, token_id=s.claims.token_id, factor=factor)
         return web.json_response({"user_id": user.id, "role": user.role, "token": s.token,
                                   "expires_at_ms": s.claims.expires_at_ms,
                                   "permissions": sorted(roles.PERMISSIONS[user.role])})
+
+    async def _send_sms(self, user: User, source: str) -> web.Response:
+        comp = self.c
+        who = {"actor": user.id, "actor_role": user.role, "target": user.username,
+               "source": source}
+        try:
+            sent = await comp.sms.send(user.id, user.username)
+        except SmsUnavailable as exc:
+            await comp.audit("sms.send", outcome="denied", reason=str(exc), **who)
+            return _err(409, "SMS_UNAVAILABLE", str(exc))
+        except SmsRateLimited as exc:
+            await comp.audit("sms.send", outcome="denied", reason="rate limited", **who)
+            return _err(429, "RATE_LIMITED", str(exc), retry_after_ms=exc.retry_after_ms)
+        except SmsError as exc:
+            log.error("SMS code for %s not sent: %s", user.username, exc)
+            await comp.audit("sms.send", outcome="failed", reason=str(exc), **who)
+            return _err(502, "SMS_FAILED", "the SMS gateway did not accept the message")
+        await comp.audit("sms.send", phone=sent.phone_masked, expires_at=sent.expires_at, **who)
+        return web.json_response({"sent": True, "phone": sent.phone_masked,
+                                  "expires_at_ms": sent.expires_at})
+
+    async def login_sms(self, request: web.Request) -> web.Response:
+        """Before the login: password right, then an SMS code goes to the enrolled number."""
+        body = await json_body(request)
+        source = request.remote or ""
+        try:
+            user = await self.node.accounts.authenticate(
+                str(body.get("username", "")), str(body.get("password", "")),
+                clear_failures=False, event="sms.send")
+        except RequestError as err:
+            return _err(_STATUS.get(err.code, 401), pb.ErrorCode.Name(err.code), err.message,
+                        retry_after_ms=err.retry_after_ms)
+        if not roles.is_admin(user.role):
+            await self.c.audit("sms.send", actor=user.id, actor_role=user.role,
+                               target=user.username, outcome="denied", source=source,
+                               reason="not an administrative account")
+            return _err(403, "FORBIDDEN", "not an administrative account")
+        return await self._send_sms(user, source)
+
+    async def session_sms(self, request: web.Request, ctx: Ctx) -> web.Response:
+        """For a step-up: an SMS code to this session's own account."""
+        return await self._send_sms(ctx.user, ctx.source)
+
+    async def change_password(self, request: web.Request) -> web.Response:
+        """An administrator's own password: old password and a second factor
+        (works when the password has expired, which is what it is for)."""
+        comp = self.c
+        accounts = self.node.accounts
+        body = await json_body(request)
+        source = request.remote or ""
+        try:
+            user = await accounts.authenticate(str(body.get("username", "")),
+                                               str(body.get("old_password", "")),
+                                               clear_failures=False, event="password.change")
+        except RequestError as err:
+            return _err(_STATUS.get(err.code, 401), pb.ErrorCode.Name(err.code), err.message,
+                        retry_after_ms=err.retry_after_ms)
+        who = {"actor": user.id, "actor_role": user.role, "target": user.username,
+               "source": source}
+        if not roles.is_admin(user.role):
+            await comp.audit("password.change", outcome="denied",
+                             reason="not an administrative account", **who)
+            return _err(403, "FORBIDDEN", "ordinary accounts use POST /api/v1/password")
+        factor, result = await self._second_factor(user, str(body.get("totp", "")),
+                                                   str(body.get("sms_code", "")))
+        if result != "ok":
+            if result in _COUNTED:
+                await accounts.record_failure(user)
+            await comp.audit("password.change", outcome="failed", reason=f"{factor} {result}",
+                             **who)
+            return _err(401, "AUTH_FAILED", f"second factor refused ({result})")
+        try:
+            revoked = await accounts.set_password(
+                user, str(body.get("new_password", "")), actor=user.id, actor_role=user.role,
+                via="self", source=source)
+        except RequestError as err:
+            return _err(400, pb.ErrorCode.Name(err.code), err.message)
+        if user.failed_logins:
+            await self.node.store.update_login_state(user.id, 0, 0, 0)
+        return web.json_response({"username": user.username, "changed": True,
+                                  "revoked_tokens": revoked})
 
     async def whoami(self, request: web.Request, ctx: Ctx) -> web.Response:
         return web.json_response({"user_id": ctx.user.id, "username": ctx.user.username,
@@ -259,7 +362,8 @@ class AdminApi:
                                   "permissions": sorted(roles.PERMISSIONS[ctx.role])})
 
     async def logout(self, request: web.Request, ctx: Ctx) -> web.Response:
-        await self.node.accounts.revoke(ctx.session.token_id)
+        await self.node.accounts.revoke(ctx.session.token_id, ctx.session.user_id,
+                                        ctx.session.expires_at)
         return web.json_response({"revoked": True})
 
     # ---- sysadmin: user administration ------------------------------------------
@@ -281,13 +385,15 @@ class AdminApi:
 
     async def list_users(self, request: web.Request, ctx: Ctx) -> web.Response:
         totp = set(await self.c.store.totp_user_ids())
-        users = [_user_json(u, u.id in totp) for u in await self.node.store.list_users()]
+        sms = set(await self.c.store.sms_user_ids())
+        users = [_user_json(u, u.id in totp, u.id in sms)
+                 for u in await self.node.store.list_users()]
         await self.c.audit("user.list", actor=ctx.user.id, actor_role=ctx.role, source=ctx.source,
                            count=len(users))
         return web.json_response({"users": users})
 
     async def create_user(self, request: web.Request, ctx: Ctx) -> web.Response:
-        body = await _body(request)
+        body = await json_body(request)
         user = await self.node.accounts.create_user(str(body.get("username", "")),
                                                     str(body.get("password", "")),
                                                     str(body.get("display_name", "")))
@@ -301,32 +407,30 @@ class AdminApi:
             target = await self._target(request, ctx, op)
             if isinstance(target, web.Response):
                 return target
-            store, now = self.node.store, now_ms()
+            store = self.node.store
             detail: dict[str, Any] = {}
             if action == "disable":
                 await store.set_disabled(target.id, True)
-                detail["revoked_tokens"] = await store.revoke_user_tokens(target.id, now)
+                detail["revoked_tokens"] = await self.node.accounts.revoke_user(target.id)
             elif action == "enable":
                 await store.set_disabled(target.id, False)
             elif action == "unlock":
                 await store.update_login_state(target.id, 0, 0, 0)
             elif action == "revoke_tokens":
-                detail["revoked_tokens"] = await store.revoke_user_tokens(target.id, now)
+                detail["revoked_tokens"] = await self.node.accounts.revoke_user(target.id)
             elif action == "reset_password":
-                body = await _body(request)
-                password = str(body.get("password", ""))
-                why = check_policy(password, self.node.cfg.accounts.password_min_length)
-                if why:
-                    return _err(400, "INVALID_ARGUMENT", why)
-                await store.set_password(target.id, await asyncio.to_thread(
-                    hash_password, password, self.node.cfg.accounts.scrypt_n))
-                detail["revoked_tokens"] = await store.revoke_user_tokens(target.id, now)
+                body = await json_body(request)
+                # Policy (length, classes), history record, token revocation;
+                # a refusal is audited as password.policy and answers 400.
+                detail["revoked_tokens"] = await self.node.accounts.set_password(
+                    target, str(body.get("password", "")), actor=ctx.user.id,
+                    actor_role=ctx.role, via="admin", check_history=False, source=ctx.source)
             elif action == "delete":
                 # Message history keeps referring to the account's id, so the
                 # row stays: disabled, tokens revoked, password unusable.
                 await store.set_disabled(target.id, True)
                 await store.set_password(target.id, "!deleted")
-                detail["revoked_tokens"] = await store.revoke_user_tokens(target.id, now)
+                detail["revoked_tokens"] = await self.node.accounts.revoke_user(target.id)
             await self.c.audit(op, actor=ctx.user.id, actor_role=ctx.role, target=target.username,
                                source=ctx.source, user_id=target.id, **detail)
             return web.json_response({"username": target.username, "done": action, **detail})
@@ -337,14 +441,15 @@ class AdminApi:
 
     async def list_roles(self, request: web.Request, ctx: Ctx) -> web.Response:
         totp = set(await self.c.store.totp_user_ids())
-        admins = [_user_json(u, u.id in totp) for u in await self.node.store.list_users()
+        sms = set(await self.c.store.sms_user_ids())
+        admins = [_user_json(u, u.id in totp, u.id in sms) for u in await self.node.store.list_users()
                   if roles.is_admin(u.role)]
         await self.c.audit("role.list", actor=ctx.user.id, actor_role=ctx.role, source=ctx.source)
         return web.json_response({"roles": {r: sorted(roles.PERMISSIONS[r]) for r in roles.ALL_ROLES},
                                   "sensitive": sorted(roles.SENSITIVE), "admins": admins})
 
     async def assign_role(self, request: web.Request, ctx: Ctx) -> web.Response:
-        body = await _body(request)
+        body = await json_body(request)
         role = str(body.get("role", ""))
         target = await self._target(request, ctx, "role.assign", ordinary_only=False)
         if isinstance(target, web.Response):
@@ -359,7 +464,7 @@ class AdminApi:
         before = target.role
         await self.node.store.set_role(target.id, role)
         # Sessions opened under the old role end now.
-        revoked = await self.node.store.revoke_user_tokens(target.id, now_ms())
+        revoked = await self.node.accounts.revoke_user(target.id)
         enrolled = await self.c.totp.enrolled(target.id)
         await self.c.audit("role.change", actor=ctx.user.id, actor_role=ctx.role,
                            target=target.username, source=ctx.source, user_id=target.id,
@@ -380,6 +485,34 @@ class AdminApi:
         await self.c.audit("totp.reset", actor=ctx.user.id, actor_role=ctx.role,
                            target=target.username, source=ctx.source, user_id=target.id)
         return web.json_response({"username": target.username, "secret": secret, "uri": uri})
+
+    async def enroll_sms(self, request: web.Request, ctx: Ctx) -> web.Response:
+        """PUT {phone}: enrol (or replace) an administrator's SMS number; DELETE removes it."""
+        target = await self._target(request, ctx, "sms.enroll", ordinary_only=False)
+        if isinstance(target, web.Response):
+            return target
+        if not roles.is_admin(target.role) or target.id == ctx.user.id:
+            reason = ("own second factor" if target.id == ctx.user.id
+                      else "only administrative accounts have a second factor")
+            await self.c.audit("admin.forbidden", actor=ctx.user.id, actor_role=ctx.role,
+                               target=target.username, outcome="denied", source=ctx.source,
+                               operation="sms.enroll", reason=reason)
+            return _err(403, "FORBIDDEN", reason)
+        who = {"actor": ctx.user.id, "actor_role": ctx.role, "target": target.username,
+               "source": ctx.source, "user_id": target.id}
+        if request.method == "DELETE":
+            removed = await self.c.sms.remove(target.id)
+            await self.c.audit("sms.remove", removed=removed, **who)
+            return web.json_response({"username": target.username, "removed": removed})
+        body = await json_body(request)
+        try:
+            masked = await self.c.sms.enroll(target.id, str(body.get("phone", "")), ctx.user.id)
+        except ValueError as exc:
+            return _err(400, "INVALID_ARGUMENT", str(exc))
+        await self.c.audit("sms.enroll", phone=masked, provider=self.c.cfg.compliance.sms_provider,
+                           **who)
+        return web.json_response({"username": target.username, "phone": masked,
+                                  "sms_enabled": self.c.sms.enabled})
 
     async def rotate_key(self, request: web.Request, ctx: Ctx) -> web.Response:
         old = self.c.keys.current_fingerprint()
@@ -405,7 +538,7 @@ class AdminApi:
         return web.json_response(await self._retention_view())
 
     async def set_retention(self, request: web.Request, ctx: Ctx) -> web.Response:
-        body = await _body(request)
+        body = await json_body(request)
         comp = self.c
         if "audit_retention_days" in body:
             try:
@@ -435,7 +568,7 @@ class AdminApi:
         return web.json_response({"holds": [asdict(h) for h in holds]})
 
     async def add_hold(self, request: web.Request, ctx: Ctx) -> web.Response:
-        body = await _body(request)
+        body = await json_body(request)
         kind = str(body.get("kind", ""))
         target = str(body.get("target", ""))
         reason = str(body.get("reason", "")).strip()
@@ -494,7 +627,7 @@ class AdminApi:
                                   "key_fp": head.key_fp if head else ""})
 
     async def export(self, request: web.Request, ctx: Ctx) -> web.Response:
-        body = await _body(request)
+        body = await json_body(request)
         try:
             from_ms = int(body.get("from_ms", 0))
             to_ms = int(body.get("to_ms", now_ms() + 1))
@@ -533,7 +666,8 @@ class AdminApi:
 
     async def report(self, request: web.Request, ctx: Ctx) -> web.Response:
         users = await self.node.store.list_users()
-        data = await build_report(self.c.cfg, self.c, users)
+        data = await build_report(self.c.cfg, self.c, users,
+                                  generated_by=f"{ctx.user.username} ({ctx.role})")
         await self.c.audit("report.compliance", actor=ctx.user.id, actor_role=ctx.role,
                            source=ctx.source, summary=data["summary"])
         return web.json_response(data)
@@ -550,6 +684,9 @@ def add_routes(app: web.Application, node: Node) -> None:
     app.on_cleanup.append(api.on_cleanup)
     r, g, p = app.router, api.guard, PREFIX
     r.add_post(f"{p}/login", api.login)
+    r.add_post(f"{p}/login/sms", api.login_sms)
+    r.add_post(f"{p}/password", api.change_password)
+    r.add_post(f"{p}/sms", g("session.sms", api.session_sms))
     r.add_get(f"{p}/whoami", g("session.read", api.whoami))
     r.add_post(f"{p}/logout", g("session.logout", api.logout))
     # sysadmin
@@ -563,6 +700,8 @@ def add_routes(app: web.Application, node: Node) -> None:
     r.add_get(f"{p}/roles", g("role.list", api.list_roles))
     r.add_put(f"{p}/users/{{name}}/role", g("role.assign", api.assign_role))
     r.add_post(f"{p}/users/{{name}}/totp", g("totp.reset", api.reset_totp))
+    r.add_put(f"{p}/users/{{name}}/sms", g("sms.enroll", api.enroll_sms))
+    r.add_delete(f"{p}/users/{{name}}/sms", g("sms.enroll", api.enroll_sms))
     r.add_post(f"{p}/keys/audit/rotate", g("key.rotate", api.rotate_key))
     r.add_get(f"{p}/retention", g("retention.read", api.get_retention))
     r.add_put(f"{p}/retention", g("retention.set", api.set_retention))

@@ -29,6 +29,7 @@ from tongxin.clock import now_ms
 from tongxin.errors import RequestError
 from tongxin.metrics import error_name, type_name
 from tongxin.proto import tongxin_pb2 as pb
+from tongxin.store.ports import Unavailable
 from tongxin.wire import closecodes
 from tongxin.wire.codec import Decoder
 from tongxin.wire.frame import MAX_SEQ, FrameError, decode_frame
@@ -41,7 +42,8 @@ log = logging.getLogger("tongxin.connection")
 Handler = Callable[["Connection", int, bytes], Awaitable[None]]
 
 # Frames that do not count against the user's rate limit.
-_FREE = frozenset({pb.PING, pb.PONG})
+# LOGOUT too: a user who spent the budget must still be able to sign out.
+_FREE = frozenset({pb.PING, pb.PONG, pb.LOGOUT})
 
 # Seconds a close handshake may take before the socket is dropped.
 CLOSE_TIMEOUT = 2.0
@@ -213,7 +215,7 @@ class Connection:
                     raise RequestError(pb.NOT_AUTHENTICATED,
                                        "authenticate with AUTH or REGISTER first")
             elif ftype not in _FREE:
-                wait = node.limiter.take(self.user_id)
+                wait = await node.limiter.acquire(self.user_id)
                 if wait:
                     raise RequestError(pb.RATE_LIMITED, "too many frames; slow down",
                                        retry_after_ms=int(wait * 1000) + 1)
@@ -231,6 +233,11 @@ class Connection:
             self.error(err.code, err.message, seq, retry_after_ms=err.retry_after_ms, fatal=fatal)
             if fatal:
                 await self.close(closecodes.AUTH_REQUIRED, "too many frames before AUTH")
+        except Unavailable as exc:
+            # A backend outage outside the chat layer's own mapping (a login,
+            # a resume, a user query): the same clear answer, not INTERNAL.
+            self.error(pb.UNAVAILABLE, f"temporarily unavailable: {exc}; retry", seq,
+                       retry_after_ms=1000)
         except Exception:
             log.exception("handler failed", extra={"type": type_name(ftype), "user": self.user_id})
             self.error(pb.INTERNAL, "internal error; the request was not applied", seq)
@@ -365,7 +372,8 @@ class Connection:
     async def _logout(self, seq: int, payload: bytes) -> None:
         req: pb.Logout = _parse(pb.Logout, payload)
         if req.revoke_token and self.session is not None:
-            await self.node.accounts.revoke(self.session.claims.token_id)
+            claims = self.session.claims
+            await self.node.accounts.revoke(claims.token_id, claims.user_id, claims.expires_at_ms)
         await self.close(closecodes.NORMAL, "logged out")
 
 

@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tongxin import __version__
 from tongxin.auth.accounts import Accounts
+from tongxin.auth.revocation import NoRevocations, Revocations
 from tongxin.auth.tokens import TokenSigner, load_or_create_key
 from tongxin.chat.members import MemberCache
 from tongxin.chat.service import ChatService
@@ -31,8 +32,9 @@ from tongxin.presence.ports import PresenceRegistry
 from tongxin.proto import tongxin_pb2 as pb
 from tongxin.server import admin_api, files_api
 from tongxin.server.connection import Connection
+from tongxin.server.http_util import json_body
 from tongxin.server.hub import Hub
-from tongxin.server.ratelimit import RateLimiter
+from tongxin.server.ratelimit import RateLimit, RateLimiter
 from tongxin.store.ports import ChatStore, Unavailable
 from tongxin.store.sqlite_store import SqliteStore
 from tongxin.wire import closecodes
@@ -64,6 +66,36 @@ def make_presence(cfg: Config) -> PresenceRegistry:
     return MemoryPresence()
 
 
+def rate_limit_backend(cfg: Config) -> str:
+    backend = cfg.chat.rate_limit_backend
+    if backend == "auto":
+        return "redis" if cfg.presence.backend == "redis" else "memory"
+    return backend
+
+
+def make_rate_limiter(cfg: Config, metrics: Metrics | None = None) -> RateLimit:
+    c = cfg.chat
+    if rate_limit_backend(cfg) == "redis":
+        from tongxin.server.redis_ratelimit import RedisRateLimiter
+
+        on_fallback = metrics.redis_fallbacks.labels("rate_limit").inc if metrics else None
+        return RedisRateLimiter(cfg.presence.redis_nodes, cfg.presence.key_prefix,
+                                c.rate_limit_per_second, c.rate_limit_burst,
+                                on_fallback=on_fallback)
+    return RateLimiter(c.rate_limit_per_second, c.rate_limit_burst)
+
+
+def make_revocations(cfg: Config, metrics: Metrics | None = None) -> Revocations:
+    """Token revocations are published in Redis when presence is (the same cluster)."""
+    if cfg.presence.backend == "redis":
+        from tongxin.auth.redis_revocation import RedisRevocations
+
+        on_fallback = metrics.redis_fallbacks.labels("revocation").inc if metrics else None
+        return RedisRevocations(cfg.presence.redis_nodes, cfg.presence.key_prefix,
+                                on_fallback=on_fallback)
+    return NoRevocations()
+
+
 class Node:
     def __init__(self, cfg: Config, store: ChatStore | None = None,
                  bus: DeliveryBus | None = None, presence: PresenceRegistry | None = None) -> None:
@@ -82,7 +114,8 @@ class Node:
         self.files: FileService = make_file_service(cfg, self.store, self.metrics)
         self.chat = ChatService(self.store, self.bus, self.members, cfg.chat, s.max_message_size,
                                 files=self.files.message_file)
-        self.limiter = RateLimiter(cfg.chat.rate_limit_per_second, cfg.chat.rate_limit_burst)
+        self.limiter = make_rate_limiter(cfg, self.metrics)
+        self.revocations = make_revocations(cfg, self.metrics)
         self.accounts: Accounts  # set in start(): the token key lives in the data dir
         self.ready = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -103,7 +136,8 @@ class Node:
         home = self.cfg.home
         home.mkdir(parents=True, exist_ok=True)
         key = load_or_create_key(home / "secrets" / "token.key")
-        self.accounts = Accounts(self.store, TokenSigner(key), self.cfg.accounts)
+        self.accounts = Accounts(self.store, TokenSigner(key), self.cfg.accounts,
+                                 self.revocations)
         await self.store.open()
         await self.files.open()
         self.spawn(self.files.run_sweeper())  # expired uploads, in batches
@@ -127,6 +161,8 @@ class Node:
             t.cancel()
         await self.bus.close()
         await self.presence.close()
+        await self.limiter.close()
+        await self.revocations.close()
         await self.files.close()
         await self.store.close()
 
@@ -179,6 +215,8 @@ class Node:
     async def detach(self, conn: Connection) -> None:
         if conn.session is not None:
             self.metrics.authenticated.dec()
+            # The session idle timeout counts from when the connection ends.
+            await self.accounts.touch(conn.session.claims.token_id, force=True)
         if self.hub.detach(conn) and await self.presence.device_offline(
                 conn.user_id, conn.device_id, self.node_id):
             await self._publish_presence(conn.user_id, False)
@@ -240,17 +278,8 @@ class Node:
         return web.Response(body=generate_latest(self.metrics.registry),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def _json_body(self, request: web.Request) -> dict[str, Any]:
-        try:
-            body = await request.json()
-        except ValueError as exc:
-            raise web.HTTPBadRequest(text="body must be JSON") from exc
-        if not isinstance(body, dict):
-            raise web.HTTPBadRequest(text="body must be a JSON object")
-        return body
-
     async def api_login(self, request: web.Request) -> web.Response:
-        body = await self._json_body(request)
+        body = await json_body(request)
         try:
             s = await self.accounts.login(str(body.get("username", "")),
                                           str(body.get("password", "")),
@@ -261,8 +290,19 @@ class Node:
                                   "device_id": s.device_id,
                                   "expires_at_ms": s.claims.expires_at_ms})
 
+    async def api_password(self, request: web.Request) -> web.Response:
+        """A user changes their own password with the old one (also an expired one)."""
+        body = await json_body(request)
+        try:
+            user = await self.accounts.change_own_password(
+                str(body.get("username", "")), str(body.get("old_password", "")),
+                str(body.get("new_password", "")), source=request.remote or "")
+        except RequestError as err:
+            return _api_error(err, 401)
+        return web.json_response({"user_id": user.id, "changed": True})
+
     async def api_register(self, request: web.Request) -> web.Response:
-        body = await self._json_body(request)
+        body = await json_body(request)
         try:
             s = await self.accounts.register(str(body.get("username", "")),
                                              str(body.get("password", "")),
@@ -281,7 +321,7 @@ class Node:
         return web.FileResponse(page)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=1024 * 1024)
+        app = web.Application(client_max_size=1024 * 1024, middlewares=[_unavailable_as_503])
         app.router.add_get("/ws", self.ws_handler)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
@@ -289,6 +329,7 @@ class Node:
         app.router.add_get("/api/v1/info", self.info)
         app.router.add_post("/api/v1/login", self.api_login)
         app.router.add_post("/api/v1/register", self.api_register)
+        app.router.add_post("/api/v1/password", self.api_password)
         files_api.add_routes(app, self)
         if self.cfg.server.web_client:
             app.router.add_get("/", self.index)
@@ -309,11 +350,26 @@ class Node:
 
 
 _HTTP_STATUS = {pb.ACCOUNT_LOCKED: 423, pb.REGISTRATION_DISABLED: 403, pb.CONFLICT: 409,
-                pb.INVALID_ARGUMENT: 400, pb.UNAVAILABLE: 503}
+                pb.INVALID_ARGUMENT: 400, pb.UNAVAILABLE: 503, pb.FORBIDDEN: 403,
+                pb.PASSWORD_EXPIRED: 403}
+
+
+@web.middleware
+async def _unavailable_as_503(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A backend outage is a 503 with a retry hint on every HTTP API, not a 500."""
+    try:
+        response: web.StreamResponse = await handler(request)
+    except Unavailable as exc:
+        log.warning("request failed, backend unavailable", extra={"path": request.path})
+        return web.json_response({"error": "UNAVAILABLE", "message": str(exc),
+                                  "retry_after_ms": 1000}, status=503,
+                                 headers={"Retry-After": "1"})
+    return response
 
 
 def _api_error(err: RequestError, default: int) -> web.Response:
-    return web.json_response(
-        {"error": pb.ErrorCode.Name(err.code), "message": err.message,
-         "retry_after_ms": err.retry_after_ms},
-        status=_HTTP_STATUS.get(err.code, default))
+    body: dict[str, Any] = {"error": pb.ErrorCode.Name(err.code), "message": err.message,
+                            "retry_after_ms": err.retry_after_ms}
+    if err.code == pb.PASSWORD_EXPIRED:
+        body.update(password_expired=True, change_password="/api/v1/password")
+    return web.json_response(body, status=_HTTP_STATUS.get(err.code, default))

@@ -471,6 +471,44 @@ class MysqlStore:
         return await self._exec(
             "UPDATE tokens SET revoked_at=%s WHERE user_id=%s AND revoked_at=0", (at, user_id))
 
+    async def record_password(self, user_id: str, password_hash: str, at: int, keep: int) -> None:
+        async def job(cur: Cursor) -> None:
+            await cur.execute("UPDATE users SET password_hash=%s WHERE id=%s",
+                              (password_hash, user_id))
+            await cur.execute("REPLACE INTO password_history (user_id, changed_at, password_hash) "
+                              "VALUES (%s,%s,%s)", (user_id, at, password_hash))
+            # LIMIT is not allowed in an IN subquery on MySQL: find the cutoff first.
+            row = await self._one(cur, "SELECT changed_at FROM password_history WHERE user_id=%s "
+                                  "ORDER BY changed_at DESC LIMIT 1 OFFSET %s",
+                                  (user_id, max(keep, 1) - 1))
+            if row is not None:
+                await cur.execute("DELETE FROM password_history WHERE user_id=%s AND changed_at<%s",
+                                  (user_id, int(row[0])))
+
+        await self._write(job)
+
+    async def password_history(self, user_id: str, limit: int) -> list[tuple[int, str]]:
+        async def job(cur: Cursor) -> list[tuple[int, str]]:
+            return [(int(r[0]), str(r[1])) for r in await self._all(
+                cur, "SELECT changed_at, password_hash FROM password_history WHERE user_id=%s "
+                "ORDER BY changed_at DESC LIMIT %s", (user_id, limit))]
+
+        return await self._read(job)
+
+    async def touch_token(self, token_id: str, at: int) -> None:
+        await self._exec(
+            "INSERT INTO token_activity (token_id, last_used_at) VALUES (%s,%s) "
+            "ON DUPLICATE KEY UPDATE last_used_at = GREATEST(last_used_at, VALUES(last_used_at))",
+            (token_id, at))
+
+    async def token_last_used(self, token_id: str) -> int:
+        async def job(cur: Cursor) -> int:
+            row = await self._one(cur, "SELECT last_used_at FROM token_activity WHERE token_id=%s",
+                                  (token_id,))
+            return int(row[0]) if row else 0
+
+        return await self._read(job)
+
     # ---- conversations -------------------------------------------------------
 
     async def _insert_entry(self, cur: Cursor, e: Entry) -> Entry:

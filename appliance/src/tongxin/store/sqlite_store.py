@@ -22,9 +22,9 @@ from tongxin.store.ports import (
     StoreError,
     User,
 )
-from tongxin.store.sqlite_worker import SqliteWorker, connect
+from tongxin.store.sqlite_worker import SqliteDatabase
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: password_history, token_activity
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -49,6 +49,16 @@ CREATE TABLE IF NOT EXISTS tokens (
     revoked_at INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS tokens_by_user ON tokens(user_id);
+CREATE TABLE IF NOT EXISTS password_history (
+    user_id TEXT NOT NULL,
+    changed_at INTEGER NOT NULL,
+    password_hash TEXT NOT NULL,
+    PRIMARY KEY (user_id, changed_at)
+);
+CREATE TABLE IF NOT EXISTS token_activity (
+    token_id TEXT PRIMARY KEY,
+    last_used_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS conversations (
     id TEXT PRIMARY KEY,
     kind INTEGER NOT NULL,
@@ -130,38 +140,22 @@ def _insert_entry(conn: sqlite3.Connection, e: Entry) -> Entry:
     return e
 
 
-class SqliteStore:
+class SqliteStore(SqliteDatabase):
     def __init__(self, path: Path, synchronous: str = "full", batch_max: int = 256) -> None:
-        self.path = path
-        self._writer = SqliteWorker(path, synchronous, batch_max, "tongxin-sqlite-writer")
-        self._reader = SqliteWorker(path, synchronous, 1, "tongxin-sqlite-reader")
+        super().__init__(path, synchronous, batch_max, "sqlite")
 
-    async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # executescript() commits on its own, so the schema is applied on a
-        # short-lived connection rather than inside the writer's batches.
-        conn = connect(self.path, "full")
-        try:
-            self._migrate(conn)
-        finally:
-            conn.close()
-        self._writer.start()
-        self._reader.start()
-
-    @staticmethod
-    def _migrate(conn: sqlite3.Connection) -> None:
+    def apply_schema(self, conn: sqlite3.Connection) -> None:
         conn.executescript(SCHEMA)
         row = conn.execute("SELECT version FROM schema_version").fetchone()
         if row is None:
             conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+        elif row[0] < SCHEMA_VERSION:
+            # Later versions only add tables, which SCHEMA above has created.
+            conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
         elif row[0] > SCHEMA_VERSION:
             raise StoreError(
                 f"database schema version {row[0]} is newer than this release ({SCHEMA_VERSION})"
             )
-
-    async def close(self) -> None:
-        await self._reader.stop()
-        await self._writer.stop()
 
     async def ping(self) -> bool:
         try:
@@ -245,6 +239,39 @@ class SqliteStore:
         return await self._writer.run(lambda c: c.execute(
             "UPDATE tokens SET revoked_at=? WHERE user_id=? AND revoked_at=0", (at, user_id)
         ).rowcount)
+
+    async def record_password(self, user_id: str, password_hash: str, at: int, keep: int) -> None:
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE users SET password_hash=? WHERE id=?", (password_hash, user_id))
+            conn.execute("INSERT OR REPLACE INTO password_history (user_id, changed_at, "
+                         "password_hash) VALUES (?,?,?)", (user_id, at, password_hash))
+            row = conn.execute("SELECT changed_at FROM password_history WHERE user_id=? "
+                               "ORDER BY changed_at DESC LIMIT 1 OFFSET ?",
+                               (user_id, max(keep, 1) - 1)).fetchone()
+            if row is not None:
+                conn.execute("DELETE FROM password_history WHERE user_id=? AND changed_at<?",
+                             (user_id, row[0]))
+
+        await self._writer.run(job)
+
+    async def password_history(self, user_id: str, limit: int) -> list[tuple[int, str]]:
+        return await self._reader.run(lambda c: [(int(r[0]), str(r[1])) for r in c.execute(
+            "SELECT changed_at, password_hash FROM password_history WHERE user_id=? "
+            "ORDER BY changed_at DESC LIMIT ?", (user_id, limit))])
+
+    async def touch_token(self, token_id: str, at: int) -> None:
+        await self._writer.run(lambda c: c.execute(
+            "INSERT INTO token_activity (token_id, last_used_at) VALUES (?,?) "
+            "ON CONFLICT(token_id) DO UPDATE SET "
+            "last_used_at = MAX(last_used_at, excluded.last_used_at)", (token_id, at)))
+
+    async def token_last_used(self, token_id: str) -> int:
+        def job(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT last_used_at FROM token_activity WHERE token_id=?",
+                               (token_id,)).fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._reader.run(job)
 
     # ---- conversations ---------------------------------------------------
 

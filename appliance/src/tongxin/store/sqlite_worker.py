@@ -144,3 +144,34 @@ class SqliteWorker:
             outcomes = [(None, failed)] * len(jobs)
         for (_fn, fut, loop), (result, error) in zip(jobs, outcomes, strict=True):
             loop.call_soon_threadsafe(_resolve, fut, result, error)
+
+
+class SqliteDatabase:
+    """A SQLite file with a group-committing writer thread and a reader thread.
+
+    Subclasses say how their schema is applied; ``executescript()`` commits on
+    its own, so that happens on a short-lived connection before the workers
+    start rather than inside the writer's batches.
+    """
+
+    def __init__(self, path: Path, synchronous: str, batch_max: int, name: str) -> None:
+        self.path = path
+        self._writer = SqliteWorker(path, synchronous, batch_max, f"tongxin-{name}-writer")
+        self._reader = SqliteWorker(path, synchronous, 1, f"tongxin-{name}-reader")
+
+    def apply_schema(self, conn: sqlite3.Connection) -> None:
+        raise NotImplementedError
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = connect(self.path, "full")
+        try:
+            self.apply_schema(conn)
+        finally:
+            conn.close()
+        self._writer.start()
+        self._reader.start()
+
+    async def close(self) -> None:
+        await self._reader.stop()
+        await self._writer.stop()
