@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,7 +154,14 @@ class ComplianceConfig:
                                      "180 (网络安全法) unless audit_retention_override")
     audit_retention_override: bool = _f(False, "allow audit_retention_days below 180 "
                                         "(audited at every start)")
-    audit_archive_dir: str = _f("", "audit archive directory; empty means <data_dir>/audit-archive")
+    audit_archive_dir: str = _f("", "audit archive directory; empty means <data_dir>/audit-archive "
+                                "(with audit_archive_backend s3: only its lock file)")
+    audit_archive_backend: str = _f("local", "where archive segments and manifests are written: local "
+                                    "(audit_archive_dir) or s3 (files.s3_endpoint and credentials)")
+    audit_archive_bucket: str = _f("", "s3 archive: bucket (must exist); empty means files.s3_bucket")
+    audit_archive_name: str = _f("", "s3 archive: objects go under audit-archive/<name>/, one name per "
+                                 "node (letters, digits, . _ -); empty means node_id or hostname:port "
+                                 "with : as _")
     step_up_window: float = _f(300.0, "seconds a verified TOTP code counts as a fresh second factor")
     message_retention_days: float = _f(0.0, "days messages are kept before `tongxin retention run` "
                                        "deletes them; 0 keeps them forever")
@@ -218,6 +226,7 @@ _CHOICES = {
     "presence.backend": ("memory", "redis"),
     "chat.rate_limit_backend": ("auto", "memory", "redis"),
     "compliance.sms_provider": ("none", "command", "webhook"),
+    "compliance.audit_archive_backend": ("local", "s3"),
 }
 
 
@@ -279,6 +288,12 @@ def _validate(obj: Any, path: str) -> None:
             raise ConfigError("server.max_message_size: must be at least server.max_frame_payload")
     if isinstance(obj, FilesConfig):
         _validate_files(obj)
+    if isinstance(obj, Config):
+        comp, files = obj.compliance, obj.files
+        if comp.audit_archive_backend == "s3" and not (
+                files.s3_endpoint and (comp.audit_archive_bucket or files.s3_bucket)):
+            raise ConfigError("compliance.audit_archive_backend s3: files.s3_endpoint and a bucket "
+                              "(compliance.audit_archive_bucket or files.s3_bucket) are required")
     if isinstance(obj, StorageConfig):
         from tongxin.store.dsn import parse_dsn
 
@@ -305,6 +320,9 @@ def _validate(obj: Any, path: str) -> None:
                 ("http://", "https://")):
             raise ConfigError("compliance.sms_webhook_url: an http:// or https:// URL is required "
                               "with sms_provider: webhook")
+    if isinstance(obj, ComplianceConfig) and obj.audit_archive_name and not re.fullmatch(
+            r"[A-Za-z0-9_.-]+", obj.audit_archive_name):
+        raise ConfigError("compliance.audit_archive_name: letters, digits, '.', '_' and '-' only")
     if (isinstance(obj, ComplianceConfig) and obj.audit_retention_days < 180
             and not obj.audit_retention_override):
         raise ConfigError("compliance.audit_retention_days: the legal minimum is 180 days "

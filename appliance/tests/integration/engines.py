@@ -4,12 +4,14 @@ and appliance nodes running as separate processes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,3 +202,19 @@ async def drop_mysql_database(server_dsn: str, dsn: str) -> None:
     from tongxin.store.dsn import parse_dsn
 
     await _mysql_admin(server_dsn, f"DROP DATABASE IF EXISTS `{parse_dsn(dsn).database}`")
+
+
+@contextlib.asynccontextmanager
+async def storage_section(backend: str) -> AsyncIterator[dict[str, Any]]:
+    """The ``storage`` config section of a test node: the embedded SQLite ({}), or a
+    fresh database on the services.sh MariaDB (dropped afterwards)."""
+    if backend == "sqlite":
+        yield {}
+        return
+    await asyncio.to_thread(services, "start", "mariadb")
+    server_dsn = (await asyncio.to_thread(service_env))["TONGXIN_MYSQL_DSN"]
+    dsn = await create_mysql_database(server_dsn)
+    try:
+        yield {"backend": "mysql", "mysql_dsn": dsn, "mysql_pool_size": 8}
+    finally:
+        await drop_mysql_database(server_dsn, dsn)

@@ -18,6 +18,7 @@ import aiohttp
 import pyotp
 import pytest
 from conftest import NodeFactory, RunningNode  # type: ignore[import-not-found, unused-ignore]
+from engines import storage_section
 
 from tongxin.compliance.export import verify_export
 from tongxin.compliance.service import Compliance
@@ -321,9 +322,16 @@ async def test_lockout_is_audited(node_factory: NodeFactory, http: aiohttp.Clien
     assert denied and denied[0]["details"]["reason"] == "account locked"
 
 
+@pytest.fixture(params=["sqlite", "mysql"])
+async def storage(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
+    async with storage_section(str(request.param)) as section:
+        yield section
+
+
 async def test_export_is_signed_verifiable_and_audited(node_factory: NodeFactory,
-                                                       http: aiohttp.ClientSession) -> None:
-    rn: RunningNode = await node_factory()
+                                                       http: aiohttp.ClientSession,
+                                                       storage: dict[str, Any]) -> None:
+    rn: RunningNode = await node_factory(storage=storage)
     alice = await rn.user("alice")
     await rn.user("bob")
     conv = await alice.direct("bob")

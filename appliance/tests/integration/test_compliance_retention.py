@@ -5,41 +5,54 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sqlite3
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import NodeFactory, RunningNode  # type: ignore[import-not-found, unused-ignore]
+from engines import storage_section
 
 from tongxin.clock import now_ms
 from tongxin.compliance.archive import DAY_MS
-from tongxin.compliance.history import SqliteHistory
 from tongxin.compliance.retention import conversation_scope, run_retention
 from tongxin.compliance.service import Compliance
 from tongxin.server.admin_api import ADMIN_API
+from tongxin.server.node import make_store
+from tongxin.store.ports import ChatStore
 
 pytestmark = pytest.mark.integration
 
 
-def counts(rn: RunningNode) -> dict[str, int]:
-    conn = sqlite3.connect(rn.cfg.sqlite_file)
-    try:
-        return dict(conn.execute(
-            "SELECT conversation_id, COUNT(*) FROM messages GROUP BY conversation_id").fetchall())
-    finally:
-        conn.close()
+async def counts(rn: RunningNode) -> dict[str, int]:
+    """Entries per conversation (those with any), read through the node's store."""
+    store = rn.node.store
+    out: dict[str, int] = {}
+    for cid in await store.conversation_ids("", 1000):
+        n = len(await store.entries_after(cid, 0, 100_000))
+        if n:
+            out[cid] = n
+    return out
 
 
-async def history(rn: RunningNode) -> SqliteHistory:
-    h = SqliteHistory(rn.cfg.sqlite_file)
+@pytest.fixture(params=["sqlite", "mysql"])
+async def storage(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
+    async with storage_section(str(request.param)) as section:
+        yield section
+
+
+async def history(rn: RunningNode) -> ChatStore:
+    """A store of its own, as `tongxin retention run` opens one beside the node."""
+    h = make_store(rn.cfg)
     await h.open()
     return h
 
 
 async def test_retention_deletes_only_expired_messages_and_never_held_ones(
-        node_factory: NodeFactory) -> None:
-    rn: RunningNode = await node_factory(compliance={"message_retention_days": 30.0})
+        node_factory: NodeFactory, storage: dict[str, Any]) -> None:
+    rn: RunningNode = await node_factory(compliance={"message_retention_days": 30.0},
+                                         storage=storage)
     comp: Compliance = rn.runner.app[ADMIN_API].c
     alice, bob = await rn.user("alice"), await rn.user("bob")
     carol, dave = await rn.user("carol"), await rn.user("dave")
@@ -58,16 +71,16 @@ async def test_retention_deletes_only_expired_messages_and_never_held_ones(
     await comp.store.add_hold("conversation", conv_held.conversation_id, "case 17", "u_sec", now_ms())
     await comp.store.set_policy(conversation_scope(forever.conversation_id), 0)
     await comp.store.set_policy(conversation_scope(longer.conversation_id), 60)
-    before = counts(rn)
+    before = await counts(rn)
     h = await history(rn)
     try:
         # Today nothing is 30 days old.
         res = await run_retention(rn.cfg, comp.store, h, actor="test")
         assert res.finished and res.deleted == 0
-        assert counts(rn) == before
+        assert (await counts(rn)) == before
         # Thirty-one days on: the plain conversation loses its log, nothing else.
         res = await run_retention(rn.cfg, comp.store, h, actor="test", now=now_ms() + 31 * DAY_MS)
-        after = counts(rn)
+        after = await counts(rn)
         assert res.deleted == before[plain.conversation_id]
         assert plain.conversation_id not in after
         for kept in (user_held, conv_held, forever, longer):
@@ -77,8 +90,8 @@ async def test_retention_deletes_only_expired_messages_and_never_held_ones(
         hold = next(x for x in await comp.store.holds() if x.target == carol_id)
         await comp.store.release_hold(hold.id, "u_sec", now_ms())
         res = await run_retention(rn.cfg, comp.store, h, actor="test", now=now_ms() + 31 * DAY_MS)
-        assert user_held.conversation_id not in counts(rn)
-        assert counts(rn)[conv_held.conversation_id] == before[conv_held.conversation_id]
+        assert user_held.conversation_id not in (await counts(rn))
+        assert (await counts(rn))[conv_held.conversation_id] == before[conv_held.conversation_id]
     finally:
         await h.close()
     # The node still serves what is left.
@@ -98,19 +111,19 @@ async def test_retention_runs_in_batches_and_resumes(node_factory: NodeFactory) 
         convs.append(conv)
         for i in range(5):
             await alice.send_text(conv.conversation_id, f"{name} {i}")
-    total = sum(counts(rn).values())
+    total = sum((await counts(rn)).values())
     later = now_ms() + 2 * DAY_MS
     h = await history(rn)
     try:
         first = await run_retention(rn.cfg, comp.store, h, actor="test", max_batches=3, now=later)
         assert not first.finished and first.deleted == 6
-        assert sum(counts(rn).values()) == total - 6
+        assert sum((await counts(rn)).values()) == total - 6
         # A hold placed while the run is open protects what is not deleted yet.
         last = sorted(c.conversation_id for c in convs)[-1]
         await comp.store.add_hold("conversation", last, "late hold", "u_sec", now_ms())
         second = await run_retention(rn.cfg, comp.store, h, actor="test", now=later)
         assert second.resumed and second.finished and second.run_id == first.run_id
-        left = counts(rn)
+        left = await counts(rn)
         assert set(left) == {last}
         assert left[last] == 6  # the created event and five messages
     finally:

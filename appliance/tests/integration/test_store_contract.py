@@ -681,3 +681,53 @@ async def test_two_users_chat_on_mysql(node_factory: NodeFactory, fresh_mysql: M
         assert (await other.get_user_by_name("alice")) is not None
     finally:
         await other.close()
+
+
+# ---- compliance: retention and export read and delete through the port ----------------
+
+
+def timed(conv: str, cid: str, sent_at: int, sender: str = "u_a") -> Entry:
+    e = entry(conv, cid, sender)
+    e.sent_at = sent_at
+    return e
+
+
+async def test_time_range_reads_for_export(store: ChatStore) -> None:
+    await store.create_conversation(ConversationRow("d:u_a:u_c", DIRECT, "", 0, "u_a", 0, 0),
+                                    [("u_a", 1), ("u_c", 1)], entry("d:u_a:u_c", "create"))
+    for i in range(6):  # g:1 seqs 2..7 at 100, 200, ..., 600; alternating senders
+        await store.append(timed("g:1", f"t{i}", 100 * (i + 1), "u_a" if i % 2 else "u_b"))
+    await store.append(timed("d:u_a:u_c", "d0", 250, "u_c"))
+    assert await store.conversation_ids("", 10) == ["d:u_a:u_c", "g:1"]
+    assert await store.conversation_ids("d:u_a:u_c", 10) == ["g:1"]
+    assert await store.conversation_ids("", 1) == ["d:u_a:u_c"]
+    assert await store.memberships("u_a") == [("d:u_a:u_c", 1), ("g:1", 1)]
+    assert await store.memberships("u_c") == [("d:u_a:u_c", 1)]
+    assert await store.memberships("u_z") == []
+    got = await store.entries_between("g:1", 200, 600, 0, 100)
+    assert [(e.seq, e.sent_at) for e in got] == [(3, 200), (4, 300), (5, 400), (6, 500)]
+    assert [e.seq for e in await store.entries_between("g:1", 200, 600, 3, 2)] == [4, 5]
+    assert [e.seq for e in await store.entries_between("g:1", 0, 10_000, 0, 100, min_seq=6)] == [6, 7]
+    assert await store.entries_between("g:1", 700, 800, 0, 100) == []
+    sent = await store.sent_by("u_b", 0, 10_000)
+    assert [(e.conversation_id, e.seq) for e in sent] == [("g:1", 2), ("g:1", 4), ("g:1", 6)]
+    assert [e.seq for e in await store.sent_by("u_b", 200, 500)] == [4]
+    assert [(e.conversation_id, e.seq) for e in await store.sent_by("u_c", 0, 10_000)] == [
+        ("d:u_a:u_c", 2)]
+
+
+async def test_delete_before_in_batches_sparing_senders(store: ChatStore) -> None:
+    for i in range(6):  # seqs 2..7 at 100..600: u_b sends 2, 4, 6
+        await store.append(timed("g:1", f"t{i}", 100 * (i + 1), "u_a" if i % 2 else "u_b"))
+    # seq 1 (the create entry, sent_at 1) and 2..5 are before 450; u_a's are 1, 3, 5.
+    assert await store.delete_before("g:1", 450, ["u_b"], 2) == 2
+    assert [e.seq for e in await store.entries_after("g:1", 0, 100)] == [2, 4, 5, 6, 7]
+    assert await store.delete_before("g:1", 450, ["u_b"], 2) == 1
+    assert await store.delete_before("g:1", 450, ["u_b"], 2) == 0
+    assert [e.seq for e in await store.entries_after("g:1", 0, 100)] == [2, 4, 6, 7]
+    assert await store.delete_before("g:1", 450, [], 10) == 2
+    assert [e.seq for e in await store.entries_after("g:1", 0, 100)] == [6, 7]
+    assert await store.delete_before("g:other", 10_000, [], 10) == 0
+    # The log goes on from its last seq: deleting old entries never reuses seqs.
+    e, dup = await store.append(timed("g:1", "after", 700))
+    assert not dup and e.seq == 8

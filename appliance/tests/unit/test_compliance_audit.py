@@ -132,7 +132,7 @@ async def test_archive_then_verify_across_the_boundary_and_name_both_tampers(
     assert report.archived_records == 8 and report.manifest_signed
     # Tamper with record 4 inside the archive (recompressed, so the file still reads)
     # and with record 10 in the database.
-    archive = comp.archive.path
+    archive = comp.archive.lock_dir
     seg = json.loads((archive / MANIFEST).read_text())["segments"][0]["file"]
     lines = zstandard.ZstdDecompressor().stream_reader((archive / seg).read_bytes()).read().decode()
     edited = lines.replace('"target":"user3"', '"target":"nobody"')
@@ -154,7 +154,7 @@ async def test_archive_then_verify_across_the_boundary_and_name_both_tampers(
 async def test_manifest_edit_breaks_its_signature(comp: Compliance) -> None:
     await fill(comp, 3, ts=now_ms() - 60 * DAY_MS)
     await comp.run_archive()
-    m = comp.archive.path / MANIFEST
+    m = comp.archive.lock_dir / MANIFEST
     m.write_text(m.read_text().replace('"records":3', '"records":2'))
     report = await comp.verify()
     assert report.manifest_signed is False

@@ -45,6 +45,9 @@ def test_values_are_read(tmp_path: Path) -> None:
     ("accounts:\n  scrypt_n: 1000\n", "accounts.scrypt_n: must be a power of two"),
     ("server: {max_frame_payload: 2048, max_message_size: 1024}\n", "server.max_message_size"),
     ("server: {listen: [\n", "is not valid YAML"),
+    ("compliance:\n  audit_archive_backend: s3\n", "compliance.audit_archive_backend s3: files.s3"),
+    ("compliance:\n  audit_archive_backend: nfs\n", "'nfs' is not one of local, s3"),
+    ("compliance:\n  audit_archive_name: a/b\n", "compliance.audit_archive_name"),
 ])
 def test_bad_config_names_the_key(tmp_path: Path, text: str, needle: str) -> None:
     with pytest.raises(ConfigError) as info:

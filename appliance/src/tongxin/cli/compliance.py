@@ -228,8 +228,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_retention(args: argparse.Namespace) -> int:
-    from tongxin.compliance.history import HistoryUnsupported, make_history
     from tongxin.compliance.retention import effective_policies, run_retention
+    from tongxin.server.node import make_store
 
     cfg = _config(args)
 
@@ -246,11 +246,7 @@ def cmd_retention(args: argparse.Namespace) -> int:
                     print(f"hold #{h.id}: {h.kind} {h.target} — {h.reason}")
                 return 0
             if args.action == "run":
-                try:
-                    history = make_history(cfg)
-                except HistoryUnsupported as exc:
-                    print(f"tongxin: {exc}", file=sys.stderr)
-                    return 1
+                history = make_store(cfg)
                 await history.open()
                 try:
                     res = await run_retention(cfg, comp.store, history, actor=actor,
@@ -277,7 +273,6 @@ def cmd_retention(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from tongxin.clock import now_ms
     from tongxin.compliance.export import export_messages, verify_export
-    from tongxin.compliance.history import HistoryUnsupported, make_history
     from tongxin.server.node import make_store
 
     cfg = _config(args)
@@ -309,11 +304,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                 kind, target, name = "user", u.id, u.username
             else:
                 kind, target, name = "conversation", args.conversation, args.conversation
-            try:
-                history = make_history(cfg)
-            except HistoryUnsupported as exc:
-                print(f"tongxin: {exc}", file=sys.stderr)
-                return 1
+            history = make_store(cfg)
             await history.open()
             try:
                 path, manifest = await export_messages(

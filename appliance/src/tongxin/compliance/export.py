@@ -12,7 +12,9 @@ An export is a directory holding
   with the audit signing key (same form as the audit archive's).
 
 A user's export holds the conversations the user is a member of (entries from
-the user's join onward) and everything the user sent elsewhere.
+the user's join onward) and everything the user sent elsewhere. Entries are
+read through the chat store port (``ChatStore.memberships``,
+``entries_between``, ``sent_by``): SQLite and MySQL/TiDB alike.
 """
 
 from __future__ import annotations
@@ -26,12 +28,11 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 
 from tongxin.compliance import chain
-from tongxin.compliance.history import HistoryPort
 from tongxin.compliance.keys import AuditKeys
 from tongxin.crypto import SM2_DEFAULT_SIGNER_ID, sm3_digest
 from tongxin.crypto.errors import CryptoError
 from tongxin.proto import tongxin_pb2 as pb
-from tongxin.store.ports import Entry
+from tongxin.store.ports import ChatStore, Entry
 
 FORMAT = "tongxin-export"
 
@@ -61,7 +62,7 @@ def entry_json(e: Entry) -> dict[str, Any]:
             "system": system}
 
 
-async def _entries(history: HistoryPort, kind: str, target: str, from_ms: int,
+async def _entries(history: ChatStore, kind: str, target: str, from_ms: int,
                    to_ms: int) -> list[Entry]:
     out: list[Entry] = []
     if kind == "conversation":
@@ -86,7 +87,7 @@ async def _entries(history: HistoryPort, kind: str, target: str, from_ms: int,
     return out
 
 
-async def export_messages(history: HistoryPort, keys: AuditKeys, out_root: Path, *, kind: str,
+async def export_messages(history: ChatStore, keys: AuditKeys, out_root: Path, *, kind: str,
                           target: str, target_name: str, from_ms: int, to_ms: int, actor: str,
                           now: int) -> tuple[Path, dict[str, Any]]:
     if kind not in ("user", "conversation"):

@@ -12,6 +12,10 @@ A run fixes its cutoffs when it starts and records the last conversation it
 finished, so a run that stops (crash, ``--max-batches``) is continued, not
 restarted, by the next ``tongxin retention run``. Holds are re-read for every
 conversation, so a hold placed during a run protects what is not yet deleted.
+
+The messages are read and deleted only through the chat store port
+(``ChatStore.conversation_ids``, ``member_ids``, ``delete_before``), so the
+job runs on the SQLite and the MySQL/TiDB message store alike.
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ from dataclasses import dataclass
 
 from tongxin.clock import now_ms
 from tongxin.compliance.archive import DAY_MS
-from tongxin.compliance.history import HistoryPort
 from tongxin.compliance.ports import ComplianceStore
 from tongxin.config import Config
+from tongxin.store.ports import ChatStore
 
 DEFAULT_SCOPE = "default"
 
@@ -46,7 +50,7 @@ async def effective_policies(cfg: Config, store: ComplianceStore) -> dict[str, f
     return policies
 
 
-async def run_retention(cfg: Config, store: ComplianceStore, history: HistoryPort, *, actor: str,
+async def run_retention(cfg: Config, store: ComplianceStore, history: ChatStore, *, actor: str,
                         max_batches: int = 0, now: int | None = None) -> RunResult:
     """Run (or continue) the deletion job. ``max_batches`` > 0 stops early (resumable)."""
     now = now_ms() if now is None else now

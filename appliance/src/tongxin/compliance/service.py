@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
+import socket
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -13,14 +16,21 @@ from urllib.parse import urlsplit, urlunsplit
 
 from tongxin.clock import now_ms
 from tongxin.compliance import chain
-from tongxin.compliance.archive import DAY_MS, Archive, ArchiveResult
+from tongxin.compliance.archive import (
+    DAY_MS,
+    Archive,
+    ArchiveObjects,
+    ArchiveResult,
+    BlobObjects,
+    DirObjects,
+)
 from tongxin.compliance.keys import AuditKeys
 from tongxin.compliance.ports import AuditRecord, ComplianceStore, SignedHead
 from tongxin.compliance.sms import SmsFactor, make_provider, sms_keys
 from tongxin.compliance.sqlite_store import SqliteComplianceStore
 from tongxin.compliance.totp import Totp, secrets_key
 from tongxin.compliance.verify import VerifyReport, verify_chain
-from tongxin.config import Config, documented_keys
+from tongxin.config import Config, ConfigError, documented_keys
 from tongxin.crypto import sm2_available
 from tongxin.crypto.errors import CryptoError
 
@@ -40,6 +50,33 @@ def compliance_db(cfg: Config) -> Path:
 def archive_dir(cfg: Config) -> Path:
     c = cfg.compliance
     return Path(c.audit_archive_dir) if c.audit_archive_dir else cfg.home / "audit-archive"
+
+
+def archive_name(cfg: Config) -> str:
+    """This node's archive prefix name in a bucket (the same for the node and its CLI)."""
+    if cfg.compliance.audit_archive_name:
+        return cfg.compliance.audit_archive_name
+    node = cfg.node_id or f"{socket.gethostname()}:{cfg.listen_address()[1]}"
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", node)
+
+
+def archive_objects(cfg: Config) -> ArchiveObjects:
+    """The archive's storage: a directory, or the S3 bucket through the files BlobStore port."""
+    c, f = cfg.compliance, cfg.files
+    if c.audit_archive_backend != "s3":
+        return DirObjects(archive_dir(cfg))
+    bucket = c.audit_archive_bucket or f.s3_bucket
+    if not f.s3_endpoint or not bucket:
+        raise ConfigError("compliance.audit_archive_backend s3: files.s3_endpoint and a bucket "
+                          "(compliance.audit_archive_bucket or files.s3_bucket) are required")
+    from tongxin.files.s3 import S3BlobStore  # imports botocore: only when used
+
+    blobs = S3BlobStore(
+        f.s3_endpoint, bucket, f.s3_region,
+        f.s3_access_key or os.environ.get("TONGXIN_S3_ACCESS_KEY", ""),
+        f.s3_secret_key or os.environ.get("TONGXIN_S3_SECRET_KEY", ""),
+        spool_dir=archive_dir(cfg) / "spool")
+    return BlobObjects(blobs, archive_name(cfg), f"s3://{bucket}")
 
 
 def _mask_url(url: str) -> str:
@@ -78,7 +115,7 @@ class Compliance:
         self.store: ComplianceStore = store or SqliteComplianceStore(
             compliance_db(cfg), cfg.storage.sqlite_synchronous)
         self.keys = AuditKeys(cfg.home)
-        self.archive = Archive(archive_dir(cfg), self.keys)
+        self.archive = Archive(archive_objects(cfg), self.keys, archive_dir(cfg))
         self.totp: Totp
         self.sms: SmsFactor
         self._signed_seq = -1
@@ -94,6 +131,7 @@ class Compliance:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+        await self.archive.objects.close()
         await self.store.close()
 
     # ---- the audit trail ---------------------------------------------------
@@ -193,8 +231,8 @@ class Compliance:
         hot = self.cfg.compliance.audit_hot_days
         result = await self.archive.archive(self.store, now - int(hot * DAY_MS), now)
         days, _ = await self.audit_retention()
-        if self.archive.exists():
-            result.purged_segments = await asyncio.to_thread(self.archive.purge, days, now)
+        if await self.archive.exists():
+            result.purged_segments = await self.archive.purge(days, now)
         if result.archived or result.purged_segments:
             await self.audit("audit.archive", actor="system", records=result.archived,
                              segments=result.segments, purged_segments=result.purged_segments)

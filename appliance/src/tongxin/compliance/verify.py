@@ -116,8 +116,8 @@ async def verify_chain(store: ComplianceStore, keys: AuditKeys, archive: Archive
     wanted = {h.seq for h in heads}
     start_seq, start_prev = 1, chain.GENESIS
     manifest: dict[str, Any] | None = None
-    if archive is not None and archive.exists():
-        manifest = _check_manifest(archive, pubkeys, report)
+    if archive is not None:
+        manifest = await _check_manifest(archive, pubkeys, report)
     if manifest is not None and manifest.get("purged"):
         last = manifest["purged"][-1]
         start_seq, start_prev = int(last["last_seq"]) + 1, str(last["last_hash"])
@@ -128,7 +128,7 @@ async def verify_chain(store: ComplianceStore, keys: AuditKeys, archive: Archive
     if manifest is not None and archive is not None:
         for seg in manifest.get("segments", []):
             report.segments += 1
-            _walk_segment(archive, seg, walker, report)
+            await _walk_segment(archive, seg, walker, report)
             archived_through = int(seg["last_seq"])
     after = 0
     while True:
@@ -162,21 +162,23 @@ async def verify_chain(store: ComplianceStore, keys: AuditKeys, archive: Archive
     return report
 
 
-def _check_manifest(archive: Archive, pubkeys: dict[str, SM2PublicKey],
-                    report: VerifyReport) -> dict[str, Any] | None:
-    body = (archive.path / MANIFEST).read_bytes()
+async def _check_manifest(archive: Archive, pubkeys: dict[str, SM2PublicKey],
+                          report: VerifyReport) -> dict[str, Any] | None:
+    body = await archive.objects.get(MANIFEST)
+    if body is None:
+        return None
     try:
         manifest: dict[str, Any] = json.loads(body)
     except ValueError:
         report.add("manifest", 0, "unreadable", "archive manifest.json is not valid JSON")
         return None
     report.manifest_signed = False
-    sig_path = archive.path / SIGNATURE
-    if not sig_path.exists():
+    sig_body = await archive.objects.get(SIGNATURE)
+    if sig_body is None:
         report.add("manifest", 0, "unsigned", "archive manifest has no signature (manifest.sig)")
         return manifest
     try:
-        sig = json.loads(sig_path.read_text(encoding="utf-8"))
+        sig = json.loads(sig_body)
         key = pubkeys[str(sig["key_fp"])]
         key.verify(bytes.fromhex(str(sig["signature"])), body)
     except KeyError:
@@ -189,17 +191,16 @@ def _check_manifest(archive: Archive, pubkeys: dict[str, SM2PublicKey],
     return manifest
 
 
-def _walk_segment(archive: Archive, seg: dict[str, Any], walker: _Walker,
-                  report: VerifyReport) -> None:
+async def _walk_segment(archive: Archive, seg: dict[str, Any], walker: _Walker,
+                        report: VerifyReport) -> None:
     name = str(seg["file"])
     where = f"archive:{name}"
-    path = archive.path / name
     first, last = int(seg["first_seq"]), int(seg["last_seq"])
-    if not path.exists():
+    data = await archive.objects.get(name)
+    if data is None:
         report.add(where, first, "missing", f"archive segment {name} (records {first}..{last}) is missing")
         walker.expect_seq, walker.prev = last + 1, str(seg["last_hash"])
         return
-    data = path.read_bytes()
     if sm3_digest(data).hex() != seg["sm3"]:
         report.add(where, first, "segment-altered",
                    f"archive segment {name} does not match the SM3 digest in the manifest")

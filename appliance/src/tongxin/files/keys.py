@@ -9,6 +9,10 @@ UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 FILE_ID_RE = re.compile(r"^f_[0-9a-f]{32}$")
 PART_KEY_RE = re.compile(r"^parts/([0-9a-f]{32})/[0-9]{6}\.[0-9a-f]{16}$")
 FILE_KEY_RE = re.compile(r"^blobs/[0-9a-f]{2}/f_[0-9a-f]{32}$")
+# Audit archive objects (compliance/archive.py): made from the configured
+# prefix and seq numbers, never from client input.
+ARCHIVE_KEY_RE = re.compile(
+    r"^audit-archive/[A-Za-z0-9_.-]+/(audit-[0-9]{12}-[0-9]{12}\.jsonl\.zst|manifest\.json|manifest\.sig)$")
 
 
 def new_upload_id() -> str:
@@ -40,4 +44,4 @@ def file_key(file_id: str) -> str:
 
 
 def valid_key(key: str) -> bool:
-    return bool(PART_KEY_RE.match(key) or FILE_KEY_RE.match(key))
+    return bool(PART_KEY_RE.match(key) or FILE_KEY_RE.match(key) or ARCHIVE_KEY_RE.match(key))

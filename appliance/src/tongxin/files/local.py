@@ -162,6 +162,21 @@ class LocalBlobStore:
         finally:
             f.close()
 
+    async def put_object(self, key: str, data: bytes) -> None:
+        final = self._path(key)
+        tmp = self._tmp_path()
+        await asyncio.to_thread(self.tmp.mkdir, parents=True, exist_ok=True)
+        fd = await asyncio.to_thread(os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            await asyncio.to_thread(_write_all, fd, data)
+            await self._publish(tmp, fd, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+
     async def delete(self, keys: Sequence[str]) -> None:
         paths = [self._path(k) for k in keys]
 

@@ -109,6 +109,12 @@ class BlobStore(Protocol):
         """Delete blobs; keys that do not exist are ignored."""
         ...
 
+    async def put_object(self, key: str, data: bytes) -> None:
+        """Store a small blob whole under a given key (replacing it), durably and
+        atomically: readers see the old bytes or the new, never a part. For the
+        audit archive (``files.keys.ARCHIVE_KEY_RE``), not for uploads."""
+        ...
+
 
 class FileMetaStore(Protocol):
     """Uploads, their parts and the finished files (the SQLite default shares tongxin.db)."""

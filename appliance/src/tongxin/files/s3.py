@@ -186,6 +186,13 @@ class S3BlobStore:
         finally:
             body.close()
 
+    async def put_object(self, key: str, data: bytes) -> None:
+        _check(key)
+        try:
+            await self.s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentLength=len(data))
+        except (ClientError, BotoCoreError) as exc:
+            raise BlobError(f"storing {key}: {exc}") from exc
+
     async def delete(self, keys: Sequence[str]) -> None:
         checked = [_check(k) for k in keys]
         for i in range(0, len(checked), 1000):

@@ -30,7 +30,6 @@ from tongxin import __version__
 from tongxin.clock import now_ms
 from tongxin.compliance import roles
 from tongxin.compliance.export import export_messages
-from tongxin.compliance.history import HistoryUnsupported, make_history
 from tongxin.compliance.ports import AdminSession
 from tongxin.compliance.report import build_report
 from tongxin.compliance.retention import DEFAULT_SCOPE, conversation_scope, effective_policies
@@ -646,18 +645,11 @@ class AdminApi:
         else:
             return _err(400, "INVALID_ARGUMENT", "name a user or a conversation_id")
         try:
-            history = make_history(self.c.cfg)
-        except HistoryUnsupported as exc:
-            return _err(501, "UNSUPPORTED", str(exc))
-        await history.open()
-        try:
             path, manifest = await export_messages(
-                history, self.c.keys, self.c.cfg.home / "exports", kind=kind, target=target,
+                self.node.store, self.c.keys, self.c.cfg.home / "exports", kind=kind, target=target,
                 target_name=name, from_ms=from_ms, to_ms=to_ms, actor=ctx.user.id, now=now_ms())
         except ValueError as exc:
             return _err(400, "INVALID_ARGUMENT", str(exc))
-        finally:
-            await history.close()
         await self.c.audit("export.messages", actor=ctx.user.id, actor_role=ctx.role,
                            target=f"{kind}:{target}", source=ctx.source,
                            export_id=manifest["export_id"], records=manifest["records"],

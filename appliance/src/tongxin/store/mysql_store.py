@@ -727,6 +727,49 @@ class MysqlStore:
 
         return await self._read(job)
 
+    async def conversation_ids(self, after: str, limit: int) -> list[str]:
+        async def job(cur: Cursor) -> list[str]:
+            return [_s(r[0]) for r in await self._all(
+                cur, "SELECT id FROM conversations WHERE id > %s ORDER BY id LIMIT %s", (after, limit))]
+
+        return await self._read(job)
+
+    async def memberships(self, user_id: str) -> list[tuple[str, int]]:
+        async def job(cur: Cursor) -> list[tuple[str, int]]:
+            return [(_s(r[0]), int(r[1])) for r in await self._all(
+                cur, "SELECT conversation_id, joined_seq FROM members WHERE user_id=%s "
+                "ORDER BY conversation_id", (user_id,))]
+
+        return await self._read(job)
+
+    async def entries_between(self, conversation_id: str, from_ms: int, to_ms: int, after_seq: int,
+                              limit: int, min_seq: int = 0) -> list[Entry]:
+        async def job(cur: Cursor) -> list[Entry]:
+            return [_entry(r) for r in await self._all(
+                cur, f"SELECT {_ENTRY_COLS} FROM messages WHERE conversation_id=%s AND seq>%s "
+                "AND sent_at>=%s AND sent_at<%s ORDER BY seq LIMIT %s",
+                (conversation_id, max(after_seq, min_seq - 1), from_ms, to_ms, limit))]
+
+        return await self._read(job)
+
+    async def sent_by(self, user_id: str, from_ms: int, to_ms: int) -> list[Entry]:
+        async def job(cur: Cursor) -> list[Entry]:
+            return [_entry(r) for r in await self._all(
+                cur, f"SELECT {_ENTRY_COLS} FROM messages WHERE sender_id=%s AND sent_at>=%s "
+                "AND sent_at<%s ORDER BY conversation_id, seq", (user_id, from_ms, to_ms))]
+
+        return await self._read(job)
+
+    async def delete_before(self, conversation_id: str, cutoff_ms: int, spare_senders: list[str],
+                            limit: int) -> int:
+        marks = ",".join(["%s"] * len(spare_senders))
+        spare = f"AND sender_id NOT IN ({marks})" if spare_senders else ""
+
+        # Single-table DELETE with ORDER BY and LIMIT (MySQL, MariaDB, TiDB): one transaction.
+        return await self._exec(
+            f"DELETE FROM messages WHERE conversation_id=%s AND sent_at<%s {spare} "
+            "ORDER BY seq LIMIT %s", (conversation_id, cutoff_ms, *spare_senders, limit))
+
     async def entries_after(self, conversation_id: str, after_seq: int, limit: int,
                             min_seq: int = 0) -> list[Entry]:
         async def job(cur: Cursor) -> list[Entry]:

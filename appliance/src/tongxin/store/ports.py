@@ -178,3 +178,24 @@ class ChatStore(Protocol):
     async def set_cursor(self, conversation_id: str, user_id: str, kind: str, seq: int) -> int:
         """Raise the member's 'read' or 'delivered' cursor to seq; return the new value."""
         ...
+
+    # compliance: retention and export (tongxin.compliance.retention, .export)
+    async def conversation_ids(self, after: str, limit: int) -> list[str]:
+        """Conversation ids greater than ``after``, in order (to walk every conversation)."""
+        ...
+    async def memberships(self, user_id: str) -> list[tuple[str, int]]:
+        """(conversation id, joined seq) of every conversation the user is in, by id."""
+        ...
+    async def entries_between(self, conversation_id: str, from_ms: int, to_ms: int, after_seq: int,
+                              limit: int, min_seq: int = 0) -> list[Entry]:
+        """Entries with ``from_ms <= sent_at < to_ms``, seq above ``after_seq`` and at
+        least ``min_seq``, in seq order, at most ``limit``."""
+        ...
+    async def sent_by(self, user_id: str, from_ms: int, to_ms: int) -> list[Entry]:
+        """Everything the user sent with ``from_ms <= sent_at < to_ms``, by conversation, seq."""
+        ...
+    async def delete_before(self, conversation_id: str, cutoff_ms: int, spare_senders: list[str],
+                            limit: int) -> int:
+        """Delete up to ``limit`` of the oldest entries sent before ``cutoff_ms``, except
+        those sent by ``spare_senders``, in one transaction; return how many."""
+        ...

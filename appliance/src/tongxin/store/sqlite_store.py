@@ -417,6 +417,40 @@ class SqliteStore(SqliteDatabase):
 
         return await self._reader.run(job)
 
+    async def conversation_ids(self, after: str, limit: int) -> list[str]:
+        return await self._reader.run(lambda c: [r[0] for r in c.execute(
+            "SELECT id FROM conversations WHERE id > ? ORDER BY id LIMIT ?", (after, limit))])
+
+    async def memberships(self, user_id: str) -> list[tuple[str, int]]:
+        return await self._reader.run(lambda c: [(r[0], int(r[1])) for r in c.execute(
+            "SELECT conversation_id, joined_seq FROM members WHERE user_id = ? "
+            "ORDER BY conversation_id", (user_id,))])
+
+    async def entries_between(self, conversation_id: str, from_ms: int, to_ms: int, after_seq: int,
+                              limit: int, min_seq: int = 0) -> list[Entry]:
+        return await self._reader.run(lambda c: [_entry(r) for r in c.execute(
+            f"SELECT {_ENTRY_COLS} FROM messages WHERE conversation_id = ? AND seq > ? "
+            "AND sent_at >= ? AND sent_at < ? ORDER BY seq LIMIT ?",
+            (conversation_id, max(after_seq, min_seq - 1), from_ms, to_ms, limit))])
+
+    async def sent_by(self, user_id: str, from_ms: int, to_ms: int) -> list[Entry]:
+        return await self._reader.run(lambda c: [_entry(r) for r in c.execute(
+            f"SELECT {_ENTRY_COLS} FROM messages WHERE sender_id = ? AND sent_at >= ? "
+            "AND sent_at < ? ORDER BY conversation_id, seq", (user_id, from_ms, to_ms))])
+
+    async def delete_before(self, conversation_id: str, cutoff_ms: int, spare_senders: list[str],
+                            limit: int) -> int:
+        marks = ",".join("?" * len(spare_senders))
+        spare = f"AND sender_id NOT IN ({marks})" if spare_senders else ""
+
+        def job(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "DELETE FROM messages WHERE rowid IN (SELECT rowid FROM messages "
+                f"WHERE conversation_id = ? AND sent_at < ? {spare} ORDER BY seq LIMIT ?)",
+                (conversation_id, cutoff_ms, *spare_senders, limit)).rowcount
+
+        return await self._writer.run(job)
+
     async def entries_after(self, conversation_id: str, after_seq: int, limit: int,
                             min_seq: int = 0) -> list[Entry]:
         return await self._reader.run(lambda c: [_entry(r) for r in c.execute(
