@@ -52,18 +52,23 @@ async def test_nodes_share_one_budget_per_user(redis_env: dict[str, str], prefix
     b = RedisRateLimiter(nodes, prefix, rate=1.0, burst=4.0)
     try:
         # Alternating between two "nodes": one budget of 4, not 4 each.
+        # The budget refills while the calls run (slowly, on a busy machine),
+        # so the expected waits are bounded by the time that has passed.
+        started = time.monotonic()
         waits = [await (a if i % 2 else b).acquire("alice") for i in range(6)]
+        elapsed = time.monotonic() - started
         assert waits[:4] == [0.0] * 4
-        assert 0.8 < waits[4] <= 1.0 and 0.8 < waits[5] <= 1.0, waits
+        for w in waits[4:]:
+            assert 1.0 - elapsed - 0.05 < w <= 1.0, (waits, elapsed)
         assert await a.acquire("bob") == 0.0  # per user
         # One key per user (cluster-safe), expiring when the bucket is full again.
         ttl = await a.redis.pttl(a.key("alice"))
-        assert 3000 < ttl <= 4001, ttl
+        assert 4000 - (time.monotonic() - started) * 1000 - 50 < ttl <= 4001, ttl
         assert a.key("alice") == f"{prefix}:{{alice}}:rl"
         # The refill is the server's: after the hinted wait one more is allowed.
         await asyncio.sleep(waits[5] + 0.05)
         assert await b.acquire("alice") == 0.0
-        assert await a.acquire("alice") > 0.5
+        assert await a.acquire("alice") > 0.0  # and the next is refused again
         assert not a.local._buckets and not b.local._buckets  # never fell back
     finally:
         await a.close()
