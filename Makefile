@@ -7,7 +7,7 @@ APP := appliance
 STAMP := $(VENV)/.installed
 PROTO := $(APP)/src/tongxin/proto
 
-.PHONY: run test lint unit integration proto setup clean bench tofu
+.PHONY: run test lint unit integration proto setup clean bench tofu molecule ansible-lint
 
 # Debian's python3 lacks venv/pip until python3-venv is installed.
 $(BIN)/python:
@@ -61,6 +61,14 @@ integration: setup
 ## and the providers from Go modules on first use; cached under ~/.cache/tongxin)
 tofu:
 	bash terraform/test.sh
+
+## molecule: converge, idempotence and verify of every Ansible role on podman
+## test hosts (not yet part of `make test`: ~15 minutes; see docs/ansible.md)
+molecule:
+	tests/molecule/run.sh
+
+ansible-lint:
+	tests/molecule/run.sh --lint
 
 ## test: everything CI runs
 test: setup lint tofu

@@ -1,0 +1,284 @@
+#!/usr/bin/env bash
+# Molecule harness for the Tongxin roles.
+#
+#   tests/molecule/run.sh [--setup | --lint] [scenario...]
+#
+#   (no argument)   every scenario under tests/molecule/ (a directory with a
+#                   molecule.yml), in alphabetical order
+#   scenario...     only these (common, redis, appliance, ...)
+#   --setup         only prepare: venv, podman, base image; run nothing
+#   --lint          yamllint and ansible-lint (production profile) over
+#                   roles/, playbooks/, inventories/ and tests/molecule/
+#
+# Prepares what the scenarios need, each step skipped when already done:
+#   1. a Python venv with the pinned tools (requirements.txt) in .venv;
+#   2. podman with the runc runtime from Debian's packages (crun fails on
+#      hybrid cgroups hosts), and podman defaults in containers.conf.d
+#      (runtime runc, ulimits nofile 20000 / nproc 4096);
+#   3. the base image localhost/tongxin-debian12:latest: Debian 12 built with
+#      debootstrap and `podman import`ed (no registry is involved). The rootfs
+#      tarball is kept in ${TONGXIN_CACHE:-$HOME/.cache/tongxin}/images, so a
+#      machine whose image store was wiped re-imports it in seconds.
+# then runs `molecule test -s <scenario>` for each and ends with the line
+# `molecule: N passed, M failed`. The exit code is non-zero if any failed.
+#
+# Environment:
+#   TONGXIN_CACHE             cache root (~/.cache/tongxin)
+#   TONGXIN_MOLECULE_IMAGE    image name (localhost/tongxin-debian12:latest)
+#   TONGXIN_DEBIAN_MIRROR     debootstrap mirror (http://deb.debian.org/debian)
+#   TONGXIN_MOLECULE_REBUILD  1: rebuild the image even if it exists
+#   MOLECULE_COMMAND          molecule sub-command per scenario (test)
+#   NICE                      prefix for heavy steps ("nice -n 10")
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+VENV=$HERE/.venv
+CACHE=${TONGXIN_CACHE:-${HOME:-/root}/.cache/tongxin}
+IMAGE=${TONGXIN_MOLECULE_IMAGE:-localhost/tongxin-debian12:latest}
+MIRROR=${TONGXIN_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+SUITE=bookworm
+MOLECULE_COMMAND=${MOLECULE_COMMAND:-test}
+read -r -a NICE <<<"${NICE-nice -n 10}"
+# What the base image holds besides debootstrap's default (priority required +
+# important, which brings systemd-sysv): enough for Ansible and a systemd boot,
+# nothing a role is supposed to install itself.
+IMAGE_PACKAGES=systemd,systemd-sysv,dbus,python3,python3-apt,sudo,ca-certificates,iproute2,procps
+# Bump when the recipe below changes: the image label and tarball name carry it.
+IMAGE_RECIPE=2
+
+log() { printf 'molecule-run: %s\n' "$*" >&2; }
+die() { printf 'molecule-run: error: %s\n' "$*" >&2; exit 1; }
+as_root() { [ "$(id -u)" = 0 ] || die "$* needs root"; }
+
+apt_install() {  # apt_install PKG...: Debian packages, without starting their services
+  as_root "installing $*"
+  local policy=/usr/sbin/policy-rc.d added=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    added=1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  if ! "${NICE[@]}" apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1; then
+    apt-get update -qq
+    "${NICE[@]}" apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  fi
+  if [ "$added" = 1 ]; then rm -f "$policy"; fi
+}
+
+# ---- 1. tools venv -------------------------------------------------------------
+
+ensure_venv() {
+  local stamp=$VENV/.installed want
+  want=$(sha256sum "$HERE/requirements.txt" | cut -c1-16)
+  if [ -x "$VENV/bin/molecule" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+    return 0
+  fi
+  local py=${PYTHON:-python3}
+  if ! "$py" -c 'import ensurepip, venv' 2>/dev/null; then
+    apt_install python3-venv
+  fi
+  log "installing the tools venv ($VENV)"
+  [ -x "$VENV/bin/python" ] || "$py" -m venv "$VENV"
+  "${NICE[@]}" "$VENV/bin/pip" install -q --upgrade pip
+  "${NICE[@]}" "$VENV/bin/pip" install -q -r "$HERE/requirements.txt"
+  echo "$want" >"$stamp"
+}
+
+# ---- 2. podman -------------------------------------------------------------------
+
+ensure_podman() {
+  local need=()
+  command -v podman >/dev/null || need+=(podman)
+  command -v runc >/dev/null || need+=(runc)
+  command -v debootstrap >/dev/null || need+=(debootstrap)
+  command -v newuidmap >/dev/null || need+=(uidmap)
+  command -v fuse-overlayfs >/dev/null || need+=(fuse-overlayfs)
+  # podman 4.3 on Debian 12 networks through CNI; catatonit is its pause/init helper
+  [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+  [ -x /usr/bin/catatonit ] || need+=(catatonit)
+  command -v iptables >/dev/null || need+=(iptables)
+  if [ ${#need[@]} -gt 0 ]; then
+    log "installing ${need[*]}"
+    apt_install "${need[@]}"
+  fi
+  local dir=/etc/containers/containers.conf.d
+  if [ "$(id -u)" != 0 ]; then dir=${XDG_CONFIG_HOME:-$HOME/.config}/containers/containers.conf.d; fi
+  mkdir -p "$dir"
+  local conf=$dir/50-tongxin.conf body
+  body=$(cat <<'EOF'
+# Written by tests/molecule/run.sh: defaults for Tongxin's test hosts.
+# crun fails to start systemd containers on hybrid (v1 + unified) cgroups.
+[engine]
+runtime = "runc"
+
+[containers]
+# No higher: the hosts' own limits (see docs/ansible.md).
+default_ulimits = [
+  "nofile=20000:20000",
+  "nproc=4096:4096",
+]
+EOF
+)
+  if [ "$(cat "$conf" 2>/dev/null)" != "$body" ]; then
+    printf '%s\n' "$body" >"$conf"
+    log "wrote $conf"
+  fi
+}
+
+# ---- 3. base image ---------------------------------------------------------------
+
+image_recipe_id() {
+  printf '%s|%s|%s|%s' "$IMAGE_RECIPE" "$SUITE" "$IMAGE_PACKAGES" "$(dpkg --print-architecture)" \
+    | sha256sum | cut -c1-12
+}
+
+ensure_image() {
+  local rid arch tarball have
+  rid=$(image_recipe_id)
+  arch=$(dpkg --print-architecture)
+  tarball=$CACHE/images/tongxin-debian12-$arch-$rid.tar
+  if [ "${TONGXIN_MOLECULE_REBUILD:-0}" != 1 ] && podman image exists "$IMAGE"; then
+    have=$(podman image inspect --format '{{ index .Labels "org.tongxin.recipe" }}' "$IMAGE" 2>/dev/null || true)
+    if [ "$have" = "$rid" ]; then
+      return 0
+    fi
+    log "image $IMAGE has recipe '${have:-none}', want $rid: rebuilding"
+  fi
+  mkdir -p "$CACHE/images"
+  if [ "${TONGXIN_MOLECULE_REBUILD:-0}" = 1 ] || [ ! -s "$tarball" ]; then
+    build_rootfs "$tarball"
+  fi
+  local old
+  old=$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
+  log "importing $tarball as $IMAGE"
+  "${NICE[@]}" podman import --quiet \
+    --change 'CMD ["/sbin/init"]' \
+    --change 'STOPSIGNAL SIGRTMIN+3' \
+    --change "LABEL org.tongxin.recipe=$rid" \
+    --change 'LABEL org.tongxin.base=debian-12' \
+    "$tarball" "$IMAGE" >/dev/null
+  # The image this one replaced, unless a container still uses it.
+  if [ -n "$old" ]; then podman rmi "$old" >/dev/null 2>&1 || true; fi
+  # Older tarballs of the same architecture (other recipes).
+  find "$CACHE/images" -maxdepth 1 -name "tongxin-debian12-$arch-*.tar" ! -name "${tarball##*/}" -delete
+}
+
+build_rootfs() {  # build_rootfs TARBALL
+  local tarball=$1 work t0=$SECONDS
+  as_root "debootstrap"
+  work=$(mktemp -d "$CACHE/images/.build.XXXXXX")
+  # shellcheck disable=SC2064
+  trap "rm -rf '$work'" EXIT
+  log "debootstrap $SUITE into $work/rootfs (a few minutes)"
+  if ! "${NICE[@]}" debootstrap --include="$IMAGE_PACKAGES" \
+      --components=main "$SUITE" "$work/rootfs" "$MIRROR" >"$work/debootstrap.log" 2>&1; then
+    tail -n 30 "$work/debootstrap.log" >&2
+    die "debootstrap failed"
+  fi
+  local r=$work/rootfs
+  cat >"$r/etc/apt/sources.list" <<EOF
+deb $MIRROR $SUITE main
+deb $MIRROR $SUITE-updates main
+deb ${MIRROR%/debian}/debian-security $SUITE-security main
+EOF
+  # Each container gets its own machine-id at first boot.
+  : >"$r/etc/machine-id"
+  rm -f "$r/var/lib/dbus/machine-id"
+  # Units that make no sense in a container (no consoles, no kernel to tune).
+  local unit
+  for unit in getty@tty1.service console-getty.service systemd-udevd.service \
+      systemd-udevd-control.socket systemd-udevd-kernel.socket \
+      systemd-modules-load.service sys-kernel-config.mount sys-kernel-debug.mount \
+      sys-kernel-tracing.mount; do
+    ln -sf /dev/null "$r/etc/systemd/system/$unit"
+  done
+  # No documentation and no downloaded .debs in the image. The package lists
+  # stay, as on any installed host: roles refresh them when older than an hour.
+  rm -rf "$r/var/cache/apt/archives/"*.deb "$r/usr/share/doc/"* "$r/usr/share/man/"* \
+    "$r/var/log/"*.log
+  log "debootstrap done in $((SECONDS - t0)) s; packing $tarball"
+  tar -C "$r" --numeric-owner -cf "$tarball.tmp" .
+  mv "$tarball.tmp" "$tarball"
+  rm -rf "$work"
+  trap - EXIT
+  log "rootfs built in $((SECONDS - t0)) s ($(du -h "$tarball" | cut -f1))"
+}
+
+# ---- what the scenarios share -------------------------------------------------------
+
+ensure_appliance_sources() {
+  # The appliance scenario builds a wheel from appliance/; its generated protobuf
+  # modules are not committed (make proto writes them).
+  if [ ! -f "$ROOT/appliance/src/tongxin/proto/tongxin_pb2.py" ]; then
+    log "generating the protobuf modules (make proto)"
+    "${NICE[@]}" make -C "$ROOT" proto >/dev/null
+  fi
+}
+
+lint() {
+  local rc=0
+  # shellcheck disable=SC1091
+  . "$VENV/bin/activate"
+  cd "$ROOT"
+  log "yamllint"
+  yamllint -c tests/molecule/.yamllint roles playbooks inventories tests/molecule || rc=1
+  log "ansible-lint (production profile)"
+  # --project-dir: the config lives here, the project root is the repository.
+  ANSIBLE_ROLES_PATH=$ROOT/roles ansible-lint --project-dir "$ROOT" -c tests/molecule/.ansible-lint \
+    roles playbooks inventories tests/molecule || rc=1
+  log "variable tables of docs/ansible.md"
+  python tests/molecule/role_docs.py --check docs/ansible.md || rc=1
+  return $rc
+}
+
+scenarios_all() {
+  local d
+  for d in "$HERE"/*/; do
+    [ -f "$d/molecule.yml" ] && basename "$d"
+  done
+}
+
+main() {
+  local mode=test
+  case "${1:-}" in
+    --setup) mode=setup; shift ;;
+    --lint) mode=lint; shift ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+  esac
+  ensure_venv
+  if [ "$mode" = lint ]; then lint; exit $?; fi
+  ensure_podman
+  local t0=$SECONDS
+  ensure_image
+  log "base image ready ($((SECONDS - t0)) s)"
+  ensure_appliance_sources
+  [ "$mode" = setup ] && exit 0
+
+  local list=("$@")
+  [ ${#list[@]} -gt 0 ] || mapfile -t list < <(scenarios_all)
+  local passed=0 failed=0 s start results=()
+  export TONGXIN_MOLECULE_IMAGE=$IMAGE TONGXIN_CACHE=$CACHE
+  export PATH=$VENV/bin:$PATH
+  if [ ! -t 1 ]; then export NO_COLOR=1 PY_COLORS=0 ANSIBLE_NOCOLOR=1 ANSIBLE_FORCE_COLOR=0; fi
+  # Molecule looks for molecule/<scenario>/molecule.yml under its working directory.
+  cd "$ROOT/tests"
+  for s in "${list[@]}"; do
+    [ -f "$HERE/$s/molecule.yml" ] || die "no scenario '$s' (tests/molecule/$s/molecule.yml)"
+    start=$SECONDS
+    log "scenario $s: molecule $MOLECULE_COMMAND"
+    if "${NICE[@]}" molecule "$MOLECULE_COMMAND" -s "$s"; then
+      passed=$((passed + 1))
+      results+=("$s: passed in $((SECONDS - start)) s")
+    else
+      failed=$((failed + 1))
+      results+=("$s: FAILED after $((SECONDS - start)) s")
+    fi
+  done
+  printf '%s\n' "${results[@]}"
+  echo "molecule: $passed passed, $failed failed"
+  [ "$failed" = 0 ]
+}
+
+main "$@"; exit $?  # on one line: bash has read it all before running it
