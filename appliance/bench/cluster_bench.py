@@ -52,17 +52,14 @@ from urllib.parse import quote
 import aiohttp
 from relay_bench import (
     HOST,
-    MAX_DURATION,
-    MAX_PAIRS,
-    MAX_PAYLOAD,
-    MAX_WARMUP,
-    MAX_WINDOW,
     STOP_SIGNALS,
     BenchError,
     Children,
     Interrupted,
     _no_nan,
     _on_stop_signal,
+    add_load_args,
+    bounded,
     free_port,
     log,
     machine_info,
@@ -339,25 +336,7 @@ def print_table(machine: dict[str, Any], params: dict[str, Any],
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-
-    def bounded(kind: Callable[[str], Any], lo: float, hi: float) -> Callable[[str], Any]:
-        def conv(s: str) -> Any:
-            v = kind(s)
-            if not lo <= v <= hi:
-                raise argparse.ArgumentTypeError(f"must be between {lo:g} and {hi:g}")
-            return v
-        return conv
-
-    p.add_argument("--pairs", type=bounded(int, 1, MAX_PAIRS), default=50,
-                   help="sender/receiver pairs (default 50)")
-    p.add_argument("--window", type=bounded(int, 1, MAX_WINDOW), default=8,
-                   help="messages in flight per sender (default 8)")
-    p.add_argument("--duration", type=bounded(float, 0.5, MAX_DURATION), default=10.0,
-                   help="measured seconds per run (default 10)")
-    p.add_argument("--warmup", type=bounded(float, 0, MAX_WARMUP), default=2.0,
-                   help="seconds of load before measuring (default 2)")
-    p.add_argument("--payload", type=bounded(int, 1, MAX_PAYLOAD), default=100,
-                   help="characters of message text (default 100)")
+    add_load_args(p)
     p.add_argument("--repeat", type=bounded(int, 1, 9), default=1,
                    help="runs per scenario, alternating; the table shows medians (default 1)")
     p.add_argument("--scenario", action="append", choices=SCENARIOS,

@@ -851,27 +851,33 @@ def _on_stop_signal(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+def bounded(kind: Callable[[str], Any], lo: float, hi: float) -> Callable[[str], Any]:
+    """An argparse type that refuses values outside [lo, hi]: every run stays bounded."""
+    def conv(s: str) -> Any:
+        v = kind(s)
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"must be between {lo:g} and {hi:g}")
+        return v
+    return conv
 
-    def bounded(kind: Callable[[str], Any], lo: float, hi: float) -> Callable[[str], Any]:
-        def conv(s: str) -> Any:
-            v = kind(s)
-            if not lo <= v <= hi:
-                raise argparse.ArgumentTypeError(f"must be between {lo:g} and {hi:g}")
-            return v
-        return conv
 
+def add_load_args(p: argparse.ArgumentParser) -> None:
+    """The load-shape flags every benchmark here shares."""
     p.add_argument("--pairs", type=bounded(int, 1, MAX_PAIRS), default=50,
                    help="sender/receiver pairs (echo: connections) (default 50)")
     p.add_argument("--window", type=bounded(int, 1, MAX_WINDOW), default=8,
                    help="messages in flight per sender (default 8)")
     p.add_argument("--duration", type=bounded(float, 0.5, MAX_DURATION), default=10.0,
-                   help="measured seconds (default 10)")
+                   help="measured seconds per run (default 10)")
     p.add_argument("--warmup", type=bounded(float, 0, MAX_WARMUP), default=2.0,
                    help="seconds of load before measuring (default 2)")
     p.add_argument("--payload", type=bounded(int, 1, MAX_PAYLOAD), default=100,
                    help="characters of message text (default 100)")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    add_load_args(p)
     p.add_argument("--synchronous", action="append", choices=["full", "normal"],
                    help="SQLite synchronous mode(s) for the relay runs; repeat for both "
                         "(default: full and normal)")
