@@ -7,7 +7,7 @@ APP := appliance
 STAMP := $(VENV)/.installed
 PROTO := $(APP)/src/tongxin/proto
 
-.PHONY: run test lint unit integration proto setup clean bench tofu molecule ansible-lint
+.PHONY: run test lint unit integration proto setup clean bench tofu molecule ansible-lint bundle
 
 # Debian's python3 lacks venv/pip until python3-venv is installed.
 $(BIN)/python:
@@ -20,8 +20,8 @@ $(STAMP): $(BIN)/python $(APP)/pyproject.toml
 	$(BIN)/pip install -q -e '$(APP)[dev]'
 	@touch $@
 
-$(PROTO)/tongxin_pb2.py: $(PROTO)/tongxin.proto $(PROTO)/internal.proto $(STAMP)
-	cd $(PROTO) && ../../../../$(BIN)/python -m grpc_tools.protoc -I. --python_out=. tongxin.proto internal.proto
+$(PROTO)/tongxin_pb2.py: $(PROTO)/tongxin.proto $(PROTO)/internal.proto $(PROTO)/e2ee.proto $(STAMP)
+	cd $(PROTO) && ../../../../$(BIN)/python -m grpc_tools.protoc -I. --python_out=. tongxin.proto internal.proto e2ee.proto
 
 setup: $(STAMP) $(PROTO)/tongxin_pb2.py web
 
@@ -40,7 +40,7 @@ $(WEB)/node_modules/.installed: $(WEB)/package.json $(WEB)/package-lock.json
 	@touch $@
 
 $(WEB_OUT)/index.html: $(WEB)/node_modules/.installed $(WEB)/build.mjs $(WEB)/index.html $(WEB)/style.css \
-		$(wildcard $(WEB)/src/*.js) $(PROTO)/tongxin.proto
+		$(wildcard $(WEB)/src/*.js) $(wildcard $(WEB)/src/*/*.js) $(PROTO)/tongxin.proto $(PROTO)/e2ee.proto
 	cd $(WEB) && node build.mjs
 
 ## run: start one node on embedded defaults (SQLite, in-process queue) at 127.0.0.1:8080
@@ -63,16 +63,30 @@ tofu:
 	bash terraform/test.sh
 
 ## molecule: converge, idempotence and verify of every Ansible role on podman
-## test hosts (not yet part of `make test`: ~15 minutes; see docs/ansible.md)
+## test hosts, 2 scenarios at a time (MOLECULE_JOBS); timings in docs/ansible.md.
+## MOLECULE_SCENARIOS: which ones (empty: every one under tests/molecule/,
+## including `site`, seven hosts built by a real `tofu apply`). Not yet part of
+## `make test`: on 2 cores the scenarios take longer than CI's 45 minutes
+## leave (docs/ansible.md, "Timings").
+MOLECULE_SCENARIOS ?= appliance lb kafka database monitoring redis pki common preflight bundle
+MOLECULE_JOBS ?= 2
 molecule:
-	tests/molecule/run.sh
+	tests/molecule/run.sh -j $(MOLECULE_JOBS) $(MOLECULE_SCENARIOS)
 
 ansible-lint:
 	tests/molecule/run.sh --lint
 
-## test: everything CI runs
-test: setup lint tofu
+## test: everything CI runs: Python lint, ansible-lint, tofu, pytest
+test: setup lint ansible-lint tofu
 	cd $(APP) && ../$(BIN)/pytest -q -p no:cacheprovider tests
+
+## bundle: the offline install bundle (wheels, Kafka, Debian packages; signed
+## manifest) in $${TONGXIN_CACHE:-~/.cache/tongxin}/bundle; BUNDLE_COMPONENTS,
+## BUNDLE_ARCHES, BUNDLE_PACKAGES, BUNDLE_TAR=1 (docs/operations.md). Needs
+## `make setup` once (the signer is the checkout's tongxin); not a prerequisite,
+## so that a build never reinstalls the venv under other users of it.
+bundle:
+	bash $(APP)/scripts/bundle.sh
 
 bench: setup
 	$(BIN)/python $(APP)/bench/relay_bench.py

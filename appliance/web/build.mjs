@@ -1,9 +1,10 @@
 // Build the web client into appliance/src/tongxin/web/ (served by the node at / and /static/).
 //
 // 1. protobufjs-cli generates static encode/decode code from the payload
-//    contract, appliance/src/tongxin/proto/tongxin.proto, into build/ (not committed);
-// 2. esbuild bundles src/main.js with it, protobufjs/minimal, fzstd and
-//    @noble/hashes into app.js, and minifies style.css;
+//    contracts, appliance/src/tongxin/proto/tongxin.proto and e2ee.proto, into
+//    build/ (not committed);
+// 2. esbuild bundles src/main.js with it, protobufjs/minimal, fzstd,
+//    @noble/hashes and sm-crypto-v2 into app.js, and minifies style.css;
 // 3. index.html is copied with a content hash on its asset URLs so a new
 //    build is never mixed with a cached old one.
 import { execFileSync } from "node:child_process";
@@ -16,7 +17,9 @@ import * as esbuild from "esbuild";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const require = createRequire(import.meta.url);
-const proto = join(here, "..", "src", "tongxin", "proto", "tongxin.proto");
+const protoDir = join(here, "..", "src", "tongxin", "proto");
+// tongxin.proto (frames) and e2ee.proto (key directory and envelope, docs/e2ee.md).
+const protos = ["tongxin.proto", "e2ee.proto"].map((f) => join(protoDir, f));
 const gen = join(here, "build");
 const out = join(here, "..", "src", "tongxin", "web");
 
@@ -25,7 +28,7 @@ const pbjs = join(dirname(require.resolve("protobufjs-cli/package.json")), "bin"
 execFileSync(process.execPath, [
   pbjs, "-t", "static-module", "-w", "esm", "--force-number",
   "--no-comments", "--no-verify", "--no-convert", "--no-delimited", "--no-typeurl", "--no-service",
-  "-o", join(gen, "tongxin_pb.js"), proto,
+  "-o", join(gen, "tongxin_pb.js"), ...protos,
 ], { stdio: "inherit" });
 
 rmSync(out, { recursive: true, force: true });
@@ -49,6 +52,8 @@ const js = await esbuild.build({
   minify: true,
   sourcemap: true,
   legalComments: "linked",
+  // Error class names (TamperedError, ...) are part of how E2EE failures are told apart.
+  keepNames: true,
   outfile: join(out, "app.js"),
   plugins: [noLong],
   metafile: true,

@@ -29,6 +29,15 @@ def _f(default: Any, doc: str) -> Any:
 
 
 @dataclass
+class TlsConfig:
+    cert_file: str = _f("", "PEM certificate chain; with key_file the node serves HTTPS and wss:// "
+                        "with TLS 1.3 only (empty: plain HTTP, e.g. behind the TLCP front proxy)")
+    key_file: str = _f("", "PEM private key of cert_file; refused if every user may read it")
+    client_ca_file: str = _f("", "PEM CA bundle; when set, clients must present a certificate "
+                             "it signed (mutual TLS)")
+
+
+@dataclass
 class ServerConfig:
     listen: str = _f("127.0.0.1:8080", "HOST:PORT the HTTP and WebSocket listener binds")
     max_frame_payload: int = _f(65536, "largest payload of one frame; larger messages are fragmented")
@@ -44,6 +53,7 @@ class ServerConfig:
     gc_freeze: bool = _f(True, "freeze start-up objects out of the cyclic GC (shorter pauses)")
     web_client: bool = _f(True, "serve the web client at /")
     workers: int = _f(1, "node processes sharing the port (SO_REUSEPORT); >1 needs kafka and redis")
+    tls: TlsConfig = field(default_factory=TlsConfig)
 
 
 @dataclass
@@ -58,6 +68,8 @@ class StorageConfig:
     mysql_pool_size: int = _f(32, "mysql backend: connections kept at most (transactions in flight)")
     mysql_timeout: float = _f(10.0, "mysql backend: seconds a connect, statement or lock wait may "
                               "take before the request fails with UNAVAILABLE")
+    encryption: bool = _f(True, "encrypt message content, file blobs and server secrets at rest "
+                          "(on/off); off writes plaintext but still reads what was encrypted")
 
 
 @dataclass
@@ -149,7 +161,8 @@ class LoggingConfig:
 @dataclass
 class ComplianceConfig:
     audit_sign_interval: float = _f(300.0, "seconds between SM2 signatures of the audit chain head")
-    audit_hot_days: float = _f(30.0, "days audit records stay in compliance.db before they are archived")
+    audit_hot_days: float = _f(30.0, "days audit records stay in the compliance store (compliance.db, "
+                               "or the shared database) before they are archived")
     audit_retention_days: float = _f(180.0, "days audit records are kept, archives included; at least "
                                      "180 (网络安全法) unless audit_retention_override")
     audit_retention_override: bool = _f(False, "allow audit_retention_days below 180 "
@@ -160,8 +173,9 @@ class ComplianceConfig:
                                     "(audit_archive_dir) or s3 (files.s3_endpoint and credentials)")
     audit_archive_bucket: str = _f("", "s3 archive: bucket (must exist); empty means files.s3_bucket")
     audit_archive_name: str = _f("", "s3 archive: objects go under audit-archive/<name>/, one name per "
-                                 "node (letters, digits, . _ -); empty means node_id or hostname:port "
-                                 "with : as _")
+                                 "chain (letters, digits, . _ -); empty means the database name with "
+                                 "storage.backend mysql (one chain for all nodes), else node_id or "
+                                 "hostname:port with : as _")
     step_up_window: float = _f(300.0, "seconds a verified TOTP code counts as a fresh second factor")
     message_retention_days: float = _f(0.0, "days messages are kept before `tongxin retention run` "
                                        "deletes them; 0 keeps them forever")
@@ -180,6 +194,32 @@ class ComplianceConfig:
 
 
 @dataclass
+class CryptoConfig:
+    suite: str = _f("gm", "crypto suite: gm (SM2/SM3/SM4) or international (Ed25519, X25519, "
+                    "SHA-256, AES-256-GCM); new data keys at rest use its cipher, and "
+                    "end-to-end encryption uses it")
+
+
+@dataclass
+class E2eeConfig:
+    required: bool = _f(False, "refuse plaintext CHAT content (SEND, EDIT): only end-to-end "
+                        "encrypted envelopes are accepted (docs/e2ee.md)")
+    escrow_public_key_file: str = _f("", "compliance escrow: KEM public key of crypto.suite (SPKI "
+                                     "DER or PEM); set, every envelope must carry a wrap to it; "
+                                     "empty: escrow off")
+    escrow_private_key_file: str = _f("", "compliance escrow: its PKCS#8 private key (DER or PEM, "
+                                      "mode 0600), read only by the audited escrow decryption")
+
+
+@dataclass
+class KeysConfig:
+    master_key_file: str = _f("", "file provider: KEK file (mode 0600), made on first start; "
+                              "empty means <data_dir>/secrets/master.key")
+    kms_command: str = _f("", "KMS hook: command that wraps and unwraps data keys (JSON on "
+                          "stdin/stdout, docs/security.md); set, it replaces master_key_file")
+
+
+@dataclass
 class Config:
     data_dir: str = _f("", "state directory; empty means $TONGXIN_HOME, else ./var")
     node_id: str = _f("", "name of this node in logs and routing; empty means hostname:port")
@@ -193,6 +233,9 @@ class Config:
     files: FilesConfig = field(default_factory=FilesConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     compliance: ComplianceConfig = field(default_factory=ComplianceConfig)
+    crypto: CryptoConfig = field(default_factory=CryptoConfig)
+    e2ee: E2eeConfig = field(default_factory=E2eeConfig)
+    keys: KeysConfig = field(default_factory=KeysConfig)
 
     @property
     def home(self) -> Path:
@@ -201,6 +244,11 @@ class Config:
     @property
     def files_dir(self) -> Path:
         return Path(self.files.local_path) if self.files.local_path else self.home / "files"
+
+    @property
+    def master_key_file(self) -> Path:
+        k = self.keys.master_key_file
+        return Path(k) if k else self.home / "secrets" / "master.key"
 
     @property
     def sqlite_file(self) -> Path:
@@ -227,6 +275,7 @@ _CHOICES = {
     "chat.rate_limit_backend": ("auto", "memory", "redis"),
     "compliance.sms_provider": ("none", "command", "webhook"),
     "compliance.audit_archive_backend": ("local", "s3"),
+    "crypto.suite": ("gm", "international"),
 }
 
 
@@ -288,6 +337,15 @@ def _validate(obj: Any, path: str) -> None:
             raise ConfigError("server.max_message_size: must be at least server.max_frame_payload")
     if isinstance(obj, FilesConfig):
         _validate_files(obj)
+    if isinstance(obj, TlsConfig) and bool(obj.cert_file) != bool(obj.key_file):
+        raise ConfigError("server.tls.cert_file and server.tls.key_file: give both or neither")
+    if isinstance(obj, TlsConfig) and obj.client_ca_file and not obj.cert_file:
+        raise ConfigError("server.tls.client_ca_file: needs server.tls.cert_file and key_file")
+    if isinstance(obj, KeysConfig):
+        try:
+            shlex.split(obj.kms_command)
+        except ValueError as exc:
+            raise ConfigError(f"keys.kms_command: {exc}") from None
     if isinstance(obj, Config):
         comp, files = obj.compliance, obj.files
         if comp.audit_archive_backend == "s3" and not (

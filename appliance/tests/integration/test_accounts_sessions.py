@@ -24,6 +24,7 @@ from conftest import (  # type: ignore[import-not-found, unused-ignore]
 from prometheus_client.parser import text_string_to_metric_families
 
 from tongxin.client import Client, TongxinError, pb
+from tongxin.server.admin_api import ADMIN_API
 from tongxin.wire import closecodes
 from tongxin.wire.codec import Decoder, Encoder, WireLimits
 from tongxin.wire.frame import decode_frame
@@ -38,6 +39,13 @@ async def error_of(call: Any) -> TongxinError:
     with pytest.raises(TongxinError) as info:
         await call
     return info.value
+
+
+async def register_records(node: RunningNode) -> list[dict[str, Any]]:
+    """The node's ``user.register`` audit records, oldest first."""
+    comp = node.runner.app[ADMIN_API].c
+    return [r.fields() for r in await comp.store.audit_records(0, 100000)
+            if r.event == "user.register"]
 
 
 async def closed_with(c: Client, wait: float = 10.0) -> int | None:
@@ -139,6 +147,9 @@ async def test_registration_disabled(node_factory: NodeFactory) -> None:
         assert resp.status == 403
         assert (await resp.json())["error"] == "REGISTRATION_DISABLED"
     assert await node.node.store.get_user_by_name("newbie") is None
+    refused = await register_records(node)
+    assert [(r["outcome"], r["target"]) for r in refused] == [("denied", "newbie")] * 2
+    assert refused[0]["details"]["reason"] == "self-registration is disabled"
 
 
 async def test_registration_enabled(node_factory: NodeFactory) -> None:
@@ -166,6 +177,11 @@ async def test_registration_enabled(node_factory: NodeFactory) -> None:
             assert resp.status == 200
             body = await resp.json()
     assert body["user_id"].startswith("u_") and body["token"]
+    # Every account made by self-registration is in the audit trail, and so is every refusal.
+    recs = [(r["outcome"], r["target"], r["actor"]) for r in await register_records(node)]
+    assert recs == [("ok", "newbie", auth.user_id), ("denied", "newbie", ""),
+                    ("denied", "shorty", ""), ("denied", "newbie", ""),
+                    ("ok", "viahttp", body["user_id"])]
 
 
 # ---- tokens --------------------------------------------------------------------

@@ -156,6 +156,22 @@ async def test_bad_config_exits_2_naming_the_key(home: Path, procs: list[Proc],
     assert code == 0 and "valid" in out
 
 
+async def test_database_down_is_one_line_and_exit_2(home: Path, procs: list[Proc],
+                                                    tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there: the database is "down"
+    cfg = tmp_path / "down.yml"
+    cfg.write_text("storage:\n  backend: mysql\n"
+                   f"  mysql_dsn: mysql://tx:secret-pw@127.0.0.1:{port}/txdown\n"
+                   "  mysql_timeout: 2\n", encoding="utf-8")
+    for args in (("user", "list"), ("audit", "tail"), ("migrate",)):
+        code, _out, err = await run(procs, home, *args, "--config", str(cfg))
+        assert code == 2, (args, err)
+        assert "Traceback" not in err, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and f"mysql at 127.0.0.1:{port}" in lines[0], err
+        assert "secret-pw" not in err
+
+
 # ---- serve and chat -------------------------------------------------------------
 
 

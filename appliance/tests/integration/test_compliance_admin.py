@@ -328,9 +328,10 @@ async def storage(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any
         yield section
 
 
-async def test_export_is_signed_verifiable_and_audited(node_factory: NodeFactory,
-                                                       http: aiohttp.ClientSession,
-                                                       storage: dict[str, Any]) -> None:
+async def test_export_is_signed_verifiable_and_audited(storage: dict[str, Any],
+                                                       node_factory: NodeFactory,
+                                                       http: aiohttp.ClientSession) -> None:
+    # storage first: its database outlives the node (the node's last audit record)
     rn: RunningNode = await node_factory(storage=storage)
     alice = await rn.user("alice")
     await rn.user("bob")

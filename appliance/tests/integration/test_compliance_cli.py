@@ -22,10 +22,12 @@ pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not sm2_available(), reason="SM2 (gmssl-pyx) is not available")]
 
 
-async def tongxin(home: Path, *args: str, stdin: bytes = b"") -> tuple[int, str]:
+async def tongxin(home: Path, *args: str, stdin: bytes = b"",
+                  env: dict[str, str] | None = None) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tongxin.cli.main", *args,
-        env={**os.environ, "TONGXIN_HOME": str(home)}, stdin=asyncio.subprocess.PIPE,
+        env={**os.environ, "TONGXIN_HOME": str(home), **(env or {})},
+        stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await proc.communicate(stdin)
     return int(proc.returncode or 0), out.decode()
@@ -60,7 +62,15 @@ async def test_bootstrap_login_verify_tamper_and_export(node_factory: NodeFactor
             records = (await r.json())["records"]
     assert [x["event"] for x in records][:2] == ["admin.create", "config.initial"]
 
+    # An export needs the auditor's password and a fresh TOTP code (the login used this
+    # step's code: the next step's is accepted, one step of drift).
     rc, out = await tongxin(home, "export", "--user", "alice", "--out", str(tmp_path / "exp"))
+    assert rc == 1 and "needs --admin" in out, out
+    rc, out = await tongxin(home, "export", "--user", "alice", "--out", str(tmp_path / "exp"),
+                            "--admin", "audrey", env={
+                                "TONGXIN_ADMIN_PASSWORD": "audit-pass-1",
+                                "TONGXIN_ADMIN_TOTP": pyotp.TOTP(secret.group(1)).at(
+                                    time.time() + 30)})
     assert rc == 0, out
     export_dir = next((tmp_path / "exp").iterdir())
     rc, out = await tongxin(home, "export", "--verify", str(export_dir))

@@ -184,10 +184,11 @@ async def test_report_password_items_follow_the_configuration(node_factory: Node
                                                               tmp_path: Path) -> None:
     from tongxin.compliance.report import build_report
 
-    weak: RunningNode = await node_factory()
+    # (the test default scrypt N of 1024 is itself too weak for a pass)
+    weak: RunningNode = await node_factory(accounts={"scrypt_n": 16384})
     strong: RunningNode = await node_factory(accounts={
         "password_min_length": 10, "password_min_classes": 3, "password_history": 5,
-        "password_max_age_days": 90.0, "session_idle_timeout": 900.0})
+        "password_max_age_days": 90.0, "session_idle_timeout": 900.0, "scrypt_n": 16384})
     half: RunningNode = await node_factory(accounts={
         "password_min_classes": 2, "password_max_age_days": 365.0, "session_idle_timeout": 7200.0})
 
@@ -206,6 +207,7 @@ async def test_report_password_items_follow_the_configuration(node_factory: Node
     got = await items(half)
     assert got["IA-1"]["status"] == "fail" and got["IA-2"]["status"] == "fail"
     assert any("too weak: accounts.password_min_classes = 2" in f for f in got["IA-1"]["findings"])
+    assert any("too weak: accounts.scrypt_n = 1024" in f for f in got["IA-1"]["findings"])
     assert any("session_idle_timeout = 7200 s" in f for f in got["IA-2"]["findings"])
     assert "accounts.session_idle_timeout" in got["IA-2"]["remedy"]
     # A report run with another configuration than the node's (a CLI run without
@@ -262,18 +264,38 @@ async def test_sms_code_as_second_factor(node_factory: NodeFactory, tmp_path: Pa
     status, body = await post(http, rn, f"{API}/login",
                               {"username": "aud", "password": ADMIN_PW, "sms_code": "123456"})
     assert status == 403 and body["error"] == "NO_SECOND_FACTOR"
-    # Enrolling a number is the secadmin's, with a step-up (here: TOTP in the header).
+    # Enrolling a number is the secadmin's, with a step-up (here: TOTP in the header),
+    # and completes only when the code sent to the number comes back (no second
+    # step-up: the code itself is the proof).
+    sec_auth = {"Authorization": f"Bearer {sec_token}"}
     async with http.put(rn.http_url + f"{API}/users/aud/sms", json={"phone": "+86 138 0013 8000"},
-                        headers={"Authorization": f"Bearer {sec_token}",
+                        headers={**sec_auth,
                                  "X-Tongxin-TOTP": pyotp.TOTP(sec_secret).at(time.time() + 30)}
                         ) as r:
+        pending = await r.json()
+        assert r.status == 202, pending
+    assert pending["phone"] == "+86*******8000" and pending["pending"]
+    confirm_code = last_code(tmp_path)
+    status, body = await post(http, rn, f"{API}/login/sms",
+                              {"username": "aud", "password": ADMIN_PW})
+    assert status == 409 and body["error"] == "SMS_UNAVAILABLE"  # not enrolled yet
+    confirm = rn.http_url + pending["confirm"]
+    async with http.post(confirm, json={"code": "000000" if confirm_code != "000000" else "1"},
+                         headers=sec_auth) as r:
+        assert r.status == 400 and (await r.json())["error"] == "INVALID_CODE"
+    async with http.post(confirm, json={"code": confirm_code},
+                         headers=sec_auth) as r:
         enrolled = await r.json()
         assert r.status == 200, enrolled
-    assert enrolled["phone"] == "+86*******8000"
+    assert enrolled["phone"] == "+86*******8000" and enrolled["enrolled"]
+    steps = [(r["outcome"], r["details"].get("step")) for r in await events(rn, "sms.enroll")]
+    assert steps == [("ok", "code_sent"), ("failed", "confirm"), ("ok", "confirmed")]
+    await asyncio.sleep(1.1)  # sms_send_interval since the confirmation code
 
     # Step 1: the password asks for a code; a wrong password sends nothing.
+    outbox = (tmp_path / "outbox.jsonl").read_text()
     status, body = await post(http, rn, f"{API}/login/sms", {"username": "aud", "password": "x"})
-    assert status == 401 and not (tmp_path / "outbox.jsonl").exists()
+    assert status == 401 and (tmp_path / "outbox.jsonl").read_text() == outbox
     status, body = await post(http, rn, f"{API}/login/sms",
                               {"username": "aud", "password": ADMIN_PW})
     assert status == 200 and body["phone"] == "+86*******8000", body
@@ -318,9 +340,11 @@ async def test_sms_code_as_second_factor(node_factory: NodeFactory, tmp_path: Pa
                       ("ok", "", "SMS"), ("failed", "SMS replayed", ""),
                       ("failed", "SMS expired", "")]
     sends = [(e["outcome"], e["details"].get("reason", "")) for e in await events(rn, "sms.send")]
-    assert sends == [("failed", "wrong password"), ("ok", ""), ("denied", "rate limited"),
+    assert sends == [("denied", "no phone number is enrolled for this account"),
+                     ("failed", "wrong password"), ("ok", ""), ("denied", "rate limited"),
                      ("ok", ""), ("ok", "")]
-    assert [e["details"]["phone"] for e in await events(rn, "sms.enroll")] == ["+86*******8000"]
+    assert [e["details"].get("phone") for e in await events(rn, "sms.enroll")] == [
+        "+86*******8000", None, "+86*******8000"]
     step_ups = [(e["outcome"], e["details"].get("factor")) for e in await events(rn, "auth.step_up")]
     assert ("ok", "SMS") in step_ups and ("failed", "SMS") in step_ups
     # No audit record carries a code or the whole number.

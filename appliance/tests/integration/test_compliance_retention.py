@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pyotp
 import pytest
 from conftest import NodeFactory, RunningNode  # type: ignore[import-not-found, unused-ignore]
 from engines import storage_section
@@ -50,7 +51,8 @@ async def history(rn: RunningNode) -> ChatStore:
 
 
 async def test_retention_deletes_only_expired_messages_and_never_held_ones(
-        node_factory: NodeFactory, storage: dict[str, Any]) -> None:
+        storage: dict[str, Any], node_factory: NodeFactory) -> None:
+    # storage first: its database outlives the node (the node's last audit record)
     rn: RunningNode = await node_factory(compliance={"message_retention_days": 30.0},
                                          storage=storage)
     comp: Compliance = rn.runner.app[ADMIN_API].c
@@ -137,12 +139,40 @@ async def test_cli_retention_run_and_show(node_factory: NodeFactory, tmp_path: P
     conv = await alice.direct("bob")
     await alice.send_text(conv.conversation_id, "hello")
     env = {**os.environ, "TONGXIN_HOME": str(rn.cfg.home)}
+    comp = rn.runner.app[ADMIN_API].c
+    sec = await rn.node.accounts.create_user("sec", "Sec-admin-pw-1", role="secadmin")
+    secret, _ = await comp.totp.enroll(sec.id, "sec", "test")
+
+    async def run_retention_cli(*admin: str, code: str = "") -> tuple[int | None, bytes, bytes]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tongxin.cli.main", "retention", "run", *admin,
+            env={**env, "TONGXIN_ADMIN_PASSWORD": "Sec-admin-pw-1", "TONGXIN_ADMIN_TOTP": code},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await proc.communicate()
+        return proc.returncode, out, err
+
+    # Deleting messages is the security administrator's, with a second factor.
+    rc, out, err = await run_retention_cli()
+    assert rc == 1 and b"needs --admin" in err, err
+    rc, out, err = await run_retention_cli("--admin", "sec", code="000000")
+    assert rc == 1 and b"TOTP wrong" in err, err
+    rc, out, err = await run_retention_cli("--admin", "sec", code=pyotp.TOTP(secret).now())
+    assert rc == 0, err
+    assert b"finished: 0 log entries" in out  # default: messages are kept forever
+    runs = [r.fields() for r in await comp.store.audit_records(0, 1000)
+            if r.event == "retention.run"]
+    assert [(r["outcome"], r["actor"]) for r in runs] == [
+        ("denied", runs[0]["actor"]), ("failed", sec.id), ("ok", sec.id)]
+    assert runs[0]["actor"].startswith("cli:") and runs[1]["details"]["reason"] == "TOTP wrong"
+    # `show` names the person a user hold is on, not only the id.
+    await rn.runner.app[ADMIN_API].c.store.add_hold("user", alice.user_id, "case 9", "u_sec",
+                                                     now_ms())
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tongxin.cli.main", "retention", "run", env=env,
+        sys.executable, "-m", "tongxin.cli.main", "retention", "show", env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await proc.communicate()
     assert proc.returncode == 0, err
-    assert b"finished: 0 messages deleted" in out  # default: messages are kept forever
+    assert f"hold #1: user alice ({alice.user_id}) — case 9".encode() in out, out
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tongxin.cli.main", "audit", "verify", env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)

@@ -23,6 +23,7 @@ from conftest import NodeFactory, RunningNode
 from cryptography.hazmat.primitives import hashes
 from s3server import s3_server_env
 
+from tongxin.atrest.blobs import sealed_file_length
 from tongxin.client import Client, FileApiError, TongxinError, pb
 from tongxin.client.files import FilesHttp, FileSource
 
@@ -151,7 +152,8 @@ async def test_50mb_parallel_interrupted_resumed_and_downloaded(
     # Nothing of the upload is left; the file is one blob of the right size.
     left = stored_files(node)
     assert len(left) == 1 and left[0].startswith("blobs/"), left
-    assert (node.cfg.files_dir / left[0]).stat().st_size == size
+    # Sealed at rest (on by default): 64 KiB chunks, each with its nonce and tag.
+    assert (node.cfg.files_dir / left[0]).stat().st_size == sealed_file_length(size, MiB)
     assert db_count(node, "upload_parts") == 0
 
     # Bob, the other member, downloads it whole and in ranges.

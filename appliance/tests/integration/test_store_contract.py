@@ -674,10 +674,12 @@ async def test_two_users_chat_on_mysql(node_factory: NodeFactory, fresh_mysql: M
     assert got.message.content.text == "hi alice"
     # The history is in MariaDB: a second store over the same database sees it.
     other = MysqlStore(d, pool_size=1, timeout=5.0)
+    other.atrest_config = server.cfg  # content is sealed at rest: open with the node's keys
     await other.open()
     try:
         history = await other.entries_after(conv.conversation_id, 0, 10)
         assert [e.seq for e in history][-2:] == [ack.seq, reply.seq]
+        assert pb.Content.FromString(history[-1].content).text == "hi alice"
         assert (await other.get_user_by_name("alice")) is not None
     finally:
         await other.close()

@@ -15,6 +15,8 @@ from conftest import make_config  # type: ignore[import-not-found, unused-ignore
 from tongxin.clock import now_ms
 from tongxin.compliance import chain
 from tongxin.compliance.archive import DAY_MS, MANIFEST
+from tongxin.compliance.keys import AuditKeys, fingerprint
+from tongxin.compliance.ports import SignedHead
 from tongxin.compliance.service import Compliance, RetentionBelowMinimum
 from tongxin.config import ConfigError, load_config
 from tongxin.crypto import SM2PublicKey, sm2_available, sm3_digest
@@ -211,3 +213,74 @@ async def test_config_override_and_changes_are_audited(tmp_path: Path) -> None:
         assert events == ["config.initial", "config.change", "retention.audit.override"]
     finally:
         await c.close()
+
+
+async def test_records_appended_during_verification_are_not_missing(
+        comp: Compliance, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Other appenders (this node, a CLI, other nodes on a shared store) keep
+    appending while verify walks: it checks the chain up to the head it read first."""
+    await fill(comp, 3)
+    real_state = comp.store.audit_state
+    appended: list[int] = []
+
+    async def state_then_append() -> tuple[int, str]:
+        state = await real_state()
+        if not appended:  # after verify has taken its snapshot
+            for i in range(2):
+                appended.append((await comp.audit("auth.login", actor="late", n=i)).seq)
+        return state
+
+    monkeypatch.setattr(comp.store, "audit_state", state_then_append)
+    report = await comp.verify()
+    assert appended == [4, 5]
+    assert report.ok, report.problems
+    assert report.last_seq == 3 and report.hot_records == 3
+    monkeypatch.undo()
+    report = await comp.verify()
+    assert report.ok and report.last_seq == 5
+
+
+async def test_heads_signed_with_a_published_key_verify(comp: Compliance, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a shared store another node's key comes from the database, not audit-keys/;
+    a published row whose PEM does not match its fingerprint is no key at all."""
+    await fill(comp, 2)
+    other = AuditKeys(tmp_path / "other-node")  # another node's key, not in comp's audit-keys/
+    pub = other.signing_key().public_key()
+    fp = fingerprint(pub)
+    _, sig = other.sign(chain.head_message(2, (await comp.store.audit_state())[1], 7, "node-b"))
+    await comp.store.add_head(SignedHead(2, (await comp.store.audit_state())[1], 7, "node-b", fp,
+                                         sig))
+    report = await comp.verify()
+    assert not report.ok and report.problems[0].kind == "bad-signature"
+
+    async def published(pem: bytes) -> dict[str, bytes]:
+        return {fp: pem}
+
+    wrong_pem = comp.keys.signing_key().public_key().to_pem()
+    monkeypatch.setattr(comp.store, "published_keys", lambda: published(wrong_pem))
+    report = await comp.verify()
+    assert not report.ok and fp not in report.key_fingerprints
+    monkeypatch.setattr(comp.store, "published_keys", lambda: published(pub.to_pem()))
+    report = await comp.verify()
+    assert report.ok, report.problems
+    assert fp in report.key_fingerprints and report.heads_verified == 1
+
+
+def test_the_store_and_archive_name_follow_the_message_store(tmp_path: Path) -> None:
+    from tongxin.compliance.mysql_store import MysqlComplianceStore
+    from tongxin.compliance.service import archive_name, compliance_store
+    from tongxin.compliance.sqlite_store import SqliteComplianceStore
+
+    one = make_config(tmp_path / "a")
+    one.node_id = "node-7"
+    assert isinstance(compliance_store(one), SqliteComplianceStore)
+    assert archive_name(one) == "node-7"  # one chain per node
+    shared = make_config(tmp_path / "b", storage={
+        "backend": "mysql", "mysql_dsn": "mysql://tx@db.internal:4000/tongxin_prod"})
+    shared.node_id = "node-7"
+    store = compliance_store(shared)
+    assert isinstance(store, MysqlComplianceStore) and store.shared
+    assert archive_name(shared) == "tongxin_prod"  # one chain for every node
+    shared.compliance.audit_archive_name = "explicit"
+    assert archive_name(shared) == "explicit"

@@ -242,3 +242,86 @@ async def test_webhook_provider(tmp_path: Path,
         assert "s3cret-token" not in rows and "k-123" not in rows
     finally:
         await c.close()
+
+
+# ---- number confirmation at enrolment ---------------------------------------------
+
+
+def other_than(code: str) -> str:
+    return "000000" if code != "000000" else "111111"
+
+
+async def test_a_number_is_enrolled_only_after_its_code_comes_back(
+        comp: Compliance, tmp_path: Path) -> None:
+    out = await comp.sms.start_enrollment("u_1", "alice", "+86 138 0013 8000", "u_sec")
+    assert out.phone_masked == "+86*******8000"
+    (msg,) = sent(tmp_path)
+    assert msg["env"]["TONGXIN_SMS_PHONE"] == PHONE  # the code goes to the new number
+    code = msg["env"]["TONGXIN_SMS_CODE"]
+    assert not await comp.sms.enrolled("u_1")
+    assert await comp.sms.verify("u_1", code) is SmsResult.NOT_ENROLLED  # not a login factor yet
+    # Neither the pending number nor the code is stored in the clear.
+    db = (comp.cfg.home / "compliance.db").read_bytes()
+    assert PHONE.encode() not in db and b"13800138000" not in db and code.encode() not in db
+
+    assert await comp.sms.confirm_enrollment("u_1", other_than(code), "u_sec") == (
+        SmsResult.WRONG, "")
+    assert not await comp.sms.enrolled("u_1")
+    assert await comp.sms.confirm_enrollment("u_1", code, "u_sec") == (SmsResult.OK,
+                                                                       "+86*******8000")
+    assert await comp.sms.phone("u_1") == PHONE
+    row = await comp.store.get_sms_phone("u_1")
+    assert row is not None and row.enrolled_by == "u_sec"
+    # Once: the pending enrolment is gone.
+    assert (await comp.sms.confirm_enrollment("u_1", code, "u_sec"))[0] is SmsResult.NO_CODE
+
+
+async def test_enrolment_and_login_codes_do_not_stand_in_for_each_other(
+        comp: Compliance, tmp_path: Path) -> None:
+    await comp.sms.enroll("u_1", PHONE, "test")  # the old number
+    await comp.sms.start_enrollment("u_1", "alice", "+8613900139000", "u_sec")
+    change = sent(tmp_path)[-1]["env"]["TONGXIN_SMS_CODE"]
+    # Whoever holds the new number cannot sign in with the confirmation code.
+    assert await comp.sms.verify("u_1", change) is SmsResult.WRONG
+    assert await comp.sms.phone("u_1") == PHONE  # unchanged until confirmed
+    # A login code sent meanwhile replaces the confirmation code: it cannot confirm.
+    await comp.sms.send("u_1", "alice")
+    login = sent(tmp_path)[-1]["env"]["TONGXIN_SMS_CODE"]
+    assert (await comp.sms.confirm_enrollment("u_1", login, "u_sec"))[0] is SmsResult.NO_CODE
+    assert (await comp.sms.confirm_enrollment("u_1", change, "u_sec"))[0] is SmsResult.NO_CODE
+    assert await comp.sms.phone("u_1") == PHONE
+    assert await comp.sms.verify("u_1", login) is SmsResult.OK
+
+
+async def test_enrolment_confirmation_expires_and_counts_wrong_tries(
+        comp: Compliance, tmp_path: Path) -> None:
+    t0 = now_ms()
+    await comp.sms.start_enrollment("u_1", "alice", PHONE, "u_sec", now=t0)
+    code = sent(tmp_path)[-1]["env"]["TONGXIN_SMS_CODE"]
+    ttl_ms = int(comp.cfg.compliance.sms_code_ttl * 1000)
+    assert (await comp.sms.confirm_enrollment("u_1", code, "u_sec", now=t0 + ttl_ms))[0] is \
+        SmsResult.EXPIRED
+    await comp.sms.start_enrollment("u_1", "alice", PHONE, "u_sec", now=t0 + 1)
+    code = sent(tmp_path)[-1]["env"]["TONGXIN_SMS_CODE"]
+    for _ in range(MAX_ATTEMPTS):
+        assert (await comp.sms.confirm_enrollment("u_1", other_than(code), "u_sec",
+                                                  now=t0 + 2))[0] is SmsResult.WRONG
+    assert (await comp.sms.confirm_enrollment("u_1", code, "u_sec", now=t0 + 3))[0] is \
+        SmsResult.EXPIRED
+    assert not await comp.sms.enrolled("u_1")
+
+
+async def test_enrolment_refused_without_a_provider_or_a_valid_number(
+        comp: Compliance, tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        await comp.sms.start_enrollment("u_1", "alice", "12x45", "u_sec")
+    assert sent(tmp_path) == [] and await comp.store.get_setting("sms.pending.u_1") is None
+    c = Compliance(make_config(tmp_path / "home2"))  # sms_provider: none
+    await c.open()
+    try:
+        with pytest.raises(SmsUnavailable, match="cannot be confirmed"):
+            await c.sms.start_enrollment("u_1", "alice", PHONE, "u_sec")
+        assert not await c.sms.enrolled("u_1")
+        assert await c.store.get_setting("sms.pending.u_1") is None
+    finally:
+        await c.close()

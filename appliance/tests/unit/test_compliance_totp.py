@@ -60,3 +60,48 @@ def test_role_permissions_are_disjoint_and_sensitive_ops_have_owners() -> None:
     for op in roles.SENSITIVE:
         assert roles.owner_of(op) in roles.ADMIN_ROLES
     assert roles.allowed("auditor", "session.read") and not roles.allowed("user", "session.read")
+
+
+async def test_secret_files_are_sealed_at_rest_and_plaintext_ones_migrate(
+        tmp_path: Path) -> None:
+    """secrets/totp.key and secrets/audit_sign.key from before encryption at rest are read
+    as they are and resealed on first load; every secret keeps working afterwards."""
+    from tongxin.atrest.errors import KeyProviderError
+    from tongxin.atrest.keyring import is_sealed
+    from tongxin.auth.tokens import KEY_BYTES
+    from tongxin.crypto import sm2_available
+
+    home = tmp_path / "home"
+    # The state an installation from before had: plaintext secrets, a TOTP made with them.
+    old = Compliance(make_config(home, storage={"encryption": False}))
+    await old.open()
+    try:
+        secret, _ = await old.totp.enroll("u_1", "alice", "test")
+        fp = (await old.rotate_key()) if sm2_available() else ""
+        await old.audit("auth.login", actor="u_1")
+    finally:
+        await old.close()
+    totp_file, sign_file = home / "secrets" / "totp.key", home / "secrets" / "audit_sign.key"
+    assert len(totp_file.read_bytes()) == KEY_BYTES and not is_sealed(totp_file.read_bytes())
+
+    for _ in range(2):  # the first open migrates, the second reads the sealed files
+        c = Compliance(make_config(home))
+        await c.open()
+        try:
+            t0 = time.time()
+            code = pyotp.TOTP(secret).at(t0 + 30 * _)
+            assert await c.totp.verify("u_1", code, at=t0 + 30 * _) is TotpResult.OK
+            if sm2_available():
+                assert c.keys.current_fingerprint() == fp
+                await c.sign_head(force=True)
+                assert (await c.verify()).ok  # what `tongxin audit verify` runs
+        finally:
+            await c.close()
+        assert is_sealed(totp_file.read_bytes())
+        assert not sm2_available() or is_sealed(sign_file.read_bytes())
+    assert (totp_file.stat().st_mode & 0o777) == 0o600
+    # Sealed: unreadable without the master key (a copied data directory minus the key).
+    bare = Compliance(make_config(home))
+    with pytest.raises(KeyProviderError):
+        await bare.open(None, load_keyring=False)
+    await bare.close()

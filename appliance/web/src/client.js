@@ -2,7 +2,7 @@
 // (tongxin/client/__init__.py): requests are matched to answers by the header
 // seq (client seqs start at 1 on each connection and increase per message);
 // server pushes carry seq 0 and arrive through on("push").
-import { pb, T, enumName } from "./pb.js";
+import { pb, e2eePb, T, enumName } from "./pb.js";
 import { Reassembler, encodeMessage, MAX_SEQ, WireError, FLAG_COMPRESSED, FLAG_FRAGMENT } from "./wire.js";
 
 const REQUEST_TIMEOUT_MS = 30000;
@@ -22,6 +22,8 @@ const DECODERS = {
   [T.CONV_INFO]: pb.Conversation,
   [T.CONV_LIST_RESULT]: pb.ConversationList,
   [T.USER_LIST]: pb.UserList,
+  [T.KEYS_STATUS]: e2eePb.KeyStatus,
+  [T.KEYS_BUNDLES]: e2eePb.KeyBundles,
 };
 
 export class TongxinError extends Error {
@@ -296,7 +298,12 @@ export class Client {
   }
 
   edit(conversationId, targetSeq, text, clientMsgId = newId()) {
-    return this.request(T.EDIT, pb.EditRequest, { conversationId, targetSeq, clientMsgId, content: { text } });
+    return this.editContent(conversationId, targetSeq, { text }, clientMsgId);
+  }
+
+  /** EDIT with any Content (an E2EE edit carries an encrypted envelope). */
+  editContent(conversationId, targetSeq, content, clientMsgId = newId()) {
+    return this.request(T.EDIT, pb.EditRequest, { conversationId, targetSeq, clientMsgId, content });
   }
 
   sync(conversationId, { afterSeq = 0, beforeSeq = 0, limit = 0 } = {}) {
@@ -322,5 +329,15 @@ export class Client {
 
   ping() {
     return this.request(T.PING, pb.Ping, { clientTimeMs: Date.now() });
+  }
+
+  // ---- E2EE key directory (docs/e2ee.md §3) ---------------------------------
+
+  publishKeys(fields) {
+    return this.request(T.KEYS_PUBLISH, e2eePb.PublishKeys, fields);
+  }
+
+  fetchKeys(fields) {
+    return this.request(T.KEYS_FETCH, e2eePb.FetchKeys, fields);
   }
 }

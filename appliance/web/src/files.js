@@ -243,6 +243,13 @@ export class FilesApi {
 
   /** Download with the bearer token and hand the bytes to the browser as a file. */
   async download(info, onProgress = () => {}) {
+    const blob = await this.fetchBlob(info, onProgress);
+    this.save(blob, info.name);
+    return blob;
+  }
+
+  /** The file's bytes as a Blob (an E2EE attachment is opened by the caller). */
+  async fetchBlob(info, onProgress = () => {}) {
     const res = await fetch(`${this.base}/api/v1/files/${encodeURIComponent(info.fileId)}`, {
       headers: this.headers(),
     });
@@ -258,15 +265,18 @@ export class FilesApi {
       done += value.length;
       onProgress(done, total);
     }
-    const blob = new Blob(chunks, { type: info.contentType || "application/octet-stream" });
+    return new Blob(chunks, { type: info.contentType || "application/octet-stream" });
+  }
+
+  /** Hand a Blob to the browser as a download named `name`. */
+  save(blob, name) {
     const url = URL.createObjectURL(blob);
     const a = document.createElement("a");
     a.href = url;
-    a.download = info.name || "file";
+    a.download = name || "file";
     document.body.appendChild(a);
     a.click();
     a.remove();
     setTimeout(() => URL.revokeObjectURL(url), 60000);
-    return blob;
   }
 }

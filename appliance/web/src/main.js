@@ -4,6 +4,7 @@ import { Client, TongxinError, ConnectionClosed, newId } from "./client.js";
 import { pb, T, E, enumName } from "./pb.js";
 import { FilesApi, FilesError, humanSize } from "./files.js";
 import { icon } from "./icons.js";
+import { WebE2EE } from "./e2ee/web.js";
 
 const KIND = pb.MessageKind;
 const SYS = pb.SystemEvent.Kind;
@@ -113,6 +114,7 @@ const state = {
   open: null,
   editing: null, // { convId, seq }
   registering: false,
+  e2ee: null, // WebE2EE of the current session (docs/e2ee.md)
 };
 
 let client = null;
@@ -279,7 +281,8 @@ function systemText(m) {
 }
 
 function previewText(m) {
-  if (!m) return "";
+  if (!m || m.hidden) return "";
+  if (m.e2eeError) return "Encrypted message";
   if (m.kind === KIND.SYSTEM) return systemText(m);
   const mine = m.senderId === state.me?.userId;
   const group = state.convs.get(m.conversationId)?.kind === CK.GROUP;
@@ -291,6 +294,12 @@ function previewText(m) {
   if (c.text) return `${prefix}${c.text}`;
   if (c.encrypted) return `${prefix}Encrypted message`;
   return "";
+}
+
+/** Decrypt E2EE entries (and note membership changes), then addEntries. */
+async function ingest(convId, msgs, opts) {
+  if (state.e2ee) await state.e2ee.decrypt(convId, msgs);
+  addEntries(convId, msgs, opts);
 }
 
 /** Apply log entries (from SYNC, DELIVER or our own ACKs) to the conversation. */
@@ -309,14 +318,16 @@ function addEntries(convId, msgs, { intoLog = true } = {}) {
         target.recalled = true;
         target.content = null;
       } else if (m.kind === KIND.EDITED && target && !target.recalled) {
-        target.content = m.content;
+        // An encrypted edit that does not open leaves the message saying so, not the old text.
+        if (m.e2eeError) target.e2eeError = m.e2eeError;
+        else target.content = m.content;
         target.editedAtMs = m.sentAtMs;
       }
       log.items.set(m.seq, m);
       log.oldest = log.oldest ? Math.min(log.oldest, m.seq) : m.seq;
       log.newest = Math.max(log.newest, m.seq);
     }
-    if (m.seq >= conv.previewSeq) {
+    if (m.seq >= conv.previewSeq && !m.hidden) {
       conv.previewSeq = m.seq;
       conv.preview = m;
     }
@@ -352,7 +363,7 @@ async function loadConversations() {
     await Promise.all(need.slice(i, i + 8).map(async (conv) => {
       try {
         const res = await client.sync(conv.id, { beforeSeq: conv.lastSeq + 1, limit: 3 });
-        addEntries(conv.id, res.messages, { intoLog: false });
+        await ingest(conv.id, res.messages, { intoLog: false });
       } catch (err) {
         console.warn("preview failed", conv.id, err);
       }
@@ -375,7 +386,7 @@ async function loadLatest(conv) {
   log.loading = true;
   try {
     const res = await client.sync(conv.id, { beforeSeq: conv.lastSeq + 1, limit: PAGE });
-    addEntries(conv.id, res.messages);
+    await ingest(conv.id, res.messages);
     log.hasOlder = res.hasMore;
     log.loaded = true;
     if (res.lastSeq > log.newest) await catchUp(conv, true);
@@ -390,7 +401,7 @@ async function catchUp(conv, already = false) {
   if (!log.loaded || (log.loading && !already)) return;
   for (let i = 0; i < 50; i++) {
     const res = await client.sync(conv.id, { afterSeq: log.newest });
-    addEntries(conv.id, res.messages);
+    await ingest(conv.id, res.messages);
     if (!res.hasMore || !res.messages.length) break;
   }
 }
@@ -405,7 +416,7 @@ async function loadOlder() {
   const fromBottom = box.scrollHeight - box.scrollTop;
   try {
     const res = await client.sync(conv.id, { beforeSeq: log.oldest, limit: PAGE });
-    addEntries(conv.id, res.messages);
+    await ingest(conv.id, res.messages);
     log.hasOlder = res.hasMore;
   } catch (err) {
     toast(`Could not load older messages: ${errText(err)}`);
@@ -520,16 +531,58 @@ function sendContent(convId, content, clientMsgId = newId()) {
   trySend(item);
 }
 
+/** What the UI shows of content, without the E2EE-only attachment key. */
+function plainContent(content) {
+  return content.file ? { file: content.file } : { text: content.text };
+}
+
+/**
+ * The Content to put on the wire for `content` ({text} or {file[, attachment]}):
+ * sealed when E2EE runs, plaintext only when the server offers no E2EE or
+ * allows plaintext and E2EE could not start here (the banner says so). A
+ * sealing failure is never answered with plaintext.
+ */
+async function outgoing(convId, content) {
+  const e = state.e2ee;
+  await e?.started; // never plaintext while keys are still being set up
+  if (!e || e.status === "off" || (e.failed && e.plaintextAllowed && !content.attachment)) {
+    return { content: plainContent(content), e2ee: false };
+  }
+  if (!e.on) throw new Error(e.reason || "end-to-end encryption is required but not running");
+  const conv = state.convs.get(convId);
+  const info = { id: convId, kind: conv.kind, peerId: conv.peerId, lastSeq: conv.lastSeq, memberIds: [] };
+  if (conv.kind === CK.GROUP) {
+    const c = await client.request(T.CONV_GET, pb.GetConversation, { conversationId: convId });
+    upsertConv(c);
+    info.memberIds = (c.members || []).map((m) => m.userId);
+  }
+  const payload = content.attachment
+    ? { attachment: { ...content.attachment, name: content.file.name, size: content.file.size, contentType: content.file.contentType } }
+    : { text: content.text };
+  const sealed = await e.seal(info, payload, async (envelope) => {
+    // A sender-key distribution: a control message in the same conversation.
+    const id = newId();
+    await e.rememberSent(convId, id, { control: true });
+    await client.send(convId, { encrypted: envelope }, id);
+  });
+  if (!sealed) return { content: plainContent(content), e2ee: false };
+  return { content: sealed, e2ee: true };
+}
+
 async function trySend(item) {
   if (!online()) return; // sent on reconnect
   item.status = "sending";
   try {
-    const ack = await client.send(item.convId, item.content, item.clientMsgId);
+    const wire = await outgoing(item.convId, item.content);
+    // Message keys are single-use and the sender is not a recipient: this device keeps its own plaintext.
+    if (wire.e2ee) await state.e2ee.rememberSent(item.convId, item.clientMsgId, item.content);
+    const ack = await client.send(item.convId, wire.content, item.clientMsgId);
     state.outbox.delete(item.clientMsgId);
+    if (wire.e2ee) await state.e2ee.remember(item.convId, ack.seq, item.content);
     addEntries(item.convId, [{
       conversationId: item.convId, seq: ack.seq, senderId: state.me.userId, senderDevice: client.deviceId,
       clientMsgId: item.clientMsgId, sentAtMs: ack.sentAtMs, kind: KIND.CHAT, content: item.content,
-      recalled: false, editedAtMs: 0,
+      recalled: false, editedAtMs: 0, e2ee: wire.e2ee,
     }]);
     renderAll();
     markRead();
@@ -597,10 +650,14 @@ async function onSubmit(ev) {
   if (state.editing) {
     const { convId, seq } = state.editing;
     try {
-      const ack = await client.edit(convId, seq, text);
+      const wire = await outgoing(convId, { text });
+      const editId = newId();
+      if (wire.e2ee) await state.e2ee.rememberSent(convId, editId, { text });
+      const ack = await client.editContent(convId, seq, wire.content, editId);
+      if (wire.e2ee) await state.e2ee.remember(convId, ack.seq, { text });
       addEntries(convId, [{
         conversationId: convId, seq: ack.seq, senderId: state.me.userId, kind: KIND.EDITED, targetSeq: seq,
-        content: { text }, sentAtMs: ack.sentAtMs,
+        content: { text }, sentAtMs: ack.sentAtMs, e2ee: wire.e2ee,
       }]);
       cancelEdit();
       renderAll();
@@ -666,13 +723,32 @@ async function runUpload(up) {
   up.abort = new AbortController();
   renderMessages({ force: true });
   try {
-    const info = await files.upload(up.file, up.convId, (p) => {
+    const e = state.e2ee;
+    await e?.started;
+    if (e && e.failed && !e.plaintextAllowed) throw new Error(e.reason || "end-to-end encryption is required but not running");
+    let upload = up.file;
+    let sealed = null;
+    if (e?.on) {
+      // §8: encrypted before upload; the server sees neither name, type nor key.
+      up.phase = "encrypting";
+      paintUpload(up);
+      sealed = await e.device.encryptAttachment(new Uint8Array(await up.file.arrayBuffer()));
+      upload = new File([sealed.blob], "e2ee.bin", { type: "application/octet-stream" });
+    }
+    const info = await files.upload(upload, up.convId, (p) => {
       up.phase = p.phase;
       up.done = p.done;
       up.total = p.total;
       paintUpload(up);
     }, up.abort.signal);
     state.uploads.delete(up.id);
+    if (sealed) {
+      sendContent(up.convId, {
+        file: { fileId: info.file_id, name: up.file.name, size: up.file.size, contentType: up.file.type || "" },
+        attachment: { fileId: info.file_id, key: sealed.key, nonce: sealed.nonce, digest: sealed.digest },
+      }, `f-${up.id}`);
+      return;
+    }
     sendContent(up.convId, {
       file: {
         fileId: info.file_id, name: info.name, size: info.size, contentType: info.content_type || "",
@@ -695,7 +771,7 @@ async function runUpload(up) {
 function uploadLabel(up) {
   const pct = up.total ? Math.floor((100 * up.done) / up.total) : 100;
   if (up.status === "failed") return `Upload stopped: ${up.error}`;
-  const verb = { hashing: "Preparing", uploading: "Uploading", verifying: "Verifying", done: "Sending" }[up.phase] || "Starting";
+  const verb = { encrypting: "Encrypting", hashing: "Preparing", uploading: "Uploading", verifying: "Verifying", done: "Sending" }[up.phase] || "Starting";
   return `${verb} ${pct}% of ${humanSize(up.total)}`;
 }
 
@@ -707,12 +783,21 @@ function paintUpload(up) {
   el.querySelector(".up-label").textContent = uploadLabel(up);
 }
 
-async function download(info, link) {
+async function download(info, link, attachment = null) {
   const label = link.textContent;
   try {
-    await files.download(info, (done, total) => {
+    const progress = (done, total) => {
       link.textContent = total ? `Downloading ${Math.floor((100 * done) / total)}%` : `Downloading ${humanSize(done)}`;
-    });
+    };
+    if (attachment) {
+      // §8: check the digest and open after download; only plaintext is saved.
+      if (!state.e2ee?.device) throw new Error("end-to-end encryption is not running on this device");
+      const blob = await files.fetchBlob(info, progress);
+      const plain = await state.e2ee.device.decryptAttachment(attachment, new Uint8Array(await blob.arrayBuffer()));
+      files.save(new Blob([plain], { type: info.contentType || "application/octet-stream" }), info.name);
+      return;
+    }
+    await files.download(info, progress);
   } catch (err) {
     toast(`Download failed: ${errText(err)}`);
   } finally {
@@ -741,11 +826,56 @@ function renderMe() {
   st.textContent = { online: "online", connecting: "connecting…", offline: "offline — reconnecting", replaced: "open in another tab" }[state.conn];
   $("offline-banner").hidden = state.conn === "online" || state.conn === "replaced" || !state.me;
   $("replaced-banner").hidden = state.conn !== "replaced";
+  renderE2EE();
   if (!state.me) return;
   $("me-name").textContent = state.me.displayName || state.me.username;
   const av = $("me-avatar");
   av.textContent = initials(state.me.displayName || state.me.username);
   av.style.background = `hsl(${hue(state.me.userId)} 55% 45%)`;
+}
+
+/** Try again to open the messages that did not (e.g. after accepting a changed key). */
+async function redecryptFailed() {
+  for (const [convId, log] of state.logs) {
+    const failed = [...log.items.values()].filter((m) => m.e2eeError && m.content?.encrypted);
+    for (const m of failed) {
+      m.e2ee = false;
+      delete m.e2eeError;
+    }
+    if (failed.length) await state.e2ee.decrypt(convId, failed);
+  }
+  touch();
+  renderAll();
+}
+
+/** E2EE state line, escrow indicator, failure and identity-change banners. */
+function renderE2EE() {
+  const e = state.me ? state.e2ee : null;
+  const line = $("e2ee-state");
+  line.hidden = !e || e.status === "off";
+  line.dataset.state = e?.status || "off";
+  line.dataset.escrow = e?.escrowOn ? "on" : "off";
+  if (e && e.status !== "off") {
+    let label = e.on ? "End-to-end encrypted" : e.status === "starting" ? "Encryption starting…" : "Not end-to-end encrypted";
+    // Without IndexedDB (some private windows) keys live in memory: a reload is a new device.
+    if (e.on && e.store && !e.store.persistent) label += " (keys not kept after this tab)";
+    line.replaceChildren(icon("lock"), ` ${label}`,
+      e.escrowOn ? h("span", { id: "escrow-indicator", class: "escrow", title: "Your organisation holds a compliance escrow key: audited staff can decrypt messages", text: " · Escrow on" }) : "");
+  }
+  const off = $("e2ee-off-banner");
+  off.hidden = !e || !(e.status === "unavailable" || e.status === "error");
+  if (!off.hidden) {
+    off.textContent = `${e.reason}. ${e.required ? "Sending is blocked: this server requires end-to-end encryption." : "Messages you send now are not end-to-end encrypted."}`;
+  }
+  const warn = $("identity-banner");
+  const pending = e?.pending || [];
+  warn.hidden = !pending.length;
+  warn.replaceChildren(...pending.map((p) => h("div", { class: "identity-change", "data-user": p.userId, "data-device": p.deviceId },
+    `The security key of ${userName(p.userId)} (device ${p.deviceId}) has changed. Messages with that device are blocked until you accept the new key. `,
+    h("button", {
+      class: "link accept-identity", text: "Accept new key",
+      onclick: () => e.acceptIdentity(p).then(redecryptFailed, (err) => toast(`Could not accept: ${errText(err)}`)),
+    }))));
 }
 
 function avatar(title, id, presenceUid) {
@@ -836,6 +966,10 @@ function renderChat() {
 }
 
 function messageBody(conv, m) {
+  if (m.e2eeError && !m.recalled) {
+    return h("div", { class: "text e2ee-error", title: "This message is end-to-end encrypted and this device cannot open it" },
+      icon("lock"), ` ${m.e2eeError}`);
+  }
   if (m.recalled) {
     return h("div", { class: "text recalled", text: m.senderId === state.me.userId ? "You recalled this message" : "This message was recalled" });
   }
@@ -846,7 +980,7 @@ function messageBody(conv, m) {
       class: "download", href: `/api/v1/files/${encodeURIComponent(f.fileId)}`, download: f.name, text: "Download",
       onclick: (ev) => {
         ev.preventDefault();
-        download(f, ev.currentTarget);
+        download(f, ev.currentTarget, c.attachment || null);
       },
     });
     return h("div", { class: "file" },
@@ -867,6 +1001,7 @@ function messageEl(conv, m, showSender) {
     showSender && !own ? h("div", { class: "sender", style: `color:hsl(${hue(m.senderId)} 55% 38%)`, text: userName(m.senderId) }) : null,
     messageBody(conv, m),
     h("div", { class: "meta" },
+      m.e2ee && !m.e2eeError && !m.recalled ? h("span", { class: "e2ee-lock", title: "End-to-end encrypted", "aria-label": "End-to-end encrypted" }, icon("lock")) : null,
       m.editedAtMs && !m.recalled ? h("span", { class: "edited", text: "edited" }) : null,
       h("span", { class: "time", text: fmtTime(m.sentAtMs) }),
       status ? h("span", { class: `status ${status.startsWith("read") ? "read" : status}`, text: status }) : null));
@@ -917,6 +1052,7 @@ function renderMessages({ keepFromBottom = 0, force = false } = {}) {
   for (const seq of seqs) {
     const m = log.items.get(seq);
     if (m.kind !== KIND.CHAT && m.kind !== KIND.SYSTEM) continue;
+    if (m.hidden) continue; // E2EE control message (sender-key distribution)
     const d = fmtDay(m.sentAtMs);
     if (d !== day) {
       day = d;
@@ -1047,9 +1183,14 @@ function setupDialog() {
 
 // ---- pushes ---------------------------------------------------------------------------------------
 
+// Deliveries are decrypted one after another, in arrival order.
+let deliverQueue = Promise.resolve();
+
 function onPush(type, msg) {
   switch (type) {
-    case T.DELIVER: return onDeliver(msg);
+    case T.DELIVER:
+      deliverQueue = deliverQueue.then(() => onDeliver(msg)).catch((err) => console.error("deliver failed", err));
+      return undefined;
     case T.RECEIPT: return onReceipt(msg);
     case T.PRESENCE: return applyPresence(msg);
     case T.TYPING: return onTyping(msg);
@@ -1061,7 +1202,8 @@ function onPush(type, msg) {
   }
 }
 
-function onDeliver(m) {
+async function onDeliver(m) {
+  if (state.e2ee) await state.e2ee.decrypt(m.conversationId, [m]);
   const conv = state.convs.get(m.conversationId);
   if (!conv) {
     refreshConversations(); // a conversation we did not know: someone started it
@@ -1137,6 +1279,17 @@ async function startSession(authenticate) {
   c.on("close", (ev) => onClosed(c, ev));
   if (state.me && state.me.userId !== auth.userId) resetData();
   state.me = { userId: auth.userId, username: auth.username, displayName: auth.displayName };
+  const same = state.e2ee && state.e2ee.auth.userId === auth.userId && state.e2ee.auth.deviceId === auth.deviceId;
+  if (same) {
+    await state.e2ee.resume(c, auth);
+  } else {
+    state.e2ee = new WebE2EE(c, auth, () => {
+      touch();
+      renderAll();
+    });
+    window.tongxinE2EE = state.e2ee; // the browser test reads status and escrow
+    await state.e2ee.start();
+  }
   state.token = auth.token;
   localStorage.setItem(LS.token, auth.token);
   localStorage.setItem(LS.user, auth.username);
@@ -1218,6 +1371,7 @@ async function logout() {
   state.token = "";
   resetData();
   state.me = null;
+  state.e2ee = null; // its keys stay in IndexedDB for the next login on this device
   showLogin();
   setTimeout(() => { loggingOut = false; }, 600);
 }

@@ -1,4 +1,5 @@
-// Payload types generated from appliance/src/tongxin/proto/tongxin.proto by
+// Payload types generated from appliance/src/tongxin/proto/tongxin.proto and
+// e2ee.proto by
 // protobufjs-cli (`pbjs -t static-module --force-number`) at build time; see
 // build.mjs. 64-bit fields (seqs, millisecond times, sizes) decode as JS
 // numbers: every value the server sends stays below 2^53.
@@ -9,6 +10,8 @@ $protobuf.util.Long = null;
 $protobuf.configure();
 
 export const pb = tongxin.v1;
+/** tongxin.e2ee.v1 (e2ee.proto): key directory payloads and the E2EE envelope. */
+export const e2eePb = tongxin.e2ee.v1;
 export const T = pb.FrameType;
 export const E = pb.ErrorCode;
 

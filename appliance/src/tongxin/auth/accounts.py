@@ -85,11 +85,25 @@ class Accounts:
 
     async def register(self, username: str, password: str, display_name: str,
                        device_id: str) -> Session:
+        """Self-registration (the WS REGISTER frame): a new ordinary account and its first
+        token. Both the account and every refusal are audited (``user.register``), as an
+        account an administrator creates is, so the audit trail covers every user."""
+        name = username.strip().lower()[:64]
         if not self.cfg.self_registration:
+            await self._emit("user.register", target=name, outcome="denied",
+                             reason="self-registration is disabled")
             raise RequestError(pb.REGISTRATION_DISABLED,
                                "self-registration is disabled; ask an administrator for an account")
-        user = await self.create_user(username, password, display_name)
-        return await self.issue(user, device_id)
+        try:
+            user = await self.create_user(username, password, display_name)
+        except RequestError as err:
+            await self._emit("user.register", target=name, outcome="denied", reason=err.message)
+            raise
+        session = await self.issue(user, device_id)
+        await self._emit("user.register", actor=user.id, actor_role=user.role,
+                         target=user.username, user_id=user.id, via="self-registration",
+                         device=session.device_id, token_id=session.claims.token_id)
+        return session
 
     async def _emit(self, event: str, **fields: Any) -> None:
         if self.audit is not None:

@@ -193,9 +193,9 @@ async def _stdin_lines() -> asyncio.StreamReader:
 
 
 async def run_chat(url: str, user: str, password: str, *, register: bool = False,
-                   device_id: str = "", open_with: str = "") -> int:
+                   device_id: str = "", open_with: str = "", ca_file: str = "") -> int:
     device = device_id or f"cli-{socket.gethostname()}"[:64]
-    client = Client(url, device_id=device, client_name="tongxin-cli")
+    client = Client(url, device_id=device, client_name="tongxin-cli", ca_file=ca_file)
     try:
         await client.connect()
         auth = await (client.register(user, password) if register

@@ -1,7 +1,9 @@
 """Compliance commands: ``tongxin admin``, ``audit``, ``retention``, ``export``, ``report``.
 
 They run on the node, against its data directory, as the service's OS user;
-everything they change is audited with the actor ``cli:<os user>``.
+everything they change is audited with the actor ``cli:<os user>``, except the
+sensitive ones (export, retention run, audit rotate-key), which need ``--admin``
+with a second factor and record that administrator (tongxin.cli.admin_auth).
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ import json
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from tongxin.config import Config
+
+if TYPE_CHECKING:
+    from tongxin.atrest.keyring import DekStore
 
 Common = Callable[[argparse.ArgumentParser], None]
 
@@ -72,6 +77,7 @@ async def audit_cli_action(cfg: Config, event: str, target: str, rc: int) -> Non
 def cmd_admin(args: argparse.Namespace) -> int:
     from tongxin.cli.main import _password, _with_accounts
     from tongxin.compliance import roles
+    from tongxin.compliance.sms import SmsError, SmsRateLimited, SmsResult, SmsUnavailable
     from tongxin.errors import RequestError
 
     cfg = _config(args)
@@ -134,17 +140,34 @@ def cmd_admin(args: argparse.Namespace) -> int:
                                      user_id=user.id, removed=removed)
                     print(f"SMS number of {user.username} {'removed' if removed else 'was not set'}")
                     return 0
+                who = {"actor": actor, "target": user.username, "user_id": user.id}
                 try:
-                    masked = await comp.sms.enroll(user.id, args.phone, actor)
+                    sent = await comp.sms.start_enrollment(user.id, user.username, args.phone,
+                                                           actor)
                 except ValueError as exc:
                     print(f"tongxin: {exc}", file=sys.stderr)
                     return 1
-                await comp.audit("sms.enroll", actor=actor, target=user.username, user_id=user.id,
-                                 phone=masked, provider=cfg.compliance.sms_provider)
+                except (SmsUnavailable, SmsRateLimited, SmsError) as exc:
+                    await comp.audit("sms.enroll", outcome="failed", step="send",
+                                     reason=str(exc), **who)
+                    print(f"tongxin: no confirmation code sent: {exc}", file=sys.stderr)
+                    return 1
+                await comp.audit("sms.enroll", step="code_sent", phone=sent.phone_masked,
+                                 expires_at=sent.expires_at, **who)
+                # The number is enrolled only once the code sent to it comes back.
+                print(f"confirmation code sent to {sent.phone_masked}; enter it: ", end="",
+                      flush=True)
+                code = (await asyncio.to_thread(sys.stdin.readline)).strip()
+                result, masked = await comp.sms.confirm_enrollment(user.id, code, actor)
+                if result is not SmsResult.OK:
+                    await comp.audit("sms.enroll", outcome="failed", step="confirm",
+                                     reason=result.value, **who)
+                    print(f"\ntongxin: confirmation code {result.value}; the number is not "
+                          "enrolled", file=sys.stderr)
+                    return 1
+                await comp.audit("sms.enroll", step="confirmed", phone=masked,
+                                 provider=cfg.compliance.sms_provider, **who)
                 print(f"SMS number {masked} enrolled for {user.username}")
-                if not comp.sms.enabled:
-                    print("note: compliance.sms_provider is none: SMS codes are not sent until "
-                          "a provider is configured")
                 return 0
             return 2
         finally:
@@ -179,6 +202,8 @@ def _print_verify(report: Any, as_json: bool) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    from tongxin.cli.admin_auth import Refused, authorize, refused
+
     cfg = _config(args)
 
     async def run() -> int:
@@ -204,10 +229,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
                       f"purged {res.purged_segments} segments past retention")
                 return 0
             if args.action == "rotate-key":
+                try:
+                    who = await authorize(cfg, comp, args, "key.rotate", "key.rotate",
+                                          "audit_sign")
+                except Refused as exc:
+                    return refused(exc)
                 old = comp.keys.current_fingerprint()
                 new = await comp.rotate_key()
-                await comp.audit("key.rotate", actor=actor, target="audit_sign",
-                                 old_fingerprint=old or "", new_fingerprint=new)
+                await comp.audit("key.rotate", target="audit_sign", old_fingerprint=old or "",
+                                 new_fingerprint=new, **who.audit_fields())
                 await comp.sign_head(force=True)
                 print(f"new audit signing key {new}")
                 return 0
@@ -228,7 +258,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_retention(args: argparse.Namespace) -> int:
-    from tongxin.compliance.retention import effective_policies, run_retention
+    from tongxin.cli.admin_auth import Refused, authorize, refused
+    from tongxin.compliance.retention import RetentionBusy, effective_policies, run_retention
     from tongxin.server.node import make_store
 
     cfg = _config(args)
@@ -242,22 +273,51 @@ def cmd_retention(args: argparse.Namespace) -> int:
                 print(f"audit retention: {days:g} days{' (override)' if override else ''}")
                 for scope, d in (await effective_policies(cfg, comp.store)).items():
                     print(f"messages {scope}: {d:g} days{' (forever)' if d == 0 else ''}")
-                for h in await comp.store.holds():
-                    print(f"hold #{h.id}: {h.kind} {h.target} — {h.reason}")
+                holds = await comp.store.holds()
+                names: dict[str, str] = {}
+                ids = {h.target for h in holds if h.kind == "user"} | {h.created_by
+                                                                       for h in holds}
+                if ids:
+                    # A reader wants the people, not only the ids holds are keyed on.
+                    history = make_store(cfg)
+                    await history.open()
+                    try:
+                        for uid in ids:
+                            u = await history.get_user(uid)
+                            if u is not None:
+                                names[uid] = f"{u.username} ({uid})"
+                    finally:
+                        await history.close()
+                for h in holds:
+                    when = datetime.datetime.fromtimestamp(h.created_at / 1000, datetime.UTC)
+                    target = names.get(h.target, h.target) if h.kind == "user" else h.target
+                    print(f"hold #{h.id}: {h.kind} {target} — {h.reason} "
+                          f"(since {when:%Y-%m-%d %H:%M}Z, by "
+                          f"{names.get(h.created_by, h.created_by)})")
                 return 0
             if args.action == "run":
+                # Deleting messages is the security administrator's (retention.set).
+                try:
+                    who = await authorize(cfg, comp, args, "retention.set", "retention.run")
+                except Refused as exc:
+                    return refused(exc)
+                actor = who.audit_fields()["actor"]
                 history = make_store(cfg)
                 await history.open()
                 try:
                     res = await run_retention(cfg, comp.store, history, actor=actor,
                                               max_batches=args.max_batches)
+                except RetentionBusy as exc:
+                    print(f"error: {exc}", file=sys.stderr)
+                    return 1
                 finally:
                     await history.close()
-                await comp.audit("retention.run", actor=actor, run_id=res.run_id,
-                                 deleted=res.deleted, finished=res.finished, resumed=res.resumed,
-                                 skipped_on_hold=res.skipped_on_hold)
+                await comp.audit("retention.run", run_id=res.run_id, deleted=res.deleted,
+                                 finished=res.finished, resumed=res.resumed,
+                                 skipped_on_hold=res.skipped_on_hold, **who.audit_fields())
                 state = "finished" if res.finished else "stopped (run again to continue)"
-                print(f"retention run #{res.run_id} {state}: {res.deleted} messages deleted, "
+                print(f"retention run #{res.run_id} {state}: {res.deleted} log entries (messages "
+                      "and their events) deleted, "
                       f"{res.skipped_on_hold} conversations skipped for legal holds")
                 return 0
             return 2
@@ -271,6 +331,7 @@ def cmd_retention(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from tongxin.cli.admin_auth import Refused, authorize, refused
     from tongxin.clock import now_ms
     from tongxin.compliance.export import export_messages, verify_export
     from tongxin.server.node import make_store
@@ -291,6 +352,13 @@ def cmd_export(args: argparse.Namespace) -> int:
             if bool(args.user) == bool(args.conversation):
                 print("tongxin: give --user or --conversation", file=sys.stderr)
                 return 2
+            try:
+                who = await authorize(cfg, comp, args, "export.messages", "export.messages",
+                                      f"user:{args.user}" if args.user
+                                      else f"conversation:{args.conversation}")
+            except Refused as exc:
+                return refused(exc)
+            actor = who.audit_fields()["actor"]
             if args.user:
                 store = make_store(cfg)
                 await store.open()
@@ -315,10 +383,10 @@ def cmd_export(args: argparse.Namespace) -> int:
                     actor=actor, now=now_ms())
             finally:
                 await history.close()
-            await comp.audit("export.messages", actor=actor, target=f"{kind}:{target}",
+            await comp.audit("export.messages", target=f"{kind}:{target}",
                              export_id=manifest["export_id"], records=manifest["records"],
                              from_ms=manifest["from_ms"], to_ms=manifest["to_ms"],
-                             sm3=manifest["files"][0]["sm3"])
+                             sm3=manifest["files"][0]["sm3"], **who.audit_fields())
             print(f"exported {manifest['records']} entries to {path}")
             return 0
         finally:
@@ -342,7 +410,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         await store.open()
         try:
             report = await build_report(cfg, comp, await store.list_users(),
-                                        generated_by=_cli_actor())
+                                        generated_by=_cli_actor(),
+                                        deks=cast("DekStore", store) if hasattr(store, "data_keys") else None)
             j, h = write_report(report, Path(args.out) if args.out else cfg.home / "reports")
             await comp.audit("report.compliance", actor=_cli_actor(), summary=report["summary"])
         finally:
@@ -366,6 +435,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: Any, common: Common) -> None:
+    from tongxin.cli.admin_auth import add_arguments as add_admin_arguments
+
     a = sub.add_parser("admin", help="bootstrap administrative accounts (三员) on the node")
     asub = a.add_subparsers(dest="action", required=True)
     ac = asub.add_parser("create", help="create an administrative account and enrol its TOTP")
@@ -379,7 +450,8 @@ def add_commands(sub: Any, common: Common) -> None:
     at = asub.add_parser("totp-reset", help="enrol a new TOTP secret for an administrator")
     common(at)
     at.add_argument("username")
-    se = asub.add_parser("sms-enroll", help="enrol a phone number for SMS codes (second factor)")
+    se = asub.add_parser("sms-enroll", help="enrol a phone number for SMS codes (second factor): "
+                                           "sends a code to it and asks for it back")
     common(se)
     se.add_argument("username")
     se.add_argument("phone", help="digits, optionally with a leading + (e.g. +8613800138000)")
@@ -396,6 +468,7 @@ def add_commands(sub: Any, common: Common) -> None:
                     help="a trusted audit public key (PEM) to verify with, besides audit-keys/")
     au.add_argument("--json", action="store_true", help="verify: print the full result as JSON")
     au.add_argument("-n", type=int, default=20, help="tail: how many records")
+    add_admin_arguments(au, "key.rotate")  # rotate-key
     au.set_defaults(func=cmd_audit)
 
     r = sub.add_parser("retention", help="message retention with legal holds")
@@ -403,6 +476,7 @@ def add_commands(sub: Any, common: Common) -> None:
     r.add_argument("action", choices=["run", "show"])
     r.add_argument("--max-batches", type=int, default=0,
                    help="stop after this many delete batches (the next run continues)")
+    add_admin_arguments(r, "retention.set")  # run
     r.set_defaults(func=cmd_retention)
 
     e = sub.add_parser("export", help="signed compliance export of messages")
@@ -413,6 +487,7 @@ def add_commands(sub: Any, common: Common) -> None:
     e.add_argument("--to", help="end, exclusive (ISO-8601 or ms; default now)")
     e.add_argument("--out", help="directory for the export (default <data_dir>/exports)")
     e.add_argument("--verify", metavar="DIR", help="verify an export directory instead")
+    add_admin_arguments(e, "export.messages")
     e.set_defaults(func=cmd_export)
 
     rp = sub.add_parser("report", help="compliance report (等保 2.0 level 3)")

@@ -54,17 +54,19 @@ async def _serve(cfg: Config, worker: int | None = None) -> int:
     from aiohttp import web
 
     from tongxin.logs import setup_logging
-    from tongxin.server.node import Node
+    from tongxin.server.node import Node, server_tls_context
 
     setup_logging(cfg.logging.level, cfg.logging.json)
     if worker is not None:
         base = cfg.node_id or f"{socket.gethostname()}:{cfg.listen_address()[1]}"
         cfg.node_id = f"{base}/w{worker}"
+    tls = server_tls_context(cfg)  # before anything starts: a bad file is a config error
     node = Node(cfg)
     runner = web.AppRunner(node.app(), access_log=None, handle_signals=False)
     await runner.setup()
     host, port = cfg.listen_address()
-    site = web.TCPSite(runner, host, port, backlog=4096, reuse_port=worker is not None)
+    site = web.TCPSite(runner, host, port, backlog=4096, reuse_port=worker is not None,
+                       ssl_context=tls)
     try:
         await site.start()
     except OSError as exc:
@@ -79,8 +81,9 @@ async def _serve(cfg: Config, worker: int | None = None) -> int:
                 f"presence {cfg.presence.backend}")
     print(f"Tongxin {node.node_id} is running on {backends} "
           f"(data in {cfg.home.resolve()}).", flush=True)
-    print(f"  web client:  http://{shown}:{port}/", flush=True)
-    print(f"  WebSocket:   ws://{shown}:{port}/ws", flush=True)
+    secure = "s" if tls is not None else ""
+    print(f"  web client:  http{secure}://{shown}:{port}/", flush=True)
+    print(f"  WebSocket:   ws{secure}://{shown}:{port}/ws", flush=True)
     print("  Press Ctrl+C to stop.", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -117,8 +120,9 @@ def _argv(args: argparse.Namespace) -> list[str]:
 
 
 async def _with_accounts(cfg: Config, fn: Callable[[Any], Coroutine[Any, Any, int]]) -> int:
+    from tongxin.atrest.records import load_or_create_secret
     from tongxin.auth.accounts import Accounts
-    from tongxin.auth.tokens import TokenSigner, load_or_create_key
+    from tongxin.auth.tokens import KEY_BYTES, TokenSigner
     from tongxin.server.node import make_revocations, make_store
 
     store = make_store(cfg)
@@ -126,7 +130,9 @@ async def _with_accounts(cfg: Config, fn: Callable[[Any], Coroutine[Any, Any, in
     # Revocations go where the nodes look for them (Redis with many nodes).
     revocations = make_revocations(cfg)
     try:
-        key = load_or_create_key(cfg.home / "secrets" / "token.key")
+        # Sealed at rest like the node keeps it (store.open() loaded the keyring).
+        key = await load_or_create_secret(cfg.home / "secrets" / "token.key", KEY_BYTES,
+                                          getattr(store, "keyring", None))
         return await fn(Accounts(store, TokenSigner(key), cfg.accounts, revocations))
     finally:
         await revocations.close()
@@ -233,7 +239,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     password = _password(args)
     return _run(run_chat(args.url, args.user, password, register=args.register,
-                         device_id=args.device, open_with=args.to))
+                         device_id=args.device, open_with=args.to, ca_file=args.ca_file))
 
 
 # ---- parser --------------------------------------------------------------------
@@ -272,7 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_config)
 
     ch = sub.add_parser("chat", help="chat in the terminal")
-    ch.add_argument("--url", default="ws://127.0.0.1:8080/ws")
+    ch.add_argument("--url", default="ws://127.0.0.1:8080/ws",
+                    help="ws:// or, to a node serving TLS 1.3, wss://HOST:PORT/ws")
+    ch.add_argument("--ca-file", default="",
+                    help="PEM CA bundle that signed the node's certificate (wss://; default: "
+                    "the system CAs)")
     ch.add_argument("--user", required=True)
     ch.add_argument("--device", default="", help="device id (default: cli-<hostname>)")
     ch.add_argument("--register", action="store_true", help="create the account first")
@@ -283,7 +293,56 @@ def build_parser() -> argparse.ArgumentParser:
     from tongxin.cli.compliance import add_commands
 
     add_commands(sub, common)  # admin, audit, retention, export, report
+
+    from tongxin.cli.keys import add_commands as add_keys_commands
+
+    add_keys_commands(sub, common)  # keys init / status / rotate
+
+    from tongxin.bundle.cli import add_commands as add_bundle_commands
+
+    add_bundle_commands(sub)  # bundle verify / manifest / key
+
+    from tongxin.cli.provision import add_commands as add_provision_commands
+
+    add_provision_commands(sub)  # provision init / plan / apply / output / destroy
     return p
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    """What a backend that cannot be reached raises (redis only if it is installed)."""
+    from tongxin.store.ports import Unavailable
+
+    errors: tuple[type[BaseException], ...] = (Unavailable, ConnectionError)
+    try:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+    except ImportError:
+        return errors
+    return (*errors, RedisConnectionError, RedisTimeoutError)
+
+
+def _unreachable(args: argparse.Namespace, exc: BaseException) -> str:
+    """One line naming the backend and address a command could not reach."""
+    try:
+        cfg = _config(args) if hasattr(args, "config") else None
+    except ConfigError:
+        cfg = None
+    if cfg is None:
+        where = "the backend"
+    elif type(exc).__module__.startswith("redis"):
+        where = f"Redis ({cfg.presence.redis_nodes})"
+    elif cfg.storage.backend == "mysql":
+        from tongxin.store.dsn import parse_dsn
+
+        try:
+            dsn = parse_dsn(cfg.storage.mysql_dsn)
+            where = f"the database (storage.backend mysql at {dsn.host}:{dsn.port})"
+        except ValueError:
+            where = "the database (storage.backend mysql)"
+    else:
+        where = f"the database (storage.backend {cfg.storage.backend} in {cfg.home})"
+    # The exception text is the driver's reason (refused, timed out); never the DSN.
+    return f"tongxin: cannot reach {where}: {exc}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -295,6 +354,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        from tongxin.atrest.errors import AtRestError
+
+        if isinstance(exc, AtRestError):  # a missing or unreadable master key, a tampered seal
+            print(f"tongxin: {exc}", file=sys.stderr)
+            return 1
+        # A database or Redis that is down is an operating condition, not a bug: one
+        # clear line and exit 2 instead of a traceback (docs/operations.md).
+        if not isinstance(exc, _connection_errors()):
+            raise
+        print(_unreachable(args, exc), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import ssl
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 from google.protobuf.message import Message as PbMessage
@@ -29,6 +30,9 @@ from tongxin.clock import now_ms
 from tongxin.proto import tongxin_pb2 as pb
 from tongxin.wire.codec import Decoder, Encoder, WireLimits
 from tongxin.wire.frame import MAX_SEQ, FrameError, decode_frame
+
+if TYPE_CHECKING:
+    from tongxin.client.e2ee import E2EEClient
 
 __all__ = ["Client", "Event", "FileApiError", "TongxinError", "pb"]
 
@@ -79,10 +83,26 @@ class Event:
     seq: int = 0
 
 
+def client_tls_context(ca_file: str = "", cert_file: str = "",
+                       key_file: str = "") -> ssl.SSLContext:
+    """TLS 1.2+ client context (the appliance itself accepts only 1.3) verifying the server
+    against ``ca_file`` (or the system CAs), optionally presenting a client certificate."""
+    ctx = ssl.create_default_context(cafile=ca_file or None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert_file:
+        ctx.load_cert_chain(cert_file, key_file or None)
+    return ctx
+
+
 class Client:
     def __init__(self, url: str, *, device_id: str = "", client_name: str = "tongxin-py",
-                 limits: WireLimits | None = None, request_timeout: float = 30.0) -> None:
+                 limits: WireLimits | None = None, request_timeout: float = 30.0,
+                 ca_file: str = "", ssl_context: ssl.SSLContext | None = None) -> None:
+        """``wss://`` URLs verify the server against the system CAs, or only against
+        ``ca_file`` (a PEM bundle, e.g. the appliance's private CA) when given;
+        ``ssl_context`` replaces both (client certificates for mutual TLS)."""
         self.url = url
+        self.ssl_context = ssl_context or (client_tls_context(ca_file) if ca_file else None)
         self.device_id = device_id
         self.client_name = client_name
         self.limits = limits or WireLimits()
@@ -102,7 +122,9 @@ class Client:
     # ---- connection --------------------------------------------------------
 
     async def connect(self) -> None:
-        self._session = aiohttp.ClientSession()
+        connector = (aiohttp.TCPConnector(ssl=self.ssl_context)
+                     if self.ssl_context is not None else None)
+        self._session = aiohttp.ClientSession(connector=connector)
         self._ws = await self._session.ws_connect(self.url, compress=0, autoping=True,
                                                   max_msg_size=0)
         self._reader = asyncio.create_task(self._read_loop())
@@ -378,3 +400,14 @@ class Client:
     async def send_file(self, conversation_id: str, info: pb.FileInfo,
                         client_msg_id: str = "") -> pb.Ack:
         return await self.send(conversation_id, pb.Content(file=info), client_msg_id)
+
+    # ---- end-to-end encryption (docs/e2ee.md) ------------------------------------
+
+    async def e2ee(self, state_dir: str | os.PathLike[str], **options: Any) -> E2EEClient:
+        """Enable end-to-end encryption for this logged-in device: load (or create) its
+        keys from ``state_dir`` and publish them. Options go to :class:`E2EEClient`."""
+        from tongxin.client.e2ee import E2EEClient
+
+        e = E2EEClient(self, state_dir, **options)
+        await e.setup()
+        return e

@@ -11,9 +11,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from tongxin.atrest.errors import AtRestError
+from tongxin.atrest.records import load_secret_file, read_secret_file, write_secret_file
 from tongxin.crypto import SM2PrivateKey, SM2PublicKey, sm3_digest
 from tongxin.crypto.errors import CryptoError
+
+if TYPE_CHECKING:
+    from tongxin.atrest.keyring import Keyring
 
 
 def fingerprint(pub: SM2PublicKey) -> str:
@@ -34,20 +40,41 @@ def write_private(path: Path, data: bytes) -> None:
 
 
 class AuditKeys:
-    def __init__(self, home: Path) -> None:
+    """The private key file is sealed at rest (tongxin.atrest) when ``keyring`` encrypts;
+    a plaintext file from before is read and resealed by :meth:`load`. The public keys in
+    audit-keys/ are public and stay plaintext, so verification needs no master key."""
+
+    def __init__(self, home: Path, keyring: Keyring | None = None) -> None:
         self.private_path = home / "secrets" / "audit_sign.key"
         self.public_dir = home / "audit-keys"
+        self.keyring = keyring
         self._key: SM2PrivateKey | None = None
 
     def exists(self) -> bool:
         return self.private_path.exists()
+
+    async def load(self) -> None:
+        """Load (and migrate to sealed) an existing key while the data key can be fetched
+        from the store; signing later runs in threads, which cannot fetch it."""
+        pem = await load_secret_file(self.private_path, self.keyring)
+        if pem is None or self._key is not None:
+            return
+        try:
+            self._key = SM2PrivateKey.from_pem(pem)
+        except CryptoError:
+            return  # no SM2 in this process: signing reports it when asked
+        self._publish(self._key.public_key())
 
     def signing_key(self, create: bool = True) -> SM2PrivateKey:
         """Load the key, creating it on first use; raises CryptoError without SM2."""
         if self._key is not None:
             return self._key
         if self.private_path.exists():
-            self._key = SM2PrivateKey.from_pem(self.private_path.read_bytes())
+            try:
+                pem = read_secret_file(self.private_path, self.keyring)
+            except AtRestError as exc:
+                raise CryptoError(f"audit signing key {self.private_path}: {exc}") from exc
+            self._key = SM2PrivateKey.from_pem(pem)
             self._publish(self._key.public_key())
             return self._key
         if not create:
@@ -58,7 +85,7 @@ class AuditKeys:
         """A new key pair; the old public key stays in audit-keys/ for verification."""
         key = SM2PrivateKey.generate()
         self._publish(key.public_key())
-        write_private(self.private_path, key.to_pem())
+        write_secret_file(self.private_path, key.to_pem(), self.keyring)
         self._key = key
         return key
 

@@ -2,13 +2,18 @@
 admin sessions, settings, legal holds and retention state.
 
 The embedded default is :class:`tongxin.compliance.sqlite_store.SqliteComplianceStore`
-(a file of its own, ``<data_dir>/compliance.db``). A MySQL-protocol adapter for
-multi-node installations implements the same Protocol (not written yet).
+(a file of its own, ``<data_dir>/compliance.db``, one node's state). With
+``storage.backend: mysql`` it is
+:class:`tongxin.compliance.mysql_store.MysqlComplianceStore`: tables in the
+shared MySQL/TiDB database, so every node sees the same chain, second
+factors, sessions, holds and policies. tests/integration/
+test_compliance_store_contract.py runs the same contract against both.
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -105,6 +110,19 @@ class ComplianceStore(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
 
+    @property
+    def shared(self) -> bool:
+        """True when several nodes use this store (one chain, one set of holds)."""
+        ...
+
+    def exclusive(self, name: str) -> AbstractAsyncContextManager[bool]:
+        """Hold the lock ``name`` for the block if no one else does; yields False otherwise.
+
+        Installation-wide on a shared store (archive runs, retention runs);
+        a no-op yielding True on a one-node store, whose callers lock locally.
+        """
+        ...
+
     # audit chain
     async def append_audit(self, fields: dict[str, Any]) -> AuditRecord:
         """Link the record to the chain's head and store it durably (one transaction)."""
@@ -117,6 +135,13 @@ class ComplianceStore(Protocol):
     async def delete_audit_through(self, seq: int) -> int: ...
     async def add_head(self, head: SignedHead) -> None: ...
     async def heads(self) -> list[SignedHead]: ...
+    async def publish_key(self, key_fp: str, pem: bytes, node: str, at: int) -> None:
+        """Make an audit public key known to every node (a no-op on a one-node store,
+        whose ``audit-keys/`` directory is the record)."""
+        ...
+    async def published_keys(self) -> dict[str, bytes]:
+        """Public keys published by ``publish_key``, PEM by fingerprint."""
+        ...
 
     # second factor
     async def get_totp(self, user_id: str) -> TotpRow | None: ...

@@ -28,17 +28,20 @@ from pathlib import Path
 from typing import Any
 
 from tongxin import __version__
+from tongxin.atrest.keyring import DataKeyRow, DekStore, is_sealed
 from tongxin.clock import now_ms
 from tongxin.compliance import roles
 from tongxin.compliance.service import (
     CONFIG_SNAPSHOT_SETTING,
     LEGAL_MIN_RETENTION_DAYS,
     Compliance,
+    compliance_db,
     config_snapshot,
 )
 from tongxin.compliance.verify import VerifyReport
 from tongxin.config import Config, documented_keys
 from tongxin.crypto import available_suites, sm2_available
+from tongxin.store.dsn import parse_dsn
 from tongxin.store.ports import User
 
 DAY_MS = 86_400_000
@@ -50,6 +53,7 @@ MIN_PASSWORD_LENGTH = 8
 MIN_PASSWORD_CLASSES = 3
 MIN_PASSWORD_HISTORY = 3
 MAX_PASSWORD_AGE_DAYS = 90
+MIN_SCRYPT_N = 16384  # accounts.scrypt_n default
 MAX_SESSION_IDLE_SECONDS = 1800
 
 
@@ -87,9 +91,11 @@ REMEDIES = {
     "AU-3": "Only the auditor role may hold audit.read (compliance/roles.py).",
     "CM-1": "Terminate TLS 1.3 or TLCP in front of the node and record it in evidence/tls.json.",
     "DI-1": "Set storage.sqlite_synchronous: full; run `tongxin audit verify` for the chain.",
-    "DC-1": "The appliance does not encrypt message contents at rest: record a compensating "
-            "control (e.g. an encrypted volume for the data directory) for the assessor; keep "
-            "secrets/* at mode 0600.",
+    "DC-1": "Set storage.encryption: true (the default) and restart the node: it makes the "
+            "master key (or use keys.kms_command) and seals messages, files and secrets/*; keep "
+            "the master key file and secrets/* at mode 0600; rotate with `tongxin keys rotate`.",
+    "DC-2": "Set e2ee.required: true and a compliance escrow key (e2ee.escrow_public_key_file, "
+            "docs/e2ee.md), then restart the node.",
     "BR-1": "Run the backup tooling: it writes evidence/backup-*.json (finished_at, ok).",
     "BR-2": "Run a DR drill: it writes evidence/dr-drill-*.json (finished_at, ok, rpo_seconds, "
             "rto_seconds).",
@@ -146,6 +152,11 @@ def _tls_evidence(cfg: Config) -> list[str]:
             obj = getattr(obj, part)
         if obj:
             found.append(f"{key} = {obj!r}")
+    t = cfg.server.tls
+    if t.cert_file and t.key_file:
+        found.append("the node serves HTTPS and wss:// with TLS 1.3 only"
+                     + (" and requires client certificates (mutual TLS)" if t.client_ca_file
+                        else ""))
     tls_file = cfg.home / "evidence" / "tls.json"
     if tls_file.exists():
         try:
@@ -160,9 +171,106 @@ def _yes(flag: bool | None) -> str:
     return "yes" if flag else "NO"
 
 
+_SEALED_SECRETS = ("token.key", "audit_sign.key", "totp.key")
+
+
+async def _at_rest_item(cfg: Config, deks: DekStore | None,
+                        events_last: dict[str, int]) -> Item:
+    """DC-1 from real evidence: storage.encryption, the master key provider, the data keys
+    in the chat store and the last KEK rotation (audit trail), the secret files."""
+    it = Item("DC-1", "8.1.4.9", "数据保密性 Data confidentiality",
+              "采用密码技术保证重要数据在存储过程中的保密性（鉴别数据、重要业务数据）",
+              "Confidentiality at rest: message contents, file blobs, authentication data, keys")
+    enc = cfg.storage.encryption
+    cipher = "SM4-GCM" if cfg.crypto.suite == "gm" else "AES-256-GCM"
+    it.evidence.append(f"storage.encryption = {str(enc).lower()}"
+                       + (f": message contents, file blobs and secrets/* sealed with {cipher} "
+                          f"data keys (crypto.suite {cfg.crypto.suite})" if enc else ""))
+    if not enc:
+        it.findings.append("storage.encryption is off: message contents and file blobs are "
+                           "stored unencrypted")
+    if cfg.keys.kms_command:
+        it.evidence.append("master key provider: command (keys.kms_command, an external KMS "
+                           "holds the KEK)")
+        kek_mode = None
+    else:
+        kek_mode = _mode(cfg.master_key_file)
+        it.evidence.append(f"master key provider: file {cfg.master_key_file} "
+                           f"(mode {kek_mode or 'absent'})")
+        if enc and kek_mode is None:
+            it.findings.append("no master key file: nothing has been sealed yet (start the node "
+                               "or run `tongxin keys init`)")
+        elif kek_mode is not None and kek_mode != "0o600":
+            it.findings.append(f"the master key file is readable by others than the service "
+                               f"(mode {kek_mode})")
+    rows: list[DataKeyRow] | None = None
+    if deks is not None:
+        rows, after = [], -1
+        while batch := await deks.data_keys(after, 1000):
+            rows += batch
+            after = batch[-1].id
+    if rows is None:
+        it.evidence.append("data keys: not read (no chat store given)")
+        if enc:
+            it.findings.append("the data keys were not read: no evidence that data is sealed")
+    else:
+        keks = Counter(r.kek_id for r in rows)
+        it.evidence.append(f"data keys in the store: {len(rows)} under "
+                           f"{len(keks)} KEK(s) ({', '.join(sorted(keks)) or 'none'})")
+        if rows:
+            it.evidence.append(f"newest data key made {_iso(max(r.created_at for r in rows))}")
+        elif enc:
+            it.findings.append("no data key in the store: nothing has been sealed yet")
+    rotated = events_last.get("keys.rotate")
+    it.evidence.append("last master key (KEK) rotation: "
+                       + (_iso(rotated) if rotated else "none in the hot audit log")
+                       + " (`tongxin keys rotate`)")
+    for name in _SEALED_SECRETS:
+        path = cfg.home / "secrets" / name
+        mode = _mode(path)
+        try:
+            sealed = is_sealed(path.read_bytes())
+        except OSError:
+            sealed = False
+        it.evidence.append(f"secrets/{name}: mode {mode or 'absent'}"
+                           + (", sealed" if sealed else ", plaintext" if mode else ""))
+        if mode is not None and mode != "0o600":
+            it.findings.append(f"secrets/{name} is readable by others than the service (mode {mode})")
+        elif enc and mode is not None and not sealed:
+            it.findings.append(f"secrets/{name} is not sealed yet (sealed when the node next "
+                               "starts)")
+    it.evidence.append("passwords: scrypt; TOTP secrets: SM4-GCM under a key derived with HKDF-SM3")
+    readable = any("readable" in f for f in it.findings)
+    it.status = FAIL if readable else GAP if it.findings else PASS
+    return it
+
+
+def _e2ee_item(cfg: Config) -> Item:
+    """DC-2: message contents the server itself cannot read (end-to-end encryption)."""
+    e = cfg.e2ee
+    it = Item("DC-2", "8.1.4.9", "数据保密性 Data confidentiality",
+              "重要业务数据（消息内容）端到端加密，合规托管密钥受控解密",
+              "End-to-end encrypted message contents; escrow decryption only under audit")
+    it.evidence.append(f"crypto.suite = {cfg.crypto.suite}")
+    it.evidence.append(f"e2ee.required = {str(e.required).lower()}"
+                       + (": plaintext CHAT content is refused" if e.required else ""))
+    escrow = bool(e.escrow_public_key_file)
+    it.evidence.append("compliance escrow: " + (
+        f"on (public key {e.escrow_public_key_file}; decryption by the auditor role only, "
+        "with a fresh second factor, audited as escrow.decrypt)" if escrow else "off"))
+    if not e.required:
+        it.findings.append("e2ee.required is off: clients may send plaintext message contents")
+    if e.required and not escrow:
+        it.findings.append("no compliance escrow (e2ee.escrow_public_key_file): encrypted "
+                           "messages cannot be produced for a lawful export")
+    it.status = GAP if it.findings else PASS
+    return it
+
+
 async def build_report(cfg: Config, comp: Compliance, users: list[User],
                        verify: VerifyReport | None = None, now: int | None = None,
-                       generated_by: str = "") -> dict[str, Any]:
+                       generated_by: str = "", deks: DekStore | None = None) -> dict[str, Any]:
+    """The report; ``deks`` is the chat store (its data_keys table is DC-1's evidence)."""
     now = now_ms() if now is None else now
     home = cfg.home
     verify = verify or await comp.verify()
@@ -180,6 +288,7 @@ async def build_report(cfg: Config, comp: Compliance, users: list[User],
     events: Counter[str] = Counter()
     outcomes: Counter[tuple[str, str]] = Counter()
     expired_logins = 0
+    events_last: dict[str, int] = {}  # event -> time of its newest successful record
     after = 0
     while rows := await comp.store.audit_records(after, 5000):
         for r in rows:
@@ -188,6 +297,8 @@ async def build_report(cfg: Config, comp: Compliance, users: list[User],
             if r.outcome == "denied" and r.event in ("auth.login", "admin.login") and \
                     r.fields()["details"].get("reason") == "password expired":
                 expired_logins += 1
+            if r.outcome in ("ok", "partial"):
+                events_last[r.event] = r.ts
         after = rows[-1].seq
     it.evidence.append("usernames are unique (UNIQUE index on users.username)")
     # (rule, configured value shown, "ok" | "missing" | "weak", what is asked)
@@ -208,13 +319,17 @@ async def build_report(cfg: Config, comp: Compliance, users: list[User],
          "ok" if a.password_max_age_days <= MAX_PASSWORD_AGE_DAYS else "weak",
          f"passwords expire after at most {MAX_PASSWORD_AGE_DAYS} days (periodic change)"),
     ]
+    # The hash protects the passwords themselves (鉴别信息): a cost below the
+    # shipped default makes a stolen hash cheap to guess.
+    rules.append(("accounts.scrypt_n", str(a.scrypt_n),
+                  "ok" if a.scrypt_n >= MIN_SCRYPT_N else "weak",
+                  f"scrypt N of at least {MIN_SCRYPT_N} (the default)"))
     for key, value, state, want in rules:
         it.evidence.append(f"{key} = {value}" + (" (off)" if state == "missing" else ""))
         if state == "missing":
             it.findings.append(f"not configured: {want} ({key})")
         elif state == "weak":
             it.findings.append(f"too weak: {key} = {value}; required: {want}")
-    it.evidence.append(f"password hashes: scrypt, N = {a.scrypt_n}")
     it.evidence.append(f"password changes recorded: {outcomes['password.change', 'ok']}; "
                        f"refused by the policy: {outcomes['password.policy', 'denied']}; "
                        f"logins refused for an expired password: {expired_logins} "
@@ -406,8 +521,14 @@ async def build_report(cfg: Config, comp: Compliance, users: list[User],
     it = Item("DI-1", "8.1.4.8", "数据完整性 Data integrity",
               "采用校验技术或密码技术保证重要数据在传输和存储过程中的完整性",
               "Integrity of important data in storage: audit, messages, tokens")
-    it.evidence.append(f"storage.sqlite_synchronous = {cfg.storage.sqlite_synchronous!r} "
-                       "(acknowledged messages are fsynced)")
+    if cfg.storage.backend == "sqlite":
+        it.evidence.append(f"storage.sqlite_synchronous = {cfg.storage.sqlite_synchronous!r} "
+                           "(acknowledged messages are fsynced)")
+    else:
+        # The node's SQLite setting says nothing about a MySQL/TiDB store.
+        it.evidence.append(f"storage.backend = {cfg.storage.backend}: a message is ACKed after "
+                           "its transaction commits; durability is the database's (TiDB: Raft "
+                           "replicas; MySQL/MariaDB: innodb_flush_log_at_trx_commit = 1)")
     it.evidence.append(f"audit chain verified: {_yes(verify.ok)}")
     it.evidence.append("login tokens carry an HMAC-SM3; exports and archives carry SM3 digests "
                        "and an SM2-signed manifest")
@@ -418,19 +539,8 @@ async def build_report(cfg: Config, comp: Compliance, users: list[User],
     it.status = FAIL if it.findings else PASS
     items.append(it)
 
-    it = Item("DC-1", "8.1.4.9", "数据保密性 Data confidentiality",
-              "采用密码技术保证重要数据在存储过程中的保密性（鉴别数据、重要业务数据）",
-              "Confidentiality of authentication data and keys at rest")
-    for name in ("token.key", "audit_sign.key", "totp.key"):
-        mode = _mode(home / "secrets" / name)
-        it.evidence.append(f"secrets/{name}: mode {mode or 'absent'}")
-        if mode is not None and mode != "0o600":
-            it.findings.append(f"secrets/{name} is readable by others than the service (mode {mode})")
-    it.evidence.append("passwords: scrypt; TOTP secrets: SM4-GCM under a key derived with HKDF-SM3")
-    it.findings.append("message contents are stored unencrypted in the message database "
-                       "(end-to-end encryption is not implemented yet)")
-    it.status = FAIL if any("readable" in f for f in it.findings) else GAP
-    items.append(it)
+    items.append(await _at_rest_item(cfg, deks, events_last))
+    items.append(_e2ee_item(cfg))
 
     it = Item("BR-1", "8.1.4.10 a)", "数据备份恢复 Backup and recovery",
               "提供重要数据的本地数据备份与恢复功能", "Backups of important data, recently taken and good")
@@ -510,13 +620,24 @@ async def build_report(cfg: Config, comp: Compliance, users: list[User],
         "generated_at": now, "generated_at_iso": _iso(now), "version": __version__,
         "generated_by": generated_by, "host": socket.gethostname(), "node_id": cfg.node_id,
         "data_dir": str(home.resolve()),
+        "compliance_store": _store_text(cfg, comp),
         "audit_key_fingerprint": comp.keys.current_fingerprint() or "",
+        "audit_keys": sorted(verify.key_fingerprints),
         "config_differs_from_node": mismatch,
         "summary": {PASS: summary[PASS], FAIL: summary[FAIL], GAP: summary[GAP]},
         "two_factor_coverage": coverage,
         "audit_verify": verify.as_dict(),
         "items": [asdict(i) for i in items],
     }
+
+
+def _store_text(cfg: Config, comp: Compliance) -> str:
+    """Where the audit chain and the rest of the compliance state live, for the reader."""
+    if comp.store.shared:
+        d = parse_dsn(cfg.storage.mysql_dsn)
+        return (f"shared database {d.host}:{d.port}/{d.database} (storage.backend "
+                f"{cfg.storage.backend}): one audit chain, holds and second factors for every node")
+    return f"{compliance_db(cfg)} (this node only)"
 
 
 _STATUS_TEXT = {
@@ -605,10 +726,18 @@ def render_html(report: dict[str, Any]) -> str:
                         f'{verify.get("heads_verified", 0)} of {verify.get("heads_total", 0)} '
                         'signed heads verify'),
     ]
+    if report.get("compliance_store"):
+        scope.append(("compliance state", report["compliance_store"]))
     scope_html = "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in scope)
     fp = report.get("audit_key_fingerprint", "")
-    scope_html += (f'<dt>audit key</dt><dd><span class="mono">{e(fp or "none")}</span> — compare '
-                   "with the copy kept outside the appliance</dd>")
+    others = [k for k in report.get("audit_keys", []) if k != fp]
+    scope_html += (f'<dt>audit key</dt><dd><span class="mono">{e(fp or "none")}</span> (this '
+                   "node) — compare with the copy kept outside the appliance</dd>")
+    if others:
+        # On a shared store every node signs heads with its own key.
+        scope_html += ('<dt>other audit keys</dt><dd>' + "<br>".join(
+            f'<span class="mono">{e(k)}</span>' for k in others)
+            + " — other nodes' keys (published in the database); compare each</dd>")
     return f"""<!doctype html>
 <html lang="zh-CN"><head><meta charset="utf-8"><title>{e(report["title"])}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">

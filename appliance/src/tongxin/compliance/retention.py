@@ -12,6 +12,10 @@ A run fixes its cutoffs when it starts and records the last conversation it
 finished, so a run that stops (crash, ``--max-batches``) is continued, not
 restarted, by the next ``tongxin retention run``. Holds are re-read for every
 conversation, so a hold placed during a run protects what is not yet deleted.
+On the shared (MySQL/TiDB) compliance store the holds are the installation's,
+wherever they were placed, and one run at a time goes on in the installation
+(a named lock): a second one started on another node is refused
+(:class:`RetentionBusy`) rather than racing the first one's cursor.
 
 The messages are read and deleted only through the chat store port
 (``ChatStore.conversation_ids``, ``member_ids``, ``delete_before``), so the
@@ -35,6 +39,10 @@ def conversation_scope(conversation_id: str) -> str:
     return f"conversation:{conversation_id}"
 
 
+class RetentionBusy(RuntimeError):
+    """Another retention run holds the installation's lock."""
+
+
 @dataclass
 class RunResult:
     run_id: int
@@ -53,7 +61,15 @@ async def effective_policies(cfg: Config, store: ComplianceStore) -> dict[str, f
 async def run_retention(cfg: Config, store: ComplianceStore, history: ChatStore, *, actor: str,
                         max_batches: int = 0, now: int | None = None) -> RunResult:
     """Run (or continue) the deletion job. ``max_batches`` > 0 stops early (resumable)."""
-    now = now_ms() if now is None else now
+    async with store.exclusive("retention") as mine:
+        if not mine:
+            raise RetentionBusy("another retention run is in progress (on this or another node)")
+        return await _run(cfg, store, history, actor, max_batches,
+                          now_ms() if now is None else now)
+
+
+async def _run(cfg: Config, store: ComplianceStore, history: ChatStore, actor: str,
+               max_batches: int, now: int) -> RunResult:
     run = await store.open_run()
     resumed = run is not None
     if run is None:

@@ -30,11 +30,13 @@ PERMISSIONS: dict[str, frozenset[str]] = {
         "user.revoke_tokens", "user.reset_password", "user.delete",
     }),
     SECADMIN: frozenset({
-        "role.list", "role.assign", "totp.reset", "sms.enroll", "key.rotate", "retention.read",
-        "retention.set", "hold.list", "hold.set", "hold.release",
+        # sms.confirm: the code sent at enrolment (sms.enroll, stepped up) comes back
+        "role.list", "role.assign", "totp.reset", "sms.enroll", "sms.confirm", "key.rotate",
+        "retention.read", "retention.set", "hold.list", "hold.set", "hold.release",
     }),
     AUDITOR: frozenset({
         "audit.read", "audit.verify", "audit.sign", "report.read", "export.messages",
+        "escrow.decrypt",
     }),
     USER: frozenset(),
 }
@@ -45,7 +47,7 @@ SESSION_OPERATIONS: frozenset[str] = frozenset({"session.read", "session.logout"
 # Operations that need a fresh second factor (step-up) on top of the login.
 SENSITIVE: frozenset[str] = frozenset({
     "user.delete", "key.rotate", "retention.set", "export.messages", "hold.release",
-    "role.assign", "sms.enroll",
+    "role.assign", "sms.enroll", "escrow.decrypt",
 })
 
 ROLE_TITLES: dict[str, str] = {

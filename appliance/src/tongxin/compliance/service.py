@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from tongxin.atrest.keyring import Keyring
+from tongxin.atrest.records import load_or_create_secret
+from tongxin.auth.tokens import KEY_BYTES
 from tongxin.clock import now_ms
 from tongxin.compliance import chain
 from tongxin.compliance.archive import (
@@ -24,15 +27,16 @@ from tongxin.compliance.archive import (
     BlobObjects,
     DirObjects,
 )
-from tongxin.compliance.keys import AuditKeys
+from tongxin.compliance.keys import AuditKeys, fingerprint
 from tongxin.compliance.ports import AuditRecord, ComplianceStore, SignedHead
-from tongxin.compliance.sms import SmsFactor, make_provider, sms_keys
+from tongxin.compliance.sms import SmsFactor, make_provider, sms_keys_from
 from tongxin.compliance.sqlite_store import SqliteComplianceStore
-from tongxin.compliance.totp import Totp, secrets_key
+from tongxin.compliance.totp import Totp, totp_key
 from tongxin.compliance.verify import VerifyReport, verify_chain
 from tongxin.config import Config, ConfigError, documented_keys
 from tongxin.crypto import sm2_available
 from tongxin.crypto.errors import CryptoError
+from tongxin.store.dsn import parse_dsn
 
 log = logging.getLogger("tongxin.compliance")
 
@@ -47,15 +51,36 @@ def compliance_db(cfg: Config) -> Path:
     return cfg.home / "compliance.db"
 
 
+def compliance_store(cfg: Config) -> ComplianceStore:
+    """The store for this configuration: the shared database with ``storage.backend:
+    mysql`` (every node sees the same chain, factors, sessions and holds), else
+    the node's own ``compliance.db``."""
+    if cfg.storage.backend == "mysql":
+        from tongxin.compliance.mysql_store import MysqlComplianceStore  # imports the driver
+
+        # A few connections: audit appends are serial anyway (one chain head).
+        return MysqlComplianceStore.from_dsn(cfg.storage.mysql_dsn,
+                                             min(4, max(1, cfg.storage.mysql_pool_size)),
+                                             cfg.storage.mysql_timeout)
+    return SqliteComplianceStore(compliance_db(cfg), cfg.storage.sqlite_synchronous)
+
+
 def archive_dir(cfg: Config) -> Path:
     c = cfg.compliance
     return Path(c.audit_archive_dir) if c.audit_archive_dir else cfg.home / "audit-archive"
 
 
 def archive_name(cfg: Config) -> str:
-    """This node's archive prefix name in a bucket (the same for the node and its CLI)."""
+    """The archive's prefix name in a bucket (the same for the node and its CLI).
+
+    With ``storage.backend: mysql`` the chain is the installation's, not a
+    node's, so every node must archive to the same place: the default is then
+    the database name.
+    """
     if cfg.compliance.audit_archive_name:
         return cfg.compliance.audit_archive_name
+    if cfg.storage.backend == "mysql":
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", parse_dsn(cfg.storage.mysql_dsn).database)
     node = cfg.node_id or f"{socket.gethostname()}:{cfg.listen_address()[1]}"
     return re.sub(r"[^A-Za-z0-9_.-]", "_", node)
 
@@ -111,21 +136,46 @@ class RetentionBelowMinimum(ValueError):
 class Compliance:
     def __init__(self, cfg: Config, node_id: str = "", store: ComplianceStore | None = None) -> None:
         self.cfg = cfg
-        self.node_id = node_id or "cli"
-        self.store: ComplianceStore = store or SqliteComplianceStore(
-            compliance_db(cfg), cfg.storage.sqlite_synchronous)
+        # A command's records name the host it ran on: on a shared store the
+        # chain holds every node's and every host's records.
+        self.node_id = node_id or f"cli@{cfg.node_id or socket.gethostname()}"
+        self.store: ComplianceStore = store or compliance_store(cfg)
         self.keys = AuditKeys(cfg.home)
         self.archive = Archive(archive_objects(cfg), self.keys, archive_dir(cfg))
         self.totp: Totp
         self.sms: SmsFactor
+        self.keyring: Keyring | None = None
+        self._chat_store: Any = None  # opened for its keyring when no node gave one
         self._signed_seq = -1
+        self._published = ""
         self._task: asyncio.Task[None] | None = None
 
-    async def open(self) -> None:
+    async def open(self, keyring: Keyring | None = None, *, load_keyring: bool = True) -> None:
+        """Open the store and the secrets. ``keyring`` is the node's (tongxin.atrest; the
+        node passes ``load_keyring=False``, its None meaning encryption was never used); a
+        command gives none and the chat store is opened for it, because secrets/totp.key
+        and secrets/audit_sign.key are sealed at rest with the installation's data keys."""
+        if keyring is None and load_keyring:
+            keyring = await self._open_keyring()
+        self.keyring = self.keys.keyring = keyring
         await self.store.open()
-        self.totp = Totp(self.store, secrets_key(self.cfg.home))
-        self.sms = SmsFactor(self.store, self.cfg.compliance, sms_keys(self.cfg.home),
+        await self.keys.load()
+        if self.store.shared and self.keys.exists():
+            await self._publish_key()
+        master = await load_or_create_secret(self.cfg.home / "secrets" / "totp.key",
+                                             KEY_BYTES, keyring)
+        self.totp = Totp(self.store, totp_key(master))
+        self.sms = SmsFactor(self.store, self.cfg.compliance, sms_keys_from(master),
                              make_provider(self.cfg.compliance))
+
+    async def _open_keyring(self) -> Keyring | None:
+        from tongxin.server.node import make_store  # the node imports this module
+
+        chat = make_store(self.cfg)
+        await chat.open()  # loads the keyring (tongxin.atrest.records.open_keyring)
+        self._chat_store = chat
+        keyring: Keyring | None = getattr(chat, "keyring", None)
+        return keyring
 
     async def close(self) -> None:
         if self._task is not None:
@@ -133,6 +183,9 @@ class Compliance:
             self._task = None
         await self.archive.objects.close()
         await self.store.close()
+        if self._chat_store is not None:
+            await self._chat_store.close()
+            self._chat_store = None
 
     # ---- the audit trail ---------------------------------------------------
 
@@ -162,9 +215,25 @@ class Compliance:
         fp, sig = await asyncio.to_thread(self.keys.sign, chain.head_message(seq, digest, ts,
                                                                               self.node_id))
         head = SignedHead(seq, digest, ts, self.node_id, fp, sig)
+        await self._publish_key()
         await self.store.add_head(head)
         self._signed_seq = seq
         return head
+
+    async def _publish_key(self) -> None:
+        """On a shared store, make this node's audit public key known to the others
+        (every node signs heads of the one chain with its own key)."""
+        if not self.store.shared or not sm2_available():
+            return
+        try:
+            pub = (await asyncio.to_thread(self.keys.signing_key, False)).public_key()
+        except (CryptoError, OSError) as exc:
+            log.error("audit public key not published: %s", exc)
+            return
+        fp = fingerprint(pub)
+        if fp != self._published:
+            await self.store.publish_key(fp, pub.to_pem(), self.node_id, now_ms())
+            self._published = fp
 
     async def rotate_key(self) -> str:
         """A new audit signing key; the chain head is signed with it at once."""
@@ -229,10 +298,15 @@ class Compliance:
         """Archive records past the hot period; purge archives past the retention."""
         now = now_ms() if now is None else now
         hot = self.cfg.compliance.audit_hot_days
-        result = await self.archive.archive(self.store, now - int(hot * DAY_MS), now)
-        days, _ = await self.audit_retention()
-        if await self.archive.exists():
-            result.purged_segments = await self.archive.purge(days, now)
+        # On a shared store the chain is every node's: one archive run at a
+        # time in the installation (the archive's own lock is per host).
+        async with self.store.exclusive("audit-archive") as mine:
+            if not mine:
+                return ArchiveResult()
+            result = await self.archive.archive(self.store, now - int(hot * DAY_MS), now)
+            days, _ = await self.audit_retention()
+            if await self.archive.exists():
+                result.purged_segments = await self.archive.purge(days, now)
         if result.archived or result.purged_segments:
             await self.audit("audit.archive", actor="system", records=result.archived,
                              segments=result.segments, purged_segments=result.purged_segments)
@@ -241,6 +315,13 @@ class Compliance:
     # ---- background work of a node -----------------------------------------
 
     def start_background(self) -> None:
+        c = self.cfg.compliance
+        if self.store.shared and c.audit_archive_backend == "local":
+            # The chain is the installation's; a segment in a directory only
+            # this host sees is "missing" to verification everywhere else.
+            log.warning("the audit chain is shared (storage.backend mysql) but archived to %s: "
+                        "use compliance.audit_archive_backend s3, or a directory every node "
+                        "mounts", archive_dir(self.cfg))
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def _loop(self) -> None:

@@ -51,6 +51,8 @@ from tongxin.crypto.errors import DecryptionError
 
 DIGITS = 6
 MAX_ATTEMPTS = 5
+PENDING_SETTING = "sms.pending."  # + user id: a number waiting for its confirmation code
+ENROLL_PURPOSE = "enroll"
 PHONE_RE = re.compile(r"^\+?[0-9]{6,15}$")
 _ENV_PASSED = ("PATH", "LANG", "LC_ALL", "TZ", "HOME")
 
@@ -189,11 +191,16 @@ def make_provider(cfg: ComplianceConfig) -> SmsProvider | None:
     return None
 
 
-def sms_keys(home: Path) -> tuple[bytes, bytes]:
-    """(SM4 key for phone numbers, HMAC-SM3 key for codes), both from secrets/totp.key."""
-    master = load_or_create_key(home / "secrets" / "totp.key")
+def sms_keys_from(master: bytes) -> tuple[bytes, bytes]:
+    """(SM4 key for phone numbers, HMAC-SM3 key for codes), both from the contents of
+    secrets/totp.key (loaded sealed at rest by Compliance.open)."""
     return (hkdf_sm3(master, 16, info=b"tongxin sms phones v1"),
             hkdf_sm3(master, 32, info=b"tongxin sms codes v1"))
+
+
+def sms_keys(home: Path) -> tuple[bytes, bytes]:
+    """:func:`sms_keys_from` a plaintext secrets/totp.key (tests, tools without a keyring)."""
+    return sms_keys_from(load_or_create_key(home / "secrets" / "totp.key"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,13 +223,75 @@ class SmsFactor:
 
     # ---- enrolment -------------------------------------------------------------
 
-    async def enroll(self, user_id: str, phone: str, by: str) -> str:
-        """Store the (normalised) number; returns it masked. Raises ValueError."""
-        phone = normalize_phone(phone)
+    def _seal_phone(self, user_id: str, phone: str) -> bytes:
         nonce = os.urandom(12)
-        sealed = nonce + sm4_gcm_encrypt(self._enc_key, nonce, phone.encode(), user_id.encode())
-        await self.store.put_sms_phone(SmsPhone(user_id, sealed, now_ms(), by))
+        return nonce + sm4_gcm_encrypt(self._enc_key, nonce, phone.encode(), user_id.encode())
+
+    async def enroll(self, user_id: str, phone: str, by: str) -> str:
+        """Store the (normalised) number at once, unconfirmed; returns it masked.
+        Raises ValueError. The admin API and the CLI use :meth:`start_enrollment`
+        and :meth:`confirm_enrollment` instead, which prove the number reaches
+        the person first."""
+        phone = normalize_phone(phone)
+        await self.store.put_sms_phone(SmsPhone(user_id, self._seal_phone(user_id, phone),
+                                                now_ms(), by))
         return mask_phone(phone)
+
+    async def start_enrollment(self, user_id: str, username: str, phone: str, by: str,
+                               now: int | None = None) -> Sent:
+        """Send a confirmation code to ``phone``; the number is enrolled only when
+        :meth:`confirm_enrollment` gets that code back.
+
+        The pending number (encrypted) is kept in the settings under
+        ``sms.pending.<user id>``; the code is the user's one outstanding code
+        (a later login code replaces it, and the enrolment must start again).
+        Its MAC is bound to the purpose, so an enrolment code never passes as a
+        login code, nor the reverse. Raises ValueError (the number),
+        SmsUnavailable, SmsRateLimited or SmsError.
+        """
+        phone = normalize_phone(phone)
+        if self.provider is None:
+            raise SmsUnavailable("SMS is not configured (compliance.sms_provider: none): a "
+                                 "number cannot be confirmed")
+        now = now_ms() if now is None else now
+        wait = await self.store.reserve_sms_send(
+            user_id, now, int(self.cfg.sms_send_interval * 1000), self.cfg.sms_max_per_hour)
+        if wait:
+            raise SmsRateLimited(wait)
+        code = f"{secrets.randbelow(10 ** DIGITS):0{DIGITS}d}"
+        expires = now + int(self.cfg.sms_code_ttl * 1000)
+        mac = self._mac(user_id, now, code, ENROLL_PURPOSE)
+        await self.store.set_setting(PENDING_SETTING + user_id, {
+            "phone_enc": self._seal_phone(user_id, phone).hex(), "created_at": now, "by": by},
+            now, by)
+        await self.store.put_sms_code(SmsCode(user_id, mac, now, expires))
+        try:
+            await self.provider.send(phone, code, message_text(code, self.cfg.sms_code_ttl),
+                                     username)
+        except SmsError:
+            await self.store.put_sms_code(SmsCode(user_id, mac, now, now))  # never valid
+            raise
+        return Sent(mask_phone(phone), expires)
+
+    async def confirm_enrollment(self, user_id: str, code: str, by: str,
+                                 now: int | None = None) -> tuple[SmsResult, str]:
+        """(result, masked number): on OK the pending number is now the enrolled one."""
+        if self.provider is None:
+            return SmsResult.DISABLED, ""
+        pending = await self.store.get_setting(PENDING_SETTING + user_id)
+        row = await self.store.get_sms_code(user_id)
+        if (not isinstance(pending, dict) or row is None
+                or row.created_at != pending.get("created_at")):
+            return SmsResult.NO_CODE, ""
+        now = now_ms() if now is None else now
+        result = await self._check(user_id, row, code, now, ENROLL_PURPOSE)
+        if result is not SmsResult.OK:
+            return result, ""
+        sealed = bytes.fromhex(str(pending["phone_enc"]))
+        phone = sm4_gcm_decrypt(self._enc_key, sealed[:12], sealed[12:], user_id.encode()).decode()
+        await self.store.put_sms_phone(SmsPhone(user_id, sealed, now, str(pending.get("by", by))))
+        await self.store.set_setting(PENDING_SETTING + user_id, None, now, by)
+        return SmsResult.OK, mask_phone(phone)
 
     async def remove(self, user_id: str) -> bool:
         return await self.store.delete_sms_phone(user_id)
@@ -242,8 +311,11 @@ class SmsFactor:
 
     # ---- codes -------------------------------------------------------------------
 
-    def _mac(self, user_id: str, created_at: int, code: str) -> str:
-        return hmac_sm3(self._mac_key, f"{user_id}\x00{created_at}\x00{code}".encode()).hex()
+    def _mac(self, user_id: str, created_at: int, code: str, purpose: str = "") -> str:
+        # A login code's MAC input is unchanged from before purposes existed.
+        prefix = f"{purpose}\x00" if purpose else ""
+        return hmac_sm3(self._mac_key,
+                        f"{prefix}{user_id}\x00{created_at}\x00{code}".encode()).hex()
 
     async def send(self, user_id: str, username: str, now: int | None = None) -> Sent:
         """Make a code, store its MAC, send it. Raises SmsUnavailable,
@@ -278,10 +350,15 @@ class SmsFactor:
         row = await self.store.get_sms_code(user_id)
         if row is None:
             return SmsResult.NO_CODE
-        now = now_ms() if now is None else now
+        return await self._check(user_id, row, code, now_ms() if now is None else now, "")
+
+    async def _check(self, user_id: str, row: SmsCode, code: str, now: int,
+                     purpose: str) -> SmsResult:
+        """Compare, count a wrong try, refuse replays and expired codes, spend the code."""
         code = code.strip().replace(" ", "")
         good = (len(code) == DIGITS and code.isdigit()
-                and hmac.compare_digest(self._mac(user_id, row.created_at, code), row.code_mac))
+                and hmac.compare_digest(self._mac(user_id, row.created_at, code, purpose),
+                                        row.code_mac))
         if not good:
             if not row.used_at:
                 await self.store.sms_code_failed(user_id, row.created_at)

@@ -12,8 +12,10 @@ node runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +160,21 @@ class SqliteComplianceStore(SqliteDatabase):
     def apply_schema(self, conn: sqlite3.Connection) -> None:
         conn.executescript(SCHEMA)
         self.path.chmod(0o600)
+
+    @property
+    def shared(self) -> bool:
+        return False
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[bool]:
+        # One node's file: its processes lock locally (the archive's lock file).
+        yield True
+
+    async def publish_key(self, key_fp: str, pem: bytes, node: str, at: int) -> None:
+        return None  # audit-keys/ in the data directory is the record
+
+    async def published_keys(self) -> dict[str, bytes]:
+        return {}
 
     # ---- audit -----------------------------------------------------------
 

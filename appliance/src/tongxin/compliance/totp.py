@@ -38,9 +38,15 @@ class TotpResult(enum.Enum):
     NOT_ENROLLED = "not_enrolled"
 
 
+def totp_key(master: bytes) -> bytes:
+    """The SM4 key of the TOTP secrets, from the contents of secrets/totp.key (which
+    Compliance.open loads sealed at rest: tongxin.atrest.records.load_or_create_secret)."""
+    return hkdf_sm3(master, 16, info=b"tongxin totp secrets v1")
+
+
 def secrets_key(home: Path) -> bytes:
-    return hkdf_sm3(load_or_create_key(home / "secrets" / "totp.key"), 16,
-                    info=b"tongxin totp secrets v1")
+    """:func:`totp_key` of a plaintext secrets/totp.key (tests, tools without a keyring)."""
+    return totp_key(load_or_create_key(home / "secrets" / "totp.key"))
 
 
 class Totp:

@@ -16,7 +16,7 @@ from typing import Any
 
 from tongxin.compliance import chain
 from tongxin.compliance.archive import MANIFEST, SIGNATURE, Archive, segment_lines
-from tongxin.compliance.keys import AuditKeys
+from tongxin.compliance.keys import AuditKeys, fingerprint
 from tongxin.compliance.ports import ComplianceStore
 from tongxin.crypto import SM2PublicKey, sm3_digest
 from tongxin.crypto.errors import CryptoError
@@ -111,8 +111,21 @@ async def verify_chain(store: ComplianceStore, keys: AuditKeys, archive: Archive
                        trusted: Iterable[Path] = (), page: int = 5000) -> VerifyReport:
     report = VerifyReport()
     pubkeys = keys.public_keys(list(trusted))
+    # On a shared store every node signs with its own key and publishes it in
+    # the database; a row whose PEM does not hash to its fingerprint is ignored.
+    for fp, pem in (await store.published_keys()).items():
+        try:
+            pub = SM2PublicKey.from_pem(pem)
+        except (CryptoError, ValueError):
+            continue
+        if fingerprint(pub) == fp:
+            pubkeys.setdefault(fp, pub)
     report.key_fingerprints = sorted(pubkeys)
     heads = await store.heads()
+    # The chain head before the walk: records appended while it runs (by this
+    # node or, on a shared store, by others) are after it and not walked, so
+    # they are not mistaken for records "missing at the end".
+    last_seq, last_hash = await store.audit_state()
     wanted = {h.seq for h in heads}
     start_seq, start_prev = 1, chain.GENESIS
     manifest: dict[str, Any] | None = None
@@ -137,6 +150,8 @@ async def verify_chain(store: ComplianceStore, keys: AuditKeys, archive: Archive
             break
         for row in rows:
             after = row.seq
+            if row.seq > last_seq:
+                break  # appended after the walk started
             if row.seq <= archived_through:
                 continue  # archived by a run that stopped before deleting it
             report.hot_records += 1
@@ -151,7 +166,8 @@ async def verify_chain(store: ComplianceStore, keys: AuditKeys, archive: Archive
                 report.add("database", row.seq, "edited",
                            f"record {row.seq}: the indexed columns disagree with the record")
             walker.feed("database", row.seq, record, row.hash, body=row.body)
-    last_seq, last_hash = await store.audit_state()
+        if rows[-1].seq > last_seq:
+            break
     report.last_seq = walker.expect_seq - 1
     if last_seq > report.last_seq:
         report.add("database", report.last_seq + 1, "missing",

@@ -32,10 +32,13 @@ from typing import Any, Protocol
 
 from cryptography.hazmat.primitives import hashes
 
+from tongxin.atrest import blobs as sealed
+from tongxin.atrest.errors import IntegrityError
+from tongxin.atrest.keyring import Keyring
 from tongxin.clock import now_ms
 from tongxin.config import Config, FilesConfig
 from tongxin.errors import RequestError
-from tongxin.files.keys import FILE_ID_RE, UPLOAD_ID_RE, new_file_id, new_upload_id
+from tongxin.files.keys import FILE_ID_RE, UPLOAD_ID_RE, new_upload_id
 from tongxin.files.ports import (
     BlobError,
     BlobNotFound,
@@ -174,6 +177,9 @@ class FileService:
         self._completing: dict[str, _Gate] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.sweep_batch = SWEEP_BATCH
+        # Set by the node once keys are loaded: parts are sealed while they stream in
+        # (tongxin.atrest.blobs) and opened chunk by chunk on reads.
+        self.keyring: Keyring | None = None
 
     async def open(self) -> None:
         await self.meta.open()
@@ -277,8 +283,12 @@ class FileService:
         forked = state.fork() if state.next == n else None
         part_hash = hashlib.sha256()
         hashers: list[_Hasher] = [part_hash, *(forked or ())]
+        stream = self._metered(body, n, want, hashers)
+        if self.keyring is not None and self.keyring.encrypt:
+            stream = sealed.seal_part(self.keyring, sealed.file_id_for_upload(upload_id),
+                                      upload.size, upload.part_size, n, stream)
         try:
-            key = await self.blobs.put_part(upload_id, n, self._metered(body, n, want, hashers))
+            key = await self.blobs.put_part(upload_id, n, stream)
         except BlobError as exc:
             raise _unavailable(exc) from exc
         got = part_hash.hexdigest()
@@ -361,7 +371,7 @@ class FileService:
                             f"{upload.size} bytes; upload again", missing=wrong)
         ordered = [by_n[n] for n in range(1, upload.part_count + 1)]
         digests = self._verified_start(upload.id, ordered)
-        damaged = await self._advance(digests, by_n, strict=True)
+        damaged = await self._advance(digests, by_n, strict=True, upload=upload)
         if damaged:
             for p in damaged:
                 with contextlib.suppress(Unavailable):
@@ -378,7 +388,8 @@ class FileService:
         if wrong_sums:
             raise FileError(409, pb.CONFLICT, "whole-file checksum mismatch: " + "; ".join(wrong_sums),
                             sha256=sha256, sm3=sm3)
-        file_id = new_file_id()
+        # Derived from the upload id: sealed parts are bound to it before it exists.
+        file_id = sealed.file_id_for_upload(upload.id)
         keys = [p.key for p in ordered]
         try:
             blob = await self.blobs.assemble(keys, file_id)
@@ -448,7 +459,8 @@ class FileService:
                     return
                 parts = {p.n: p for p in await self.meta.list_parts(upload_id)}
                 if state.next in parts:
-                    await self._advance(state, parts, strict=False)
+                    await self._advance(state, parts, strict=False,
+                                        upload=await self.meta.get_upload(upload_id))
                 if not self._advancing.get(upload_id):
                     return
         except Exception as exc:  # only a cache; completion recomputes what is missing
@@ -457,7 +469,7 @@ class FileService:
             self._advancing.pop(upload_id, None)
 
     async def _advance(self, state: _Digests, parts: dict[int, PartRow],
-                       strict: bool) -> list[PartRow]:
+                       strict: bool, upload: UploadRow | None = None) -> list[PartRow]:
         """Hash stored parts state.next, state.next+1, ... into ``state``.
 
         Each part is read back and checked against its recorded SHA-256. Not
@@ -471,12 +483,15 @@ class FileService:
             part_hash = hashlib.sha256()
             size = 0
             try:
-                async with contextlib.aclosing(self.blobs.read(p.key)) as chunks:
+                async with contextlib.aclosing(self._read_part(upload, p)) as chunks:
                     async for chunk in chunks:
                         size += len(chunk)
                         await asyncio.to_thread(_update, (part_hash, *forked), chunk)
             except BlobNotFound:
                 part_hash = hashlib.sha256(b"missing")
+            except IntegrityError as exc:  # a sealed part altered in storage
+                log.warning("part %d of upload %s: %s", p.n, p.upload_id, exc)
+                part_hash = hashlib.sha256(b"damaged")
             except BlobError as exc:
                 if strict:
                     raise _unavailable(exc) from exc
@@ -549,7 +564,41 @@ class FileService:
         return f
 
     def read(self, f: FileRow, start: int, stop: int) -> AsyncGenerator[bytes]:
-        return self.blobs.read(f.key, start, stop)
+        return self._read_file(f, start, stop)
+
+    async def _is_sealed(self, key: str) -> tuple[bool, bytes]:
+        head = await sealed.read_head(lambda a, b: self.blobs.read(key, a, b))
+        sealed_blob = sealed.is_sealed_head(head)
+        if sealed_blob and self.keyring is None:
+            raise IntegrityError(f"blob {key} is encrypted at rest, but no master key is loaded")
+        return sealed_blob, head
+
+    async def _read_file(self, f: FileRow, start: int, stop: int) -> AsyncGenerator[bytes]:
+        """Plaintext of a file; blobs stored before encryption was on pass as they are."""
+        is_sealed, head = await self._is_sealed(f.key) if f.size else (False, b"")
+        if not is_sealed or self.keyring is None:
+            async with contextlib.aclosing(self.blobs.read(f.key, start, stop)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+            return
+        async with contextlib.aclosing(sealed.open_range(
+                self.keyring, f.id, f.size, sealed.head_part_size(head),
+                lambda a, b: self.blobs.read(f.key, a, b), start, stop)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    async def _read_part(self, upload: UploadRow | None, p: PartRow) -> AsyncGenerator[bytes]:
+        is_sealed = p.size > 0 and (await self._is_sealed(p.key))[0]
+        if not is_sealed or upload is None or self.keyring is None:
+            async with contextlib.aclosing(self.blobs.read(p.key)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+            return
+        async with contextlib.aclosing(sealed.open_part(
+                self.keyring, sealed.file_id_for_upload(upload.id), upload.size,
+                upload.part_size, p.n, lambda a, b: self.blobs.read(p.key, a, b))) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     async def message_file(self, file_id: str, conversation_id: str) -> pb.FileInfo | None:
         """For SEND: the stored FileInfo if the file exists in that conversation."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
 
@@ -34,15 +34,19 @@ from tongxin.compliance.ports import AdminSession
 from tongxin.compliance.report import build_report
 from tongxin.compliance.retention import DEFAULT_SCOPE, conversation_scope, effective_policies
 from tongxin.compliance.service import Compliance, RetentionBelowMinimum
-from tongxin.compliance.sms import SmsError, SmsRateLimited, SmsUnavailable
+from tongxin.compliance.sms import SmsError, SmsRateLimited, SmsResult, SmsUnavailable
 from tongxin.crypto import sm2_available
 from tongxin.crypto.errors import CryptoError
+from tongxin.e2ee.errors import E2EEError
+from tongxin.e2ee.escrow import open_envelope as escrow_open
 from tongxin.errors import RequestError
+from tongxin.keydir.service import read_key_file
 from tongxin.proto import tongxin_pb2 as pb
 from tongxin.server.http_util import json_body
-from tongxin.store.ports import User
+from tongxin.store.ports import StoreError, User
 
 if TYPE_CHECKING:
+    from tongxin.atrest.keyring import DekStore
     from tongxin.server.node import Node
 
 log = logging.getLogger("tongxin.admin")
@@ -94,7 +98,7 @@ class AdminApi:
     async def on_startup(self, app: web.Application) -> None:
         node = self.node
         comp = Compliance(node.cfg, node.node_id)
-        await comp.open()
+        await comp.open(node.keyring, load_keyring=False)
         self._compliance = comp
         node.accounts.audit = comp.hook
         node.chat.audit = comp.hook
@@ -113,14 +117,19 @@ class AdminApi:
         comp = self._compliance
         if comp is None:
             return
-        await comp.audit("node.stop", actor="system")
-        if sm2_available():
-            try:
-                await comp.sign_head(force=True)
-            except (CryptoError, OSError) as exc:
-                log.error("cannot sign the audit chain head: %s", exc)
         self._compliance = None
-        await comp.close()
+        try:
+            await comp.audit("node.stop", actor="system")
+            if sm2_available():
+                try:
+                    await comp.sign_head(force=True)
+                except (CryptoError, OSError) as exc:
+                    log.error("cannot sign the audit chain head: %s", exc)
+        except StoreError as exc:
+            # A shared compliance store may be down at shutdown: stop anyway.
+            log.error("node.stop could not be audited: %s", exc)
+        finally:
+            await comp.close()
 
     # ---- authentication, authorisation, step-up ------------------------------
 
@@ -486,7 +495,8 @@ class AdminApi:
         return web.json_response({"username": target.username, "secret": secret, "uri": uri})
 
     async def enroll_sms(self, request: web.Request, ctx: Ctx) -> web.Response:
-        """PUT {phone}: enrol (or replace) an administrator's SMS number; DELETE removes it."""
+        """PUT {phone}: send a confirmation code to an administrator's new SMS number
+        (202; ``POST .../sms/confirm {code}`` enrols it); DELETE removes the number."""
         target = await self._target(request, ctx, "sms.enroll", ordinary_only=False)
         if isinstance(target, web.Response):
             return target
@@ -504,14 +514,40 @@ class AdminApi:
             await self.c.audit("sms.remove", removed=removed, **who)
             return web.json_response({"username": target.username, "removed": removed})
         body = await json_body(request)
+        if request.path.endswith("/confirm"):
+            result, masked = await self.c.sms.confirm_enrollment(
+                target.id, str(body.get("code", "")), ctx.user.id)
+            if result is not SmsResult.OK:
+                await self.c.audit("sms.enroll", outcome="failed", step="confirm",
+                                   reason=result.value, **who)
+                return _err(400, "INVALID_CODE", f"confirmation code {result.value}: send a new "
+                            f"one with PUT {PREFIX}/users/{target.username}/sms")
+            await self.c.audit("sms.enroll", step="confirmed", phone=masked,
+                               provider=self.c.cfg.compliance.sms_provider, **who)
+            return web.json_response({"username": target.username, "phone": masked,
+                                      "enrolled": True})
         try:
-            masked = await self.c.sms.enroll(target.id, str(body.get("phone", "")), ctx.user.id)
+            sent = await self.c.sms.start_enrollment(target.id, target.username,
+                                                     str(body.get("phone", "")), ctx.user.id)
         except ValueError as exc:
             return _err(400, "INVALID_ARGUMENT", str(exc))
-        await self.c.audit("sms.enroll", phone=masked, provider=self.c.cfg.compliance.sms_provider,
-                           **who)
-        return web.json_response({"username": target.username, "phone": masked,
-                                  "sms_enabled": self.c.sms.enabled})
+        except SmsUnavailable as exc:
+            await self.c.audit("sms.enroll", outcome="denied", step="send", reason=str(exc), **who)
+            return _err(409, "SMS_UNAVAILABLE", str(exc))
+        except SmsRateLimited as exc:
+            await self.c.audit("sms.enroll", outcome="denied", step="send", reason="rate limited",
+                               **who)
+            return _err(429, "RATE_LIMITED", str(exc), retry_after_ms=exc.retry_after_ms)
+        except SmsError as exc:
+            log.error("SMS confirmation code for %s not sent: %s", target.username, exc)
+            await self.c.audit("sms.enroll", outcome="failed", step="send", reason=str(exc), **who)
+            return _err(502, "SMS_FAILED", "the SMS gateway did not accept the message")
+        await self.c.audit("sms.enroll", step="code_sent", phone=sent.phone_masked,
+                           expires_at=sent.expires_at, **who)
+        return web.json_response({"username": target.username, "phone": sent.phone_masked,
+                                  "pending": True, "expires_at_ms": sent.expires_at,
+                                  "confirm": f"{PREFIX}/users/{target.username}/sms/confirm"},
+                                 status=202)
 
     async def rotate_key(self, request: web.Request, ctx: Ctx) -> web.Response:
         old = self.c.keys.current_fingerprint()
@@ -656,10 +692,65 @@ class AdminApi:
                            from_ms=from_ms, to_ms=to_ms, sm3=manifest["files"][0]["sm3"])
         return web.json_response({"path": str(path), "manifest": manifest})
 
+    async def escrow_decrypt(self, request: web.Request, ctx: Ctx) -> web.Response:
+        """Open one stored E2EE message with the compliance escrow key (docs/e2ee.md
+        section 10): auditor, fresh second factor, every attempt audited."""
+        body = await json_body(request)
+        conv = str(body.get("conversation_id", ""))
+        try:
+            seq = int(body.get("seq", 0))
+        except (TypeError, ValueError):
+            seq = 0
+        if not conv or seq < 1:
+            return _err(400, "INVALID_ARGUMENT", "give conversation_id and seq (>= 1)")
+        target = f"conversation:{conv}:{seq}"
+        e2ee_policy = self.node.keydir.policy
+
+        async def refuse(status: int, error: str, reason: str) -> web.Response:
+            await self.c.audit("escrow.decrypt", actor=ctx.user.id, actor_role=ctx.role,
+                               target=target, outcome="failed", source=ctx.source, reason=reason)
+            return _err(status, error, reason)
+
+        key_file = self.node.cfg.e2ee.escrow_private_key_file
+        if not e2ee_policy.escrow_key_id or not key_file or e2ee_policy.suite is None:
+            return await refuse(503, "UNAVAILABLE", "compliance escrow is not configured on this "
+                                "node (e2ee.escrow_public_key_file and escrow_private_key_file)")
+        entry = await self.node.store.get_entry(conv, seq)
+        if entry is None:
+            return await refuse(404, "NOT_FOUND", f"no entry {seq} in {conv}")
+        content = pb.Content.FromString(entry.content)
+        if content.WhichOneof("body") != "encrypted":
+            return await refuse(400, "INVALID_ARGUMENT", "that entry is not end-to-end encrypted")
+        try:
+            private = read_key_file(key_file)
+            payload = escrow_open(e2ee_policy.suite, private, e2ee_policy.escrow_key_id, conv,
+                                  entry.sender_id, content.encrypted)
+        except OSError as exc:
+            return await refuse(503, "UNAVAILABLE", f"cannot read the escrow private key: {exc}")
+        except E2EEError as exc:
+            return await refuse(422, "ESCROW_FAILED", str(exc))
+        which = payload.WhichOneof("body")
+        out: dict[str, Any] = {"conversation_id": conv, "seq": seq, "sender_id": entry.sender_id,
+                               "sender_device": entry.sender_device, "sent_at_ms": entry.sent_at,
+                               "kind": which or ""}
+        if which == "text":
+            out["text"] = payload.text
+        elif which == "attachment":
+            a = payload.attachment
+            out["attachment"] = {"file_id": a.file_id, "name": a.name, "size": a.size,
+                                 "content_type": a.content_type, "key": a.key.hex(),
+                                 "nonce": a.nonce.hex()}
+        await self.c.audit("escrow.decrypt", actor=ctx.user.id, actor_role=ctx.role,
+                           target=target, source=ctx.source, sender=entry.sender_id,
+                           payload_kind=which or "", key_id=e2ee_policy.escrow_key_id)
+        return web.json_response(out)
+
     async def report(self, request: web.Request, ctx: Ctx) -> web.Response:
         users = await self.node.store.list_users()
+        store = self.node.store
         data = await build_report(self.c.cfg, self.c, users,
-                                  generated_by=f"{ctx.user.username} ({ctx.role})")
+                                  generated_by=f"{ctx.user.username} ({ctx.role})",
+                                  deks=cast("DekStore", store) if hasattr(store, "data_keys") else None)
         await self.c.audit("report.compliance", actor=ctx.user.id, actor_role=ctx.role,
                            source=ctx.source, summary=data["summary"])
         return web.json_response(data)
@@ -694,6 +785,7 @@ def add_routes(app: web.Application, node: Node) -> None:
     r.add_post(f"{p}/users/{{name}}/totp", g("totp.reset", api.reset_totp))
     r.add_put(f"{p}/users/{{name}}/sms", g("sms.enroll", api.enroll_sms))
     r.add_delete(f"{p}/users/{{name}}/sms", g("sms.enroll", api.enroll_sms))
+    r.add_post(f"{p}/users/{{name}}/sms/confirm", g("sms.confirm", api.enroll_sms))
     r.add_post(f"{p}/keys/audit/rotate", g("key.rotate", api.rotate_key))
     r.add_get(f"{p}/retention", g("retention.read", api.get_retention))
     r.add_put(f"{p}/retention", g("retention.set", api.set_retention))
@@ -706,3 +798,4 @@ def add_routes(app: web.Application, node: Node) -> None:
     r.add_post(f"{p}/audit/sign", g("audit.sign", api.sign_audit))
     r.add_post(f"{p}/export", g("export.messages", api.export))
     r.add_get(f"{p}/report", g("report.read", api.report))
+    r.add_post(f"{p}/e2ee/escrow-decrypt", g("escrow.decrypt", api.escrow_decrypt))

@@ -280,6 +280,7 @@ class Connection:
         self.user_id, self.device_id = session.user.id, session.device_id
         await self.node.attach(self)
         lim = self.node.limits
+        e2ee = self.node.keydir.policy
         self.reply(pb.AUTH_OK, seq, pb.AuthResponse(
             user_id=session.user.id, username=session.user.username,
             display_name=session.user.display_name, device_id=session.device_id,
@@ -289,10 +290,14 @@ class Connection:
             compression_threshold=lim.compression_threshold,
             sync_page_max=self.node.cfg.chat.sync_page_max,
             recall_window_ms=int(self.node.cfg.chat.recall_window * 1000),
-            edit_window_ms=int(self.node.cfg.chat.edit_window * 1000)))
+            edit_window_ms=int(self.node.cfg.chat.edit_window * 1000),
+            crypto_suite=e2ee.suite_name, e2ee_required=e2ee.required,
+            escrow_public_key=e2ee.escrow_public_key, escrow_key_id=e2ee.escrow_key_id))
 
     async def _send(self, seq: int, payload: bytes) -> None:
-        ack = await self.node.chat.send(self.actor, _parse(pb.SendRequest, payload))
+        req: pb.SendRequest = _parse(pb.SendRequest, payload)
+        self.node.keydir.policy.check_content(req.content)  # e2ee.required, escrow
+        ack = await self.node.chat.send(self.actor, req)
         self._count_ack(ack)
         self.reply(pb.ACK, seq, ack)
 
@@ -305,7 +310,9 @@ class Connection:
         self.reply(pb.ACK, seq, ack)
 
     async def _edit(self, seq: int, payload: bytes) -> None:
-        ack = await self.node.chat.edit(self.actor, _parse(pb.EditRequest, payload))
+        req: pb.EditRequest = _parse(pb.EditRequest, payload)
+        self.node.keydir.policy.check_content(req.content)  # e2ee.required, escrow
+        ack = await self.node.chat.edit(self.actor, req)
         self._count_ack(ack)
         self.reply(pb.ACK, seq, ack)
 
@@ -369,6 +376,14 @@ class Connection:
                               display_name=user.display_name)
         self.reply(pb.USER_LIST, seq, out)
 
+    async def _keys_publish(self, seq: int, payload: bytes) -> None:
+        self.reply(pb.KEYS_STATUS, seq,
+                   await self.node.keydir.publish(self.user_id, self.device_id, payload))
+
+    async def _keys_fetch(self, seq: int, payload: bytes) -> None:
+        self.reply(pb.KEYS_BUNDLES, seq,
+                   await self.node.keydir.fetch(self.user_id, self.device_id, payload))
+
     async def _logout(self, seq: int, payload: bytes) -> None:
         req: pb.Logout = _parse(pb.Logout, payload)
         if req.revoke_token and self.session is not None:
@@ -395,4 +410,6 @@ HANDLERS: dict[int, Handler] = {
     pb.PRESENCE_SUB: Connection._presence_sub,
     pb.LOGOUT: Connection._logout,
     pb.USER_QUERY: Connection._user_query,
+    pb.KEYS_PUBLISH: Connection._keys_publish,
+    pb.KEYS_FETCH: Connection._keys_fetch,
 }

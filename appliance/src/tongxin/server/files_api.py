@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from tongxin.atrest.errors import IntegrityError
 from tongxin.errors import RequestError
 from tongxin.files.ports import BlobError, UploadRow
 from tongxin.files.service import FileError, FileService, file_json
@@ -180,13 +181,45 @@ class FilesApi:
         })
         if wanted:
             resp.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{f.size}"
-        await resp.prepare(request)
-        if request.method != "HEAD" and stop > start:
-            async with contextlib.aclosing(self.files.read(f, start, stop)) as chunks:
+        if request.method == "HEAD" or stop <= start:
+            await resp.prepare(request)
+            await resp.write_eof()
+            return resp
+        async with contextlib.aclosing(self.files.read(f, start, stop)) as chunks:
+            # The first chunk of the range is read (and authenticated) before any header
+            # goes out, so a tampered blob gets a clean error status instead of a cut
+            # 200; a later chunk failing can only cut the response short.
+            try:
+                first = await anext(chunks, b"")
+            except IntegrityError as exc:
+                await self._integrity_failure(user, f.id, exc, sent=False)
+                return web.json_response({
+                    "error": "INTEGRITY_FAILURE",
+                    "message": f"stored file {f.id} failed its integrity check (altered or "
+                               "damaged in storage); it is not served, and the failure is "
+                               "logged and audited"}, status=500)
+            await resp.prepare(request)
+            try:
+                await resp.write(first)
                 async for chunk in chunks:
                     await resp.write(chunk)
+            except IntegrityError as exc:
+                await self._integrity_failure(user, f.id, exc, sent=True)
+                raise
         await resp.write_eof()
         return resp
+
+    async def _integrity_failure(self, user_id: str, file_id: str, exc: IntegrityError,
+                                 sent: bool) -> None:
+        """A sealed blob failed authentication: an operator must see it (log and audit)."""
+        log.error("file %s failed its integrity check on download by %s: %s", file_id,
+                  user_id, exc)
+        hook = self.node.accounts.audit
+        if hook is not None:
+            await hook("file.integrity", {
+                "actor": user_id, "target": file_id, "outcome": "failed",
+                "reason": f"integrity failure: {exc}",
+                "response": "cut after headers" if sent else "500 INTEGRITY_FAILURE"})
 
 
 def add_routes(app: web.Application, node: Node) -> None:

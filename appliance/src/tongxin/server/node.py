@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import socket
+import ssl
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -15,17 +17,20 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tongxin import __version__
+from tongxin.atrest.keyring import Keyring
+from tongxin.atrest.records import load_or_create_secret, open_keyring
 from tongxin.auth.accounts import Accounts
 from tongxin.auth.revocation import NoRevocations, Revocations
-from tongxin.auth.tokens import TokenSigner, load_or_create_key
+from tongxin.auth.tokens import KEY_BYTES, TokenSigner
 from tongxin.chat.members import MemberCache
 from tongxin.chat.service import ChatService
 from tongxin.clock import now_ms
-from tongxin.config import Config
+from tongxin.config import Config, ConfigError
 from tongxin.delivery.inprocess import InProcessBus
 from tongxin.delivery.ports import Delivery, DeliveryBus
 from tongxin.errors import RequestError
 from tongxin.files.service import FileService, make_file_service
+from tongxin.keydir.service import make_key_directory
 from tongxin.metrics import Metrics
 from tongxin.presence.memory import MemoryPresence
 from tongxin.presence.ports import PresenceRegistry
@@ -47,14 +52,51 @@ WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 
 def make_store(cfg: Config) -> ChatStore:
+    """The configured store; opening it also loads the at-rest keyring (tongxin.atrest)."""
     if cfg.storage.backend == "sqlite":
-        return SqliteStore(cfg.sqlite_file, cfg.storage.sqlite_synchronous, cfg.storage.batch_max)
+        store = SqliteStore(cfg.sqlite_file, cfg.storage.sqlite_synchronous,
+                            cfg.storage.batch_max)
+        store.atrest_config = cfg
+        return store
     if cfg.storage.backend == "mysql":
         from tongxin.store.mysql_store import MysqlStore
 
-        return MysqlStore.from_dsn(cfg.storage.mysql_dsn, cfg.storage.mysql_pool_size,
-                                   cfg.storage.mysql_timeout)
+        mysql = MysqlStore.from_dsn(cfg.storage.mysql_dsn, cfg.storage.mysql_pool_size,
+                                    cfg.storage.mysql_timeout)
+        mysql.atrest_config = cfg
+        return mysql
     raise ValueError(f"unknown storage backend {cfg.storage.backend!r}")
+
+
+def server_tls_context(cfg: Config) -> ssl.SSLContext | None:
+    """TLS 1.3 only (no 1.2 fallback: every client this appliance supports speaks 1.3), or
+    None without ``server.tls.cert_file``. TLCP (GB/T 38636) terminates at the front proxy
+    instead: docs/security.md. Raises ConfigError naming the key for unusable files."""
+    t = cfg.server.tls
+    if not t.cert_file:
+        return None
+    try:
+        mode = os.stat(t.key_file).st_mode
+    except OSError as exc:
+        raise ConfigError(f"server.tls.key_file: cannot read {t.key_file}: {exc.strerror}") from exc
+    if mode & 0o007:
+        raise ConfigError(f"server.tls.key_file: {t.key_file} is accessible to every user; "
+                          f"run: chmod 600 {t.key_file}")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    try:
+        ctx.load_cert_chain(t.cert_file, t.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"server.tls.cert_file/key_file: cannot load {t.cert_file} with "
+                          f"{t.key_file}: {exc}") from exc
+    if t.client_ca_file:
+        try:
+            ctx.load_verify_locations(t.client_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"server.tls.client_ca_file: cannot load {t.client_ca_file}: "
+                              f"{exc}") from exc
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
 
 
 def make_presence(cfg: Config) -> PresenceRegistry:
@@ -116,7 +158,10 @@ class Node:
                                 files=self.files.message_file)
         self.limiter = make_rate_limiter(cfg, self.metrics)
         self.revocations = make_revocations(cfg, self.metrics)
+        # E2EE key directory and content policy (docs/e2ee.md); public keys only.
+        self.keydir = make_key_directory(cfg, self.store)
         self.accounts: Accounts  # set in start(): the token key lives in the data dir
+        self.keyring: Keyring | None = None  # set in start(): at-rest encryption keys
         self.ready = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
@@ -135,11 +180,17 @@ class Node:
     async def start(self) -> None:
         home = self.cfg.home
         home.mkdir(parents=True, exist_ok=True)
-        key = load_or_create_key(home / "secrets" / "token.key")
+        await self.store.open()
+        # Keys before anything reads or writes sealed data (docs/security.md).
+        self.keyring = getattr(self.store, "keyring", None) or await open_keyring(
+            self.cfg, self.store)
+        self.files.keyring = self.keyring
+        key = await load_or_create_secret(home / "secrets" / "token.key", KEY_BYTES,
+                                          self.keyring)
         self.accounts = Accounts(self.store, TokenSigner(key), self.cfg.accounts,
                                  self.revocations)
-        await self.store.open()
         await self.files.open()
+        await self.keydir.open()
         self.spawn(self.files.run_sweeper())  # expired uploads, in batches
         await self.presence.start(self.node_id)
         await self.bus.start(self.hub.dispatch)
@@ -164,6 +215,7 @@ class Node:
         await self.limiter.close()
         await self.revocations.close()
         await self.files.close()
+        await self.keydir.close()
         await self.store.close()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:

@@ -41,6 +41,9 @@ from asyncmy.constants import CLIENT
 from asyncmy.cursors import Cursor
 from asyncmy.pool import Pool
 
+from tongxin.atrest.keyring import DataKeyRow, Keyring
+from tongxin.atrest.records import open_entries, open_entry, open_keyring, seal_content
+from tongxin.config import Config
 from tongxin.store import migrations
 from tongxin.store.dsn import MysqlDsn, parse_dsn
 from tongxin.store.ports import (
@@ -62,6 +65,7 @@ log = logging.getLogger("tongxin.store.mysql")
 T = TypeVar("T")
 
 ER_DUP_ENTRY = 1062
+ER_DUP_KEYNAME = 1061  # CREATE INDEX of an index that exists
 # Retried: the server rolled the whole transaction back and says so.
 _RETRY_CODES = {
     1213,  # ER_LOCK_DEADLOCK
@@ -124,6 +128,20 @@ def _is_dup(exc: BaseException) -> bool:
     return isinstance(exc, myerrors.IntegrityError) and _code(exc) == ER_DUP_ENTRY
 
 
+async def run_ddl(cur: Cursor, sql: str) -> None:
+    """Run one migration statement; an index that already exists counts as created.
+
+    MySQL 8 has no ``CREATE INDEX IF NOT EXISTS``: this makes a plain
+    ``CREATE INDEX`` re-runnable, so a migration interrupted after it (and
+    before it was recorded) applies cleanly on the next start.
+    """
+    try:
+        await cur.execute(sql)
+    except myerrors.MySQLError as exc:
+        if _code(exc) != ER_DUP_KEYNAME:
+            raise
+
+
 class _Raced(StoreError):
     """Internal: a concurrent transaction inserted the same unique key first."""
 
@@ -141,6 +159,11 @@ class MysqlStore:
         self.server_version = ""
         self._pool: Pool | None = None
         self._prepared: weakref.WeakSet[Connection] = weakref.WeakSet()
+        # Set by tongxin.atrest.records.open_keyring: content sealed on write, opened on read.
+        self.keyring: Keyring | None = None
+        # Set by server.node.make_store: open() then loads the keyring (every command that
+        # opens the store reads sealed content).
+        self.atrest_config: Config | None = None
 
     @classmethod
     def from_dsn(cls, dsn: str, pool_size: int = 32, timeout: float = 10.0,
@@ -194,6 +217,8 @@ class MysqlStore:
         self._pool = pool
         try:
             await self.migrate()
+            if self.atrest_config is not None and self.keyring is None:
+                await open_keyring(self.atrest_config, self)
         except BaseException:
             await self.close()
             raise
@@ -290,7 +315,7 @@ class MysqlStore:
                                      "after it was applied to this database")
                 continue
             for sql in mig.statements(self.flavor):
-                await cur.execute(sql)
+                await run_ddl(cur, sql)
             await cur.execute(
                 "INSERT INTO schema_migrations (version, name, checksum, applied_at) "
                 "VALUES (%s, %s, %s, %s)",
@@ -526,7 +551,8 @@ class MysqlStore:
                 f"INSERT INTO messages ({_ENTRY_COLS}) "
                 "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
                 (e.conversation_id, e.sender_id, e.sender_device, e.client_msg_id, e.sent_at,
-                 e.kind, e.content, e.target_seq, e.system, seq, int(e.recalled), e.edited_at))
+                 e.kind, seal_content(self.keyring, e.conversation_id, seq, e.content),
+                 e.target_seq, e.system, seq, int(e.recalled), e.edited_at))
         except myerrors.IntegrityError as exc:
             if _is_dup(exc):
                 raise _Raced(e.client_msg_id) from exc
@@ -694,11 +720,16 @@ class MysqlStore:
                 await cur.execute(
                     "UPDATE messages SET content=%s, edited_at=%s "
                     "WHERE conversation_id=%s AND seq=%s",
-                    (mark_edited, entry.sent_at, entry.conversation_id, entry.target_seq))
+                    (seal_content(self.keyring, entry.conversation_id, entry.target_seq,
+                                  mark_edited),
+                     entry.sent_at, entry.conversation_id, entry.target_seq))
             return entry, False
 
         try:
-            return await self._write(job)
+            found, dup = await self._write(job)
+            if dup:
+                await open_entry(self.keyring, found)
+            return found, dup
         except _Raced:
             # A concurrent send with the same client id committed first.
             stored = await self.find_by_client_id(entry.conversation_id, entry.sender_id,
@@ -714,7 +745,7 @@ class MysqlStore:
                 (conversation_id, seq))
             return _entry(row) if row else None
 
-        return await self._read(job)
+        return await open_entry(self.keyring, await self._read(job))
 
     async def find_by_client_id(self, conversation_id: str, sender_id: str,
                                 client_msg_id: str) -> Entry | None:
@@ -725,7 +756,7 @@ class MysqlStore:
                 (conversation_id, sender_id, client_msg_id))
             return _entry(row) if row else None
 
-        return await self._read(job)
+        return await open_entry(self.keyring, await self._read(job))
 
     async def conversation_ids(self, after: str, limit: int) -> list[str]:
         async def job(cur: Cursor) -> list[str]:
@@ -750,7 +781,7 @@ class MysqlStore:
                 "AND sent_at>=%s AND sent_at<%s ORDER BY seq LIMIT %s",
                 (conversation_id, max(after_seq, min_seq - 1), from_ms, to_ms, limit))]
 
-        return await self._read(job)
+        return await open_entries(self.keyring, await self._read(job))
 
     async def sent_by(self, user_id: str, from_ms: int, to_ms: int) -> list[Entry]:
         async def job(cur: Cursor) -> list[Entry]:
@@ -758,7 +789,7 @@ class MysqlStore:
                 cur, f"SELECT {_ENTRY_COLS} FROM messages WHERE sender_id=%s AND sent_at>=%s "
                 "AND sent_at<%s ORDER BY conversation_id, seq", (user_id, from_ms, to_ms))]
 
-        return await self._read(job)
+        return await open_entries(self.keyring, await self._read(job))
 
     async def delete_before(self, conversation_id: str, cutoff_ms: int, spare_senders: list[str],
                             limit: int) -> int:
@@ -777,7 +808,7 @@ class MysqlStore:
                 cur, f"SELECT {_ENTRY_COLS} FROM messages WHERE conversation_id=%s AND seq>%s "
                 "ORDER BY seq LIMIT %s", (conversation_id, max(after_seq, min_seq - 1), limit))]
 
-        return await self._read(job)
+        return await open_entries(self.keyring, await self._read(job))
 
     async def entries_before(self, conversation_id: str, before_seq: int, limit: int,
                              min_seq: int = 0) -> list[Entry]:
@@ -789,7 +820,7 @@ class MysqlStore:
 
         rows = await self._read(job)
         rows.reverse()
-        return rows
+        return await open_entries(self.keyring, rows)
 
     async def set_cursor(self, conversation_id: str, user_id: str, kind: str, seq: int) -> int:
         column = {"read": "read_seq", "delivered": "delivered_seq"}[kind]
@@ -806,3 +837,46 @@ class MysqlStore:
             return int(row[0]) if row else 0
 
         return await self._write(job)
+
+    # ---- data keys (tongxin.atrest.keyring.DekStore) -------------------------
+
+    @staticmethod
+    def _dek(r: Any) -> DataKeyRow:
+        return DataKeyRow(int(r[0]), _s(r[1]), _s(r[2]), bytes(r[3]), int(r[4]))
+
+    async def data_keys(self, after_id: int, limit: int) -> list[DataKeyRow]:
+        async def job(cur: Cursor) -> list[DataKeyRow]:
+            return [self._dek(r) for r in await self._all(
+                cur, "SELECT id, suite, kek_id, wrapped, created_at FROM data_keys WHERE id > %s "
+                "ORDER BY id LIMIT %s", (after_id, limit))]
+
+        return await self._read(job)
+
+    async def data_key(self, key_id: int) -> DataKeyRow | None:
+        async def job(cur: Cursor) -> DataKeyRow | None:
+            row = await self._one(cur, "SELECT id, suite, kek_id, wrapped, created_at "
+                                  "FROM data_keys WHERE id = %s", (key_id,))
+            return self._dek(row) if row else None
+
+        return await self._read(job)
+
+    async def add_data_key(self, row: DataKeyRow) -> bool:
+        async def job(cur: Cursor) -> bool:
+            try:
+                await cur.execute(
+                    "INSERT INTO data_keys (id, suite, kek_id, wrapped, created_at) "
+                    "VALUES (%s,%s,%s,%s,%s)",
+                    (row.id, row.suite, row.kek_id, row.wrapped, row.created_at))
+            except myerrors.IntegrityError as exc:
+                if _is_dup(exc):
+                    return False
+                raise
+            return True
+
+        return await self._write(job)
+
+    async def rewrap_data_key(self, key_id: int, old_kek_id: str, new_kek_id: str,
+                              wrapped: bytes) -> bool:
+        return await self._exec(
+            "UPDATE data_keys SET kek_id = %s, wrapped = %s WHERE id = %s AND kek_id = %s",
+            (new_kek_id, wrapped, key_id, old_kek_id)) == 1

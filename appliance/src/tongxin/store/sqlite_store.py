@@ -10,6 +10,9 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from tongxin.atrest.keyring import DataKeyRow, Keyring
+from tongxin.atrest.records import open_entries, open_entry, open_keyring, seal_content
+from tongxin.config import Config
 from tongxin.store.ports import (
     Conflict,
     ConversationRow,
@@ -24,7 +27,7 @@ from tongxin.store.ports import (
 )
 from tongxin.store.sqlite_worker import SqliteDatabase
 
-SCHEMA_VERSION = 2  # 2: password_history, token_activity
+SCHEMA_VERSION = 4  # 2: password_history, token_activity; 3: data_keys; 4: messages_by_time
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -95,6 +98,15 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_client_id
     ON messages(conversation_id, sender_id, client_msg_id);
+-- Retention and compliance exports walk a conversation by time.
+CREATE INDEX IF NOT EXISTS messages_by_time ON messages(conversation_id, sent_at);
+CREATE TABLE IF NOT EXISTS data_keys (
+    id INTEGER PRIMARY KEY,
+    suite TEXT NOT NULL,
+    kek_id TEXT NOT NULL,
+    wrapped BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+);
 """
 
 _USER_COLS = ("id, username, display_name, password_hash, role, created_at, failed_logins, "
@@ -123,7 +135,7 @@ def _member(row: Any) -> MemberRow:
     return MemberRow(*row)
 
 
-def _insert_entry(conn: sqlite3.Connection, e: Entry) -> Entry:
+def _insert_entry(conn: sqlite3.Connection, e: Entry, keyring: Keyring | None = None) -> Entry:
     cur = conn.execute(
         "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq",
         (e.conversation_id,),
@@ -135,7 +147,8 @@ def _insert_entry(conn: sqlite3.Connection, e: Entry) -> Entry:
     conn.execute(
         f"INSERT INTO messages ({_ENTRY_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
         (e.conversation_id, e.sender_id, e.sender_device, e.client_msg_id, e.sent_at, e.kind,
-         e.content, e.target_seq, e.system, e.seq, int(e.recalled), e.edited_at),
+         seal_content(keyring, e.conversation_id, e.seq, e.content), e.target_seq, e.system,
+         e.seq, int(e.recalled), e.edited_at),
     )
     return e
 
@@ -143,6 +156,21 @@ def _insert_entry(conn: sqlite3.Connection, e: Entry) -> Entry:
 class SqliteStore(SqliteDatabase):
     def __init__(self, path: Path, synchronous: str = "full", batch_max: int = 256) -> None:
         super().__init__(path, synchronous, batch_max, "sqlite")
+        # Set by tongxin.atrest.records.open_keyring after open(): content is sealed on write
+        # and opened on read; rows written before encryption was on read as they are.
+        self.keyring: Keyring | None = None
+        # Set by server.node.make_store: open() then loads the keyring (every command that
+        # opens the store reads sealed content).
+        self.atrest_config: Config | None = None
+
+    async def open(self) -> None:
+        await super().open()
+        if self.atrest_config is not None and self.keyring is None:
+            try:
+                await open_keyring(self.atrest_config, self)
+            except BaseException:
+                await self.close()
+                raise
 
     def apply_schema(self, conn: sqlite3.Connection) -> None:
         conn.executescript(SCHEMA)
@@ -290,7 +318,7 @@ class SqliteStore(SqliteDatabase):
                 f"INSERT INTO members ({_MEMBER_COLS}) VALUES (?,?,?,1,0,0)",
                 [(conv.id, uid, role) for uid, role in members],
             )
-            _insert_entry(conn, created)
+            _insert_entry(conn, created, self.keyring)
             conv.last_seq, conv.member_count = created.seq, len(members)
             return conv, True
 
@@ -358,7 +386,7 @@ class SqliteStore(SqliteDatabase):
             count = len(existing) + len(adds) - len(removes)
             if count > max_members:
                 raise GroupFull(f"group would have {count} members, the limit is {max_members}")
-            _insert_entry(conn, entry)
+            _insert_entry(conn, entry, self.keyring)
             conn.executemany(
                 f"INSERT INTO members ({_MEMBER_COLS}) VALUES (?,?,?,?,0,0)",
                 [(conversation_id, u, r, entry.seq) for u, r in adds])
@@ -386,17 +414,22 @@ class SqliteStore(SqliteDatabase):
                 (entry.conversation_id, entry.sender_id, entry.client_msg_id)).fetchone()
             if row is not None:
                 return _entry(row), True
-            _insert_entry(conn, entry)
+            _insert_entry(conn, entry, self.keyring)
             if mark_recalled:
                 conn.execute("UPDATE messages SET recalled=1 WHERE conversation_id=? AND seq=?",
                              (entry.conversation_id, entry.target_seq))
             if mark_edited is not None:
                 conn.execute(
                     "UPDATE messages SET content=?, edited_at=? WHERE conversation_id=? AND seq=?",
-                    (mark_edited, entry.sent_at, entry.conversation_id, entry.target_seq))
+                    (seal_content(self.keyring, entry.conversation_id, entry.target_seq,
+                                  mark_edited),
+                     entry.sent_at, entry.conversation_id, entry.target_seq))
             return entry, False
 
-        return await self._writer.run(job)
+        found, dup = await self._writer.run(job)
+        if dup:
+            await open_entry(self.keyring, found)
+        return found, dup
 
     async def get_entry(self, conversation_id: str, seq: int) -> Entry | None:
         def job(conn: sqlite3.Connection) -> Entry | None:
@@ -405,7 +438,7 @@ class SqliteStore(SqliteDatabase):
                 (conversation_id, seq)).fetchone()
             return _entry(row) if row else None
 
-        return await self._reader.run(job)
+        return await open_entry(self.keyring, await self._reader.run(job))
 
     async def find_by_client_id(self, conversation_id: str, sender_id: str,
                                 client_msg_id: str) -> Entry | None:
@@ -415,7 +448,7 @@ class SqliteStore(SqliteDatabase):
                 "AND client_msg_id=?", (conversation_id, sender_id, client_msg_id)).fetchone()
             return _entry(row) if row else None
 
-        return await self._reader.run(job)
+        return await open_entry(self.keyring, await self._reader.run(job))
 
     async def conversation_ids(self, after: str, limit: int) -> list[str]:
         return await self._reader.run(lambda c: [r[0] for r in c.execute(
@@ -428,15 +461,17 @@ class SqliteStore(SqliteDatabase):
 
     async def entries_between(self, conversation_id: str, from_ms: int, to_ms: int, after_seq: int,
                               limit: int, min_seq: int = 0) -> list[Entry]:
-        return await self._reader.run(lambda c: [_entry(r) for r in c.execute(
-            f"SELECT {_ENTRY_COLS} FROM messages WHERE conversation_id = ? AND seq > ? "
-            "AND sent_at >= ? AND sent_at < ? ORDER BY seq LIMIT ?",
-            (conversation_id, max(after_seq, min_seq - 1), from_ms, to_ms, limit))])
+        return await open_entries(self.keyring, await self._reader.run(lambda c: [
+            _entry(r) for r in c.execute(
+                f"SELECT {_ENTRY_COLS} FROM messages WHERE conversation_id = ? AND seq > ? "
+                "AND sent_at >= ? AND sent_at < ? ORDER BY seq LIMIT ?",
+                (conversation_id, max(after_seq, min_seq - 1), from_ms, to_ms, limit))]))
 
     async def sent_by(self, user_id: str, from_ms: int, to_ms: int) -> list[Entry]:
-        return await self._reader.run(lambda c: [_entry(r) for r in c.execute(
-            f"SELECT {_ENTRY_COLS} FROM messages WHERE sender_id = ? AND sent_at >= ? "
-            "AND sent_at < ? ORDER BY conversation_id, seq", (user_id, from_ms, to_ms))])
+        return await open_entries(self.keyring, await self._reader.run(lambda c: [
+            _entry(r) for r in c.execute(
+                f"SELECT {_ENTRY_COLS} FROM messages WHERE sender_id = ? AND sent_at >= ? "
+                "AND sent_at < ? ORDER BY conversation_id, seq", (user_id, from_ms, to_ms))]))
 
     async def delete_before(self, conversation_id: str, cutoff_ms: int, spare_senders: list[str],
                             limit: int) -> int:
@@ -453,9 +488,10 @@ class SqliteStore(SqliteDatabase):
 
     async def entries_after(self, conversation_id: str, after_seq: int, limit: int,
                             min_seq: int = 0) -> list[Entry]:
-        return await self._reader.run(lambda c: [_entry(r) for r in c.execute(
-            f"SELECT {_ENTRY_COLS} FROM messages WHERE conversation_id=? AND seq>? "
-            "ORDER BY seq LIMIT ?", (conversation_id, max(after_seq, min_seq - 1), limit))])
+        return await open_entries(self.keyring, await self._reader.run(lambda c: [
+            _entry(r) for r in c.execute(
+                f"SELECT {_ENTRY_COLS} FROM messages WHERE conversation_id=? AND seq>? "
+                "ORDER BY seq LIMIT ?", (conversation_id, max(after_seq, min_seq - 1), limit))]))
 
     async def entries_before(self, conversation_id: str, before_seq: int, limit: int,
                              min_seq: int = 0) -> list[Entry]:
@@ -463,7 +499,7 @@ class SqliteStore(SqliteDatabase):
             f"SELECT {_ENTRY_COLS} FROM messages WHERE conversation_id=? AND seq<? AND seq>=? "
             "ORDER BY seq DESC LIMIT ?", (conversation_id, before_seq, min_seq, limit))])
         rows.reverse()
-        return rows
+        return await open_entries(self.keyring, rows)
 
     async def set_cursor(self, conversation_id: str, user_id: str, kind: str, seq: int) -> int:
         column = {"read": "read_seq", "delivered": "delivered_seq"}[kind]
@@ -476,3 +512,30 @@ class SqliteStore(SqliteDatabase):
             return int(row[0]) if row else 0
 
         return await self._writer.run(job)
+
+    # ---- data keys (tongxin.atrest.keyring.DekStore) ----------------------
+
+    async def data_keys(self, after_id: int, limit: int) -> list[DataKeyRow]:
+        return await self._reader.run(lambda c: [DataKeyRow(*r) for r in c.execute(
+            "SELECT id, suite, kek_id, wrapped, created_at FROM data_keys WHERE id > ? "
+            "ORDER BY id LIMIT ?", (after_id, limit))])
+
+    async def data_key(self, key_id: int) -> DataKeyRow | None:
+        def job(conn: sqlite3.Connection) -> DataKeyRow | None:
+            row = conn.execute("SELECT id, suite, kek_id, wrapped, created_at FROM data_keys "
+                               "WHERE id = ?", (key_id,)).fetchone()
+            return DataKeyRow(*row) if row else None
+
+        return await self._reader.run(job)
+
+    async def add_data_key(self, row: DataKeyRow) -> bool:
+        return await self._writer.run(lambda c: c.execute(
+            "INSERT OR IGNORE INTO data_keys (id, suite, kek_id, wrapped, created_at) "
+            "VALUES (?,?,?,?,?)", (row.id, row.suite, row.kek_id, row.wrapped, row.created_at)
+        ).rowcount == 1)
+
+    async def rewrap_data_key(self, key_id: int, old_kek_id: str, new_kek_id: str,
+                              wrapped: bytes) -> bool:
+        return await self._writer.run(lambda c: c.execute(
+            "UPDATE data_keys SET kek_id = ?, wrapped = ? WHERE id = ? AND kek_id = ?",
+            (new_kek_id, wrapped, key_id, old_kek_id)).rowcount == 1)

@@ -1,0 +1,279 @@
+"""End-to-end encryption for the Python SDK (docs/e2ee.md).
+
+    async with Client(url, device_id="laptop") as c:
+        await c.login("alice", "pw")
+        e = await c.e2ee("~/.tongxin/keys")          # loads or creates, publishes keys
+        conv = await c.direct("bob")
+        await e.send_text(conv.conversation_id, "hello")
+        ev = await c.next_event(pb.DELIVER)
+        opened = await e.open(ev.message)             # -> Opened | None
+
+The device's keys, pins, sessions and sender keys live in one JSON file per
+(user, device) in ``state_dir``, mode 0600, rewritten atomically after every change.
+Identity changes raise :class:`IdentityChangedError` and call ``on_identity_change``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tongxin.crypto.errors import CryptoError
+from tongxin.crypto.suite import get_suite
+from tongxin.e2ee import attachments
+from tongxin.e2ee.device import Device, Escrow, Opened
+from tongxin.e2ee.errors import E2EEError, IdentityChangedError, NoSessionError
+from tongxin.proto import e2ee_pb2 as e2
+from tongxin.proto import tongxin_pb2 as pb
+
+if TYPE_CHECKING:
+    from tongxin.client import Client
+
+__all__ = ["E2EEClient", "Opened"]
+
+FETCH_BATCH = 100
+"""Users per KEYS_FETCH (the server's cap)."""
+SIGNED_PREKEY_MAX_AGE = 7 * 86400.0
+"""Seconds after which :meth:`E2EEClient.setup` publishes a new signed prekey."""
+
+_MEMBERSHIP = {pb.SystemEvent.MEMBERS_ADDED, pb.SystemEvent.MEMBERS_REMOVED,
+               pb.SystemEvent.MEMBER_LEFT}
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+class E2EEClient:
+    def __init__(self, client: Client, state_dir: str | os.PathLike[str], *,
+                 on_identity_change: Callable[[IdentityChangedError], None] | None = None,
+                 one_time_prekeys: int = 20) -> None:
+        if client.auth is None:
+            raise RuntimeError("log in before enabling end-to-end encryption")
+        self.client = client
+        self.state_dir = Path(state_dir).expanduser()
+        self.on_identity_change = on_identity_change
+        self.one_time_prekeys = one_time_prekeys
+        self.sent: dict[str, e2.Payload] = {}
+        """Payloads this device sent, by client_msg_id: a sender does not wrap to itself."""
+        auth = client.auth
+        try:
+            self.suite = get_suite(auth.crypto_suite or "gm")
+        except (CryptoError, ValueError) as exc:
+            raise E2EEError(f"the server's crypto suite {auth.crypto_suite!r} cannot run on "
+                            f"this client: {exc}") from exc
+        self.path = self.state_dir / f"{_safe(auth.user_id)}.{_safe(auth.device_id)}.json"
+        self.device = self._load() or Device.create(self.suite, auth.user_id, auth.device_id)
+        self.device.pins.on_change = self._identity_changed
+        self.device.escrow = (Escrow(bytes(auth.escrow_public_key), auth.escrow_key_id)
+                              if auth.escrow_key_id else None)
+
+    # ---- state ----------------------------------------------------------------------
+
+    def _load(self) -> Device | None:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise E2EEError(f"cannot read E2EE state {self.path}: {exc}") from exc
+        dev = Device.from_dict(data)
+        if dev.suite.name != self.suite.name:
+            raise E2EEError(f"E2EE state {self.path} is for suite {dev.suite.name!r} but the "
+                            f"server uses {self.suite.name!r}")
+        return dev
+
+    def save(self) -> None:
+        """Write the state atomically, readable by the owner only."""
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self.path.with_suffix(f".{uuid.uuid4().hex}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(self.device.to_dict(), f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+
+    def _identity_changed(self, err: IdentityChangedError) -> None:
+        if self.on_identity_change is not None:
+            self.on_identity_change(err)
+
+    @property
+    def escrow_enabled(self) -> bool:
+        """True when the organisation's compliance escrow is on (show it to the user)."""
+        return self.device.escrow is not None
+
+    def safety_number(self, peer_user: str) -> str:
+        return self.device.safety_number(peer_user)
+
+    def accept_identity(self, user_id: str, device_id: str, identity_key: bytes) -> None:
+        self.device.accept_identity(user_id, device_id, identity_key)
+        self.save()
+
+    # ---- key directory -----------------------------------------------------------------
+
+    async def publish(self, one_time: int | None = None,
+                      rotate_signed: bool = False) -> e2.KeyStatus:
+        msg = self.device.publish(self.one_time_prekeys if one_time is None else one_time,
+                                  rotate_signed)
+        self.save()  # private halves first: a crash after the publish must not lose them
+        return await self.client.request(pb.KEYS_PUBLISH, msg, e2.KeyStatus)
+
+    async def status(self) -> e2.KeyStatus:
+        return await self.client.request(pb.KEYS_PUBLISH, e2.PublishKeys(), e2.KeyStatus)
+
+    async def setup(self) -> e2.KeyStatus:
+        """Publish this device's keys, topping one-time prekeys up when below half and
+        rotating the signed prekey once it is older than ``SIGNED_PREKEY_MAX_AGE``."""
+        st = await self.status()
+        if st.identity_key != self.device.identity.public_key or not st.signed_prekey_id:
+            return await self.publish()
+        age_ms = int(time.time() * 1000) - self.device.signed_prekey_created_ms
+        if age_ms > SIGNED_PREKEY_MAX_AGE * 1000:
+            return await self.publish(
+                max(0, self.one_time_prekeys - st.one_time_prekeys_remaining), rotate_signed=True)
+        if st.one_time_prekeys_remaining < self.one_time_prekeys // 2:
+            return await self.publish(self.one_time_prekeys - st.one_time_prekeys_remaining)
+        return st
+
+    async def fetch(self, user_ids: list[str], with_one_time: bool = True) -> e2.KeyBundles:
+        """KEYS_FETCH in batches of the server's cap of users per frame."""
+        out = e2.KeyBundles()
+        users = list(dict.fromkeys(user_ids))
+        for i in range(0, len(users), FETCH_BATCH):
+            part = await self.client.request(pb.KEYS_FETCH, e2.FetchKeys(
+                user_ids=users[i:i + FETCH_BATCH], without_one_time_prekeys=not with_one_time),
+                e2.KeyBundles)
+            out.devices.extend(part.devices)
+        return out
+
+    async def devices_of(self, user_ids: list[str]) -> list[tuple[str, str]]:
+        """Every device of ``user_ids`` with a session, after checking the directory's
+        identity keys against the pins (:class:`IdentityChangedError` on a change)."""
+        listing = await self.fetch(user_ids, with_one_time=False)
+        dev = self.device
+        targets: list[tuple[str, str]] = []
+        missing: set[str] = set()
+        for b in listing.devices:
+            dev.check_identity(b.user_id, b.device_id, b.identity_key)
+            targets.append((b.user_id, b.device_id))
+            s = dev.active_session(b.user_id, b.device_id)
+            if s is None or s.peer_identity != b.identity_key:
+                missing.add(b.user_id)
+        if missing:
+            full = await self.fetch(sorted(missing))
+            for b in full.devices:
+                if (b.user_id, b.device_id) in targets:
+                    dev.add_bundle(b)
+            self.save()
+        return targets
+
+    # ---- sending -----------------------------------------------------------------------
+
+    async def _members(self, conversation_id: str) -> tuple[int, list[str]]:
+        conv = await self.client.conversation(conversation_id)
+        if conv.kind == pb.DIRECT:
+            return conv.kind, [self.device.user_id, conv.peer_id]
+        if conv.member_count > len(conv.members):
+            # CONV_GET lists a bounded number of members; wrapping to only some of them
+            # would silently exclude the rest.
+            raise E2EEError(f"group has {conv.member_count} members but the server listed "
+                            f"{len(conv.members)}; end-to-end encryption needs all of them")
+        return conv.kind, [m.user_id for m in conv.members]
+
+    async def _send_envelope(self, conversation_id: str, env: e2.Envelope,
+                             client_msg_id: str) -> pb.Ack:
+        return await self.client.send(conversation_id,
+                                      pb.Content(encrypted=env.SerializeToString()),
+                                      client_msg_id)
+
+    async def send_payload(self, conversation_id: str, payload: e2.Payload,
+                           client_msg_id: str = "") -> pb.Ack:
+        payload.sent_at_ms = int(time.time() * 1000)
+        client_msg_id = client_msg_id or uuid.uuid4().hex
+        kind, members = await self._members(conversation_id)
+        targets = await self.devices_of(members)
+        dev = self.device
+        if kind == pb.GROUP:
+            dist = dev.sender_key_distribution(conversation_id, members)
+            if dist is not None:
+                env = dev.seal(conversation_id, dist, targets)
+                self.save()
+                await self._send_envelope(conversation_id, env, uuid.uuid4().hex)
+            env = dev.seal_group(conversation_id, payload)
+        else:
+            env = dev.seal(conversation_id, payload, targets)
+        self.save()
+        self.sent[client_msg_id] = payload
+        return await self._send_envelope(conversation_id, env, client_msg_id)
+
+    async def send_text(self, conversation_id: str, text: str, client_msg_id: str = "") -> pb.Ack:
+        return await self.send_payload(conversation_id, e2.Payload(text=text), client_msg_id)
+
+    async def send_file(self, conversation_id: str, data: bytes, name: str,
+                        content_type: str = "application/octet-stream") -> pb.Ack:
+        """Encrypt ``data`` with a fresh key, upload only the ciphertext, send the key
+        inside an encrypted message."""
+        blob, att = attachments.encrypt(self.suite, data, name, content_type)
+        info = await self.client.upload_file(conversation_id, blob, attachments.UPLOAD_NAME,
+                                             attachments.UPLOAD_CONTENT_TYPE)
+        att.file_id = info.file_id
+        return await self.send_payload(conversation_id, e2.Payload(attachment=att))
+
+    async def download(self, att: e2.Attachment) -> bytes:
+        return attachments.decrypt(self.suite, await self.client.download_file(att.file_id), att)
+
+    # ---- receiving ------------------------------------------------------------------------
+
+    def membership_changed(self, conversation_id: str, removed: list[str] = ()) -> None:  # type: ignore[assignment]
+        self.device.membership_changed(conversation_id, list(removed))
+        self.save()
+
+    async def change_members(self, conversation_id: str, op: int,
+                             users: list[str]) -> pb.Conversation:
+        """MEMBERS, then a new sender-key epoch for this device: the SYSTEM entry is pushed
+        to the other devices, not to the one that made the change."""
+        conv = await self.client.change_members(conversation_id, op, users)
+        if op in (pb.MemberChange.ADD, pb.MemberChange.REMOVE, pb.MemberChange.LEAVE):
+            removed = ([u.user_id for u in await self.client.users(users)]
+                       if op == pb.MemberChange.REMOVE else [])
+            self.membership_changed(conversation_id, removed)
+        return conv
+
+    async def open(self, message: pb.Message) -> Opened | None:
+        """Open a DELIVER/SYNC entry. Returns None for entries that carry no encrypted
+        content (membership changes are noted for sender-key rotation). Raises an
+        :class:`E2EEError` for content that must be refused."""
+        if message.kind == pb.SYSTEM:
+            if message.system.kind in _MEMBERSHIP:
+                removed: list[str] = []
+                if message.system.kind == pb.SystemEvent.MEMBERS_REMOVED:
+                    removed = list(message.system.user_ids)
+                elif message.system.kind == pb.SystemEvent.MEMBER_LEFT:
+                    removed = list(message.system.user_ids) or [message.system.actor_id]
+                self.membership_changed(message.conversation_id, removed)
+            return None
+        if message.content.WhichOneof("body") != "encrypted":
+            return None
+        dev = self.device
+        if (message.sender_id, message.sender_device) == (dev.user_id, dev.device_id):
+            own = self.sent.get(message.client_msg_id)
+            if own is None:
+                raise NoSessionError("sent by this device; its plaintext is kept locally only")
+            return Opened(own, dev.user_id, dev.device_id, 0)
+        opened = dev.open(message.conversation_id, message.sender_id, message.sender_device,
+                          message.content.encrypted)
+        self.save()
+        return opened

@@ -1,0 +1,58 @@
+"""Typed errors of the E2EE layer (docs/e2ee.md section 11).
+
+Every refusal of hostile or broken input is an :class:`E2EEError` subclass, so a client
+can reject one message with one ``except`` clause and keep running; no parser or crypto
+exception escapes as anything else.
+"""
+
+from __future__ import annotations
+
+
+class E2EEError(Exception):
+    """Base class of every E2EE refusal."""
+
+
+class TamperedError(E2EEError):
+    """An AEAD did not open or a digest did not match: the bytes were changed."""
+
+
+class ReplayError(E2EEError):
+    """A message key, sender-key iteration or one-time prekey was already used."""
+
+
+class TooFarAheadError(E2EEError):
+    """Opening this would skip more message keys than the bound allows."""
+
+
+class WrongSignatureError(E2EEError):
+    """A prekey, session transcript or group signature did not verify."""
+
+
+class NoSessionError(E2EEError):
+    """There is no session (or no entry for this device) to open the message with."""
+
+
+class NoSenderKeyError(E2EEError):
+    """No sender key for this group sender and epoch was distributed to this device."""
+
+
+class MalformedError(E2EEError):
+    """The envelope or one of its fields is not what this protocol version allows."""
+
+
+class EscrowError(E2EEError):
+    """Escrow is required but missing, or an escrow wrap does not open."""
+
+
+class IdentityChangedError(E2EEError):
+    """A pinned identity key changed. Nothing is sent to, or accepted from, the device with
+    the new key until the user accepts it (:meth:`IdentityStore.accept`)."""
+
+    def __init__(self, user_id: str, device_id: str, old_key: bytes, new_key: bytes) -> None:
+        super().__init__(
+            f"the identity key of {user_id}/{device_id} changed; verify the safety number "
+            "and accept the new key before exchanging messages with that device")
+        self.user_id = user_id
+        self.device_id = device_id
+        self.old_key = old_key
+        self.new_key = new_key
