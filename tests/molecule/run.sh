@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Molecule harness for the Tongxin roles.
 #
-#   tests/molecule/run.sh [--setup | --lint] [scenario...]
+#   tests/molecule/run.sh [--setup | --lint] [-j N] [scenario...]
 #
 #   (no argument)   every scenario under tests/molecule/ (a directory with a
 #                   molecule.yml), in alphabetical order
@@ -9,6 +9,10 @@
 #   --setup         only prepare: venv, podman, base image; run nothing
 #   --lint          yamllint and ansible-lint (production profile) over
 #                   roles/, playbooks/, inventories/ and tests/molecule/
+#   -j N            run N scenarios at a time (default TONGXIN_MOLECULE_JOBS,
+#                   else 2): each scenario's output then goes to
+#                   $TONGXIN_CACHE/molecule-logs/<scenario>.log, and a failed
+#                   one's last 60 lines are printed
 #
 # Prepares what the scenarios need, each step skipped when already done:
 #   1. a Python venv with the pinned tools (requirements.txt) in .venv;
@@ -19,8 +23,11 @@
 #      debootstrap and `podman import`ed (no registry is involved). The rootfs
 #      tarball is kept in ${TONGXIN_CACHE:-$HOME/.cache/tongxin}/images, so a
 #      machine whose image store was wiped re-imports it in seconds.
-# then runs `molecule test -s <scenario>` for each and ends with the line
-# `molecule: N passed, M failed`. The exit code is non-zero if any failed.
+#   4. prepare_bundle: the hook where the offline bundle is built or found
+#      before the scenarios run (see the function).
+# then runs `molecule test -s <scenario>` for each (longest first when
+# parallel), prints each one's time and ends with the line
+# `molecule: N passed, M failed in S s`. The exit code is non-zero if any failed.
 #
 # Environment:
 #   TONGXIN_CACHE             cache root (~/.cache/tongxin)
@@ -28,6 +35,7 @@
 #   TONGXIN_DEBIAN_MIRROR     debootstrap mirror (http://deb.debian.org/debian)
 #   TONGXIN_MOLECULE_REBUILD  1: rebuild the image even if it exists
 #   MOLECULE_COMMAND          molecule sub-command per scenario (test)
+#   TONGXIN_MOLECULE_JOBS     scenarios at a time (2; -j overrides)
 #   NICE                      prefix for heavy steps ("nice -n 10")
 set -euo pipefail
 
@@ -217,6 +225,18 @@ ensure_appliance_sources() {
   fi
 }
 
+# ---- 4. the offline bundle ---------------------------------------------------------
+
+prepare_bundle() {
+  # Hook for the offline bundle (appliance/scripts/bundle.sh, make bundle):
+  # build it, or point at an existing one, before the scenarios run, and
+  # export what they need (e.g. TONGXIN_BUNDLE_DIR) - the environment is
+  # inherited by every molecule run. Until the roles install from the
+  # bundle, each scenario builds what it needs itself (the appliance
+  # wheelhouse in its prepare step), so there is nothing to do here.
+  :
+}
+
 lint() {
   local rc=0
   # shellcheck disable=SC1091
@@ -233,20 +253,44 @@ lint() {
   return $rc
 }
 
+# Longest first, so that a parallel run does not end with one long scenario
+# alone; the rest alphabetically. Measured times in docs/ansible.md.
+SCENARIO_ORDER=(site appliance lb kafka database bundle monitoring redis pki common preflight)
+
 scenarios_all() {
-  local d
-  for d in "$HERE"/*/; do
-    [ -f "$d/molecule.yml" ] && basename "$d"
+  local d s
+  for s in "${SCENARIO_ORDER[@]}"; do
+    [ -f "$HERE/$s/molecule.yml" ] && echo "$s"
   done
+  for d in "$HERE"/*/; do
+    s=$(basename "$d")
+    [ -f "$d/molecule.yml" ] && [[ " ${SCENARIO_ORDER[*]} " != *" $s "* ]] && echo "$s"
+  done
+  return 0
+}
+
+run_one() {  # run_one SCENARIO [LOG]: molecule for one scenario; output to LOG if given
+  local s=$1 log=${2:-}
+  if [ -n "$log" ]; then
+    "${NICE[@]}" molecule "$MOLECULE_COMMAND" -s "$s" >"$log" 2>&1
+  else
+    "${NICE[@]}" molecule "$MOLECULE_COMMAND" -s "$s"
+  fi
 }
 
 main() {
-  local mode=test
-  case "${1:-}" in
-    --setup) mode=setup; shift ;;
-    --lint) mode=lint; shift ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
-  esac
+  local mode=test jobs=${TONGXIN_MOLECULE_JOBS:-2}
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --setup) mode=setup; shift ;;
+      --lint) mode=lint; shift ;;
+      -j) [ $# -ge 2 ] || die "-j needs a number"; jobs=$2; shift 2 ;;
+      -j*) jobs=${1#-j}; shift ;;
+      -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
+      *) break ;;
+    esac
+  done
+  [[ "$jobs" =~ ^[1-9][0-9]*$ ]] || die "-j wants a positive number, not '$jobs'"
   ensure_venv
   if [ "$mode" = lint ]; then lint; exit $?; fi
   ensure_podman
@@ -254,11 +298,12 @@ main() {
   ensure_image
   log "base image ready ($((SECONDS - t0)) s)"
   ensure_appliance_sources
+  prepare_bundle
   [ "$mode" = setup ] && exit 0
 
   local list=("$@")
   [ ${#list[@]} -gt 0 ] || mapfile -t list < <(scenarios_all)
-  local passed=0 failed=0 s start results=()
+  local passed=0 failed=0 s results=() t_all=$SECONDS
   export TONGXIN_MOLECULE_IMAGE=$IMAGE TONGXIN_CACHE=$CACHE
   export PATH=$VENV/bin:$PATH
   if [ ! -t 1 ]; then export NO_COLOR=1 PY_COLORS=0 ANSIBLE_NOCOLOR=1 ANSIBLE_FORCE_COLOR=0; fi
@@ -266,18 +311,52 @@ main() {
   cd "$ROOT/tests"
   for s in "${list[@]}"; do
     [ -f "$HERE/$s/molecule.yml" ] || die "no scenario '$s' (tests/molecule/$s/molecule.yml)"
-    start=$SECONDS
-    log "scenario $s: molecule $MOLECULE_COMMAND"
-    if "${NICE[@]}" molecule "$MOLECULE_COMMAND" -s "$s"; then
+  done
+  local logs=$CACHE/molecule-logs
+  mkdir -p "$logs"
+  # Each scenario in a subshell that writes its time and result to a status
+  # file; at most $jobs at a time. Scenarios have their own container names
+  # and Molecule state directories, so they do not interfere.
+  local status_dir
+  status_dir=$(mktemp -d "$logs/.status.XXXXXX")
+  # shellcheck disable=SC2064
+  trap "rm -rf '$status_dir'" EXIT
+  one() {
+    local s=$1 logfile=$2 start=$SECONDS rc=0
+    log "scenario $s: molecule $MOLECULE_COMMAND${logfile:+ (output in $logfile)}"
+    run_one "$s" "$logfile" || rc=$?
+    echo "$rc $((SECONDS - start))" >"$status_dir/$s"
+    if [ -n "$logfile" ]; then
+      log "scenario $s: $([ "$rc" = 0 ] && echo passed || echo FAILED) in $((SECONDS - start)) s"
+      if [ "$rc" != 0 ]; then
+        printf -- '---- last lines of %s ----\n' "$logfile" >&2
+        tail -n 60 "$logfile" >&2
+      fi
+    fi
+  }
+  if [ "$jobs" = 1 ] || [ ${#list[@]} = 1 ]; then
+    for s in "${list[@]}"; do one "$s" ""; done
+  else
+    for s in "${list[@]}"; do
+      while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
+      one "$s" "$logs/$s.log" &
+    done
+    wait
+  fi
+  local rc secs
+  for s in "${list[@]}"; do
+    read -r rc secs <"$status_dir/$s" 2>/dev/null || { rc=1; secs='?'; }
+    if [ "$rc" = 0 ]; then
       passed=$((passed + 1))
-      results+=("$s: passed in $((SECONDS - start)) s")
+      results+=("$s: passed in $secs s")
     else
       failed=$((failed + 1))
-      results+=("$s: FAILED after $((SECONDS - start)) s")
+      results+=("$s: FAILED after $secs s")
     fi
   done
+  rm -rf "$status_dir"
   printf '%s\n' "${results[@]}"
-  echo "molecule: $passed passed, $failed failed"
+  echo "molecule: $passed passed, $failed failed in $((SECONDS - t_all)) s"
   [ "$failed" = 0 ]
 }
 
