@@ -49,6 +49,12 @@ resource "docker_network" "site" {
     label = "tongxin.site"
     value = var.site
   }
+
+  # Podman reports its IPAM driver ("host-local"), which was never set here:
+  # without this every plan after a real apply would replace the network.
+  lifecycle {
+    ignore_changes = [ipam_options]
+  }
 }
 
 # The test hosts: systemd containers from a locally imported image (podman
@@ -68,6 +74,12 @@ resource "docker_container" "host" {
   must_run    = true
   restart     = "unless-stopped"
   stop_signal = "SIGRTMIN+3"
+
+  # nftables (roles/common) loads its rules into the container's own network
+  # namespace, as on a real host; nothing else is granted.
+  capabilities {
+    add = ["CAP_NET_ADMIN"]
+  }
 
   tmpfs = {
     "/run"      = "rw,mode=755"
@@ -106,5 +118,15 @@ resource "docker_container" "host" {
   labels {
     label = "tongxin.component"
     value = each.value.component
+  }
+
+  # Podman's Docker-compatible API reads these back in its own spelling
+  # (platform "linux", runtime "oci", stop signal "37", ulimits
+  # "RLIMIT_NOFILE", capabilities without "CAP_" plus its default drops,
+  # tmpfs options with its defaults added), so without this every plan after
+  # a real apply would replace every container. They are still set at
+  # creation; to change one on existing hosts, `tofu apply -replace=...`.
+  lifecycle {
+    ignore_changes = [platform, runtime, stop_signal, ulimit, capabilities, tmpfs]
   }
 }

@@ -70,6 +70,11 @@ run "default_host_set" {
   }
 
   assert {
+    condition     = alltrue([for c in docker_container.host : length(c.capabilities) == 1 && tolist(c.capabilities)[0].add == toset(["CAP_NET_ADMIN"])])
+    error_message = "Containers get CAP_NET_ADMIN (nftables in their own network namespace) and nothing else."
+  }
+
+  assert {
     condition     = alltrue([for name, c in docker_container.host : contains([for l in c.labels : "${l.label}=${l.value}"], "tongxin.component=${split("-", name)[2]}")])
     error_message = "Every container is labelled with its component."
   }
