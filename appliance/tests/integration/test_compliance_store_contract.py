@@ -28,11 +28,10 @@ pytestmark = pytest.mark.integration
 Opener = Callable[[], Awaitable[ComplianceStore]]
 
 
-@pytest.fixture(params=["sqlite", "mysql"])
-async def opener(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
+async def _opener(backend: str, tmp_path: Path) -> AsyncIterator[Opener]:
     opened: list[ComplianceStore] = []
     server = dsn = ""
-    if request.param == "mysql":
+    if backend == "mysql":
         await asyncio.to_thread(services, "start", "mariadb")
         server = (await asyncio.to_thread(service_env))["TONGXIN_MYSQL_DSN"]
         dsn = await create_mysql_database(server)
@@ -49,6 +48,19 @@ async def opener(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         await s.close()
     if dsn:
         await drop_mysql_database(server, dsn)
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+async def opener(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
+    async for open_one in _opener(request.param, tmp_path):
+        yield open_one
+
+
+@pytest.fixture
+async def mysql_opener(tmp_path: Path) -> AsyncIterator[Opener]:
+    """For what only a shared store has (migrations, cross-node locks)."""
+    async for open_one in _opener("mysql", tmp_path):
+        yield open_one
 
 
 def fields(event: str, node: str = "n1", **details: object) -> dict[str, object]:
@@ -209,10 +221,10 @@ async def test_exclusive_is_installation_wide_on_the_shared_store(opener: Opener
 
 
 async def test_mysql_migrations_are_recorded_and_refuse_a_changed_file(
-        opener: Opener, request: pytest.FixtureRequest) -> None:
+        mysql_opener: Opener, request: pytest.FixtureRequest) -> None:
+    opener = mysql_opener
     s = await opener()
-    if not isinstance(s, MysqlComplianceStore):
-        pytest.skip("MySQL migrations only")
+    assert isinstance(s, MysqlComplianceStore)
     from tongxin.compliance import migrations
 
     assert await s.schema_version() == len(migrations.load())
@@ -280,8 +292,9 @@ async def test_message_stores_index_messages_by_conversation_and_time(tmp_path: 
         await drop_mysql_database(server, dsn)
 
 
-async def test_retention_and_archive_runs_take_turns_across_nodes(opener: Opener,
+async def test_retention_and_archive_runs_take_turns_across_nodes(mysql_opener: Opener,
                                                                  tmp_path: Path) -> None:
+    opener = mysql_opener
     from conftest import make_config  # type: ignore[import-not-found, unused-ignore]
 
     from tongxin.compliance.retention import RetentionBusy, run_retention
@@ -289,8 +302,7 @@ async def test_retention_and_archive_runs_take_turns_across_nodes(opener: Opener
     from tongxin.store.sqlite_store import SqliteStore
 
     a, b = await opener(), await opener()
-    if not a.shared:
-        pytest.skip("one node's store: runs are serialised by the caller's lock file")
+    assert a.shared and b.shared
     cfg = make_config(tmp_path / "home")
     history = SqliteStore(tmp_path / "t.db")
     await history.open()
