@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -55,7 +54,8 @@ from tongxin.compliance.ports import (
     TotpRow,
 )
 from tongxin.store.dsn import MysqlDsn
-from tongxin.store.mysql_store import _DB_ERRORS, MysqlStore, _s, run_ddl
+from tongxin.store.migrations import Migration
+from tongxin.store.mysql_store import _DB_ERRORS, MysqlStore, _s
 from tongxin.store.ports import StoreError, Unavailable
 
 log = logging.getLogger("tongxin.compliance.mysql")
@@ -65,14 +65,6 @@ _HOLD_COLS = "id, kind, target, reason, created_by, created_at, released_at, rel
 _RUN_COLS = "id, started_at, started_by, cutoffs, run_cursor, deleted, finished_at"
 _LOCK_PREFIX = "tongxin.compliance."
 
-_MIGRATIONS_DDL = (
-    f"CREATE TABLE IF NOT EXISTS {cmigrations.TABLE} ("
-    " version INT NOT NULL PRIMARY KEY,"
-    " name VARCHAR(255) NOT NULL,"
-    " checksum CHAR(64) NOT NULL,"
-    " applied_at BIGINT NOT NULL"
-    ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
-)
 
 
 def _rows(cur: Cursor) -> int:
@@ -99,35 +91,11 @@ class _Db(MysqlStore):
     """The message store's connection handling (pool, retries, error mapping,
     migration lock), applying the compliance migrations instead of its own."""
 
-    async def _apply_migrations(self, cur: Cursor) -> list[int]:
-        await cur.execute(
-            "SELECT COUNT(*) FROM information_schema.tables "
-            "WHERE table_schema = DATABASE() AND table_name = %s", (cmigrations.TABLE,))
-        row = await cur.fetchone()
-        if not row or not row[0]:
-            await cur.execute(_MIGRATIONS_DDL)
-        await cur.execute(f"SELECT version, checksum FROM {cmigrations.TABLE}")
-        done = {int(v): _s(c) for v, c in await cur.fetchall()}
-        known = cmigrations.load()
-        latest = known[-1].version if known else 0
-        if done and max(done) > latest:
-            raise StoreError(f"compliance schema version {max(done)} is newer than this "
-                             f"release ({latest})")
-        applied: list[int] = []
-        for mig in known:
-            if mig.version in done:
-                if done[mig.version] != mig.checksum:
-                    raise StoreError(f"compliance migration {mig.version} ({mig.name}) was "
-                                     "changed after it was applied to this database")
-                continue
-            for sql in mig.statements(self.flavor):
-                await run_ddl(cur, sql)
-            await cur.execute(
-                f"INSERT INTO {cmigrations.TABLE} (version, name, checksum, applied_at) "
-                "VALUES (%s, %s, %s, %s)",
-                (mig.version, mig.name, mig.checksum, int(time.time() * 1000)))
-            applied.append(mig.version)
-        return applied
+    migrations_table = cmigrations.TABLE
+    migrations_label = "compliance schema"
+
+    def known_migrations(self) -> list[Migration]:
+        return cmigrations.load()
 
 
 class MysqlComplianceStore:

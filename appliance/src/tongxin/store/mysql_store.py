@@ -86,14 +86,16 @@ _CHUNK = 500  # rows per multi-row statement
 _MIGRATION_LOCK = "tongxin.schema_migrations"
 _MIGRATION_LOCK_WAIT = 600  # seconds
 
-_MIGRATIONS_DDL = (
-    "CREATE TABLE IF NOT EXISTS schema_migrations ("
-    " version INT NOT NULL PRIMARY KEY,"
-    " name VARCHAR(255) NOT NULL,"
-    " checksum CHAR(64) NOT NULL,"
-    " applied_at BIGINT NOT NULL"
-    ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
-)
+def migrations_ddl(table: str) -> str:
+    """The bookkeeping table of one set of migrations."""
+    return (
+        f"CREATE TABLE IF NOT EXISTS {table} ("
+        " version INT NOT NULL PRIMARY KEY,"
+        " name VARCHAR(255) NOT NULL,"
+        " checksum CHAR(64) NOT NULL,"
+        " applied_at BIGINT NOT NULL"
+        ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+    )
 
 
 def _s(value: Any) -> str:
@@ -293,31 +295,40 @@ class MysqlStore:
                               f"{_MIGRATION_LOCK_WAIT} s")
         return True
 
+    # Which migrations this store applies and where it records them; a store of other
+    # tables in the same database (the compliance store) sets its own.
+    migrations_table = "schema_migrations"
+    migrations_label = "schema"
+
+    def known_migrations(self) -> list[migrations.Migration]:
+        return migrations.load()
+
     async def _apply_migrations(self, cur: Cursor) -> list[int]:
+        table, label = self.migrations_table, self.migrations_label
         await cur.execute(
             "SELECT COUNT(*) FROM information_schema.tables "
-            "WHERE table_schema = DATABASE() AND table_name = 'schema_migrations'")
+            "WHERE table_schema = DATABASE() AND table_name = %s", (table,))
         row = await cur.fetchone()
         if not row or not row[0]:  # (IF NOT EXISTS alone leaves a note in the log each start)
-            await cur.execute(_MIGRATIONS_DDL)
-        await cur.execute("SELECT version, checksum FROM schema_migrations")
+            await cur.execute(migrations_ddl(table))
+        await cur.execute(f"SELECT version, checksum FROM {table}")
         done = {int(v): _s(c) for v, c in await cur.fetchall()}
-        known = migrations.load()
+        known = self.known_migrations()
         latest = known[-1].version if known else 0
         if done and max(done) > latest:
-            raise StoreError(f"database schema version {max(done)} is newer than this "
+            raise StoreError(f"database {label} version {max(done)} is newer than this "
                              f"release ({latest})")
         applied: list[int] = []
         for mig in known:
             if mig.version in done:
                 if done[mig.version] != mig.checksum:
-                    raise StoreError(f"schema migration {mig.version} ({mig.name}) was changed "
+                    raise StoreError(f"{label} migration {mig.version} ({mig.name}) was changed "
                                      "after it was applied to this database")
                 continue
             for sql in mig.statements(self.flavor):
                 await run_ddl(cur, sql)
             await cur.execute(
-                "INSERT INTO schema_migrations (version, name, checksum, applied_at) "
+                f"INSERT INTO {table} (version, name, checksum, applied_at) "
                 "VALUES (%s, %s, %s, %s)",
                 (mig.version, mig.name, mig.checksum, int(time.time() * 1000)))
             applied.append(mig.version)

@@ -67,17 +67,18 @@ def split_statements(text: str) -> list[tuple[str, str]]:
     return out
 
 
-def load() -> list[Migration]:
-    """Every migration shipped with this release, by version."""
+def load(package: str = __name__) -> list[Migration]:
+    """Every migration shipped with this release in ``package`` (this one, or another
+    set in the same format such as the compliance tables'), by version."""
     found: list[Migration] = []
-    for item in resources.files(__name__).iterdir():
+    for item in resources.files(package).iterdir():
         m = _NAME.match(item.name)
         if m:
             found.append(Migration(int(m.group(1)), m.group(2), item.read_text(encoding="utf-8")))
     found.sort(key=lambda mig: mig.version)
     versions = [mig.version for mig in found]
     if versions != list(range(1, len(found) + 1)):
-        raise ValueError(f"migration versions must be 1..n without gaps, got {versions}")
+        raise ValueError(f"{package}: migration versions must be 1..n without gaps, got {versions}")
     return found
 
 
