@@ -29,7 +29,9 @@ locals {
   inventory = {
     all = {
       vars = merge(
-        var.connection == "podman" ? { ansible_connection = "containers.podman.podman" } : {},
+        # The repository's pipelined podman connection
+        # (playbooks/connection_plugins/tongxin_podman.py).
+        var.connection == "podman" ? { ansible_connection = "tongxin_podman" } : {},
         var.vars,
         { tongxin_environment = var.environment },
       )
