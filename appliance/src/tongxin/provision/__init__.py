@@ -12,6 +12,7 @@ the library unchanged.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -199,7 +200,15 @@ class Environment:
         so that a backend change silently drops state. Plain init, through
         ``cmd``.
         """
-        self._check("init", self._run("init", capture=capture, input=False, no_color=True))
+        # Two workspaces of one environment (the Molecule site and lab
+        # scenarios, run in parallel) share its .terraform directory and lock
+        # file, which concurrent inits would write at once; the workspaces'
+        # states are separate, so only init is serialised.
+        data_dir = self.directory / ".terraform"
+        data_dir.mkdir(exist_ok=True)
+        with open(data_dir / "tongxin-init.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._check("init", self._run("init", capture=capture, input=False, no_color=True))
 
     def plan(self, *, capture: bool = True) -> bool:
         """``tofu plan -detailed-exitcode``: True if there are changes (exit 2)."""
