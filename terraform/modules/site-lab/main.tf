@@ -58,7 +58,10 @@ resource "docker_network" "site" {
 }
 
 # The test hosts: systemd containers from a locally imported image (podman
-# enables its systemd mode for /sbin/init), one per inventory host.
+# enables its systemd mode for /sbin/init), one per inventory host. With a
+# memory limit, memory_swap is the same (no swap): left unset, podman makes
+# it twice the limit and reports that back, so every plan after the apply
+# would change it again.
 resource "docker_container" "host" {
   for_each = local.hosts
 
@@ -71,6 +74,7 @@ resource "docker_container" "host" {
   runtime     = var.runtime
   privileged  = var.privileged
   memory      = each.value.memory_mb > 0 ? each.value.memory_mb : null
+  memory_swap = each.value.memory_mb > 0 ? each.value.memory_mb : null
   must_run    = true
   restart     = "unless-stopped"
   stop_signal = "SIGRTMIN+3"
