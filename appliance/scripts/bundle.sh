@@ -10,7 +10,9 @@
 #   wheels/<arch>/   tongxin + every pinned dependency for CPython 3.11 on
 #                    manylinux (glibc <= 2.28) x86_64 / aarch64
 #   kafka/           kafka-<v>.tgz built from Maven Central (services.sh
-#                    install kafka) and its .sha256
+#                    install kafka) and its .sha256; the Prometheus JMX
+#                    exporter agent jmx_prometheus_javaagent-<v>.jar and its
+#                    .sha256
 #   debs/<arch>/     Debian 12 packages of bundle-debs.txt and their
 #                    dependencies a base install lacks, as a flat apt repo
 #                    (Packages, Packages.gz, Release)
@@ -149,6 +151,31 @@ for r in tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]:
 
 # ---- kafka ------------------------------------------------------------------------
 
+# Kafka has no built-in Prometheus endpoint (only JMX): the Prometheus
+# project's own JMX exporter, run as a java agent inside the broker
+# (roles/kafka), serves its metrics to the monitoring hosts. One shaded jar
+# from Maven Central, checked against the .sha1 Maven publishes beside it.
+# Pinned here; the kafka role's kafka_jmx_exporter_version must match.
+JMX_EXPORTER_VERSION=1.0.1
+JMX_EXPORTER_URL=https://repo1.maven.org/maven2/io/prometheus/jmx/jmx_prometheus_javaagent/$JMX_EXPORTER_VERSION/jmx_prometheus_javaagent-$JMX_EXPORTER_VERSION.jar
+
+fetch_jmx_exporter() {  # into $DL (once), verified against Maven Central's .sha1
+  local jar=$DL/jmx_prometheus_javaagent-$JMX_EXPORTER_VERSION.jar sha1
+  [ -s "$jar" ] && [ -s "$jar.sha1" ] && \
+    [ "$(sha1sum "$jar" | cut -d' ' -f1)" = "$(cut -c1-40 "$jar.sha1")" ] && return 0
+  log "kafka: downloading jmx_prometheus_javaagent-$JMX_EXPORTER_VERSION.jar from Maven Central"
+  curl -fsSL --retry 3 -o "$jar.$$.sha1" "$JMX_EXPORTER_URL.sha1" || die "kafka: cannot download $JMX_EXPORTER_URL.sha1"
+  curl -fsSL --retry 3 -o "$jar.$$.tmp" "$JMX_EXPORTER_URL" || die "kafka: cannot download $JMX_EXPORTER_URL"
+  sha1=$(tr -d ' \r\n' <"$jar.$$.sha1" | cut -c1-40)
+  if [ "$(sha1sum "$jar.$$.tmp" | cut -d' ' -f1)" != "$sha1" ]; then
+    rm -f "$jar.$$.tmp" "$jar.$$.sha1"
+    die "kafka: $JMX_EXPORTER_URL does not match its .sha1 ($sha1)"
+  fi
+  printf '%s\n' "$sha1" >"$jar.$$.sha1"
+  mv "$jar.$$.tmp" "$jar"
+  mv "$jar.$$.sha1" "$jar.sha1"
+}
+
 build_kafka() {
   # services.sh's default version, read from its KAFKA_VERSION=${TONGXIN_KAFKA_VERSION:-X} line.
   # shellcheck disable=SC2016
@@ -172,6 +199,11 @@ build_kafka() {
   cp --reflink=auto "$tgz" "$NEW/kafka/"
   (cd "$NEW/kafka" && sha256sum "kafka-$kv.tgz" >"kafka-$kv.tgz.sha256")
   log "kafka: kafka-$kv.tgz ($(du -h "$tgz" | cut -f1))"
+  fetch_jmx_exporter
+  local agent=jmx_prometheus_javaagent-$JMX_EXPORTER_VERSION.jar
+  cp --reflink=auto "$DL/$agent" "$NEW/kafka/"
+  (cd "$NEW/kafka" && sha256sum "$agent" >"$agent.sha256")
+  log "kafka: $agent ($(du -h "$DL/$agent" | cut -f1))"
 }
 
 # ---- debs -------------------------------------------------------------------------
