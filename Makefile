@@ -63,12 +63,13 @@ tofu:
 	bash terraform/test.sh
 
 ## molecule: converge, idempotence and verify of every Ansible role on podman
-## test hosts, MOLECULE_JOBS scenarios at a time; timings in docs/ansible.md.
+## test hosts, MOLECULE_JOBS (3) scenarios at a time (a scenario mostly waits on
+## apt, systemd and health checks: about half a core each); docs/ansible.md.
 ## MOLECULE_SCENARIOS: which ones (empty: every one under tests/molecule/,
 ## including `site`, seven hosts built by a real `tofu apply` that then runs
 ## playbooks/site.yml and sends a chat message through the load balancer).
 MOLECULE_SCENARIOS ?=
-MOLECULE_JOBS ?= 2
+MOLECULE_JOBS ?= 3
 molecule:
 	tests/molecule/run.sh -j $(MOLECULE_JOBS) $(MOLECULE_SCENARIOS)
 
