@@ -53,7 +53,7 @@ read -r -a NICE <<<"${NICE-nice -n 10}"
 # nothing a role is supposed to install itself.
 IMAGE_PACKAGES=systemd,systemd-sysv,dbus,python3,python3-apt,sudo,ca-certificates,iproute2,procps
 # Bump when the recipe below changes: the image label and tarball name carry it.
-IMAGE_RECIPE=3
+IMAGE_RECIPE=4
 
 log() { printf 'molecule-run: %s\n' "$*" >&2; }
 die() { printf 'molecule-run: error: %s\n' "$*" >&2; exit 1; }
@@ -204,14 +204,12 @@ EOF
   done
   # dpkg as in Debian's own container images: no fsync after every file
   # (the test hosts are thrown away, so a crash mid-install costs nothing,
-  # and fsync on overlayfs was most of the roles' package installs), and no
-  # manual pages or documentation unpacked (nor man-db's index rebuilt after
-  # every install). Roles do not depend on either; real hosts keep dpkg's
-  # defaults.
+  # and fsync on overlayfs was much of the roles' package installs), and
+  # man-db's index not rebuilt after every install. Real hosts keep dpkg's
+  # defaults. Manual pages are still unpacked: excluding them (path-exclude)
+  # breaks the JRE's postinst, whose update-alternatives links into
+  # /usr/share/man/man1.
   printf 'force-unsafe-io\n' >"$r/etc/dpkg/dpkg.cfg.d/tongxin-test-host-unsafe-io"
-  printf '%s\n' 'path-exclude=/usr/share/man/*' 'path-exclude=/usr/share/doc/*' \
-    'path-include=/usr/share/doc/*/copyright' 'path-exclude=/usr/share/info/*' \
-    >"$r/etc/dpkg/dpkg.cfg.d/tongxin-test-host-nodoc"
   rm -f "$r/var/lib/man-db/auto-update"
   # No documentation and no downloaded .debs in the image. The package lists
   # stay, as on any installed host: roles refresh them when older than an hour.
