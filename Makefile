@@ -80,7 +80,7 @@ ansible-lint:
 ## Molecule scenarios of TEST_MOLECULE_SCENARIOS: `site` (tofu apply of seven
 ## hosts, site.yml with every role, idempotence, chat through the lb, destroy)
 ## and `lab` (tofu apply of dc1, dc2 and dr, checked against podman, destroy).
-## The per-role scenarios run in `make molecule`: all twelve take about 31
+## The per-role scenarios run in `make molecule`: all twelve take about 30
 ## minutes here, more than CI's budget leaves after the rest (docs/ansible.md,
 ## "Timings").
 TEST_MOLECULE_SCENARIOS ?= site lab

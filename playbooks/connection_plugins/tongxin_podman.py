@@ -53,6 +53,16 @@ DOCUMENTATION = """
           - name: ansible_podman_extra_args
         env:
           - name: ANSIBLE_PODMAN_EXTRA_ARGS
+      pipelining:
+        description:
+          - Pipe modules to the container instead of copying them in. Async
+            tasks are never piped (they go the collection's way).
+        type: boolean
+        default: true
+        env:
+          - name: ANSIBLE_PIPELINING
+        vars:
+          - name: ansible_pipelining
       podman_executable:
         description: The podman executable.
         default: podman
@@ -65,10 +75,11 @@ DOCUMENTATION = """
 
 class Connection(PodmanConnection):  # type: ignore[misc]
     transport = "tongxin_podman"
+    # On by default through the `pipelining` option rather than
+    # always_pipeline_modules: that flag also pipes async tasks (it is meant
+    # for connections with native async), and a daemonised async job would
+    # hold the exec session's stdout open until it ends.
     has_pipelining = True
-    # Pipelining without a `pipelining = True` in every ansible.cfg that
-    # reaches the lab: this connection exists for it.
-    always_pipeline_modules = True
 
     @ensure_connect  # type: ignore[misc]
     def exec_command(
