@@ -25,7 +25,7 @@
 #      machine whose image store was wiped re-imports it in seconds.
 #   4. when the site or bundle scenario is among them, the offline bundle
 #      (appliance/scripts/bundle.sh, cached) before any scenario starts.
-# then runs `molecule test -s <scenario>` for each (longest first when
+# then runs `molecule --base-config base.yml test -s <scenario>` for each (longest first when
 # parallel), prints each one's time and ends with the line
 # `molecule: N passed, M failed in S s`. The exit code is non-zero if any failed.
 #
@@ -288,9 +288,9 @@ scenarios_all() {
 run_one() {  # run_one SCENARIO [LOG]: molecule for one scenario; output to LOG if given
   local s=$1 log=${2:-}
   if [ -n "$log" ]; then
-    "${NICE[@]}" molecule "$MOLECULE_COMMAND" -s "$s" >"$log" 2>&1
+    "${NICE[@]}" molecule --base-config "$HERE/base.yml" "$MOLECULE_COMMAND" -s "$s" >"$log" 2>&1
   else
-    "${NICE[@]}" molecule "$MOLECULE_COMMAND" -s "$s"
+    "${NICE[@]}" molecule --base-config "$HERE/base.yml" "$MOLECULE_COMMAND" -s "$s"
   fi
 }
 
@@ -322,6 +322,10 @@ main() {
   local passed=0 failed=0 s results=() t_all=$SECONDS
   export TONGXIN_MOLECULE_IMAGE=$IMAGE TONGXIN_CACHE=$CACHE
   export PATH=$VENV/bin:$PATH
+  # base.yml names Mitogen's strategy plugins by this directory.
+  TONGXIN_MITOGEN_STRATEGIES=$("$VENV/bin/python" -c \
+    'import os, ansible_mitogen.plugins.strategy as s; print(os.path.dirname(s.__file__))')
+  export TONGXIN_MITOGEN_STRATEGIES
   if [ ! -t 1 ]; then export NO_COLOR=1 PY_COLORS=0 ANSIBLE_NOCOLOR=1 ANSIBLE_FORCE_COLOR=0; fi
   # Molecule looks for molecule/<scenario>/molecule.yml under its working directory.
   cd "$ROOT/tests"

@@ -29,9 +29,9 @@ locals {
   inventory = {
     all = {
       vars = merge(
-        # The repository's pipelined podman connection
-        # (playbooks/connection_plugins/tongxin_podman.py).
-        var.connection == "podman" ? { ansible_connection = "tongxin_podman" } : {},
+        # containers.podman's connection; the Molecule scenarios run it
+        # through Mitogen (tests/molecule/base.yml).
+        var.connection == "podman" ? { ansible_connection = "podman" } : {},
         var.vars,
         { tongxin_environment = var.environment },
       )

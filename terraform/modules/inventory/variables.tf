@@ -87,7 +87,7 @@ variable "vars" {
 }
 
 variable "connection" {
-  description = "How Ansible reaches the hosts: \"ssh\" (ansible_host is the host's address) or \"podman\" (lab containers on this machine: ansible_connection tongxin_podman, the pipelined podman connection in playbooks/connection_plugins; ansible_host is the container name). Either way tongxin_address holds the address."
+  description = "How Ansible reaches the hosts: \"ssh\" (ansible_host is the host's address) or \"podman\" (lab containers on this machine: ansible_connection podman; ansible_host is the container name). Either way tongxin_address holds the address."
   type        = string
   default     = "ssh"
 

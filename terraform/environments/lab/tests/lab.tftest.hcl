@@ -38,7 +38,7 @@ run "inventory_for_the_podman_connection" {
   }
 
   assert {
-    condition     = yamldecode(output.inventory).all.vars.ansible_connection == "tongxin_podman" && yamldecode(output.inventory).all.children.dr.hosts["txlab-dr-redis-01"] == { ansible_host = "txlab-dr-redis-01", tongxin_address = "10.89.103.12", tongxin_component = "redis", tongxin_node_index = "1" }
+    condition     = yamldecode(output.inventory).all.vars.ansible_connection == "podman" && yamldecode(output.inventory).all.children.dr.hosts["txlab-dr-redis-01"] == { ansible_host = "txlab-dr-redis-01", tongxin_address = "10.89.103.12", tongxin_component = "redis", tongxin_node_index = "1" }
     error_message = "Containers are reached by name through podman; their address is in tongxin_address."
   }
 

@@ -142,7 +142,7 @@ run "podman_connection_for_the_lab" {
   }
 
   assert {
-    condition     = yamldecode(output.content).all.vars.ansible_connection == "tongxin_podman"
+    condition     = yamldecode(output.content).all.vars.ansible_connection == "podman"
     error_message = "The podman connection must be set for all hosts."
   }
 
