@@ -63,11 +63,11 @@ tofu:
 	bash terraform/test.sh
 
 ## molecule: converge, idempotence and verify of every Ansible role on podman
-## test hosts, MOLECULE_JOBS (3) scenarios at a time (a scenario mostly waits on
-## apt, systemd and health checks: about half a core each); docs/ansible.md.
-## MOLECULE_SCENARIOS: which ones (empty: every one under tests/molecule/,
-## including `site`, seven hosts built by a real `tofu apply` that then runs
-## playbooks/site.yml and sends a chat message through the load balancer).
+## test hosts, MOLECULE_JOBS (3) scenarios at a time, through Mitogen
+## (tests/molecule/base.yml; docs/ansible.md). MOLECULE_SCENARIOS: which ones
+## (empty: every one under tests/molecule/, including `site`, seven hosts built
+## by a real `tofu apply` that then runs playbooks/site.yml and sends a chat
+## message through the load balancer, and `lab`, dc1, dc2 and dr).
 MOLECULE_SCENARIOS ?=
 MOLECULE_JOBS ?= 3
 molecule:
@@ -76,17 +76,12 @@ molecule:
 ansible-lint:
 	tests/molecule/run.sh --lint
 
-## test: everything CI runs: Python lint, ansible-lint, tofu, pytest, then the
-## Molecule scenarios of TEST_MOLECULE_SCENARIOS: `site` (tofu apply of seven
-## hosts, site.yml with every role, idempotence, chat through the lb, destroy)
-## and `lab` (tofu apply of dc1, dc2 and dr, checked against podman, destroy).
-## The per-role scenarios run in `make molecule`: all twelve take about 30
-## minutes here, more than CI's budget leaves after the rest (docs/ansible.md,
-## "Timings").
-TEST_MOLECULE_SCENARIOS ?= site lab
+## test: everything CI runs: Python lint, ansible-lint, tofu, pytest, then
+## every Molecule scenario (all twelve: about 27 minutes here, three at a
+## time; docs/ansible.md, "Timings").
 test: setup lint ansible-lint tofu
 	cd $(APP) && ../$(BIN)/pytest -q -p no:cacheprovider tests
-	$(MAKE) molecule MOLECULE_SCENARIOS="$(TEST_MOLECULE_SCENARIOS)" MOLECULE_JOBS=2
+	$(MAKE) molecule
 
 ## bundle: the offline install bundle (wheels, Kafka, Debian packages; signed
 ## manifest) in $${TONGXIN_CACHE:-~/.cache/tongxin}/bundle; BUNDLE_COMPONENTS,
