@@ -322,10 +322,6 @@ main() {
   local passed=0 failed=0 s results=() t_all=$SECONDS
   export TONGXIN_MOLECULE_IMAGE=$IMAGE TONGXIN_CACHE=$CACHE
   export PATH=$VENV/bin:$PATH
-  # base.yml names Mitogen's strategy plugins by this directory.
-  TONGXIN_MITOGEN_STRATEGIES=$("$VENV/bin/python" -c \
-    'import os, ansible_mitogen.plugins.strategy as s; print(os.path.dirname(s.__file__))')
-  export TONGXIN_MITOGEN_STRATEGIES
   if [ ! -t 1 ]; then export NO_COLOR=1 PY_COLORS=0 ANSIBLE_NOCOLOR=1 ANSIBLE_FORCE_COLOR=0; fi
   # Molecule looks for molecule/<scenario>/molecule.yml under its working directory.
   cd "$ROOT/tests"
