@@ -81,6 +81,9 @@ ansible-lint:
 ## time; docs/ansible.md, "Timings").
 test: setup lint ansible-lint tofu
 	cd $(APP) && ../$(BIN)/pytest -q -p no:cacheprovider tests
+	@# the engines pytest started (Redis, Kafka, MariaDB)
+	@# would idle beside the scenarios, which are bound by CPU
+	bash $(APP)/scripts/services.sh stop all
 	$(MAKE) molecule
 
 ## bundle: the offline install bundle (wheels, Kafka, Debian packages; signed
