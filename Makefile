@@ -77,7 +77,7 @@ ansible-lint:
 	tests/molecule/run.sh --lint
 
 ## test: everything CI runs: Python lint, ansible-lint, tofu, pytest, then
-## every Molecule scenario (all twelve: about 27 minutes here, three at a
+## every Molecule scenario (all twelve: about 15 minutes here, three at a
 ## time; docs/ansible.md, "Timings").
 test: setup lint ansible-lint tofu
 	cd $(APP) && ../$(BIN)/pytest -q -p no:cacheprovider tests
