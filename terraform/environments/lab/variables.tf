@@ -28,18 +28,18 @@ variable "name_prefix" {
 }
 
 variable "sites" {
-  description = "The simulated sites on this machine, keyed by site name (dc1, dc2, dr): role, subnet, and per-component count/memory_mb as in modules/site-lab (omitted ones keep its defaults)."
+  description = "The simulated sites on this machine, keyed by site name (dc1, dc2, dr): role, subnet, and per-component count/memory_mb/also as in modules/site-lab (omitted ones keep its defaults)."
   type = map(object({
     role   = optional(string, "active")
     subnet = string
     # Unset attributes stay null: modules/site-lab fills in its defaults.
     components = optional(object({
-      lb         = optional(object({ count = optional(number), memory_mb = optional(number) }))
-      appliance  = optional(object({ count = optional(number), memory_mb = optional(number) }))
-      redis      = optional(object({ count = optional(number), memory_mb = optional(number) }))
-      kafka      = optional(object({ count = optional(number), memory_mb = optional(number) }))
-      database   = optional(object({ count = optional(number), memory_mb = optional(number) }))
-      monitoring = optional(object({ count = optional(number), memory_mb = optional(number) }))
+      lb         = optional(object({ count = optional(number), memory_mb = optional(number), also = optional(list(string)) }))
+      appliance  = optional(object({ count = optional(number), memory_mb = optional(number), also = optional(list(string)) }))
+      redis      = optional(object({ count = optional(number), memory_mb = optional(number), also = optional(list(string)) }))
+      kafka      = optional(object({ count = optional(number), memory_mb = optional(number), also = optional(list(string)) }))
+      database   = optional(object({ count = optional(number), memory_mb = optional(number), also = optional(list(string)) }))
+      monitoring = optional(object({ count = optional(number), memory_mb = optional(number), also = optional(list(string)) }))
     }), {})
   }))
   default = {

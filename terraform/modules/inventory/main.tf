@@ -8,6 +8,7 @@ locals {
         for i, h in list : h.name => {
           site      = site_name
           component = component
+          also      = h.also
           vars = {
             # podman: Ansible's podman connection reaches containers by name.
             ansible_host       = var.connection == "podman" ? h.name : h.address
@@ -23,7 +24,8 @@ locals {
   # Group name => host names (sorted). Sites first, then components.
   groups = merge(
     { for site_name in keys(var.sites) : site_name => sort([for n, h in local.hosts : n if h.site == site_name]) },
-    { for c in local.component_names : c => sort([for n, h in local.hosts : n if h.component == c]) },
+    # A host joins its own component's group and those its `also` names.
+    { for c in local.component_names : c => sort([for n, h in local.hosts : n if h.component == c || contains(h.also, c)]) },
   )
 
   inventory = {

@@ -15,8 +15,9 @@ variable "sites" {
       architecture "x86_64" or "aarch64" (becomes tongxin_architecture)
       vars         extra group variables of the site
       hosts        hosts per component (lb, appliance, redis, kafka, database,
-                   monitoring): lists of { name, address }, which is the
-                   `hosts` output of site-openstack and site-lab.
+                   monitoring): lists of { name, address, also }, which is
+                   the `hosts` output of site-openstack and site-lab; `also`
+                   (optional) lists other component groups the host joins.
   EOT
   type = map(object({
     role         = optional(string, "active")
@@ -25,6 +26,7 @@ variable "sites" {
     hosts = map(list(object({
       name    = string
       address = string
+      also    = optional(list(string), [])
     })))
   }))
 
@@ -55,6 +57,15 @@ variable "sites" {
       ]
     ]))
     error_message = "Host components must be among lb, appliance, redis, kafka, database and monitoring."
+  }
+
+  validation {
+    condition = alltrue(flatten([
+      for s in values(var.sites) : [
+        for c, hs in s.hosts : [for h in hs : [for g in h.also : contains(["lb", "appliance", "redis", "kafka", "database", "monitoring"], g) && g != c]]
+      ]
+    ]))
+    error_message = "A host's `also` may only name other components (lb, appliance, redis, kafka, database, monitoring)."
   }
 
   validation {

@@ -10,6 +10,7 @@ locals {
         name      = format("%s-%s-%s-%02d", var.name_prefix, var.site, c, i + 1)
         component = c
         memory_mb = local.components[c].memory_mb
+        also      = sort(distinct(local.components[c].also))
       }
     ]
   ])
@@ -22,7 +23,9 @@ locals {
 
   network_name = "${var.name_prefix}-${var.site}"
   gateway      = cidrhost(var.subnet, 1)
-  lb_vip       = local.components.lb.count > 0 ? cidrhost(var.subnet, 5) : null
+  # Load balancers are lb hosts or hosts that also carry lb.
+  has_lb = local.components.lb.count > 0 || anytrue([for c in local.component_names : local.components[c].count > 0 && contains(local.components[c].also, "lb")])
+  lb_vip = local.has_lb ? cidrhost(var.subnet, 5) : null
 
   platform = var.architecture == "aarch64" ? "linux/arm64" : "linux/amd64"
 }
@@ -122,6 +125,12 @@ resource "docker_container" "host" {
   labels {
     label = "tongxin.component"
     value = each.value.component
+  }
+
+  # Components this host carries besides its own (comma-separated, maybe empty).
+  labels {
+    label = "tongxin.also"
+    value = join(",", each.value.also)
   }
 
   # Podman's Docker-compatible API reads these back in its own spelling

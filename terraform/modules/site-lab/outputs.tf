@@ -8,13 +8,14 @@ output "site" {
 }
 
 output "hosts" {
-  description = "Containers per component (every component is present, possibly empty): lists of { name, address, id }, in host-number order. The same shape as site-openstack's `hosts`, taken by the inventory module."
+  description = "Containers per component (every component is present, possibly empty): lists of { name, address, id, also }, in host-number order, where `also` names the other component groups the container joins. The same shape as site-openstack's `hosts`, taken by the inventory module."
   value = {
     for c in local.component_names : c => [
       for h in local.host_list : {
         name    = h.name
         address = local.hosts[h.name].address
         id      = docker_container.host[h.name].id
+        also    = h.also
       } if h.component == c
     ]
   }

@@ -52,31 +52,37 @@ variable "architecture" {
 }
 
 variable "components" {
-  description = "Container count and memory limit (MB, 0 = none) per component; omitted attributes keep the lab defaults (one of each, two appliance nodes)."
+  description = "Container count, memory limit (MB, 0 = none) and `also` (other component groups the same containers join, so one container can carry several components: a small lab keeps every role but fewer hosts) per component; omitted attributes keep the lab defaults (one of each, two appliance nodes, nothing combined)."
   type = object({
     lb = optional(object({
       count     = optional(number, 1)
       memory_mb = optional(number, 0)
+      also      = optional(list(string), [])
     }), {})
     appliance = optional(object({
       count     = optional(number, 2)
       memory_mb = optional(number, 0)
+      also      = optional(list(string), [])
     }), {})
     redis = optional(object({
       count     = optional(number, 1)
       memory_mb = optional(number, 0)
+      also      = optional(list(string), [])
     }), {})
     kafka = optional(object({
       count     = optional(number, 1)
       memory_mb = optional(number, 0)
+      also      = optional(list(string), [])
     }), {})
     database = optional(object({
       count     = optional(number, 1)
       memory_mb = optional(number, 0)
+      also      = optional(list(string), [])
     }), {})
     monitoring = optional(object({
       count     = optional(number, 1)
       memory_mb = optional(number, 0)
+      also      = optional(list(string), [])
     }), {})
   })
   default = {}
@@ -84,6 +90,11 @@ variable "components" {
   validation {
     condition     = alltrue([for name, c in var.components : c.count >= 0 && c.count <= 20 && floor(c.count) == c.count])
     error_message = "Every component count must be a whole number from 0 to 20."
+  }
+
+  validation {
+    condition     = alltrue(flatten([for name, c in var.components : [for g in c.also : contains(["lb", "appliance", "redis", "kafka", "database", "monitoring"], g) && g != name]]))
+    error_message = "A component's `also` may only name other components (lb, appliance, redis, kafka, database, monitoring)."
   }
 
   validation {

@@ -242,3 +242,51 @@ run "rejects_bad_environment" {
 
   expect_failures = [var.environment]
 }
+
+# A small lab combines components on one host: `also` puts the host into
+# other component groups too, while tongxin_component stays its own.
+run "also_joins_other_component_groups" {
+  command = plan
+
+  variables {
+    sites = {
+      dc1 = {
+        hosts = {
+          appliance = [{ name = "lab-dc1-appliance-01", address = "10.89.101.11", also = ["lb", "redis", "kafka"] }]
+          database  = [{ name = "lab-dc1-database-01", address = "10.89.101.12" }]
+        }
+      }
+    }
+  }
+
+  assert {
+    condition     = output.groups.lb == tolist(["lab-dc1-appliance-01"]) && output.groups.redis == tolist(["lab-dc1-appliance-01"]) && output.groups.kafka == tolist(["lab-dc1-appliance-01"])
+    error_message = "A host must join every component group its `also` names."
+  }
+
+  assert {
+    condition     = output.groups.appliance == tolist(["lab-dc1-appliance-01"]) && output.groups.database == tolist(["lab-dc1-database-01"]) && length(output.groups.monitoring) == 0
+    error_message = "`also` must not add the host to groups it does not name, nor move other hosts."
+  }
+
+  assert {
+    condition     = yamldecode(output.content).all.children.dc1.hosts["lab-dc1-appliance-01"].tongxin_component == "appliance"
+    error_message = "tongxin_component stays the host's own component."
+  }
+}
+
+run "also_rejects_unknown_components" {
+  command = plan
+
+  variables {
+    sites = {
+      dc1 = {
+        hosts = {
+          appliance = [{ name = "lab-dc1-appliance-01", address = "10.89.101.11", also = ["cache"] }]
+        }
+      }
+    }
+  }
+
+  expect_failures = [var.sites]
+}

@@ -177,3 +177,49 @@ run "rejects_unknown_architecture" {
   }
   expect_failures = [var.architecture]
 }
+
+run "combined_components" {
+  command = plan
+
+  variables {
+    components = {
+      lb         = { count = 0 }
+      appliance  = { count = 1, also = ["redis", "lb", "kafka", "lb"] }
+      redis      = { count = 0 }
+      kafka      = { count = 0 }
+      monitoring = { count = 0 }
+    }
+  }
+
+  assert {
+    condition     = length(docker_container.host) == 2
+    error_message = "One appliance container carrying lb, redis and kafka, and the database: two containers."
+  }
+
+  assert {
+    condition     = output.hosts.appliance[0].also == tolist(["kafka", "lb", "redis"])
+    error_message = "`also` is passed on sorted and without repeats."
+  }
+
+  assert {
+    condition     = length(output.hosts.database[0].also) == 0
+    error_message = "A component without `also` carries an empty list."
+  }
+
+  assert {
+    condition     = output.lb_vip_address == "10.89.101.5"
+    error_message = "A host that also carries lb still gets the site's VIP reserved."
+  }
+}
+
+run "also_must_name_other_components" {
+  command = plan
+
+  variables {
+    components = {
+      appliance = { count = 1, also = ["appliance"] }
+    }
+  }
+
+  expect_failures = [var.components]
+}
