@@ -127,6 +127,13 @@ class KafkaConfig:
     linger_ms: int = _f(2, "producer linger: batching versus latency")
     send_timeout: float = _f(10.0, "seconds to wait for the broker before a send fails")
     max_in_flight: int = _f(10000, "deliveries awaiting broker acks before sends are refused")
+    mirrored_from: str = _f("", "site aliases, comma-separated, whose deliveries MirrorMaker 2 "
+                                "copies here as <alias>.<deliveries_topic>; routers read them too")
+
+    def mirrored_topics(self) -> list[str]:
+        """The mirrored deliveries topics MirrorMaker 2 (DefaultReplicationPolicy) names."""
+        aliases = (a.strip() for a in self.mirrored_from.split(","))
+        return [f"{a}.{self.deliveries_topic}" for a in dict.fromkeys(aliases) if a]
 
 
 @dataclass
@@ -135,6 +142,13 @@ class PresenceConfig:
     redis_nodes: str = _f("127.0.0.1:7000", "Redis Cluster startup nodes, comma-separated")
     key_prefix: str = _f("tx", "prefix of every Redis key")
     node_ttl: float = _f(15.0, "seconds without a heartbeat after which a node counts as dead")
+    remote_redis_nodes: str = _f("", "other serving sites' Redis Clusters, ';' between sites, "
+                                     "',' between startup nodes: presence shown to users merges "
+                                     "them (routing stays local)")
+
+    def remote_sites(self) -> list[str]:
+        """One startup-node list per other site."""
+        return [site.strip() for site in self.remote_redis_nodes.split(";") if site.strip()]
 
 
 @dataclass
@@ -341,6 +355,19 @@ def _validate(obj: Any, path: str) -> None:
         raise ConfigError("server.tls.cert_file and server.tls.key_file: give both or neither")
     if isinstance(obj, TlsConfig) and obj.client_ca_file and not obj.cert_file:
         raise ConfigError("server.tls.client_ca_file: needs server.tls.cert_file and key_file")
+    if isinstance(obj, KafkaConfig):
+        for alias in obj.mirrored_from.split(","):
+            # A dot would make "<alias>.<topic>" ambiguous (MirrorMaker 2's separator).
+            if alias.strip() and not re.fullmatch(r"[A-Za-z0-9_-]+", alias.strip()):
+                raise ConfigError(f"kafka.mirrored_from: {alias.strip()!r} is not a site alias "
+                                  "(letters, digits, '_' and '-')")
+    if isinstance(obj, PresenceConfig):
+        for site in obj.remote_sites():
+            for addr in site.split(","):
+                _host, sep, port = addr.strip().rpartition(":")
+                if not sep or not port.isdigit() or not 0 < int(port) <= 65535:
+                    raise ConfigError(f"presence.remote_redis_nodes: expected HOST:PORT, got "
+                                      f"{addr.strip()!r}")
     if isinstance(obj, KeysConfig):
         try:
             shlex.split(obj.kms_command)

@@ -73,6 +73,9 @@ class Breaker:
         self.fell_back()
 
     def ok(self) -> None:
+        # Also ends a pause early: a background probe (remote presence,
+        # ``pause`` infinite) closes the breaker this way.
+        self._open_until = 0.0
         if self.down:
             self.down = False
             self.log.warning("%s: Redis answers again", self.what)

@@ -16,6 +16,18 @@ Two stages:
    to its local devices. Offsets are committed only after routing, so a
    node that dies mid-batch leaves the batch to the next owner of the
    partition (at-least-once; clients drop seqs they already hold).
+
+Across sites (``kafka.mirrored_from``): each site has its own Kafka cluster,
+and MirrorMaker 2 copies the other sites' deliveries topics into this one as
+``<alias>.<deliveries_topic>``. The routers read those beside their own topic
+and route them like local deliveries, to this site's nodes: presence, and so
+routing, is per site. MirrorMaker 2 creates a mirrored topic when it first
+copies it, which may be long after this node started; the routers subscribe
+by a pattern, so the group picks the topic up at the next metadata refresh
+(``MIRROR_DISCOVERY_MS``) without a restart. A pattern subscription asks the
+broker for every topic instead of naming them, so it never makes a broker
+with ``auto.create.topics.enable`` create a mirrored topic with its own
+defaults before MirrorMaker 2 creates it with the source's settings.
 """
 
 from __future__ import annotations
@@ -23,12 +35,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Awaitable, Callable
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 from tongxin.clock import now_ms
 from tongxin.config import KafkaConfig
@@ -45,6 +58,10 @@ LiveNodes = Callable[[], Awaitable[list[str]]]
 
 DAY_MS = 86_400_000
 
+#: How often routers look for mirrored topics MirrorMaker 2 has created since
+#: (one metadata request per node): the longest a new site's deliveries wait.
+MIRROR_DISCOVERY_MS = 10_000
+
 
 def to_record(d: Delivery, origin: str) -> bytes:
     rec = ipb.DeliveryRecord(
@@ -56,13 +73,18 @@ def to_record(d: Delivery, origin: str) -> bytes:
     return data
 
 
-def from_record(data: bytes) -> Delivery:
+def decode_record(data: bytes) -> tuple[Delivery, int]:
+    """The delivery and when its origin node published it (epoch ms)."""
     rec = ipb.DeliveryRecord.FromString(data)
     return Delivery(frame_type=rec.frame_type, payload=rec.payload,
                     conversation_id=rec.conversation_id, user_ids=tuple(rec.user_ids),
                     skip_user=rec.skip_user, skip_device=rec.skip_device,
                     members_changed=rec.members_changed, watchers_of=rec.watchers_of,
-                    routed=rec.routed)
+                    routed=rec.routed), rec.published_at_ms
+
+
+def from_record(data: bytes) -> Delivery:
+    return decode_record(data)[0]
 
 
 def node_topic(prefix: str, node_id: str) -> str:
@@ -83,6 +105,8 @@ class KafkaBus:
         self.nodes_of = nodes_of
         self.live_nodes = live_nodes
         self.topic = cfg.deliveries_topic
+        # Mirrored topic -> the site alias it comes from (metric label).
+        self.mirrored = {t: t[:-len(self.topic) - 1] for t in cfg.mirrored_topics()}
         self.my_topic = node_topic(cfg.topic_prefix, node_id)
         self._handler: Handler | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -94,6 +118,17 @@ class KafkaBus:
                          ["topic", "partition"], registry=registry)
         self.in_flight = Gauge("tongxin_kafka_in_flight", "Deliveries awaiting broker acks",
                                registry=registry)
+        # Publish (at the origin node, by its clock) to routing here; for a
+        # mirrored site this includes MirrorMaker 2's copy.
+        self.route_delay = Histogram(
+            "tongxin_kafka_route_delay_seconds", "Seconds from publish to routing, by the site "
+            "that published (local, or a mirrored site's alias)", ["site"], registry=registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
+
+    def router_pattern(self) -> str:
+        """The router's subscription: this site's deliveries topic and the mirrored ones."""
+        names = "|".join(re.escape(t) for t in [self.topic, *self.mirrored])
+        return f"^(?:{names})$"
 
     async def _ensure_topics(self) -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.cfg.bootstrap_servers)
@@ -120,12 +155,16 @@ class KafkaBus:
             linger_ms=self.cfg.linger_ms, request_timeout_ms=int(self.cfg.send_timeout * 1000),
             client_id=f"tongxin-{self.node_id}")
         await self._producer.start()
+        # "earliest": a mirrored topic first seen by the group holds what
+        # MirrorMaker 2 copied before the next metadata refresh noticed it.
+        discovery = {"metadata_max_age_ms": MIRROR_DISCOVERY_MS} if self.mirrored else {}
         self._router = AIOKafkaConsumer(
-            self.topic, bootstrap_servers=self.cfg.bootstrap_servers,
+            bootstrap_servers=self.cfg.bootstrap_servers,
             group_id=self.cfg.router_group, enable_auto_commit=False,
             auto_offset_reset="earliest", session_timeout_ms=6000, heartbeat_interval_ms=1000,
-            client_id=f"tongxin-router-{self.node_id}")
+            client_id=f"tongxin-router-{self.node_id}", **discovery)
         await self._router.start()
+        self._router.subscribe(pattern=self.router_pattern())
         # A node's own topic is read from its end: what was routed to an
         # earlier process of this node is for connections that no longer exist.
         self._inbox = AIOKafkaConsumer(bootstrap_servers=self.cfg.bootstrap_servers,
@@ -212,8 +251,7 @@ class KafkaBus:
         while True:
             try:
                 batch = await self._router.getmany(timeout_ms=500, max_records=500)
-                deliveries = [from_record(rec.value) for records in batch.values()
-                              for rec in records]
+                deliveries = self._decode_batch(batch)
                 if deliveries:
                     await self._route_batch(deliveries)
                     await self._router.commit()
@@ -228,6 +266,23 @@ class KafkaBus:
                         committed = await self._router.committed(tp)
                         if committed is not None:
                             self._router.seek(tp, committed)
+
+    def _decode_batch(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
+                      ) -> list[Delivery]:
+        now = now_ms()
+        out: list[Delivery] = []
+        for tp, records in batch.items():
+            if not records:
+                continue
+            # One label look-up per partition, not per record.
+            delay = self.route_delay.labels(self.mirrored.get(tp.topic, "local"))
+            for rec in records:
+                assert rec.value is not None
+                d, published = decode_record(rec.value)
+                out.append(d)
+                if published:
+                    delay.observe(max(0, now - published) / 1000)
+        return out
 
     async def _inbox_loop(self) -> None:
         assert self._inbox is not None and self._handler is not None

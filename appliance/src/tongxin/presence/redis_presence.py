@@ -30,6 +30,18 @@ from tongxin.presence.ports import PresenceEntry
 log = logging.getLogger("tongxin.presence")
 
 
+def dev_key(prefix: str, user_id: str) -> str:
+    return f"{prefix}:{{{user_id}}}:dev"
+
+
+def seen_key(prefix: str, user_id: str) -> str:
+    return f"{prefix}:{{{user_id}}}:seen"
+
+
+def nodes_key(prefix: str) -> str:
+    return f"{prefix}:nodes"
+
+
 def parse_nodes(spec: str) -> list[ClusterNode]:
     nodes = []
     for part in spec.split(","):
@@ -54,14 +66,14 @@ class RedisPresence:
         self._beat: asyncio.Task[None] | None = None
 
     def _dev(self, user_id: str) -> str:
-        return f"{self.prefix}:{{{user_id}}}:dev"
+        return dev_key(self.prefix, user_id)
 
     def _seen(self, user_id: str) -> str:
-        return f"{self.prefix}:{{{user_id}}}:seen"
+        return seen_key(self.prefix, user_id)
 
     @property
     def _nodes(self) -> str:
-        return f"{self.prefix}:nodes"
+        return nodes_key(self.prefix)
 
     async def start(self, node_id: str) -> None:
         self.node_id = node_id

@@ -99,12 +99,20 @@ def server_tls_context(cfg: Config) -> ssl.SSLContext | None:
     return ctx
 
 
-def make_presence(cfg: Config) -> PresenceRegistry:
-    if cfg.presence.backend == "redis":
+def make_presence(cfg: Config, metrics: Metrics | None = None) -> PresenceRegistry:
+    p = cfg.presence
+    if p.backend == "redis":
         from tongxin.presence.redis_presence import RedisPresence
 
-        return RedisPresence(cfg.presence.redis_nodes, cfg.presence.key_prefix,
-                             cfg.presence.node_ttl)
+        local = RedisPresence(p.redis_nodes, p.key_prefix, p.node_ttl)
+        if not p.remote_sites():
+            return local
+        from tongxin.presence.multisite import RemotePresence, SitesPresence
+
+        on_fallback = metrics.redis_fallbacks.labels("remote_presence").inc if metrics else None
+        return SitesPresence(local, [RemotePresence(site, p.key_prefix, p.node_ttl,
+                                                    on_fallback=on_fallback)
+                                     for site in p.remote_sites()])
     return MemoryPresence()
 
 
@@ -148,7 +156,7 @@ class Node:
         self.node_id = cfg.node_id or f"{socket.gethostname()}:{cfg.listen_address()[1]}"
         self.metrics = Metrics()
         self.store = store or make_store(cfg)
-        self.presence = presence or make_presence(cfg)
+        self.presence = presence or make_presence(cfg, self.metrics)
         self.encoder = Encoder(self.limits)
         self.members = MemberCache(self.store)
         self.bus = bus or self._make_bus()
