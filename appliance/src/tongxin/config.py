@@ -63,7 +63,9 @@ class StorageConfig:
     sqlite_synchronous: str = _f("full", "SQLite synchronous mode: full (fsync per batch) or normal")
     batch_max: int = _f(256, "SQLite writes committed together in one transaction (group commit)")
     mysql_dsn: str = _f("mysql://tongxin@127.0.0.1:4000/tongxin",
-                        "mysql backend: mysql://USER[:PASSWORD]@HOST:PORT/DATABASE; without a "
+                        "mysql backend: mysql://USER[:PASSWORD]@HOST:PORT[,HOST:PORT...]/DATABASE; "
+                        "several endpoints in order of preference (the first that answers is "
+                        "used, the next after a failure, the first again later); without a "
                         "password in it, $TONGXIN_MYSQL_PASSWORD is used")
     mysql_pool_size: int = _f(32, "mysql backend: connections kept at most (transactions in flight)")
     mysql_timeout: float = _f(10.0, "mysql backend: seconds a connect, statement or lock wait may "
@@ -234,6 +236,17 @@ class KeysConfig:
 
 
 @dataclass
+class SiteConfig:
+    name: str = _f("", "this node's site (dc1, dc2, dr), shown in /readyz and the heartbeat; "
+                   "empty: a single-site install")
+    role: str = _f("active", "active: serves users; standby: a warm standby (the DR site until "
+                   "promotion) that refuses users, writes nothing and reports replication lag; "
+                   "promote by setting active and restarting")
+    heartbeat_interval: float = _f(1.0, "seconds between an active node's heartbeat writes "
+                                   "(mysql backend) and a standby's reads of them")
+
+
+@dataclass
 class Config:
     data_dir: str = _f("", "state directory; empty means $TONGXIN_HOME, else ./var")
     node_id: str = _f("", "name of this node in logs and routing; empty means hostname:port")
@@ -250,6 +263,7 @@ class Config:
     crypto: CryptoConfig = field(default_factory=CryptoConfig)
     e2ee: E2eeConfig = field(default_factory=E2eeConfig)
     keys: KeysConfig = field(default_factory=KeysConfig)
+    site: SiteConfig = field(default_factory=SiteConfig)
 
     @property
     def home(self) -> Path:
@@ -290,6 +304,7 @@ _CHOICES = {
     "compliance.sms_provider": ("none", "command", "webhook"),
     "compliance.audit_archive_backend": ("local", "s3"),
     "crypto.suite": ("gm", "international"),
+    "site.role": ("active", "standby"),
 }
 
 
@@ -390,6 +405,8 @@ def _validate(obj: Any, path: str) -> None:
             raise ConfigError("storage.mysql_pool_size: must be at least 1")
         if obj.mysql_timeout <= 0:
             raise ConfigError("storage.mysql_timeout: must be positive")
+    if isinstance(obj, SiteConfig) and obj.heartbeat_interval <= 0:
+        raise ConfigError("site.heartbeat_interval: must be positive")
     if isinstance(obj, AccountsConfig) and obj.scrypt_n & (obj.scrypt_n - 1):
         raise ConfigError("accounts.scrypt_n: must be a power of two")
     if isinstance(obj, AccountsConfig) and not 1 <= obj.password_min_classes <= 4:

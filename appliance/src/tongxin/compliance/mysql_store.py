@@ -135,13 +135,12 @@ class MysqlComplianceStore:
         then start the same job, which archive and retention runs tolerate
         (both continue from their recorded progress).
         """
-        pool = self._db._pool
-        if pool is None:
-            raise Unavailable("compliance store is not open")
+        pool = await self._db._current_pool()  # the endpoint in use (store/endpoints.py)
         lock = _LOCK_PREFIX + name
         try:
             conn = await pool.acquire()
         except _DB_ERRORS as exc:
+            self._db._failed(pool, exc)
             raise Unavailable(f"database error: {exc!r}") from exc
         got = broken = False
         try:
@@ -153,6 +152,7 @@ class MysqlComplianceStore:
             except _DB_ERRORS as exc:
                 broken = True
                 conn.close()
+                self._db._failed(pool, exc)
                 raise Unavailable(f"database error: {exc!r}") from exc
             yield got
         finally:

@@ -19,6 +19,9 @@ subset TiDB runs: no RETURNING, no stored procedures, no triggers.
   COMMIT whose answer is lost may still have committed; the client's re-send
   with the same ``client_msg_id`` then finds it, so nothing is stored twice.
   Deadlocks and TiDB write conflicts are retried.
+* **Endpoints.** ``storage.mysql_dsn`` may list several endpoints of the
+  database in order of preference; the pool uses the first that answers and
+  moves on when it fails (:mod:`tongxin.store.endpoints`).
 * **Group commit.** There is no batching thread: the pool runs up to
   ``storage.mysql_pool_size`` transactions at once and the server groups their
   log flushes (InnoDB's group commit, TiDB's batched Raft writes).
@@ -45,7 +48,8 @@ from tongxin.atrest.keyring import DataKeyRow, Keyring
 from tongxin.atrest.records import open_entries, open_entry, open_keyring, seal_content
 from tongxin.config import Config
 from tongxin.store import migrations
-from tongxin.store.dsn import MysqlDsn, parse_dsn
+from tongxin.store.dsn import Endpoint, MysqlDsn, parse_dsn
+from tongxin.store.endpoints import FAILBACK_AFTER, EndpointPool
 from tongxin.store.ports import (
     Conflict,
     ConversationRow,
@@ -66,6 +70,7 @@ T = TypeVar("T")
 
 ER_DUP_ENTRY = 1062
 ER_DUP_KEYNAME = 1061  # CREATE INDEX of an index that exists
+ER_NO_SUCH_TABLE = 1146
 # Retried: the server rolled the whole transaction back and says so.
 _RETRY_CODES = {
     1213,  # ER_LOCK_DEADLOCK
@@ -153,13 +158,16 @@ _DB_ERRORS = (myerrors.MySQLError, OSError, EOFError, RuntimeError)
 
 
 class MysqlStore:
-    def __init__(self, dsn: MysqlDsn, pool_size: int = 32, timeout: float = 10.0) -> None:
+    def __init__(self, dsn: MysqlDsn, pool_size: int = 32, timeout: float = 10.0,
+                 failback_after: float = FAILBACK_AFTER) -> None:
         self.dsn = dsn
         self.pool_size = max(1, pool_size)
         self.timeout = timeout
+        self.failback_after = failback_after
         self.flavor = "mysql"  # "tidb" once the server says so
         self.server_version = ""
-        self._pool: Pool | None = None
+        # Made by connect(): which endpoint of the DSN the pool is on, and moving it.
+        self.endpoints: EndpointPool | None = None
         self._prepared: weakref.WeakSet[Connection] = weakref.WeakSet()
         # Set by tongxin.atrest.records.open_keyring: content sealed on write, opened on read.
         self.keyring: Keyring | None = None
@@ -174,15 +182,15 @@ class MysqlStore:
         parsed = parse_dsn(dsn)
         if not parsed.password:
             pw = password if password is not None else os.environ.get("TONGXIN_MYSQL_PASSWORD", "")
-            parsed = MysqlDsn(parsed.host, parsed.port, parsed.user, pw, parsed.database)
+            parsed = parsed.with_password(pw)
         return cls(parsed, pool_size, timeout)
 
     # ---- lifecycle -----------------------------------------------------------
 
-    def _connect_kwargs(self) -> dict[str, Any]:
+    def _connect_kwargs(self, endpoint: Endpoint) -> dict[str, Any]:
         return {
-            "host": self.dsn.host,
-            "port": self.dsn.port,
+            "host": endpoint.host,
+            "port": endpoint.port,
             "user": self.dsn.user,
             "password": self.dsn.password,
             "database": self.dsn.database,
@@ -206,18 +214,23 @@ class MysqlStore:
             "ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION'",
         ]
 
+    async def connect(self) -> None:
+        """Reach the database (its first endpoint that answers) and change nothing.
+
+        ``open()`` goes on to migrate and load the keyring; a standby node stops
+        here, since its database is a read-only replica. If no endpoint answers
+        this raises Unavailable, and later operations keep trying.
+        """
+        if self.endpoints is None:
+            self.endpoints = EndpointPool(self.dsn.endpoints, self._connect_kwargs,
+                                          self.pool_size, self.timeout, self.failback_after)
+        await self.endpoints.get()
+
     async def open(self) -> None:
-        if self._pool is not None:
+        if self.endpoints is not None:
             return
         try:
-            pool = await asyncio.wait_for(
-                asyncmy.create_pool(minsize=1, maxsize=self.pool_size, pool_recycle=3600,
-                                    **self._connect_kwargs()),
-                self.timeout + 1)
-        except _DB_ERRORS as exc:
-            raise Unavailable(f"cannot connect to {self.dsn.host}:{self.dsn.port}: {exc}") from exc
-        self._pool = pool
-        try:
+            await self.connect()
             await self.migrate()
             if self.atrest_config is not None and self.keyring is None:
                 await open_keyring(self.atrest_config, self)
@@ -226,14 +239,20 @@ class MysqlStore:
             raise
 
     async def close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        pool.close()
-        try:
-            await asyncio.wait_for(pool.wait_closed(), self.timeout)
-        except (TimeoutError, *_DB_ERRORS):
-            pool.terminate()
+        endpoints, self.endpoints = self.endpoints, None
+        if endpoints is not None:
+            await endpoints.close()
+
+    async def _current_pool(self) -> Pool:
+        """The pool of the endpoint in use (connecting if the last one failed)."""
+        if self.endpoints is None:
+            raise Unavailable("mysql store is not open")
+        return await self.endpoints.get()
+
+    def _failed(self, pool: Pool | None, exc: BaseException) -> None:
+        """An operation on ``pool`` failed: leave the endpoint if it is gone."""
+        if self.endpoints is not None:
+            self.endpoints.failed(pool, exc)
 
     async def ping(self) -> bool:
         try:
@@ -256,11 +275,7 @@ class MysqlStore:
         on a large table may take minutes), under a named lock so that nodes
         starting together take turns.
         """
-        kwargs = {**self._connect_kwargs(), "read_timeout": None}
-        try:
-            conn = await asyncio.wait_for(asyncmy.connect(**kwargs), self.timeout + 1)
-        except _DB_ERRORS as exc:
-            raise Unavailable(f"cannot connect to {self.dsn.host}:{self.dsn.port}: {exc}") from exc
+        conn = await self._migration_connection()
         try:
             async with conn.cursor() as cur:
                 await cur.execute("SELECT VERSION()")
@@ -282,6 +297,18 @@ class MysqlStore:
             log.info("applied schema migrations %s on %s (%s)", applied, self.server_version,
                      self.flavor)
         return applied
+
+    async def _migration_connection(self) -> Connection:
+        """A connection of its own to the endpoint in use, else the first that accepts one."""
+        current = self.endpoints.current if self.endpoints is not None else None
+        reasons: list[str] = []
+        for endpoint in [current] if current is not None else self.dsn.endpoints:
+            kwargs = {**self._connect_kwargs(endpoint), "read_timeout": None}
+            try:
+                return await asyncio.wait_for(asyncmy.connect(**kwargs), self.timeout + 1)
+            except _DB_ERRORS as exc:
+                reasons.append(f"{endpoint}: {exc}")
+        raise Unavailable(f"cannot connect to {'; '.join(reasons)}")
 
     @staticmethod
     async def _named_lock(cur: Cursor) -> bool:
@@ -352,14 +379,13 @@ class MysqlStore:
         itself drops idle connections whose socket the server closed). Errors
         the server rolled back (deadlock, TiDB write conflict) are retried.
         """
-        pool = self._pool
-        if pool is None:
-            raise Unavailable("mysql store is not open")
         attempt = 0
         while True:
             attempt += 1
+            pool: Pool | None = None
             conn: Connection | None = None
             try:
+                pool = await self._current_pool()
                 # A little longer than connect_timeout, so a refused or slow
                 # connect surfaces as the driver's error, not as a cancellation.
                 conn = await asyncio.wait_for(pool.acquire(), self.timeout + 1)
@@ -372,23 +398,24 @@ class MysqlStore:
                 pool.release(conn)
                 return result
             except StoreError:
-                if conn is not None:
+                if pool is not None and conn is not None:
                     await self._rollback_quietly(conn)
                     pool.release(conn)
                 raise
             except _DB_ERRORS as exc:
-                if conn is not None:
+                if pool is not None and conn is not None:
                     if isinstance(exc, myerrors.MySQLError) and _code(exc) in _RETRY_CODES:
                         await self._rollback_quietly(conn)
                     else:
                         conn.close()
                     pool.release(conn)
+                self._failed(pool, exc)
                 if retry and attempt < _ATTEMPTS and _code(exc) in _RETRY_CODES:
                     continue
                 raise Unavailable(f"database error: {exc!r}") from exc
             except BaseException:
                 # Cancelled mid-statement: the stream is out of sync, drop it.
-                if conn is not None:
+                if pool is not None and conn is not None:
                     conn.close()
                     pool.release(conn)
                 raise
@@ -891,3 +918,27 @@ class MysqlStore:
         return await self._exec(
             "UPDATE data_keys SET kek_id = %s, wrapped = %s WHERE id = %s AND kek_id = %s",
             (new_kek_id, wrapped, key_id, old_kek_id)) == 1
+
+    # ---- site heartbeat (tongxin.site.heartbeat.HeartbeatStore) --------------
+
+    async def write_heartbeat(self, node_id: str, site: str, beat_ms: int) -> None:
+        """This node's row only: nodes never write each other's, so never conflict."""
+        await self._exec(
+            "INSERT INTO site_heartbeat (node_id, site, beat_ms) VALUES (%s,%s,%s) "
+            "ON DUPLICATE KEY UPDATE site = VALUES(site), beat_ms = VALUES(beat_ms)",
+            (node_id, site, beat_ms))
+
+    async def newest_heartbeat(self) -> tuple[str, str, int] | None:
+        """(node_id, site, beat_ms) of the newest beat; None without rows or without the table
+        (a replica that has not received migration 5 yet)."""
+        async def job(cur: Cursor) -> tuple[str, str, int] | None:
+            try:
+                row = await self._one(cur, "SELECT node_id, site, beat_ms FROM site_heartbeat "
+                                      "ORDER BY beat_ms DESC LIMIT 1", ())
+            except myerrors.ProgrammingError as exc:
+                if _code(exc) == ER_NO_SUCH_TABLE:
+                    return None
+                raise
+            return (_s(row[0]), _s(row[1]), int(row[2])) if row else None
+
+        return await self._read(job)

@@ -1,0 +1,107 @@
+"""The heartbeat writer (active nodes) and the lag reader (standby nodes)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from typing import Protocol, runtime_checkable
+
+from prometheus_client import CollectorRegistry, Gauge
+
+from tongxin.store.ports import StoreError
+
+log = logging.getLogger("tongxin.site")
+
+
+@runtime_checkable
+class HeartbeatStore(Protocol):
+    """What the heartbeat needs of a store (the MySQL store implements it)."""
+
+    async def write_heartbeat(self, node_id: str, site: str, beat_ms: int) -> None: ...
+
+    async def newest_heartbeat(self) -> tuple[str, str, int] | None: ...
+
+
+class HeartbeatWriter:
+    """Rewrites this node's heartbeat row every ``interval`` seconds (active nodes)."""
+
+    def __init__(self, store: HeartbeatStore, node_id: str, site: str, interval: float,
+                 registry: CollectorRegistry) -> None:
+        self.store, self.node_id, self.site, self.interval = store, node_id, site, interval
+        self.written_at = math.nan  # wall-clock seconds of the last committed beat
+        Gauge("tongxin_replication_heartbeat_written_timestamp_seconds",
+              "When this node last committed its replication heartbeat row (Unix time)",
+              registry=registry).set_function(lambda: self.written_at)
+
+    async def beat(self) -> None:
+        now = time.time()
+        await self.store.write_heartbeat(self.node_id, self.site, int(now * 1000))
+        self.written_at = now
+
+    async def run(self) -> None:
+        failing = False
+        while True:
+            try:
+                await self.beat()
+                if failing:
+                    log.info("replication heartbeat written again")
+                failing = False
+            except StoreError as exc:
+                # The database being down is reported by /readyz and by the standby's
+                # growing lag; one line per outage here, not one per interval.
+                if not failing:
+                    log.warning("replication heartbeat not written: %s", exc)
+                failing = True
+            await asyncio.sleep(self.interval)
+
+
+class LagReader:
+    """Reads the newest beat every ``interval`` seconds and exports the lag (standby nodes).
+
+    The lag is computed when asked (``now - newest beat seen``), so while the
+    replica stops receiving, or stops answering, it keeps growing: the data
+    here is at least that old.
+    """
+
+    def __init__(self, store: HeartbeatStore, interval: float,
+                 registry: CollectorRegistry) -> None:
+        self.store, self.interval = store, interval
+        self.last_beat: float | None = None  # Unix seconds of the newest beat seen
+        self.last_site = ""
+        self.error = ""  # why the last read failed, "" after a good one
+        Gauge("tongxin_replication_lag_seconds",
+              "Now minus the newest replication heartbeat this node's database holds "
+              "(NaN before any beat was read)",
+              registry=registry).set_function(lambda: _nan(self.lag()))
+        Gauge("tongxin_replication_last_beat_timestamp_seconds",
+              "The newest replication heartbeat this node's database holds (Unix time)",
+              registry=registry).set_function(lambda: _nan(self.last_beat))
+
+    def lag(self) -> float | None:
+        return None if self.last_beat is None else max(0.0, time.time() - self.last_beat)
+
+    async def read(self) -> None:
+        newest = await self.store.newest_heartbeat()
+        self.error = ""
+        if newest is None:
+            return  # no table or no rows yet: the lag stays unknown (or keeps growing)
+        _node, site, beat_ms = newest
+        beat = beat_ms / 1000
+        if self.last_beat is None or beat >= self.last_beat:
+            self.last_beat, self.last_site = beat, site
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.read()
+            except StoreError as exc:
+                if not self.error:
+                    log.warning("replication heartbeat not read: %s", exc)
+                self.error = str(exc) or type(exc).__name__
+            await asyncio.sleep(self.interval)
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else value
