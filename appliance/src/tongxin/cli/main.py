@@ -55,13 +55,16 @@ async def _serve(cfg: Config, worker: int | None = None) -> int:
 
     from tongxin.logs import setup_logging
     from tongxin.server.node import Node, server_tls_context
+    from tongxin.server.standby import StandbyNode
 
     setup_logging(cfg.logging.level, cfg.logging.json)
     if worker is not None:
         base = cfg.node_id or f"{socket.gethostname()}:{cfg.listen_address()[1]}"
         cfg.node_id = f"{base}/w{worker}"
     tls = server_tls_context(cfg)  # before anything starts: a bad file is a config error
-    node = Node(cfg)
+    # A standby is its own small wiring that never writes (server/standby.py); promotion
+    # is site.role: active and a restart.
+    node: Node | StandbyNode = StandbyNode(cfg) if cfg.site.role == "standby" else Node(cfg)
     runner = web.AppRunner(node.app(), access_log=None, handle_signals=False)
     await runner.setup()
     host, port = cfg.listen_address()
@@ -79,6 +82,9 @@ async def _serve(cfg: Config, worker: int | None = None) -> int:
     backends = ("embedded defaults" if embedded else
                 f"storage {cfg.storage.backend}, delivery {cfg.delivery.backend}, "
                 f"presence {cfg.presence.backend}")
+    if isinstance(node, StandbyNode):
+        backends = (f"standby of site {cfg.site.name or '(unnamed)'}: refusing users until "
+                    "promoted")
     print(f"Tongxin {node.node_id} is running on {backends} "
           f"(data in {cfg.home.resolve()}).", flush=True)
     secure = "s" if tls is not None else ""
@@ -144,6 +150,8 @@ def cmd_user(args: argparse.Namespace) -> int:
     from tongxin.errors import RequestError
 
     cfg = _config(args)
+    if args.action != "list":
+        _refuse_on_standby(cfg, f"tongxin user {args.action}")
 
     async def run(acc: Any) -> int:
         store = acc.store
@@ -209,10 +217,19 @@ def cmd_user(args: argparse.Namespace) -> int:
     return _run(_with_accounts(cfg, audited))
 
 
+def _refuse_on_standby(cfg: Config, what: str) -> None:
+    """A standby's database is a read-only replica: commands that write belong on the active
+    site (promote first to run them here)."""
+    if cfg.site.role == "standby":
+        raise ConfigError(f"site.role is standby: {what} writes to the database, which on a "
+                          "standby site is a read-only replica; run it on an active site's node")
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from tongxin.server.node import make_store
 
     cfg = _config(args)
+    _refuse_on_standby(cfg, "tongxin migrate")
 
     async def run() -> int:
         store = make_store(cfg)
@@ -232,6 +249,43 @@ def cmd_config(args: argparse.Namespace) -> int:
     for key, default, doc in documented_keys():
         print(f"{key}: {default!r}  # {doc}")
     return 0
+
+
+def cmd_site(args: argparse.Namespace) -> int:
+    """``tongxin site status``: this node's site and role, the database endpoint that
+    answers and the replication lag, as JSON. Reads only (safe on a standby)."""
+    import json
+
+    cfg = _config(args)
+
+    async def run() -> int:
+        out: dict[str, Any] = {"site": cfg.site.name, "role": cfg.site.role,
+                               "storage": cfg.storage.backend, "db_endpoint": None,
+                               "db_endpoint_index": None, "newest_heartbeat": None,
+                               "replication_lag_seconds": None}
+        if cfg.storage.backend == "mysql":
+            import time
+
+            from tongxin.store.mysql_store import MysqlStore
+
+            store = MysqlStore.from_dsn(cfg.storage.mysql_dsn, 1, cfg.storage.mysql_timeout)
+            try:
+                await store.connect()  # no migrations: this may be a read-only replica
+                assert store.endpoints is not None
+                current = store.endpoints.current
+                out["db_endpoint"] = str(current) if current else None
+                out["db_endpoint_index"] = store.endpoints.index
+                newest = await store.newest_heartbeat()
+            finally:
+                await store.close()
+            if newest is not None:
+                node, site, beat_ms = newest
+                out["newest_heartbeat"] = {"node": node, "site": site, "beat_ms": beat_ms}
+                out["replication_lag_seconds"] = round(max(0.0, time.time() - beat_ms / 1000), 3)
+        print(json.dumps(out, ensure_ascii=False, indent=2))
+        return 0
+
+    return _run(run())
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -276,6 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
     common(c)
     c.add_argument("action", choices=["defaults", "check"])
     c.set_defaults(func=cmd_config)
+
+    st = sub.add_parser("site", help="multi-site: this node's site, role, database endpoint "
+                        "and replication lag")
+    common(st)
+    st.add_argument("action", choices=["status"])
+    st.set_defaults(func=cmd_site)
 
     ch = sub.add_parser("chat", help="chat in the terminal")
     ch.add_argument("--url", default="ws://127.0.0.1:8080/ws",
@@ -336,7 +396,7 @@ def _unreachable(args: argparse.Namespace, exc: BaseException) -> str:
 
         try:
             dsn = parse_dsn(cfg.storage.mysql_dsn)
-            where = f"the database (storage.backend mysql at {dsn.host}:{dsn.port})"
+            where = f"the database (storage.backend mysql at {dsn.address})"
         except ValueError:
             where = "the database (storage.backend mysql)"
     else:

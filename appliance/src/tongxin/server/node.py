@@ -40,6 +40,8 @@ from tongxin.server.connection import Connection
 from tongxin.server.http_util import json_body
 from tongxin.server.hub import Hub
 from tongxin.server.ratelimit import RateLimit, RateLimiter
+from tongxin.site.heartbeat import HeartbeatStore, HeartbeatWriter
+from tongxin.site.metrics import register_endpoint_metrics
 from tongxin.store.ports import ChatStore, Unavailable
 from tongxin.store.sqlite_store import SqliteStore
 from tongxin.wire import closecodes
@@ -170,6 +172,11 @@ class Node:
         self.keydir = make_key_directory(cfg, self.store)
         self.accounts: Accounts  # set in start(): the token key lives in the data dir
         self.keyring: Keyring | None = None  # set in start(): at-rest encryption keys
+        register_endpoint_metrics(self.metrics.registry, self.store)
+        # The replication heartbeat a standby site measures its lag by (tongxin.site).
+        self.heartbeat = (HeartbeatWriter(self.store, self.node_id, cfg.site.name,
+                                          cfg.site.heartbeat_interval, self.metrics.registry)
+                          if isinstance(self.store, HeartbeatStore) else None)
         self.ready = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
@@ -200,6 +207,8 @@ class Node:
         await self.files.open()
         await self.keydir.open()
         self.spawn(self.files.run_sweeper())  # expired uploads, in batches
+        if self.heartbeat is not None:
+            self.spawn(self.heartbeat.run())
         await self.presence.start(self.node_id)
         await self.bus.start(self.hub.dispatch)
         self._sweeper = asyncio.create_task(self._sweep())
@@ -323,7 +332,8 @@ class Node:
 
     async def readyz(self, request: web.Request) -> web.Response:
         store_ok = self.ready and await self.store.ping()
-        body = {"ready": bool(store_ok), "store": store_ok, "node": self.node_id}
+        body = {"ready": bool(store_ok), "store": store_ok, "node": self.node_id,
+                "role": "active", "site": self.cfg.site.name}
         return web.json_response(body, status=200 if store_ok else 503)
 
     async def info(self, request: web.Request) -> web.Response:
