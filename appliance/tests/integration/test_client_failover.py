@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -304,3 +305,67 @@ async def test_a_refused_resume_ends_reconnecting(entries: list[NodeProcess]) ->
     with pytest.raises(ConnectionClosed, match="reconnect failed"):
         await c.ping()
     await c.close()
+
+
+async def _read_until(proc: asyncio.subprocess.Process, needle: str,
+                      wait: float = 30.0) -> list[str]:
+    lines: list[str] = []
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(wait):
+            while True:
+                raw = await proc.stdout.readline()
+                if not raw:
+                    raise AssertionError(f"chat ended before {needle!r}: {lines}")
+                lines.append(raw.decode())
+                if needle in lines[-1]:
+                    return lines
+    except TimeoutError:
+        raise AssertionError(f"no {needle!r} within {wait}s: {lines}") from None
+
+
+async def test_terminal_chat_moves_to_the_next_entry_and_says_so(
+        entries: list[NodeProcess]) -> None:
+    dc1, dc2 = entries
+    await register(dc2.ws_url, "gina")
+    await register(dc2.ws_url, "hugo")
+    hugo = Client(dc2.ws_url, device_id="hugo-pc")
+    await hugo.connect()
+    await hugo.login("hugo", PASSWORD)
+    conv = (await hugo.direct("gina")).conversation_id
+    # The list form and the repeated option together: a refused entry is skipped.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tongxin.cli.main", "chat", "--url",
+        f"{closed_port_url()},{dc1.ws_url}", "--url", dc2.ws_url, "--user", "gina",
+        "--password-stdin", "--to", "hugo", "--device", "cli-gina",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(f"{PASSWORD}\n".encode())
+        await proc.stdin.drain()
+        first = await _read_until(proc, "-- now chatting with hugo")
+        assert any(f"logged in as gina via {dc1.ws_url}" in line for line in first)
+        await hugo.send_text(conv, "before the outage")
+        await _read_until(proc, "hugo: before the outage")
+
+        dc1.kill9()
+        await hugo.send_text(conv, "while you were away")
+        moved = await _read_until(proc, "已切换到备用入口")
+        assert any("连接已断开" in line for line in moved)
+        assert dc2.ws_url in moved[-1]
+        await _read_until(proc, "hugo: while you were away")
+
+        proc.stdin.write(b"back on dc2\n")
+        await proc.stdin.drain()
+        await _read_until(proc, "sent #")
+        ev = await hugo.next_event(pb.DELIVER, wait=20)
+        assert ev.message.content.text == "back on dc2"
+        proc.stdin.write(b"/quit\n")
+        await proc.stdin.drain()
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await hugo.close()

@@ -11,7 +11,21 @@ import contextlib
 import socket
 import sys
 
-from tongxin.client import Client, ConnectionClosed, Event, TongxinError
+import aiohttp
+
+from tongxin.client import (
+    CONNECTION_LOST,
+    RECONNECT_FAILED,
+    RECONNECTED,
+    Backoff,
+    Client,
+    ConnectionClosed,
+    ConnectionEvent,
+    Event,
+    NoEndpointAvailable,
+    TongxinError,
+)
+from tongxin.client.endpoints import describe
 from tongxin.proto import tongxin_pb2 as pb
 
 HELP = """commands:
@@ -26,6 +40,17 @@ HELP = """commands:
   /who USER...          show whether users are online
   /quit                 leave
 anything else is sent as a message to the open conversation"""
+
+
+def connection_line(ev: ConnectionEvent) -> str:
+    """The system line for a change of connection (the entry names the site)."""
+    if ev.kind == CONNECTION_LOST:
+        return f"-- 连接已断开，正在重连 (connection to {ev.endpoint} lost; reconnecting)"
+    if ev.kind == RECONNECTED and ev.moved:
+        return f"-- 已切换到备用入口 {ev.endpoint} (moved to another entry; nothing missed)"
+    if ev.kind == RECONNECTED:
+        return f"-- 已重新连接 {ev.endpoint} (reconnected; nothing missed)"
+    return f"-- 无法重新连接，请稍后再试 (gave up reconnecting: {ev.error})"
 
 
 class ChatUI:
@@ -107,6 +132,9 @@ class ChatUI:
                 self.out(f"  ({await self.name(e.user_id)} is {state})")
         elif ev.type == pb.ERROR:
             self.out(f"! {pb.ErrorCode.Name(ev.message.code)}: {ev.message.message}")
+        elif ev.type in (CONNECTION_LOST, RECONNECTED, RECONNECT_FAILED):
+            self.out(connection_line(ev.message))
+
 
     async def open(self, conv: pb.Conversation) -> None:
         self.current = conv.conversation_id
@@ -192,10 +220,16 @@ async def _stdin_lines() -> asyncio.StreamReader:
     return reader
 
 
-async def run_chat(url: str, user: str, password: str, *, register: bool = False,
+async def run_chat(urls: str | list[str], user: str, password: str, *, register: bool = False,
                    device_id: str = "", open_with: str = "", ca_file: str = "") -> int:
+    """``urls``: the installation's entries in order of preference; the first that
+    answers is used, and a dropped connection moves on to the next (even with one
+    entry: a node restarting behind the load balancer)."""
     device = device_id or f"cli-{socket.gethostname()}"[:64]
-    client = Client(url, device_id=device, client_name="tongxin-cli", ca_file=ca_file)
+    # A person at a terminal would rather wait than be thrown out: no deadline.
+    client = Client(urls, device_id=device, client_name="tongxin-cli", ca_file=ca_file,
+                    reconnect=Backoff(deadline=0))
+    url = ", ".join(client.endpoints)
     try:
         await client.connect()
         auth = await (client.register(user, password) if register
@@ -204,30 +238,43 @@ async def run_chat(url: str, user: str, password: str, *, register: bool = False
         print(f"tongxin: {err.message}", file=sys.stderr)
         await client.close()
         return 1
-    except OSError as exc:
-        print(f"tongxin: cannot connect to {url}: {exc}", file=sys.stderr)
+    except (OSError, aiohttp.ClientError) as exc:
+        detail = str(exc) if isinstance(exc, NoEndpointAvailable) else f"{url}: {describe(exc)}"
+        print(f"tongxin: cannot connect: {detail}", file=sys.stderr)
         await client.close()
         return 1
     ui = ChatUI(client)
     ui.names[auth.user_id] = auth.username
-    ui.out(f"logged in as {auth.username}; /help for commands")
+    moved = f" via {client.endpoint}" if client.endpoint != client.endpoints[0] else ""
+    ui.out(f"logged in as {auth.username}{moved}; /help for commands")
 
     async def pump() -> None:
         while True:
-            await ui.on_event(await client.events.get())
+            ev = await client.events.get()
+            await ui.on_event(ev)
+            if ev.type == RECONNECT_FAILED:
+                return  # the session is over (token expired or revoked): leave
 
     events = asyncio.create_task(pump())
+    code = 0
     try:
         if open_with:
             await ui.line(f"/dm {open_with}")
         reader = await _stdin_lines()
         while True:
-            raw = await reader.readline()
+            read = asyncio.ensure_future(reader.readline())
+            await asyncio.wait({read, events}, return_when=asyncio.FIRST_COMPLETED)
+            if not read.done():
+                read.cancel()
+                code = 1
+                break
+            raw = read.result()
             if not raw or not await ui.line(raw.decode(errors="replace")):
                 break
     except ConnectionClosed as exc:
         print(f"tongxin: {exc}", file=sys.stderr)
+        code = 1
     finally:
         events.cancel()
         await client.close()
-    return 0
+    return code

@@ -463,7 +463,7 @@ class Client:
                     error = f"{self.endpoints[index]}: {describe(exc)}"
                     continue
                 try:
-                    await self._resume_session()
+                    await self._resume_session(lost, attempts)
                 except TongxinError as err:
                     if err.code in _SESSION_OVER:
                         error = str(err)
@@ -475,9 +475,7 @@ class Client:
                     error = f"{self.url}: {describe(exc)}"
                     await self._drop()
                     continue
-                self.reconnects += 1
                 self._settled.set()
-                await self._announce(ConnectionEvent(RECONNECTED, self.url, lost, attempts))
                 if not self._alive and not self._closing:
                     # Lost again while announcing: start over from here.
                     self._settled.clear()
@@ -508,13 +506,16 @@ class Client:
             raise TongxinError(pb.Error.FromString(payload))
         return self._track(expect.FromString(payload))
 
-    async def _resume_session(self) -> None:
+    async def _resume_session(self, lost: str, attempts: int) -> None:
         """On a new connection: the token instead of the password, the presence watch
-        again, then every known conversation synced from the last seq held."""
+        again, then every known conversation synced from the last seq held. RECONNECTED
+        is announced once the session is back, ahead of the entries the sync finds."""
         assert self.auth is not None
         self._adopt(await self._call(pb.AUTH, pb.AuthRequest(
             token=self.auth.token, device_id=self.device_id, client_name=self.client_name),
             pb.AuthResponse))
+        self.reconnects += 1
+        await self._announce(ConnectionEvent(RECONNECTED, self.url, lost, attempts))
         if self._presence_watch is not None:
             update = await self._call(pb.PRESENCE_SUB, pb.PresenceSubscribe(
                 user_ids=self._presence_watch), pb.PresenceUpdate)
