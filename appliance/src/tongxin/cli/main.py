@@ -288,11 +288,15 @@ def cmd_site(args: argparse.Namespace) -> int:
     return _run(run())
 
 
+DEFAULT_CHAT_URL = "ws://127.0.0.1:8080/ws"
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     from tongxin.cli.chat import run_chat
 
     password = _password(args)
-    return _run(run_chat(args.url, args.user, password, register=args.register,
+    return _run(run_chat(args.url or [DEFAULT_CHAT_URL], args.user, password,
+                         register=args.register,
                          device_id=args.device, open_with=args.to, ca_file=args.ca_file))
 
 
@@ -338,8 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(func=cmd_site)
 
     ch = sub.add_parser("chat", help="chat in the terminal")
-    ch.add_argument("--url", default="ws://127.0.0.1:8080/ws",
-                    help="ws:// or, to a node serving TLS 1.3, wss://HOST:PORT/ws")
+    ch.add_argument("--url", action="append", default=[],
+                    help="ws:// or, to a node serving TLS 1.3, wss://HOST:PORT/ws; several "
+                    "entries (comma-separated, or --url again) are tried in order, and a "
+                    f"dropped connection moves to the next (default {DEFAULT_CHAT_URL})")
     ch.add_argument("--ca-file", default="",
                     help="PEM CA bundle that signed the node's certificate (wss://; default: "
                     "the system CAs)")
