@@ -371,6 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     from tongxin.cli.provision import add_commands as add_provision_commands
 
     add_provision_commands(sub)  # provision init / plan / apply / output / destroy
+
+    from tongxin.cli.drill import add_commands as add_drill_commands
+
+    add_drill_commands(sub)  # drill start / mark / wait / stop / report
     return p
 
 
