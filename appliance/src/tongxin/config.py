@@ -52,6 +52,10 @@ class ServerConfig:
     max_unauthenticated_errors: int = _f(5, "frames before AUTH tolerated before the connection closes")
     gc_freeze: bool = _f(True, "freeze start-up objects out of the cyclic GC (shorter pauses)")
     web_client: bool = _f(True, "serve the web client at /")
+    client_endpoints: str = _f("", "comma-separated public ws:// or wss:// URLs of the "
+                               "installation's entries (one per site), in the order clients try "
+                               "them; GET /api/v1/info lists them; empty: only the entry the "
+                               "client came through")
     workers: int = _f(1, "node processes sharing the port (SO_REUSEPORT); >1 needs kafka and redis")
     tls: TlsConfig = field(default_factory=TlsConfig)
 
@@ -286,6 +290,11 @@ class Config:
         return parse_listen(self.server.listen)
 
 
+def client_endpoint_list(value: str) -> list[str]:
+    """``server.client_endpoints`` as a list, in order, without blanks or repeats."""
+    return list(dict.fromkeys(u.strip() for u in value.split(",") if u.strip()))
+
+
 def parse_listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -364,6 +373,10 @@ def _validate(obj: Any, path: str) -> None:
             raise ConfigError("server.max_frame_payload: must be at least 1024")
         if obj.max_message_size < obj.max_frame_payload:
             raise ConfigError("server.max_message_size: must be at least server.max_frame_payload")
+        for url in client_endpoint_list(obj.client_endpoints):
+            if not url.startswith(("ws://", "wss://")) or len(url) < 8:
+                raise ConfigError(f"server.client_endpoints: {url!r} is not a ws:// or wss:// "
+                                  "URL")
     if isinstance(obj, FilesConfig):
         _validate_files(obj)
     if isinstance(obj, TlsConfig) and bool(obj.cert_file) != bool(obj.key_file):

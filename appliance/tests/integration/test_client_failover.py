@@ -18,7 +18,9 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from engines import (
@@ -369,3 +371,17 @@ async def test_terminal_chat_moves_to_the_next_entry_and_says_so(
             proc.kill()
             await proc.wait()
         await hugo.close()
+
+
+async def test_info_publishes_the_entry_list_in_order(node_factory: Any) -> None:
+    entries_list = "wss://im-dc1.example.cn/ws, wss://im-dc2.example.cn/ws,wss://im-dr.example.cn/ws"
+    node = await node_factory(server={"client_endpoints": entries_list})
+    plain = await node_factory()
+    async with aiohttp.ClientSession() as http:
+        async with http.get(node.http_url + "/api/v1/info") as r:
+            body = await r.json()
+        async with http.get(plain.http_url + "/api/v1/info") as r:
+            default = await r.json()
+    assert body["endpoints"] == ["wss://im-dc1.example.cn/ws", "wss://im-dc2.example.cn/ws",
+                                 "wss://im-dr.example.cn/ws"]
+    assert default["endpoints"] == []  # only the entry the client came through

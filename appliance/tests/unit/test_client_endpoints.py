@@ -4,6 +4,8 @@ schedule, the endpoint list, and the seq cursors that decide what a reconnect sy
 from __future__ import annotations
 
 import random
+import re
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +18,7 @@ from tongxin.client.endpoints import (
     SeqCursors,
     parse_endpoints,
 )
+from tongxin.config import ConfigError, client_endpoint_list, load_config
 
 
 def test_backoff_doubles_from_initial_up_to_the_cap_without_jitter() -> None:
@@ -120,3 +123,19 @@ def test_cursor_stops_waiting_for_a_seq_that_never_comes() -> None:
     for seq in (2, 3, 4, 5):  # 1 never arrives
         assert c.see("g:1", seq)
     assert c.mark("g:1") == 5
+
+
+def test_client_endpoints_key_is_checked_and_kept_in_order() -> None:
+    cfg = load_config(None)
+    assert cfg.server.client_endpoints == ""
+    assert client_endpoint_list(" wss://a/ws,wss://b/ws , wss://a/ws,") == ["wss://a/ws",
+                                                                              "wss://b/ws"]
+
+
+def test_client_endpoints_must_be_websocket_urls(tmp_path: Path) -> None:
+    path = tmp_path / "tongxin.yaml"
+    path.write_text("server:\n  client_endpoints: wss://a/ws,https://b/\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=re.escape("server.client_endpoints: 'https://b/'")):
+        load_config(path)
+    path.write_text("server:\n  client_endpoints: ws://a:8080/ws,wss://b/ws\n", encoding="utf-8")
+    assert load_config(path).server.client_endpoints == "ws://a:8080/ws,wss://b/ws"

@@ -25,7 +25,7 @@ from tongxin.auth.tokens import KEY_BYTES, TokenSigner
 from tongxin.chat.members import MemberCache
 from tongxin.chat.service import ChatService
 from tongxin.clock import now_ms
-from tongxin.config import Config, ConfigError
+from tongxin.config import Config, ConfigError, client_endpoint_list
 from tongxin.delivery.inprocess import InProcessBus
 from tongxin.delivery.ports import Delivery, DeliveryBus
 from tongxin.errors import RequestError
@@ -337,11 +337,13 @@ class Node:
         return web.json_response(body, status=200 if store_ok else 503)
 
     async def info(self, request: web.Request) -> web.Response:
-        """What a client needs before it logs in (the login page asks)."""
+        """What a client needs before it logs in (the login page asks): also every entry
+        of the installation, in the order to try them when this one fails."""
         return web.json_response({
             "version": __version__, "self_registration": self.cfg.accounts.self_registration,
             "password_min_length": self.cfg.accounts.password_min_length,
             "websocket": "/ws",
+            "endpoints": client_endpoint_list(self.cfg.server.client_endpoints),
         })
 
     async def metrics_handler(self, request: web.Request) -> web.Response:
