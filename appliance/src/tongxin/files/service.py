@@ -28,7 +28,7 @@ import math
 import os
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cryptography.hazmat.primitives import hashes
 
@@ -53,6 +53,9 @@ from tongxin.files.ports import (
 from tongxin.metrics import Metrics
 from tongxin.proto import tongxin_pb2 as pb
 from tongxin.store.ports import ChatStore, Unavailable
+
+if TYPE_CHECKING:  # asyncmy is imported only by installations that use the mysql backend
+    from tongxin.store.mysql_store import MysqlStore
 
 log = logging.getLogger("tongxin.files")
 
@@ -609,14 +612,22 @@ class FileService:
 
 
 def make_file_service(cfg: Config, store: ChatStore, metrics: Metrics) -> FileService:
-    from tongxin.files.sqlite_meta import SqliteFileMeta
+    """Metadata where history lives (so every node of every site sees the same
+    uploads and files), bytes where ``files.backend`` says."""
+    meta: FileMetaStore
+    if cfg.storage.backend == "mysql":
+        from tongxin.files.db_blobs import mysql_database
+        from tongxin.files.mysql_meta import MysqlFileMeta
 
-    if cfg.storage.backend != "sqlite":
-        # No TiDB/MySQL FileMetaStore yet: file metadata stays in this node's
-        # SQLite file, so files are visible only through the node that took them.
-        log.warning("file metadata is node-local (SQLite) with storage.backend %s",
-                    cfg.storage.backend)
-    meta = SqliteFileMeta(cfg.sqlite_file, cfg.storage.sqlite_synchronous)
+        # The chat store's pool when it is at hand (it is opened, and migrated,
+        # before the file service); else a small one of its own.
+        shared = _mysql_store(store)
+        meta = (MysqlFileMeta(shared) if shared is not None
+                else MysqlFileMeta(mysql_database(cfg, 4), owned=True))
+    else:
+        from tongxin.files.sqlite_meta import SqliteFileMeta
+
+        meta = SqliteFileMeta(cfg.sqlite_file, cfg.storage.sqlite_synchronous)
     f = cfg.files
     blobs: BlobStore
     if f.backend == "s3":
@@ -627,8 +638,25 @@ def make_file_service(cfg: Config, store: ChatStore, metrics: Metrics) -> FileSe
             f.s3_access_key or os.environ.get("TONGXIN_S3_ACCESS_KEY", ""),
             f.s3_secret_key or os.environ.get("TONGXIN_S3_SECRET_KEY", ""),
             spool_dir=cfg.files_dir / "spool")
+    elif f.backend == "database":
+        from tongxin.files.db_blobs import DbBlobStore, mysql_database
+
+        # A pool of its own: streaming megabytes must not take the connections
+        # that messages are waiting for.
+        blobs = DbBlobStore(mysql_database(cfg, blob_pool_size(cfg)))
     else:
         from tongxin.files.local import LocalBlobStore
 
         blobs = LocalBlobStore(cfg.files_dir)
     return FileService(f, meta, blobs, store, metrics)
+
+
+def blob_pool_size(cfg: Config) -> int:
+    """Connections of the database blob store: a quarter of the chat store's, at least 2."""
+    return max(2, cfg.storage.mysql_pool_size // 4)
+
+
+def _mysql_store(store: ChatStore) -> MysqlStore | None:
+    from tongxin.store.mysql_store import MysqlStore
+
+    return store if isinstance(store, MysqlStore) else None
