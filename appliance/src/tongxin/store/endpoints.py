@@ -122,6 +122,8 @@ class EndpointPool:
             if found is None:
                 self._next = 0  # all down: start from the preferred one when they return
                 raise Unavailable(f"no database endpoint answers ({self._describe()})")
+            if self._errors:  # (when none answers, the exception alone says why)
+                log.warning("database endpoints skipped: %s", self._describe())
             self._use(*found)
             return found[1]
 
@@ -162,7 +164,7 @@ class EndpointPool:
         async with self._lock:
             if self._pool is None or self.index <= 0 or self._closed:
                 return
-            found = await self._first_answering(range(self.index), quiet=True)
+            found = await self._first_answering(range(self.index))
             if found is None:
                 return
             old = self._pool  # None if it failed meanwhile
@@ -170,8 +172,7 @@ class EndpointPool:
         if old is not None:
             await self._dispose(old)
 
-    async def _first_answering(self, order: Sequence[int],
-                               quiet: bool = False) -> tuple[int, Pool] | None:
+    async def _first_answering(self, order: Sequence[int]) -> tuple[int, Pool] | None:
         self._errors = {}
         for i in order:
             try:
@@ -179,9 +180,6 @@ class EndpointPool:
             except Exception as exc:  # whatever the reason, the next endpoint may answer
                 # The driver's reason names the address at most, never the password.
                 self._errors[i] = f"{type(exc).__name__}: {exc}"
-                (log.debug if quiet else log.warning)(
-                    "database endpoint %s does not answer: %s", self.endpoints[i],
-                    self._errors[i])
         return None
 
     def _describe(self) -> str:
