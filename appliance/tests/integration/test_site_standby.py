@@ -10,7 +10,10 @@ about one heartbeat interval and grows once the active node stops.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,6 +22,7 @@ from typing import Any
 import aiohttp
 import asyncmy
 import pytest
+import yaml
 from engines import (
     NodeProcess,
     _spawn,
@@ -171,6 +175,24 @@ async def test_standby_reports_lag_from_the_active_heartbeat(dsn: str, tmp_path:
         _, active_text = await _get(active.http_url + "/metrics")
         assert abs(_metric(active_text, "tongxin_replication_heartbeat_written_timestamp_seconds")
                    - time.time()) < 3
+
+        # The CLI reads the same, through the second endpoint when the first is dead.
+        d = parse_dsn(dsn)
+        two = dsn.replace(f"@{d.host}:{d.port}/", f"@127.0.0.1:{free_port()},{d.host}:{d.port}/")
+        cfg_file = tmp_path / "status.yml"
+        cfg_file.write_text(yaml.safe_dump(_config(two, "dr", "standby")), encoding="utf-8")
+        proc = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "tongxin.cli.main", "site", "status",
+                             "--config", str(cfg_file)], capture_output=True, text=True,
+            timeout=60, check=False)
+        assert proc.returncode == 0, proc.stderr
+        status = json.loads(proc.stdout)
+        assert (status["site"], status["role"]) == ("dr", "standby")
+        assert (status["db_endpoint"], status["db_endpoint_index"]) == (f"{d.host}:{d.port}", 1)
+        assert status["newest_heartbeat"]["node"] == "dc1-1"
+        assert status["newest_heartbeat"]["site"] == "dc1"
+        assert 0 <= status["replication_lag_seconds"] < 3
+        assert d.password not in proc.stdout + proc.stderr
 
         active.stop()  # the active site goes away: no more beats reach the replica
         stopped = time.time()
