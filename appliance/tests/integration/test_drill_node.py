@@ -93,17 +93,21 @@ async def test_drill_through_a_node_kill_and_restart(tmp_path: Path) -> None:
     # Down for the 2 s sleep plus the restart; back well within the minute allowed.
     assert 2.0 < report["rto_seconds"] < 60, report["rto_seconds"]
     assert report["rto_seconds"] <= report["rto_all_users_seconds"] < 60
-    assert report["acked"] >= 150 and report["errors"] > 0
+    assert report["acked"] >= 150
     assert [s["name"] for s in report["steps"]] == ["disaster", "restarted"]
     assert all(u["relogin_at"] and u["relogin_at"] > report["disaster_at"]
                for u in report["users"])
     assert report["versions"]["servers"][node.ws_url]["node"] == "n1"
     assert (tmp_path / "drill.html").read_text(encoding="utf-8").count("<svg") == 2
-    # Every login went through the live node; the dead entry was tried and left.
+    # Every login went through the live node, past the dead entry; every user lost its
+    # connection at the kill and came back by resuming its session with the token.
     records = read_records(state / "workload.jsonl")
     logins = [r for r in records if r["type"] == "login"]
     assert logins and {r["entry"] for r in logins} == {node.ws_url}
-    assert any(r["type"] == "error" and r["entry"] == dead for r in records)
+    after = report["disaster_at"] - 1000  # the mark follows the kill by a moment
+    users = {u["username"] for u in report["users"]}
+    assert {r["user"] for r in records if r["type"] == "disconnect" and r["at"] > after} == users
+    assert {r["user"] for r in logins if r["how"] == "token" and r["at"] > after} == users
 
     if not sm2_available():
         pytest.skip("SM2 (gmssl-pyx) is not available: the compliance report needs it")

@@ -1,13 +1,13 @@
 """The drill workload: N simulated users chatting at a steady total rate across the entries.
 
-Each user has one connection and its own order of entry points (user i starts
-at entry i mod len(entries), so the users are spread over the sites); when a
-connection fails it tries the next entry, then the next, with a short backoff
-after each full round, and logs in again (its token first, the password if
-the token is refused). A message that got no ACK is re-sent after the
-reconnect with the same client_msg_id, as a real client does: the server
-answers a re-send it already stored from its log, so a message whose ACK was
-lost is neither lost nor stored twice.
+Each user is an SDK client (tongxin.client.Client) given the entry points in
+its own order (user i starts at entry i mod len(entries), so the users are
+spread over the sites). It behaves as a real client does: when a connection
+drops it moves round robin to the next entry with back-off, resumes with its
+token, and re-sends a message whose ACK was lost with the same client_msg_id
+(the server answers a re-send it already stored from its log, so that message
+is neither lost nor stored twice). A message that still got no ACK within
+``send_timeout`` is sent again on the user's next tick, same client_msg_id.
 
 Everything is appended to ``workload.jsonl`` (tongxin.drill.files):
 
@@ -15,12 +15,9 @@ Everything is appended to ``workload.jsonl`` (tongxin.drill.files):
     send                   every attempt: user, conversation, client_msg_id, attempt, entry
     ack                    conversation, seq, client_msg_id, at (acked), sent_at (this
                            attempt), first_sent_at, entry, latency_ms, user, user_id
-    error                  op (connect, login, send), entry, error
-    login / disconnect     the user's sessions: entry, how (token, password, register)
-
-The ``Client(url)`` of tongxin.client is given one URL at a time; when the SDK
-takes an ordered list and reconnects itself, ``UserSession`` is the one place
-to hand it ``entries`` instead.
+    error                  op (connect, login, send, reconnect), entry, error
+    login / disconnect     the user's sessions: entry, how (password, register, or token
+                           for the SDK's reconnect), reason
 """
 
 from __future__ import annotations
@@ -37,7 +34,18 @@ from pathlib import Path
 
 import aiohttp
 
-from tongxin.client import Client, ConnectionClosed, TongxinError, pb
+from tongxin.client import (
+    CONNECTION_LOST,
+    RECONNECT_FAILED,
+    RECONNECTED,
+    Backoff,
+    Client,
+    ConnectionClosed,
+    ConnectionEvent,
+    NoEndpointAvailable,
+    TongxinError,
+    pb,
+)
 from tongxin.clock import now_ms
 from tongxin.drill.files import (
     FAILED,
@@ -111,7 +119,13 @@ class Options:
 
 
 class UserSession:
-    """One simulated user's connection, re-established through its entries in order."""
+    """One simulated user: an SDK client over the user's entries in order.
+
+    The client itself reconnects (round robin, back-off, token resume) and re-sends
+    a SEND whose answer was lost; its events are logged as ``disconnect`` and
+    ``login``. Only when it gives up (a session the server no longer accepts) does
+    the session start a new client and log in with the password.
+    """
 
     def __init__(self, user: DrillUser, password: str, opts: Options, log: BatchWriter,
                  stopping: asyncio.Event) -> None:
@@ -121,69 +135,68 @@ class UserSession:
         self.log = log
         self.stopping = stopping
         self.client: Client | None = None
-        self.entry = ""
-        self._next = 0  # index into user.entries of the entry to try next
-        self._token = ""
         self._lock = asyncio.Lock()
         self.delivered = 0
 
     @property
-    def online(self) -> bool:
-        return self.client is not None and not self.client.closed
+    def entry(self) -> str:
+        return self.client.url if self.client is not None else ""
+
+    def _usable(self) -> bool:
+        c = self.client
+        return c is not None and (not c.closed or c.reconnecting)
 
     async def ensure(self, register: bool = False) -> bool:
-        """Connected and logged in (True), or stopping (False). Retries forever otherwise."""
+        """A client that is connected or reconnecting (True), or stopping (False)."""
         async with self._lock:
-            if self.online:
+            if self._usable():
                 return True
-            await self.drop("closed")
-            delay = BACKOFF_FIRST
-            tried = 0
-            while not self.stopping.is_set():
-                url = self.user.entries[self._next]
-                if await self._try(url, register):
+            if self.client is not None:
+                # The socket may close a moment before the SDK starts reconnecting.
+                await asyncio.sleep(0.2)
+                if self._usable():
                     return True
-                self._next = (self._next + 1) % len(self.user.entries)
-                tried += 1
-                if tried % len(self.user.entries) == 0:  # a full round failed: back off
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.stopping.wait(),
-                                               delay * random.uniform(0.8, 1.2))
-                    delay = min(BACKOFF_MAX, delay * 2)
+                await self.drop("the client gave up reconnecting")
+            delay = BACKOFF_FIRST
+            while not self.stopping.is_set():
+                if await self._start(register):
+                    return True
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), delay * random.uniform(0.8, 1.2))
+                delay = min(BACKOFF_MAX, delay * 2)
             return False
 
-    async def _try(self, url: str, register: bool) -> bool:
+    async def _start(self, register: bool) -> bool:
+        """A new client: the first entry that answers, then a password login."""
         started = time.monotonic()
-        client = Client(url, device_id=f"drill-{self.user.username}", client_name="tongxin-drill",
-                        request_timeout=self.opts.send_timeout, ca_file=self.opts.ca_file)
+        client = Client(self.user.entries, device_id=f"drill-{self.user.username}",
+                        client_name="tongxin-drill", request_timeout=self.opts.send_timeout,
+                        ca_file=self.opts.ca_file, connect_timeout=self.opts.connect_timeout,
+                        # Never give up on its own: the drill decides when to stop.
+                        reconnect=Backoff(initial=BACKOFF_FIRST, cap=BACKOFF_MAX, deadline=0),
+                        on_reconnect=self._on_connection_event)
         op = "connect"
         try:
+            await client.connect()
+            op = "login"
             async with asyncio.timeout(self.opts.connect_timeout):
-                await client.connect()
-                op = "login"
                 how = await self._authenticate(client, register)
         except (TongxinError, *NETWORK_ERRORS) as exc:
-            self.log.write({"type": "error", "at": now_ms(), "user": self.user.username,
-                            "entry": url, "op": op, "error": _describe(exc)})
+            failures = (exc.failures if isinstance(exc, NoEndpointAvailable)
+                        else [(client.url, exc)])
+            for url, err in failures:
+                self.log.write({"type": "error", "at": now_ms(), "user": self.user.username,
+                                "entry": url, "op": op, "error": _describe(err)})
             await client.close()
             return False
-        assert client.auth is not None
-        self.client, self.entry = client, url
-        self._token = client.auth.token
+        self.client = client
         self.user.user_id = client.user_id
         self.log.write({"type": "login", "at": now_ms(), "user": self.user.username,
-                        "user_id": client.user_id, "entry": url, "how": how,
+                        "user_id": client.user_id, "entry": client.url, "how": how,
                         "took_ms": round((time.monotonic() - started) * 1000, 1)})
         return True
 
     async def _authenticate(self, client: Client, register: bool) -> str:
-        if self._token:
-            try:
-                await client.resume(self._token)
-                return "token"
-            except TongxinError as exc:
-                if exc.code not in SESSION_CODES:
-                    raise
         if register:
             try:
                 await client.register(self.user.username, self.password)
@@ -194,26 +207,33 @@ class UserSession:
         await client.login(self.user.username, self.password)
         return "password"
 
+    def _on_connection_event(self, ev: ConnectionEvent) -> None:
+        base = {"at": now_ms(), "user": self.user.username}
+        if ev.kind == CONNECTION_LOST:
+            self.log.write({**base, "type": "disconnect", "entry": ev.previous,
+                            "reason": ev.error})
+        elif ev.kind == RECONNECTED:
+            self.log.write({**base, "type": "login", "user_id": self.user.user_id,
+                            "entry": ev.endpoint, "how": "token", "attempts": ev.attempts,
+                            "moved": ev.moved})
+        elif ev.kind == RECONNECT_FAILED:
+            self.log.write({**base, "type": "error", "entry": ev.endpoint, "op": "reconnect",
+                            "error": ev.error})
+
     async def drop(self, reason: str) -> None:
-        """Forget the connection (idempotent: the sender and the watcher may both notice)."""
         client, self.client = self.client, None
         if client is None:
             return
         self.log.write({"type": "disconnect", "at": now_ms(), "user": self.user.username,
-                        "entry": self.entry, "reason": reason})
+                        "entry": client.url, "reason": reason})
         await client.close()
 
     async def watch(self) -> None:
-        """Drain pushed events (deliveries would pile up) and notice a closed connection."""
+        """Drain pushed events: deliveries would otherwise pile up in the client."""
         while not self.stopping.is_set():
             client = self.client
             if client is None:
                 await asyncio.sleep(0.2)
-                continue
-            if client.closed:
-                async with self._lock:
-                    if self.client is client:
-                        await self.drop(f"closed by the server or network ({client.close_code})")
                 continue
             with contextlib.suppress(TimeoutError):
                 ev = await client.next_event(wait=0.25)
@@ -262,15 +282,12 @@ class Workload:
     async def _first_login(self, s: UserSession) -> None:
         """At setup a failure is the operator's to fix (a wrong password, no such user)."""
         deadline = time.monotonic() + max(30.0, self.opts.connect_timeout * 2)
-        last = ""
         while time.monotonic() < deadline:
-            for url in s.user.entries:
-                if await s._try(url, self.opts.register):
-                    return
-                last = url
+            if await s._start(self.opts.register):
+                return
             await asyncio.sleep(0.5)
-        raise SetupError(f"{s.user.username} cannot log in through any entry (last tried "
-                         f"{last}); see {self.opts.state_dir / WORKLOAD_LOG}")
+        raise SetupError(f"{s.user.username} cannot log in through any entry; the errors are "
+                         f"in {self.opts.state_dir / WORKLOAD_LOG}")
 
     async def run(self) -> None:
         """Send until stopped (SIGTERM, SIGINT) or ``duration`` has passed."""
@@ -294,7 +311,15 @@ class Workload:
         if self.opts.duration > 0:
             loop.call_later(self.opts.duration, self.stopping.set)
         await self.stopping.wait()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # Sends in flight get their ACK or their timeout; one waiting on a reconnect
+        # that cannot succeed is ended by closing its client.
+        _done, waiting = await asyncio.wait(tasks, timeout=self.opts.send_timeout)
+        for sess in self.sessions:
+            client, sess.client = sess.client, None
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.close()
+        await asyncio.gather(*waiting, return_exceptions=True)
 
     async def _sender(self, s: UserSession, convs: list[DrillConversation], interval: float,
                       offset: float) -> None:
@@ -342,8 +367,9 @@ class Workload:
                 return None
             return conv, cid, first, tries
         except NETWORK_ERRORS as exc:
+            # No ACK in time, or the client gave up: the same client_msg_id goes again on
+            # the next tick (ensure() replaces a client that gave up).
             self._error(s, exc, cid)
-            await s.drop(f"send failed: {_describe(exc)}")
             return conv, cid, first, tries
         self.acked += 1
         self.log.write({"type": "ack", "at": now_ms(), "user": s.user.username,
