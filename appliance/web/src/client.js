@@ -84,13 +84,22 @@ export class Client {
     }
   }
 
-  connect() {
+  /** Open the WebSocket; an entry that refuses it (503 while standby) or does not
+   * answer within timeoutMs rejects with ConnectionClosed. */
+  connect(timeoutMs = 10000) {
     return new Promise((resolve, reject) => {
       let opened = false;
       const ws = new WebSocket(this.url);
       ws.binaryType = "arraybuffer";
       this.ws = ws;
+      const timer = setTimeout(() => {
+        if (opened) return;
+        ws.onclose = null;
+        ws.close();
+        reject(new ConnectionClosed(null, "timed out"));
+      }, timeoutMs);
       ws.onopen = () => {
+        clearTimeout(timer);
         opened = true;
         this.closed = false;
         resolve();
@@ -105,6 +114,7 @@ export class Client {
           p.reject(exc);
         }
         this.pending.clear();
+        clearTimeout(timer);
         if (!opened) reject(exc);
         else this.emit("close", { code: ev.code, reason: ev.reason });
       };

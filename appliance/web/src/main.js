@@ -5,6 +5,7 @@ import { pb, T, E, enumName } from "./pb.js";
 import { FilesApi, FilesError, humanSize } from "./files.js";
 import { icon } from "./icons.js";
 import { WebE2EE } from "./e2ee/web.js";
+import { backoffDelay, entryLabel, entryList, ownEntry } from "./entries.js";
 
 const KIND = pb.MessageKind;
 const SYS = pb.SystemEvent.Kind;
@@ -115,11 +116,13 @@ const state = {
   editing: null, // { convId, seq }
   registering: false,
   e2ee: null, // WebE2EE of the current session (docs/e2ee.md)
+  entries: [ownEntry(location)], // the installation's entries, this page's origin first
+  entry: 0, // index of the entry in use
 };
 
 let client = null;
 let reconnectTimer = null;
-let reconnectDelay = 1000;
+let reconnectAttempt = 0;
 let loggingOut = false;
 const files = new FilesApi(location.origin, () => state.token);
 
@@ -132,8 +135,39 @@ function deviceId() {
   return id;
 }
 
-function wsUrl() {
-  return `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
+/** The other entries of the installation (server.client_endpoints), asked of this origin. */
+async function loadEntries() {
+  try {
+    const res = await fetch("/api/v1/info", { cache: "no-store", signal: AbortSignal.timeout(5000) });
+    if (!res.ok) return;
+    const info = await res.json();
+    const current = state.entries[state.entry];
+    state.entries = entryList(ownEntry(location), info.endpoints);
+    state.entry = Math.max(0, state.entries.indexOf(current));
+  } catch {
+    /* this origin is down: keep the list we have */
+  }
+}
+
+/**
+ * A connected Client on the first entry that accepts the WebSocket, trying
+ * them in order from `from` round the list once. A refused, standby (503) or
+ * silent entry is skipped.
+ */
+async function connectEntry(from) {
+  let last = null;
+  const n = state.entries.length;
+  for (let i = 0; i < n; i++) {
+    const index = (from + i) % n;
+    const c = new Client(state.entries[index], { deviceId: deviceId() });
+    try {
+      await c.connect(index === from ? 10000 : 5000);
+      return { c, index };
+    } catch (err) {
+      last = err;
+    }
+  }
+  throw last;
 }
 
 function online() {
@@ -826,6 +860,9 @@ function renderMe() {
   st.textContent = { online: "online", connecting: "connecting…", offline: "offline — reconnecting", replaced: "open in another tab" }[state.conn];
   $("offline-banner").hidden = state.conn === "online" || state.conn === "replaced" || !state.me;
   $("replaced-banner").hidden = state.conn !== "replaced";
+  const moved = state.entry !== 0 && state.conn === "online" && !!state.me;
+  $("entry-banner").hidden = !moved;
+  if (moved) $("entry-name").textContent = entryLabel(state.entries[state.entry]);
   renderE2EE();
   if (!state.me) return;
   $("me-name").textContent = state.me.displayName || state.me.username;
@@ -1254,12 +1291,11 @@ function onTyping(t) {
 
 // ---- session -------------------------------------------------------------------------------------
 
-async function startSession(authenticate) {
+async function startSession(authenticate, from = 0) {
   clearTimeout(reconnectTimer);
   state.conn = "connecting";
   renderMe();
-  const c = new Client(wsUrl(), { deviceId: deviceId() });
-  await c.connect();
+  const { c, index } = await connectEntry(from);
   let auth;
   try {
     auth = await authenticate(c);
@@ -1269,6 +1305,8 @@ async function startSession(authenticate) {
   }
   if (client && client !== c) client.close();
   client = c;
+  state.entry = index;
+  window.tongxinEntry = c.url; // the browser test reads which entry is in use
   window.tongxinStats = c.stats;
   window.tongxinLimits = { maxFramePayload: c.maxFramePayload, maxMessageSize: auth.maxMessageSize };
   c.on("push", onPush);
@@ -1295,7 +1333,7 @@ async function startSession(authenticate) {
   localStorage.setItem(LS.user, auth.username);
   localStorage.setItem(LS.device, auth.deviceId);
   state.conn = "online";
-  reconnectDelay = 1000;
+  reconnectAttempt = 0;
   presenceKey = "";
   showMain();
   await loadConversations();
@@ -1335,17 +1373,18 @@ function onClosed(c, ev) {
   scheduleReconnect();
 }
 
+/** The first round goes out at once to the next entry; later rounds back off. */
 function scheduleReconnect() {
   clearTimeout(reconnectTimer);
-  const delay = reconnectDelay * (0.8 + Math.random() * 0.4);
-  reconnectDelay = Math.min(reconnectDelay * 2, 30000);
-  reconnectTimer = setTimeout(reconnect, delay);
+  reconnectTimer = setTimeout(reconnect, backoffDelay(reconnectAttempt++));
 }
 
 async function reconnect() {
   if (!state.token) return showLogin();
+  // Round robin: after a drop, the entry after the one lost is tried first.
+  const from = state.conn === "offline" && client ? (state.entry + 1) % state.entries.length : state.entry;
   try {
-    await startSession((c) => c.resume(state.token));
+    await startSession((c) => c.resume(state.token), from);
   } catch (err) {
     if (err instanceof TongxinError && [E.TOKEN_EXPIRED, E.TOKEN_INVALID, E.TOKEN_REVOKED, E.AUTH_FAILED, E.NOT_FOUND].includes(err.code)) {
       localStorage.removeItem(LS.token);
@@ -1476,7 +1515,7 @@ function init() {
   });
   $("use-here").addEventListener("click", () => {
     state.conn = "connecting";
-    reconnectDelay = 1000;
+    reconnectAttempt = 0;
     reconnect();
   });
   setupDialog();
@@ -1484,10 +1523,11 @@ function init() {
     // typing indicators expire without a message
     for (const c of state.convs.values()) if (c.typing.size) renderAll();
   }, 2000);
+  const entries = loadEntries();
   if (state.token) {
     $("login").hidden = true;
     $("main").hidden = false;
-    reconnect();
+    entries.finally(reconnect);
   } else {
     showLogin();
   }
