@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import html
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -71,17 +72,23 @@ def _vertical_lines(report: Mapping[str, Any]) -> list[tuple[str, float]]:
 
 def _chart(title: str, y_title: str, series: Sequence[tuple[str, list[tuple[float, float | None]]]],
            lines: Sequence[tuple[str, float]], top: float, bottom: float = 0.0,
-           logarithmic: bool = False) -> str:
-    chart = pygal.XY(js=[], style=_STYLE, width=1000, height=380, show_dots=False,
+           y_labels: Sequence[dict[str, Any]] | None = None) -> str:
+    chart = pygal.XY(js=[], style=_STYLE, width=1000, height=440, show_dots=False,
                      disable_xml_declaration=True, allow_interruptions=True, legend_at_bottom=True,
-                     legend_at_bottom_columns=4, truncate_legend=-1, logarithmic=logarithmic,
+                     legend_at_bottom_columns=3, truncate_legend=-1,
                      x_title="开始后时间（秒） seconds since start", y_title=y_title, title=title,
                      range=(bottom, top), stroke_style={"width": 1.5})
+    if y_labels is not None:
+        chart.y_labels = list(y_labels)
     for name, points in series:
         chart.add(name, points)
     for name, x in lines:
         chart.add(name, [(x, bottom), (x, top)], stroke_style={"width": 2, "dasharray": "6,4"})
     return str(chart.render(is_unicode=True))
+
+
+def _log10(ms: float | None) -> float | None:
+    return None if ms is None else math.log10(max(ms, 0.1))
 
 
 def charts(report: Mapping[str, Any]) -> tuple[str, str]:
@@ -93,16 +100,21 @@ def charts(report: Mapping[str, Any]) -> tuple[str, str]:
     top = max([1.0, *(y for _x, y in rate), *(y for _x, y in errs)]) * 1.1
     rate_svg = _chart("确认速率 ACK rate", "条/秒 per second",
                       [("确认 ACKs/s", rate), ("错误 errors/s", errs)], lines, top)
-    p50 = [(b["t"], b["latency_p50_ms"]) for b in tl]
-    mx = [(b["t"], b["latency_max_ms"]) for b in tl]
-    values = [y for _x, y in p50 + mx if y]
-    # Logarithmic: milliseconds in steady state and seconds around the failover on one chart.
-    low = max(0.1, min(values, default=1.0) / 2)
-    high = max(values, default=10.0) * 2
-    lat_svg = _chart("确认延迟 ACK latency", "毫秒 ms (log)",
-                     [("中位数 median", p50), ("最大 max", mx)], lines, high, low,
-                     logarithmic=True)
+    # Logarithmic y (pygal's own log scale would bend the time axis too): milliseconds
+    # in steady state and seconds around the failover, readable on one chart.
+    p50 = [(b["t"], _log10(b["latency_p50_ms"])) for b in tl]
+    mx = [(b["t"], _log10(b["latency_max_ms"])) for b in tl]
+    values = [y for _x, y in p50 + mx if y is not None]
+    low = math.floor(min(values, default=0.0))
+    high = max(low + 1, math.ceil(max(values, default=1.0)))
+    labels = [{"label": _ms_label(10.0 ** e), "value": e} for e in range(low, high + 1)]
+    lat_svg = _chart("确认延迟 ACK latency", "毫秒 ms（对数 log）",
+                     [("中位数 median", p50), ("最大 max", mx)], lines, high, low, labels)
     return rate_svg, lat_svg
+
+
+def _ms_label(ms: float) -> str:
+    return f"{ms / 1000:g} s" if ms >= 1000 else f"{ms:g} ms"
 
 
 _CSS = """
