@@ -294,8 +294,15 @@ EOF
     done <<<"$uris"
     if [ ${#todo[@]} -gt 0 ]; then
       log "debs/$arch: $cached cached, downloading ${#todo[@]}"
-      local want_ver=() p
-      for p in "${todo[@]}"; do want_ver+=("$(printf '%s\n' "${need[@]}" | grep -m1 "^$p=")"); done
+      # A loop, not `printf | grep -m1`: grep leaving early kills printf with
+      # SIGPIPE, and under pipefail that ended the whole build (exit 141) on a
+      # cold cache with many packages to fetch.
+      local want_ver=() p n
+      for p in "${todo[@]}"; do
+        for n in "${need[@]}"; do
+          if [[ $n == "$p="* ]]; then want_ver+=("$n"); break; fi
+        done
+      done
       (cd "$DL/debs/$arch" && nice -n 10 apt-get "${APT[@]}" -q download "${want_ver[@]}" >&2) ||
         die "debs/$arch: download failed"
     else
