@@ -1,6 +1,11 @@
 """Large files through a real node: parallel resumable uploads, verification,
 ranged downloads, refusals that store nothing, expiry, file messages, and the
-same round trip on a real S3-compatible server (scripts/s3server.sh)."""
+same round trip on a real S3-compatible server (scripts/s3server.sh).
+
+Every test but the S3 one runs twice: on the embedded defaults (SQLite
+metadata, bytes in a local directory) and on the shared database (MySQL/TiDB
+metadata, ``files.backend: database``) against the MariaDB of
+scripts/services.sh; ``Files`` looks at what each of them stored."""
 
 from __future__ import annotations
 
@@ -13,19 +18,23 @@ import sqlite3
 import tracemalloc
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncmy
 import pytest
 from aiobotocore.session import get_session
 from conftest import NodeFactory, RunningNode
 from cryptography.hazmat.primitives import hashes
+from engines import storage_section
 from s3server import s3_server_env
 
 from tongxin.atrest.blobs import sealed_file_length
 from tongxin.client import Client, FileApiError, TongxinError, pb
 from tongxin.client.files import FilesHttp, FileSource
+from tongxin.store.dsn import parse_dsn
 
 MiB = 1024 * 1024
 SMALL_PART = 65536  # the smallest part size the config accepts
@@ -59,6 +68,102 @@ def stored_files(node: RunningNode) -> list[str]:
     """Every file under the blob directory (parts, finished files, temporaries)."""
     root = node.cfg.files_dir
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+@dataclass
+class Files:
+    """The file backends under test, and a look at what they stored.
+
+    ``embedded``: SQLite metadata and a local directory. ``database``: the
+    tables of store migration 6 in a fresh MariaDB database; "stored" then
+    also lists contents no key names (``pending/<id>``, ``chunks/<id>``) and
+    anything under the node's local file directory (``local/<path>``), so
+    debris of either kind fails the same assertions.
+    """
+
+    kind: str
+    factory: NodeFactory
+    dsn: str = ""
+
+    async def node(self, home: Path | None = None, **sections: dict[str, Any]) -> RunningNode:
+        if self.kind == "database":
+            sections["files"] = {"backend": "database", **sections.get("files", {})}
+            sections["storage"] = {"backend": "mysql", "mysql_dsn": self.dsn,
+                                   "mysql_pool_size": 8, **sections.get("storage", {})}
+        running: RunningNode = await self.factory(home=home, **sections)
+        return running
+
+    async def _sql(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        d = parse_dsn(self.dsn)
+        conn = await asyncmy.connect(host=d.host, port=d.port, user=d.user, password=d.password,
+                                     database=d.database, autocommit=True)
+        try:
+            async with conn.cursor() as cur:
+                await cur.execute(sql, args)
+                return list(await cur.fetchall())
+        finally:
+            conn.close()
+
+    async def count(self, node: RunningNode, table: str) -> int:
+        if self.kind == "embedded":
+            return db_count(node, table)
+        return int((await self._sql(f"SELECT COUNT(*) FROM {table}"))[0][0])
+
+    async def stored(self, node: RunningNode) -> list[str]:
+        if self.kind == "embedded":
+            return stored_files(node)
+        root = node.cfg.files_dir
+        out = [f"local/{p.relative_to(root)}" for p in root.rglob("*") if p.is_file()]
+        out += [r[0].decode() for r in await self._sql("SELECT blob_key FROM file_blobs")]
+        out += [f"pending/{r[0].decode()}" for r in
+                await self._sql("SELECT content_id FROM file_blob_pending")]
+        out += [f"chunks/{r[0].decode()}" for r in await self._sql(
+            "SELECT DISTINCT c.content_id FROM file_blob_chunks c LEFT JOIN file_blob_segments s "
+            "ON s.content_id = c.content_id WHERE s.content_id IS NULL")]
+        return sorted(out)
+
+    async def blob_size(self, node: RunningNode, key: str) -> int:
+        if self.kind == "embedded":
+            return (node.cfg.files_dir / key).stat().st_size
+        return int((await self._sql("SELECT size FROM file_blobs WHERE blob_key=%s", (key,)))[0][0])
+
+    async def expire(self, node: RunningNode, upload_id: str) -> None:
+        if self.kind == "embedded":
+            conn = sqlite3.connect(node.cfg.sqlite_file)
+            with conn:
+                conn.execute("UPDATE uploads SET expires_at = 1 WHERE id = ?", (upload_id,))
+            conn.close()
+            return
+        await self._sql("UPDATE uploads SET expires_at = 1 WHERE id = %s", (upload_id,))
+
+    async def damage(self, node: RunningNode, upload_id: str, n: int) -> None:
+        """Overwrite the stored bytes of part n with zeros, behind the node's back."""
+        if self.kind == "embedded":
+            damaged = sorted(node.cfg.files_dir.glob(f"parts/{upload_id}/{n:06d}.*"))
+            assert len(damaged) == 1
+            damaged[0].write_bytes(b"\0" * damaged[0].stat().st_size)
+            return
+        keys = await self._sql("SELECT blob_key FROM file_blobs WHERE blob_key LIKE %s",
+                               (f"parts/{upload_id}/{n:06d}.%",))
+        assert len(keys) == 1
+        await self._sql(
+            "UPDATE file_blob_chunks c JOIN file_blob_segments s ON s.content_id = c.content_id "
+            "SET c.data = UNHEX(REPEAT('00', LENGTH(c.data))) WHERE s.blob_key = %s", (keys[0][0],))
+
+
+@pytest.fixture(params=["embedded", "database"])
+async def files_db(request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, str]]:
+    """(kind, DSN): set up before node_factory, so the database outlives the nodes."""
+    if request.param == "embedded":
+        yield "embedded", ""
+        return
+    async with storage_section("mysql") as storage:
+        yield "database", storage["mysql_dsn"]
+
+
+@pytest.fixture
+def fx(files_db: tuple[str, str], node_factory: NodeFactory) -> Files:
+    return Files(files_db[0], node_factory, files_db[1])
 
 
 def write_random(path: Path, size: int) -> None:
@@ -112,9 +217,9 @@ def part_of(data: bytes, n: int, part_size: int) -> bytes:
 
 # ---- the big one ------------------------------------------------------------------
 
-async def test_50mb_parallel_interrupted_resumed_and_downloaded(
-        node_factory: NodeFactory, tmp_path: Path) -> None:
-    node = await node_factory(files={"part_size": MiB})
+async def test_50mb_parallel_interrupted_resumed_and_downloaded(fx: Files,
+                                                               tmp_path: Path) -> None:
+    node = await fx.node(files={"part_size": MiB})
     alice, bob, conv = await members(node)
     size = 50 * MiB
     src = tmp_path / "big.bin"
@@ -150,11 +255,11 @@ async def test_50mb_parallel_interrupted_resumed_and_downloaded(
     assert metric(node, "tongxin_file_bytes_uploaded_total") == size
 
     # Nothing of the upload is left; the file is one blob of the right size.
-    left = stored_files(node)
+    left = await fx.stored(node)
     assert len(left) == 1 and left[0].startswith("blobs/"), left
     # Sealed at rest (on by default): 64 KiB chunks, each with its nonce and tag.
-    assert (node.cfg.files_dir / left[0]).stat().st_size == sealed_file_length(size, MiB)
-    assert db_count(node, "upload_parts") == 0
+    assert await fx.blob_size(node, left[0]) == sealed_file_length(size, MiB)
+    assert await fx.count(node, "upload_parts") == 0
 
     # Bob, the other member, downloads it whole and in ranges.
     out = tmp_path / "down.bin"
@@ -195,9 +300,8 @@ def _file_digests(path: Path) -> tuple[str, str]:
 
 # ---- refusals that store nothing ------------------------------------------------------
 
-async def test_bad_sizes_and_parts_are_refused_and_nothing_is_stored(
-        node_factory: NodeFactory) -> None:
-    node = await node_factory(files={"part_size": SMALL_PART, "max_file_size": 10 * MiB})
+async def test_bad_sizes_and_parts_are_refused_and_nothing_is_stored(fx: Files) -> None:
+    node = await fx.node(files={"part_size": SMALL_PART, "max_file_size": 10 * MiB})
     alice, _, conv = await members(node)
     api = alice.files_http()
     data = os.urandom(3 * SMALL_PART + 100)  # parts of 64 KiB, 64 KiB, 64 KiB, 100 B
@@ -212,7 +316,7 @@ async def test_bad_sizes_and_parts_are_refused_and_nothing_is_stored(
     await refused(create(api, "d:nobody:else", data), 404, "NOT_FOUND")
     await refused(create(api, conv, data, name="bad\x00name"), 400, "INVALID_ARGUMENT", "control")
     await refused(create(api, conv, data, content_type="text/html\r\nX: y"), 400, "INVALID_ARGUMENT")
-    assert db_count(node, "uploads") == 0
+    assert await fx.count(node, "uploads") == 0
 
     up = await create(api, conv, data)
     uid = up["upload_id"]
@@ -248,8 +352,8 @@ async def test_bad_sizes_and_parts_are_refused_and_nothing_is_stored(
                   400, "INVALID_ARGUMENT", "does not match X-Part-SHA256")
     # None of that stored anything, and the upload is still there to resume.
     assert (await api.status(uid))["parts"] == []
-    assert db_count(node, "upload_parts") == 0
-    assert stored_files(node) == []
+    assert await fx.count(node, "upload_parts") == 0
+    assert await fx.stored(node) == []
 
     # Completing with parts missing names them.
     for n in (1, 3):
@@ -259,16 +363,15 @@ async def test_bad_sizes_and_parts_are_refused_and_nothing_is_stored(
         assert ok == {"part": n, "size": len(good), "sha256": hashlib.sha256(good).hexdigest()}
     err = await refused(api.complete(uid), 409, "CONFLICT", "parts missing: 2, 4")
     assert err.body["missing"] == [2, 4]
-    assert db_count(node, "files") == 0
+    assert await fx.count(node, "files") == 0
     # ... and the upload resumes from there.
     info = await alice.upload_file(conv, data, upload_id=uid)
     assert info.sha256 == digests(data)[0]
     assert len(await alice.download_file(info.file_id)) == len(data)
 
 
-async def test_whole_file_checksum_mismatch_makes_no_file_then_abort(
-        node_factory: NodeFactory) -> None:
-    node = await node_factory(files={"part_size": SMALL_PART})
+async def test_whole_file_checksum_mismatch_makes_no_file_then_abort(fx: Files) -> None:
+    node = await fx.node(files={"part_size": SMALL_PART})
     alice, _, conv = await members(node)
     api = alice.files_http()
     data = os.urandom(2 * SMALL_PART + 7)
@@ -283,21 +386,21 @@ async def test_whole_file_checksum_mismatch_makes_no_file_then_abort(
         err = await refused(api.complete(uid), 409, "CONFLICT", "whole-file checksum mismatch",
                             f"{field}: declared {sums[field]}")
         assert err.body[field] == dict(zip(("sha256", "sm3"), digests(data), strict=True))[field]
-        assert db_count(node, "files") == 0
-        assert not [p for p in stored_files(node) if p.startswith("blobs/")]
+        assert await fx.count(node, "files") == 0
+        assert not [p for p in await fx.stored(node) if p.startswith("blobs/")]
         # Still an upload (resumable): all three parts are there.
         assert sorted((await api.status(uid))["parts"]) == [1, 2, 3]
-        assert len([p for p in stored_files(node) if p.startswith(f"parts/{uid}/")]) == 3
+        assert len([p for p in await fx.stored(node) if p.startswith(f"parts/{uid}/")]) == 3
         # Abort deletes the parts and the upload.
         await api.abort(uid)
         await refused(api.status(uid), 404, "NOT_FOUND")
-        assert stored_files(node) == []
-        assert db_count(node, "uploads") == db_count(node, "upload_parts") == 0
+        assert await fx.stored(node) == []
+        assert await fx.count(node, "uploads") == await fx.count(node, "upload_parts") == 0
     assert metric(node, "tongxin_files_completed_total") == 0
 
 
-async def test_names_are_display_names_only(node_factory: NodeFactory) -> None:
-    node = await node_factory(files={"part_size": SMALL_PART})
+async def test_names_are_display_names_only(fx: Files) -> None:
+    node = await fx.node(files={"part_size": SMALL_PART})
     alice, bob, conv = await members(node)
     data = b"root:x:0:0:root:/root:/bin/bash\n"
     names = ["../../etc/passwd", "/etc/shadow", "..\\..\\boot.ini", "a/../../b", "名字 .txt"]
@@ -314,15 +417,15 @@ async def test_names_are_display_names_only(node_factory: NodeFactory) -> None:
             assert "/" not in disposition.split(";")[1]
             assert resp.headers["X-Content-Type-Options"] == "nosniff"
     # On disk only server-made names, all inside the blob directory.
-    for rel in stored_files(node):
+    for rel in await fx.stored(node):
         assert rel.startswith("blobs/") and rel.split("/")[-1].startswith("f_"), rel
     home = node.cfg.home
     assert not [p for p in home.rglob("*") if p.name in ("passwd", "shadow", "boot.ini", "b")]
     assert not (home.parent / "etc").exists()
 
 
-async def test_only_members_download_and_no_existence_leaks(node_factory: NodeFactory) -> None:
-    node = await node_factory(files={"part_size": SMALL_PART})
+async def test_only_members_download_and_no_existence_leaks(fx: Files) -> None:
+    node = await fx.node(files={"part_size": SMALL_PART})
     alice, bob, conv = await members(node)
     carol = await node.user("carol")
     info = await alice.upload_file(conv, b"secret report", name="report.txt")
@@ -351,9 +454,8 @@ async def test_only_members_download_and_no_existence_leaks(node_factory: NodeFa
             assert (await resp.json())["error"] == "TOKEN_INVALID"
 
 
-async def test_resent_parts_empty_files_and_a_restart(node_factory: NodeFactory,
-                                                     tmp_path: Path) -> None:
-    node = await node_factory(home=tmp_path / "home", files={"part_size": SMALL_PART})
+async def test_resent_parts_empty_files_and_a_restart(fx: Files, tmp_path: Path) -> None:
+    node = await fx.node(home=tmp_path / "home", files={"part_size": SMALL_PART})
     alice, bob, conv = await members(node)
     api = alice.files_http()
     # An empty file needs no parts.
@@ -368,7 +470,7 @@ async def test_resent_parts_empty_files_and_a_restart(node_factory: NodeFactory,
     up = await create(api, conv, final)
     await api.put_parts(up["upload_id"], FileSource(first), SMALL_PART, [1, 2, 3], parallel=1)
     await api.put_part(up["upload_id"], 2, part_of(final, 2, SMALL_PART))
-    assert len([p for p in stored_files(node) if p.startswith("parts/")]) == 3  # old copy gone
+    assert len([p for p in await fx.stored(node) if p.startswith("parts/")]) == 3  # old copy gone
     info = await api.complete(up["upload_id"])
     assert info.sha256 == digests(final)[0]
     assert await bob.download_file(info.file_id) == final
@@ -381,12 +483,10 @@ async def test_resent_parts_empty_files_and_a_restart(node_factory: NodeFactory,
     uid = up["upload_id"]
     await api.put_parts(uid, FileSource(data), SMALL_PART, [1, 2, 3], parallel=2)
     await node.stop()
-    node = await node_factory(home=tmp_path / "home", files={"part_size": SMALL_PART})
+    node = await fx.node(home=tmp_path / "home", files={"part_size": SMALL_PART})
     alice = await node.user("alice")
     api = alice.files_http()
-    damaged = sorted(node.cfg.files_dir.glob(f"parts/{uid}/000002.*"))
-    assert len(damaged) == 1
-    damaged[0].write_bytes(b"\0" * SMALL_PART)
+    await fx.damage(node, uid, 2)
     await api.put_part(uid, 4, part_of(data, 4, SMALL_PART))
     err = await refused(api.complete(uid), 409, "CONFLICT", "part 2 was damaged in storage")
     assert err.body["missing"] == [2]
@@ -397,8 +497,8 @@ async def test_resent_parts_empty_files_and_a_restart(node_factory: NodeFactory,
 
 # ---- expiry ------------------------------------------------------------------
 
-async def test_expired_uploads_are_swept_in_batches(node_factory: NodeFactory) -> None:
-    node = await node_factory(files={"part_size": SMALL_PART, "upload_expiry": 0.4})
+async def test_expired_uploads_are_swept_in_batches(fx: Files) -> None:
+    node = await fx.node(files={"part_size": SMALL_PART, "upload_expiry": 0.4})
     node.node.files.sweep_batch = 2  # five uploads take three batches
     alice, _, conv = await members(node)
     api = alice.files_http()
@@ -410,38 +510,35 @@ async def test_expired_uploads_are_swept_in_batches(node_factory: NodeFactory) -
                        data=data[:SMALL_PART])
         uids.append(up["upload_id"])
     for _ in range(100):
-        if not (db_count(node, "uploads") or stored_files(node)):
+        if not (await fx.count(node, "uploads") or await fx.stored(node)):
             break
         await asyncio.sleep(0.1)
     assert metric(node, "tongxin_uploads_expired_total") == 5
-    assert db_count(node, "upload_parts") == 0
+    assert await fx.count(node, "upload_parts") == 0
     await refused(api.status(uids[0]), 404, "NOT_FOUND")
 
 
-async def test_expired_upload_is_deleted_when_touched(node_factory: NodeFactory) -> None:
-    node = await node_factory(files={"part_size": SMALL_PART})  # sweeper far away
+async def test_expired_upload_is_deleted_when_touched(fx: Files) -> None:
+    node = await fx.node(files={"part_size": SMALL_PART})  # sweeper far away
     alice, _, conv = await members(node)
     api = alice.files_http()
     data = os.urandom(SMALL_PART + 10)
     up = await create(api, conv, data)
     uid = up["upload_id"]
     await api.call("PUT", f"/api/v1/files/uploads/{uid}/parts/1", data=data[:SMALL_PART])
-    assert len(stored_files(node)) == 1
-    conn = sqlite3.connect(node.cfg.sqlite_file)
-    with conn:
-        conn.execute("UPDATE uploads SET expires_at = 1 WHERE id = ?", (uid,))
-    conn.close()
+    assert len(await fx.stored(node)) == 1
+    await fx.expire(node, uid)
     await refused(api.call("PUT", f"/api/v1/files/uploads/{uid}/parts/2", data=data[SMALL_PART:]),
                   404, "NOT_FOUND", "expired")
-    assert stored_files(node) == []
-    assert db_count(node, "uploads") == 0
+    assert await fx.stored(node) == []
+    assert await fx.count(node, "uploads") == 0
     assert metric(node, "tongxin_uploads_expired_total") == 1
 
 
 # ---- file messages ------------------------------------------------------------
 
-async def test_file_message_reaches_the_other_member(node_factory: NodeFactory) -> None:
-    node = await node_factory(files={"part_size": SMALL_PART})
+async def test_file_message_reaches_the_other_member(fx: Files) -> None:
+    node = await fx.node(files={"part_size": SMALL_PART})
     alice, bob, conv = await members(node)
     data = os.urandom(3 * SMALL_PART)
     info = await alice.upload_file(conv, data, name="plan.pdf", content_type="application/pdf")

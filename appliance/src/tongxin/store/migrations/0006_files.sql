@@ -8,7 +8,7 @@
 --
 -- file_blob*: the blob store of files.backend database (files/db_blobs.py).
 -- Bytes are written once into file_blob_chunks under a random content id, in
--- rows of at most 1 MiB (TiDB refuses entries over 6 MiB); a key
+-- rows of 256 KiB (TiDB refuses entries over 6 MiB); a key
 -- (file_blobs) names its bytes through file_blob_segments, so a finished
 -- file refers to its parts' contents instead of copying them. A content
 -- being written, or no longer named by any key, has a row in
