@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import getpass
 import os
+import re
 import signal
 import socket
 import sys
@@ -257,6 +258,8 @@ def cmd_site(args: argparse.Namespace) -> int:
     import json
 
     cfg = _config(args)
+    if args.action == "record":
+        return _site_record(cfg, args)
 
     async def run() -> int:
         out: dict[str, Any] = {"site": cfg.site.name, "role": cfg.site.role,
@@ -283,6 +286,45 @@ def cmd_site(args: argparse.Namespace) -> int:
                 out["newest_heartbeat"] = {"node": node, "site": site, "beat_ms": beat_ms}
                 out["replication_lag_seconds"] = round(max(0.0, time.time() - beat_ms / 1000), 3)
         print(json.dumps(out, ensure_ascii=False, indent=2))
+        return 0
+
+    return _run(run())
+
+
+def _site_record(cfg: Config, args: argparse.Namespace) -> int:
+    """``tongxin site record``: one DR operation into the audit trail (who, when,
+    what, outcome), written through a serving node's configuration; a standby's
+    database is a read-only replica, so there it is refused."""
+    import json
+
+    if not re.fullmatch(r"[a-z][a-z0-9_.-]{0,63}", args.event or ""):
+        print("tongxin: --event must name the operation, e.g. dr.failover "
+              "(lower-case letters, digits, . _ -)", file=sys.stderr)
+        return 2
+    try:
+        details = json.loads(args.details)
+    except ValueError as exc:
+        print(f"tongxin: --details is not JSON: {exc}", file=sys.stderr)
+        return 2
+    if not isinstance(details, dict):
+        print("tongxin: --details must be a JSON object", file=sys.stderr)
+        return 2
+    if cfg.site.role != "active":
+        print("tongxin: this node is on standby (its database is a read-only copy); "
+              "record the operation on a node of a serving site", file=sys.stderr)
+        return 1
+
+    async def run() -> int:
+        from tongxin.cli.compliance import _cli_actor, _open
+
+        comp = await _open(cfg)
+        try:
+            rec = await comp.audit(args.event, actor=args.actor or _cli_actor(),
+                                   outcome=args.outcome, source="dr", site=cfg.site.name,
+                                   **{"operation": details})
+        finally:
+            await comp.close()
+        print(json.dumps({"recorded": args.event, "seq": rec.seq}, ensure_ascii=False))
         return 0
 
     return _run(run())
@@ -338,7 +380,15 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("site", help="multi-site: this node's site, role, database endpoint "
                         "and replication lag")
     common(st)
-    st.add_argument("action", choices=["status"])
+    st.add_argument("action", choices=["status", "record"],
+                    help="status: read only; record: write a DR operation (switchover, "
+                         "failover, failback, drill) into the audit trail (an active node)")
+    st.add_argument("--event", default="", help="record: the operation, e.g. dr.failover")
+    st.add_argument("--outcome", default="ok", choices=["ok", "failed", "partial"],
+                    help="record: how it ended")
+    st.add_argument("--actor", default="", help="record: who ran it (default the CLI user)")
+    st.add_argument("--details", default="{}",
+                    help="record: a JSON object kept with the record (steps, timings, versions)")
     st.set_defaults(func=cmd_site)
 
     ch = sub.add_parser("chat", help="chat in the terminal")
