@@ -104,18 +104,22 @@ def start_mirrormaker(kafka_home: str, source_alias: str, source: str, target_al
         f"{target_alias}->{source_alias}.enabled = false",
         # One broker per site here: every topic MirrorMaker 2 creates has one replica.
         "replication.factor = 1",
-        "offset-syncs.topic.replication.factor = 1",
-        "checkpoints.topic.replication.factor = 1",
-        "heartbeats.topic.replication.factor = 1",
         "config.storage.replication.factor = 1",
         "offset.storage.replication.factor = 1",
         "status.storage.replication.factor = 1",
+        # As roles/kafka/templates/mm2.properties.j2 sets them, so the
+        # latency measured here is the production configuration's.
+        f"{source_alias}.consumer.fetch.min.bytes = 1",
+        f"{source_alias}.consumer.fetch.max.wait.ms = 500",
+        f"{target_alias}.producer.linger.ms = 0",
+        f"{target_alias}.offset.flush.interval.ms = 5000",
         "emit.checkpoints.enabled = false",
         "sync.group.offsets.enabled = false",
+        "emit.offset-syncs.enabled = false",
+        "emit.heartbeats.enabled = false",
+        "heartbeats.replication.enabled = false",
         "sync.topic.acls.enabled = false",
         "refresh.topics.interval.seconds = 5",
-        # Keep MirrorMaker 2's own topics off the source (shared by other tests).
-        "offset-syncs.topic.location = target",
         "",
     ]), encoding="utf-8")
     log = workdir / "mm2.log"
