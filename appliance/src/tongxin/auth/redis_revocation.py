@@ -18,6 +18,12 @@ Redis holds only "revoked", never "valid", and the store is written first.
 So a Redis that lost a key (failover, eviction, expiry) or does not answer
 only sends the question to the store: the answer stays right. Calls are
 bounded; after a failure Redis is skipped for a second (``Breaker``).
+
+Across sites each site has its own Redis Cluster and this publishes only to
+the local one (``presence.redis_nodes``): the other sites' nodes find the
+revocation in the store they share, on their first AUTH of the token,
+whether or not their Redis could have been told (docs/security.md,
+"Revocation across sites").
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ written there first, and a token the store does not call revoked is refused
 only if the store is never asked (it always is when this port has no answer).
 This port is a faster, shared answer in front of it: with Redis Cluster every
 node sees a revocation at once and refuses the token without a store read,
-even while the database is unreachable.
+even while the database is unreachable. It is per site: with several sites
+the shared store is what makes a revocation at one site hold at the others.
 
 ``Accounts`` is the only caller (``revoke``, ``revoke_user``, ``resume``),
 so every revocation path (logout, admin logout, disable, password change,
