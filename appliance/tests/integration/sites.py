@@ -11,8 +11,10 @@ imitating it with prefixes on one broker.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,29 +25,49 @@ from tongxin.client import Client, pb
 
 PASSWORD = "password-1"
 
-#: Ports of the second site: the first site (services.sh defaults) uses
-#: 9092-9093 and 7000-7005.
-SITE2_KAFKA_PORT = 9192
-SITE2_REDIS_BASE_PORT = 7100
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_block(count: int, also_plus: int = 0) -> int:
+    """First of ``count`` consecutive free ports (and, with ``also_plus``, the
+    same block shifted by it: Redis Cluster's bus ports are port + 10000).
+    Chosen at random, since other engineers' engines run on fixed ports."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 29000)
+        ports = [base + i for i in range(count)]
+        if also_plus:
+            ports += [p + also_plus for p in ports]
+        if all(_free(p) for p in ports):
+            return base
+    raise RuntimeError(f"no {count} consecutive free ports found")
 
 
 @dataclass
 class Site2:
     state: Path
+    kafka_port: int
+    redis_base_port: int
 
     @property
     def env(self) -> dict[str, str]:
         return {**os.environ, "TONGXIN_SERVICES_DIR": str(self.state),
-                "TONGXIN_KAFKA_PORT": str(SITE2_KAFKA_PORT),
-                "TONGXIN_REDIS_BASE_PORT": str(SITE2_REDIS_BASE_PORT)}
+                "TONGXIN_KAFKA_PORT": str(self.kafka_port),
+                "TONGXIN_REDIS_BASE_PORT": str(self.redis_base_port)}
 
     @property
     def kafka_bootstrap(self) -> str:
-        return f"127.0.0.1:{SITE2_KAFKA_PORT}"
+        return f"127.0.0.1:{self.kafka_port}"
 
     @property
     def redis_nodes(self) -> str:
-        return ",".join(f"127.0.0.1:{SITE2_REDIS_BASE_PORT + i}" for i in range(6))
+        return ",".join(f"127.0.0.1:{self.redis_base_port + i}" for i in range(6))
 
     def run(self, action: str, *names: str) -> str:
         proc = subprocess.run(["bash", str(SERVICES), action, *names], capture_output=True,
@@ -63,12 +85,15 @@ class Site2:
 
     def destroy(self) -> None:
         """Stop what this site runs (by its PID files) and forget its data."""
-        self.run("stop", "redis", "kafka")
+        if self.state.exists():
+            self.run("stop", "redis", "kafka")
         shutil.rmtree(self.state, ignore_errors=True)
 
 
 def site2(tmp_root: Path) -> Site2:
-    return Site2(tmp_root / "site2-services")
+    """The second site's engines on free ports (Kafka: listener and controller;
+    Redis: six nodes and their bus ports), state under ``tmp_root``."""
+    return Site2(tmp_root / "site2-services", free_block(2), free_block(6, also_plus=10000))
 
 
 @dataclass

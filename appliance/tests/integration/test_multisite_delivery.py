@@ -36,7 +36,6 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     env = service_env()
     tmp = tmp_path_factory.mktemp("multisite-delivery")
     dc2: Site2 = site2(tmp)
-    dc2.start("kafka", "redis")
     dc1_cfg = isolated_backends(env)
     dc2_cfg = copy.deepcopy(dc1_cfg)
     # Same topic names and key prefix, other clusters: the production layout.
@@ -47,6 +46,7 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     state: dict[str, Any] = {"env": env, "dc2": dc2, "tmp": tmp, "mirror": None,
                              "topic": dc1_cfg["kafka"]["deliveries_topic"]}
     try:
+        dc2.start("kafka", "redis")
         for name, cfg in (("dc1-n1", dc1_cfg), ("dc2-n1", dc2_cfg)):
             nodes.append(asyncio.run(start_node_process(name, home, cfg, tmp)))
         state["nodes"] = nodes

@@ -29,7 +29,6 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     env = service_env()
     tmp = tmp_path_factory.mktemp("multisite-sessions")
     dc2: Site2 = site2(tmp)
-    dc2.start("redis")
     dc1_cfg = isolated_backends(env)
     # dc2's deliveries on topics of their own (another site's cluster in
     # production); its presence in its own Redis Cluster under the same prefix.
@@ -40,6 +39,7 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     home = tmp / "shared"
     nodes: list[NodeProcess] = []
     try:
+        dc2.start("redis")
         for name, cfg in (("dc1-n1", dc1_cfg), ("dc2-n1", dc2_cfg)):
             nodes.append(asyncio.run(start_node_process(name, home, cfg, tmp)))
         yield {"nodes": nodes, "dc2": dc2}
