@@ -374,3 +374,33 @@ async def test_two_nodes_completing_and_recording_parts_race_safely(dsn: str) ->
     finally:
         for m in metas:
             await m.close()
+
+
+# ---- the audit archive in the database ----------------------------------------------------
+
+async def test_the_audit_archive_goes_into_the_database(dsn: str, tmp_path: Path) -> None:
+    from conftest import make_config
+
+    from tongxin.compliance.service import archive_objects
+
+    cfg = make_config(tmp_path, storage={"backend": "mysql", "mysql_dsn": dsn},
+                      compliance={"audit_archive_backend": "database"})
+    objects = archive_objects(cfg)
+    name = parse_dsn(dsn).database
+    assert objects.describe() == f"database {name}/audit-archive/{name}/"
+    try:
+        assert await objects.get("manifest.json") is None
+        await objects.put("manifest.json", b'{"v": 1}')
+        await objects.put("manifest.json", b'{"v": 2}')
+        segment = os.urandom(300_000)
+        await objects.put("audit-000000000001-000000000100.jsonl.zst", segment)
+        assert await objects.get("manifest.json") == b'{"v": 2}'
+        assert await objects.get("audit-000000000001-000000000100.jsonl.zst") == segment
+        keys = sorted(r[0].decode() for r in await sql(dsn, "SELECT blob_key FROM file_blobs"))
+        assert keys == [f"audit-archive/{name}/audit-000000000001-000000000100.jsonl.zst",
+                        f"audit-archive/{name}/manifest.json"]
+        await objects.delete(["audit-000000000001-000000000100.jsonl.zst"])
+        assert await objects.get("audit-000000000001-000000000100.jsonl.zst") is None
+        assert await count(dsn, "file_blob_chunks") == 1  # the manifest's one row
+    finally:
+        await objects.close()

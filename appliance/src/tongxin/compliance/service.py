@@ -88,6 +88,8 @@ def archive_name(cfg: Config) -> str:
 def archive_objects(cfg: Config) -> ArchiveObjects:
     """The archive's storage: a directory, or the S3 bucket through the files BlobStore port."""
     c, f = cfg.compliance, cfg.files
+    if c.audit_archive_backend == "database":
+        return database_archive(cfg)
     if c.audit_archive_backend != "s3":
         return DirObjects(archive_dir(cfg))
     bucket = c.audit_archive_bucket or f.s3_bucket
@@ -102,6 +104,15 @@ def archive_objects(cfg: Config) -> ArchiveObjects:
         f.s3_secret_key or os.environ.get("TONGXIN_S3_SECRET_KEY", ""),
         spool_dir=archive_dir(cfg) / "spool")
     return BlobObjects(blobs, archive_name(cfg), f"s3://{bucket}")
+
+
+def database_archive(cfg: Config) -> ArchiveObjects:
+    """The archive in the shared database (``audit_archive_backend: database``), so it
+    replicates to dr with the chain it continues."""
+    from tongxin.files.db_blobs import DbBlobStore, mysql_database
+
+    db = mysql_database(cfg, 2)
+    return BlobObjects(DbBlobStore(db), archive_name(cfg), f"database {db.dsn.database}")
 
 
 def _mask_url(url: str) -> str:
@@ -320,7 +331,7 @@ class Compliance:
             # The chain is the installation's; a segment in a directory only
             # this host sees is "missing" to verification everywhere else.
             log.warning("the audit chain is shared (storage.backend mysql) but archived to %s: "
-                        "use compliance.audit_archive_backend s3, or a directory every node "
+                        "use compliance.audit_archive_backend database or s3, or a directory every node "
                         "mounts", archive_dir(self.cfg))
         self._task = asyncio.get_running_loop().create_task(self._loop())
 

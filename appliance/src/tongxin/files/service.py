@@ -647,6 +647,11 @@ def make_file_service(cfg: Config, store: ChatStore, metrics: Metrics) -> FileSe
     else:
         from tongxin.files.local import LocalBlobStore
 
+        if cfg.storage.backend == "mysql":
+            # The rows are seen by every node, the bytes only by this one's disk.
+            log.warning("file metadata is shared (storage.backend mysql) but the bytes are in %s: "
+                        "other nodes answer 503 for these files unless every node mounts it; "
+                        "use files.backend database or s3", cfg.files_dir)
         blobs = LocalBlobStore(cfg.files_dir)
     return FileService(f, meta, blobs, store, metrics)
 
