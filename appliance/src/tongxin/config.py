@@ -159,7 +159,8 @@ class PresenceConfig:
 
 @dataclass
 class FilesConfig:
-    backend: str = _f("local", "where file contents live: local (<data_dir>/files) or s3")
+    backend: str = _f("local", "where file contents live: local (<data_dir>/files), s3, or database "
+                      "(the storage.backend mysql database: files replicate with it)")
     local_path: str = _f("", "local directory for file bytes (s3: its spool); empty means <data_dir>/files")
     max_file_size: int = _f(2147483648, "largest file one upload may declare (bytes)")
     part_size: int = _f(8388608, "upload part size; at least 65536, and at least 5 MiB with s3")
@@ -190,7 +191,8 @@ class ComplianceConfig:
     audit_archive_dir: str = _f("", "audit archive directory; empty means <data_dir>/audit-archive "
                                 "(with audit_archive_backend s3: only its lock file)")
     audit_archive_backend: str = _f("local", "where archive segments and manifests are written: local "
-                                    "(audit_archive_dir) or s3 (files.s3_endpoint and credentials)")
+                                    "(audit_archive_dir), s3 (files.s3_endpoint and credentials) "
+                                    "or database (the storage.backend mysql database)")
     audit_archive_bucket: str = _f("", "s3 archive: bucket (must exist); empty means files.s3_bucket")
     audit_archive_name: str = _f("", "s3 archive: objects go under audit-archive/<name>/, one name per "
                                  "chain (letters, digits, . _ -); empty means the database name with "
@@ -305,13 +307,13 @@ def parse_listen(value: str) -> tuple[str, int]:
 _CHOICES = {
     "storage.backend": ("sqlite", "mysql"),
     "storage.sqlite_synchronous": ("full", "normal"),
-    "files.backend": ("local", "s3"),
+    "files.backend": ("local", "s3", "database"),
     "logging.level": ("debug", "info", "warning", "error"),
     "delivery.backend": ("inprocess", "kafka"),
     "presence.backend": ("memory", "redis"),
     "chat.rate_limit_backend": ("auto", "memory", "redis"),
     "compliance.sms_provider": ("none", "command", "webhook"),
-    "compliance.audit_archive_backend": ("local", "s3"),
+    "compliance.audit_archive_backend": ("local", "s3", "database"),
     "crypto.suite": ("gm", "international"),
     "site.role": ("active", "standby"),
 }
@@ -407,6 +409,11 @@ def _validate(obj: Any, path: str) -> None:
                 files.s3_endpoint and (comp.audit_archive_bucket or files.s3_bucket)):
             raise ConfigError("compliance.audit_archive_backend s3: files.s3_endpoint and a bucket "
                               "(compliance.audit_archive_bucket or files.s3_bucket) are required")
+        for key, value in (("files.backend", files.backend),
+                           ("compliance.audit_archive_backend", comp.audit_archive_backend)):
+            if value == "database" and obj.storage.backend != "mysql":
+                raise ConfigError(f"{key} database: needs storage.backend mysql (the bytes go "
+                                  "into that database)")
     if isinstance(obj, StorageConfig):
         from tongxin.store.dsn import parse_dsn
 
