@@ -404,3 +404,16 @@ async def test_the_audit_archive_goes_into_the_database(dsn: str, tmp_path: Path
         assert await count(dsn, "file_blob_chunks") == 1  # the manifest's one row
     finally:
         await objects.close()
+
+
+@pytest.mark.parametrize("section", ["files:\n  backend: database\n",
+                                     "compliance:\n  audit_archive_backend: database\n"])
+def test_database_backends_need_the_mysql_store(tmp_path: Path, section: str) -> None:
+    from tongxin.config import ConfigError, load_config
+
+    path = tmp_path / "tongxin.yml"
+    path.write_text(section, encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"needs storage\.backend mysql"):
+        load_config(path)
+    path.write_text(section + "storage:\n  backend: mysql\n", encoding="utf-8")
+    load_config(path)
