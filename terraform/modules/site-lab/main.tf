@@ -83,9 +83,11 @@ resource "docker_container" "host" {
   stop_signal = "SIGRTMIN+3"
 
   # nftables (roles/common) loads its rules into the container's own network
-  # namespace, as on a real host; nothing else is granted.
+  # namespace, as on a real host. Load balancers also get CAP_NET_RAW:
+  # keepalived (roles/lb) sends VRRP, an IP protocol of its own, on a raw
+  # socket. Nothing else is granted.
   capabilities {
-    add = ["CAP_NET_ADMIN"]
+    add = concat(["CAP_NET_ADMIN"], each.value.component == "lb" || contains(each.value.also, "lb") ? ["CAP_NET_RAW"] : [])
   }
 
   tmpfs = {
