@@ -203,6 +203,16 @@ async def test_standby_reports_lag_from_the_active_heartbeat(dsn: str, tmp_path:
         assert first["replication_lag_seconds"] >= 1.5, first
         assert second["replication_lag_seconds"] >= first["replication_lag_seconds"] + 0.8
         assert second["replication_lag_seconds"] <= time.time() - stopped + 3
+        # What a failover needs: the copy has been silent about as long as the
+        # source is gone, and it was close behind when it last moved (the
+        # most a takeover now would lose), which stops growing.
+        assert second["replication_silent_seconds"] >= first["replication_silent_seconds"] + 0.8
+        assert 1.0 <= second["replication_silent_seconds"] <= time.time() - stopped + 3
+        assert 0 <= second["replication_lag_at_last_advance_seconds"] < 3, second
+        assert (second["replication_lag_at_last_advance_seconds"]
+                == first["replication_lag_at_last_advance_seconds"])
+        _, text = await _get(standby.http_url + "/metrics")
+        assert _metric(text, "tongxin_replication_lag_at_last_advance_seconds") < 3
     finally:
         active.stop()
         if standby is not None:

@@ -85,10 +85,16 @@ class StandbyNode:
 
     def status(self) -> dict[str, Any]:
         lag = self.reader.lag() if self.reader is not None else None
+        silent = self.reader.silent_for() if self.reader is not None else None
+        before = self.reader.lag_at_advance if self.reader is not None else None
         body: dict[str, Any] = {
             "ready": False, "reason": "standby", "role": "standby", "site": self.cfg.site.name,
             "node": self.node_id,
-            "replication_lag_seconds": None if lag is None else round(lag, 3),
+            "replication_lag_seconds": _rounded(lag),
+            # For a failover: how long the copy has not moved, and how far behind
+            # it was when it last did (what a takeover now would lose at most).
+            "replication_silent_seconds": _rounded(silent),
+            "replication_lag_at_last_advance_seconds": _rounded(before),
         }
         if self.reader is not None and self.reader.error:
             body["replication_error"] = self.reader.error
@@ -132,3 +138,7 @@ class StandbyNode:
         app.on_startup.append(on_startup)
         app.on_shutdown.append(on_shutdown)
         return app
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)

@@ -70,6 +70,12 @@ class LagReader:
         self.store, self.interval = store, interval
         self.last_beat: float | None = None  # Unix seconds of the newest beat seen
         self.last_site = ""
+        # When the newest beat last moved (this node's clock), and how far
+        # behind the copy was then. Once the source is lost the beat stops
+        # moving: that lag is what a takeover loses at most (the RPO), while
+        # lag() keeps growing with the time since the loss.
+        self.advanced_at: float | None = None
+        self.lag_at_advance: float | None = None
         self.error = ""  # why the last read failed, "" after a good one
         Gauge("tongxin_replication_lag_seconds",
               "Now minus the newest replication heartbeat this node's database holds "
@@ -78,6 +84,10 @@ class LagReader:
         Gauge("tongxin_replication_last_beat_timestamp_seconds",
               "The newest replication heartbeat this node's database holds (Unix time)",
               registry=registry).set_function(lambda: _nan(self.last_beat))
+        Gauge("tongxin_replication_lag_at_last_advance_seconds",
+              "How far behind the copy was when its newest heartbeat last moved: after the "
+              "source is lost, what a takeover would lose at most",
+              registry=registry).set_function(lambda: _nan(self.lag_at_advance))
 
     def lag(self) -> float | None:
         return None if self.last_beat is None else max(0.0, time.time() - self.last_beat)
@@ -89,8 +99,15 @@ class LagReader:
             return  # no table or no rows yet: the lag stays unknown (or keeps growing)
         _node, site, beat_ms = newest
         beat = beat_ms / 1000
+        if self.last_beat is None or beat > self.last_beat:
+            now = time.time()
+            self.advanced_at, self.lag_at_advance = now, max(0.0, now - beat)
         if self.last_beat is None or beat >= self.last_beat:
             self.last_beat, self.last_site = beat, site
+
+    def silent_for(self) -> float | None:
+        """Seconds since the newest beat last moved (None before any)."""
+        return None if self.advanced_at is None else max(0.0, time.time() - self.advanced_at)
 
     async def run(self) -> None:
         while True:
