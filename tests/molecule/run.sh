@@ -23,7 +23,7 @@
 #      debootstrap and `podman import`ed (no registry is involved). The rootfs
 #      tarball is kept in ${TONGXIN_CACHE:-$HOME/.cache/tongxin}/images, so a
 #      machine whose image store was wiped re-imports it in seconds.
-#   4. when the site or bundle scenario is among them, the offline bundle
+#   4. when the site, multisite or bundle scenario is among them, the offline bundle
 #      (appliance/scripts/bundle.sh, cached) before any scenario starts.
 # then runs `molecule --base-config base.yml test -s <scenario>` for each (longest first when
 # parallel), prints each one's time and ends with the line
@@ -244,7 +244,7 @@ prepare_bundle() {  # prepare_bundle SCENARIO...: the offline bundle, once, befo
   # fresh machine pays for the downloads once (with the build's progress on
   # the console rather than inside a scenario's log).
   local s wanted=0
-  for s in "$@"; do case $s in site|bundle) wanted=1 ;; esac; done
+  for s in "$@"; do case $s in site|multisite|bundle) wanted=1 ;; esac; done
   [ "$wanted" = 1 ] || return 0
   local t0=$SECONDS
   log "offline bundle for $(uname -m) (appliance/scripts/bundle.sh)"
@@ -271,7 +271,7 @@ lint() {
 
 # Longest first, so that a parallel run does not end with one long scenario
 # alone; the rest alphabetically. Measured times in docs/ansible.md.
-SCENARIO_ORDER=(site appliance lb kafka database bundle monitoring redis pki common lab preflight)
+SCENARIO_ORDER=(multisite site appliance lb kafka database bundle monitoring redis pki common lab preflight)
 
 scenarios_all() {
   local d s
