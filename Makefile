@@ -77,8 +77,8 @@ ansible-lint:
 	tests/molecule/run.sh --lint
 
 ## test: everything CI runs: Python lint, ansible-lint, tofu, pytest, then
-## every Molecule scenario (all twelve: about 15 minutes here, three at a
-## time; docs/ansible.md, "Timings").
+## every Molecule scenario (all thirteen, multisite with its DR drills the
+## longest; three at a time; docs/ansible.md, "Timings").
 test: setup lint ansible-lint tofu
 	cd $(APP) && ../$(BIN)/pytest -q -p no:cacheprovider tests
 	@# the engines pytest started (Redis, Kafka, MariaDB)
