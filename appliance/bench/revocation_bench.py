@@ -31,6 +31,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from cluster_bench import _mysql as mysql_admin  # one admin statement, as cluster_bench runs it
+
 from tongxin.auth.accounts import Accounts
 from tongxin.auth.redis_revocation import RedisRevocations
 from tongxin.auth.revocation import NoRevocations, Revocations
@@ -50,21 +52,6 @@ def service_env() -> dict[str, str]:
                          text=True).stdout
     return dict(line[len("export "):].split("=", 1) for line in out.splitlines()
                 if line.startswith("export "))
-
-
-async def mysql_admin(dsn: str, sql: str) -> None:
-    import asyncmy
-
-    from tongxin.store.dsn import parse_dsn
-
-    d = parse_dsn(dsn)
-    conn = await asyncmy.connect(host=d.host, port=d.port, user=d.user, password=d.password,
-                                 database=d.database, autocommit=True)
-    try:
-        async with conn.cursor() as cur:
-            await cur.execute(sql)
-    finally:
-        conn.close()
 
 
 def pct(values: list[float], q: float) -> float:
