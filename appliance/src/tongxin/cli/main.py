@@ -425,6 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
     from tongxin.cli.drill import add_commands as add_drill_commands
 
     add_drill_commands(sub)  # drill start / mark / wait / stop / report
+
+    from tongxin.cli.dr_secrets import add_commands as add_dr_secrets_commands
+
+    add_dr_secrets_commands(sub)  # dr-secrets keygen / seal / show / unseal
     return p
 
 

@@ -1,0 +1,237 @@
+"""The DR site's sealed secrets (tongxin.site.sealed, tongxin dr-secrets)."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tongxin.cli.main import main
+from tongxin.site.sealed import (
+    SealError,
+    generate_key,
+    header,
+    is_current,
+    load_key,
+    part,
+    seal,
+    unseal,
+)
+
+FILES = {
+    "secrets/master.key": b"tongxin-kek-v1 0011223344556677 gm " + base64.b64encode(os.urandom(16)),
+    "secrets/token.key": os.urandom(32),
+    "secrets/totp.key": os.urandom(32),
+    "ca/sm2-ca.key": b"-----BEGIN PRIVATE KEY-----\nnot really\n-----END PRIVATE KEY-----\n",
+}
+
+
+@pytest.mark.parametrize("suite", ["gm", "international"])
+def test_round_trip_gives_back_every_file(suite: str) -> None:
+    key = generate_key(suite)
+    doc = seal(key, FILES)
+    assert unseal(key, doc) == FILES
+    # Nothing of the files is readable in the document.
+    text = json.dumps(doc)
+    for data in FILES.values():
+        assert base64.b64encode(data).decode() not in text
+    assert doc["suite"] == suite and doc["names"] == sorted(FILES)
+
+
+def test_a_document_survives_the_key_files_json() -> None:
+    key = generate_key("gm")
+    public = load_key(json.loads(json.dumps(key.public_document())), need_private=False)
+    private = load_key(json.loads(json.dumps(key.private_document())), need_private=True)
+    assert unseal(private, seal(public, FILES)) == FILES
+
+
+def test_current_only_for_the_same_files_and_key() -> None:
+    key, other = generate_key("gm"), generate_key("gm")
+    doc = seal(key, FILES)
+    assert is_current(doc, key, FILES)
+    changed = {**FILES, "secrets/token.key": os.urandom(32)}
+    assert not is_current(doc, key, changed)
+    assert not is_current(doc, key, {k: v for k, v in FILES.items() if k != "ca/sm2-ca.key"})
+    assert not is_current(doc, other, FILES)
+    assert not is_current(None, key, FILES)
+
+
+def test_two_seals_of_the_same_files_differ() -> None:
+    key = generate_key("international")
+    a, b = seal(key, FILES), seal(key, FILES)
+    assert a["ciphertext"] != b["ciphertext"] and a["kem"] != b["kem"]
+    assert a["digest"] == b["digest"]
+
+
+def test_a_key_other_than_the_recipient_is_refused_by_name() -> None:
+    key, other = generate_key("gm"), generate_key("gm")
+    with pytest.raises(SealError, match=f"sealed to key {key.key_id}"):
+        unseal(other, seal(key, FILES))
+
+
+def test_forcing_the_recipient_field_does_not_open_it_either() -> None:
+    key, other = generate_key("international"), generate_key("international")
+    doc = seal(key, FILES)
+    doc["recipient"] = other.key_id
+    with pytest.raises(SealError, match="does not open"):
+        unseal(other, doc)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("digest", "00" * 32),
+    ("names", ["secrets/token.key"]),
+    ("sealed_at", "2020-01-01T00:00:00Z"),
+])
+def test_any_header_change_is_detected(field: str, value: object) -> None:
+    key = generate_key("gm")
+    doc = seal(key, FILES)
+    doc[field] = value
+    with pytest.raises(SealError, match="does not open"):
+        unseal(key, doc)
+
+
+def test_a_flipped_ciphertext_bit_is_detected() -> None:
+    key = generate_key("gm")
+    doc = seal(key, FILES)
+    raw = bytearray(base64.b64decode(doc["ciphertext"]))
+    raw[len(raw) // 2] ^= 1
+    doc["ciphertext"] = base64.b64encode(bytes(raw)).decode()
+    with pytest.raises(SealError, match="does not open"):
+        unseal(key, doc)
+
+
+def test_an_edited_key_id_in_a_key_file_is_refused() -> None:
+    doc = generate_key("gm").public_document()
+    doc["key_id"] = "00" * 16
+    with pytest.raises(SealError, match="edited or damaged"):
+        load_key(doc, need_private=False)
+
+
+def test_a_public_key_cannot_unseal() -> None:
+    key = generate_key("gm")
+    with pytest.raises(SealError, match="private key"):
+        load_key(key.public_document(), need_private=True)
+
+
+@pytest.mark.parametrize("name", ["secrets/../x", "../secrets/x", "secrets/a/b", "other/x",
+                                  "secrets/.hidden", "secrets/"])
+def test_only_plain_file_names_are_sealed(name: str) -> None:
+    with pytest.raises(SealError, match="not a sealable name"):
+        seal(generate_key("gm"), {name: b"x"})
+
+
+def test_parts_strip_their_prefix() -> None:
+    assert part(FILES, "secrets") == {
+        "master.key": FILES["secrets/master.key"],
+        "token.key": FILES["secrets/token.key"],
+        "totp.key": FILES["secrets/totp.key"],
+    }
+    assert part(FILES, "ca") == {"sm2-ca.key": FILES["ca/sm2-ca.key"]}
+    with pytest.raises(SealError):
+        part(FILES, "etc")
+
+
+def test_header_refuses_other_documents() -> None:
+    with pytest.raises(SealError, match="not a sealed DR secrets document"):
+        header({"format": "something-else"})
+    doc = seal(generate_key("gm"), FILES)
+    del doc["kem"]
+    with pytest.raises(SealError, match="lacks kem"):
+        header(doc)
+
+
+# ---- the command ---------------------------------------------------------------------------
+
+
+def _secrets_dir(root: Path) -> Path:
+    src = root / "src"
+    (src / "ca").mkdir(parents=True)
+    for name, data in FILES.items():
+        prefix, bare = name.split("/")
+        (src / bare if prefix == "secrets" else src / "ca" / bare).write_bytes(data)
+    return src
+
+
+def test_cli_keygen_seal_unseal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = _secrets_dir(tmp_path)
+    assert main(["dr-secrets", "keygen", "--out", str(tmp_path / "dr")]) == 0
+    assert (tmp_path / "dr.key").stat().st_mode & 0o777 == 0o600
+    with pytest.raises(SystemExit, match="never overwritten"):
+        main(["dr-secrets", "keygen", "--out", str(tmp_path / "dr")])
+    sealed = tmp_path / "sealed.json"
+    assert main(["dr-secrets", "seal", "--public-key", str(tmp_path / "dr.pub"),
+                 "--from-dir", str(src), "--out", str(sealed)]) == 0
+    first = sealed.read_text()
+    # Same files, same key: --current keeps the document byte for byte.
+    assert main(["dr-secrets", "seal", "--public-key", str(tmp_path / "dr.pub"),
+                 "--from-dir", str(src), "--current", str(sealed), "--out", str(sealed)]) == 0
+    assert sealed.read_text() == first
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "token.key").write_bytes(b"the node's own")
+    capsys.readouterr()
+    assert main(["dr-secrets", "unseal", "--key", str(tmp_path / "dr.key"), "--part",
+                 "secrets", "--to-dir", str(out), str(sealed)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["written"] == ["master.key", "totp.key"] and result["kept"] == ["token.key"]
+    assert (out / "token.key").read_bytes() == b"the node's own"
+    assert (out / "totp.key").read_bytes() == FILES["secrets/totp.key"]
+    assert (out / "totp.key").stat().st_mode & 0o777 == 0o600
+    assert not (out / "sm2-ca.key").exists()
+    assert main(["dr-secrets", "unseal", "--key", str(tmp_path / "dr.key"), "--part",
+                 "secrets", "--replace", "--to-dir", str(out), str(sealed)]) == 0
+    assert (out / "token.key").read_bytes() == FILES["secrets/token.key"]
+
+
+def test_cli_unseal_never_writes_through_a_symlink(tmp_path: Path) -> None:
+    key = generate_key("gm")
+    (tmp_path / "dr.key").write_text(json.dumps(key.private_document()))
+    (tmp_path / "sealed.json").write_text(json.dumps(seal(key, FILES)))
+    out, victim = tmp_path / "out", tmp_path / "victim"
+    out.mkdir()
+    victim.write_bytes(b"untouched")
+    (out / "totp.key").symlink_to(victim)
+    main(["dr-secrets", "unseal", "--key", str(tmp_path / "dr.key"), "--part", "secrets",
+          "--to-dir", str(out), str(tmp_path / "sealed.json")])
+    assert victim.read_bytes() == b"untouched"
+
+
+def test_cli_stdin_request_keeps_a_current_document(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+
+    key = generate_key("international")
+    (tmp_path / "dr.pub").write_text(json.dumps(key.public_document()))
+    current = seal(key, FILES)
+    request = {"files": {n: base64.b64encode(d).decode() for n, d in FILES.items()},
+               "current": copy.deepcopy(current)}
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(request)))
+    capsys.readouterr()
+    assert main(["dr-secrets", "seal", "--public-key", str(tmp_path / "dr.pub"),
+                 "--stdin-json"]) == 0
+    assert json.loads(capsys.readouterr().out) == current
+    request["files"]["secrets/token.key"] = base64.b64encode(os.urandom(32)).decode()
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(request)))
+    assert main(["dr-secrets", "seal", "--public-key", str(tmp_path / "dr.pub"),
+                 "--stdin-json"]) == 0
+    new = json.loads(capsys.readouterr().out)
+    assert new["digest"] != current["digest"]
+
+
+def test_cli_unseal_with_a_tampered_document_writes_nothing(tmp_path: Path) -> None:
+    key = generate_key("gm")
+    (tmp_path / "dr.key").write_text(json.dumps(key.private_document()))
+    doc = seal(key, FILES)
+    doc["names"] = ["secrets/token.key"]
+    (tmp_path / "sealed.json").write_text(json.dumps(doc))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(SystemExit, match="does not open"):
+        main(["dr-secrets", "unseal", "--key", str(tmp_path / "dr.key"), "--part", "secrets",
+              "--to-dir", str(out), str(tmp_path / "sealed.json")])
+    assert list(out.iterdir()) == []
