@@ -147,29 +147,38 @@ def test_header_refuses_other_documents() -> None:
 # ---- the command ---------------------------------------------------------------------------
 
 
-def _secrets_dir(root: Path) -> Path:
-    src = root / "src"
-    (src / "ca").mkdir(parents=True)
+def _secrets_dirs(root: Path) -> tuple[Path, Path]:
+    src, ca = root / "src", root / "pki"
+    src.mkdir()
+    ca.mkdir()
+    (ca / "issued").mkdir()  # directories are not sealed
     for name, data in FILES.items():
         prefix, bare = name.split("/")
-        (src / bare if prefix == "secrets" else src / "ca" / bare).write_bytes(data)
-    return src
+        (src / bare if prefix == "secrets" else ca / bare).write_bytes(data)
+    return src, ca
 
 
 def test_cli_keygen_seal_unseal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    src = _secrets_dir(tmp_path)
+    src, ca = _secrets_dirs(tmp_path)
     assert main(["dr-secrets", "keygen", "--out", str(tmp_path / "dr")]) == 0
     assert (tmp_path / "dr.key").stat().st_mode & 0o777 == 0o600
     with pytest.raises(SystemExit, match="never overwritten"):
         main(["dr-secrets", "keygen", "--out", str(tmp_path / "dr")])
     sealed = tmp_path / "sealed.json"
     assert main(["dr-secrets", "seal", "--public-key", str(tmp_path / "dr.pub"),
-                 "--from-dir", str(src), "--out", str(sealed)]) == 0
+                 "--from-dir", str(src), "--ca-dir", str(ca), "--out", str(sealed)]) == 0
     first = sealed.read_text()
     # Same files, same key: --current keeps the document byte for byte.
     assert main(["dr-secrets", "seal", "--public-key", str(tmp_path / "dr.pub"),
-                 "--from-dir", str(src), "--current", str(sealed), "--out", str(sealed)]) == 0
+                 "--from-dir", str(src), "--ca-dir", str(ca), "--current", str(sealed),
+                 "--out", str(sealed)]) == 0
     assert sealed.read_text() == first
+    # Without the CA the content differs: a new document.
+    assert main(["dr-secrets", "seal", "--public-key", str(tmp_path / "dr.pub"),
+                 "--from-dir", str(src), "--current", str(sealed), "--out",
+                 str(tmp_path / "no-ca.json")]) == 0
+    assert json.loads((tmp_path / "no-ca.json").read_text())["names"] == sorted(
+        n for n in FILES if n.startswith("secrets/"))
     out = tmp_path / "out"
     out.mkdir()
     (out / "token.key").write_bytes(b"the node's own")

@@ -97,12 +97,14 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
-def _files_from_dir(root: Path) -> dict[str, bytes]:
-    """secrets/<f> for the files directly in ``root``, ca/<f> for those in ``root/ca``."""
+def _files_from_dirs(secrets_dir: Path, ca_dir: Path | None) -> dict[str, bytes]:
+    """secrets/<f> for the files directly in ``secrets_dir``, ca/<f> for those in ``ca_dir``."""
     files: dict[str, bytes] = {}
-    for prefix, where in (("secrets", root), ("ca", root / "ca")):
-        if not where.is_dir():
+    for prefix, where in (("secrets", secrets_dir), ("ca", ca_dir)):
+        if where is None:
             continue
+        if not where.is_dir():
+            raise _fail(f"{where} is not a directory")
         for f in sorted(where.iterdir()):
             if f.is_file() and not f.name.startswith("."):
                 files[f"{prefix}/{f.name}"] = f.read_bytes()
@@ -130,8 +132,16 @@ def cmd_seal(args: argparse.Namespace) -> int:
     if args.stdin_json:
         files, current = _files_from_json(_read_json("-", "request"))
     else:
-        files = _files_from_dir(Path(args.from_dir))
-    if args.current:
+        files = _files_from_dirs(Path(args.from_dir), Path(args.ca_dir) if args.ca_dir else None)
+    if args.current == "-":
+        if args.stdin_json:
+            raise _fail("--current - and --stdin-json both want stdin; put current in the request")
+        text = sys.stdin.read(_INPUT_LIMIT + 1).strip()
+        try:
+            current = json.loads(text) if text else None
+        except ValueError as exc:
+            raise _fail(f"the current sealed document on stdin is not JSON: {exc}") from None
+    elif args.current:
         current = _read_json(args.current, "sealed document") if Path(args.current).exists() else None
     if current is not None and is_current(current, recipient, files):
         out = current
@@ -208,12 +218,14 @@ def add_commands(sub: Any) -> None:
     s = ds.add_parser("seal", help="seal secrets to the DR public key (JSON document on stdout)")
     s.add_argument("--public-key", required=True, help="the .pub file from keygen")
     src = s.add_mutually_exclusive_group(required=True)
-    src.add_argument("--from-dir", help="seal the files of DIR (secrets/) and DIR/ca (ca/)")
+    src.add_argument("--from-dir", help="seal the files of DIR as the node's secrets (secrets/)")
     src.add_argument("--stdin-json", action="store_true",
                      help='read {"files": {"secrets/NAME": base64}, "current": DOC} on stdin')
+    s.add_argument("--ca-dir", default="",
+                   help="with --from-dir: also seal the files of DIR as the internal CA's (ca/)")
     s.add_argument("--current", default="",
-                   help="an existing sealed document: printed unchanged when it already seals "
-                        "the same files to the same key")
+                   help="an existing sealed document ('-': stdin, empty for none): printed "
+                        "unchanged when it already seals the same files to the same key")
     s.add_argument("--out", default="-", help="write here instead of stdout (replaced atomically)")
     s.set_defaults(func=_run(cmd_seal))
 
