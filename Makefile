@@ -7,7 +7,7 @@ APP := appliance
 STAMP := $(VENV)/.installed
 PROTO := $(APP)/src/tongxin/proto
 
-.PHONY: run test lint unit integration proto setup clean bench tofu molecule ansible-lint bundle
+.PHONY: run test lint unit integration proto setup clean bench tofu molecule ansible-lint bundle engines test-cold
 
 # Debian's python3 lacks venv/pip until python3-venv is installed.
 $(BIN)/python:
@@ -76,15 +76,35 @@ molecule:
 ansible-lint:
 	tests/molecule/run.sh --lint
 
-## test: everything CI runs: Python lint, ansible-lint, tofu, pytest, then
-## every Molecule scenario (all thirteen, multisite with its DR drills the
-## longest; three at a time; docs/ansible.md, "Timings").
-test: setup lint ansible-lint tofu
+## engines: build or fetch every engine the tests start (Redis, Kafka, MariaDB
+## from Debian and Maven Central; MinIO built from its Go module), once, into
+## the cache, with progress, so that no test's timeout ever includes a build
+## (a fresh machine spends several minutes here).
+engines:
+	bash $(APP)/scripts/services.sh install all
+	bash $(APP)/scripts/s3server.sh install
+
+## test: everything CI runs: Python lint, ansible-lint, tofu, the engines,
+## pytest, then every Molecule scenario (all thirteen, multisite with its DR
+## drills the longest; three at a time; docs/ansible.md, "Timings").
+test: setup lint ansible-lint tofu engines
 	cd $(APP) && ../$(BIN)/pytest -q -p no:cacheprovider tests
 	@# the engines pytest started (Redis, Kafka, MariaDB)
 	@# would idle beside the scenarios, which are bound by CPU
 	bash $(APP)/scripts/services.sh stop all
 	$(MAKE) molecule
+
+## test-cold: `make test` as a fresh machine runs it: HOME, TONGXIN_CACHE,
+## the Go module and build caches and npm's cache in an empty throwaway
+## directory (removed afterwards), so every engine, tofu and the bundle are
+## built and downloaded again. The checkout's .venv and podman's image store
+## are kept. About an hour on two cores; `time make test-cold` to measure.
+test-cold:
+	@d=$$(mktemp -d /var/tmp/tongxin-cold.XXXXXX); \
+	  trap 'chmod -R u+w "$$d" 2>/dev/null; rm -rf "$$d"' EXIT; \
+	  echo "test-cold: caches in $$d"; \
+	  HOME=$$d/home TONGXIN_CACHE=$$d/home/.cache/tongxin GOPATH=$$d/go GOMODCACHE=$$d/go/pkg/mod \
+	  GOCACHE=$$d/go/cache npm_config_cache=$$d/npm PIP_NO_CACHE_DIR=1 $(MAKE) test
 
 ## bundle: the offline install bundle (wheels, Kafka, Debian packages; signed
 ## manifest) in $${TONGXIN_CACHE:-~/.cache/tongxin}/bundle; BUNDLE_COMPONENTS,
