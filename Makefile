@@ -77,9 +77,9 @@ ansible-lint:
 	tests/molecule/run.sh --lint
 
 ## engines: build or fetch every engine the tests start (Redis, Kafka, MariaDB
-## from Debian and Maven Central; MinIO built from its Go module), once, into
-## the cache, with progress, so that no test's timeout ever includes a build
-## (a fresh machine spends several minutes here).
+## from Debian and Maven Central; TiDB's tidb-server and MinIO built from their
+## Go modules), once, into the cache, with progress, so that no test's timeout
+## ever includes a build (a fresh machine spends several minutes here).
 engines:
 	bash $(APP)/scripts/services.sh install all
 	bash $(APP)/scripts/s3server.sh install
@@ -89,7 +89,7 @@ engines:
 ## drills the longest; three at a time; docs/ansible.md, "Timings").
 test: setup lint ansible-lint tofu engines
 	cd $(APP) && ../$(BIN)/pytest -q -p no:cacheprovider tests
-	@# the engines pytest started (Redis, Kafka, MariaDB)
+	@# the engines pytest started (Redis, Kafka, MariaDB, TiDB)
 	@# would idle beside the scenarios, which are bound by CPU
 	bash $(APP)/scripts/services.sh stop all
 	$(MAKE) molecule

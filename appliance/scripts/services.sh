@@ -2,11 +2,12 @@
 # The real engines behind Tongxin's production adapters, on loopback, for
 # tests, CI and developers alike (one script, so they all start the same way).
 #
-#   services.sh {install|start|stop|status|env} [redis|kafka|mariadb|all]...
+#   services.sh {install|start|stop|status|env} [redis|kafka|mariadb|tidb|all]...
 #   (no name means all; several names act on each in turn)
 #
-#   install  fetch what a service needs (Debian packages, Kafka's jars from
-#            Maven Central into the cache); start does this by itself
+#   install  fetch or build what a service needs (Debian packages, Kafka's jars
+#            from Maven Central, tidb-server built from its Go module, into the
+#            cache); start does this by itself
 #   start    start it (idempotent: a running service is left alone) and wait
 #            until it answers
 #   stop     stop it by the PID files this script wrote (never by name)
@@ -22,12 +23,18 @@
 #   mariadb  Debian's mariadb-server as a private instance (own datadir,
 #            socket and port 3307, so a system MariaDB on 3306 is untouched),
 #            database `tongxin`, user `tongxin`
+#   tidb     TiDB's SQL layer (`tidb-server`) with its embedded `unistore`
+#            storage, built once from TiDB's Go module through the Go module
+#            proxy (the tools module in scripts/tidb/; the one pseudo-version
+#            the proxy serves, TiDB's master of March 2022, about v6.0), on
+#            port 4000 (status 10080), database `tongxin`, user `tongxin`
 #
 # Environment:
 #   TONGXIN_SERVICES_DIR   state: data, logs, PID files (/tmp/tongxin-services)
 #   TONGXIN_CACHE          downloaded artifacts ($HOME/.cache/tongxin)
 #   TONGXIN_KAFKA_VERSION  Kafka release (4.3.1)
 #   TONGXIN_MARIADB_PORT   TCP port of the private MariaDB (3307)
+#   TONGXIN_TIDB_PORT      TiDB's MySQL port; its status port is this + 6080 (4000)
 #   TONGXIN_REDIS_BASE_PORT first of the six Redis ports (7000)
 #   TONGXIN_KAFKA_PORT     Kafka's listener; the controller takes the next port (9092)
 #
@@ -49,6 +56,15 @@ REDIS_BASE_PORT=${TONGXIN_REDIS_BASE_PORT:-7000}
 REDIS_PORTS=()
 for ((i = 0; i < 6; i++)); do REDIS_PORTS+=($((REDIS_BASE_PORT + i))); done
 MARIADB_PORT=${TONGXIN_MARIADB_PORT:-3307}
+# The one version of TiDB's module the Go module proxy serves; scripts/tidb/go.mod
+# requires it (install refuses to build when the two disagree).
+TIDB_MODULE=github.com/pingcap/tidb
+TIDB_MODULE_VERSION=v1.1.0-beta.0.20220309003348-b9bd5a7d7e4d
+TIDB_TOOLS=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/tidb
+TIDB_HOME=$CACHE/tidb-$TIDB_MODULE_VERSION
+TIDB_BIN=$TIDB_HOME/tidb-server
+TIDB_PORT=${TONGXIN_TIDB_PORT:-4000}
+TIDB_STATUS_PORT=$((TIDB_PORT + 6080))
 MYSQL_DB=tongxin
 MYSQL_USER=tongxin
 MYSQL_PASSWORD=tongxin-test-pw
@@ -411,6 +427,150 @@ mariadb_status() {
   fi
 }
 
+# ---- TiDB (tidb-server + unistore) -------------------------------------------
+
+go_cmd() {  # the Go toolchain on PATH, else the official tarball's
+  if command -v go >/dev/null; then command -v go
+  elif [ -x /usr/local/go/bin/go ]; then echo /usr/local/go/bin/go
+  else return 1
+  fi
+}
+
+tidb_stamp() {  # what the binary is built from: the pin and the tools module
+  { echo "$TIDB_MODULE@$TIDB_MODULE_VERSION"; cat "$TIDB_TOOLS/go.mod" "$TIDB_TOOLS/go.sum"; } \
+    | sha256sum | cut -d' ' -f1
+}
+
+tidb_install() {
+  local want
+  want=$(tidb_stamp)
+  if [ -x "$TIDB_BIN" ] && [ "$(cat "$TIDB_HOME/.stamp" 2>/dev/null)" = "$want" ]; then
+    return 0
+  fi
+  command -v mariadb >/dev/null || apt_install mariadb-client  # the SQL client start uses
+  local go started last pid tmp pinned short=${TIDB_MODULE_VERSION##*-}
+  go=$(go_cmd) || die "no Go toolchain (looked on PATH and in /usr/local/go/bin); tidb-server is built from its Go module"
+  # `go install module@version` refuses modules with replace lines, and TiDB's
+  # go.mod has two; scripts/tidb/go.mod is a tools module that repeats them.
+  pinned=$(cd "$TIDB_TOOLS" && GOTOOLCHAIN=local GOFLAGS=-mod=readonly "$go" list -m -f '{{.Version}}' "$TIDB_MODULE") \
+    || die "cannot read $TIDB_TOOLS/go.mod (it needs Go >= 1.26; have $("$go" env GOVERSION))"
+  [ "$pinned" = "$TIDB_MODULE_VERSION" ] \
+    || die "$TIDB_TOOLS/go.mod requires $TIDB_MODULE@$pinned but services.sh pins $TIDB_MODULE_VERSION"
+  mkdir -p "$TIDB_HOME"
+  tmp=$(mktemp "$TIDB_HOME/tidb-server.tmp.XXXXXX")
+  started=$SECONDS
+  last=$SECONDS
+  log "building tidb-server from $TIDB_MODULE@$TIDB_MODULE_VERSION (Go module proxy; about 4-6 minutes on 2 cores, once)"
+  # -checklinkname=0: TiDB of 2022 (and its dependencies) reach into the runtime
+  # with //go:linkname, which Go 1.23+ refuses to link by default.
+  (
+    cd "$TIDB_TOOLS"
+    export GOTOOLCHAIN=local GOFLAGS="-mod=readonly -modcacherw -buildvcs=false" CGO_ENABLED=0
+    exec nice -n 10 "$go" build -trimpath -o "$tmp" \
+      -ldflags "-checklinkname=0 -s -w \
+        -X 'github.com/pingcap/tidb/parser/mysql.TiDBReleaseVersion=master-$short' \
+        -X 'github.com/pingcap/tidb/util/versioninfo.TiDBGitHash=$short' \
+        -X 'github.com/pingcap/tidb/util/versioninfo.TiDBGitBranch=master'" \
+      "$TIDB_MODULE/tidb-server"
+  ) >"$TIDB_HOME/build.log" 2>&1 9>&- &
+  pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 1
+    if ((SECONDS - last >= 60)); then
+      last=$SECONDS
+      log "tidb-server: still building ($((SECONDS - started)) s; log $TIDB_HOME/build.log)"
+    fi
+  done
+  if ! wait "$pid"; then
+    rm -f "$tmp"
+    tail -n 30 "$TIDB_HOME/build.log" >&2
+    die "building tidb-server failed (log: $TIDB_HOME/build.log)"
+  fi
+  chmod 0755 "$tmp"
+  mv -f "$tmp" "$TIDB_BIN"  # atomic: a concurrent reader sees the whole binary or none
+  echo "$want" >"$TIDB_HOME/.stamp"
+  log "built $TIDB_BIN in $((SECONDS - started)) s ($("$TIDB_BIN" -V | sed -n 's/^Release Version: //p'))"
+}
+
+tidb_status_answers() {  # the status port's /status says 200 once the server is up
+  local reply
+  reply=$(
+    exec 2>/dev/null
+    exec 3<>"/dev/tcp/127.0.0.1/$TIDB_STATUS_PORT" || exit 1
+    printf 'GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' >&3
+    timeout 5 head -n1 <&3
+  ) || return 1
+  [[ $reply == "HTTP/1.1 200"* ]]
+}
+
+tidb_ready() {
+  pid_alive "$STATE/tidb/tidb.pid" tidb-server && tidb_status_answers && port_open "$TIDB_PORT"
+}
+
+tidb_root() {  # SQL on stdin as TiDB's root (password in a 0600 client file)
+  mariadb --defaults-file="$STATE/tidb/root.cnf" --protocol=tcp -h127.0.0.1 -P"$TIDB_PORT" -uroot "$@"
+}
+
+tidb_start() {
+  local dir=$STATE/tidb
+  if pid_alive "$dir/tidb.pid" tidb-server; then
+    wait_for "tidb" tidb_ready || die "tidb is running but does not answer; see $dir/tidb.log"
+    log "tidb up (127.0.0.1:$TIDB_PORT)"
+    return 0
+  fi
+  tidb_install
+  if port_open "$TIDB_PORT" || port_open "$TIDB_STATUS_PORT"; then
+    die "port $TIDB_PORT or $TIDB_STATUS_PORT is taken by something this script did not start; set TONGXIN_TIDB_PORT"
+  fi
+  mkdir -p "$dir/tmp"
+  [ -d "$dir/data" ] || rm -f "$dir/root.cnf"  # a new store starts with a password-less root
+  # Settings are TiDB's defaults except where files go; the transaction mode in
+  # particular stays unistore's default (optimistic): the adapter sets
+  # pessimistic per session, as it must on any TiDB an operator configured.
+  cat >"$dir/tidb.toml" <<EOF
+tmp-storage-path = "$dir/tmp/storage"
+enable-telemetry = false
+[log]
+slow-query-file = "$dir/tidb-slow.log"
+EOF
+  nohup "$TIDB_BIN" --store=unistore --path="$dir/data" --config="$dir/tidb.toml" \
+    --host=127.0.0.1 -P "$TIDB_PORT" --status="$TIDB_STATUS_PORT" --status-host=127.0.0.1 \
+    --socket="$dir/tidb.sock" --log-file="$dir/tidb.log" \
+    >>"$dir/tidb.out" 2>&1 </dev/null 9>&- &
+  echo $! >"$dir/tidb.pid"
+  wait_for "tidb" tidb_ready || { tail -n 30 "$dir/tidb.log" >&2; die "tidb did not start; see $dir/tidb.log"; }
+  if [ ! -s "$dir/root.cnf" ]; then
+    local pw
+    pw=$(head -c 18 /dev/urandom | base64 | tr '+/' 'AB')
+    (umask 077 && printf '[client]\npassword=%s\n' "$pw" >"$dir/root.cnf.new")
+    mariadb --no-defaults --protocol=tcp -h127.0.0.1 -P"$TIDB_PORT" -uroot \
+      -e "ALTER USER 'root'@'%' IDENTIFIED BY '$pw'" \
+      || die "could not set TiDB's root password; see $dir/tidb.log"
+    mv "$dir/root.cnf.new" "$dir/root.cnf"
+  fi
+  tidb_root <<EOF || die "could not create the database and user in TiDB; see $dir/tidb.log"
+CREATE DATABASE IF NOT EXISTS \`$MYSQL_DB\` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
+CREATE USER IF NOT EXISTS '$MYSQL_USER'@'127.0.0.1' IDENTIFIED BY '$MYSQL_PASSWORD';
+CREATE USER IF NOT EXISTS '$MYSQL_USER'@'localhost' IDENTIFIED BY '$MYSQL_PASSWORD';
+GRANT ALL PRIVILEGES ON \`$MYSQL_DB%\`.* TO '$MYSQL_USER'@'127.0.0.1';
+GRANT ALL PRIVILEGES ON \`$MYSQL_DB%\`.* TO '$MYSQL_USER'@'localhost';
+EOF
+  log "tidb up (127.0.0.1:$TIDB_PORT, $(tidb_root -N -e 'SELECT VERSION()'), database $MYSQL_DB, user $MYSQL_USER)"
+}
+
+tidb_stop() {
+  stop_pidfile "$STATE/tidb/tidb.pid" tidb-server tidb
+}
+
+tidb_status() {
+  if tidb_ready; then
+    echo "tidb: up (127.0.0.1:$TIDB_PORT)"
+  else
+    echo "tidb: down"
+    return 1
+  fi
+}
+
 # ---- env ----------------------------------------------------------------------
 
 print_env() {
@@ -425,13 +585,15 @@ export TONGXIN_KAFKA_HOME=$KAFKA_HOME
 export TONGXIN_MYSQL_DSN=mysql://$MYSQL_USER:$MYSQL_PASSWORD@127.0.0.1:$MARIADB_PORT/$MYSQL_DB
 export TONGXIN_MYSQL_PASSWORD=$MYSQL_PASSWORD
 export TONGXIN_MYSQL_PID_FILE=$STATE/mariadb/mariadb.pid
+export TONGXIN_TIDB_DSN=mysql://$MYSQL_USER:$MYSQL_PASSWORD@127.0.0.1:$TIDB_PORT/$MYSQL_DB
+export TONGXIN_TIDB_PID_FILE=$STATE/tidb/tidb.pid
 EOF
 }
 
 # ---- main ---------------------------------------------------------------------
 
 usage() {
-  echo "usage: $0 {install|start|stop|status|env} [redis|kafka|mariadb|all]..." >&2
+  echo "usage: $0 {install|start|stop|status|env} [redis|kafka|mariadb|tidb|all]..." >&2
   exit 2
 }
 
@@ -441,8 +603,8 @@ shift || true
 services=()
 for target in "$@"; do
   case "$target" in
-    redis | kafka | mariadb) services+=("$target") ;;
-    all) services+=(redis kafka mariadb) ;;
+    redis | kafka | mariadb | tidb) services+=("$target") ;;
+    all) services+=(redis kafka mariadb tidb) ;;
     *) usage ;;
   esac
 done
