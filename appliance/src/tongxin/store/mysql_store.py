@@ -18,7 +18,19 @@ subset TiDB runs: no RETURNING, no stored procedures, no triggers.
   ``Unavailable`` (the chat layer answers UNAVAILABLE and sends no ACK). A
   COMMIT whose answer is lost may still have committed; the client's re-send
   with the same ``client_msg_id`` then finds it, so nothing is stored twice.
-  Deadlocks and TiDB write conflicts are retried.
+  Errors after which the server has rolled the whole transaction back
+  (deadlocks, TiDB write conflicts and its other "[try again later]" errors)
+  are retried with a growing, jittered pause. An entry the server refuses as
+  too large (TiDB's ``txn-entry-size-limit``) raises ``TooLarge``, never
+  Unavailable: sending it again cannot help.
+* **TiDB.** Each connection asks ``SELECT VERSION()`` once; on TiDB it sets
+  ``tidb_txn_mode = 'pessimistic'`` for its session. TiDB on TiKV defaults to
+  pessimistic, but unistore and a cluster whose operator chose optimistic do
+  not, and optimistic transactions report a duplicate key at COMMIT (so a
+  taken username would look like an outage, not a Conflict), turn every
+  concurrent append to one conversation into a write conflict, and do not
+  honour READ COMMITTED. Pessimistic transactions lock at the statement, as
+  InnoDB does.
 * **Endpoints.** ``storage.mysql_dsn`` may list several endpoints of the
   database in order of preference; the pool uses the first that answers and
   moves on when it fails (:mod:`tongxin.store.endpoints`).
@@ -32,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import time
 import weakref
 from collections.abc import Awaitable, Callable
@@ -60,6 +73,7 @@ from tongxin.store.ports import (
     MemberRow,
     NoSuchConversation,
     StoreError,
+    TooLarge,
     Unavailable,
     User,
 )
@@ -71,15 +85,25 @@ T = TypeVar("T")
 ER_DUP_ENTRY = 1062
 ER_DUP_KEYNAME = 1061  # CREATE INDEX of an index that exists
 ER_NO_SUCH_TABLE = 1146
-# Retried: the server rolled the whole transaction back and says so.
+ER_NOT_SUPPORTED_YET = 1235  # TiDB before 6.1: GET_LOCK "has only noop implementation"
+ER_ENTRY_TOO_LARGE = 8025  # TiDB: a row (key-value entry) over txn-entry-size-limit
+# Retried: the server rolled the whole transaction back and says so. The TiDB
+# codes are the ones its kv and domain packages mark "[try again later]"
+# (checked against the tidb-server of services.sh, TiDB's master of March 2022,
+# and TiDB 7.5's errno list); a message carrying that mark is retried whatever
+# its code.
 _RETRY_CODES = {
-    1213,  # ER_LOCK_DEADLOCK
-    9007,  # TiDB: write conflict (optimistic transactions)
-    8002,  # TiDB: SELECT FOR UPDATE write conflict
-    8022,  # TiDB: transaction commit failed, retryable
-    8028,  # TiDB: schema changed during the transaction (information schema is out of date)
+    1213,  # ER_LOCK_DEADLOCK (InnoDB; TiDB's pessimistic transactions too)
+    8002,  # TiDB: SELECT ... FOR UPDATE met a write conflict (optimistic transactions)
+    8005,  # TiDB: write conflict, txnStartTS is stale
+    8022,  # TiDB: transaction commit failed, retryable (e.g. its lock was not found)
+    8027,  # TiDB: information schema is out of date
+    8028,  # TiDB: information schema changed during the transaction
+    9007,  # TiDB: write conflict (optimistic commit)
 }
-_ATTEMPTS = 3
+_RETRYABLE_MARK = "[try again later]"
+_ATTEMPTS = 5
+_BACKOFF = 0.02  # seconds before the second attempt; doubles each time, +-50% jitter
 
 _USER_COLS = ("id, username, display_name, password_hash, role, created_at, failed_logins, "
               "first_failure_at, locked_until, disabled")
@@ -135,6 +159,13 @@ def _is_dup(exc: BaseException) -> bool:
     return isinstance(exc, myerrors.IntegrityError) and _code(exc) == ER_DUP_ENTRY
 
 
+def _retryable(exc: BaseException) -> bool:
+    """The server rolled the transaction back and another try may succeed."""
+    if not isinstance(exc, myerrors.MySQLError):
+        return False
+    return _code(exc) in _RETRY_CODES or _RETRYABLE_MARK in str(exc)
+
+
 async def run_ddl(cur: Cursor, sql: str) -> None:
     """Run one migration statement; an index that already exists counts as created.
 
@@ -147,6 +178,10 @@ async def run_ddl(cur: Cursor, sql: str) -> None:
     except myerrors.MySQLError as exc:
         if _code(exc) != ER_DUP_KEYNAME:
             raise
+
+
+def _too_large(exc: BaseException) -> bool:
+    return isinstance(exc, myerrors.MySQLError) and _code(exc) == ER_ENTRY_TOO_LARGE
 
 
 class _Raced(StoreError):
@@ -202,9 +237,9 @@ class MysqlStore:
             "client_flag": CLIENT.FOUND_ROWS,
         }
 
-    def _session_sql(self) -> list[str]:
+    def _session_sql(self, flavor: str) -> list[str]:
         """Run once on each new connection (one statement each: no multi-statements)."""
-        return [
+        sql = [
             # Every statement sees the latest committed rows (TiDB's default
             # REPEATABLE READ would read at the transaction's start); what must
             # not change under us is locked (the conversation row).
@@ -213,6 +248,26 @@ class MysqlStore:
             "sql_mode = 'STRICT_TRANS_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,"
             "ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION'",
         ]
+        if flavor == "tidb":
+            # Whatever the cluster's default: duplicate keys and lock waits at
+            # the statement, READ COMMITTED honoured (TiDB runs it only in
+            # pessimistic transactions). See the module docstring.
+            sql.append("SET SESSION tidb_txn_mode = 'pessimistic'")
+        return sql
+
+    async def _prepare(self, cur: Cursor) -> None:
+        """A new connection: learn which server it reached, then set up its session.
+
+        ``SELECT VERSION()`` rather than the handshake's version: a proxy in
+        front of the database may answer the handshake with its own.
+        """
+        await cur.execute("SELECT VERSION()")
+        row = await cur.fetchone()
+        version = str(row[0]) if row else ""
+        flavor = migrations.server_flavor(version)
+        self.server_version, self.flavor = version, flavor
+        for sql in self._session_sql(flavor):
+            await cur.execute(sql)
 
     async def connect(self) -> None:
         """Reach the database (its first endpoint that answers) and change nothing.
@@ -278,10 +333,7 @@ class MysqlStore:
         conn = await self._migration_connection()
         try:
             async with conn.cursor() as cur:
-                await cur.execute("SELECT VERSION()")
-                row = await cur.fetchone()
-                self.server_version = str(row[0]) if row else ""
-                self.flavor = migrations.server_flavor(self.server_version)
+                await self._prepare(cur)
                 locked = await self._named_lock(cur)
                 try:
                     applied = await self._apply_migrations(cur)
@@ -310,12 +362,26 @@ class MysqlStore:
                 reasons.append(f"{endpoint}: {exc}")
         raise Unavailable(f"cannot connect to {'; '.join(reasons)}")
 
-    @staticmethod
-    async def _named_lock(cur: Cursor) -> bool:
+    async def _named_lock(self, cur: Cursor) -> bool:
+        """Take the migration lock; False where the server has no named locks.
+
+        TiDB before 6.1 refuses ``GET_LOCK`` (error 1235), or with
+        ``tidb_enable_noop_functions`` grants it to every caller at once. Nodes
+        starting together may then apply the same migration side by side. That
+        is safe because every migration statement is re-runnable (the rule of
+        tongxin/store/migrations, with ``CREATE INDEX``'s "duplicate key name"
+        counted as done) and recording a migration is idempotent and checked
+        (``_record``); each version is recorded once, by whichever node gets
+        there first.
+        """
         try:
             await cur.execute("SELECT GET_LOCK(%s, %s)", (_MIGRATION_LOCK, _MIGRATION_LOCK_WAIT))
-        except myerrors.ProgrammingError:
-            return False  # a server without named locks: every statement is re-runnable anyway
+        except myerrors.MySQLError as exc:
+            if isinstance(exc, myerrors.ProgrammingError) or _code(exc) == ER_NOT_SUPPORTED_YET:
+                log.info("%s has no named locks (%s): migrating without the lock",
+                         self.server_version or "the server", exc)
+                return False
+            raise
         got = await cur.fetchone()
         if not got or got[0] != 1:
             raise Unavailable(f"another node held the schema migration lock for "
@@ -354,12 +420,32 @@ class MysqlStore:
                 continue
             for sql in mig.statements(self.flavor):
                 await run_ddl(cur, sql)
-            await cur.execute(
-                f"INSERT INTO {table} (version, name, checksum, applied_at) "
-                "VALUES (%s, %s, %s, %s)",
-                (mig.version, mig.name, mig.checksum, int(time.time() * 1000)))
-            applied.append(mig.version)
+            if await self._record(cur, mig):
+                applied.append(mig.version)
         return applied
+
+    async def _record(self, cur: Cursor, mig: migrations.Migration) -> bool:
+        """Record ``mig`` as applied; False if another node recorded it first.
+
+        Idempotent, since without a named lock (``_named_lock``) two nodes may
+        apply the same migration at once: the second insert changes nothing
+        (``INSERT IGNORE``: 0 rows), and the row that is there is checked like
+        any other recorded migration.
+        """
+        table, label = self.migrations_table, self.migrations_label
+        await cur.execute(
+            f"INSERT IGNORE INTO {table} (version, name, checksum, applied_at) "
+            "VALUES (%s, %s, %s, %s)",
+            (mig.version, mig.name, mig.checksum, int(time.time() * 1000)))
+        inserted = cur.rowcount == 1
+        await cur.execute(f"SELECT checksum FROM {table} WHERE version = %s", (mig.version,))
+        row = await cur.fetchone()
+        if row is None:
+            raise StoreError(f"{label} migration {mig.version} ({mig.name}) was not recorded")
+        if _s(row[0]) != mig.checksum:
+            raise StoreError(f"{label} migration {mig.version} ({mig.name}) was changed "
+                             "after it was applied to this database")
+        return inserted
 
     async def schema_version(self) -> int:
         async def job(cur: Cursor) -> int:
@@ -377,7 +463,9 @@ class MysqlStore:
 
         A connection that saw a driver error is closed, never reused (the pool
         itself drops idle connections whose socket the server closed). Errors
-        the server rolled back (deadlock, TiDB write conflict) are retried.
+        the server rolled back (deadlock, TiDB write conflict) are retried after
+        a pause that grows with each attempt (``_BACKOFF``), up to ``_ATTEMPTS``
+        tries in all.
         """
         attempt = 0
         while True:
@@ -391,8 +479,7 @@ class MysqlStore:
                 conn = await asyncio.wait_for(pool.acquire(), self.timeout + 1)
                 async with conn.cursor() as cur:
                     if conn not in self._prepared:
-                        for sql in self._session_sql():
-                            await cur.execute(sql)
+                        await self._prepare(cur)
                         self._prepared.add(conn)
                     result = await fn(conn, cur)
                 pool.release(conn)
@@ -403,14 +490,18 @@ class MysqlStore:
                     pool.release(conn)
                 raise
             except _DB_ERRORS as exc:
+                rolled_back = _retryable(exc) or _too_large(exc)
                 if pool is not None and conn is not None:
-                    if isinstance(exc, myerrors.MySQLError) and _code(exc) in _RETRY_CODES:
+                    if rolled_back:
                         await self._rollback_quietly(conn)
                     else:
                         conn.close()
                     pool.release(conn)
                 self._failed(pool, exc)
-                if retry and attempt < _ATTEMPTS and _code(exc) in _RETRY_CODES:
+                if _too_large(exc):
+                    raise TooLarge(f"the database refused the row as too large: {exc}") from exc
+                if retry and attempt < _ATTEMPTS and _retryable(exc):
+                    await asyncio.sleep(_BACKOFF * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
                     continue
                 raise Unavailable(f"database error: {exc!r}") from exc
             except BaseException:

@@ -30,6 +30,11 @@ class NoSuchConversation(StoreError):
     """The conversation does not exist."""
 
 
+class TooLarge(StoreError):
+    """The database refused a row as too large (TiDB's ``txn-entry-size-limit``);
+    nothing was committed, and the same write will be refused again."""
+
+
 @dataclass(slots=True)
 class User:
     id: str

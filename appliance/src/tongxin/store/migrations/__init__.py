@@ -8,8 +8,12 @@ a line. A statement preceded by a line ``-- only: tidb`` or ``-- only: mysql``
 runs only on that kind of server (MySQL and MariaDB count as ``mysql``).
 
 MySQL runs DDL outside transactions, so every statement must be safe to run
-again (``CREATE TABLE IF NOT EXISTS`` ...): a migration interrupted half-way
-is simply applied again on the next start.
+again (``CREATE TABLE IF NOT EXISTS`` ...; a ``CREATE INDEX`` of an index
+that exists counts as done): a migration interrupted half-way is simply
+applied again on the next start. Nodes starting together take turns through
+``GET_LOCK``; where the server has none (TiDB before 6.1) they may run the
+same statements side by side, which the same rule makes safe, and recording a
+version is idempotent (the first node's row stands, its checksum checked).
 """
 
 from __future__ import annotations
