@@ -22,9 +22,11 @@ step, exactly as ``BEGIN IMMEDIATE`` does on SQLite. The row exists from the
 migration on (seq 0, the genesis hash), so the first append locks a row too
 rather than racing to insert it. The cost is that appends are serial across
 the installation (one short transaction each); audit events are far rarer
-than messages. On TiDB (pessimistic transactions, the default) ``FOR
-UPDATE`` locks the same way; a write conflict or deadlock is rolled back
-and retried by the pool wrapper.
+than messages. On TiDB ``FOR UPDATE`` locks the same way in the
+pessimistic transactions every session of the pool asks for
+(:meth:`tongxin.store.mysql_store.MysqlStore._prepare`; TiKV's default,
+not unistore's); a write conflict or deadlock is rolled back and retried by
+the pool wrapper.
 
 Each node signs heads with its own SM2 key; ``publish_key`` stores the
 public keys here so that any node (and ``tongxin audit verify`` anywhere)
@@ -39,6 +41,8 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from asyncmy import errors as myerrors
+from asyncmy.connection import Connection
 from asyncmy.cursors import Cursor
 
 from tongxin.compliance import chain
@@ -55,7 +59,7 @@ from tongxin.compliance.ports import (
 )
 from tongxin.store.dsn import MysqlDsn
 from tongxin.store.migrations import Migration
-from tongxin.store.mysql_store import _DB_ERRORS, MysqlStore, _s
+from tongxin.store.mysql_store import _DB_ERRORS, MysqlStore, _code, _s
 from tongxin.store.ports import StoreError, Unavailable
 
 log = logging.getLogger("tongxin.compliance.mysql")
@@ -64,6 +68,8 @@ _AUDIT_COLS = "seq, ts, event, actor, target, outcome, body, hash"
 _HOLD_COLS = "id, kind, target, reason, created_by, created_at, released_at, released_by"
 _RUN_COLS = "id, started_at, started_by, cutoffs, run_cursor, deleted, finished_at"
 _LOCK_PREFIX = "tongxin.compliance."
+ER_LOCK_NOWAIT = 3572  # FOR UPDATE NOWAIT met a lock (MySQL 8, TiDB)
+ER_LOCK_WAIT_TIMEOUT = 1205  # the same on MariaDB
 
 
 
@@ -127,43 +133,74 @@ class MysqlComplianceStore:
 
     @contextlib.asynccontextmanager
     async def exclusive(self, name: str) -> AsyncIterator[bool]:
-        """A named lock (``GET_LOCK``) on a connection kept for the block.
+        """An installation-wide lock held on one connection kept for the block.
 
-        Named locks belong to the connection, so this one is taken from the
-        pool and not used for anything else until the lock is released. If
-        the connection is lost the server drops the lock: another node may
-        then start the same job, which archive and retention runs tolerate
-        (both continue from their recorded progress).
+        MySQL and MariaDB: a named lock (``GET_LOCK``). TiDB: the lock of the
+        job's row in ``compliance_job_locks`` (``SELECT ... FOR UPDATE NOWAIT``
+        in a pessimistic transaction left open until the block ends), since
+        TiDB before 6.1 has no ``GET_LOCK`` and its ``GET_LOCK`` from 6.1 on is
+        the same kind of lock on a row of its own. Either lock belongs to the
+        connection, so this one is taken from the pool and not used for
+        anything else until the lock is released. If the connection is lost the
+        server drops the lock (TiDB also after ``max-txn-ttl``, an hour by
+        default): another node may then start the same job, which archive and
+        retention runs tolerate (both continue from their recorded progress).
         """
-        pool = await self._db._current_pool()  # the endpoint in use (store/endpoints.py)
+        db = self._db
+        pool = await db._current_pool()  # the endpoint in use (store/endpoints.py)
         lock = _LOCK_PREFIX + name
         try:
             conn = await pool.acquire()
         except _DB_ERRORS as exc:
-            self._db._failed(pool, exc)
+            db._failed(pool, exc)
             raise Unavailable(f"database error: {exc!r}") from exc
         got = broken = False
+        row_lock = db.flavor == "tidb"
         try:
             try:
                 async with conn.cursor() as cur:
-                    await cur.execute("SELECT GET_LOCK(%s, 0)", (lock,))
-                    row = await cur.fetchone()
-                    got = bool(row and row[0] == 1)
+                    if row_lock:
+                        got = await self._lock_row(conn, cur, lock)
+                    else:
+                        await cur.execute("SELECT GET_LOCK(%s, 0)", (lock,))
+                        row = await cur.fetchone()
+                        got = bool(row and row[0] == 1)
             except _DB_ERRORS as exc:
                 broken = True
                 conn.close()
-                self._db._failed(pool, exc)
+                db._failed(pool, exc)
                 raise Unavailable(f"database error: {exc!r}") from exc
             yield got
         finally:
             if got and not broken:
                 try:
-                    async with conn.cursor() as cur:
-                        await cur.execute("SELECT RELEASE_LOCK(%s)", (lock,))
-                        await cur.fetchall()
+                    if row_lock:
+                        await conn.rollback()
+                    else:
+                        async with conn.cursor() as cur:
+                            await cur.execute("SELECT RELEASE_LOCK(%s)", (lock,))
+                            await cur.fetchall()
                 except _DB_ERRORS:
                     conn.close()  # closing the session releases the lock
             pool.release(conn)
+
+    async def _lock_row(self, conn: Connection, cur: Cursor, lock: str) -> bool:
+        """TiDB: lock ``lock``'s row and keep the transaction open; False if taken."""
+        if conn not in self._db._prepared:  # pessimistic transactions (MysqlStore._prepare)
+            await self._db._prepare(cur)
+            self._db._prepared.add(conn)
+        await cur.execute("INSERT IGNORE INTO compliance_job_locks (name) VALUES (%s)", (lock,))
+        await conn.begin()
+        try:
+            await cur.execute("SELECT name FROM compliance_job_locks WHERE name = %s "
+                              "FOR UPDATE NOWAIT", (lock,))
+            await cur.fetchall()
+        except myerrors.MySQLError as exc:
+            await conn.rollback()
+            if _code(exc) in (ER_LOCK_NOWAIT, ER_LOCK_WAIT_TIMEOUT):
+                return False
+            raise
+        return True
 
     # ---- audit -----------------------------------------------------------
 
