@@ -105,6 +105,10 @@ class ChatConfig:
     max_members_per_change: int = _f(1000, "users one MEMBERS request may add or remove")
     sync_page_max: int = _f(200, "entries one SYNC answer returns at most")
     max_text_length: int = _f(16384, "characters one text message may hold")
+    max_content_size: int = _f(4194304, "bytes one message's content may take (text, encrypted "
+                               "envelope or file reference, as stored); larger SEND and EDIT "
+                               "requests are refused with PAYLOAD_TOO_LARGE. TiDB stores at most "
+                               "6 MiB per row (txn-entry-size-limit): raise that first")
     rate_limit_per_second: float = _f(20.0, "sustained frames per second one user may send")
     rate_limit_burst: float = _f(100.0, "burst of frames one user may send above the rate")
     rate_limit_backend: str = _f("auto", "where per-user rate limits are counted: memory (this node), "
@@ -427,6 +431,8 @@ def _validate(obj: Any, path: str) -> None:
             raise ConfigError("storage.mysql_timeout: must be positive")
     if isinstance(obj, SiteConfig) and obj.heartbeat_interval <= 0:
         raise ConfigError("site.heartbeat_interval: must be positive")
+    if isinstance(obj, ChatConfig) and obj.max_content_size < 1024:
+        raise ConfigError("chat.max_content_size: must be at least 1024")
     if isinstance(obj, AccountsConfig) and obj.scrypt_n & (obj.scrypt_n - 1):
         raise ConfigError("accounts.scrypt_n: must be a power of two")
     if isinstance(obj, AccountsConfig) and not 1 <= obj.password_min_classes <= 4:

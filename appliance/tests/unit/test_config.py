@@ -41,6 +41,7 @@ def test_values_are_read(tmp_path: Path) -> None:
     ("server:\n  listen: nowhere\n", "server.listen: expected HOST:PORT"),
     ("storage:\n  backend: oracle\n", "storage.backend: 'oracle' is not one of sqlite"),
     ("chat:\n  recall_window: -1\n", "chat.recall_window: must not be negative"),
+    ("chat:\n  max_content_size: 100\n", "chat.max_content_size: must be at least 1024"),
     ("server: [1, 2]\n", "server: expected a mapping"),
     ("accounts:\n  scrypt_n: 1000\n", "accounts.scrypt_n: must be a power of two"),
     ("server: {max_frame_payload: 2048, max_message_size: 1024}\n", "server.max_message_size"),

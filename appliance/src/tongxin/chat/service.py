@@ -27,6 +27,7 @@ from tongxin.store.ports import (
     MemberOps,
     MemberRow,
     NoSuchConversation,
+    TooLarge,
     Unavailable,
 )
 
@@ -114,6 +115,14 @@ class ChatService:
                                    f"text longer than {self.cfg.max_text_length} characters")
         elif kind == "file" and not content.file.file_id:
             raise RequestError(pb.INVALID_ARGUMENT, "file message without file_id")
+        # Encrypted envelopes are not bounded by max_text_length: the content as
+        # stored is, by what the database holds in one row (TiDB: 6 MiB).
+        size = content.ByteSize()
+        if size > self.cfg.max_content_size:
+            raise RequestError(pb.PAYLOAD_TOO_LARGE,
+                               f"message content of {size} bytes exceeds "
+                               f"chat.max_content_size ({self.cfg.max_content_size}); "
+                               "send large data as a file")
 
     @staticmethod
     def _check_client_id(client_msg_id: str) -> None:
@@ -130,6 +139,10 @@ class ChatService:
                                retry_after_ms=1000) from exc
         except NoSuchConversation as exc:
             raise RequestError(pb.NOT_FOUND, f"no conversation {entry.conversation_id!r}") from exc
+        except TooLarge as exc:
+            # chat.max_content_size is set above what the database stores in a row.
+            raise RequestError(pb.PAYLOAD_TOO_LARGE, f"message not stored: {exc}; lower "
+                               "chat.max_content_size or raise the database's limit") from exc
 
     async def _publish_entry(self, entry: Entry, actor: Actor,
                              user_ids: tuple[str, ...] = (), members_changed: bool = False) -> None:
