@@ -1,5 +1,5 @@
 output "hosts" {
-  description = "Per site, hosts per component: lists of { name, address, id, flavor }."
+  description = "Per site, hosts per component: lists of { name, address, id, flavor, data_volume } (data_volume: null, or the host's Cinder data volume { id, device, size_gb })."
   value       = { for name, site in local.sites : name => site.hosts }
 }
 

@@ -9,13 +9,18 @@ locals {
           site      = site_name
           component = component
           also      = h.also
-          vars = {
-            # podman: Ansible's podman connection reaches containers by name.
-            ansible_host       = var.connection == "podman" ? h.name : h.address
-            tongxin_address    = h.address
-            tongxin_component  = component
-            tongxin_node_index = tostring(i + 1)
-          }
+          vars = merge(
+            {
+              # podman: Ansible's podman connection reaches containers by name.
+              ansible_host       = var.connection == "podman" ? h.name : h.address
+              tongxin_address    = h.address
+              tongxin_component  = component
+              tongxin_node_index = tostring(i + 1)
+            },
+            # Only hosts with a data volume (site-openstack) carry what the
+            # common role needs to find, format and mount it.
+            { for k, v in { tongxin_data_volume = h.data_volume } : k => v if v != null },
+          )
         }
       }
     ]...)

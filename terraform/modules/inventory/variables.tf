@@ -15,9 +15,12 @@ variable "sites" {
       architecture "x86_64" or "aarch64" (becomes tongxin_architecture)
       vars         extra group variables of the site
       hosts        hosts per component (lb, appliance, redis, kafka, database,
-                   monitoring): lists of { name, address, also }, which is
-                   the `hosts` output of site-openstack and site-lab; `also`
-                   (optional) lists other component groups the host joins.
+                   monitoring): lists of { name, address, also, data_volume },
+                   which is the `hosts` output of site-openstack and site-lab;
+                   `also` (optional) lists other component groups the host
+                   joins; `data_volume` (optional, null: none) is the host's
+                   data volume { id, device, size_gb } and becomes the host
+                   variable tongxin_data_volume.
   EOT
   type = map(object({
     role         = optional(string, "active")
@@ -27,6 +30,11 @@ variable "sites" {
       name    = string
       address = string
       also    = optional(list(string), [])
+      data_volume = optional(object({
+        id      = string
+        device  = optional(string)
+        size_gb = number
+      }))
     })))
   }))
 
@@ -76,6 +84,13 @@ variable "sites" {
   validation {
     condition     = alltrue(flatten([for s in values(var.sites) : [for hs in values(s.hosts) : [for h in hs : can(regex("^[A-Za-z0-9][A-Za-z0-9.-]*$", h.name))]]]))
     error_message = "Host names may only contain letters, digits, dots and dashes."
+  }
+
+  validation {
+    condition = alltrue(flatten([
+      for s in values(var.sites) : [for hs in values(s.hosts) : [for h in hs : h.data_volume == null ? true : trimspace(h.data_volume.id) != "" && h.data_volume.size_gb > 0]]
+    ]))
+    error_message = "A host's data_volume needs a non-empty id and a size_gb above 0."
   }
 
   validation {

@@ -46,6 +46,11 @@ run "inventory_for_the_podman_connection" {
     condition     = yamldecode(output.inventory).all.children.dr.vars == { tongxin_site = "dr", tongxin_site_role = "dr", tongxin_architecture = "x86_64", tongxin_lb_vip = "10.89.103.5" }
     error_message = "The dr group carries its role and VIP."
   }
+
+  assert {
+    condition     = alltrue(flatten([for s in ["dc1", "dc2", "dr"] : [for n, v in yamldecode(output.inventory).all.children[s].hosts : !contains(keys(v), "tongxin_data_volume")]]))
+    error_message = "Containers have no data volume: no host carries tongxin_data_volume."
+  }
 }
 
 run "single_site_over_ssh" {

@@ -109,6 +109,23 @@ run "inventory_has_sites_and_components" {
   }
 }
 
+run "data_volumes_reach_the_inventory" {
+  assert {
+    condition     = yamldecode(output.inventory).all.children.dc1.hosts["tongxin-dc1-database-01"].tongxin_data_volume == output.hosts.dc1.database[0].data_volume && output.hosts.dc1.database[0].data_volume.size_gb == 500
+    error_message = "A database host's inventory entry carries its data volume (500 GB by default)."
+  }
+
+  assert {
+    condition     = yamldecode(output.inventory).all.children.dr.hosts["tongxin-dr-kafka-02"].tongxin_data_volume.size_gb == 200 && yamldecode(output.inventory).all.children.dc2.hosts["tongxin-dc2-monitoring-01"].tongxin_data_volume.size_gb == 100
+    error_message = "Kafka (200 GB) and monitoring (100 GB) hosts carry their volumes, in every site."
+  }
+
+  assert {
+    condition     = length(flatten([for s in ["dc1", "dc2", "dr"] : [for n, v in yamldecode(output.inventory).all.children[s].hosts : n if contains(keys(v), "tongxin_data_volume")]])) == 21
+    error_message = "Exactly the 7 kafka, database and monitoring hosts of each site carry tongxin_data_volume."
+  }
+}
+
 run "rejects_shared_subnet" {
   command = plan
 

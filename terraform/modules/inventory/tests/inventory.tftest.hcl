@@ -17,7 +17,11 @@ variables {
     dc2 = {
       hosts = {
         appliance = [{ name = "tongxin-dc2-appliance-01", address = "10.2.0.21" }]
-        database  = [{ name = "tongxin-dc2-database-01", address = "10.2.0.41" }]
+        database = [{
+          name        = "tongxin-dc2-database-01"
+          address     = "10.2.0.41"
+          data_volume = { id = "3f6c1a52-9d7e-4b0a-8c21-5e4f7a9b0d13", device = "/dev/vdb", size_gb = 500 }
+        }]
       }
     }
     dr = {
@@ -83,6 +87,46 @@ run "renders_site_and_component_groups" {
     condition     = startswith(output.content, "# Ansible inventory of the production environment") && strcontains(output.content, "\n    dc1:\n") && !strcontains(output.content, "\"dc1\":")
     error_message = "The YAML must have the header comment and unquoted plain keys."
   }
+}
+
+run "data_volume_becomes_a_host_var" {
+  command = plan
+
+  assert {
+    condition     = yamldecode(output.content).all.children.dc2.hosts["tongxin-dc2-database-01"].tongxin_data_volume == { id = "3f6c1a52-9d7e-4b0a-8c21-5e4f7a9b0d13", device = "/dev/vdb", size_gb = 500 }
+    error_message = "A host with a data volume carries tongxin_data_volume { id, device, size_gb }."
+  }
+
+  assert {
+    condition     = strcontains(output.content, "\n          tongxin_data_volume:\n            device: \"/dev/vdb\"\n            id: \"3f6c1a52-9d7e-4b0a-8c21-5e4f7a9b0d13\"\n            size_gb: 500\n")
+    error_message = "tongxin_data_volume is a plain YAML mapping (unquoted keys, size_gb a number)."
+  }
+
+  assert {
+    condition = alltrue(flatten([
+      for s, g in yamldecode(output.content).all.children : [
+        for n, v in g.hosts : !contains(keys(v), "tongxin_data_volume") if n != "tongxin-dc2-database-01" && v != null
+      ] if contains(["dc1", "dc2", "dr"], s)
+    ]))
+    error_message = "Hosts without a data volume get no tongxin_data_volume."
+  }
+
+  assert {
+    condition     = output.hosts["tongxin-dc2-database-01"].vars.tongxin_data_volume.size_gb == 500 && !contains(keys(output.hosts["tongxin-dr-kafka-01"].vars), "tongxin_data_volume")
+    error_message = "The hosts output carries the same variables."
+  }
+}
+
+run "rejects_data_volume_without_id" {
+  command = plan
+
+  variables {
+    sites = {
+      dc1 = { hosts = { kafka = [{ name = "k-01", address = "192.0.2.1", data_volume = { id = " ", size_gb = 200 } }] } }
+    }
+  }
+
+  expect_failures = [var.sites]
 }
 
 run "empty_component_groups_are_still_present" {

@@ -1,9 +1,22 @@
-# OpenStack is mocked: nothing is created. Ports get a fixed address so the
-# outputs can be checked; everything else computed is generated.
+# OpenStack is mocked: nothing is created. Ports get a fixed address, data
+# volumes an id and their attachments a device, so the outputs can be
+# checked; everything else computed is generated.
 mock_provider "openstack" {
   mock_resource "openstack_networking_port_v2" {
     defaults = {
       all_fixed_ips = ["192.0.2.10"]
+    }
+  }
+
+  mock_resource "openstack_blockstorage_volume_v3" {
+    defaults = {
+      id = "3f6c1a52-9d7e-4b0a-8c21-5e4f7a9b0d13"
+    }
+  }
+
+  mock_resource "openstack_compute_volume_attach_v2" {
+    defaults = {
+      device = "/dev/vdb"
     }
   }
 }
@@ -103,6 +116,21 @@ run "default_host_set" {
     condition     = output.site == { name = "dc1", role = "active", architecture = "x86_64" } && output.lb_vip_address == "192.0.2.10"
     error_message = "Wrong site or VIP output."
   }
+
+  assert {
+    condition     = output.hosts.kafka[0].data_volume == { id = "3f6c1a52-9d7e-4b0a-8c21-5e4f7a9b0d13", device = "/dev/vdb", size_gb = 200 } && output.hosts.database[2].data_volume.size_gb == 500 && output.hosts.monitoring[0].data_volume.size_gb == 100
+    error_message = "A host with a data volume carries its id, the attachment's device and the size in GB."
+  }
+
+  assert {
+    condition     = alltrue([for c in ["kafka", "database", "monitoring"] : alltrue([for h in output.hosts[c] : h.data_volume.id == openstack_blockstorage_volume_v3.data[h.name].id && h.data_volume.device == openstack_compute_volume_attach_v2.data[h.name].device])])
+    error_message = "Each host's data_volume describes its own volume and attachment."
+  }
+
+  assert {
+    condition     = alltrue([for c in ["lb", "appliance", "redis"] : alltrue([for h in output.hosts[c] : h.data_volume == null])])
+    error_message = "Hosts without a data volume have data_volume = null."
+  }
 }
 
 run "aarch64_site_with_custom_sizes" {
@@ -141,6 +169,30 @@ run "aarch64_site_with_custom_sizes" {
   assert {
     condition     = output.hosts.monitoring == [] && output.site.role == "dr"
     error_message = "An empty component is an empty list."
+  }
+}
+
+run "data_volumes_follow_volume_size" {
+  variables {
+    components = {
+      appliance = { volume_size = 100 }
+      kafka     = { volume_size = 0 }
+    }
+  }
+
+  assert {
+    condition     = length(openstack_blockstorage_volume_v3.data) == 7 && length(openstack_compute_volume_attach_v2.data) == 7
+    error_message = "3 appliance + 3 database + 1 monitoring volumes (kafka's turned off)."
+  }
+
+  assert {
+    condition     = alltrue([for h in output.hosts.appliance : h.data_volume.size_gb == 100 && h.data_volume.device == "/dev/vdb"])
+    error_message = "Appliance hosts get their volume in the output when volume_size > 0."
+  }
+
+  assert {
+    condition     = alltrue([for h in output.hosts.kafka : h.data_volume == null]) && length(output.hosts.kafka) == 3
+    error_message = "Kafka hosts with volume_size = 0 have data_volume = null."
   }
 }
 
