@@ -7,7 +7,7 @@ APP := appliance
 STAMP := $(VENV)/.installed
 PROTO := $(APP)/src/tongxin/proto
 
-.PHONY: run test lint unit integration proto setup clean bench tofu molecule ansible-lint bundle engines test-cold
+.PHONY: run test lint unit integration proto setup clean bench tofu molecule ansible-lint data-volume bundle engines test-cold
 
 # Debian's python3 lacks venv/pip until python3-venv is installed.
 $(BIN)/python:
@@ -76,6 +76,13 @@ molecule:
 ansible-lint:
 	tests/molecule/run.sh --lint
 
+## data-volume: the common role's data volume tasks (format if blank, mount
+## by UUID, the refusals) against this machine on a loop device in a
+## temporary directory, removed afterwards (root, losetup; about 25 s;
+## tests/molecule/_data_volume/run.sh). Needs the venv ansible-lint makes.
+data-volume:
+	tests/molecule/_data_volume/run.sh
+
 ## engines: build or fetch every engine the tests start (Redis, Kafka, MariaDB
 ## from Debian and Maven Central; TiDB's tidb-server and MinIO built from their
 ## Go modules), once, into the cache, with progress, so that no test's timeout
@@ -84,10 +91,11 @@ engines:
 	bash $(APP)/scripts/services.sh install all
 	bash $(APP)/scripts/s3server.sh install
 
-## test: everything CI runs: Python lint, ansible-lint, tofu, the engines,
-## pytest, then every Molecule scenario (all thirteen, multisite with its DR
-## drills the longest; three at a time; docs/ansible.md, "Timings").
-test: setup lint ansible-lint tofu engines
+## test: everything CI runs: Python lint, ansible-lint, the data volume
+## tasks on a loop device, tofu, the engines, pytest, then every Molecule
+## scenario (all thirteen, multisite with its DR drills the longest; three
+## at a time; docs/ansible.md, "Timings").
+test: setup lint ansible-lint data-volume tofu engines
 	cd $(APP) && ../$(BIN)/pytest -q -p no:cacheprovider tests
 	@# the engines pytest started (Redis, Kafka, MariaDB, TiDB)
 	@# would idle beside the scenarios, which are bound by CPU
