@@ -1,5 +1,9 @@
-"""The database fails under two nodes: TiDB's stand-in (MariaDB) + Kafka + Redis.
+"""The database fails under two nodes: MariaDB or TiDB + Kafka + Redis.
 
+Run once per MySQL-protocol engine of services.sh (engines.py: MariaDB, and
+tidb-server with its embedded unistore storage, which stands for the whole of a
+TiDB cluster here: killing it is losing every TiDB server and TiKV at once;
+engines.py says what keeps unistore from losing acknowledged rows then).
 Two node processes share a fresh MySQL-protocol database, Kafka topics and
 Redis keys of their own. A sender on one node streams numbered messages to a
 reader on the other; mid-stream the database is killed with SIGKILL (no
@@ -18,8 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -28,12 +30,16 @@ from typing import Any
 import aiohttp
 import pytest
 from engines import (
+    DB_ENGINES,
     NodeProcess,
     create_mysql_database,
+    db_engine,
     drop_mysql_database,
     isolated_backends,
+    kill_database,
     service_env,
     services,
+    start_database,
     start_node_process,
 )
 from test_multinode import ResilientSender, chat_entries, login, next_chat
@@ -44,15 +50,16 @@ from tongxin.client import Client, TongxinError, pb
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
-@pytest.fixture(scope="module")
-def engines() -> Iterator[dict[str, str]]:
-    services("start", "redis", "kafka", "mariadb")
-    yield service_env()
+@pytest.fixture(scope="module", params=DB_ENGINES)
+def engines(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """services.sh's environment, with ``DB`` naming the database engine under test."""
+    services("start", "redis", "kafka", request.param)
+    yield {**service_env(), "DB": str(request.param)}
 
 
 @pytest.fixture
 async def db_cluster(engines: dict[str, str], tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
-    server_dsn = engines["TONGXIN_MYSQL_DSN"]
+    server_dsn = engines[db_engine(engines["DB"]).dsn_var]
     dsn = await create_mysql_database(server_dsn)
     config = isolated_backends(engines)
     config["storage"] = {"backend": "mysql", "mysql_dsn": dsn, "mysql_pool_size": 8,
@@ -66,21 +73,8 @@ async def db_cluster(engines: dict[str, str], tmp_path: Path) -> AsyncIterator[d
     finally:
         for n in nodes:
             n.stop()
-        services("start", "mariadb")  # never leave the database down for other tests
+        start_database(engines["DB"])  # never leave the database down for other tests
         await drop_mysql_database(server_dsn, dsn)
-
-
-def _kill_database(env: dict[str, str]) -> None:
-    pid = int(Path(env["TONGXIN_MYSQL_PID_FILE"]).read_text().split()[0])
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"mariadbd (pid {pid}) survived SIGKILL")
 
 
 async def _ready(url: str) -> int:
@@ -91,6 +85,7 @@ async def _ready(url: str) -> int:
 async def test_database_crash_mid_stream(db_cluster: dict[str, Any],
                                          engines: dict[str, str]) -> None:
     a, b = db_cluster["nodes"]
+    db = engines["DB"]
     await (await login(b.ws_url, "bob", "pc", register=True)).close()
     alice = await login(a.ws_url, "alice", "pc", register=True)
     conv = (await alice.direct("bob")).conversation_id
@@ -115,12 +110,12 @@ async def test_database_crash_mid_stream(db_cluster: dict[str, Any],
         # The sender keeps retrying against a dead database, then it returns.
         await asyncio.sleep(outage)
         down["until"] = time.monotonic()
-        await asyncio.to_thread(services, "start", "mariadb")
+        await asyncio.to_thread(start_database, db)
 
     try:
         for i in range(total):
             if i == crash_at:
-                await asyncio.to_thread(_kill_database, engines)
+                await asyncio.to_thread(kill_database, db)
                 down["from"] = time.monotonic()
                 restart = asyncio.create_task(restart_later())
                 # The refusal is immediate and says what happened.
@@ -146,7 +141,7 @@ async def test_database_crash_mid_stream(db_cluster: dict[str, Any],
         await restart
     finally:
         if restart is None:
-            services("start", "mariadb")
+            start_database(db)
         elif not restart.done():
             await restart
         if sender.client is not None:
