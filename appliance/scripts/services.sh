@@ -452,7 +452,7 @@ tidb_install() {
   go=$(go_cmd) || die "no Go toolchain (looked on PATH and in /usr/local/go/bin); tidb-server is built from its Go module"
   # `go install module@version` refuses modules with replace lines, and TiDB's
   # go.mod has two; scripts/tidb/go.mod is a tools module that repeats them.
-  pinned=$(cd "$TIDB_TOOLS" && GOTOOLCHAIN=local GOFLAGS=-mod=readonly "$go" list -m -f '{{.Version}}' "$TIDB_MODULE") \
+  pinned=$(cd "$TIDB_TOOLS" && GOTOOLCHAIN=local GOFLAGS="-mod=readonly -modcacherw" "$go" list -m -f '{{.Version}}' "$TIDB_MODULE") \
     || die "cannot read $TIDB_TOOLS/go.mod (it needs Go >= 1.26; have $("$go" env GOVERSION))"
   [ "$pinned" = "$TIDB_MODULE_VERSION" ] \
     || die "$TIDB_TOOLS/go.mod requires $TIDB_MODULE@$pinned but services.sh pins $TIDB_MODULE_VERSION"
@@ -460,7 +460,7 @@ tidb_install() {
   tmp=$(mktemp "$TIDB_HOME/tidb-server.tmp.XXXXXX")
   started=$SECONDS
   last=$SECONDS
-  log "building tidb-server from $TIDB_MODULE@$TIDB_MODULE_VERSION (Go module proxy; about 4-6 minutes on 2 cores, once)"
+  log "building tidb-server from $TIDB_MODULE@$TIDB_MODULE_VERSION (Go module proxy; 2-4 minutes on 2 cores, once)"
   # -checklinkname=0: TiDB of 2022 (and its dependencies) reach into the runtime
   # with //go:linkname, which Go 1.23+ refuses to link by default.
   (
