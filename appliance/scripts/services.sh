@@ -360,6 +360,16 @@ kafka_status() {
   fi
 }
 
+app_account_sql() {  # the application's database and account, for MariaDB and TiDB alike
+  cat <<EOF
+CREATE DATABASE IF NOT EXISTS \`$MYSQL_DB\` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
+CREATE USER IF NOT EXISTS '$MYSQL_USER'@'127.0.0.1' IDENTIFIED BY '$MYSQL_PASSWORD';
+CREATE USER IF NOT EXISTS '$MYSQL_USER'@'localhost' IDENTIFIED BY '$MYSQL_PASSWORD';
+GRANT ALL PRIVILEGES ON \`$MYSQL_DB%\`.* TO '$MYSQL_USER'@'127.0.0.1';
+GRANT ALL PRIVILEGES ON \`$MYSQL_DB%\`.* TO '$MYSQL_USER'@'localhost';
+EOF
+}
+
 # ---- MariaDB ------------------------------------------------------------------
 
 mariadb_install() {
@@ -404,13 +414,7 @@ mariadb_start() {
     >>"$dir/mariadbd.out" 2>&1 </dev/null 9>&- &
   echo $! >"$dir/mariadb.pid"
   wait_for "mariadb" mariadb_ready || { tail -n 30 "$dir/error.log" >&2; die "mariadb did not start; see $dir/error.log"; }
-  mariadb_root <<EOF
-CREATE DATABASE IF NOT EXISTS \`$MYSQL_DB\` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
-CREATE USER IF NOT EXISTS '$MYSQL_USER'@'127.0.0.1' IDENTIFIED BY '$MYSQL_PASSWORD';
-CREATE USER IF NOT EXISTS '$MYSQL_USER'@'localhost' IDENTIFIED BY '$MYSQL_PASSWORD';
-GRANT ALL PRIVILEGES ON \`$MYSQL_DB%\`.* TO '$MYSQL_USER'@'127.0.0.1';
-GRANT ALL PRIVILEGES ON \`$MYSQL_DB%\`.* TO '$MYSQL_USER'@'localhost';
-EOF
+  app_account_sql | mariadb_root
   log "mariadb up (127.0.0.1:$MARIADB_PORT, database $MYSQL_DB, user $MYSQL_USER)"
 }
 
@@ -564,13 +568,7 @@ EOF
       || die "could not set TiDB's root password; see $dir/tidb.log"
     mv "$dir/root.cnf.new" "$dir/root.cnf"
   fi
-  tidb_root <<EOF || die "could not create the database and user in TiDB; see $dir/tidb.log"
-CREATE DATABASE IF NOT EXISTS \`$MYSQL_DB\` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
-CREATE USER IF NOT EXISTS '$MYSQL_USER'@'127.0.0.1' IDENTIFIED BY '$MYSQL_PASSWORD';
-CREATE USER IF NOT EXISTS '$MYSQL_USER'@'localhost' IDENTIFIED BY '$MYSQL_PASSWORD';
-GRANT ALL PRIVILEGES ON \`$MYSQL_DB%\`.* TO '$MYSQL_USER'@'127.0.0.1';
-GRANT ALL PRIVILEGES ON \`$MYSQL_DB%\`.* TO '$MYSQL_USER'@'localhost';
-EOF
+  app_account_sql | tidb_root || die "could not create the database and user in TiDB; see $dir/tidb.log"
   log "tidb up (127.0.0.1:$TIDB_PORT, $(tidb_root -N -e 'SELECT VERSION()'), database $MYSQL_DB, user $MYSQL_USER)"
 }
 
