@@ -209,27 +209,29 @@ def test_cli_unseal_never_writes_through_a_symlink(tmp_path: Path) -> None:
     assert victim.read_bytes() == b"untouched"
 
 
-def test_cli_stdin_request_keeps_a_current_document(
+def test_cli_current_from_stdin_is_kept_until_a_file_changes(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     import io
 
+    src, ca = _secrets_dirs(tmp_path)
     key = generate_key("international")
     (tmp_path / "dr.pub").write_text(json.dumps(key.public_document()))
     current = seal(key, FILES)
-    request = {"files": {n: base64.b64encode(d).decode() for n, d in FILES.items()},
-               "current": copy.deepcopy(current)}
-    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(request)))
+    argv = ["dr-secrets", "seal", "--public-key", str(tmp_path / "dr.pub"), "--from-dir", str(src),
+            "--ca-dir", str(ca), "--current", "-"]
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(copy.deepcopy(current))))
     capsys.readouterr()
-    assert main(["dr-secrets", "seal", "--public-key", str(tmp_path / "dr.pub"),
-                 "--stdin-json"]) == 0
+    assert main(argv) == 0
     assert json.loads(capsys.readouterr().out) == current
-    request["files"]["secrets/token.key"] = base64.b64encode(os.urandom(32)).decode()
-    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(request)))
-    assert main(["dr-secrets", "seal", "--public-key", str(tmp_path / "dr.pub"),
-                 "--stdin-json"]) == 0
-    new = json.loads(capsys.readouterr().out)
-    assert new["digest"] != current["digest"]
+    (src / "token.key").write_bytes(os.urandom(32))
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(current)))
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["digest"] != current["digest"]
+    # No current document at all (a standby's first run): a new one.
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["recipient"] == key.key_id
 
 
 def test_cli_unseal_with_a_tampered_document_writes_nothing(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """``tongxin dr-secrets``: the DR site's sealed copy of the installation's secrets.
 
 keygen   make the DR operators' key pair (the private file stays off the hosts)
-seal     seal secrets (a directory, or JSON on stdin) to the public key
+seal     seal a directory of secrets (and the CA's) to the public key
 show     print a sealed document's clear header (no key needed)
 unseal   open a sealed document with the private key and write one part's files
 
@@ -111,31 +111,11 @@ def _files_from_dirs(secrets_dir: Path, ca_dir: Path | None) -> dict[str, bytes]
     return files
 
 
-def _files_from_json(doc: object) -> tuple[dict[str, bytes], object]:
-    import base64
-    import binascii
-
-    if not isinstance(doc, dict) or not isinstance(doc.get("files"), dict):
-        raise _fail('stdin must be {"files": {"secrets/<name>": base64, ...}, "current": ...}')
-    files = {}
-    for name, value in doc["files"].items():
-        try:
-            files[name] = base64.b64decode(value, validate=True)
-        except (binascii.Error, TypeError, ValueError):
-            raise _fail(f"file {name!r} is not base64") from None
-    return files, doc.get("current")
-
-
 def cmd_seal(args: argparse.Namespace) -> int:
     recipient = load_key(_read_json(args.public_key, "key file"), need_private=False)
     current: object = None
-    if args.stdin_json:
-        files, current = _files_from_json(_read_json("-", "request"))
-    else:
-        files = _files_from_dirs(Path(args.from_dir), Path(args.ca_dir) if args.ca_dir else None)
+    files = _files_from_dirs(Path(args.from_dir), Path(args.ca_dir) if args.ca_dir else None)
     if args.current == "-":
-        if args.stdin_json:
-            raise _fail("--current - and --stdin-json both want stdin; put current in the request")
         text = sys.stdin.read(_INPUT_LIMIT + 1).strip()
         try:
             current = json.loads(text) if text else None
@@ -217,10 +197,8 @@ def add_commands(sub: Any) -> None:
 
     s = ds.add_parser("seal", help="seal secrets to the DR public key (JSON document on stdout)")
     s.add_argument("--public-key", required=True, help="the .pub file from keygen")
-    src = s.add_mutually_exclusive_group(required=True)
-    src.add_argument("--from-dir", help="seal the files of DIR as the node's secrets (secrets/)")
-    src.add_argument("--stdin-json", action="store_true",
-                     help='read {"files": {"secrets/NAME": base64}, "current": DOC} on stdin')
+    s.add_argument("--from-dir", required=True,
+                   help="seal the files of DIR as the node's secrets (secrets/)")
     s.add_argument("--ca-dir", default="",
                    help="with --from-dir: also seal the files of DIR as the internal CA's (ca/)")
     s.add_argument("--current", default="",
@@ -241,5 +219,5 @@ def add_commands(sub: Any) -> None:
     u.add_argument("--owner", default="", help="chown the written files to this user")
     u.add_argument("--replace", action="store_true",
                    help="replace files that exist (default: keep them and say so)")
-    u.add_argument("sealed", help="the sealed document")
+    u.add_argument("sealed", help="the sealed document ('-': stdin)")
     u.set_defaults(func=_run(cmd_unseal))
