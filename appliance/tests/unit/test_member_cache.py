@@ -5,7 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from tongxin.chat.members import MemberCache
+from tongxin.chat.service import Actor, ChatService
+from tongxin.config import ChatConfig
+from tongxin.errors import RequestError
+from tongxin.proto import tongxin_pb2 as pb
+from tongxin.store.ports import Unavailable
 
 
 class SlowStore:
@@ -44,3 +51,33 @@ async def test_hits_do_not_read_the_store() -> None:
     cache.invalidate("g")
     await cache.get("g")
     assert store.reads == 2
+
+
+class DownStore:
+    """A database that refuses every read, as when it is down."""
+
+    def __init__(self) -> None:
+        self.appends = 0
+
+    async def member_ids(self, conversation_id: str) -> list[str]:
+        raise Unavailable("database error: connection refused")
+
+    async def append(self, *args: object) -> None:
+        self.appends += 1
+
+
+async def test_send_on_a_cold_member_cache_during_an_outage_says_not_stored() -> None:
+    # The member read comes before the append; a client must learn the same
+    # thing from either: the message is not stored, retry with the same id.
+    store: Any = DownStore()
+    chat = ChatService(store, bus=None, members=MemberCache(store),  # type: ignore[arg-type]
+                       cfg=ChatConfig(), max_message_size=1 << 20)
+    req = pb.SendRequest(conversation_id="g", client_msg_id="m1",
+                         content=pb.Content(text="hello"))
+    with pytest.raises(RequestError) as info:
+        await chat.send(Actor("a", "dev"), req)
+    assert info.value.code == pb.UNAVAILABLE
+    assert info.value.message.startswith("message not stored: ")
+    assert "connection refused" in info.value.message
+    assert info.value.retry_after_ms == 1000
+    assert store.appends == 0

@@ -39,6 +39,11 @@ NAME_MAX = 64
 FileLookup = Callable[[str, str], Awaitable["pb.FileInfo | None"]]
 
 
+def _not_stored(exc: Unavailable) -> RequestError:
+    """A SEND the database could not take: the client may retry with the same id."""
+    return RequestError(pb.UNAVAILABLE, f"message not stored: {exc}", retry_after_ms=1000)
+
+
 @dataclass(frozen=True, slots=True)
 class Actor:
     user_id: str
@@ -135,8 +140,7 @@ class ChatService:
         try:
             return await self.store.append(entry, mark_recalled, mark_edited)
         except Unavailable as exc:
-            raise RequestError(pb.UNAVAILABLE, f"message not stored: {exc}",
-                               retry_after_ms=1000) from exc
+            raise _not_stored(exc) from exc
         except NoSuchConversation as exc:
             raise RequestError(pb.NOT_FOUND, f"no conversation {entry.conversation_id!r}") from exc
         except TooLarge as exc:
@@ -343,10 +347,19 @@ class ChatService:
         # The member set the fan-out needs anyway answers "may this user
         # send here" without a store read per message; membership changes
         # drop it on every node (the delivery carries members_changed).
-        if actor.user_id not in await self.members.get(req.conversation_id):
+        # A database outage on these reads (a cold member cache) is answered
+        # like one on the append: the sender learns the message is not stored.
+        try:
+            members = await self.members.get(req.conversation_id)
+        except Unavailable as exc:
+            raise _not_stored(exc) from exc
+        if actor.user_id not in members:
             raise RequestError(pb.NOT_FOUND, f"no conversation {req.conversation_id!r} for you")
         if self.files is not None and _content_kind(req.content) == "file":
-            stored_file = await self.files(req.content.file.file_id, req.conversation_id)
+            try:
+                stored_file = await self.files(req.content.file.file_id, req.conversation_id)
+            except Unavailable as exc:
+                raise _not_stored(exc) from exc
             if stored_file is None:
                 raise RequestError(pb.NOT_FOUND, f"no file {req.content.file.file_id!r} "
                                    "in this conversation")
