@@ -1,4 +1,4 @@
-"""The offline install bundle: its signed manifest (build, sign, verify).
+"""The offline install bundle: its signed manifest (build, sign, verify) and packing.
 
 ``appliance/scripts/bundle.sh`` (``make bundle``) downloads what an install needs into one
 directory and calls :func:`build_manifest` and :func:`sign_manifest` through

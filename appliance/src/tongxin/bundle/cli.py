@@ -16,6 +16,7 @@ from tongxin.bundle.manifest import (
     sign_manifest,
     verify_bundle,
 )
+from tongxin.bundle.pack import pack_directory
 from tongxin.compliance.keys import fingerprint
 from tongxin.crypto import sm2_available, sm2_unavailable_reason
 
@@ -94,8 +95,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pack(args: argparse.Namespace) -> int:
+    changed = pack_directory(Path(args.dir), Path(args.archive), args.pattern)
+    print(json.dumps({"archive": args.archive, "changed": changed}))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    if not sm2_available():
+    # Packing reads files the verifier has already checked; it needs no SM2.
+    if args.bundle_func is not cmd_pack and not sm2_available():
         print(f"tongxin bundle: {sm2_unavailable_reason()}", file=sys.stderr)
         return 2
     try:
@@ -129,3 +137,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     k.add_argument("--key", required=True)
     k.add_argument("--public-out", help="also write the public key (PEM) here")
     k.set_defaults(bundle_func=cmd_key)
+
+    p = bsub.add_parser("pack", help="pack one directory of a verified bundle as a tar, "
+                        "rewriting the archive (atomically) only when its content changed")
+    p.add_argument("dir", help="e.g. tongxin-<version>/debs/x86_64")
+    p.add_argument("archive", help="the tar to write")
+    p.add_argument("--pattern", default="*", help="pack only the files matching this glob "
+                   "(default: every file)")
+    p.set_defaults(bundle_func=cmd_pack)
