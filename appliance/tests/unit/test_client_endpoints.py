@@ -106,6 +106,9 @@ def test_cursor_lets_a_push_racing_the_answer_through_once_known() -> None:
     c.learn("d:x", 5)
     # DELIVER 5 may arrive after CONV_INFO said last_seq 5: it is not a repeat.
     assert c.see("d:x", 5)
+    # A second copy of that late push (re-published after a re-sent SEND) is a repeat.
+    assert not c.see("d:x", 5)
+    assert c.see("d:x", 4) and not c.see("d:x", 4)
     c.learn("d:x", 50)  # learning again does not move a tracked conversation
     assert c.mark("d:x") == 5
 
@@ -115,6 +118,15 @@ def test_cursor_of_a_conversation_first_seen_in_a_push() -> None:
     assert c.see("g:new", 7)  # added to a group at seq 7: nothing before is ours
     assert c.mark("g:new") == 7 and "g:new" in c
     assert c.conversations() == ["g:new"]
+
+
+def test_cursor_remembers_a_bounded_number_of_late_pushes() -> None:
+    c = SeqCursors(max_gap_entries=3)
+    c.learn("g:1", 100)
+    for seq in (90, 91, 92, 93):
+        assert c.see("g:1", seq)
+    assert not c.see("g:1", 93)
+    assert c.see("g:1", 90)  # the oldest was forgotten: let through, not held for ever
 
 
 def test_cursor_stops_waiting_for_a_seq_that_never_comes() -> None:

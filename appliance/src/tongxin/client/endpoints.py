@@ -123,6 +123,10 @@ class _Cursor:
     floor: int  # seqs up to here came before this client knew the conversation
     mark: int  # every seq in (floor, mark] is held
     above: set[int] = field(default_factory=set)  # held seqs past a gap
+    # Pushes at or below the floor already passed on: the first copy of a late
+    # push goes through, a second copy of it (a multi-node backend re-publishes
+    # an entry on a re-sent SEND) must not.
+    late: set[int] = field(default_factory=set)
 
 
 class SeqCursors:
@@ -150,7 +154,13 @@ class SeqCursors:
             c = self._convs[conversation_id] = _Cursor(seq - 1, seq - 1)
         if seq <= c.floor:
             # Older than what we track: a late push racing the answer that taught us
-            # the conversation. Let it through; it cannot be told from a first copy.
+            # the conversation. Let its first copy through; it cannot be told from
+            # an entry the answer did not carry.
+            if seq in c.late:
+                return False
+            c.late.add(seq)
+            if len(c.late) > self._max_above:
+                c.late.discard(min(c.late))
             return True
         if seq <= c.mark or seq in c.above:
             return False
