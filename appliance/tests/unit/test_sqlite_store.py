@@ -82,3 +82,33 @@ async def test_cursor_only_moves_forward(store: SqliteStore) -> None:
     assert await store.set_cursor("g:1", "u_b", "read", 2) == 4
     member = await store.get_member("g:1", "u_b")
     assert member is not None and member.read_seq == 4
+
+
+async def test_database_and_its_wal_are_private_to_the_service_user(tmp_path: Path) -> None:
+    # Password hashes and token state: a umask of 022 must not make them world-readable.
+    home = tmp_path / "home"
+    s = SqliteStore(home / "tongxin.db")
+    await s.open()
+    conv = ConversationRow("g:1", 2, "g", 0, "u_a", 0, 0)
+    await s.create_conversation(conv, [("u_a", 3)], entry("g:1", "create"))
+    wal = home / "tongxin.db-wal"
+    assert wal.exists() and wal.stat().st_mode & 0o777 == 0o600
+    await s.close()
+    assert (home / "tongxin.db").stat().st_mode & 0o777 == 0o600
+    assert home.stat().st_mode & 0o777 == 0o700
+
+
+async def test_an_existing_readable_database_is_tightened_on_open(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    s = SqliteStore(db)
+    await s.open()
+    await s.close()
+    db.chmod(0o644)
+    (tmp_path / "t.db-wal").write_bytes(b"")
+    (tmp_path / "t.db-wal").chmod(0o644)
+    s = SqliteStore(db)
+    await s.open()
+    await s.close()
+    assert db.stat().st_mode & 0o777 == 0o600
+    wal = tmp_path / "t.db-wal"
+    assert not wal.exists() or wal.stat().st_mode & 0o777 == 0o600

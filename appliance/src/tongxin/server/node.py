@@ -194,7 +194,10 @@ class Node:
 
     async def start(self) -> None:
         home = self.cfg.home
-        home.mkdir(parents=True, exist_ok=True)
+        # Databases, keys and blobs live here: only the service user enters.
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if home.stat().st_mode & 0o077:
+            home.chmod(0o700)
         await self.store.open()
         # Keys before anything reads or writes sealed data (docs/security.md).
         self.keyring = getattr(self.store, "keyring", None) or await open_keyring(

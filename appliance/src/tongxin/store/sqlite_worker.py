@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
 import sqlite3
 import threading
@@ -24,6 +25,26 @@ from tongxin.store.ports import Unavailable
 T = TypeVar("T")
 
 Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], asyncio.AbstractEventLoop]
+
+
+
+def private_file(path: Path) -> None:
+    """Create ``path`` 0600, or take group and other access from an existing one.
+
+    The databases hold password hashes, token state and keys. SQLite gives its
+    -wal and -shm files the mode of the database file, so this covers them too
+    once they are made again; existing ones are tightened here as well.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.is_file() and not side.is_symlink() and side.stat().st_mode & 0o077:
+            side.chmod(0o600)
 
 
 def connect(path: Path, synchronous: str) -> sqlite3.Connection:
@@ -163,7 +184,8 @@ class SqliteDatabase:
         raise NotImplementedError
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_file(self.path)
         conn = connect(self.path, "full")
         try:
             self.apply_schema(conn)
