@@ -45,6 +45,8 @@ class ServerConfig:
     compression_threshold: int = _f(1024, "payloads of at least this many bytes are zstd-compressed")
     fragment_timeout: float = _f(30.0, "seconds a fragmented message may take to complete")
     auth_timeout: float = _f(10.0, "seconds a new connection has to authenticate")
+    http_idle_timeout: float = _f(15.0, "seconds an HTTP connection may go without a complete "
+                                  "request head, first or next (a WebSocket in use is not idle)")
     heartbeat_interval: float = _f(30.0, "seconds between client pings (jittered +-20%)")
     idle_timeout_factor: float = _f(3.0, "a connection silent this many heartbeat intervals is closed")
     send_queue_frames: int = _f(2048, "frames queued to one slow connection before it is dropped")

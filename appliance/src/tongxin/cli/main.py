@@ -11,9 +11,12 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tongxin.config import Config, ConfigError, documented_keys, load_config, parse_listen
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
@@ -66,7 +69,7 @@ async def _serve(cfg: Config, worker: int | None = None) -> int:
     # A standby is its own small wiring that never writes (server/standby.py); promotion
     # is site.role: active and a restart.
     node: Node | StandbyNode = StandbyNode(cfg) if cfg.site.role == "standby" else Node(cfg)
-    runner = web.AppRunner(node.app(), access_log=None, handle_signals=False)
+    runner = http_runner(node.app(), cfg)
     await runner.setup()
     host, port = cfg.listen_address()
     site = web.TCPSite(runner, host, port, backlog=4096, reuse_port=worker is not None,
@@ -99,6 +102,16 @@ async def _serve(cfg: Config, worker: int | None = None) -> int:
     await stop.wait()
     await runner.cleanup()
     return 0
+
+
+def http_runner(app: web.Application, cfg: Config) -> web.AppRunner:
+    # aiohttp's keep-alive timer also runs from the moment a connection opens,
+    # and a request head that never completes leaves the connection idle: so
+    # this one bound closes both a silent connection and a trickled request line.
+    from aiohttp import web
+
+    return web.AppRunner(app, access_log=None, handle_signals=False,
+                         keepalive_timeout=cfg.server.http_idle_timeout)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
