@@ -44,6 +44,10 @@ class ServerConfig:
     max_message_size: int = _f(8388608, "largest reassembled (and decompressed) message payload")
     compression_threshold: int = _f(1024, "payloads of at least this many bytes are zstd-compressed")
     fragment_timeout: float = _f(30.0, "seconds a fragmented message may take to complete")
+    max_unauthenticated_message: int = _f(65536, "largest fragmented message accepted before "
+                                          "AUTH_OK (an unauthenticated peer holds no more)")
+    fragment_budget: int = _f(268435456, "bytes of unfinished fragmented messages all connections "
+                              "of a node may hold together; past it a new fragment is refused")
     auth_timeout: float = _f(10.0, "seconds a new connection has to authenticate")
     http_idle_timeout: float = _f(15.0, "seconds an HTTP connection may go without a complete "
                                   "request head, first or next (a WebSocket in use is not idle)")

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from tongxin.proto import tongxin_pb2 as pb
 from tongxin.server.connection import Connection
-from tongxin.wire.codec import Decoder, Encoder, WireLimits, decompress
+from tongxin.wire.codec import Decoder, Encoder, FragmentBudget, WireLimits, decompress
 from tongxin.wire.frame import (
     FLAG_COMPRESSED,
     FLAG_FINAL,
@@ -326,6 +326,46 @@ def test_fragment_total_is_capped(pieces: list[int], cap: int) -> None:
         whole = dec.feed(frame)
         assert (whole is None) == (not last)
     assert whole is not None and whole.payload == b"x" * total
+
+
+def _piece(seq: int, n: int, final: bool = False) -> Frame:
+    flags = FLAG_FRAGMENT | (FLAG_FINAL if final else 0)
+    return decode_frame(header(pb.SEND, seq, flags, payload=b"x" * n), 1024)
+
+
+def test_a_lower_bound_applies_before_authentication() -> None:
+    dec = Decoder(WireLimits(max_frame_payload=1024, max_message_size=8 * 1024))
+    assert dec.feed(_piece(3, 1024), max_size=2048) is None
+    assert dec.feed(_piece(3, 1024), max_size=2048) is None
+    with pytest.raises(FrameError) as info:
+        dec.feed(_piece(3, 1), max_size=2048)
+    assert info.value.code == pb.PAYLOAD_TOO_LARGE and info.value.fatal
+    assert "2048 bytes (before AUTH_OK)" in info.value.message
+    assert dec.pending_bytes == 0
+    # Without the lower bound the same message goes on to the normal limit.
+    for _ in range(7):
+        assert dec.feed(_piece(4, 1024)) is None
+    whole = dec.feed(_piece(4, 1024, final=True))
+    assert whole is not None and len(whole.payload) == 8 * 1024
+
+
+def test_budget_bounds_what_all_decoders_hold_together_and_is_given_back() -> None:
+    budget = FragmentBudget(3000)
+    limits = WireLimits(max_frame_payload=1024, max_message_size=8 * 1024)
+    a, b, c = (Decoder(limits, budget=budget) for _ in range(3))
+    assert a.feed(_piece(1, 1000)) is None
+    assert b.feed(_piece(1, 1000)) is None
+    assert budget.held == 2000
+    assert c.feed(_piece(1, 1000)) is None
+    with pytest.raises(FrameError) as info:
+        c.feed(_piece(1, 1))  # 3001 held would pass the budget
+    assert info.value.code == pb.UNAVAILABLE and info.value.fatal
+    assert budget.held == 2000  # c's own bytes were given back with its refusal
+    whole = a.feed(_piece(1, 500, final=True))  # completing gives a's bytes back
+    assert whole is not None and len(whole.payload) == 1500
+    assert budget.held == 1000
+    b.reset()  # as the server does when a connection ends mid-message
+    assert budget.held == 0
 
 
 @pytest.mark.parametrize("intruder", [

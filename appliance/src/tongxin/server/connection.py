@@ -67,7 +67,7 @@ class Connection:
         self.device_id = ""
         self.session: Session | None = None
         self.next_seq = 1
-        self.decoder = Decoder(node.limits)
+        self.decoder = Decoder(node.limits, budget=node.fragment_budget)
         self.opened = time.monotonic()
         self.last_seen = self.opened
         self.heartbeat = node.cfg.server.heartbeat_interval * random.uniform(0.8, 1.2)
@@ -188,7 +188,8 @@ class Connection:
                 seq=frame.seq, fatal=True))
             return
         try:
-            whole = self.decoder.feed(frame)
+            whole = self.decoder.feed(frame, None if self.session is not None
+                                      else self.node.cfg.server.max_unauthenticated_message)
         except FrameError as err:
             if err.fatal:
                 await self.fail(err)

@@ -45,7 +45,7 @@ from tongxin.site.metrics import register_endpoint_metrics
 from tongxin.store.ports import ChatStore, Unavailable
 from tongxin.store.sqlite_store import SqliteStore
 from tongxin.wire import closecodes
-from tongxin.wire.codec import Encoder, WireLimits
+from tongxin.wire.codec import Encoder, FragmentBudget, WireLimits
 from tongxin.wire.frame import HEADER_SIZE
 
 log = logging.getLogger("tongxin.node")
@@ -155,6 +155,7 @@ class Node:
         s = cfg.server
         self.limits = WireLimits(s.max_frame_payload, s.max_message_size,
                                  s.compression_threshold, s.fragment_timeout)
+        self.fragment_budget = FragmentBudget(s.fragment_budget)
         self.node_id = cfg.node_id or f"{socket.gethostname()}:{cfg.listen_address()[1]}"
         self.metrics = Metrics()
         self.store = store or make_store(cfg)
@@ -324,6 +325,7 @@ class Node:
         try:
             await conn.run()
         finally:
+            conn.decoder.reset()  # its unfinished message no longer counts against the budget
             self.metrics.connections.dec()
             await self.detach(conn)
             if not ws.closed:

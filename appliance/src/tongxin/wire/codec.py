@@ -129,17 +129,32 @@ class _Partial:
     size: int
 
 
+class FragmentBudget:
+    """Bytes of unfinished fragmented messages held by all the decoders of one server.
+
+    Each connection may hold up to max_message_size; many connections doing so
+    at once would hold the sum. The budget bounds that sum.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+
 class Decoder:
     """Reassembles fragments and decompresses, yielding whole messages.
 
     One decoder per connection direction. At most one fragmented message is
-    in progress at a time, since fragments are never interleaved.
+    in progress at a time, since fragments are never interleaved. Call
+    :meth:`reset` when the connection ends, so a shared budget gets its bytes back.
     """
 
-    def __init__(self, limits: WireLimits, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, limits: WireLimits, clock: Callable[[], float] = time.monotonic,
+                 budget: FragmentBudget | None = None) -> None:
         self.limits = limits
         self._clock = clock
         self._partial: _Partial | None = None
+        self._budget = budget
 
     @property
     def pending_since(self) -> float | None:
@@ -154,14 +169,25 @@ class Decoder:
         p = self._partial
         return p is not None and self._clock() - p.started > self.limits.fragment_timeout
 
+    @property
+    def pending_bytes(self) -> int:
+        return self._partial.size if self._partial else 0
+
     def reset(self) -> None:
+        if self._partial is not None and self._budget is not None:
+            self._budget.held -= self._partial.size
         self._partial = None
 
-    def feed(self, frame: Frame) -> Frame | None:
-        """Return the whole message once complete, None while fragments are pending."""
+    def feed(self, frame: Frame, max_size: int | None = None) -> Frame | None:
+        """Return the whole message once complete, None while fragments are pending.
+
+        ``max_size`` lowers the bound on a fragmented message (the server uses
+        it before a connection has authenticated).
+        """
+        limit = self.limits.max_message_size if max_size is None else max_size
         p = self._partial
         if p is not None and self.expired():
-            self._partial = None
+            self.reset()
             raise FrameError(
                 pb.FRAGMENT_TIMEOUT,
                 f"fragments of seq {p.seq} did not complete within "
@@ -170,7 +196,7 @@ class Decoder:
             )
         if not frame.flags & FLAG_FRAGMENT:
             if p is not None:
-                self._partial = None
+                self.reset()
                 raise FrameError(
                     pb.FRAGMENT_ERROR,
                     f"unfragmented frame seq {frame.seq} arrived inside fragmented seq {p.seq}",
@@ -182,25 +208,36 @@ class Decoder:
         elif (frame.seq, frame.type) != (p.seq, p.type) or (
             frame.flags & FLAG_COMPRESSED
         ) != (p.flags & FLAG_COMPRESSED):
-            self._partial = None
+            self.reset()
             raise FrameError(
                 pb.FRAGMENT_ERROR,
                 f"fragment seq {frame.seq} type {frame.type} does not continue "
                 f"seq {p.seq} type {p.type}",
                 seq=frame.seq, fatal=True,
             )
-        p.size += len(frame.payload)
-        if p.size > self.limits.max_message_size:
-            self._partial = None
+        if p.size + len(frame.payload) > limit:
+            self.reset()
             raise FrameError(
                 pb.PAYLOAD_TOO_LARGE,
-                f"fragmented message exceeds {self.limits.max_message_size} bytes",
+                f"fragmented message exceeds {limit} bytes"
+                + (" (before AUTH_OK)" if limit < self.limits.max_message_size else ""),
                 seq=frame.seq, fatal=True,
             )
+        budget = self._budget
+        if budget is not None and budget.held + len(frame.payload) > budget.limit:
+            self.reset()
+            raise FrameError(
+                pb.UNAVAILABLE,
+                "the server holds too many unfinished fragmented messages; retry later",
+                seq=frame.seq, fatal=True,
+            )
+        p.size += len(frame.payload)
+        if budget is not None:
+            budget.held += len(frame.payload)
         p.chunks.append(frame.payload)
         if not frame.flags & FLAG_FINAL:
             return None
-        self._partial = None
+        self.reset()
         return self._finish(p.type, p.seq, p.flags, b"".join(p.chunks))
 
     def _finish(self, ftype: int, seq: int, flags: int, payload: bytes) -> Frame:
