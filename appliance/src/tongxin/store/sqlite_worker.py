@@ -15,6 +15,7 @@ import contextlib
 import os
 import queue
 import sqlite3
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -33,18 +34,17 @@ def private_file(path: Path) -> None:
 
     The databases hold password hashes, token state and keys. SQLite gives its
     -wal and -shm files the mode of the database file, so this covers them too
-    once they are made again; existing ones are tightened here as well.
+    once they are made again; existing ones are tightened here as well. An
+    existing file is never opened here: closing any descriptor of a file drops
+    every POSIX lock this process holds on it, SQLite's included.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    try:
-        if os.fstat(fd).st_mode & 0o077:
-            os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
-    for suffix in ("-wal", "-shm"):
-        side = path.with_name(path.name + suffix)
-        if side.is_file() and not side.is_symlink() and side.stat().st_mode & 0o077:
-            side.chmod(0o600)
+    for target in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            st = target.lstat()
+            if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:
+                target.chmod(0o600)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
 
 
 def connect(path: Path, synchronous: str) -> sqlite3.Connection:
