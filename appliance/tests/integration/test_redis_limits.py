@@ -258,3 +258,43 @@ async def test_node_limits_and_revocations_through_redis(
     with pytest.raises(TongxinError) as info:
         await c.resume(carol.auth.token)
     assert info.value.code == pb.TOKEN_REVOKED
+
+
+# ---- presence after an outage ---------------------------------------------------------
+
+
+async def test_devices_are_registered_again_after_this_nodes_heartbeat_lapsed(
+        redis_env: dict[str, str], prefix: str) -> None:
+    from tongxin.presence.redis_presence import RedisPresence
+
+    nodes = redis_env["TONGXIN_REDIS_NODES"]
+    ttl = 0.9
+    home = RedisPresence(nodes, prefix, node_ttl=ttl)  # jane's node
+    reader = RedisPresence(nodes, prefix, node_ttl=ttl)  # another node, answering PRESENCE
+    await home.start("home")
+    await reader.start("reader")
+    try:
+        await home.device_online("jane", "pc", "home")
+        assert (await reader.status(["jane"]))[0].online
+        # home cannot reach Redis for longer than the TTL (its beats stop): the
+        # reader takes it for dead and sweeps jane's device as a dead node's.
+        assert home._beat is not None
+        home._beat.cancel()
+        await asyncio.sleep(ttl * 1.5)
+        assert not (await reader.status(["jane"]))[0].online
+        assert await reader.redis.hgetall(f"{prefix}:{{jane}}:dev") == {}
+        # Redis is back for home: its next beat is late, so it writes jane's device
+        # again. Before, jane stayed offline until she reconnected.
+        home._beat = asyncio.create_task(home._heartbeat())
+        deadline = time.monotonic() + 10
+        while not (await reader.status(["jane"]))[0].online:
+            assert time.monotonic() < deadline, "jane's device was not registered again"
+            await asyncio.sleep(0.1)
+        # A device that left is not brought back.
+        await home.device_offline("jane", "pc", "home")
+        home._lapsed()
+        await home._heartbeat_once()
+        assert not (await reader.status(["jane"]))[0].online
+    finally:
+        await home.close()
+        await reader.close()

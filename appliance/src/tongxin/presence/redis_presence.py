@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tongxin.clock import now_ms
@@ -64,6 +65,13 @@ class RedisPresence:
         )
         self.node_id = ""
         self._beat: asyncio.Task[None] | None = None
+        # The devices connected to this node, to write again after Redis was
+        # away: while this node's heartbeat was stale, any reader may have
+        # swept their entries as a dead node's, and a restarted Redis may
+        # have lost them (or let them expire) altogether.
+        self._local: set[tuple[str, str]] = set()
+        self._last_beat = 0.0
+        self._reregister_beats = 0
 
     def _dev(self, user_id: str) -> str:
         return dev_key(self.prefix, user_id)
@@ -83,6 +91,31 @@ class RedisPresence:
 
     async def _heartbeat_once(self) -> None:
         await self.redis.zadd(self._nodes, {self.node_id: now_ms()})
+        now = time.monotonic()
+        # A beat later than the TTL (Redis away, or this process stalled)
+        # means others saw this node as dead in between.
+        if self._last_beat and now - self._last_beat > self.node_ttl_ms / 1000:
+            self._lapsed()
+        self._last_beat = now
+        if self._reregister_beats:
+            await self._reregister()
+            self._reregister_beats -= 1
+
+    def _lapsed(self) -> None:
+        # Two beats: a reader that saw the old live set may sweep just after
+        # the first re-registration.
+        self._reregister_beats = 2
+
+    async def _reregister(self) -> None:
+        local = sorted(self._local)
+        for start in range(0, len(local), 1000):
+            pipe = self.redis.pipeline()
+            for user_id, device_id in local[start:start + 1000]:
+                pipe.hset(self._dev(user_id), device_id, self.node_id)
+            await pipe.execute()
+        if local:
+            log.info("presence: %d devices of this node registered again after Redis was away",
+                     len(local))
 
     async def _heartbeat(self) -> None:
         interval = self.node_ttl_ms / 3000
@@ -92,8 +125,13 @@ class RedisPresence:
                 await self._heartbeat_once()
                 # Forget nodes dead for a long time so the set stays small.
                 await self.redis.zremrangebyscore(self._nodes, 0, now_ms() - 20 * self.node_ttl_ms)
-            except RedisError as exc:
-                log.warning("presence heartbeat failed: %s", exc)
+            except Exception as exc:
+                # Not only RedisError: after a whole cluster restarts, the
+                # cluster client can raise others while it relearns the slot
+                # map. The heartbeat must outlive every one of them, or this
+                # node's users stay offline for good.
+                self._lapsed()
+                log.warning("presence heartbeat failed: %s: %s", type(exc).__name__, exc)
 
     async def live_nodes(self) -> list[str]:
         nodes = await self.redis.zrangebyscore(self._nodes, now_ms() - self.node_ttl_ms, "+inf")
@@ -103,11 +141,15 @@ class RedisPresence:
         live = set(await self.live_nodes())
         before = await self.redis.hgetall(self._dev(user_id))
         await self.redis.hset(self._dev(user_id), device_id, node_id)
+        if node_id == self.node_id:
+            self._local.add((user_id, device_id))
         await self.redis.set(self._seen(user_id), now_ms())
         return not any(n in live for d, n in before.items() if d != device_id)
 
     async def device_offline(self, user_id: str, device_id: str, node_id: str) -> bool:
         key = self._dev(user_id)
+        if node_id == self.node_id:
+            self._local.discard((user_id, device_id))
         # Only remove the entry if it still points at this node: the device
         # may already have reconnected through another one.
         if await self.redis.hget(key, device_id) == node_id:
@@ -130,7 +172,7 @@ class RedisPresence:
             for u, devs in zip(chunk, await pipe.execute(), strict=True):
                 stale = [d for d, n in devs.items() if n not in live]
                 if stale:
-                    with contextlib.suppress(RedisError):
+                    with contextlib.suppress(RedisError, RedisClusterException):
                         await self.redis.hdel(self._dev(u), *stale)
                 out[u] = {d: n for d, n in devs.items() if n in live}
         return out
@@ -154,6 +196,6 @@ class RedisPresence:
     async def close(self) -> None:
         if self._beat is not None:
             self._beat.cancel()
-        with contextlib.suppress(RedisError):
+        with contextlib.suppress(RedisError, RedisClusterException):
             await self.redis.zrem(self._nodes, self.node_id)
         await self.redis.aclose()
