@@ -107,6 +107,20 @@ async def start_node(cfg: Config) -> RunningNode:
 NodeFactory = Callable[..., Any]
 
 
+def audit_pubkeys(*homes: Path) -> list[str]:
+    """``--pubkey`` arguments for the audit keys the tests' own nodes made in ``homes``: a
+    test trusts them as an installation pins them (compliance.audit_trusted_keys)."""
+    return [arg for home in homes for p in sorted((home / "audit-keys").glob("*.pem"))
+            for arg in ("--pubkey", str(p))]
+
+
+async def pin_and_sign(comp: Any) -> None:
+    """Pin a Compliance's own audit key and sign (and anchor) its chain head, so that
+    ``comp.verify()`` has a trusted key and a head to check the chain against."""
+    comp.cfg.compliance.audit_trusted_keys = comp.keys.current_fingerprint() or ""
+    await comp.sign_head(force=True)
+
+
 @pytest.fixture
 async def node_factory(tmp_path: Path) -> AsyncIterator[NodeFactory]:
     """``await node_factory(server={...}, chat={...})`` starts a node; all stop at teardown."""

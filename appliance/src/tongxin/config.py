@@ -208,6 +208,15 @@ class ComplianceConfig:
                                  "chain (letters, digits, . _ -); empty means the database name with "
                                  "storage.backend mysql (one chain for all nodes), else node_id or "
                                  "hostname:port with : as _")
+    audit_trusted_keys: str = _f("", "audit public keys verification trusts, comma-separated: SM3 "
+                                 "fingerprints (64 hex digits, as `tongxin audit verify` prints) "
+                                 "or paths of PEM files; a key found in audit-keys/ or the "
+                                 "database and not listed is reported, not trusted; empty: "
+                                 "nothing verifies")
+    audit_anchor_dir: str = _f("", "directory, ideally on another host, where each signed audit "
+                               "head is also written (audit-anchor-<name>.json) besides the "
+                               "archive's anchor.json; verify fails when the chain falls short "
+                               "of an anchor; empty: only the archive")
     step_up_window: float = _f(300.0, "seconds a verified TOTP code counts as a fresh second factor")
     message_retention_days: float = _f(0.0, "days messages are kept before `tongxin retention run` "
                                        "deletes them; 0 keeps them forever")
@@ -454,6 +463,13 @@ def _validate(obj: Any, path: str) -> None:
                 ("http://", "https://")):
             raise ConfigError("compliance.sms_webhook_url: an http:// or https:// URL is required "
                               "with sms_provider: webhook")
+    if isinstance(obj, ComplianceConfig):
+        for pin in obj.audit_trusted_keys.split(","):
+            pin = pin.strip()
+            # A fingerprint cut short or mistyped must not pass for a (missing) file name.
+            if pin and not re.fullmatch(r"[0-9a-fA-F]{64}", pin) and "/" not in pin:
+                raise ConfigError(f"compliance.audit_trusted_keys: {pin!r} is neither an SM3 "
+                                  "fingerprint (64 hex digits) nor a path to a PEM file")
     if isinstance(obj, ComplianceConfig) and obj.audit_archive_name and not re.fullmatch(
             r"[A-Za-z0-9_.-]+", obj.audit_archive_name):
         raise ConfigError("compliance.audit_archive_name: letters, digits, '.', '_' and '-' only")

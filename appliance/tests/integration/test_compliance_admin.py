@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pyotp
 import pytest
-from conftest import NodeFactory, RunningNode  # type: ignore[import-not-found, unused-ignore]
+from conftest import NodeFactory, RunningNode, pin_and_sign  # type: ignore[import-not-found, unused-ignore]
 from engines import storage_section
 
 from tongxin.compliance.export import verify_export
@@ -306,6 +306,7 @@ async def test_login_events_recall_and_revocation_are_audited(server: RunningNod
     assert failed and failed[0]["details"]["reason"] == "wrong password"
     recall = next(e for e in got if e["event"] == "chat.recall")
     assert recall["actor"] == alice.user_id and recall["details"]["seq"] == ack.seq
+    await pin_and_sign(compliance(server))
     assert (await compliance(server).verify()).ok
 
 
@@ -348,9 +349,11 @@ async def test_export_is_signed_verifiable_and_audited(storage: dict[str, Any],
     texts = [x["content"]["text"] for x in lines if x["content"] and "text" in x["content"]]
     assert texts == ["message 0", "message 1", "message 2"]
     assert body["manifest"]["records"] == len(lines)
-    assert verify_export(path, compliance(rn).keys) == []
+    pins = [compliance(rn).keys.current_fingerprint() or ""]
+    assert verify_export(path, compliance(rn).keys, pins) == []
     (path / "messages.jsonl").write_text((path / "messages.jsonl").read_text().replace("1", "7"))
-    assert verify_export(path, compliance(rn).keys) == ["messages.jsonl does not match its SM3 digest"]
+    assert verify_export(path, compliance(rn).keys, pins) == [
+        "messages.jsonl does not match its SM3 digest"]
     exported = await events(rn, "export.messages")
     assert exported[0]["actor"] == aud.user_id and exported[0]["target"] == f"user:{alice.user_id}"
 
@@ -368,6 +371,7 @@ async def test_report_shows_evidence_and_turns_red_when_it_goes(
     evidence.mkdir()
     (evidence / "backup-1.json").write_text(json.dumps({"finished_at": int(time.time() * 1000),
                                                         "ok": True}))
+    await pin_and_sign(compliance(rn))
     status, report = await call(http, rn, "GET", "/report", aud.token)
     assert status == 200
     assert _item(report, "IA-4")["status"] == "pass"

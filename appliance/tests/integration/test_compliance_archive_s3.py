@@ -75,16 +75,20 @@ def s3_config(home: Path, env: dict[str, str], bucket: str) -> Config:
     return cfg
 
 
-async def tongxin_verify(cfg: Config, env: dict[str, str]) -> tuple[int, dict[str, Any]]:
-    """``tongxin audit verify --json`` as a subprocess, with the same configuration."""
+async def tongxin_verify(cfg: Config, env: dict[str, str],
+                         *args: str) -> tuple[int, dict[str, Any]]:
+    """``tongxin audit verify --json`` as a subprocess, with the same configuration and
+    the node's own audit key pinned."""
     path = cfg.home / "tongxin.yml"
     path.write_text(yaml.safe_dump({
         "data_dir": str(cfg.home), "node_id": cfg.node_id,
         "compliance": {"audit_archive_backend": "s3",
-                       "audit_archive_bucket": cfg.compliance.audit_archive_bucket},
+                       "audit_archive_bucket": cfg.compliance.audit_archive_bucket,
+                       "audit_trusted_keys": ",".join(
+                           p.stem for p in (cfg.home / "audit-keys").glob("*.pem"))},
         "files": {"s3_endpoint": cfg.files.s3_endpoint}}), encoding="utf-8")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tongxin.cli.main", "audit", "verify", "--json", "--config", str(path),
+        sys.executable, "-m", "tongxin.cli.main", "audit", "verify", "--json", "--config", str(path), *args,
         env={**os.environ, "TONGXIN_S3_ACCESS_KEY": env["TONGXIN_S3_ACCESS_KEY"],
              "TONGXIN_S3_SECRET_KEY": env["TONGXIN_S3_SECRET_KEY"]},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -131,6 +135,7 @@ async def test_archive_in_the_bucket_tamper_and_missing_segment(
         res = await comp.run_archive(now=now_ms())
         assert (res.archived, res.segments) == (6, 1)
         await comp.audit("auth.login", actor="u_hot", target="hot")  # stays in the database
+        assert await comp.sign_head(force=True) is not None  # and anchored in the bucket
     finally:
         await comp.close()
 
@@ -138,13 +143,19 @@ async def test_archive_in_the_bucket_tamper_and_missing_segment(
         keys = await _keys(s3, bucket)
         prefix = "audit-archive/n1/"
         seg_keys = [k for k in keys if k.endswith(".jsonl.zst")]
-        assert keys == sorted([prefix + "manifest.json", prefix + "manifest.sig", *seg_keys]), keys
+        assert keys == sorted([prefix + "manifest.json", prefix + "manifest.sig",
+                               prefix + "anchor.json", *seg_keys]), keys
         assert len(seg_keys) == 1 and seg_keys[0].startswith(prefix + "audit-")
         assert not (cfg.home / "audit-archive" / MANIFEST).exists()  # nothing written locally
 
         rc, report = await tongxin_verify(cfg, env)
         assert rc == 0, report["problems"]
         assert report["archived_records"] == 6 and report["manifest_signed"] is True
+        assert report["anchors_verified"] == 1
+        assert report["latest_anchored_seq"] == report["last_seq"]
+        # An auditor may name the anchor object itself.
+        rc, report = await tongxin_verify(cfg, env, "--anchor", f"s3://{bucket}/{prefix}anchor.json")
+        assert rc == 0 and report["anchors_verified"] == 2, report["problems"]
 
         # Edit record 3 inside the archived segment (recompressed: it still reads).
         obj = await s3.get_object(Bucket=bucket, Key=seg_keys[0])

@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pyotp
 import pytest
-from conftest import NodeFactory, RunningNode  # type: ignore[import-not-found, unused-ignore]
+from conftest import NodeFactory, RunningNode, audit_pubkeys  # type: ignore[import-not-found, unused-ignore]
 
 from tongxin.crypto import sm2_available
 
@@ -74,13 +74,17 @@ async def test_bootstrap_login_verify_tamper_and_export(node_factory: NodeFactor
     assert rc == 0, out
     export_dir = next((tmp_path / "exp").iterdir())
     rc, out = await tongxin(home, "export", "--verify", str(export_dir))
+    assert rc == 1 and "not trusted" in out, out  # no key pinned, none given
+    rc, out = await tongxin(home, "export", "--verify", str(export_dir), *audit_pubkeys(home))
     assert rc == 0 and "OK" in out
 
-    rc, out = await tongxin(home, "audit", "verify")
+    rc, out = await tongxin(home, "audit", "sign")
+    assert rc == 0, out
+    rc, out = await tongxin(home, "audit", "verify", *audit_pubkeys(home))
     assert rc == 0 and "OK: the audit chain is intact" in out, out
     conn = sqlite3.connect(home / "compliance.db", isolation_level=None)
     conn.execute("DELETE FROM audit WHERE seq = 3")
     conn.close()
-    rc, out = await tongxin(home, "audit", "verify")
+    rc, out = await tongxin(home, "audit", "verify", *audit_pubkeys(home))
     assert rc == 1
     assert "BROKEN: first problem at record 3 (database): record 3 is missing" in out

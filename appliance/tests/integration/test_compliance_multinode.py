@@ -28,6 +28,7 @@ from typing import Any
 import aiohttp
 import pyotp
 import pytest
+from conftest import audit_pubkeys  # type: ignore[import-not-found, unused-ignore]
 from engines import (
     NodeProcess,
     _mysql_admin,
@@ -221,8 +222,10 @@ async def test_concurrent_appends_from_both_nodes_form_one_verified_chain(pair: 
         await comp_a.close()
         await comp_b.close()
 
+    # Each node's own key, as the installation pins them.
+    trusted = audit_pubkeys(pair.cfg_a.parent / "home-a", pair.cfg_b.parent / "home-b")
     for cfg in (pair.cfg_a, pair.cfg_b):
-        code, out = await tongxin("audit", "verify", "--config", str(cfg), "--json")
+        code, out = await tongxin("audit", "verify", "--config", str(cfg), "--json", *trusted)
         assert code == 0, out
         report = json.loads(out)
         assert report["ok"] and report["problems"] == []
@@ -232,7 +235,7 @@ async def test_concurrent_appends_from_both_nodes_form_one_verified_chain(pair: 
     victim = next(r.seq for r in rows[len(rows) // 2:] if r.event == "test.append")
     await _mysql_admin(pair.dsn, "UPDATE audit_records SET body = REPLACE(body, "
                                  f"'\"actor\":\"test\"', '\"actor\":\"evil\"') WHERE seq = {victim}")
-    code, out = await tongxin("audit", "verify", "--config", str(pair.cfg_b), "--json")
+    code, out = await tongxin("audit", "verify", "--config", str(pair.cfg_b), "--json", *trusted)
     assert code == 1, out
     report = json.loads(out)
     assert not report["ok"]

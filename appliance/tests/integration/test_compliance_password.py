@@ -21,6 +21,7 @@ from conftest import (  # type: ignore[import-not-found, unused-ignore]
     NodeFactory,
     RunningNode,
     make_config,
+    pin_and_sign,
 )
 
 from tongxin.client import TongxinError
@@ -121,6 +122,7 @@ async def test_complexity_and_history_refusals_are_audited(node_factory: NodeFac
         ("failed", "wrong password")] + [("ok", "")] * 4
     assert changes[1]["actor"] == changes[1]["details"]["user_id"]  # the user themself
     assert changes[1]["details"]["revoked_tokens"] == 1
+    await pin_and_sign(compliance(rn))
     assert (await compliance(rn).verify()).ok
 
 

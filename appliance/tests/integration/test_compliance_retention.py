@@ -12,7 +12,7 @@ from typing import Any
 
 import pyotp
 import pytest
-from conftest import NodeFactory, RunningNode  # type: ignore[import-not-found, unused-ignore]
+from conftest import NodeFactory, RunningNode, audit_pubkeys  # type: ignore[import-not-found, unused-ignore]
 from engines import storage_section
 
 from tongxin.clock import now_ms
@@ -173,8 +173,10 @@ async def test_cli_retention_run_and_show(node_factory: NodeFactory, tmp_path: P
     out, err = await proc.communicate()
     assert proc.returncode == 0, err
     assert f"hold #1: user alice ({alice.user_id}) — case 9".encode() in out, out
+    assert await rn.runner.app[ADMIN_API].c.sign_head(force=True) is not None
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tongxin.cli.main", "audit", "verify", env=env,
+        sys.executable, "-m", "tongxin.cli.main", "audit", "verify",
+        *audit_pubkeys(rn.cfg.home), env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await proc.communicate()
     assert proc.returncode == 0, out + err

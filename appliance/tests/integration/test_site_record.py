@@ -47,7 +47,10 @@ async def test_record_writes_the_operation_into_the_audit_trail(tmp_path: Path) 
     tail = await audit_tail(home, cfg)
     line = next(ln for ln in tail.splitlines() if "dr.failover" in ln)
     assert "ops-li" in line and "partial" in line
-    rc, out = await tongxin(home, "audit", "verify", "--json", "--config", str(cfg))
+    rc, out = await tongxin(home, "audit", "sign", "--config", str(cfg))
+    assert rc == 0, out
+    pubkeys = [a for p in (home / "audit-keys").glob("*.pem") for a in ("--pubkey", str(p))]
+    rc, out = await tongxin(home, "audit", "verify", "--json", "--config", str(cfg), *pubkeys)
     assert rc == 0, out
 
 

@@ -14,6 +14,7 @@ from conftest import make_config  # type: ignore[import-not-found, unused-ignore
 
 from tongxin.clock import now_ms
 from tongxin.compliance import chain
+from tongxin.compliance.anchor import encode_anchor
 from tongxin.compliance.archive import DAY_MS, MANIFEST
 from tongxin.compliance.keys import AuditKeys, fingerprint
 from tongxin.compliance.ports import SignedHead
@@ -28,8 +29,16 @@ pytestmark = pytest.mark.skipif(not sm2_available(), reason="SM2 (gmssl-pyx) is 
 async def comp(tmp_path: Path) -> AsyncIterator[Compliance]:
     c = Compliance(make_config(tmp_path / "home"), "test-node")
     await c.open()
+    pin(c)
     yield c
     await c.close()
+
+
+def pin(c: Compliance) -> str:
+    """Trust the node's signing key as an installation's configuration would."""
+    fp = fingerprint(c.keys.signing_key().public_key())
+    c.cfg.compliance.audit_trusted_keys = fp
+    return fp
 
 
 def db(c: Compliance) -> sqlite3.Connection:
@@ -115,8 +124,9 @@ async def test_full_rewrite_is_caught_by_the_signed_head(comp: Compliance) -> No
     conn.close()
     rechain(comp, 1_000)  # a consistent chain again: only the signature can tell
     report = await comp.verify()
-    assert [p.where for p in report.problems] == ["heads"]
+    assert [p.where.split(":")[0] for p in report.problems] == ["heads", "anchor"]
     assert "chain rewritten" in report.problems[0].message
+    assert report.problems[1].kind == "diverged"
 
 
 async def test_archive_then_verify_across_the_boundary_and_name_both_tampers(
@@ -168,6 +178,7 @@ async def test_purged_segments_keep_the_chain_anchored(comp: Compliance) -> None
     await fill(comp, 5, ts=very_old)
     await comp.run_archive(now=very_old + 40 * DAY_MS)  # archived, within retention
     await fill(comp, 2)
+    await comp.sign_head()
     assert (await comp.verify()).ok
     res = await comp.run_archive()  # now: the segment is far past 180 days
     assert res.purged_segments == 1
@@ -220,6 +231,7 @@ async def test_records_appended_during_verification_are_not_missing(
     """Other appenders (this node, a CLI, other nodes on a shared store) keep
     appending while verify walks: it checks the chain up to the head it read first."""
     await fill(comp, 3)
+    await comp.sign_head()
     real_state = comp.store.audit_state
     appended: list[int] = []
 
@@ -245,9 +257,11 @@ async def test_heads_signed_with_a_published_key_verify(comp: Compliance, tmp_pa
     """On a shared store another node's key comes from the database, not audit-keys/;
     a published row whose PEM does not match its fingerprint is no key at all."""
     await fill(comp, 2)
+    await comp.sign_head()
     other = AuditKeys(tmp_path / "other-node")  # another node's key, not in comp's audit-keys/
     pub = other.signing_key().public_key()
     fp = fingerprint(pub)
+    comp.cfg.compliance.audit_trusted_keys += f",{fp}"  # pinned, as every node's key is
     _, sig = other.sign(chain.head_message(2, (await comp.store.audit_state())[1], 7, "node-b"))
     await comp.store.add_head(SignedHead(2, (await comp.store.audit_state())[1], 7, "node-b", fp,
                                          sig))
@@ -264,7 +278,7 @@ async def test_heads_signed_with_a_published_key_verify(comp: Compliance, tmp_pa
     monkeypatch.setattr(comp.store, "published_keys", lambda: published(pub.to_pem()))
     report = await comp.verify()
     assert report.ok, report.problems
-    assert fp in report.key_fingerprints and report.heads_verified == 1
+    assert fp in report.key_fingerprints and report.heads_verified == 2  # both nodes'
 
 
 def test_the_store_and_archive_name_follow_the_message_store(tmp_path: Path) -> None:
@@ -284,3 +298,157 @@ def test_the_store_and_archive_name_follow_the_message_store(tmp_path: Path) -> 
     assert archive_name(shared) == "tongxin_prod"  # one chain for every node
     shared.compliance.audit_archive_name = "explicit"
     assert archive_name(shared) == "explicit"
+
+
+# ---- trusted keys are pinned (#16) -------------------------------------------------
+
+
+def forge(c: Compliance, attacker: AuditKeys) -> SignedHead:
+    """What someone who can write the data directory does: rewrite a record, rebuild the
+    chain, drop the genuine heads, plant their own key and sign the new head (and the
+    archive's anchor) with it."""
+    conn = db(c)
+    conn.execute("UPDATE audit SET body = replace(body, 'user1', 'mallory'), "
+                 "target = replace(target, 'user1', 'mallory') WHERE seq = 2")
+    conn.execute("DELETE FROM audit_heads")
+    conn.close()
+    rechain(c, 1_000)
+    seq, digest = sqlite3.connect(c.cfg.home / "compliance.db").execute(
+        "SELECT last_seq, last_hash FROM audit_state").fetchone()
+    fp, sig = attacker.sign(chain.head_message(seq, digest, 5, "test-node"))
+    planted = c.cfg.home / "audit-keys" / f"{fp}.pem"
+    planted.write_bytes(attacker.signing_key().public_key().to_pem())
+    head = SignedHead(seq, digest, 5, "test-node", fp, sig)
+    (c.cfg.home / "audit-archive" / "anchor.json").write_bytes(encode_anchor(head))
+    return head
+
+
+async def test_a_planted_key_does_not_make_a_rewritten_chain_verify(
+        comp: Compliance, tmp_path: Path) -> None:
+    await fill(comp, 4)
+    await comp.sign_head()
+    head = forge(comp, AuditKeys(tmp_path / "attacker"))
+    await comp.store.add_head(head)
+    report = await comp.verify()
+    assert not report.ok
+    assert report.untrusted_keys == {head.key_fp: f"audit-keys/{head.key_fp}.pem"}
+    assert head.key_fp not in report.key_fingerprints
+    assert {(p.where.split(":")[0], p.kind) for p in report.problems} >= {
+        ("heads", "untrusted-key"), ("anchor", "untrusted-key")}
+
+
+async def test_pubkey_trusts_exactly_the_given_keys(comp: Compliance, tmp_path: Path) -> None:
+    await fill(comp, 3)
+    await comp.sign_head()
+    genuine = tmp_path / "genuine.pem"  # the auditor's own copy of the node's key
+    genuine.write_bytes(comp.keys.signing_key().public_key().to_pem())
+    other = tmp_path / "other.pem"
+    other.write_bytes(AuditKeys(tmp_path / "x").signing_key().public_key().to_pem())
+    comp.cfg.compliance.audit_trusted_keys = ""
+    report = await comp.verify()
+    assert not report.ok and report.problems[0].kind == "no-trusted-key"
+    assert list(report.untrusted_keys) == [comp.keys.current_fingerprint()]
+    report = await comp.verify([genuine])
+    assert report.ok, report.problems
+    assert report.trust_source == "--pubkey" and report.untrusted_keys == {}
+    # Given another key only, the node's own key in audit-keys/ is not added to it.
+    report = await comp.verify([other])
+    assert not report.ok
+    assert {p.kind for p in report.problems} == {"untrusted-key"}
+    pin(comp)  # the pins do not widen --pubkey either
+    assert not (await comp.verify([other])).ok
+    report = await comp.verify([tmp_path / "absent.pem"])
+    assert not report.ok and report.problems[0].kind == "bad-key"
+
+
+async def test_a_pinned_path_is_trusted_and_a_bad_pin_is_refused(comp: Compliance,
+                                                                 tmp_path: Path) -> None:
+    await fill(comp, 2)
+    await comp.sign_head()
+    copy = tmp_path / "etc" / "audit.pem"  # e.g. installed by the role outside the data dir
+    copy.parent.mkdir()
+    copy.write_bytes(comp.keys.signing_key().public_key().to_pem())
+    comp.cfg.compliance.audit_trusted_keys = str(copy)
+    assert (await comp.verify()).ok
+    with pytest.raises(ConfigError, match="audit_trusted_keys"):
+        load_config(overrides_file(tmp_path, "compliance:\n  audit_trusted_keys: 'abc123'\n"))
+
+
+def overrides_file(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "tongxin.yml"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+# ---- signed heads are anchored off the node (#16) -----------------------------------
+
+
+async def test_deleting_every_signed_head_does_not_verify(comp: Compliance) -> None:
+    await fill(comp, 3)
+    await comp.sign_head()
+    conn = db(comp)
+    conn.execute("DELETE FROM audit_heads")
+    conn.close()
+    report = await comp.verify()
+    assert not report.ok
+    assert [(p.where, p.kind) for p in report.problems] == [("heads", "missing")]
+    (comp.cfg.home / "audit-archive" / "anchor.json").unlink()  # the anchor gone as well
+    report = await comp.verify()
+    assert not report.ok and [p.kind for p in report.problems] == ["unanchored"]
+
+
+async def test_truncation_since_the_last_anchor_is_detected(comp: Compliance,
+                                                            tmp_path: Path) -> None:
+    off_node = tmp_path / "anchors"  # e.g. a directory another host exports
+    comp.cfg.compliance.audit_anchor_dir = str(off_node)
+    await fill(comp, 3)
+    await comp.sign_head()
+    local_anchor = comp.cfg.home / "audit-archive" / "anchor.json"
+    old_anchor = local_anchor.read_bytes()
+    await fill(comp, 3)
+    await comp.sign_head()
+    auditor_copy = tmp_path / "auditor-anchor.json"
+    auditor_copy.write_bytes(local_anchor.read_bytes())
+    # Cut the chain back to record 3 with its head, as if the rest had never been.
+    conn = db(comp)
+    conn.execute("DELETE FROM audit WHERE seq > 3")
+    conn.execute("DELETE FROM audit_heads WHERE seq > 3")
+    h3 = conn.execute("SELECT hash FROM audit WHERE seq = 3").fetchone()[0]
+    conn.execute("UPDATE audit_state SET last_seq = 3, last_hash = ?", (h3,))
+    conn.close()
+    local_anchor.write_bytes(old_anchor)
+    comp.cfg.compliance.audit_anchor_dir = ""
+    assert (await comp.verify()).ok  # what is left on the node is consistent
+    report = await comp.verify(anchors=[str(auditor_copy)])
+    assert not report.ok
+    assert [(p.seq, p.kind) for p in report.problems] == [(6, "truncated")]
+    comp.cfg.compliance.audit_anchor_dir = str(off_node)
+    report = await comp.verify()
+    assert [(p.seq, p.kind) for p in report.problems] == [(6, "truncated")]
+    assert str(off_node) in report.problems[0].where
+    report = await comp.verify(anchors=[str(off_node)])  # a directory holding the anchor
+    assert len(report.problems) == 2
+    report = await comp.verify(anchors=[str(tmp_path / "nowhere.json")])
+    assert ("missing", 0) in {(p.kind, p.seq) for p in report.problems}
+
+
+async def test_an_anchor_the_chain_diverges_from(comp: Compliance, tmp_path: Path) -> None:
+    await fill(comp, 4)
+    await comp.sign_head()
+    copy = tmp_path / "anchor.json"
+    copy.write_bytes((comp.cfg.home / "audit-archive" / "anchor.json").read_bytes())
+    conn = db(comp)
+    conn.execute("DELETE FROM audit_heads")
+    conn.close()
+    rechain(comp, 7_000)  # every hash changes; the seqs stay
+    report = await comp.verify(anchors=[str(copy)])
+    assert not report.ok
+    assert (f"anchor:{copy}", 4, "diverged") in {(p.where, p.seq, p.kind) for p in report.problems}
+
+
+async def test_an_empty_chain_verifies_only_when_said_to_be_empty(comp: Compliance) -> None:
+    report = await comp.verify()
+    assert not report.ok and report.problems[0].kind == "unanchored"
+    assert (await comp.verify(empty_ok=True)).ok
+    await fill(comp, 1)
+    assert not (await comp.verify(empty_ok=True)).ok  # records, but nothing signed

@@ -93,6 +93,7 @@ async def test_secret_files_are_sealed_at_rest_and_plaintext_ones_migrate(
             assert await c.totp.verify("u_1", code, at=t0 + 30 * _) is TotpResult.OK
             if sm2_available():
                 assert c.keys.current_fingerprint() == fp
+                c.cfg.compliance.audit_trusted_keys = fp
                 await c.sign_head(force=True)
                 assert (await c.verify()).ok  # what `tongxin audit verify` runs
         finally:

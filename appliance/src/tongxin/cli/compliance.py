@@ -191,7 +191,13 @@ def _print_verify(report: Any, as_json: bool) -> None:
         print(f"archive manifest signature: {'verified' if report.manifest_signed else 'NOT VERIFIED'}")
     print(f"signed heads: {report.heads_verified} of {report.heads_total} verify; latest covers "
           f"record {report.latest_signed_seq}")
-    print(f"audit keys: {', '.join(fp[:16] for fp in report.key_fingerprints) or 'none'}")
+    print(f"anchors: {report.anchors_verified} of {report.anchors_total} verify; latest covers "
+          f"record {report.latest_anchored_seq}")
+    # Whole fingerprints: they are what an auditor compares with the pinned ones.
+    print(f"trusted audit keys ({report.trust_source}): "
+          f"{', '.join(report.key_fingerprints) or 'none'}")
+    for fp, where in report.untrusted_keys.items():
+        print(f"NOT TRUSTED (not pinned): {fp} in {where}")
     if report.ok:
         print("OK: the audit chain is intact")
         return
@@ -211,7 +217,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         actor = _cli_actor()
         try:
             if args.action == "verify":
-                report = await comp.verify([Path(p) for p in args.pubkey or []])
+                report = await comp.verify([Path(p) for p in args.pubkey or []],
+                                           args.anchor or [], args.empty_ok)
                 await comp.audit("audit.verify", actor=actor, ok=report.ok,
                                  problems=len(report.problems))
                 _print_verify(report, args.json)
@@ -240,6 +247,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
                                  new_fingerprint=new, **who.audit_fields())
                 await comp.sign_head(force=True)
                 print(f"new audit signing key {new}")
+                # Until then its heads are signed by a key verification does not trust.
+                print("pin it: add this fingerprint to compliance.audit_trusted_keys "
+                      "(role appliance: appliance_audit_trusted_keys), keeping the old one")
                 return 0
             if args.action == "tail":
                 seq, _ = await comp.store.audit_state()
@@ -334,6 +344,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from tongxin.cli.admin_auth import Refused, authorize, refused
     from tongxin.clock import now_ms
     from tongxin.compliance.export import export_messages, verify_export
+    from tongxin.compliance.keys import parse_pins
     from tongxin.server.node import make_store
 
     cfg = _config(args)
@@ -343,7 +354,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         actor = _cli_actor()
         try:
             if args.verify:
-                problems = verify_export(Path(args.verify), comp.keys)
+                problems = verify_export(Path(args.verify), comp.keys,
+                                         parse_pins(cfg.compliance.audit_trusted_keys),
+                                         [Path(p) for p in args.pubkey or []])
                 for p in problems:
                     print(f"BROKEN: {p}")
                 if not problems:
@@ -465,7 +478,14 @@ def add_commands(sub: Any, common: Common) -> None:
     common(au)
     au.add_argument("action", choices=["verify", "sign", "archive", "rotate-key", "tail"])
     au.add_argument("--pubkey", action="append",
-                    help="a trusted audit public key (PEM) to verify with, besides audit-keys/")
+                    help="verify: trust exactly this audit public key (PEM; repeat for more) "
+                    "instead of compliance.audit_trusted_keys; audit-keys/ is never trusted")
+    au.add_argument("--anchor", action="append",
+                    help="verify: an anchored signed head kept off the node (a file, a directory "
+                    "holding it, or s3://bucket/key), besides the configured ones; the chain "
+                    "must reach it and match it")
+    au.add_argument("--empty-ok", action="store_true",
+                    help="verify: accept an audit chain with no record at all (nothing signed)")
     au.add_argument("--json", action="store_true", help="verify: print the full result as JSON")
     au.add_argument("-n", type=int, default=20, help="tail: how many records")
     add_admin_arguments(au, "key.rotate")  # rotate-key
@@ -487,6 +507,9 @@ def add_commands(sub: Any, common: Common) -> None:
     e.add_argument("--to", help="end, exclusive (ISO-8601 or ms; default now)")
     e.add_argument("--out", help="directory for the export (default <data_dir>/exports)")
     e.add_argument("--verify", metavar="DIR", help="verify an export directory instead")
+    e.add_argument("--pubkey", action="append",
+                   help="--verify: trust exactly this audit public key (PEM; repeat for more) "
+                   "instead of compliance.audit_trusted_keys")
     add_admin_arguments(e, "export.messages")
     e.set_defaults(func=cmd_export)
 

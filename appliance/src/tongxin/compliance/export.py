@@ -22,13 +22,14 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
 from tongxin.compliance import chain
-from tongxin.compliance.keys import AuditKeys
+from tongxin.compliance.keys import AuditKeys, resolve_trust
 from tongxin.crypto import SM2_DEFAULT_SIGNER_ID, sm3_digest
 from tongxin.crypto.errors import CryptoError
 from tongxin.proto import tongxin_pb2 as pb
@@ -118,17 +119,32 @@ async def export_messages(history: ChatStore, keys: AuditKeys, out_root: Path, *
     return out, manifest
 
 
-def verify_export(path: Path, keys: AuditKeys) -> list[str]:
-    """Problems found in an export directory (empty when it verifies)."""
+def verify_export(path: Path, keys: AuditKeys, pins: Sequence[str],
+                  given: Sequence[Path] = ()) -> list[str]:
+    """Problems found in an export directory (empty when it verifies). The manifest
+    must be signed by a pinned key (``pins``, compliance.audit_trusted_keys), or by one
+    of exactly the ``given`` keys (--pubkey): a key merely found in audit-keys/ could
+    have been put there with a forged export."""
     problems: list[str] = []
     body = (path / "manifest.json").read_bytes()
     manifest = json.loads(body)
+    trust = resolve_trust(keys.found_keys(), pins, given)
+    problems += trust.errors
     try:
         sig = json.loads((path / "manifest.sig").read_text(encoding="utf-8"))
-        key = keys.public_keys()[sig["key_fp"]]
-        key.verify(bytes.fromhex(sig["signature"]), body)
-    except (OSError, KeyError, ValueError, CryptoError):
-        problems.append("manifest signature does not verify")
+        fp = str(sig["key_fp"])
+    except (OSError, KeyError, ValueError, TypeError):
+        problems.append("manifest signature is missing or damaged")
+    else:
+        key = trust.keys.get(fp)
+        if key is None:
+            problems.append(f"manifest is signed by key {fp[:16]}, which is not trusted "
+                            f"(pin it in compliance.audit_trusted_keys or give it with --pubkey)")
+        else:
+            try:
+                key.verify(bytes.fromhex(str(sig["signature"])), body)
+            except (KeyError, ValueError, CryptoError):
+                problems.append("manifest signature does not verify")
     for f in manifest["files"]:
         p = path / f["name"]
         if not p.exists():

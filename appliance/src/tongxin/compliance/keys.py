@@ -2,14 +2,22 @@
 
 Every public key ever used is kept in ``<data_dir>/audit-keys/<fingerprint>.pem``
 so heads and manifests signed before a rotation still verify. A fingerprint is
-the hex SM3 of the key's SubjectPublicKeyInfo DER. Auditors should record the
-fingerprint out of band (it is printed by ``tongxin audit verify`` and in the
-compliance report): whoever can write the data directory can add a key file.
+the hex SM3 of the key's SubjectPublicKeyInfo DER.
+
+Those files are where keys are found, not why they are trusted: whoever can write
+the data directory (or the shared database, where nodes publish their keys) can add
+one. Verification trusts only the keys pinned in ``compliance.audit_trusted_keys``
+(fingerprints or PEM paths, in the configuration file the service user cannot
+write), or exactly the keys an auditor passes with ``--pubkey``; see
+:func:`resolve_trust`.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +32,82 @@ if TYPE_CHECKING:
 
 def fingerprint(pub: SM2PublicKey) -> str:
     return sm3_digest(pub.to_der()).hex()
+
+
+_FINGERPRINT = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def parse_pins(value: str) -> list[str]:
+    """``compliance.audit_trusted_keys`` as a list: fingerprints (lower case) and paths."""
+    out: list[str] = []
+    for item in value.split(","):
+        item = item.strip()
+        if item:
+            out.append(item.lower() if _FINGERPRINT.fullmatch(item) else item)
+    return list(dict.fromkeys(out))
+
+
+def is_fingerprint(pin: str) -> bool:
+    return _FINGERPRINT.fullmatch(pin) is not None
+
+
+def load_public_key(path: Path) -> SM2PublicKey:
+    """A PEM public key file; ValueError naming the file if it is not one."""
+    try:
+        return SM2PublicKey.from_pem(path.read_bytes())
+    except OSError as exc:
+        raise ValueError(f"audit public key {path}: {exc.strerror}") from exc
+    except (CryptoError, ValueError) as exc:
+        raise ValueError(f"audit public key {path}: not an SM2 public key (PEM)") from exc
+
+
+@dataclass
+class Trust:
+    """Which audit keys a verification trusts, and which it saw but does not."""
+
+    keys: dict[str, SM2PublicKey] = field(default_factory=dict)
+    source: str = ""  # "compliance.audit_trusted_keys" or "--pubkey"
+    untrusted: dict[str, str] = field(default_factory=dict)  # fingerprint -> where it was found
+    unresolved: list[str] = field(default_factory=list)  # pinned fingerprints with no key found
+    errors: list[str] = field(default_factory=list)  # pinned or given key files that do not load
+
+
+def resolve_trust(found: dict[str, tuple[SM2PublicKey, str]], pins: Sequence[str],
+                  given: Sequence[Path] = ()) -> Trust:
+    """The trusted keys among ``found`` (fingerprint -> (key, where it was found)).
+
+    ``given`` (``--pubkey``) replaces the pins: exactly those keys are trusted, so an
+    auditor's own copy of the keys decides, not the node's configuration. Otherwise a
+    pinned fingerprint trusts the found key that hashes to it (the fingerprint is a
+    digest of the key, so a planted file cannot match it) and a pinned path trusts the
+    key in that file. Everything else found is reported as untrusted.
+    """
+    trust = Trust(source="--pubkey" if given else "compliance.audit_trusted_keys")
+    if given:
+        for path in given:
+            try:
+                pub = load_public_key(path)
+            except ValueError as exc:
+                trust.errors.append(str(exc))
+                continue
+            trust.keys[fingerprint(pub)] = pub
+    else:
+        for pin in pins:
+            if is_fingerprint(pin):
+                if pin in found:
+                    trust.keys[pin] = found[pin][0]
+                else:
+                    trust.unresolved.append(pin)
+                continue
+            try:
+                pub = load_public_key(Path(pin))
+            except ValueError as exc:
+                trust.errors.append(str(exc))
+                continue
+            trust.keys[fingerprint(pub)] = pub
+    trust.untrusted = {fp: where for fp, (_, where) in sorted(found.items())
+                       if fp not in trust.keys}
+    return trust
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -103,16 +187,18 @@ class AuditKeys:
         except (CryptoError, OSError):
             return None
 
-    def public_keys(self, extra: list[Path] | None = None) -> dict[str, SM2PublicKey]:
-        """Every known public key by fingerprint (files in audit-keys/ plus ``extra``)."""
-        out: dict[str, SM2PublicKey] = {}
+    def found_keys(self) -> dict[str, tuple[SM2PublicKey, str]]:
+        """The public keys in audit-keys/ by fingerprint, with the file each came from.
+
+        Found, not trusted: :func:`resolve_trust` decides which of them count."""
+        out: dict[str, tuple[SM2PublicKey, str]] = {}
         paths = sorted(self.public_dir.glob("*.pem")) if self.public_dir.is_dir() else []
-        for p in [*paths, *(extra or [])]:
+        for p in paths:
             try:
                 pub = SM2PublicKey.from_pem(p.read_bytes())
             except (CryptoError, OSError, ValueError):
                 continue
-            out[fingerprint(pub)] = pub
+            out[fingerprint(pub)] = (pub, f"audit-keys/{p.name}")
         return out
 
     def sign(self, message: bytes) -> tuple[str, str]:

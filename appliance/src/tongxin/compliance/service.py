@@ -9,7 +9,7 @@ import logging
 import os
 import re
 import socket
-from collections.abc import Iterable
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -19,6 +19,13 @@ from tongxin.atrest.records import load_or_create_secret
 from tongxin.auth.tokens import KEY_BYTES
 from tongxin.clock import now_ms
 from tongxin.compliance import chain
+from tongxin.compliance.anchor import (
+    ANCHOR,
+    AnchorSource,
+    anchor_file_name,
+    decode_anchor,
+    encode_anchor,
+)
 from tongxin.compliance.archive import (
     DAY_MS,
     Archive,
@@ -27,7 +34,7 @@ from tongxin.compliance.archive import (
     BlobObjects,
     DirObjects,
 )
-from tongxin.compliance.keys import AuditKeys, fingerprint
+from tongxin.compliance.keys import AuditKeys, fingerprint, parse_pins
 from tongxin.compliance.ports import AuditRecord, ComplianceStore, SignedHead
 from tongxin.compliance.sms import SmsFactor, make_provider, sms_keys_from
 from tongxin.compliance.sqlite_store import SqliteComplianceStore
@@ -36,6 +43,7 @@ from tongxin.compliance.verify import VerifyReport, verify_chain
 from tongxin.config import Config, ConfigError, documented_keys
 from tongxin.crypto import sm2_available
 from tongxin.crypto.errors import CryptoError
+from tongxin.files.ports import BlobNotFound
 from tongxin.store.dsn import parse_dsn
 
 log = logging.getLogger("tongxin.compliance")
@@ -229,7 +237,90 @@ class Compliance:
         await self._publish_key()
         await self.store.add_head(head)
         self._signed_seq = seq
+        await self._anchor(head)  # after the store: verification relies on this order
         return head
+
+    def _anchor_places(self) -> list[tuple[str, ArchiveObjects, str]]:
+        """(description, objects, name) of every configured anchor."""
+        places: list[tuple[str, ArchiveObjects, str]] = [
+            (f"{self.archive.objects.describe().rstrip('/')}/{ANCHOR}", self.archive.objects,
+             ANCHOR)]
+        if self.cfg.compliance.audit_anchor_dir:
+            d = Path(self.cfg.compliance.audit_anchor_dir)
+            name = anchor_file_name(archive_name(self.cfg))
+            places.append((str(d / name), DirObjects(d), name))
+        return places
+
+    async def _anchor(self, head: SignedHead) -> None:
+        """Write the head to every anchor place. A failure is logged, not raised: the
+        head is in the store, and the next signature anchors again."""
+        body = encode_anchor(head)
+        for where, objects, name in self._anchor_places():
+            try:
+                old = await objects.get(name)
+                # Nodes of a shared store anchor in turn: never replace a newer head.
+                if old is not None and decode_anchor(old).seq > head.seq:
+                    continue
+            except ValueError:
+                pass  # a damaged anchor is replaced
+            except Exception as exc:
+                log.error("audit anchor %s not read: %s", where, exc)
+                continue
+            try:
+                await objects.put(name, body)
+            except Exception as exc:
+                log.error("audit anchor %s not written: %s", where, exc)
+
+    async def anchor_sources(self, extra: Sequence[str] = ()) -> list[AnchorSource]:
+        """The configured anchors, then ``extra`` (``--anchor``: a file, a directory
+        holding the anchor, or ``s3://bucket/key`` read with the files.s3_* credentials)."""
+        out: list[AnchorSource] = []
+        for where, objects, name in self._anchor_places():
+            try:
+                body = await objects.get(name)
+            except Exception as exc:
+                log.error("audit anchor %s not read: %s", where, exc)
+                body = None
+            out.append(AnchorSource(where, body))
+        for spec in extra:
+            out.append(AnchorSource(spec, await self._read_anchor(spec), required=True))
+        return out
+
+    async def _read_anchor(self, spec: str) -> bytes | None:
+        if spec.startswith("s3://"):
+            bucket, _, key = spec[len("s3://"):].partition("/")
+            f = self.cfg.files
+            from tongxin.files.s3 import S3BlobStore  # imports botocore: only when used
+
+            blobs = S3BlobStore(
+                f.s3_endpoint, bucket, f.s3_region,
+                f.s3_access_key or os.environ.get("TONGXIN_S3_ACCESS_KEY", ""),
+                f.s3_secret_key or os.environ.get("TONGXIN_S3_SECRET_KEY", ""),
+                spool_dir=archive_dir(self.cfg) / "spool")
+            await blobs.open()
+            try:
+                out = bytearray()
+                async for chunk in blobs.read(key or ANCHOR):
+                    out += chunk
+                return bytes(out)
+            except BlobNotFound:
+                return None
+            finally:
+                await blobs.close()
+        return await asyncio.to_thread(self._read_anchor_file, Path(spec))
+
+    def _read_anchor_file(self, path: Path) -> bytes | None:
+        if path.is_dir():
+            for name in (anchor_file_name(archive_name(self.cfg)), ANCHOR):
+                if (path / name).is_file():
+                    path = path / name
+                    break
+            else:
+                return None
+        try:
+            return path.read_bytes()
+        except OSError:
+            return None
 
     async def _publish_key(self) -> None:
         """On a shared store, make this node's audit public key known to the others
@@ -253,8 +344,14 @@ class Compliance:
         await self.sign_head(force=True)
         return fp
 
-    async def verify(self, trusted: Iterable[Path] = ()) -> VerifyReport:
-        return await verify_chain(self.store, self.keys, self.archive, trusted)
+    async def verify(self, given: Sequence[Path] = (), anchors: Sequence[str] = (),
+                     empty_ok: bool = False) -> VerifyReport:
+        """Verify the chain with the pinned keys, or exactly the ``given`` ones, against
+        the configured anchors and ``anchors`` (tongxin.compliance.verify)."""
+        sources = await self.anchor_sources(anchors)
+        return await verify_chain(self.store, self.keys, self.archive,
+                                  parse_pins(self.cfg.compliance.audit_trusted_keys), given,
+                                  sources, empty_ok)
 
     async def audit_retention(self) -> tuple[float, bool]:
         """(days, override) in force: a stored setting wins over the config file."""

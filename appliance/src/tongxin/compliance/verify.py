@@ -4,27 +4,35 @@ Every problem found is reported, the first one first; after a problem the walk
 re-anchors on the record's stored hash, so one edit yields one problem and a
 second, independent edit elsewhere (say one in an archive segment and one in
 the database) is reported as well.
+
+Signatures count only with a trusted key (:func:`tongxin.compliance.keys.resolve_trust`:
+pinned in the configuration, or given with ``--pubkey``); keys merely found in
+audit-keys/ or the database are listed as untrusted. What proves that the chain was
+not cut short are the signed heads and, since those live in the same store as the
+records, the anchors (:mod:`tongxin.compliance.anchor`): a chain with neither is
+never reported intact.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tongxin.compliance import chain
+from tongxin.compliance.anchor import AnchorSource, decode_anchor
 from tongxin.compliance.archive import MANIFEST, SIGNATURE, Archive, segment_lines
-from tongxin.compliance.keys import AuditKeys, fingerprint
-from tongxin.compliance.ports import ComplianceStore
+from tongxin.compliance.keys import AuditKeys, Trust, fingerprint, resolve_trust
+from tongxin.compliance.ports import ComplianceStore, SignedHead
 from tongxin.crypto import SM2PublicKey, sm3_digest
 from tongxin.crypto.errors import CryptoError
 
 
 @dataclass
 class Problem:
-    where: str  # "archive:<file>", "database", "heads", "manifest"
+    where: str  # "archive:<file>", "database", "heads", "manifest", "keys", "anchor:<place>"
     seq: int
     kind: str  # edited, broken-link, missing, reordered, bad-signature, ...
     message: str
@@ -44,7 +52,13 @@ class VerifyReport:
     heads_verified: int = 0
     latest_signed_seq: int = 0
     latest_signed_ts: int = 0
-    key_fingerprints: list[str] = field(default_factory=list)
+    anchors_total: int = 0
+    anchors_verified: int = 0
+    latest_anchored_seq: int = 0
+    key_fingerprints: list[str] = field(default_factory=list)  # the trusted keys
+    trust_source: str = ""  # compliance.audit_trusted_keys, or --pubkey
+    untrusted_keys: dict[str, str] = field(default_factory=dict)  # fingerprint -> where found
+    pinned_not_found: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
 
     def add(self, where: str, seq: int, kind: str, message: str) -> None:
@@ -108,25 +122,36 @@ class _Walker:
 
 
 async def verify_chain(store: ComplianceStore, keys: AuditKeys, archive: Archive | None,
-                       trusted: Iterable[Path] = (), page: int = 5000) -> VerifyReport:
+                       pins: Sequence[str] = (), given: Sequence[Path] = (),
+                       anchors: Sequence[AnchorSource] = (), empty_ok: bool = False,
+                       page: int = 5000) -> VerifyReport:
+    """Walk and check the chain. ``pins`` are ``compliance.audit_trusted_keys``;
+    ``given`` (``--pubkey``) replaces them; ``anchors`` were read before the call;
+    ``empty_ok`` accepts a chain that has no record at all (and so nothing signed)."""
     report = VerifyReport()
-    pubkeys = keys.public_keys(list(trusted))
     # On a shared store every node signs with its own key and publishes it in
     # the database; a row whose PEM does not hash to its fingerprint is ignored.
+    found = keys.found_keys()
     for fp, pem in (await store.published_keys()).items():
         try:
             pub = SM2PublicKey.from_pem(pem)
         except (CryptoError, ValueError):
             continue
         if fingerprint(pub) == fp:
-            pubkeys.setdefault(fp, pub)
-    report.key_fingerprints = sorted(pubkeys)
+            found.setdefault(fp, (pub, "the database (published by a node)"))
+    trust = resolve_trust(found, pins, given)
+    pubkeys = trust.keys
+    _report_trust(trust, report)
+    # Anchors are read (by the caller) before the heads, and the heads before the
+    # chain state: a node writes a head, then its anchor, so whatever anchor was
+    # read has its head in the store and its record below the state read next.
     heads = await store.heads()
     # The chain head before the walk: records appended while it runs (by this
     # node or, on a shared store, by others) are after it and not walked, so
     # they are not mistaken for records "missing at the end".
     last_seq, last_hash = await store.audit_state()
-    wanted = {h.seq for h in heads}
+    anchored = _read_anchors(anchors, pubkeys, report)
+    wanted = {h.seq for h in heads} | {a.seq for _, a in anchored}
     start_seq, start_prev = 1, chain.GENESIS
     manifest: dict[str, Any] | None = None
     if archive is not None:
@@ -174,8 +199,58 @@ async def verify_chain(store: ComplianceStore, keys: AuditKeys, archive: Archive
                    f"records {report.last_seq + 1}..{last_seq} are missing at the end of the chain")
     elif last_seq and last_seq == report.last_seq and walker.prev and walker.prev != last_hash:
         report.add("database", last_seq, "edited", f"record {last_seq} differs from the chain head")
-    _check_heads(heads, walker, pubkeys, report)
+    _check_heads(heads, walker, pubkeys, found, report)
+    _check_anchors(anchored, heads, walker, report)
+    _check_proof(report, heads, empty_ok)
     return report
+
+
+def _report_trust(trust: Trust, report: VerifyReport) -> None:
+    report.key_fingerprints = sorted(trust.keys)
+    report.trust_source = trust.source
+    report.untrusted_keys = dict(trust.untrusted)
+    report.pinned_not_found = list(trust.unresolved)
+    for err in trust.errors:
+        report.add("keys", 0, "bad-key", err)
+    if not trust.keys:
+        report.add("keys", 0, "no-trusted-key",
+                   "no audit key is trusted: pin the fingerprints in "
+                   "compliance.audit_trusted_keys, or give the keys with --pubkey; a key file "
+                   "in audit-keys/ is not trusted for being there")
+
+
+def _read_anchors(anchors: Sequence[AnchorSource], pubkeys: dict[str, SM2PublicKey],
+                  report: VerifyReport) -> list[tuple[str, SignedHead]]:
+    """The anchored heads whose signature verifies with a trusted key."""
+    out: list[tuple[str, SignedHead]] = []
+    for src in anchors:
+        where = f"anchor:{src.where}"
+        if src.body is None:
+            if src.required:
+                report.add(where, 0, "missing", f"no anchor at {src.where}")
+            continue
+        report.anchors_total += 1
+        try:
+            head = decode_anchor(src.body)
+        except ValueError as exc:
+            report.add(where, 0, "unreadable", f"anchor at {src.where}: {exc}")
+            continue
+        key = pubkeys.get(head.key_fp)
+        if key is None:
+            report.add(where, head.seq, "untrusted-key",
+                       f"the anchor at {src.where} (record {head.seq}) is signed by key "
+                       f"{head.key_fp[:16]}, which is not trusted")
+            continue
+        try:
+            key.verify(bytes.fromhex(head.signature),
+                       chain.head_message(head.seq, head.hash, head.ts, head.node))
+        except (ValueError, CryptoError):
+            report.add(where, head.seq, "bad-signature",
+                       f"the anchor at {src.where} (record {head.seq}) has a signature that "
+                       "does not verify")
+            continue
+        out.append((src.where, head))
+    return out
 
 
 async def _check_manifest(archive: Archive, pubkeys: dict[str, SM2PublicKey],
@@ -198,7 +273,8 @@ async def _check_manifest(archive: Archive, pubkeys: dict[str, SM2PublicKey],
         key = pubkeys[str(sig["key_fp"])]
         key.verify(bytes.fromhex(str(sig["signature"])), body)
     except KeyError:
-        report.add("manifest", 0, "bad-signature", "archive manifest is signed by an unknown key")
+        report.add("manifest", 0, "untrusted-key",
+                   "archive manifest is signed by a key that is not trusted (not pinned)")
     except (ValueError, CryptoError):
         report.add("manifest", 0, "bad-signature",
                    "archive manifest signature does not verify (manifest edited)")
@@ -246,13 +322,19 @@ async def _walk_segment(archive: Archive, seg: dict[str, Any], walker: _Walker,
 
 
 def _check_heads(heads: list[Any], walker: _Walker, pubkeys: dict[str, SM2PublicKey],
-                 report: VerifyReport) -> None:
+                 found: dict[str, tuple[SM2PublicKey, str]], report: VerifyReport) -> None:
     report.heads_total = len(heads)
     for h in heads:
         key = pubkeys.get(h.key_fp)
         if key is None:
-            report.add("heads", h.seq, "bad-signature",
-                       f"signed head at record {h.seq} is signed by an unknown key {h.key_fp[:16]}")
+            if h.key_fp in found:
+                report.add("heads", h.seq, "untrusted-key",
+                           f"signed head at record {h.seq} is signed by key {h.key_fp[:16]} "
+                           f"(in {found[h.key_fp][1]}), which is not pinned")
+            else:
+                report.add("heads", h.seq, "bad-signature",
+                           f"signed head at record {h.seq} is signed by an unknown key "
+                           f"{h.key_fp[:16]}")
             continue
         try:
             key.verify(bytes.fromhex(h.signature), chain.head_message(h.seq, h.hash, h.ts, h.node))
@@ -279,3 +361,55 @@ def _check_heads(heads: list[Any], walker: _Walker, pubkeys: dict[str, SM2Public
         report.heads_verified += 1
         if h.seq >= report.latest_signed_seq:
             report.latest_signed_seq, report.latest_signed_ts = h.seq, max(h.ts, report.latest_signed_ts)
+
+
+def _check_anchors(anchored: list[tuple[str, SignedHead]], heads: list[SignedHead],
+                   walker: _Walker, report: VerifyReport) -> None:
+    in_store = {(h.seq, h.hash) for h in heads}
+    for where, a in anchored:
+        place = f"anchor:{where}"
+        if a.seq > report.last_seq:
+            report.add(place, a.seq, "truncated",
+                       f"the head anchored at {where} covers record {a.seq} but the chain ends "
+                       f"at {report.last_seq}: records were deleted since")
+            continue
+        if a.seq >= report.first_seq:
+            actual = walker.hashes.get(a.seq)
+            if actual is None:
+                report.add(place, a.seq, "missing",
+                           f"record {a.seq} named by the head anchored at {where} is missing")
+                continue
+            if actual != a.hash:
+                report.add(place, a.seq, "diverged",
+                           f"record {a.seq} differs from the head anchored at {where} "
+                           "(chain rewritten)")
+                continue
+        report.anchors_verified += 1
+        report.latest_anchored_seq = max(report.latest_anchored_seq, a.seq)
+        if (a.seq, a.hash) not in in_store:
+            # Its node wrote the head to the store before anchoring it.
+            report.add("heads", a.seq, "missing",
+                       f"the signed head at record {a.seq} (anchored at {where}) is not in the "
+                       "store: signed heads were deleted")
+
+
+def _check_proof(report: VerifyReport, heads: list[SignedHead], empty_ok: bool) -> None:
+    """Without a verified head or anchor nothing shows the chain is whole: replaced
+    from the start, or cut short together with its heads, it looks the same."""
+    if report.heads_verified or report.anchors_verified:
+        if heads and not report.anchors_total:
+            report.add("anchor", report.latest_signed_seq, "no-anchor",
+                       "no anchored head was found (the archive's anchor.json, "
+                       "compliance.audit_anchor_dir, --anchor): deleting the newest records "
+                       "with their signed heads would go unseen")
+        return
+    if heads or report.anchors_total:
+        return  # each of them that failed is a problem already
+    empty = report.last_seq == 0 and not report.purged_records
+    if empty and empty_ok:
+        return
+    report.add("heads", report.last_seq, "unanchored",
+               "the audit chain is empty: pass --empty-ok only if it never had a record"
+               if empty else
+               "no signed head and no anchor verifies: nothing shows that the chain was not "
+               "cut short or replaced")

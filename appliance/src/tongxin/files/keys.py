@@ -12,7 +12,7 @@ FILE_KEY_RE = re.compile(r"^blobs/[0-9a-f]{2}/f_[0-9a-f]{32}$")
 # Audit archive objects (compliance/archive.py): made from the configured
 # prefix and seq numbers, never from client input.
 ARCHIVE_KEY_RE = re.compile(
-    r"^audit-archive/[A-Za-z0-9_.-]+/(audit-[0-9]{12}-[0-9]{12}\.jsonl\.zst|manifest\.json|manifest\.sig)$")
+    r"^audit-archive/[A-Za-z0-9_.-]+/(audit-[0-9]{12}-[0-9]{12}\.jsonl\.zst|manifest\.json|manifest\.sig|anchor\.json)$")
 
 
 def new_upload_id() -> str:
