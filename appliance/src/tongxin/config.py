@@ -82,6 +82,10 @@ class StorageConfig:
                               "take before the request fails with UNAVAILABLE")
     encryption: bool = _f(True, "encrypt message content, file blobs and server secrets at rest "
                           "(on/off); off writes plaintext but still reads what was encrypted")
+    allow_unsealed_reads: bool = _f(False, "with encryption on, serve message rows stored "
+                                    "without the at-rest seal (written while encryption was off) "
+                                    "instead of withholding them; every such read is audited "
+                                    "(atrest.unsealed_read); for a migration only, then off")
 
 
 @dataclass

@@ -18,7 +18,8 @@ from test_files import s3_bucket, s3_keys, s3_server  # noqa: F401 - fixtures
 
 from tongxin.atrest.blobs import sealed_file_length
 from tongxin.atrest.keyring import is_sealed
-from tongxin.client import FileApiError, TongxinError
+from tongxin.client import FileApiError
+from tongxin.proto import tongxin_pb2 as pb
 from tongxin.server.admin_api import ADMIN_API
 from tongxin.store.dsn import parse_dsn
 
@@ -61,7 +62,8 @@ async def test_messages_are_sealed_in_the_table_and_read_back(
     await alice.send_text(conv, old)
     await rn.stop()
 
-    rn = await node_factory(home=home, storage=storage)
+    # Encryption on, and the migration's allowance to read the old plaintext rows.
+    rn = await node_factory(home=home, storage={**storage, "allow_unsealed_reads": True})
     assert rn.node.keyring is not None
     alice, bob = await rn.user("alice"), await rn.user("bob")
     secrets = [f"secret-{i}-{uuid.uuid4().hex}" for i in range(5)]
@@ -77,6 +79,11 @@ async def test_messages_are_sealed_in_the_table_and_read_back(
     raw = await raw_contents(rn)
     blob = b"".join(raw)
     assert old.encode() in blob  # the old row is still plaintext, and still readable
+    comp = rn.runner.app[ADMIN_API].c
+    reads = [r for r in await comp.store.audit_records(0, 1000)
+             if r.event == "atrest.unsealed_read"]
+    assert reads and all(f'"{conv}#1"' not in r.body for r in reads)  # seq 1: a system entry
+    assert any(f'"{conv}#2"' in r.body for r in reads), [r.body for r in reads]
     for s in secrets:
         assert s.encode() not in blob
     sealed = [r for r in raw if is_sealed(r)]
@@ -87,12 +94,17 @@ async def test_messages_are_sealed_in_the_table_and_read_back(
     token_file = home / "secrets" / "token.key"
     assert is_sealed(token_file.read_bytes())
     await rn.stop()
+    # Without the allowance the old plaintext row is withheld; the sealed ones still read.
     rn = await node_factory(home=home, storage=storage)
     carol = await rn.user("bob")
-    assert secrets[3] in [m.content.text for m in await carol.sync_all(conv)]
+    log = await carol.sync_all(conv)
+    assert secrets[3] in [m.content.text for m in log]
+    withheld = [m for m in log if m.unavailable]
+    assert len(withheld) == 1 and not withheld[0].HasField("content")
+    assert old not in [m.content.text for m in log]
 
 
-async def test_swapped_or_tampered_rows_are_refused_and_the_node_keeps_serving(
+async def test_swapped_tampered_or_plaintext_rows_are_withheld_and_the_rest_syncs(
         node_factory: NodeFactory) -> None:
     rn: RunningNode = await node_factory()
     alice = await rn.user("alice")
@@ -102,25 +114,37 @@ async def test_swapped_or_tampered_rows_are_refused_and_the_node_keeps_serving(
     other = (await alice.direct("carol")).conversation_id
     a = await alice.send_text(conv, "first message")
     b = await alice.send_text(conv, "second message")
+    c = await alice.send_text(conv, "third message")
+    d = await alice.send_text(conv, "fourth message")
     with sqlite3.connect(rn.cfg.sqlite_file) as db:
         rows = dict(db.execute("SELECT seq, content FROM messages WHERE conversation_id=?",
                                (conv,)).fetchall())
-        # Swap the two ciphertexts: each is intact, but bound to the other row.
+        # Swap two ciphertexts: each is intact, but bound to the other row.
         db.execute("UPDATE messages SET content=? WHERE conversation_id=? AND seq=?",
                    (rows[b.seq], conv, a.seq))
         db.execute("UPDATE messages SET content=? WHERE conversation_id=? AND seq=?",
                    (rows[a.seq], conv, b.seq))
-    with pytest.raises(TongxinError) as err:
-        await bob.sync(conv, after_seq=a.seq - 1, limit=1)
-    assert "internal error" in str(err.value)
-    # Tampered: one flipped bit in the ciphertext.
+        # Plaintext written straight into the table, as someone with database access could.
+        db.execute("UPDATE messages SET content=? WHERE conversation_id=? AND seq=?",
+                   (pb.Content(text="planted").SerializeToString(), conv, d.seq))
+    page = await bob.sync(conv, after_seq=0, limit=100)
+    by_seq = {m.seq: m for m in page.messages}
+    assert [s for s, m in sorted(by_seq.items()) if m.unavailable] == [a.seq, b.seq, d.seq]
+    assert by_seq[c.seq].content.text == "third message"  # the neighbour is served
+    assert not any(m.content.text == "planted" for m in page.messages)
+    assert all(not m.HasField("content") for m in page.messages if m.unavailable)
+    # Tampered: one flipped bit in the ciphertext of the good row.
     with sqlite3.connect(rn.cfg.sqlite_file) as db:
-        bad = bytearray(rows[b.seq])
+        bad = bytearray(rows[c.seq])
         bad[-20] ^= 1
         db.execute("UPDATE messages SET content=? WHERE conversation_id=? AND seq=?",
-                   (bytes(bad), conv, b.seq))
-    with pytest.raises(TongxinError):
-        await bob.sync(conv, after_seq=b.seq - 1, limit=1)
+                   (bytes(bad), conv, c.seq))
+    page = await bob.sync(conv, after_seq=c.seq - 1, limit=1)
+    assert [(m.seq, m.unavailable) for m in page.messages] == [(c.seq, True)]
+    failures = [r for r in await rn.runner.app[ADMIN_API].c.store.audit_records(0, 1000)
+                if r.event == "atrest.integrity"]
+    assert failures and all(r.outcome == "failed" for r in failures)
+    assert f'"{conv}#{d.seq}"' in failures[0].body and "at-rest seal" in failures[0].body
     # The node is still up and other conversations work.
     await alice.send_text(other, "still fine")
     assert (await alice.sync_all(other))[-1].content.text == "still fine"

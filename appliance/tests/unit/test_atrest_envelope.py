@@ -14,8 +14,11 @@ from tongxin.atrest import blobs
 from tongxin.atrest.errors import IntegrityError, KeyProviderError, UnknownDataKey
 from tongxin.atrest.keyring import DataKeyRow, Keyring, is_sealed
 from tongxin.atrest.providers import CommandKeyProvider, FileKeyProvider
-from tongxin.atrest.records import load_or_create_secret, message_aad
+from tongxin.atrest.records import load_or_create_secret, message_aad, open_entries
 from tongxin.atrest.rotate import key_status, rotate
+from tongxin.chat.service import entry_to_pb
+from tongxin.proto import tongxin_pb2 as pb
+from tongxin.store.ports import Entry
 
 
 class MemoryDeks:
@@ -385,3 +388,67 @@ async def test_chunked_blob_range_reads_and_tampering(tmp_path: Path) -> None:
     await refused(stored[:-5])  # truncated
     await refused(stored, fid=blobs.file_id_for_upload("cd" * 16))  # another file's blob
     await refused(stored, size=len(data) + 1)  # the recorded size does not match
+
+
+# ---- message rows: unsealed or damaged ones are withheld, their neighbours served (#16) --
+
+
+def _entry(seq: int, content: bytes) -> Entry:
+    return Entry("c1", "u_1", "d1", f"m{seq}", 1000 + seq, pb.CHAT, content, seq=seq)
+
+
+def _text(s: str) -> bytes:
+    data: bytes = pb.Content(text=s).SerializeToString()
+    return data
+
+
+async def test_a_plaintext_row_is_withheld_while_encrypting_and_its_neighbours_open(
+        tmp_path: Path) -> None:
+    """Plaintext written straight into the table used to be served as a message."""
+    ring = await keyring(tmp_path)
+    audited: list[tuple[str, dict[str, object]]] = []
+
+    async def audit(event: str, fields: dict[str, object]) -> None:
+        audited.append((event, fields))
+
+    ring.audit = audit
+    damaged = bytearray(ring.seal(_text("three"), message_aad("c1", 3)))
+    damaged[-1] ^= 1
+    entries = [_entry(1, ring.seal(_text("one"), message_aad("c1", 1))),
+               _entry(2, _text("planted")),  # no seal
+               _entry(3, bytes(damaged)),
+               _entry(4, ring.seal(_text("four"), message_aad("c1", 4))),
+               _entry(5, b"")]  # a system entry: empty content is never sealed
+    await open_entries(ring, entries)
+    assert [e.unavailable for e in entries] == [False, True, True, False, False]
+    assert [e.content for e in entries] == [_text("one"), b"", b"", _text("four"), b""]
+    assert [(ev, f["outcome"], f["rows"], f["count"]) for ev, f in audited] == [
+        ("atrest.integrity", "failed", ["c1#2", "c1#3"], 2)]
+    assert "without the at-rest seal" in str(audited[0][1]["reason"])
+    # What a client receives: the entry in its place, marked, with no content.
+    m = entry_to_pb(entries[1])
+    assert m.unavailable and not m.HasField("content") and m.seq == 2 and m.kind == pb.CHAT
+    assert not entry_to_pb(entries[0]).unavailable
+
+
+async def test_unsealed_rows_are_served_audited_only_when_allowed(tmp_path: Path) -> None:
+    ring = await keyring(tmp_path)
+    audited: list[tuple[str, dict[str, object]]] = []
+
+    async def audit(event: str, fields: dict[str, object]) -> None:
+        audited.append((event, fields))
+
+    ring.audit, ring.allow_unsealed = audit, True
+    entries = [_entry(1, _text("from before encryption")), _entry(2, _text("another"))]
+    await open_entries(ring, entries)
+    assert [e.content for e in entries] == [_text("from before encryption"), _text("another")]
+    assert not any(e.unavailable for e in entries)
+    assert [(ev, f["outcome"], f["rows"]) for ev, f in audited] == [
+        ("atrest.unsealed_read", "ok", ["c1#1", "c1#2"])]
+    # Encryption switched off (or never used): plaintext rows are expected, not audited.
+    ring.encrypt, ring.allow_unsealed = False, False
+    audited.clear()
+    plain = [_entry(1, _text("written with encryption off"))]
+    await open_entries(ring, plain)
+    await open_entries(None, plain)
+    assert plain[0].content == _text("written with encryption off") and audited == []

@@ -322,6 +322,7 @@ function previewText(m) {
   const group = state.convs.get(m.conversationId)?.kind === CK.GROUP;
   const prefix = mine ? "You: " : group ? `${userName(m.senderId)}: ` : "";
   if (m.kind === KIND.RECALLED || m.recalled) return `${mine ? "You" : userName(m.senderId)} recalled a message`;
+  if (m.unavailable) return `${prefix}Message unavailable`;
   if (m.kind === KIND.EDITED) return `${prefix}${m.content?.text || ""}`;
   const c = m.content || {};
   if (c.file) return `${prefix}File: ${c.file.name}`;
@@ -354,6 +355,7 @@ function addEntries(convId, msgs, { intoLog = true } = {}) {
       } else if (m.kind === KIND.EDITED && target && !target.recalled) {
         // An encrypted edit that does not open leaves the message saying so, not the old text.
         if (m.e2eeError) target.e2eeError = m.e2eeError;
+        else if (m.unavailable) target.unavailable = true; // the edit's stored copy is withheld
         else target.content = m.content;
         target.editedAtMs = m.sentAtMs;
       }
@@ -1009,6 +1011,10 @@ function messageBody(conv, m) {
   }
   if (m.recalled) {
     return h("div", { class: "text recalled", text: m.senderId === state.me.userId ? "You recalled this message" : "This message was recalled" });
+  }
+  if (m.unavailable) {
+    // The server withheld it (Message.unavailable, docs/protocol.md): never show it as empty text.
+    return h("div", { class: "text recalled", title: "The server could not verify this message's stored copy; administrators have been notified in the audit log", text: "This message cannot be shown" });
   }
   const c = m.content || {};
   if (c.file) {

@@ -21,6 +21,7 @@ import os
 import secrets
 import struct
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -111,6 +112,11 @@ class Keyring:
         self._rolling = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # storage.allow_unsealed_reads: serve rows stored without a seal while encrypting.
+        self.allow_unsealed = False
+        # (event, fields) into the audit trail, set by the node once compliance is open
+        # (the signature of tongxin.compliance.service.Compliance.hook).
+        self.audit: Callable[[str, dict[str, object]], Awaitable[None]] | None = None
 
     async def start(self) -> None:
         """Pick the current DEK (when encrypting): the newest one of this suite if it is

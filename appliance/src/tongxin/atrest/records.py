@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -15,6 +16,10 @@ from tongxin.atrest.providers import FileKeyProvider, make_provider
 if TYPE_CHECKING:
     from tongxin.config import Config
     from tongxin.store.ports import Entry
+
+log = logging.getLogger("tongxin.atrest")
+# Rows named in one audit record (the count is always complete).
+AUDIT_ROWS = 100
 
 
 def message_aad(conversation_id: str, seq: int) -> bytes:
@@ -29,18 +34,66 @@ def seal_content(keyring: Keyring | None, conversation_id: str, seq: int, conten
 
 
 async def open_entries(keyring: Keyring | None, entries: list[Entry]) -> list[Entry]:
-    """Replace sealed content with its plaintext, in place; rows from before encryption pass."""
+    """Replace sealed content with its plaintext, in place.
+
+    While the keyring encrypts, every non-empty row must be sealed: a plaintext row is
+    what someone writing straight into the database would leave, so it is withheld like
+    a row whose seal fails (``storage.allow_unsealed_reads`` serves it, audited, during a
+    migration from encryption off). A withheld entry keeps its place in the log with
+    empty content and ``unavailable`` set, so one bad row does not fail the page it is
+    in. Without encryption (no keyring, or encryption switched off) plaintext rows are
+    expected and pass.
+    """
+    bad: list[tuple[Entry, str]] = []
+    unsealed: list[Entry] = []
     for e in entries:
+        if not e.content:
+            continue  # system entries and recalls: nothing to seal
         if not is_sealed(e.content):
+            if keyring is None or not keyring.encrypt:
+                continue
+            if keyring.allow_unsealed:
+                unsealed.append(e)
+            else:
+                bad.append((e, "stored without the at-rest seal although encryption is on"))
             continue
         if keyring is None:
+            # Not one row's fault: the installation runs without its master key.
             raise IntegrityError(f"message {e.conversation_id}#{e.seq} is encrypted at rest, "
                                  "but no master key is loaded")
         try:
             e.content = await keyring.open_async(e.content, message_aad(e.conversation_id, e.seq))
         except IntegrityError as exc:
-            raise IntegrityError(f"stored message {e.conversation_id}#{e.seq}: {exc}") from exc
+            bad.append((e, str(exc)))
+    if bad:
+        await _withhold(keyring, bad)
+    if unsealed and keyring is not None:
+        await _audit(keyring, "atrest.unsealed_read", "ok", unsealed,
+                     "served: storage.allow_unsealed_reads is on")
     return entries
+
+
+async def _withhold(keyring: Keyring | None, bad: list[tuple[Entry, str]]) -> None:
+    for e, reason in bad:
+        log.error("stored message %s#%d withheld: %s", e.conversation_id, e.seq, reason)
+        e.content = b""
+        e.unavailable = True
+    if keyring is not None:
+        await _audit(keyring, "atrest.integrity", "failed", [e for e, _ in bad],
+                     "; ".join(sorted({reason for _, reason in bad})))
+
+
+async def _audit(keyring: Keyring, event: str, outcome: str, rows: list[Entry],
+                 reason: str) -> None:
+    """One audit record per read (a page of a sync, an export), naming its rows."""
+    if keyring.audit is None:
+        log.warning("%s (%s): %d rows, not audited (no audit trail in this process)",
+                    event, reason, len(rows))
+        return
+    await keyring.audit(event, {
+        "actor": "system", "outcome": outcome, "target": rows[0].conversation_id,
+        "rows": [f"{e.conversation_id}#{e.seq}" for e in rows[:AUDIT_ROWS]],
+        "count": len(rows), "reason": reason})
 
 
 async def open_entry(keyring: Keyring | None, entry: Entry | None) -> Entry | None:
@@ -72,6 +125,7 @@ async def open_keyring(cfg: Config, store: object) -> Keyring | None:
     provider = await asyncio.to_thread(make_provider, path, kms, cfg.crypto.suite,
                                        cfg.storage.encryption)
     keyring = Keyring(provider, dek_store, cfg.crypto.suite, cfg.storage.encryption)
+    keyring.allow_unsealed = cfg.storage.allow_unsealed_reads
     await keyring.start()
     cast(Any, store).keyring = keyring
     return keyring

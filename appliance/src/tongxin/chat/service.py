@@ -60,6 +60,7 @@ def entry_to_pb(e: Entry) -> pb.Message:
         conversation_id=e.conversation_id, seq=e.seq, sender_id=e.sender_id,
         sender_device=e.sender_device, client_msg_id=e.client_msg_id, sent_at_ms=e.sent_at,
         kind=e.kind, target_seq=e.target_seq, recalled=e.recalled, edited_at_ms=e.edited_at,
+        unavailable=e.unavailable,
     )
     # A recalled message's content stays in the store (retention and audit
     # rules decide its fate) but is never handed to clients again.

@@ -87,6 +87,8 @@ class ChatUI:
         if m.kind == pb.CHAT:
             if m.recalled:
                 return f"{where} {who}: (recalled)"
+            if m.unavailable:  # no content: it would otherwise read as "<encrypted>"
+                return f"{where} {who}: (unavailable: its stored copy failed the server's check)"
             body = m.content.text if m.content.HasField("text") else (
                 f"<file {m.content.file.name}>" if m.content.HasField("file") else "<encrypted>")
             edited = " (edited)" if m.edited_at_ms else ""

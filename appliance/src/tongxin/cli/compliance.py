@@ -387,6 +387,9 @@ def cmd_export(args: argparse.Namespace) -> int:
                 kind, target, name = "conversation", args.conversation, args.conversation
             history = make_store(cfg)
             await history.open()
+            keyring = getattr(history, "keyring", None)
+            if keyring is not None:
+                keyring.audit = comp.hook  # rows withheld or read unsealed by the export
             try:
                 path, manifest = await export_messages(
                     history, comp.keys, Path(args.out) if args.out else cfg.home / "exports",

@@ -60,7 +60,7 @@ def entry_json(e: Entry) -> dict[str, Any]:
             "sender_device": e.sender_device, "client_msg_id": e.client_msg_id,
             "sent_at": e.sent_at, "kind": _kind_name(e.kind), "target_seq": e.target_seq,
             "recalled": e.recalled, "edited_at": e.edited_at, "content": content,
-            "system": system}
+            "system": system, **({"unavailable": True} if e.unavailable else {})}
 
 
 async def _entries(history: ChatStore, kind: str, target: str, from_ms: int,

@@ -102,6 +102,8 @@ class AdminApi:
         self._compliance = comp
         node.accounts.audit = comp.hook
         node.chat.audit = comp.hook
+        if node.keyring is not None:
+            node.keyring.audit = comp.hook  # withheld and unsealed message rows
         await comp.record_config()
         await comp.audit("node.start", actor="system", version=__version__)
         if sm2_available():

@@ -65,6 +65,9 @@ class Entry:
     seq: int = 0
     recalled: bool = False
     edited_at: int = 0
+    # Set when the stored content failed its at-rest check (tongxin.atrest.records): the
+    # content is withheld, and clients see Message.unavailable.
+    unavailable: bool = False
 
 
 @dataclass(slots=True)
