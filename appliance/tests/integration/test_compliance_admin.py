@@ -378,6 +378,9 @@ async def test_report_shows_evidence_and_turns_red_when_it_goes(
     assert report["two_factor_coverage"]["secadmin"] == {"accounts": 1, "totp": 1, "sms": 0}
     assert _item(report, "AC-1")["status"] == "pass"
     assert _item(report, "AU-2")["status"] == "pass", _item(report, "AU-2")
+    pinned = compliance(rn).keys.current_fingerprint()
+    assert f"trusted audit keys (compliance.audit_trusted_keys): {pinned}" in _item(
+        report, "AU-2")["evidence"]
     assert _item(report, "BR-1")["status"] == "pass"
     assert _item(report, "BR-2")["status"] == "gap"  # no DR drill result: a gap, not a pass
     assert any("accounts.password_min_length = 8" in e for e in _item(report, "IA-1")["evidence"])

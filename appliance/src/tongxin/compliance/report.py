@@ -85,9 +85,11 @@ REMEDIES = {
     "AC-1": "Create the missing role on the node: `tongxin admin create --role ROLE NAME`.",
     "AU-1": "The node writes audit records from its first start; check that it runs against "
             "this data directory.",
-    "AU-2": "Run `tongxin audit verify` for every problem; sign the chain head "
-            "(`tongxin audit sign`); keep secrets/audit_sign.key at mode 0600 and the audit "
-            "retention at 180 days or more.",
+    "AU-2": "Run `tongxin audit verify` for every problem; pin every node's audit key in "
+            "compliance.audit_trusted_keys (role appliance: appliance_audit_trusted_keys); sign "
+            "the chain head (`tongxin audit sign`) and keep its anchor off the node "
+            "(compliance.audit_anchor_dir, or an s3 archive); keep secrets/audit_sign.key at "
+            "mode 0600 and the audit retention at 180 days or more.",
     "AU-3": "Only the auditor role may hold audit.read (compliance/roles.py).",
     "CM-1": "Terminate TLS 1.3 or TLCP in front of the node and record it in evidence/tls.json.",
     "DI-1": "Set storage.sqlite_synchronous: full; run `tongxin audit verify` for the chain.",
@@ -469,6 +471,12 @@ async def build_report(cfg: Config, comp: Compliance, users: list[User],
             "`tongxin audit sign` signs now)")
     if verify.manifest_signed is not None:
         it.evidence.append(f"archive manifest signature verifies: {_yes(verify.manifest_signed)}")
+    it.evidence.append(f"anchored heads: {verify.anchors_verified}/{verify.anchors_total} verify; "
+                       f"latest covers record {verify.latest_anchored_seq}")
+    it.evidence.append(f"trusted audit keys ({verify.trust_source}): "
+                       f"{', '.join(verify.key_fingerprints) or 'none'}")
+    for fp, where in verify.untrusted_keys.items():
+        it.findings.append(f"audit key {fp} in {where} is not pinned, so not trusted")
     it.evidence.append(f"audit signing key fingerprint (SM3 of SPKI): "
                        f"{comp.keys.current_fingerprint() or 'none'}")
     key_mode = _mode(comp.keys.private_path)
