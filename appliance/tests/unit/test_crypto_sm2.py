@@ -482,3 +482,16 @@ def test_gmssl_skips_the_c3_check_that_we_enforce() -> None:
     assert g.decrypt(bytes(raw[1:])) == b"secret"
     with pytest.raises(DecryptionError):
         key.decrypt(ciphertext_raw_to_der(bytes(raw), "C1C3C2"))
+
+
+def test_public_key_file_is_read_or_refused_naming_the_file(tmp_path: Path) -> None:
+    key = SM2PrivateKey.generate().public_key()
+    good = tmp_path / "signer.pub"
+    good.write_bytes(key.to_pem())
+    assert SM2PublicKey.from_pem_file(good).to_der() == key.to_der()
+    with pytest.raises(ValueError, match=r"absent\.pub: No such file"):
+        SM2PublicKey.from_pem_file(tmp_path / "absent.pub")
+    private = tmp_path / "signer.key"
+    private.write_bytes(SM2PrivateKey.generate().to_pem())
+    with pytest.raises(ValueError, match=r"signer\.key: not an SM2 public key \(PEM\)"):
+        SM2PublicKey.from_pem_file(private)

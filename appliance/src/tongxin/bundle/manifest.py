@@ -172,12 +172,11 @@ def load_or_create_signing_key(path: Path) -> tuple[SM2PrivateKey, bool]:
 
 
 def load_public_key(path: Path) -> SM2PublicKey:
+    """The trusted signer's key; BundleError naming the file if it is not one."""
     try:
-        return SM2PublicKey.from_pem(path.read_bytes())
-    except OSError as exc:
-        raise BundleError(f"{path}: cannot read the trusted public key: {exc.strerror}") from exc
-    except (CryptoError, ValueError) as exc:
-        raise BundleError(f"{path}: not an SM2 public key (PEM): {exc}") from exc
+        return SM2PublicKey.from_pem_file(path)
+    except ValueError as exc:
+        raise BundleError(f"trusted public key {exc}") from exc
 
 
 _FILE_KEYS = {"path": str, "size": int, "sha256": str, "sm3": str, "component": str, "arch": str}

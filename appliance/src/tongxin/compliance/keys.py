@@ -52,13 +52,11 @@ def is_fingerprint(pin: str) -> bool:
 
 
 def load_public_key(path: Path) -> SM2PublicKey:
-    """A PEM public key file; ValueError naming the file if it is not one."""
+    """A trusted key file (a pin or ``--pubkey``); ValueError naming it if it is not one."""
     try:
-        return SM2PublicKey.from_pem(path.read_bytes())
-    except OSError as exc:
-        raise ValueError(f"audit public key {path}: {exc.strerror}") from exc
-    except (CryptoError, ValueError) as exc:
-        raise ValueError(f"audit public key {path}: not an SM2 public key (PEM)") from exc
+        return SM2PublicKey.from_pem_file(path)
+    except ValueError as exc:
+        raise ValueError(f"audit public key {exc}") from exc
 
 
 @dataclass
@@ -195,8 +193,8 @@ class AuditKeys:
         paths = sorted(self.public_dir.glob("*.pem")) if self.public_dir.is_dir() else []
         for p in paths:
             try:
-                pub = SM2PublicKey.from_pem(p.read_bytes())
-            except (CryptoError, OSError, ValueError):
+                pub = SM2PublicKey.from_pem_file(p)
+            except ValueError:
                 continue
             out[fingerprint(pub)] = (pub, f"audit-keys/{p.name}")
         return out

@@ -22,12 +22,14 @@ every SM2 entry point raises :class:`SM2UnavailableError`; there is no fallback.
 from __future__ import annotations
 
 import platform
+from pathlib import Path
 from typing import Any, Literal
 
 from cryptography.hazmat import asn1
 
 from tongxin.crypto import _der
 from tongxin.crypto.errors import (
+    CryptoError,
     DecryptionError,
     InvalidSignatureError,
     KeyFormatError,
@@ -138,6 +140,19 @@ class SM2PublicKey:
         if label != "PUBLIC KEY":
             raise KeyFormatError(f"expected a PUBLIC KEY PEM block, got {label!r}")
         return cls.from_der(der)
+
+    @classmethod
+    def from_pem_file(cls, path: Path) -> SM2PublicKey:
+        """The key in a PEM file; ValueError naming the file if it cannot be read or is
+        not an SM2 public key (a trusted key given by an operator: say which and why)."""
+        try:
+            pem = path.read_bytes()
+        except OSError as exc:
+            raise ValueError(f"{path}: {exc.strerror}") from exc
+        try:
+            return cls.from_pem(pem)
+        except (CryptoError, ValueError) as exc:
+            raise ValueError(f"{path}: not an SM2 public key (PEM): {exc}") from exc
 
     # -- operations --------------------------------------------------------------------
 
