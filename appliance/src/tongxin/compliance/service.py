@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import socket
 from collections.abc import Sequence
@@ -106,11 +105,7 @@ def archive_objects(cfg: Config) -> ArchiveObjects:
                           "(compliance.audit_archive_bucket or files.s3_bucket) are required")
     from tongxin.files.s3 import S3BlobStore  # imports botocore: only when used
 
-    blobs = S3BlobStore(
-        f.s3_endpoint, bucket, f.s3_region,
-        f.s3_access_key or os.environ.get("TONGXIN_S3_ACCESS_KEY", ""),
-        f.s3_secret_key or os.environ.get("TONGXIN_S3_SECRET_KEY", ""),
-        spool_dir=archive_dir(cfg) / "spool")
+    blobs = S3BlobStore.from_config(f, bucket, archive_dir(cfg) / "spool")
     return BlobObjects(blobs, archive_name(cfg), f"s3://{bucket}")
 
 
@@ -289,14 +284,10 @@ class Compliance:
     async def _read_anchor(self, spec: str) -> bytes | None:
         if spec.startswith("s3://"):
             bucket, _, key = spec[len("s3://"):].partition("/")
-            f = self.cfg.files
             from tongxin.files.s3 import S3BlobStore  # imports botocore: only when used
 
-            blobs = S3BlobStore(
-                f.s3_endpoint, bucket, f.s3_region,
-                f.s3_access_key or os.environ.get("TONGXIN_S3_ACCESS_KEY", ""),
-                f.s3_secret_key or os.environ.get("TONGXIN_S3_SECRET_KEY", ""),
-                spool_dir=archive_dir(self.cfg) / "spool")
+            blobs = S3BlobStore.from_config(self.cfg.files, bucket,
+                                            archive_dir(self.cfg) / "spool")
             await blobs.open()
             try:
                 out = bytearray()

@@ -35,6 +35,8 @@ from tongxin.files.ports import BlobError, BlobNotFound
 if TYPE_CHECKING:
     from types_aiobotocore_s3.client import S3Client
 
+    from tongxin.config import FilesConfig
+
 READ_CHUNK = 256 * 1024
 COPY_PARALLEL = 4
 _MISSING = {"NoSuchKey", "404", "NotFound"}
@@ -51,6 +53,15 @@ def _code(exc: ClientError) -> str:
 
 
 class S3BlobStore:
+    @classmethod
+    def from_config(cls, f: FilesConfig, bucket: str, spool_dir: Path) -> S3BlobStore:
+        """A store on ``bucket`` with the files.s3_* endpoint and credentials (the keys
+        from $TONGXIN_S3_ACCESS_KEY / $TONGXIN_S3_SECRET_KEY when the config leaves them out)."""
+        return cls(f.s3_endpoint, bucket, f.s3_region,
+                   f.s3_access_key or os.environ.get("TONGXIN_S3_ACCESS_KEY", ""),
+                   f.s3_secret_key or os.environ.get("TONGXIN_S3_SECRET_KEY", ""),
+                   spool_dir=spool_dir)
+
     def __init__(self, endpoint: str, bucket: str, region: str, access_key: str, secret_key: str,
                  spool_dir: Path) -> None:
         self.endpoint = endpoint

@@ -25,7 +25,6 @@ import contextlib
 import hashlib
 import logging
 import math
-import os
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -633,11 +632,7 @@ def make_file_service(cfg: Config, store: ChatStore, metrics: Metrics) -> FileSe
     if f.backend == "s3":
         from tongxin.files.s3 import S3BlobStore  # imports botocore: only when used
 
-        blobs = S3BlobStore(
-            f.s3_endpoint, f.s3_bucket, f.s3_region,
-            f.s3_access_key or os.environ.get("TONGXIN_S3_ACCESS_KEY", ""),
-            f.s3_secret_key or os.environ.get("TONGXIN_S3_SECRET_KEY", ""),
-            spool_dir=cfg.files_dir / "spool")
+        blobs = S3BlobStore.from_config(f, f.s3_bucket, cfg.files_dir / "spool")
     elif f.backend == "database":
         from tongxin.files.db_blobs import DbBlobStore, mysql_database
 
