@@ -11,6 +11,7 @@ import pytest
 
 from tongxin.store.ports import ConversationRow, Entry, GroupFull, MemberOps, NoSuchConversation
 from tongxin.store.sqlite_store import SqliteStore
+from tongxin.store.sqlite_worker import private_file
 
 
 def entry(conv: str, cid: str, sender: str = "u_a") -> Entry:
@@ -98,17 +99,17 @@ async def test_database_and_its_wal_are_private_to_the_service_user(tmp_path: Pa
     assert home.stat().st_mode & 0o777 == 0o700
 
 
-async def test_an_existing_readable_database_is_tightened_on_open(tmp_path: Path) -> None:
+def test_an_existing_readable_database_and_its_wal_are_tightened(tmp_path: Path) -> None:
+    # Straight on private_file: a store's close checkpoints and deletes the -wal, so
+    # through open/close a loose -wal could not be told from a removed one.
     db = tmp_path / "t.db"
-    s = SqliteStore(db)
-    await s.open()
-    await s.close()
-    db.chmod(0o644)
-    (tmp_path / "t.db-wal").write_bytes(b"")
-    (tmp_path / "t.db-wal").chmod(0o644)
-    s = SqliteStore(db)
-    await s.open()
-    await s.close()
-    assert db.stat().st_mode & 0o777 == 0o600
-    wal = tmp_path / "t.db-wal"
-    assert not wal.exists() or wal.stat().st_mode & 0o777 == 0o600
+    for name, body in (("t.db", b"SQLite format 3\x00"), ("t.db-wal", b"w"), ("t.db-shm", b"s")):
+        (tmp_path / name).write_bytes(body)
+        (tmp_path / name).chmod(0o644)
+    (tmp_path / "other").write_bytes(b"")
+    (tmp_path / "other").chmod(0o644)
+    private_file(db)
+    for name in ("t.db", "t.db-wal", "t.db-shm"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
+    assert db.read_bytes() == b"SQLite format 3\x00"  # tightened, not rewritten
+    assert (tmp_path / "other").stat().st_mode & 0o777 == 0o644

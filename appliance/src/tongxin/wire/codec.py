@@ -169,10 +169,6 @@ class Decoder:
         p = self._partial
         return p is not None and self._clock() - p.started > self.limits.fragment_timeout
 
-    @property
-    def pending_bytes(self) -> int:
-        return self._partial.size if self._partial else 0
-
     def reset(self) -> None:
         if self._partial is not None and self._budget is not None:
             self._budget.held -= self._partial.size
