@@ -254,6 +254,12 @@ class E2eeConfig:
                                      "empty: escrow off")
     escrow_private_key_file: str = _f("", "compliance escrow: its PKCS#8 private key (DER or PEM, "
                                       "mode 0600), read only by the audited escrow decryption")
+    escrow_statement_file: str = _f("", "compliance escrow: the organisation root's statement "
+                                    "for the escrow key (`tongxin keys escrow-sign`), sent in "
+                                    "AUTH_OK; without it clients refuse to encrypt")
+    org_root_public_key_file: str = _f("", "the organisation root's public key (role pki); set, "
+                                       "the node refuses to start with an escrow statement "
+                                       "the root did not sign")
 
 
 @dataclass

@@ -33,6 +33,7 @@ from tongxin.client import Client, pb
 from tongxin.client.e2ee import E2EEClient, Opened
 from tongxin.crypto import sm2_available
 from tongxin.crypto.suite import get_suite
+from tongxin.e2ee import escrow_trust
 from tongxin.proto import e2ee_pb2 as e2
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -51,6 +52,8 @@ class Node:
     url: str
     home: Path
     suite: str
+    org_root: Path
+    """The organisation root's public key the SDK trusts (docs/e2ee.md section 10.1)."""
 
     @property
     def ws(self) -> str:
@@ -62,6 +65,11 @@ def node(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Node]:
     suite: str = request.param
     escrow = get_suite(suite).generate_kem_keypair()
     (tmp_path / "escrow.pub.der").write_bytes(escrow.public_key)
+    root = get_suite(suite).generate_signing_keypair()
+    (tmp_path / "org-root.der").write_bytes(root.public_key)
+    (tmp_path / "escrow-statement.json").write_text(escrow_trust.sign(
+        get_suite(suite), root.private_key, root.public_key, escrow.public_key,
+        int(time.time() * 1000) - 1000, 1).to_json())
     cfg = tmp_path / "tongxin.yaml"
     cfg.write_text(f"""\
 crypto:
@@ -71,6 +79,7 @@ storage:
 e2ee:
   required: true
   escrow_public_key_file: {tmp_path / "escrow.pub.der"}
+  escrow_statement_file: {tmp_path / "escrow-statement.json"}
 accounts:
   scrypt_n: 1024
 logging:
@@ -100,7 +109,7 @@ logging:
                 pytest.fail(f"tongxin serve did not answer /healthz within 30s:\n"
                             f"{log_path.read_text()}")
             time.sleep(0.1)
-        yield Node(url, home, suite)
+        yield Node(url, home, suite, tmp_path / "org-root.der")
     finally:
         proc.terminate()
         try:
@@ -164,7 +173,7 @@ async def sdk_user(node: Node, name: str, keys: Path, *, register: bool = True) 
         await c.register(name, "sdk-password-1", name.capitalize())
     else:
         await c.login(name, "sdk-password-1")
-    return await c.e2ee(keys / name)
+    return await c.e2ee(keys / name, trusted_org_root=node.org_root)
 
 
 async def next_opened(e: E2EEClient, wait: float = 30) -> tuple[pb.Message, Opened]:

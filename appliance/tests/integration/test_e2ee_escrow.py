@@ -19,6 +19,7 @@ from conftest import NodeFactory, RunningNode  # type: ignore[import-not-found, 
 from tongxin.client import TongxinError, pb
 from tongxin.crypto import sm2_available
 from tongxin.crypto.suite import get_suite
+from tongxin.e2ee import escrow_trust
 from tongxin.server.admin_api import ADMIN_API
 
 # The admin API's compliance state signs with SM2, so these tests need it whatever the suite.
@@ -57,13 +58,23 @@ async def decrypt(http: aiohttp.ClientSession, rn: RunningNode, token: str, body
 
 
 def escrow_files(tmp_path: Path, suite: str) -> dict[str, str]:
-    pair = get_suite(suite).generate_kem_keypair()
+    """An escrow key pair and the statement of an organisation root (its public key in
+    tmp_path / "org-root.der", which the SDK is given as trusted_org_root)."""
+    s = get_suite(suite)
+    pair, root = s.generate_kem_keypair(), s.generate_signing_keypair()
     pub, priv = tmp_path / "escrow.pub.der", tmp_path / "escrow.key.der"
     pub.write_bytes(pair.public_key)
     fd = os.open(priv, os.O_WRONLY | os.O_CREAT, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pair.private_key)
-    return {"escrow_public_key_file": str(pub), "escrow_private_key_file": str(priv)}
+    (tmp_path / "org-root.der").write_bytes(root.public_key)
+    statement = tmp_path / "escrow-statement.json"
+    statement.write_text(escrow_trust.sign(s, root.private_key, root.public_key,
+                                           pair.public_key, int(time.time() * 1000) - 1000,
+                                           1).to_json())
+    return {"escrow_public_key_file": str(pub), "escrow_private_key_file": str(priv),
+            "escrow_statement_file": str(statement),
+            "org_root_public_key_file": str(tmp_path / "org-root.der")}
 
 
 @pytest.mark.parametrize("suite", ["international", "gm"])
@@ -76,8 +87,8 @@ async def test_escrow_decrypt_needs_auditor_and_fresh_2fa_and_is_audited(
     bob_c = await rn.user("bob", device_id="b1")
     assert alice_c.auth is not None and alice_c.auth.e2ee_required
     assert len(alice_c.auth.escrow_key_id) == 16 and alice_c.auth.escrow_public_key
-    alice = await alice_c.e2ee(tmp_path / "alice")
-    bob = await bob_c.e2ee(tmp_path / "bob")
+    alice = await alice_c.e2ee(tmp_path / "alice", trusted_org_root=tmp_path / "org-root.der")
+    bob = await bob_c.e2ee(tmp_path / "bob", trusted_org_root=tmp_path / "org-root.der")
     assert alice.escrow_enabled and bob.escrow_enabled
     conv = (await alice_c.direct("bob")).conversation_id
 

@@ -5,7 +5,10 @@
     keys rotate   new KEK, every data key re-wrapped in batches while nodes keep serving;
                   run again after an interruption and it finishes the interrupted rotation
 
-They run on a node as the service's OS user. ``init`` and ``rotate`` are key management
+``keys org-root``, ``keys escrow-key`` and ``keys escrow-sign`` are offline file
+operations for the compliance escrow's organisation root (tongxin.cli.org_root).
+
+The others run on a node as the service's OS user. ``init`` and ``rotate`` are key management
 (``key.rotate``, the security administrator's): they need ``--admin USERNAME`` with the
 password and a current TOTP code, like the admin API's step-up (tongxin.cli.admin_auth);
 ``init`` also takes ``--break-glass REASON`` while no security administrator with a TOTP
@@ -21,6 +24,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from tongxin.cli import org_root
 from tongxin.config import Config
 
 
@@ -35,6 +39,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
     from tongxin.cli.admin_auth import Refused, refused
 
     cfg = _config(args)
+    if args.action in org_root.ACTIONS:
+        return org_root.run(args, cfg.crypto.suite)
     try:
         if args.action == "status":
             return asyncio.run(_keys(cfg, args, None))
@@ -143,11 +149,13 @@ def _positive(text: str) -> int:
 def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
     from tongxin.cli.admin_auth import add_arguments as add_admin_arguments
 
-    k = sub.add_parser("keys", help="master key of encryption at rest: init, status, rotate")
+    k = sub.add_parser("keys", help="master key of encryption at rest: init, status, rotate; "
+                       "escrow's organisation root: org-root, escrow-key, escrow-sign")
     common(k)
-    k.add_argument("action", choices=["init", "status", "rotate"])
+    k.add_argument("action", choices=["init", "status", "rotate", *org_root.ACTIONS])
     k.add_argument("--batch", type=_positive, default=100, help="data keys re-wrapped per batch")
     k.add_argument("--max-batches", type=_positive, default=None,
                    help="stop after this many batches (run again to go on)")
     add_admin_arguments(k, "key.rotate", break_glass=True)
+    org_root.add_arguments(k)
     k.set_defaults(func=cmd_keys)

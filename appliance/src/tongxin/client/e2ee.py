@@ -11,16 +11,24 @@
 The device's keys, pins, sessions and sender keys live in one JSON file per
 (user, device) in ``state_dir``, mode 0600, rewritten atomically after every change.
 Identity changes raise :class:`IdentityChangedError` and call ``on_identity_change``.
+
+With compliance escrow on, the escrow key the server announces is used only when the
+organisation root provisioned at install time (``trusted_org_root``, by default
+``$TONGXIN_ORG_ROOT`` or ``/etc/tongxin/trust/org-root.pem``) signed it (docs/e2ee.md
+section 10.1); otherwise sending raises :class:`EscrowUntrustedError`. A change of escrow
+key calls ``on_escrow_key_change`` and issues an :class:`EscrowKeyChangedWarning`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,14 +37,35 @@ from tongxin.crypto.errors import CryptoError
 from tongxin.crypto.suite import get_suite
 from tongxin.e2ee import attachments
 from tongxin.e2ee.device import Device, Escrow, Opened
-from tongxin.e2ee.errors import E2EEError, IdentityChangedError, NoSessionError
+from tongxin.e2ee.errors import (
+    E2EEError,
+    EscrowUntrustedError,
+    IdentityChangedError,
+    NoSessionError,
+)
+from tongxin.e2ee.escrow_trust import (
+    EscrowKeyChange,
+    EscrowKeyChangedWarning,
+    EscrowStatement,
+    advance_pin,
+    key_bytes,
+    root_key_id,
+)
+from tongxin.e2ee.escrow_trust import verify as verify_statement
 from tongxin.proto import e2ee_pb2 as e2
 from tongxin.proto import tongxin_pb2 as pb
 
 if TYPE_CHECKING:
     from tongxin.client import Client
 
-__all__ = ["E2EEClient", "Opened"]
+__all__ = ["DEFAULT_ORG_ROOT_FILE", "E2EEClient", "EscrowKeyChange", "EscrowKeyChangedWarning",
+           "EscrowUntrustedError", "Opened"]
+
+log = logging.getLogger("tongxin.client.e2ee")
+
+DEFAULT_ORG_ROOT_FILE = "/etc/tongxin/trust/org-root.pem"
+"""Where the ``pki`` role installs the organisation root's public key on client hosts."""
+ORG_ROOT_ENV = "TONGXIN_ORG_ROOT"
 
 FETCH_BATCH = 100
 """Users per KEYS_FETCH (the server's cap)."""
@@ -51,10 +80,39 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
+OrgRoot = bytes | str | os.PathLike[str] | None
+
+
+def load_org_root(trusted_org_root: OrgRoot) -> bytes | None:
+    """The root public key (SPKI DER): given as bytes (DER or PEM) or a file path; None
+    looks at ``$TONGXIN_ORG_ROOT``, then the default file, and is None if neither is there.
+    A path that was named but cannot be read is an error, not "no root"."""
+    if isinstance(trusted_org_root, bytes):
+        if not trusted_org_root.strip():
+            raise E2EEError("the organisation root key given is empty")
+        return key_bytes(trusted_org_root)
+    path: str | os.PathLike[str] | None = trusted_org_root
+    if path is None:
+        path = os.environ.get(ORG_ROOT_ENV) or None
+        if path is None:
+            if not os.path.exists(DEFAULT_ORG_ROOT_FILE):
+                return None
+            path = DEFAULT_ORG_ROOT_FILE
+    try:
+        root = key_bytes(Path(path).expanduser().read_bytes())
+        if not root:
+            raise ValueError("the file is empty")
+        return root
+    except (OSError, ValueError) as exc:
+        raise E2EEError(f"cannot read the organisation root key {path}: {exc}") from exc
+
+
 class E2EEClient:
     def __init__(self, client: Client, state_dir: str | os.PathLike[str], *,
                  on_identity_change: Callable[[IdentityChangedError], None] | None = None,
-                 one_time_prekeys: int = 20) -> None:
+                 one_time_prekeys: int = 20, trusted_org_root: OrgRoot = None,
+                 on_escrow_key_change: Callable[[EscrowKeyChange], None] | None = None,
+                 ) -> None:
         if client.auth is None:
             raise RuntimeError("log in before enabling end-to-end encryption")
         self.client = client
@@ -72,8 +130,12 @@ class E2EEClient:
         self.path = self.state_dir / f"{_safe(auth.user_id)}.{_safe(auth.device_id)}.json"
         self.device = self._load() or Device.create(self.suite, auth.user_id, auth.device_id)
         self.device.pins.on_change = self._identity_changed
-        self.device.escrow = (Escrow(bytes(auth.escrow_public_key), auth.escrow_key_id)
-                              if auth.escrow_key_id else None)
+        self.org_root = load_org_root(trusted_org_root)
+        self.on_escrow_key_change = on_escrow_key_change
+        self.escrow_refusal: EscrowUntrustedError | None = None
+        """Why sending is refused while escrow is on (None: trusted, or escrow off)."""
+        self._escrow_seen: tuple[str, bytes, bytes] | None = None
+        self._trust_escrow()
 
     # ---- state ----------------------------------------------------------------------
 
@@ -110,10 +172,74 @@ class E2EEClient:
         if self.on_identity_change is not None:
             self.on_identity_change(err)
 
+    # ---- compliance escrow (docs/e2ee.md section 10) --------------------------------
+
+    def _trust_escrow(self) -> None:
+        """Use the announced escrow key only if the provisioned root signed it and it is not
+        older than the pinned statement. Runs again whenever a login (a reconnect) announced
+        something else."""
+        auth = self.client.auth
+        if auth is None:
+            return
+        seen = (auth.escrow_key_id, bytes(auth.escrow_public_key),
+                auth.escrow_statement.SerializeToString())
+        if seen == self._escrow_seen:
+            return
+        self._escrow_seen = seen
+        self.device.escrow, self.escrow_refusal = None, None
+        if not auth.escrow_key_id and not auth.escrow_public_key:
+            return  # escrow off: nobody but the recipients can read, nothing to vouch for
+        try:
+            if self.org_root is None:
+                raise EscrowUntrustedError(
+                    "compliance escrow is on but no organisation root is provisioned on this "
+                    f"client (trusted_org_root, ${ORG_ROOT_ENV} or {DEFAULT_ORG_ROOT_FILE}): "
+                    "the server's escrow key cannot be checked")
+            st = EscrowStatement.from_auth(auth)
+            if st is None:
+                raise EscrowUntrustedError(
+                    f"the server announced escrow key {auth.escrow_key_id!r} without the "
+                    "organisation root's statement for it")
+            verify_statement(self.suite, self.org_root, st, int(time.time() * 1000))
+            pin, change = advance_pin(self.device.escrow_pin, st)
+        except EscrowUntrustedError as exc:
+            self.escrow_refusal = exc
+            log.warning("refusing to encrypt: %s", exc)
+            return
+        self.device.escrow = Escrow(st.public_key, st.key_id)
+        if pin != self.device.escrow_pin:
+            self.device.escrow_pin = pin
+            self.save()
+        if change is not None:
+            log.warning("%s", change)
+            warnings.warn(str(change), EscrowKeyChangedWarning, stacklevel=3)
+            if self.on_escrow_key_change is not None:
+                self.on_escrow_key_change(change)
+
+    def require_trusted_escrow(self) -> None:
+        """Raise :class:`EscrowUntrustedError` while escrow is on with a key the organisation
+        root does not vouch for: a wrap to it could be opened by whoever made that key."""
+        self._trust_escrow()
+        if self.escrow_refusal is not None:
+            raise EscrowUntrustedError(str(self.escrow_refusal))
+
     @property
     def escrow_enabled(self) -> bool:
-        """True when the organisation's compliance escrow is on (show it to the user)."""
-        return self.device.escrow is not None
+        """True when the server says compliance escrow is on (show it to the user), whether
+        or not its key is trusted (see :attr:`escrow_refusal`)."""
+        auth = self.client.auth
+        return auth is not None and bool(auth.escrow_key_id or auth.escrow_public_key)
+
+    @property
+    def escrow_key_id(self) -> str:
+        """The trusted escrow key in use ("" when escrow is off or refused)."""
+        return self.device.escrow.key_id if self.device.escrow else ""
+
+    @property
+    def org_root_fingerprint(self) -> str:
+        """The provisioned root's fingerprint (64 hex digits), to compare with the one the
+        installation printed; "" without a root."""
+        return root_key_id(self.suite, self.org_root) if self.org_root else ""
 
     def safety_number(self, peer_user: str) -> str:
         return self.device.safety_number(peer_user)
@@ -201,6 +327,7 @@ class E2EEClient:
 
     async def send_payload(self, conversation_id: str, payload: e2.Payload,
                            client_msg_id: str = "") -> pb.Ack:
+        self.require_trusted_escrow()
         payload.sent_at_ms = int(time.time() * 1000)
         client_msg_id = client_msg_id or uuid.uuid4().hex
         kind, members = await self._members(conversation_id)
@@ -226,6 +353,7 @@ class E2EEClient:
                         content_type: str = "application/octet-stream") -> pb.Ack:
         """Encrypt ``data`` with a fresh key, upload only the ciphertext, send the key
         inside an encrypted message."""
+        self.require_trusted_escrow()  # before the upload, which would be wasted
         blob, att = attachments.encrypt(self.suite, data, name, content_type)
         info = await self.client.upload_file(conversation_id, blob, attachments.UPLOAD_NAME,
                                              attachments.UPLOAD_CONTENT_TYPE)

@@ -28,6 +28,7 @@ from tongxin.e2ee.errors import (
     TamperedError,
     WrongSignatureError,
 )
+from tongxin.e2ee.escrow_trust import EscrowPin
 from tongxin.e2ee.identity import IdentityStore
 from tongxin.e2ee.ratchet import Session, initiate, message_key_material, respond
 from tongxin.e2ee.senderkeys import OwnSenderKey, PeerSenderKey
@@ -85,6 +86,8 @@ class Device:
         self.peer_sender_keys: dict[tuple[str, str, str, int], PeerSenderKey] = {}
         self.rotate_pending: set[str] = set()
         self.escrow: Escrow | None = None
+        self.escrow_pin: EscrowPin | None = None
+        """The newest organisation-root statement of an escrow key seen (section 10.1)."""
         self.pins.check(user_id, device_id, identity.public_key)
 
     @classmethod
@@ -400,6 +403,7 @@ class Device:
             "peer_sender_keys": [[list(k), v.to_dict()]
                                  for k, v in self.peer_sender_keys.items()],
             "rotate_pending": sorted(self.rotate_pending),
+            "escrow_pin": self.escrow_pin.to_dict() if self.escrow_pin else None,
         }
 
     @classmethod
@@ -421,6 +425,8 @@ class Device:
             for k, v in d["peer_sender_keys"]:
                 dev.peer_sender_keys[(k[0], k[1], k[2], int(k[3]))] = PeerSenderKey.from_dict(v)
             dev.rotate_pending = set(d["rotate_pending"])
+            pin = d.get("escrow_pin")  # absent in states written before section 10.1
+            dev.escrow_pin = EscrowPin.from_dict(pin) if pin else None
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise E2EEError(f"stored E2EE state is damaged: {exc}") from exc
         return dev

@@ -25,6 +25,7 @@ L_GROUP_KEY = b"tongxin-e2ee-v1/group-key"
 L_ESCROW = b"tongxin-e2ee-v1/escrow"
 L_ATTACHMENT = "tongxin-e2ee-v1/attachment"
 L_FINGERPRINT = "tongxin-e2ee-v1/fingerprint"
+L_ESCROW_STATEMENT = "tongxin-e2ee-v1/escrow-statement"
 
 NONCE_SIZE = 12
 CHAIN_KEY_SIZE = 32
@@ -38,6 +39,10 @@ def lp(value: bytes | str) -> bytes:
 
 def u32(n: int) -> bytes:
     return n.to_bytes(4, "big")
+
+
+def u64(n: int) -> bytes:
+    return n.to_bytes(8, "big")
 
 
 def prekey_statement(suite: str, user_id: str, device_id: str, kind: int, key_id: int,
@@ -86,6 +91,13 @@ def attachment_aad(suite: str) -> bytes:
 def escrow_key_id(suite: CryptoSuite, public_key: bytes) -> str:
     """16 lowercase hex digits naming an escrow public key."""
     return suite.hash(public_key)[:8].hex()
+
+
+def escrow_statement(suite: str, key_id: str, public_key: bytes, not_before_ms: int,
+                     sequence: int) -> bytes:
+    """What the organisation root signs to vouch for an escrow key (section 10.1)."""
+    return (lp(L_ESCROW_STATEMENT) + lp(suite) + lp(key_id) + lp(public_key)
+            + u64(not_before_ms) + u64(sequence))
 
 
 def fingerprint(suite: CryptoSuite, user_id: str, identity_keys: list[bytes]) -> bytes:

@@ -44,6 +44,12 @@ class EscrowError(E2EEError):
     """Escrow is required but missing, or an escrow wrap does not open."""
 
 
+class EscrowUntrustedError(EscrowError):
+    """Escrow is on but its key is not vouched for by the provisioned organisation root (no
+    root, no statement, a statement that does not verify, or one older than the pinned one):
+    the SDK refuses to encrypt, since a wrap to that key may be readable by the server."""
+
+
 class IdentityChangedError(E2EEError):
     """A pinned identity key changed. Nothing is sent to, or accepted from, the device with
     the new key until the user accepts it (:meth:`IdentityStore.accept`)."""

@@ -21,6 +21,8 @@ from tongxin.crypto.errors import CryptoError
 from tongxin.crypto.suite import CryptoSuite, get_suite
 from tongxin.e2ee import encoding as enc
 from tongxin.e2ee import escrow as escrow_mod
+from tongxin.e2ee import escrow_trust
+from tongxin.e2ee.errors import E2EEError
 from tongxin.errors import RequestError
 from tongxin.keydir.ports import (
     DeviceRow,
@@ -51,6 +53,33 @@ def read_key_file(path: str) -> bytes:
     return data
 
 
+def _escrow_statement(cfg: Config, suite: CryptoSuite, pub: bytes) -> pb.EscrowStatement | None:
+    """The statement file checked against the escrow key it must vouch for, and against the
+    organisation root when the node has it: a wrong file fails here, at start, rather than
+    on every client."""
+    e = cfg.e2ee
+    if not e.escrow_statement_file:
+        # Clients with a provisioned root will refuse to encrypt; say so where it is fixed.
+        log.warning("compliance escrow is on without e2ee.escrow_statement_file: clients "
+                    "that pin the organisation root refuse to encrypt (docs/e2ee.md 10.1)")
+        return None
+    try:
+        st = escrow_trust.EscrowStatement.read(e.escrow_statement_file)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"e2ee.escrow_statement_file: {exc}") from exc
+    if st.public_key != pub or st.suite != suite.name:
+        raise ConfigError("e2ee.escrow_statement_file vouches for another escrow key or suite "
+                          f"(key {st.key_id}, suite {st.suite!r}) than "
+                          "e2ee.escrow_public_key_file")
+    if e.org_root_public_key_file:
+        try:
+            root = escrow_trust.key_bytes(Path(e.org_root_public_key_file).read_bytes())
+            escrow_trust.verify(suite, root, st)
+        except (OSError, ValueError, E2EEError) as exc:
+            raise ConfigError(f"e2ee.escrow_statement_file: {exc}") from exc
+    return st.to_proto()
+
+
 @dataclass
 class E2eePolicy:
     suite_name: str
@@ -61,6 +90,8 @@ class E2eePolicy:
     escrow_public_key: bytes = b""
     escrow_key_id: str = ""
     escrow_private_key_file: str = ""
+    escrow_statement: pb.EscrowStatement | None = None
+    """The organisation root's statement for the escrow key, sent in AUTH_OK."""
 
     @classmethod
     def from_config(cls, cfg: Config) -> E2eePolicy:
@@ -86,6 +117,10 @@ class E2eePolicy:
                                   f"{exc}") from exc
             policy.escrow_public_key = pub
             policy.escrow_key_id = enc.escrow_key_id(suite, pub)
+            policy.escrow_statement = _escrow_statement(cfg, suite, pub)
+        elif e.escrow_statement_file:
+            raise ConfigError("e2ee.escrow_statement_file is set but escrow is off "
+                              "(e2ee.escrow_public_key_file)")
         return policy
 
     def require_suite(self) -> CryptoSuite:

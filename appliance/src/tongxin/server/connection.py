@@ -293,7 +293,8 @@ class Connection:
             recall_window_ms=int(self.node.cfg.chat.recall_window * 1000),
             edit_window_ms=int(self.node.cfg.chat.edit_window * 1000),
             crypto_suite=e2ee.suite_name, e2ee_required=e2ee.required,
-            escrow_public_key=e2ee.escrow_public_key, escrow_key_id=e2ee.escrow_key_id))
+            escrow_public_key=e2ee.escrow_public_key, escrow_key_id=e2ee.escrow_key_id,
+            escrow_statement=e2ee.escrow_statement))
 
     async def _send(self, seq: int, payload: bytes) -> None:
         req: pb.SendRequest = _parse(pb.SendRequest, payload)
