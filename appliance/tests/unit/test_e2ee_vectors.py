@@ -12,6 +12,7 @@ import pytest
 from tongxin.crypto import sm2_available
 from tongxin.crypto.suite import get_suite
 from tongxin.e2ee import encoding as enc
+from tongxin.e2ee.escrow_trust import root_key_id
 from tongxin.e2ee.ratchet import kdf_ck, kdf_rk, message_key_material, session_keys
 from tongxin.e2ee.senderkeys import group_content_key
 from tongxin.proto import e2ee_pb2 as e2
@@ -57,6 +58,10 @@ def vectors(name: str) -> list[tuple[str, str]]:
     out.append(("group content key, chain key 80..9f, iteration 0",
                 group_content_key(s, kdf_ck(s, bytes(range(128, 160)))[0]).hex()))
     out.append(("escrow_key_id(public key 0102)", enc.escrow_key_id(s, bytes.fromhex("0102"))))
+    key_id = enc.escrow_key_id(s, bytes.fromhex("0102"))
+    out.append(("escrow statement (that key id, public key 0102, not_before_ms 1, sequence 2)",
+                enc.escrow_statement(s.name, key_id, bytes.fromhex("0102"), 1, 2).hex()))
+    out.append(("root_key_id(root public key 0102)", root_key_id(s, bytes.fromhex("0102"))))
     out.append(("safety_number(u_a [0a], u_b [0b])",
                 enc.safety_number(s, "u_a", [b"\x0a"], "u_b", [b"\x0b"])))
     return out
