@@ -254,6 +254,9 @@ class E2eeConfig:
                                      "empty: escrow off")
     escrow_private_key_file: str = _f("", "compliance escrow: its PKCS#8 private key (DER or PEM, "
                                       "mode 0600), read only by the audited escrow decryption")
+    escrow_sealed_key_file: str = _f("", "compliance escrow: its private key sealed and split "
+                                     "k-of-n (`tongxin keys escrow-split`); opened only in memory "
+                                     "by a two-person escrow request")
     escrow_statement_file: str = _f("", "compliance escrow: the organisation root's statement "
                                     "for the escrow key (`tongxin keys escrow-sign`), sent in "
                                     "AUTH_OK; without it clients refuse to encrypt")

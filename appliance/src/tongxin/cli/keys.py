@@ -5,8 +5,8 @@
     keys rotate   new KEK, every data key re-wrapped in batches while nodes keep serving;
                   run again after an interruption and it finishes the interrupted rotation
 
-``keys org-root``, ``keys escrow-key`` and ``keys escrow-sign`` are offline file
-operations for the compliance escrow's organisation root (tongxin.cli.org_root).
+``keys org-root``, ``keys escrow-key``, ``keys escrow-sign`` and ``keys escrow-split`` are
+offline file operations for the compliance escrow (tongxin.cli.org_root).
 
 The others run on a node as the service's OS user. ``init`` and ``rotate`` are key management
 (``key.rotate``, the security administrator's): they need ``--admin USERNAME`` with the
@@ -150,7 +150,7 @@ def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) ->
     from tongxin.cli.admin_auth import add_arguments as add_admin_arguments
 
     k = sub.add_parser("keys", help="master key of encryption at rest: init, status, rotate; "
-                       "escrow's organisation root: org-root, escrow-key, escrow-sign")
+                       "compliance escrow: org-root, escrow-key, escrow-sign, escrow-split")
     common(k)
     k.add_argument("action", choices=["init", "status", "rotate", *org_root.ACTIONS])
     k.add_argument("--batch", type=_positive, default=100, help="data keys re-wrapped per batch")

@@ -8,6 +8,11 @@ key it vouches for (docs/e2ee.md section 10.1; operator steps in docs/security.m
                      [--not-before ISO-8601] --out FILE
                                   the root's statement for that escrow key (the node's
                                   e2ee.escrow_statement_file)
+    keys escrow-split --escrow-key FILE --escrow-public-key FILE [--threshold K]
+                      [--shares N] --out DIR
+                                  the escrow private key sealed (DIR/escrow.sealed.json, the
+                                  node's e2ee.escrow_sealed_key_file) and split into N shares
+                                  (DIR/escrow-share-I.txt, 0600), any K of which open it
 
 These run offline, on the machine that keeps the root's private key: they read and write
 files only, so the root key never has to be on a node (a node that held it could vouch for
@@ -28,7 +33,7 @@ from tongxin.e2ee import encoding as enc
 from tongxin.e2ee import escrow_trust
 from tongxin.e2ee.errors import E2EEError
 
-ACTIONS = ("org-root", "escrow-key", "escrow-sign")
+ACTIONS = ("org-root", "escrow-key", "escrow-sign", "escrow-split")
 
 
 class _Exists(Exception):
@@ -95,11 +100,50 @@ def _sign(suite: CryptoSuite, args: argparse.Namespace) -> int:
     return 0
 
 
+def _split(suite: CryptoSuite, args: argparse.Namespace) -> int:
+    from tongxin.compliance import escrow_shares
+
+    if not (args.escrow_key and args.escrow_public_key and args.out):
+        print("tongxin: escrow-split needs --escrow-key, --escrow-public-key and --out",
+              file=sys.stderr)
+        return 2
+    private = escrow_trust.key_bytes(Path(args.escrow_key).read_bytes())
+    public = escrow_trust.key_bytes(Path(args.escrow_public_key).read_bytes())
+    encap = suite.kem_encapsulate(public)
+    if suite.kem_decapsulate(private, encap.encapsulated_key) != encap.shared_secret:
+        print("tongxin: escrow-split: the private key is not the public key's pair",
+              file=sys.stderr)
+        return 1
+    key_id = enc.escrow_key_id(suite, public)
+    sealed, shares = escrow_shares.split(suite, private, key_id, args.threshold, args.shares)
+    # Any K of them must open it before anything is written (and the key is destroyed).
+    k = args.threshold
+    for subset in (shares[:k], shares[-k:]):
+        if escrow_shares.combine(suite, sealed, subset) != private:
+            raise RuntimeError("the shares do not open the sealed key")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    paths = [out / "escrow.sealed.json"] + [out / f"escrow-share-{s.index}.txt" for s in shares]
+    for p in paths:
+        if p.exists():
+            raise _Exists(f"{p} exists; not overwriting it")
+    _write_new(paths[0], sealed.to_json().encode(), 0o600)
+    for p, s in zip(paths[1:], shares, strict=True):
+        _write_new(p, f"{s}\n".encode(), 0o600)
+    print(f"sealed escrow key {key_id} in {paths[0]}; {len(shares)} shares, any {k} open it: "
+          + ", ".join(str(p) for p in paths[1:]))
+    print("hand each share to its holder (the security administrator, the auditor), then "
+          f"destroy {args.escrow_key}")
+    return 0
+
+
 def run(args: argparse.Namespace, suite_name: str) -> int:
     try:
         suite = get_suite(args.suite or suite_name)
         if args.action == "escrow-sign":
             return _sign(suite, args)
+        if args.action == "escrow-split":
+            return _split(suite, args)
         if not args.out:
             print(f"tongxin: {args.action} needs --out DIR", file=sys.stderr)
             return 2
@@ -118,13 +162,13 @@ def run(args: argparse.Namespace, suite_name: str) -> int:
     except _Exists as exc:
         print(f"tongxin: {exc}", file=sys.stderr)
         return 1
-    except (OSError, ValueError, CryptoError, E2EEError) as exc:
+    except (OSError, ValueError, CryptoError, E2EEError, RuntimeError) as exc:
         print(f"tongxin: {args.action}: {exc}", file=sys.stderr)
         return 1
 
 
 def add_arguments(k: argparse.ArgumentParser) -> None:
-    g = k.add_argument_group("org-root, escrow-key, escrow-sign (offline)")
+    g = k.add_argument_group("org-root, escrow-key, escrow-sign, escrow-split (offline)")
     g.add_argument("--suite", choices=["gm", "international"], default=None,
                    help="crypto suite of the keys (default crypto.suite of the configuration)")
     g.add_argument("--out", default="",
@@ -134,7 +178,11 @@ def add_arguments(k: argparse.ArgumentParser) -> None:
     g.add_argument("--root-public-key", default="",
                    help="escrow-sign: the root's public key (default: the .pem beside --root-key)")
     g.add_argument("--escrow-public-key", default="",
-                   help="escrow-sign: the escrow public key to vouch for")
+                   help="escrow-sign, escrow-split: the escrow public key")
+    g.add_argument("--escrow-key", default="", help="escrow-split: the escrow private key")
+    g.add_argument("--threshold", type=int, default=2,
+                   help="escrow-split: shares needed to open the key (at least 2)")
+    g.add_argument("--shares", type=int, default=2, help="escrow-split: shares made")
     g.add_argument("--sequence", type=int, default=0,
                    help="escrow-sign: statement number, one more than the last one signed")
     g.add_argument("--not-before", default=None,

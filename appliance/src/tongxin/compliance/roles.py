@@ -33,10 +33,12 @@ PERMISSIONS: dict[str, frozenset[str]] = {
         # sms.confirm: the code sent at enrolment (sms.enroll, stepped up) comes back
         "role.list", "role.assign", "totp.reset", "sms.enroll", "sms.confirm", "key.rotate",
         "retention.read", "retention.set", "hold.list", "hold.set", "hold.release",
+        # the second person of an escrow decryption (the auditor asks: escrow.request)
+        "escrow.approve",
     }),
     AUDITOR: frozenset({
         "audit.read", "audit.verify", "audit.sign", "report.read", "export.messages",
-        "escrow.decrypt",
+        "escrow.decrypt", "escrow.request",
     }),
     USER: frozenset(),
 }
@@ -47,7 +49,7 @@ SESSION_OPERATIONS: frozenset[str] = frozenset({"session.read", "session.logout"
 # Operations that need a fresh second factor (step-up) on top of the login.
 SENSITIVE: frozenset[str] = frozenset({
     "user.delete", "key.rotate", "retention.set", "export.messages", "hold.release",
-    "role.assign", "sms.enroll", "escrow.decrypt",
+    "role.assign", "sms.enroll", "escrow.decrypt", "escrow.request", "escrow.approve",
 })
 
 ROLE_TITLES: dict[str, str] = {

@@ -29,6 +29,7 @@ from aiohttp import web
 from tongxin import __version__
 from tongxin.clock import now_ms
 from tongxin.compliance import roles
+from tongxin.compliance.escrow_access import EscrowAccess
 from tongxin.compliance.export import export_messages
 from tongxin.compliance.ports import AdminSession
 from tongxin.compliance.report import build_report
@@ -801,3 +802,9 @@ def add_routes(app: web.Application, node: Node) -> None:
     r.add_post(f"{p}/export", g("export.messages", api.export))
     r.add_get(f"{p}/report", g("report.read", api.report))
     r.add_post(f"{p}/e2ee/escrow-decrypt", g("escrow.decrypt", api.escrow_decrypt))
+    # two-person escrow decryption (issue 16): the auditor asks, the secadmin approves
+    escrow = EscrowAccess(api)
+    r.add_post(f"{p}/e2ee/escrow-requests", g("escrow.request", escrow.request))
+    r.add_post(f"{p}/e2ee/escrow-requests/{{request_id}}/approve",
+               g("escrow.approve", escrow.approve))
+    r.add_get(f"{p}/e2ee/escrow-requests/{{request_id}}", g("escrow.decrypt", escrow.collect))
