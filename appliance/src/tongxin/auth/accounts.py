@@ -34,6 +34,11 @@ DEVICE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 # wired by the node). Unset, nothing is recorded.
 AuditHook = Callable[[str, dict[str, Any]], Awaitable[None]]
 
+# (user_id, token_id, issued_before_ms): end the live sessions a revocation
+# covers, on every node (tongxin.server.session_end, wired by the node). One
+# token when token_id is set; else every token issued at or before the time.
+SessionsHook = Callable[[str, str, int], Awaitable[None]]
+
 
 @dataclass(frozen=True, slots=True)
 class Session:
@@ -53,6 +58,7 @@ class Accounts:
         # revoke(), revoke_user() and resume() are the only users.
         self.revocations: Revocations = revocations or NoRevocations()
         self.audit: AuditHook | None = None
+        self.end_sessions: SessionsHook | None = None
         # A hash of a random password, checked when the username does not exist
         # so that "no such user" and "wrong password" take the same time: it
         # must cost what real hashes cost (scrypt_n), or timing reveals names.
@@ -226,6 +232,8 @@ class Accounts:
         await self.revocations.revoke_token(user_id, token_id, expires_at_ms)
         if revoked:
             await self._emit("auth.token_revoked", target=token_id, reason="logout")
+        if self.end_sessions is not None:
+            await self.end_sessions(user_id, token_id, 0)
         return revoked
 
     async def revoke_user(self, user_id: str) -> int:
@@ -234,6 +242,8 @@ class Accounts:
         now = now_ms()
         count = await self.store.revoke_user_tokens(user_id, now)
         await self.revocations.revoke_user(user_id, now, int(self.cfg.token_ttl * 1000))
+        if self.end_sessions is not None:
+            await self.end_sessions(user_id, "", now)
         return count
 
     # ---- password policy (accounts.password_*) ----------------------------

@@ -75,7 +75,15 @@ class Connection:
         self.queued_bytes = 0
         self.drain_task: asyncio.Task[None] | None = None
         self.closing = False
+        # The close decided first wins, and is decided synchronously (request_close):
+        # the handler's last-resort ws.close() sends this code, never a bare 1000.
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.close_task: asyncio.Task[None] | None = None
         self.unauth_errors = 0
+        # Set while this connection's own LOGOUT revokes its token: it closes
+        # with 1000 "logged out", not 4010 like the token's other sessions.
+        self.logging_out = False
         self.watching: tuple[str, ...] = ()
 
     @property
@@ -92,7 +100,7 @@ class Connection:
         if (len(self.queue) + len(frames) > cfg.send_queue_frames
                 or self.queued_bytes + size > cfg.send_queue_bytes):
             self.node.metrics.send_queue_overflows.inc()
-            self.node.spawn(self.close(closecodes.SLOW_CONSUMER, "send queue full"))
+            self.request_close(closecodes.SLOW_CONSUMER, "send queue full")
             return
         self.queue.extend(frames)
         self.queued_bytes += size
@@ -120,12 +128,29 @@ class Connection:
         self.reply(pb.ERROR, ref_seq, pb.Error(code=code, message=message, ref_seq=ref_seq,
                                                 retry_after_ms=retry_after_ms, fatal=fatal))
 
+    def request_close(self, code: int, reason: str) -> asyncio.Task[None] | None:
+        """Decide the close now and carry it out in a task; the first decision wins.
+
+        Synchronous on purpose: a send-queue overflow happens inside push(), and
+        if only a task remembered the code, the reader loop could see the
+        connection closing and end the handler, whose fallback close would
+        reach the socket first with 1000 and no reason (docs/protocol.md, 12).
+        """
+        if self.closing:
+            return self.close_task
+        self.closing = True
+        self.close_code, self.close_reason = code, reason
+        self.node.metrics.closes.labels(closecodes.name(code)).inc()
+        self.close_task = self.node.spawn(self._close(code, reason))
+        return self.close_task
+
     async def close(self, code: int, reason: str) -> None:
         """Flush what is queued (bounded wait), then close with ``code``."""
-        if self.closing:
-            return
-        self.closing = True
-        self.node.metrics.closes.labels(closecodes.name(code)).inc()
+        task = self.request_close(code, reason)
+        if task is not None:
+            await asyncio.shield(task)
+
+    async def _close(self, code: int, reason: str) -> None:
         task = self.drain_task
         if task is not None and code != closecodes.SLOW_CONSUMER:
             # Let the ERROR frame that explains the close reach the client,
@@ -144,6 +169,15 @@ class Connection:
             except TimeoutError:
                 if self.transport is not None:
                     self.transport.abort()
+
+    async def finish(self) -> None:
+        """The handler's end: wait for a decided close, else close with what was decided
+        (1000 when nothing was: the peer closed or the socket failed)."""
+        if self.close_task is not None:
+            await asyncio.wait({self.close_task})
+        if not self.ws.closed:
+            await self.ws.close(code=self.close_code or closecodes.NORMAL,
+                                message=self.close_reason.encode()[:120])
 
     async def fail(self, err: FrameError) -> None:
         self.error(err.code, err.message, err.seq, fatal=True)
@@ -390,6 +424,7 @@ class Connection:
         req: pb.Logout = _parse(pb.Logout, payload)
         if req.revoke_token and self.session is not None:
             claims = self.session.claims
+            self.logging_out = True
             await self.node.accounts.revoke(claims.token_id, claims.user_id, claims.expires_at_ms)
         await self.close(closecodes.NORMAL, "logged out")
 

@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING
 from tongxin.chat.members import MemberCache
 from tongxin.delivery.ports import Delivery
 from tongxin.metrics import Metrics
+from tongxin.proto import tongxin_pb2 as pb
+from tongxin.server import session_end
+from tongxin.wire import closecodes
 from tongxin.wire.codec import Encoder
 
 if TYPE_CHECKING:
@@ -62,7 +65,26 @@ class Hub:
         for uid in user_ids:
             self.watchers.setdefault(uid, set()).add(conn)
 
+    def end_sessions(self, sig: session_end.EndSessions) -> int:
+        """Close this node's connections whose token the signal revokes; how many."""
+        ended = 0
+        for conn in list(self.devices.get(sig.user_id, {}).values()):
+            s = conn.session
+            if s is None or conn.closing or conn.logging_out or not sig.matches(
+                    s.claims.user_id, s.claims.token_id, s.claims.issued_at_ms):
+                continue
+            # The ERROR says why before the close (fatal: no reconnect with this token).
+            conn.error(pb.TOKEN_REVOKED, f"{sig.reason}; sign in again", fatal=True)
+            conn.request_close(closecodes.SESSION_REVOKED, sig.reason)
+            ended += 1
+        return ended
+
     async def dispatch(self, d: Delivery) -> None:
+        if d.frame_type == session_end.END_SESSIONS:
+            sig = session_end.parse(d.payload)
+            if sig is not None:
+                self.end_sessions(sig)
+            return
         if d.members_changed and d.conversation_id:
             self.members.invalidate(d.conversation_id)
         frames: list[bytes] | None = None

@@ -35,7 +35,7 @@ from tongxin.metrics import Metrics
 from tongxin.presence.memory import MemoryPresence
 from tongxin.presence.ports import PresenceRegistry
 from tongxin.proto import tongxin_pb2 as pb
-from tongxin.server import admin_api, files_api
+from tongxin.server import admin_api, files_api, session_end
 from tongxin.server.connection import Connection
 from tongxin.server.http_util import json_body
 from tongxin.server.hub import Hub
@@ -208,6 +208,7 @@ class Node:
                                           self.keyring)
         self.accounts = Accounts(self.store, TokenSigner(key), self.cfg.accounts,
                                  self.revocations)
+        self.accounts.end_sessions = self.end_sessions
         await self.files.open()
         await self.keydir.open()
         self.spawn(self.files.run_sweeper())  # expired uploads, in batches
@@ -294,6 +295,21 @@ class Node:
                 conn.user_id, conn.device_id, self.node_id):
             await self._publish_presence(conn.user_id, False)
 
+    async def end_sessions(self, user_id: str, token_id: str, issued_before_ms: int) -> None:
+        """A revocation ends the live sessions it covers on every node (server/session_end).
+
+        Here at once; elsewhere through the delivery bus. If the bus cannot take
+        it, the revocation still stands (store, Redis): the other nodes' sockets
+        then live until their next AUTH, which is logged. In-process the bus
+        brings it back here, where it finds those connections already closing."""
+        sig = session_end.EndSessions(user_id, token_id, issued_before_ms)
+        self.hub.end_sessions(sig)
+        try:
+            await self.bus.publish(sig.delivery())
+        except Unavailable as exc:
+            log.warning("sessions of %s not ended on other nodes (bus unavailable): %s",
+                        user_id, exc)
+
     async def _publish_presence(self, user_id: str, online: bool) -> None:
         update = pb.PresenceUpdate()
         update.entries.add(user_id=user_id, status=pb.ONLINE if online else pb.OFFLINE,
@@ -328,8 +344,7 @@ class Node:
             conn.decoder.reset()  # its unfinished message no longer counts against the budget
             self.metrics.connections.dec()
             await self.detach(conn)
-            if not ws.closed:
-                await ws.close()
+            await conn.finish()
         return ws
 
     async def healthz(self, request: web.Request) -> web.Response:
