@@ -293,7 +293,16 @@ async def test_report_confidentiality_items_read_the_real_evidence(
     e2ee.e2ee.required = True
     assert (await item(e2ee, "DC-2"))["status"] == "gap"  # no escrow
     e2ee.e2ee.escrow_public_key_file = str(tmp_path / "escrow.pub")
+    # Escrow without the root's statement, and with a plain private key on the node.
+    e2ee.e2ee.escrow_private_key_file = str(tmp_path / "escrow.key")
+    dc2 = await item(e2ee, "DC-2")
+    assert dc2["status"] == "gap" and any("escrow_statement_file" in f for f in dc2["findings"])
+    assert any("plain file on the node" in f for f in dc2["findings"])
+    e2ee.e2ee.escrow_private_key_file = ""
+    e2ee.e2ee.escrow_sealed_key_file = str(tmp_path / "escrow.sealed.json")
+    e2ee.e2ee.escrow_statement_file = str(tmp_path / "escrow-statement.json")
     dc2 = await item(e2ee, "DC-2")
     assert dc2["status"] == "pass", dc2
+    assert any("no one person can decrypt" in e for e in dc2["evidence"])
     assert "e2ee.required = true: plaintext CHAT content is refused" in dc2["evidence"]
     assert any(e.startswith("compliance escrow: on") for e in dc2["evidence"])

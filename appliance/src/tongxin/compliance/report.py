@@ -97,7 +97,8 @@ REMEDIES = {
             "master key (or use keys.kms_command) and seals messages, files and secrets/*; keep "
             "the master key file and secrets/* at mode 0600; rotate with `tongxin keys rotate`.",
     "DC-2": "Set e2ee.required: true and a compliance escrow key (e2ee.escrow_public_key_file, "
-            "docs/e2ee.md), then restart the node.",
+            "with e2ee.escrow_statement_file and the key sealed in e2ee.escrow_sealed_key_file, "
+            "docs/security.md), then restart the node.",
     "BR-1": "Run the backup tooling: it writes evidence/backup-*.json (finished_at, ok).",
     "BR-2": "Run a DR drill: it writes evidence/dr-drill-*.json (finished_at, ok, rpo_seconds, "
             "rto_seconds).",
@@ -258,13 +259,30 @@ def _e2ee_item(cfg: Config) -> Item:
                        + (": plaintext CHAT content is refused" if e.required else ""))
     escrow = bool(e.escrow_public_key_file)
     it.evidence.append("compliance escrow: " + (
-        f"on (public key {e.escrow_public_key_file}; decryption by the auditor role only, "
-        "with a fresh second factor, audited as escrow.decrypt)" if escrow else "off"))
+        f"on (public key {e.escrow_public_key_file}; decryption needs the auditor's request "
+        "and a security administrator's approval, each with a fresh second factor, audited "
+        "as escrow.request, escrow.approve and escrow.decrypt)" if escrow else "off"))
     if not e.required:
         it.findings.append("e2ee.required is off: clients may send plaintext message contents")
     if e.required and not escrow:
         it.findings.append("no compliance escrow (e2ee.escrow_public_key_file): encrypted "
                            "messages cannot be produced for a lawful export")
+    if escrow:
+        if e.escrow_statement_file:
+            it.evidence.append(f"escrow key vouched for by the organisation root "
+                               f"({e.escrow_statement_file}; clients verify it, docs/e2ee.md "
+                               "10.1)")
+        else:
+            it.findings.append("no e2ee.escrow_statement_file: clients that pin the "
+                               "organisation root refuse to encrypt (tongxin keys escrow-sign)")
+        if e.escrow_sealed_key_file:
+            it.evidence.append(f"escrow private key sealed and split k-of-n "
+                               f"({e.escrow_sealed_key_file}): no one person can decrypt")
+        if e.escrow_private_key_file:
+            it.findings.append(f"the escrow private key is a plain file on the node "
+                               f"({e.escrow_private_key_file}): root on the node reads every "
+                               "escrowed message; split it (tongxin keys escrow-split) and "
+                               "remove e2ee.escrow_private_key_file")
     it.status = GAP if it.findings else PASS
     return it
 
