@@ -35,7 +35,7 @@ from tongxin.metrics import Metrics
 from tongxin.presence.memory import MemoryPresence
 from tongxin.presence.ports import PresenceRegistry
 from tongxin.proto import tongxin_pb2 as pb
-from tongxin.server import admin_api, files_api, session_end
+from tongxin.server import admin_api, files_api, http_log, session_end
 from tongxin.server.connection import Connection
 from tongxin.server.http_util import json_body
 from tongxin.server.hub import Hub
@@ -413,6 +413,7 @@ class Node:
         return web.FileResponse(page)
 
     def app(self) -> web.Application:
+        http_log.install()  # malformed requests: a rate-limited warning, no traceback
         app = web.Application(client_max_size=1024 * 1024, middlewares=[_unavailable_as_503])
         app.router.add_get("/ws", self.ws_handler)
         app.router.add_get("/healthz", self.healthz)
