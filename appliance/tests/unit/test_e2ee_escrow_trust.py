@@ -206,6 +206,21 @@ def test_sdk_refuses_unvouched_escrow_and_reports_a_signed_rotation(
     with pytest.raises(EscrowUntrustedError, match="older"):
         e.require_trusted_escrow()
     assert len(changes) == 1
+    # A reconnect of the same SDK object (Client.auth replaced) is checked again before
+    # the next send: a foreign key is refused, the next rotation is reported.
+    fake = SimpleNamespace(auth=auth_for(s2, k2.public_key).auth)
+    e = sdk(fake)
+    e.require_trusted_escrow()
+    fake.auth = auth_for(None, foreign.public_key).auth
+    with pytest.raises(EscrowUntrustedError):
+        e.require_trusted_escrow()
+    assert e.device.escrow is None
+    k3 = suite.generate_kem_keypair()
+    fake.auth = auth_for(statement(suite, root, k3.public_key, 3), k3.public_key).auth
+    with pytest.warns(et.EscrowKeyChangedWarning):
+        e.require_trusted_escrow()
+    assert e.escrow_key_id == enc.escrow_key_id(suite, k3.public_key)
+    assert [c.new.sequence for c in changes] == [2, 3]
 
 
 def test_org_root_is_read_from_bytes_a_path_or_the_environment(
