@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from asyncmy import errors as myerrors
 
 from tongxin.config import ConfigError, load_config
 from tongxin.store import migrations
@@ -78,3 +79,35 @@ def test_bad_dsn_is_a_config_error_without_the_password(dsn: str, tmp_path: Path
     with pytest.raises(ConfigError, match=r"storage\.mysql_dsn") as info:
         load_config(path)
     assert "secret" not in str(info.value)
+
+
+class _RacingStore(MysqlStore):
+    """A store whose migration passes meet another node's DDL (TiDB 8028) ``races`` times."""
+
+    def __init__(self, races: int) -> None:
+        self.races = races
+        self.passes = 0
+
+    async def _apply_migrations(self, cur: object) -> list[int]:
+        self.passes += 1
+        if self.passes <= self.races:
+            raise myerrors.OperationalError(
+                8028, "Information schema is changed during the execution of the statement"
+                " [try again later]")
+        return [7]
+
+
+async def test_an_unlocked_pass_that_met_another_nodes_ddl_runs_again() -> None:
+    store = _RacingStore(races=2)
+    assert await store._apply_migrations_retrying(None, locked=False) == [7]  # type: ignore[arg-type]
+    assert store.passes == 3
+
+
+async def test_a_locked_pass_or_a_lasting_race_is_not_hidden() -> None:
+    # Under the named lock no other node's DDL can race, so 8028 means something else.
+    with pytest.raises(myerrors.OperationalError):
+        await _RacingStore(races=1)._apply_migrations_retrying(None, locked=True)  # type: ignore[arg-type]
+    lasting = _RacingStore(races=99)
+    with pytest.raises(myerrors.OperationalError):
+        await lasting._apply_migrations_retrying(None, locked=False)  # type: ignore[arg-type]
+    assert lasting.passes == 5

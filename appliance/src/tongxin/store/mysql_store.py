@@ -114,6 +114,7 @@ _MEMBER_COLS = "conversation_id, user_id, role, joined_seq, read_seq, delivered_
 _CHUNK = 500  # rows per multi-row statement
 _MIGRATION_LOCK = "tongxin.schema_migrations"
 _MIGRATION_LOCK_WAIT = 600  # seconds
+_MIGRATION_PASSES = 5  # without the lock, passes that may meet another node's DDL
 
 def migrations_ddl(table: str) -> str:
     """The bookkeeping table of one set of migrations."""
@@ -336,7 +337,7 @@ class MysqlStore:
                 await self._prepare(cur)
                 locked = await self._named_lock(cur)
                 try:
-                    applied = await self._apply_migrations(cur)
+                    applied = await self._apply_migrations_retrying(cur, locked)
                 finally:
                     if locked:
                         await cur.execute("SELECT RELEASE_LOCK(%s)", (_MIGRATION_LOCK,))
@@ -395,6 +396,26 @@ class MysqlStore:
 
     def known_migrations(self) -> list[migrations.Migration]:
         return migrations.load()
+
+    async def _apply_migrations_retrying(self, cur: Cursor, locked: bool) -> list[int]:
+        """``_apply_migrations``, again after a retryable error when nodes migrate side by side.
+
+        Without the named lock, TiDB answers a DDL that raced another node's DDL
+        with 8028 "information schema is changed ... try again later". Every
+        statement is re-runnable and recording is idempotent, so the whole pass
+        is simply run again; versions applied by an earlier pass still count.
+        """
+        applied: list[int] = []
+        for attempt in range(1, _MIGRATION_PASSES + 1):
+            try:
+                applied += await self._apply_migrations(cur)
+                return applied
+            except myerrors.MySQLError as exc:
+                if locked or attempt == _MIGRATION_PASSES or not _retryable(exc):
+                    raise
+                log.info("schema migration pass %d met %s; running it again", attempt, exc)
+                await asyncio.sleep(random.uniform(0.05, 0.2) * attempt)
+        return applied
 
     async def _apply_migrations(self, cur: Cursor) -> list[int]:
         table, label = self.migrations_table, self.migrations_label
