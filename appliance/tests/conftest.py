@@ -30,6 +30,7 @@ def make_config(home: Path, **sections: dict[str, Any]) -> Config:
     cfg.data_dir = str(home)
     cfg.server.listen = f"127.0.0.1:{free_port()}"
     cfg.server.gc_freeze = False
+    cfg.server.metrics_listen = "127.0.0.1:0"  # any free port: nodes of a test run side by side
     cfg.accounts.scrypt_n = 1024
     cfg.accounts.self_registration = True
     cfg.logging.json = False
@@ -60,6 +61,13 @@ class RunningNode:
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
+
+    @property
+    def metrics_url(self) -> str:
+        """``/metrics`` lives on its own listener (server.metrics_listen), not ``http_url``."""
+        listener = self.node.metrics_listener
+        assert listener is not None and listener.port, "server.metrics_listen is off"
+        return f"http://127.0.0.1:{listener.port}/metrics"
 
     async def client(self, device_id: str = "") -> Client:
         c = Client(self.ws_url, device_id=device_id)

@@ -58,6 +58,11 @@ class ServerConfig:
     max_unauthenticated_errors: int = _f(5, "frames before AUTH tolerated before the connection closes")
     gc_freeze: bool = _f(True, "freeze start-up objects out of the cyclic GC (shorter pauses)")
     web_client: bool = _f(True, "serve the web client at /")
+    metrics_listen: str = _f("127.0.0.1:9464", "HOST:PORT of the Prometheus /metrics listener, "
+                             "apart from the public one (worker N of server.workers binds "
+                             "PORT+N); empty: none")
+    public_metrics: bool = _f(False, "also answer /metrics on server.listen (the public "
+                              "listener); off, it answers 404 there")
     client_endpoints: str = _f("", "comma-separated public ws:// or wss:// URLs of the "
                                "installation's entries (one per site), in the order clients try "
                                "them; GET /api/v1/info lists them; empty: only the entry the "

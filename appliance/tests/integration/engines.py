@@ -69,6 +69,11 @@ class NodeProcess:
     port: int
     proc: subprocess.Popen[bytes]
     log: Path
+    metrics_port: int = 0  # server.metrics_listen: /metrics is not on the public port
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     @property
     def ws_url(self) -> str:
@@ -117,7 +122,9 @@ def _spawn(name: str, home: Path, config: dict[str, Any], tmp: Path, port: int) 
     cfg = dict(config)
     cfg["data_dir"] = str(home)
     cfg["node_id"] = name
-    cfg["server"] = {**cfg.get("server", {}), "listen": f"127.0.0.1:{port}", "gc_freeze": False}
+    metrics_port = free_port()
+    cfg["server"] = {**cfg.get("server", {}), "listen": f"127.0.0.1:{port}", "gc_freeze": False,
+                     "metrics_listen": f"127.0.0.1:{metrics_port}"}
     cfg["accounts"] = {**cfg.get("accounts", {}), "scrypt_n": 1024, "self_registration": True}
     cfg["logging"] = {"level": "info", "json": True}
     path = tmp / f"{name}.yml"
@@ -126,7 +133,7 @@ def _spawn(name: str, home: Path, config: dict[str, Any], tmp: Path, port: int) 
     with open(log, "wb") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "tongxin.cli.main", "serve", "--config",
                                  str(path)], stdout=fh, stderr=subprocess.STDOUT)
-    return NodeProcess(name, port, proc, log)
+    return NodeProcess(name, port, proc, log, metrics_port)
 
 
 async def start_node_process(name: str, home: Path, config: dict[str, Any],

@@ -70,7 +70,7 @@ def flip(text: str, index: int) -> str:
 
 
 async def metrics(node: RunningNode) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    async with aiohttp.ClientSession() as http, http.get(f"{node.http_url}/metrics") as resp:
+    async with aiohttp.ClientSession() as http, http.get(node.metrics_url) as resp:
         assert resp.status == 200
         text = await resp.text()
     out = {}

@@ -46,7 +46,7 @@ class World:
     sent: int = 0
 
     async def errors(self) -> dict[str, float]:
-        async with self.http.get(f"{self.node.http_url}/metrics") as resp:
+        async with self.http.get(self.node.metrics_url) as resp:
             assert resp.status == 200
             text = await resp.text()
         return {m[1]: float(m[2]) for m in re.finditer(

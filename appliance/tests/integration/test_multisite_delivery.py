@@ -95,7 +95,7 @@ async def topic_partitions(bootstrap: str, topic: str) -> int | None:
 
 
 async def metrics_text(node: NodeProcess) -> str:
-    async with aiohttp.ClientSession() as http, http.get(node.http_url + "/metrics") as r:
+    async with aiohttp.ClientSession() as http, http.get(node.metrics_url) as r:
         return await r.text()
 
 

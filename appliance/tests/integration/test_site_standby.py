@@ -130,7 +130,8 @@ async def test_standby_refuses_users_and_writes_nothing(dsn: str, tmp_path: Path
                     assert r.status == 503, path
                     assert (await r.json())["reason"] == "standby", path
 
-        status, text = await _get(node.http_url + "/metrics")
+        assert (await _get(node.http_url + "/metrics"))[0] == 404  # not on the public port
+        status, text = await _get(node.metrics_url)
         assert status == 200 and math.isnan(_metric(text, "tongxin_replication_lag_seconds"))
         assert _metric(text, "tongxin_db_endpoint_index") == 0
 
@@ -168,11 +169,11 @@ async def test_standby_reports_lag_from_the_active_heartbeat(dsn: str, tmp_path:
             await asyncio.sleep(BEAT)
         # Same database, so only the beat and read intervals show (and process noise).
         assert 0 <= ready["replication_lag_seconds"] < 3, ready
-        _, text = await _get(standby.http_url + "/metrics")
+        _, text = await _get(standby.metrics_url)
         assert _metric(text, "tongxin_replication_lag_seconds") < 3
         assert abs(_metric(text, "tongxin_replication_last_beat_timestamp_seconds")
                    - time.time()) < 3
-        _, active_text = await _get(active.http_url + "/metrics")
+        _, active_text = await _get(active.metrics_url)
         assert abs(_metric(active_text, "tongxin_replication_heartbeat_written_timestamp_seconds")
                    - time.time()) < 3
 
@@ -211,7 +212,7 @@ async def test_standby_reports_lag_from_the_active_heartbeat(dsn: str, tmp_path:
         assert 0 <= second["replication_lag_at_last_advance_seconds"] < 3, second
         assert (second["replication_lag_at_last_advance_seconds"]
                 == first["replication_lag_at_last_advance_seconds"])
-        _, text = await _get(standby.http_url + "/metrics")
+        _, text = await _get(standby.metrics_url)
         assert _metric(text, "tongxin_replication_lag_at_last_advance_seconds") < 3
     finally:
         active.stop()

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tongxin import __version__
 from tongxin.atrest.keyring import Keyring
@@ -39,6 +38,7 @@ from tongxin.server import admin_api, files_api, http_log, session_end
 from tongxin.server.connection import Connection
 from tongxin.server.http_util import json_body
 from tongxin.server.hub import Hub
+from tongxin.server.metrics_listener import MetricsListener, add_metrics
 from tongxin.server.ratelimit import RateLimit, RateLimiter
 from tongxin.site.heartbeat import HeartbeatStore, HeartbeatWriter
 from tongxin.site.metrics import register_endpoint_metrics
@@ -179,6 +179,7 @@ class Node:
                                           cfg.site.heartbeat_interval, self.metrics.registry)
                           if isinstance(self.store, HeartbeatStore) else None)
         self.ready = False
+        self.metrics_listener: MetricsListener | None = None  # set by app()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -366,10 +367,6 @@ class Node:
             "endpoints": client_endpoint_list(self.cfg.server.client_endpoints),
         })
 
-    async def metrics_handler(self, request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self.metrics.registry),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
-
     async def api_login(self, request: web.Request) -> web.Response:
         body = await json_body(request)
         try:
@@ -418,7 +415,6 @@ class Node:
         app.router.add_get("/ws", self.ws_handler)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
-        app.router.add_get("/metrics", self.metrics_handler)
         app.router.add_get("/api/v1/info", self.info)
         app.router.add_post("/api/v1/login", self.api_login)
         app.router.add_post("/api/v1/register", self.api_register)
@@ -437,6 +433,7 @@ class Node:
 
         app.on_startup.append(on_startup)
         app.on_shutdown.append(on_shutdown)
+        self.metrics_listener = add_metrics(app, self.metrics.registry, self.cfg)
         # Last: its startup hook opens compliance (audit, 2FA) and needs self.accounts.
         admin_api.add_routes(app, self)
         return app

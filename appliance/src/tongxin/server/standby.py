@@ -9,7 +9,9 @@ keys, no audit trail, no sweepers, no Redis or Kafka. It answers:
   liveness check);
 * ``/readyz`` 503 with ``reason: standby``, the site and the replication lag,
   so a load balancer never sends users here;
-* ``/metrics``: the replication lag and the database endpoint in use;
+* ``/metrics`` on ``server.metrics_listen`` (server/metrics_listener.py; on this
+  listener only with ``server.public_metrics``): the replication lag and the
+  database endpoint in use;
 * everything else, WebSocket upgrades and every user and admin API included,
   503 with ``reason: standby``.
 
@@ -29,10 +31,11 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from tongxin import __version__
 from tongxin.config import Config
+from tongxin.server.metrics_listener import MetricsListener, add_metrics
 from tongxin.site.heartbeat import LagReader
 from tongxin.site.metrics import register_endpoint_metrics
 from tongxin.store.ports import Unavailable
@@ -50,6 +53,7 @@ class StandbyNode:
         self.cfg = cfg
         self.node_id = cfg.node_id or f"{socket.gethostname()}:{cfg.listen_address()[1]}"
         self.registry = CollectorRegistry()
+        self.metrics_listener: MetricsListener | None = None  # set by app()
         self.store: MysqlStore | None = None
         self.reader: LagReader | None = None
         if cfg.storage.backend == "mysql":
@@ -109,10 +113,6 @@ class StandbyNode:
     async def readyz(self, request: web.Request) -> web.Response:
         return web.json_response(self.status(), status=503)
 
-    async def metrics_handler(self, request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self.registry),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
-
     async def refuse(self, request: web.Request) -> web.Response:
         site = self.cfg.site.name or "this site"
         return web.json_response(
@@ -125,7 +125,7 @@ class StandbyNode:
         app = web.Application(client_max_size=64 * 1024)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
-        app.router.add_get("/metrics", self.metrics_handler)
+        self.metrics_listener = add_metrics(app, self.registry, self.cfg)
         # Everything else: /ws before the upgrade, /api/..., the web client.
         app.router.add_route("*", "/{tail:.*}", self.refuse)
 
