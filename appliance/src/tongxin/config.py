@@ -170,6 +170,8 @@ class PresenceConfig:
     remote_redis_nodes: str = _f("", "other serving sites' Redis Clusters, ';' between sites, "
                                      "',' between startup nodes: presence shown to users merges "
                                      "them (routing stays local)")
+    visibility: str = _f("shared", "whose presence and last-seen a user may see: shared (their "
+                         "own and of people who share a conversation with them) or all")
 
     def remote_sites(self) -> list[str]:
         """One startup-node list per other site."""
@@ -348,6 +350,7 @@ _CHOICES = {
     "logging.level": ("debug", "info", "warning", "error"),
     "delivery.backend": ("inprocess", "kafka"),
     "presence.backend": ("memory", "redis"),
+    "presence.visibility": ("shared", "all"),
     "chat.rate_limit_backend": ("auto", "memory", "redis"),
     "compliance.sms_provider": ("none", "command", "webhook"),
     "compliance.audit_archive_backend": ("local", "s3", "database"),

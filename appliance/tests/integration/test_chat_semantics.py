@@ -544,6 +544,7 @@ async def test_presence_follows_the_last_device(server: RunningNode) -> None:
     alice = await server.user("alice")
     bob_user = await server.node.accounts.create_user("bob", "password-1")
     hub = server.node.hub
+    await alice.direct("bob")  # presence.visibility: shared
 
     first = await alice.subscribe_presence([bob_user.id])
     assert [(e.user_id, e.status, e.devices) for e in first.entries] == [

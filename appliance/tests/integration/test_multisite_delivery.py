@@ -184,6 +184,7 @@ async def test_presence_updates_and_member_changes_cross_sites(sites: dict[str, 
     try:
         # Watching erin from dc2; she comes online at dc1: dc1 publishes the
         # update, the mirror brings it, dc2's router sends it to every dc2 node.
+        await dave.direct("erin")  # presence.visibility: shared
         first = await dave.subscribe_presence([erin_id])
         assert first.entries[0].status == pb.OFFLINE
         erin = await login(dc1.ws_url, "erin", "pc")

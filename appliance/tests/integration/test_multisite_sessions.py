@@ -61,6 +61,8 @@ async def test_presence_of_a_user_at_the_other_site_is_visible(sites: dict[str, 
     hank = await login(dc2.ws_url, "hank", "pc", register=True)
     gina_phone: Client | None = None
     try:
+        # Presence is shown to people who share a conversation (presence.visibility).
+        await hank.direct("gina")
         seen = await presence_of(hank, gina_pc.user_id)
         assert (seen.status, seen.devices) == (pb.ONLINE, 1)
         # And the other way round: dc1 sees a dc2 user.

@@ -28,6 +28,7 @@ from tongxin.chat.service import Actor
 from tongxin.clock import now_ms
 from tongxin.errors import RequestError
 from tongxin.metrics import error_name, type_name
+from tongxin.presence.visibility import visible_to
 from tongxin.proto import tongxin_pb2 as pb
 from tongxin.store.ports import Unavailable
 from tongxin.wire import closecodes
@@ -391,11 +392,20 @@ class Connection:
         ids = tuple(dict.fromkeys(req.user_ids))
         if len(ids) > 1000:
             raise RequestError(pb.INVALID_ARGUMENT, "subscribe to at most 1000 users")
-        self.node.hub.watch(self, ids)
+        node = self.node
+        # presence.visibility: others are answered "unspecified" and never watched.
+        shown = await visible_to(self.user_id, ids, node.cfg.presence.visibility, node.store,
+                                 node.members)
+        node.hub.watch(self, tuple(u for u in ids if u in shown))
+        known = {e.user_id: e for e in await node.presence.status([u for u in ids if u in shown])}
         update = pb.PresenceUpdate()
-        for e in await self.node.presence.status(list(ids)):
-            update.entries.add(user_id=e.user_id, devices=e.devices, last_seen_ms=e.last_seen_ms,
-                               status=pb.ONLINE if e.online else pb.OFFLINE)
+        for uid in ids:
+            e = known.get(uid)
+            if e is None:
+                update.entries.add(user_id=uid, status=pb.PRESENCE_STATUS_UNSPECIFIED)
+            else:
+                update.entries.add(user_id=uid, devices=e.devices, last_seen_ms=e.last_seen_ms,
+                                   status=pb.ONLINE if e.online else pb.OFFLINE)
         self.reply(pb.PRESENCE, seq, update)
 
     async def _user_query(self, seq: int, payload: bytes) -> None:
