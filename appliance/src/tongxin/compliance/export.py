@@ -63,8 +63,8 @@ def entry_json(e: Entry) -> dict[str, Any]:
             "system": system, **({"unavailable": True} if e.unavailable else {})}
 
 
-async def _entries(history: ChatStore, kind: str, target: str, from_ms: int,
-                   to_ms: int) -> list[Entry]:
+async def entries_in_range(history: ChatStore, kind: str, target: str, from_ms: int,
+                           to_ms: int) -> list[Entry]:
     out: list[Entry] = []
     if kind == "conversation":
         scopes = [(target, 0)]
@@ -95,7 +95,7 @@ async def export_messages(history: ChatStore, keys: AuditKeys, out_root: Path, *
         raise ValueError("export scope must be a user or a conversation")
     if to_ms <= from_ms:
         raise ValueError("the export range is empty (to must be after from)")
-    entries = await _entries(history, kind, target, from_ms, to_ms)
+    entries = await entries_in_range(history, kind, target, from_ms, to_ms)
     export_id = f"exp_{now}_{uuid.uuid4().hex[:8]}"
     out = out_root / export_id
     out.mkdir(parents=True, mode=0o700)

@@ -29,7 +29,6 @@ from aiohttp import web
 from tongxin import __version__
 from tongxin.clock import now_ms
 from tongxin.compliance import roles
-from tongxin.compliance.escrow_access import EscrowAccess
 from tongxin.compliance.export import export_messages
 from tongxin.compliance.ports import AdminSession
 from tongxin.compliance.report import build_report
@@ -43,6 +42,7 @@ from tongxin.e2ee.escrow import open_envelope as escrow_open
 from tongxin.errors import RequestError
 from tongxin.keydir.service import read_key_file
 from tongxin.proto import tongxin_pb2 as pb
+from tongxin.server.escrow_api import EscrowAccess
 from tongxin.server.http_util import json_body
 from tongxin.store.ports import StoreError, User
 

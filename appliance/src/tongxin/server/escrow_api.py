@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from tongxin.compliance.escrow_shares import SealedKey, Share, ShareError, combine
-from tongxin.compliance.export import _entries
+from tongxin.compliance.export import entries_in_range
 from tongxin.crypto.suite import CryptoSuite
 from tongxin.e2ee.errors import E2EEError
 from tongxin.e2ee.escrow import open_envelope
@@ -259,7 +259,7 @@ class EscrowAccess:
         """Every encrypted entry of the conversation in the range; one that does not open is
         listed with its error rather than failing the rest."""
         out: list[dict[str, Any]] = []
-        for e in await _entries(self.node.store, "conversation", req.conversation_id,
+        for e in await entries_in_range(self.node.store, "conversation", req.conversation_id,
                                 req.from_ms, req.to_ms):
             content = pb.Content.FromString(e.content) if e.content else pb.Content()
             if content.WhichOneof("body") != "encrypted":
