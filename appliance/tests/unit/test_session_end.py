@@ -12,6 +12,7 @@ import asyncio
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 from conftest import (  # type: ignore[import-not-found, unused-ignore]
     NodeFactory,
@@ -19,7 +20,7 @@ from conftest import (  # type: ignore[import-not-found, unused-ignore]
     make_config,
 )
 
-from tongxin.client import Client
+from tongxin.client import Client, TongxinError
 from tongxin.delivery.ports import Delivery, Handler
 from tongxin.proto import tongxin_pb2 as pb
 from tongxin.server.node import Node
@@ -161,3 +162,24 @@ async def test_revocation_on_one_node_closes_the_socket_on_another(tmp_path: Pat
     finally:
         for r in reversed(runners):
             await r.cleanup()
+
+
+async def test_a_revocation_racing_the_auth_still_ends_the_session(
+        node_factory: NodeFactory) -> None:
+    # The other node's signal never arrives here (routed before presence listed
+    # this node): the node rechecks the store after registering the device.
+    node: RunningNode = await node_factory()
+    await node.node.accounts.create_user("gail", PASSWORD)
+    node.node.accounts.end_sessions = None  # no signal at all, only the store
+    presence = node.node.presence
+    device_online = presence.device_online
+
+    async def revoked_meanwhile(user_id: str, device_id: str, node_id: str) -> bool:
+        await node.node.accounts.revoke_user(user_id)
+        return await device_online(user_id, device_id, node_id)
+
+    presence.device_online = revoked_meanwhile  # type: ignore[method-assign]
+    c = await node.client("pc")
+    with pytest.raises(TongxinError, match="TOKEN_REVOKED"):
+        await c.login("gail", PASSWORD)
+    assert await closed_code(c) == closecodes.SESSION_REVOKED

@@ -315,6 +315,10 @@ class Connection:
         self.session = session
         self.user_id, self.device_id = session.user.id, session.device_id
         await self.node.attach(self)
+        if await self.node.revoked_during_auth(self):
+            self.error(pb.TOKEN_REVOKED, "session revoked; sign in again", seq, fatal=True)
+            self.request_close(closecodes.SESSION_REVOKED, "session revoked")
+            return
         lim = self.node.limits
         e2ee = self.node.keydir.policy
         self.reply(pb.AUTH_OK, seq, pb.AuthResponse(

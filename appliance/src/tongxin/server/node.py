@@ -287,6 +287,23 @@ class Node:
         if await self.presence.device_online(conn.user_id, conn.device_id, self.node_id):
             await self._publish_presence(conn.user_id, True)
 
+    async def revoked_during_auth(self, conn: Connection) -> bool:
+        """True if the session's token was revoked while its AUTH was under way
+        (called after attach(); the connection then answers TOKEN_REVOKED, 4010).
+
+        The revocation's end-sessions signal is routed to the nodes presence
+        lists for the user, and the store is written before it is sent. A
+        revocation between this AUTH's own check and the presence entry attach() made
+        may have been routed without this node; read after that entry, the
+        store has it. One indexed read per login (server/session_end.py).
+        """
+        assert conn.session is not None
+        claims = conn.session.claims
+        try:
+            return bool(await self.store.token_revoked(claims.token_id))
+        except Unavailable:
+            return False  # the AUTH just read the store; the next AUTH asks again
+
     async def detach(self, conn: Connection) -> None:
         if conn.session is not None:
             self.metrics.authenticated.dec()
