@@ -271,6 +271,8 @@ lint() {
     roles playbooks inventories tests/molecule || rc=1
   log "variable tables of docs/ansible.md"
   python tests/molecule/role_docs.py --check docs/ansible.md || rc=1
+  log "the offline bundle's Debian packages against the roles' package lists"
+  python tests/molecule/bundle_packages.py || rc=1
   return $rc
 }
 
