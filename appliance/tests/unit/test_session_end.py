@@ -183,3 +183,20 @@ async def test_a_revocation_racing_the_auth_still_ends_the_session(
     with pytest.raises(TongxinError, match="TOKEN_REVOKED"):
         await c.login("gail", PASSWORD)
     assert await closed_code(c) == closecodes.SESSION_REVOKED
+
+
+async def test_the_sdk_does_not_try_to_resume_a_revoked_session(
+        node_factory: NodeFactory) -> None:
+    # A reconnecting client (what several endpoints give an application) must stop at
+    # 4010 instead of resuming with the revoked token, which every node refuses.
+    node: RunningNode = await node_factory()
+    await node.user("carol", PASSWORD)
+    c = Client(node.ws_url, device_id="laptop", reconnect=True)
+    node.clients.append(c)
+    await c.connect()
+    await c.login("carol", PASSWORD)
+    await node.node.accounts.revoke_user(c.user_id)
+    assert await closed_code(c) == closecodes.SESSION_REVOKED
+    await asyncio.sleep(0.5)  # a reconnect would have started by now (first backoff ~0.25 s)
+    assert c.closed and c.close_code == closecodes.SESSION_REVOKED
+    assert c._reconnector is None or c._reconnector.done()

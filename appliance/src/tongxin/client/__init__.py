@@ -125,9 +125,10 @@ def client_tls_context(ca_file: str = "", cert_file: str = "",
 _RETRY_SAFE = frozenset({pb.SEND, pb.RECALL, pb.EDIT, pb.SYNC, pb.CONV_GET, pb.CONV_LIST,
                          pb.USER_QUERY, pb.PING, pb.PRESENCE_SUB})
 # Closes after which reconnecting cannot help (docs/protocol.md section 12): our own
-# close or a LOGOUT, an encoder the server refused, and another connection of this
-# device taking over (reconnecting would only throw that one out in turn).
-_NO_RECONNECT = frozenset({1000, 1009, 4000, 4001, 4009})
+# close or a LOGOUT, an encoder the server refused, another connection of this
+# device taking over (reconnecting would only throw that one out in turn), and a
+# session revoked (4010: disabled, password reset; resuming is refused everywhere).
+_NO_RECONNECT = frozenset({1000, 1009, 4000, 4001, 4009, 4010})
 # A resume refused with these will be refused by every entry: log in again.
 _SESSION_OVER = frozenset({pb.TOKEN_EXPIRED, pb.TOKEN_INVALID, pb.TOKEN_REVOKED,
                            pb.ACCOUNT_LOCKED, pb.AUTH_FAILED})
