@@ -111,6 +111,7 @@ async def test_revocation_while_the_other_sites_redis_is_down_is_refused_there(
     logged_out, other = ivan_pc.auth.token, ivan_phone.auth.token
     jane_id = jane.user_id
     try:
+        await watcher.direct("jane")  # presence.visibility: shared
         assert (await presence_of(watcher, jane_id)).status == pb.ONLINE
 
         dc2_site.stop("redis")
