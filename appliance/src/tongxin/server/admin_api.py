@@ -42,7 +42,7 @@ from tongxin.e2ee.escrow import open_envelope as escrow_open
 from tongxin.errors import RequestError
 from tongxin.keydir.service import read_key_file
 from tongxin.proto import tongxin_pb2 as pb
-from tongxin.server.escrow_api import EscrowAccess
+from tongxin.server.escrow_api import EscrowAccess, payload_json
 from tongxin.server.http_util import json_body
 from tongxin.store.ports import StoreError, User
 
@@ -732,20 +732,12 @@ class AdminApi:
             return await refuse(503, "UNAVAILABLE", f"cannot read the escrow private key: {exc}")
         except E2EEError as exc:
             return await refuse(422, "ESCROW_FAILED", str(exc))
-        which = payload.WhichOneof("body")
         out: dict[str, Any] = {"conversation_id": conv, "seq": seq, "sender_id": entry.sender_id,
                                "sender_device": entry.sender_device, "sent_at_ms": entry.sent_at,
-                               "kind": which or ""}
-        if which == "text":
-            out["text"] = payload.text
-        elif which == "attachment":
-            a = payload.attachment
-            out["attachment"] = {"file_id": a.file_id, "name": a.name, "size": a.size,
-                                 "content_type": a.content_type, "key": a.key.hex(),
-                                 "nonce": a.nonce.hex()}
+                               **payload_json(payload)}
         await self.c.audit("escrow.decrypt", actor=ctx.user.id, actor_role=ctx.role,
                            target=target, source=ctx.source, sender=entry.sender_id,
-                           payload_kind=which or "", key_id=e2ee_policy.escrow_key_id)
+                           payload_kind=out["kind"], key_id=e2ee_policy.escrow_key_id)
         return web.json_response(out)
 
     async def report(self, request: web.Request, ctx: Ctx) -> web.Response:

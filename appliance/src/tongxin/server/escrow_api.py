@@ -78,7 +78,8 @@ def _err(status: int, error: str, message: str) -> web.Response:
     return web.json_response({"error": error, "message": message}, status=status)
 
 
-def _payload_json(payload: Any) -> dict[str, Any]:
+def payload_json(payload: Any) -> dict[str, Any]:
+    """An opened E2EE payload as the admin API answers it (both escrow endpoints)."""
     which = payload.WhichOneof("body")
     out: dict[str, Any] = {"kind": which or ""}
     if which == "text":
@@ -267,7 +268,7 @@ class EscrowAccess:
             row: dict[str, Any] = {"seq": e.seq, "sender_id": e.sender_id,
                                    "sender_device": e.sender_device, "sent_at_ms": e.sent_at}
             try:
-                row.update(_payload_json(open_envelope(suite, private, key_id,
+                row.update(payload_json(open_envelope(suite, private, key_id,
                                                        req.conversation_id, e.sender_id,
                                                        content.encrypted)))
             except E2EEError as exc:
