@@ -42,6 +42,7 @@ from tongxin.e2ee.errors import (
     EscrowUntrustedError,
     IdentityChangedError,
     NoSessionError,
+    UnannouncedMemberError,
 )
 from tongxin.e2ee.escrow_trust import (
     EscrowKeyChange,
@@ -52,6 +53,7 @@ from tongxin.e2ee.escrow_trust import (
     root_key_id,
 )
 from tongxin.e2ee.escrow_trust import verify as verify_statement
+from tongxin.e2ee.membership import MembershipChange, MembershipLedger
 from tongxin.proto import e2ee_pb2 as e2
 from tongxin.proto import tongxin_pb2 as pb
 
@@ -112,6 +114,7 @@ class E2EEClient:
                  on_identity_change: Callable[[IdentityChangedError], None] | None = None,
                  one_time_prekeys: int = 20, trusted_org_root: OrgRoot = None,
                  on_escrow_key_change: Callable[[EscrowKeyChange], None] | None = None,
+                 on_membership_change: Callable[[MembershipChange], None] | None = None,
                  ) -> None:
         if client.auth is None:
             raise RuntimeError("log in before enabling end-to-end encryption")
@@ -128,6 +131,9 @@ class E2EEClient:
             raise E2EEError(f"the server's crypto suite {auth.crypto_suite!r} cannot run on "
                             f"this client: {exc}") from exc
         self.path = self.state_dir / f"{_safe(auth.user_id)}.{_safe(auth.device_id)}.json"
+        self.ledger = MembershipLedger()
+        """Group memberships as the conversation logs announced them (docs/e2ee.md 7.1)."""
+        self.on_membership_change = on_membership_change
         self.device = self._load() or Device.create(self.suite, auth.user_id, auth.device_id)
         self.device.pins.on_change = self._identity_changed
         self.org_root = load_org_root(trusted_org_root)
@@ -147,6 +153,7 @@ class E2EEClient:
         except (OSError, ValueError) as exc:
             raise E2EEError(f"cannot read E2EE state {self.path}: {exc}") from exc
         dev = Device.from_dict(data)
+        self.ledger = MembershipLedger.from_dict(data.get("membership", {}))
         if dev.suite.name != self.suite.name:
             raise E2EEError(f"E2EE state {self.path} is for suite {dev.suite.name!r} but the "
                             f"server uses {self.suite.name!r}")
@@ -159,7 +166,7 @@ class E2EEClient:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.device.to_dict(), f)
+                json.dump({**self.device.to_dict(), "membership": self.ledger.to_dict()}, f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
@@ -317,7 +324,25 @@ class E2EEClient:
             # would silently exclude the rest.
             raise E2EEError(f"group has {conv.member_count} members but the server listed "
                             f"{len(conv.members)}; end-to-end encryption needs all of them")
-        return conv.kind, [m.user_id for m in conv.members]
+        listed = [m.user_id for m in conv.members]
+        if self.ledger.unannounced(conversation_id, listed):
+            # Only when the list and the record differ: the log since the record's end
+            # says whether the log announced them.
+            known = self.ledger.groups.get(conversation_id)
+            entries = await self.client.sync_all(conversation_id,
+                                                 known.checked_seq if known else 0)
+            changes = self.ledger.replay(conversation_id, entries, listed)
+            self.save()
+            self._membership_changed(changes)
+            ghosts = self.ledger.unannounced(conversation_id, listed)
+            if ghosts:
+                raise UnannouncedMemberError(conversation_id, ghosts)
+        return conv.kind, listed
+
+    def _membership_changed(self, changes: list[MembershipChange]) -> None:
+        if self.on_membership_change is not None:
+            for c in changes:
+                self.on_membership_change(c)
 
     async def _send_envelope(self, conversation_id: str, env: e2.Envelope,
                              client_msg_id: str) -> pb.Ack:
@@ -385,6 +410,11 @@ class E2EEClient:
         content (membership changes are noted for sender-key rotation). Raises an
         :class:`E2EEError` for content that must be refused."""
         if message.kind == pb.SYSTEM:
+            change = self.ledger.apply(message)
+            if change is not None:
+                self._membership_changed([change])
+                if message.system.kind not in _MEMBERSHIP:
+                    self.save()  # CREATED: membership_changed below saves the others
             if message.system.kind in _MEMBERSHIP:
                 removed: list[str] = []
                 if message.system.kind == pb.SystemEvent.MEMBERS_REMOVED:

@@ -13,11 +13,12 @@ from tongxin.e2ee.errors import (
     ReplayError,
     TamperedError,
     TooFarAheadError,
+    UnannouncedMemberError,
     WrongSignatureError,
 )
 
 __all__ = [
     "Device", "E2EEError", "Escrow", "EscrowError", "IdentityChangedError", "MalformedError",
     "NoSenderKeyError", "NoSessionError", "Opened", "ReplayError", "TamperedError",
-    "TooFarAheadError", "WrongSignatureError",
+    "TooFarAheadError", "UnannouncedMemberError", "WrongSignatureError",
 ]

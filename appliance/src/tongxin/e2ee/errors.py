@@ -62,3 +62,15 @@ class IdentityChangedError(E2EEError):
         self.device_id = device_id
         self.old_key = old_key
         self.new_key = new_key
+
+
+class UnannouncedMemberError(E2EEError):
+    """The server lists group members that no entry of the conversation's log announced
+    (docs/e2ee.md section 7.1): nothing is encrypted to the group until the log shows them."""
+
+    def __init__(self, conversation_id: str, user_ids: list[str]) -> None:
+        super().__init__(
+            f"the server lists {', '.join(user_ids)} as members of {conversation_id}, but no "
+            "membership change in the conversation's log added them; refusing to encrypt")
+        self.conversation_id = conversation_id
+        self.user_ids = list(user_ids)
