@@ -6,6 +6,7 @@
 import {
   E2EEDevice, E2EEError, IdentityChangedError, NoSenderKeyError, NoSessionError, ReplayError, escrowKeyId,
 } from "./protocol.js";
+import { MembershipLedger, UnannouncedMemberError, isMembership } from "./membership.js";
 import { KeyStore } from "./store.js";
 import { getSuite } from "./suite.js";
 
@@ -17,6 +18,7 @@ export function failureText(err) {
   if (err instanceof IdentityChangedError) return "Cannot decrypt: the sender's security key changed";
   if (err instanceof NoSessionError || err instanceof NoSenderKeyError) return "Cannot decrypt: this device has no key for this message";
   if (err instanceof ReplayError) return "Cannot decrypt: message key already used";
+  if (err instanceof UnannouncedMemberError) return err.message;
   return "Cannot decrypt this message";
 }
 
@@ -36,6 +38,7 @@ export class WebE2EE {
     this.pending = []; // [{userId, deviceId, newKey}]
     this.device = null;
     this.store = null;
+    this.ledger = new MembershipLedger(null);
     this.started = Promise.resolve();
     this.inflight = new Map(); // "conv:seq" -> Promise of the entry's view
   }
@@ -103,6 +106,7 @@ export class WebE2EE {
     }
     try {
       this.store = await KeyStore.open(this.auth.userId, this.auth.deviceId);
+      this.ledger = new MembershipLedger(this.store);
       const escrow = await this.#escrow(suite);
       this.device = new E2EEDevice({
         suite, store: this.store, userId: this.auth.userId, deviceId: this.auth.deviceId, escrow,
@@ -205,6 +209,7 @@ export class WebE2EE {
     for (const m of msgs) {
       if (m.kind === 4 /* SYSTEM */) {
         const s = m.system || {};
+        if (isMembership(m)) await this.ledger.apply(convId, m).catch((err) => console.warn(err));
         // MEMBERS_ADDED, MEMBERS_REMOVED, MEMBER_LEFT rotate our sender key (§7).
         if (this.device && [2, 3, 4].includes(s.kind)) {
           const removed = s.kind === 2 ? [] : [...(s.userIds || []), ...(s.kind === 4 && s.actorId ? [s.actorId] : [])];
@@ -246,6 +251,7 @@ export class WebE2EE {
     if (!this.on) throw new E2EEError(this.reason || "end-to-end encryption is not running");
     let envelope;
     if (conv.kind === 2 /* GROUP */) {
+      await this.#checkMembers(conv);
       envelope = await this.device.sealGroup(conv.id, payload, conv.memberIds, conv.lastSeq, sendControl);
     } else {
       const res = await this.device.sealPairwise(conv.id, payload, [conv.peerId]);
@@ -257,5 +263,26 @@ export class WebE2EE {
       envelope = res.envelope;
     }
     return { encrypted: envelope };
+  }
+
+  /**
+   * Refuse a group whose listed members the conversation log did not all
+   * announce (§7.1). Reads the log only when the list and the record differ.
+   */
+  async #checkMembers(conv) {
+    await this.ledger.load(conv.id);
+    if (this.ledger.unannounced(conv.id, conv.memberIds).length === 0) return;
+    let afterSeq = this.ledger.groups.get(conv.id)?.checkedSeq ?? 0;
+    const entries = [];
+    for (;;) {
+      const page = await this.client.sync(conv.id, { afterSeq });
+      const msgs = page.messages || [];
+      entries.push(...msgs);
+      if (msgs.length) afterSeq = Number(msgs.at(-1).seq);
+      if (!page.hasMore || !msgs.length) break;
+    }
+    await this.ledger.replay(conv.id, entries, conv.memberIds);
+    const ghosts = this.ledger.unannounced(conv.id, conv.memberIds);
+    if (ghosts.length) throw new UnannouncedMemberError(conv.id, ghosts);
   }
 }
