@@ -246,3 +246,24 @@ def test_cli_unseal_with_a_tampered_document_writes_nothing(tmp_path: Path) -> N
         main(["dr-secrets", "unseal", "--key", str(tmp_path / "dr.key"), "--part", "secrets",
               "--to-dir", str(out), str(tmp_path / "sealed.json")])
     assert list(out.iterdir()) == []
+
+
+def test_cli_seal_only_takes_the_named_secrets(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Another role's file appearing in the directory later must not change the seal."""
+    src, ca = _secrets_dirs(tmp_path)
+    key = generate_key("international")
+    (tmp_path / "dr.pub").write_text(json.dumps(key.public_document()))
+    argv = ["dr-secrets", "seal", "--public-key", str(tmp_path / "dr.pub"), "--from-dir", str(src),
+            "--ca-dir", str(ca), "--only", "master.key", "--only", "token.key", "--only",
+            "totp.key", "--out", str(tmp_path / "sealed.json")]
+    assert main(argv) == 0
+    first = (tmp_path / "sealed.json").read_text()
+    assert json.loads(first)["names"] == sorted(FILES)
+    (src / "vrrp-dc1.pass").write_text("written by the lb role after the seal")
+    assert main([*argv[:-2], "--current", str(tmp_path / "sealed.json"),
+                 "--out", str(tmp_path / "sealed.json")]) == 0
+    assert (tmp_path / "sealed.json").read_text() == first
+    (src / "totp.key").unlink()
+    with pytest.raises(SystemExit, match=r"has no totp\.key"):
+        main(argv)

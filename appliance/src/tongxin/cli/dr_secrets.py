@@ -97,8 +97,14 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
-def _files_from_dirs(secrets_dir: Path, ca_dir: Path | None) -> dict[str, bytes]:
-    """secrets/<f> for the files directly in ``secrets_dir``, ca/<f> for those in ``ca_dir``."""
+def _files_from_dirs(secrets_dir: Path, ca_dir: Path | None,
+                     only: list[str] | None = None) -> dict[str, bytes]:
+    """secrets/<f> for the files directly in ``secrets_dir``, ca/<f> for those in ``ca_dir``.
+
+    ``only`` names the secrets files to take: other roles keep their own
+    files in the same directory and write them later in a run, and a seal
+    that took whatever was there would change on the next run.
+    """
     files: dict[str, bytes] = {}
     for prefix, where in (("secrets", secrets_dir), ("ca", ca_dir)):
         if where is None:
@@ -106,15 +112,22 @@ def _files_from_dirs(secrets_dir: Path, ca_dir: Path | None) -> dict[str, bytes]
         if not where.is_dir():
             raise _fail(f"{where} is not a directory")
         for f in sorted(where.iterdir()):
+            if prefix == "secrets" and only is not None and f.name not in only:
+                continue
             if f.is_file() and not f.name.startswith("."):
                 files[f"{prefix}/{f.name}"] = f.read_bytes()
+    if only is not None:
+        missing = sorted(n for n in only if f"secrets/{n}" not in files)
+        if missing:
+            raise _fail(f"{secrets_dir} has no {', '.join(missing)}")
     return files
 
 
 def cmd_seal(args: argparse.Namespace) -> int:
     recipient = load_key(_read_json(args.public_key, "key file"), need_private=False)
     current: object = None
-    files = _files_from_dirs(Path(args.from_dir), Path(args.ca_dir) if args.ca_dir else None)
+    files = _files_from_dirs(Path(args.from_dir), Path(args.ca_dir) if args.ca_dir else None,
+                             args.only)
     if args.current == "-":
         text = sys.stdin.read(_INPUT_LIMIT + 1).strip()
         try:
@@ -199,6 +212,8 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--public-key", required=True, help="the .pub file from keygen")
     s.add_argument("--from-dir", required=True,
                    help="seal the files of DIR as the node's secrets (secrets/)")
+    s.add_argument("--only", action="append", metavar="NAME",
+                   help="seal only this file of --from-dir (repeat; default: every file)")
     s.add_argument("--ca-dir", default="",
                    help="with --from-dir: also seal the files of DIR as the internal CA's (ca/)")
     s.add_argument("--current", default="",
