@@ -33,9 +33,16 @@ SUITES = [pytest.param("international", id="international"),
               not sm2_available(), reason="SM2 (gmssl-pyx) is not available"))]
 
 
+PASSPHRASE = "correct horse battery staple"
+
+
 async def device(rn: RunningNode, name: str, dev: str, keys: Path) -> E2EEClient:
+    """A device of ``name``: the user's first one makes the user key and its backup, later
+    ones open the backup with the same passphrase (docs/e2ee.md 9.1)."""
     c = await rn.user(name, device_id=dev)
-    return await c.e2ee(keys / f"{name}-{dev}")
+    e = await c.e2ee(keys / f"{name}-{dev}", key_backup_passphrase=PASSPHRASE)
+    assert e.signed, e.cross.not_signed
+    return e
 
 
 async def next_opened(e: E2EEClient) -> tuple[pb.Message, Opened]:

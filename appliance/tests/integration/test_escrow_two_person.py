@@ -76,7 +76,8 @@ async def test_escrow_decryption_needs_the_auditor_and_a_second_person(
               "escrow_sealed_key_file": str(tmp_path / "sealed.json"),
               "escrow_statement_file": str(tmp_path / "statement.json")})
     alice_c = await rn.user("alice", device_id="a1")
-    await rn.user("bob", device_id="b1")
+    bob_c = await rn.user("bob", device_id="b1")
+    await bob_c.e2ee(tmp_path / "bob", trusted_org_root=tmp_path / "root.der")
     alice = await alice_c.e2ee(tmp_path / "alice", trusted_org_root=tmp_path / "root.der")
     conv = (await alice_c.direct("bob")).conversation_id
     await alice.send_text(conv, "before the scope")

@@ -33,16 +33,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tongxin.client.cross_signing import CrossSigning
 from tongxin.crypto.errors import CryptoError
 from tongxin.crypto.suite import get_suite
 from tongxin.e2ee import attachments
 from tongxin.e2ee.device import Device, Escrow, Opened
+from tongxin.e2ee.device_trust import DeviceChange
 from tongxin.e2ee.errors import (
     E2EEError,
     EscrowUntrustedError,
     IdentityChangedError,
     NoSessionError,
     UnannouncedMemberError,
+    UnsignedDeviceError,
+    UserKeyChangedError,
 )
 from tongxin.e2ee.escrow_trust import (
     EscrowKeyChange,
@@ -115,6 +119,8 @@ class E2EEClient:
                  one_time_prekeys: int = 20, trusted_org_root: OrgRoot = None,
                  on_escrow_key_change: Callable[[EscrowKeyChange], None] | None = None,
                  on_membership_change: Callable[[MembershipChange], None] | None = None,
+                 on_device_change: Callable[[DeviceChange], None] | None = None,
+                 key_backup_passphrase: str | None = None,
                  ) -> None:
         if client.auth is None:
             raise RuntimeError("log in before enabling end-to-end encryption")
@@ -134,7 +140,14 @@ class E2EEClient:
         self.ledger = MembershipLedger()
         """Group memberships as the conversation logs announced them (docs/e2ee.md 7.1)."""
         self.on_membership_change = on_membership_change
+        self.on_device_change = on_device_change
+        self.key_backup_passphrase = key_backup_passphrase
+        self._cross_state: dict[str, object] = {}
         self.device = self._load() or Device.create(self.suite, auth.user_id, auth.device_id)
+        self.cross = CrossSigning(self.suite, auth.user_id, auth.device_id,
+                                  self.device.identity.public_key)
+        """Cross-signing (docs/e2ee.md 9.1): this device's signature, other users' devices."""
+        self.cross.load(self._cross_state)
         self.device.pins.on_change = self._identity_changed
         self.org_root = load_org_root(trusted_org_root)
         self.on_escrow_key_change = on_escrow_key_change
@@ -154,6 +167,7 @@ class E2EEClient:
             raise E2EEError(f"cannot read E2EE state {self.path}: {exc}") from exc
         dev = Device.from_dict(data)
         self.ledger = MembershipLedger.from_dict(data.get("membership", {}))
+        self._cross_state = data.get("cross_signing", {})
         if dev.suite.name != self.suite.name:
             raise E2EEError(f"E2EE state {self.path} is for suite {dev.suite.name!r} but the "
                             f"server uses {self.suite.name!r}")
@@ -166,7 +180,8 @@ class E2EEClient:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({**self.device.to_dict(), "membership": self.ledger.to_dict()}, f)
+                json.dump({**self.device.to_dict(), "membership": self.ledger.to_dict(),
+                           "cross_signing": self.cross.to_dict()}, f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
@@ -269,7 +284,40 @@ class E2EEClient:
 
     async def setup(self) -> e2.KeyStatus:
         """Publish this device's keys, topping one-time prekeys up when below half and
-        rotating the signed prekey once it is older than ``SIGNED_PREKEY_MAX_AGE``."""
+        rotating the signed prekey once it is older than ``SIGNED_PREKEY_MAX_AGE``; then
+        have this device signed by its user's key (docs/e2ee.md 9.1)."""
+        st = await self._publish_keys()
+        st = await self.cross.establish(st, self._publish_raw, self.key_backup_passphrase)
+        self.save()
+        if self.cross.not_signed:
+            log.warning("%s", self.cross.not_signed)
+        return st
+
+    async def _publish_raw(self, msg: e2.PublishKeys) -> e2.KeyStatus:
+        return await self.client.request(pb.KEYS_PUBLISH, msg, e2.KeyStatus)
+
+    async def restore_user_key(self, passphrase: str) -> e2.KeyStatus:
+        """Open the user key's backup and sign this device with it (a new device)."""
+        st = await self.cross.establish(await self.status(), self._publish_raw, passphrase)
+        self.save()
+        return st
+
+    async def store_key_backup(self, passphrase: str) -> e2.KeyStatus:
+        """Seal the user key under ``passphrase`` in the directory, for the user's next
+        devices (the server stores it and cannot open it)."""
+        return await self.cross.store_backup(passphrase, self._publish_raw)
+
+    @property
+    def signed(self) -> bool:
+        """Whether this device is signed by its user's key (other clients refuse it if not)."""
+        return not self.cross.not_signed
+
+    def accept_user_key(self, user_id: str, user_key: bytes) -> None:
+        """The user checked and accepts ``user_id``'s changed user key."""
+        self.cross.trust.accept_user_key(user_id, user_key)
+        self.save()
+
+    async def _publish_keys(self) -> e2.KeyStatus:
         st = await self.status()
         if st.identity_key != self.device.identity.public_key or not st.signed_prekey_id:
             return await self.publish()
@@ -290,7 +338,26 @@ class E2EEClient:
                 user_ids=users[i:i + FETCH_BATCH], without_one_time_prekeys=not with_one_time),
                 e2.KeyBundles)
             out.devices.extend(part.devices)
+            out.user_keys.extend(part.user_keys)
         return out
+
+    async def _judge(self, user_ids: list[str], listing: e2.KeyBundles) -> list[e2.DeviceBundle]:
+        """The listed devices this client uses: signed by their user's pinned key (or of a
+        user without one), with identity keys matching the pins."""
+        try:
+            use = self.cross.judge(listing, user_ids, self.on_device_change)
+        except UserKeyChangedError as exc:
+            self.save()
+            self._identity_changed(exc)
+            raise
+        self.save()
+        for b in use:
+            self.device.check_identity(b.user_id, b.device_id, b.identity_key)
+        for b in listing.devices:
+            # A device pinned before that is now refused: its key changed under it (say so,
+            # as before cross-signing), but an unknown one is not pinned.
+            self.device.pins.check(b.user_id, b.device_id, b.identity_key, pin=False)
+        return use
 
     async def devices_of(self, user_ids: list[str]) -> list[tuple[str, str]]:
         """Every device of ``user_ids`` with a session, after checking the directory's
@@ -299,8 +366,7 @@ class E2EEClient:
         dev = self.device
         targets: list[tuple[str, str]] = []
         missing: set[str] = set()
-        for b in listing.devices:
-            dev.check_identity(b.user_id, b.device_id, b.identity_key)
+        for b in await self._judge(list(dict.fromkeys(user_ids)), listing):
             targets.append((b.user_id, b.device_id))
             s = dev.active_session(b.user_id, b.device_id)
             if s is None or s.peer_identity != b.identity_key:
@@ -353,10 +419,15 @@ class E2EEClient:
     async def send_payload(self, conversation_id: str, payload: e2.Payload,
                            client_msg_id: str = "") -> pb.Ack:
         self.require_trusted_escrow()
+        self.cross.require_signed()
         payload.sent_at_ms = int(time.time() * 1000)
         client_msg_id = client_msg_id or uuid.uuid4().hex
         kind, members = await self._members(conversation_id)
         targets = await self.devices_of(members)
+        peers = {u for u, _ in targets if u != self.device.user_id}
+        if kind == pb.DIRECT and not peers and members[1] != self.device.user_id:
+            raise E2EEError(f"no device of {members[1]} can receive end-to-end encrypted "
+                            "messages (none is published and signed by their user key)")
         dev = self.device
         if kind == pb.GROUP:
             dist = dev.sender_key_distribution(conversation_id, members)
@@ -379,6 +450,7 @@ class E2EEClient:
         """Encrypt ``data`` with a fresh key, upload only the ciphertext, send the key
         inside an encrypted message."""
         self.require_trusted_escrow()  # before the upload, which would be wasted
+        self.cross.require_signed()
         blob, att = attachments.encrypt(self.suite, data, name, content_type)
         info = await self.client.upload_file(conversation_id, blob, attachments.UPLOAD_NAME,
                                              attachments.UPLOAD_CONTENT_TYPE)
@@ -431,6 +503,12 @@ class E2EEClient:
             if own is None:
                 raise NoSessionError("sent by this device; its plaintext is kept locally only")
             return Opened(own, dev.user_id, dev.device_id, 0)
+        if self.cross.trust.accepted(message.sender_id, message.sender_device) is None:
+            # A device not seen yet: the directory says whether its user's key signed it.
+            await self._judge([message.sender_id],
+                              await self.fetch([message.sender_id], with_one_time=False))
+            if self.cross.trust.accepted(message.sender_id, message.sender_device) is None:
+                raise UnsignedDeviceError(message.sender_id, message.sender_device)
         opened = dev.open(message.conversation_id, message.sender_id, message.sender_device,
                           message.content.encrypted)
         self.save()

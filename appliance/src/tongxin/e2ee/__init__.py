@@ -4,6 +4,7 @@ pinning. A pure library: the SDK (``tongxin.client.e2ee``) moves its bytes."""
 
 from tongxin.e2ee.device import Device, Escrow, Opened
 from tongxin.e2ee.errors import (
+    DeviceNotSignedError,
     E2EEError,
     EscrowError,
     IdentityChangedError,
@@ -14,11 +15,27 @@ from tongxin.e2ee.errors import (
     TamperedError,
     TooFarAheadError,
     UnannouncedMemberError,
+    UnsignedDeviceError,
+    UserKeyChangedError,
     WrongSignatureError,
 )
 
 __all__ = [
-    "Device", "E2EEError", "Escrow", "EscrowError", "IdentityChangedError", "MalformedError",
-    "NoSenderKeyError", "NoSessionError", "Opened", "ReplayError", "TamperedError",
-    "TooFarAheadError", "UnannouncedMemberError", "WrongSignatureError",
+    "Device",
+    "DeviceNotSignedError",
+    "E2EEError",
+    "Escrow",
+    "EscrowError",
+    "IdentityChangedError",
+    "MalformedError",
+    "NoSenderKeyError",
+    "NoSessionError",
+    "Opened",
+    "ReplayError",
+    "TamperedError",
+    "TooFarAheadError",
+    "UnannouncedMemberError",
+    "UnsignedDeviceError",
+    "UserKeyChangedError",
+    "WrongSignatureError",
 ]

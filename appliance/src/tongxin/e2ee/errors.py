@@ -74,3 +74,32 @@ class UnannouncedMemberError(E2EEError):
             "membership change in the conversation's log added them; refusing to encrypt")
         self.conversation_id = conversation_id
         self.user_ids = list(user_ids)
+
+
+class UserKeyChangedError(IdentityChangedError):
+    """A user's pinned user key (docs/e2ee.md 9.1) changed, or the directory stopped listing
+    one: none of that user's devices is used until the user accepts the new key
+    (``E2EEClient.accept_user_key``). ``device_id`` is empty; ``new_key`` is empty when
+    the key disappeared."""
+
+    def __init__(self, user_id: str, old_key: bytes, new_key: bytes) -> None:
+        super().__init__(user_id, "", old_key, new_key)
+        self.args = (
+            f"the user key of {user_id} {'changed' if new_key else 'is no longer listed'}; "
+            "verify the safety number and accept it before exchanging messages with them",)
+
+
+class UnsignedDeviceError(E2EEError):
+    """A message came from a device its user's key did not sign (a device the server may
+    have made): it is not opened."""
+
+    def __init__(self, user_id: str, device_id: str) -> None:
+        super().__init__(f"{user_id}/{device_id} is not signed by {user_id}'s user key; its "
+                         "messages are refused")
+        self.user_id = user_id
+        self.device_id = device_id
+
+
+class DeviceNotSignedError(E2EEError):
+    """This device holds no signature of its user's key, so other clients refuse it: open
+    the key backup (``E2EEClient.restore_user_key``) or sign it from another device."""

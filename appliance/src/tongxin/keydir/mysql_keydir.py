@@ -12,7 +12,14 @@ from typing import Any
 from asyncmy.cursors import Cursor
 from asyncmy.errors import IntegrityError
 
-from tongxin.keydir.ports import DeviceRow, DuplicatePreKey, PreKeyRow, TooManyPreKeys
+from tongxin.keydir.ports import (
+    DeviceRow,
+    DeviceSignatureRow,
+    DuplicatePreKey,
+    PreKeyRow,
+    TooManyPreKeys,
+    UserKeyRow,
+)
 from tongxin.store.mysql_store import MysqlStore
 
 TABLES = (
@@ -34,6 +41,21 @@ TABLES = (
         public_key VARBINARY(512) NOT NULL,
         signature VARBINARY(256) NOT NULL,
         PRIMARY KEY (user_id, device_id, key_id)
+    )""",
+    """CREATE TABLE IF NOT EXISTS e2ee_user_keys (
+        user_id VARCHAR(64) NOT NULL,
+        suite VARCHAR(32) NOT NULL,
+        user_key VARBINARY(512) NOT NULL,
+        backup VARBINARY(4096) NOT NULL,
+        updated_at BIGINT NOT NULL,
+        PRIMARY KEY (user_id)
+    )""",
+    """CREATE TABLE IF NOT EXISTS e2ee_device_signatures (
+        user_id VARCHAR(64) NOT NULL,
+        device_id VARCHAR(191) NOT NULL,
+        identity_key VARBINARY(512) NOT NULL,
+        signature VARBINARY(256) NOT NULL,
+        PRIMARY KEY (user_id, device_id)
     )""",
 )
 
@@ -145,4 +167,62 @@ class MysqlKeyDir:
                               "device_id = %s AND key_id = %s", (user_id, device_id, r[0]))
             return PreKeyRow(int(r[0]), bytes(r[1]), bytes(r[2]))
         result: PreKeyRow | None = await self._write(job)
+        return result
+
+    async def user_keys(self, user_ids: list[str]) -> list[UserKeyRow]:
+        async def job(cur: Cursor) -> list[UserKeyRow]:
+            out: list[UserKeyRow] = []
+            for uid in user_ids:
+                await cur.execute("SELECT user_id, suite, user_key, backup, updated_at FROM "
+                                  "e2ee_user_keys WHERE user_id = %s", (uid,))
+                r = await cur.fetchone()
+                if r is not None:
+                    out.append(UserKeyRow(str(r[0]), str(r[1]), bytes(r[2]), bytes(r[3]),
+                                          int(r[4])))
+            return out
+        result: list[UserKeyRow] = await self._read(job)
+        return result
+
+    async def insert_user_key(self, row: UserKeyRow) -> bool:
+        async def job(cur: Cursor) -> bool:
+            # INSERT IGNORE would also hide other errors; a duplicate key is the only
+            # expected refusal.
+            try:
+                await cur.execute("INSERT INTO e2ee_user_keys (user_id, suite, user_key, backup, "
+                                  "updated_at) VALUES (%s,%s,%s,%s,%s)",
+                                  (row.user_id, row.suite, row.user_key, row.backup,
+                                   row.updated_at))
+            except IntegrityError:
+                return False
+            return True
+        result: bool = await self._write(job)
+        return result
+
+    async def set_user_key_backup(self, user_id: str, user_key: bytes, backup: bytes,
+                                  updated_at: int) -> None:
+        async def job(cur: Cursor) -> None:
+            await cur.execute("UPDATE e2ee_user_keys SET backup = %s, updated_at = %s WHERE "
+                              "user_id = %s AND user_key = %s",
+                              (backup, updated_at, user_id, user_key))
+        await self._write(job)
+
+    async def put_device_signature(self, row: DeviceSignatureRow) -> None:
+        async def job(cur: Cursor) -> None:
+            await cur.execute(
+                "INSERT INTO e2ee_device_signatures (user_id, device_id, identity_key, "
+                "signature) VALUES (%s,%s,%s,%s) ON DUPLICATE KEY UPDATE "
+                "identity_key = VALUES(identity_key), signature = VALUES(signature)",
+                (row.user_id, row.device_id, row.identity_key, row.signature))
+        await self._write(job)
+
+    async def device_signatures(self, user_ids: list[str]) -> list[DeviceSignatureRow]:
+        async def job(cur: Cursor) -> list[DeviceSignatureRow]:
+            out: list[DeviceSignatureRow] = []
+            for uid in user_ids:
+                await cur.execute("SELECT user_id, device_id, identity_key, signature FROM "
+                                  "e2ee_device_signatures WHERE user_id = %s", (uid,))
+                out.extend(DeviceSignatureRow(str(r[0]), str(r[1]), bytes(r[2]), bytes(r[3]))
+                           for r in await cur.fetchall())
+            return out
+        result: list[DeviceSignatureRow] = await self._read(job)
         return result

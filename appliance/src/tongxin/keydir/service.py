@@ -22,14 +22,17 @@ from tongxin.crypto.suite import CryptoSuite, get_suite
 from tongxin.e2ee import encoding as enc
 from tongxin.e2ee import escrow as escrow_mod
 from tongxin.e2ee import escrow_trust
+from tongxin.e2ee.cross_signing import MAX_BACKUP_BYTES, device_is_signed
 from tongxin.e2ee.errors import E2EEError
 from tongxin.errors import RequestError
 from tongxin.keydir.ports import (
     DeviceRow,
+    DeviceSignatureRow,
     DuplicatePreKey,
     KeyDirStore,
     PreKeyRow,
     TooManyPreKeys,
+    UserKeyRow,
 )
 from tongxin.proto import e2ee_pb2 as e2
 from tongxin.proto import tongxin_pb2 as pb
@@ -195,10 +198,62 @@ class KeyDirectory:
         if not empty:
             await self._publish(suite, user_id, device_id, req, current)
             current = await self.store.get_device(user_id, device_id)
-        return e2.KeyStatus(
+        if req.user_key or req.device_signature or req.user_key_backup:
+            await self._cross_sign(suite, user_id, device_id, req, current)
+        status = e2.KeyStatus(
             one_time_prekeys_remaining=await self.store.count_one_time(user_id, device_id),
             signed_prekey_id=current.spk_id if current else 0,
             identity_key=current.identity_key if current else b"")
+        for uk in await self.store.user_keys([user_id]):
+            status.user_key, status.user_key_backup = uk.user_key, uk.backup
+        for sig in await self.store.device_signatures([user_id]):
+            if current is not None and (sig.device_id, sig.identity_key) == (
+                    device_id, current.identity_key):
+                status.device_signature = sig.signature
+        return status
+
+    async def _cross_sign(self, suite: CryptoSuite, user_id: str, device_id: str,
+                          req: e2.PublishKeys, current: DeviceRow | None) -> None:
+        """The user key, this device's signature by it, and the key's sealed backup
+        (docs/e2ee.md 9.1). Clients verify all of it themselves; the server refuses what
+        would only confuse them: a second user key, a signature that does not verify."""
+        if current is None:
+            raise RequestError(pb.INVALID_ARGUMENT, "publish the device's identity key before "
+                               "its device_signature")
+        if len(req.user_key) > MAX_KEY_BYTES or len(req.device_signature) > MAX_SIGNATURE_BYTES:
+            raise RequestError(pb.INVALID_ARGUMENT, "user_key or device_signature is too large")
+        if len(req.user_key_backup) > MAX_BACKUP_BYTES:
+            raise RequestError(pb.INVALID_ARGUMENT, f"user_key_backup is over "
+                                                    f"{MAX_BACKUP_BYTES} bytes")
+        if not req.device_signature:
+            raise RequestError(pb.INVALID_ARGUMENT, "user_key and user_key_backup need this "
+                               "device's device_signature in the same KEYS_PUBLISH")
+        stored = next(iter(await self.store.user_keys([user_id])), None)
+        if stored is not None and req.user_key and stored.user_key != req.user_key:
+            raise RequestError(pb.CONFLICT, "this user already has another user key; a new "
+                               "device gets it from the key backup or another device")
+        user_key = stored.user_key if stored is not None else bytes(req.user_key)
+        if not user_key:
+            raise RequestError(pb.INVALID_ARGUMENT, "the user has no user key yet: send "
+                               "user_key with the first device_signature")
+        if not device_is_signed(suite, user_key, user_id, device_id, current.identity_key,
+                                req.device_signature):
+            raise RequestError(pb.INVALID_ARGUMENT, "device_signature does not verify with "
+                               "the user key over this device's identity key")
+        now = now_ms()
+        if stored is None:
+            row = UserKeyRow(user_id, suite.name, user_key, bytes(req.user_key_backup), now)
+            if not await self.store.insert_user_key(row):
+                raced = next(iter(await self.store.user_keys([user_id])), None)
+                if raced is None or raced.user_key != user_key:
+                    raise RequestError(pb.CONFLICT, "another device set a different user key "
+                                       "at the same time")
+            log.info("user key set", extra={"user": user_id, "device": device_id})
+        elif req.user_key_backup:
+            await self.store.set_user_key_backup(user_id, user_key, bytes(req.user_key_backup),
+                                                 now)
+        await self.store.put_device_signature(DeviceSignatureRow(
+            user_id, device_id, current.identity_key, bytes(req.device_signature)))
 
     async def _publish(self, suite: CryptoSuite, user_id: str, device_id: str,
                        req: e2.PublishKeys, current: DeviceRow | None) -> None:
@@ -267,6 +322,11 @@ class KeyDirectory:
             raise RequestError(pb.INVALID_ARGUMENT, f"fetch keys of at most {MAX_FETCH_USERS} "
                                                     "users")
         out = e2.KeyBundles()
+        for uk in await self.store.user_keys(users):
+            if uk.suite == self.policy.suite_name:
+                out.user_keys.add(user_id=uk.user_id, user_key=uk.user_key)
+        signatures = {(s.user_id, s.device_id, s.identity_key): s.signature
+                      for s in await self.store.device_signatures(users)}
         for row in await self.store.devices(users, MAX_DEVICES_PER_USER + 1):
             if (row.user_id, row.device_id) == (user_id, device_id):
                 continue
@@ -276,7 +336,9 @@ class KeyDirectory:
                 user_id=row.user_id, device_id=row.device_id, identity_key=row.identity_key,
                 signed_prekey=e2.PreKey(key_id=row.spk_id, public_key=row.spk_public,
                                         signature=row.spk_signature),
-                updated_at_ms=row.updated_at)
+                updated_at_ms=row.updated_at,
+                device_signature=signatures.get((row.user_id, row.device_id, row.identity_key),
+                                                b""))
             if not req.without_one_time_prekeys:
                 opk = await self.store.take_one_time(row.user_id, row.device_id)
                 if opk is not None:

@@ -7,7 +7,14 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from tongxin.keydir.ports import DeviceRow, DuplicatePreKey, PreKeyRow, TooManyPreKeys
+from tongxin.keydir.ports import (
+    DeviceRow,
+    DeviceSignatureRow,
+    DuplicatePreKey,
+    PreKeyRow,
+    TooManyPreKeys,
+    UserKeyRow,
+)
 from tongxin.store.sqlite_worker import SqliteDatabase
 
 SCHEMA = """
@@ -29,6 +36,20 @@ CREATE TABLE IF NOT EXISTS e2ee_one_time_prekeys (
     public_key BLOB NOT NULL,
     signature BLOB NOT NULL,
     PRIMARY KEY (user_id, device_id, key_id)
+);
+CREATE TABLE IF NOT EXISTS e2ee_user_keys (
+    user_id TEXT PRIMARY KEY,
+    suite TEXT NOT NULL,
+    user_key BLOB NOT NULL,
+    backup BLOB NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS e2ee_device_signatures (
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    identity_key BLOB NOT NULL,
+    signature BLOB NOT NULL,
+    PRIMARY KEY (user_id, device_id)
 );
 """
 
@@ -104,3 +125,46 @@ class SqliteKeyDir(SqliteDatabase):
                           (user_id, device_id)).fetchone()
             return None if r is None else PreKeyRow(int(r[0]), bytes(r[1]), bytes(r[2]))
         return await self._writer.run(job)
+
+    async def user_keys(self, user_ids: list[str]) -> list[UserKeyRow]:
+        def job(c: sqlite3.Connection) -> list[UserKeyRow]:
+            out: list[UserKeyRow] = []
+            for uid in user_ids:
+                r = c.execute("SELECT user_id, suite, user_key, backup, updated_at FROM "
+                              "e2ee_user_keys WHERE user_id = ?", (uid,)).fetchone()
+                if r is not None:
+                    out.append(UserKeyRow(r[0], r[1], bytes(r[2]), bytes(r[3]), int(r[4])))
+            return out
+        return await self._reader.run(job)
+
+    async def insert_user_key(self, row: UserKeyRow) -> bool:
+        def job(c: sqlite3.Connection) -> bool:
+            cur = c.execute("INSERT OR IGNORE INTO e2ee_user_keys (user_id, suite, user_key, "
+                            "backup, updated_at) VALUES (?,?,?,?,?)",
+                            (row.user_id, row.suite, row.user_key, row.backup, row.updated_at))
+            return cur.rowcount == 1
+        return await self._writer.run(job)
+
+    async def set_user_key_backup(self, user_id: str, user_key: bytes, backup: bytes,
+                                  updated_at: int) -> None:
+        def job(c: sqlite3.Connection) -> None:
+            c.execute("UPDATE e2ee_user_keys SET backup = ?, updated_at = ? WHERE user_id = ? "
+                      "AND user_key = ?", (backup, updated_at, user_id, user_key))
+        await self._writer.run(job)
+
+    async def put_device_signature(self, row: DeviceSignatureRow) -> None:
+        def job(c: sqlite3.Connection) -> None:
+            c.execute("INSERT OR REPLACE INTO e2ee_device_signatures (user_id, device_id, "
+                      "identity_key, signature) VALUES (?,?,?,?)",
+                      (row.user_id, row.device_id, row.identity_key, row.signature))
+        await self._writer.run(job)
+
+    async def device_signatures(self, user_ids: list[str]) -> list[DeviceSignatureRow]:
+        def job(c: sqlite3.Connection) -> list[DeviceSignatureRow]:
+            out: list[DeviceSignatureRow] = []
+            for uid in user_ids:
+                out.extend(DeviceSignatureRow(r[0], r[1], bytes(r[2]), bytes(r[3])) for r in c.execute(
+                    "SELECT user_id, device_id, identity_key, signature FROM "
+                    "e2ee_device_signatures WHERE user_id = ?", (uid,)))
+            return out
+        return await self._reader.run(job)
