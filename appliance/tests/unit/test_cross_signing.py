@@ -4,6 +4,7 @@ and which listed devices a client uses."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -143,3 +144,19 @@ def test_the_trust_state_survives_its_saved_form() -> None:
                    ["bob"])
     again = DeviceTrust.from_dict(json.loads(json.dumps(trust.to_dict())))
     assert again == trust
+
+
+FIXTURE = Path(__file__).resolve().parents[2] / "web" / "test" / "fixtures" / "cross-signing.json"
+
+
+@pytest.mark.parametrize("name", SUITES)
+def test_the_fixture_the_web_client_opens_is_this_implementations(name: str) -> None:
+    """appliance/web/test/cross_signing.test.mjs opens the same file: both sides agree on
+    the backup's format, KDF, AEAD and associated data, and on the device statement."""
+    f = json.loads(FIXTURE.read_text(encoding="utf-8"))[name]
+    suite = get_suite(name)
+    pub = bytes.fromhex(f["public_key"])
+    key = open_backup(suite, f["user_id"], pub, f["backup"].encode(), f["passphrase"])
+    assert key.private_key.hex() == f["private_key"]
+    assert device_is_signed(suite, pub, f["user_id"], f["device_id"],
+                            bytes.fromhex(f["identity_key"]), bytes.fromhex(f["device_signature"]))

@@ -6,19 +6,26 @@
 import {
   E2EEDevice, E2EEError, IdentityChangedError, NoSenderKeyError, NoSessionError, ReplayError, escrowKeyId,
 } from "./protocol.js";
+import {
+  DeviceNotSignedError, UnsignedDeviceError, UserKeyChangedError, accepted, deviceIsSigned, judgeListing, openBackup, sealBackup,
+  signDevice,
+} from "./cross_signing.js";
 import { MembershipLedger, UnannouncedMemberError, isMembership } from "./membership.js";
 import { KeyStore } from "./store.js";
 import { getSuite } from "./suite.js";
 
 // A copy, not a view into a whole decoded message (see protocol.js).
 const bytes = (v) => new Uint8Array(v ?? 0);
+const sameBytes = (a, b) => a.length === b.length && a.every((x, i) => x === b[i]);
 
 /** Human text for an E2EE failure, shown in place of a message. */
 export function failureText(err) {
+  if (err instanceof UserKeyChangedError) return "Cannot decrypt: the sender's user key changed";
   if (err instanceof IdentityChangedError) return "Cannot decrypt: the sender's security key changed";
   if (err instanceof NoSessionError || err instanceof NoSenderKeyError) return "Cannot decrypt: this device has no key for this message";
   if (err instanceof ReplayError) return "Cannot decrypt: message key already used";
   if (err instanceof UnannouncedMemberError) return err.message;
+  if (err instanceof UnsignedDeviceError) return "Not shown: sent from a device its user's key did not sign";
   return "Cannot decrypt this message";
 }
 
@@ -41,6 +48,71 @@ export class WebE2EE {
     this.ledger = new MembershipLedger(null);
     this.started = Promise.resolve();
     this.inflight = new Map(); // "conv:seq" -> Promise of the entry's view
+    this.notSigned = ""; // why this device is not signed by its user's key (§9.1)
+    this.userKeyBackup = null; // the directory's sealed backup of the user key, if any
+    this.deviceChanges = []; // [{userId, deviceId, change}] since the page loaded
+  }
+
+  /**
+   * KEYS_FETCH through the §9.1 rules: only devices their user's key signed
+   * (or of a user without a user key) reach the protocol; every change is
+   * kept for the UI.
+   */
+  async #fetchTrusted(fields) {
+    const listing = await this.client.fetchKeys(fields);
+    const users = [...new Set(fields.userIds || [])];
+    const devices = await judgeListing(this.device.suite, this.store, listing, users, (c) => {
+      this.deviceChanges.push(c);
+      if (c.change === "unsigned") console.warn("tongxin: refusing unsigned device", c.userId, c.deviceId);
+      this.onChange();
+    });
+    return { ...listing, devices };
+  }
+
+  /**
+   * §9.1 for this device after its keys are published: pin the user's key
+   * and note whether this device is signed by it. A user without a user key
+   * stays as before (this client makes none until the user sets a
+   * passphrase, createUserKey()).
+   */
+  async #crossSignStatus(status) {
+    const userKey = bytes(status.userKey);
+    this.userKeyBackup = bytes(status.userKeyBackup);
+    this.notSigned = "";
+    if (!userKey.length) return;
+    const pinned = await this.store.get(`ukpin:${this.auth.userId}`);
+    if (pinned && !sameBytes(bytes(pinned), userKey)) {
+      this.notSigned = "the directory lists another user key for you than this device pinned; ask the security administrator";
+      return;
+    }
+    if (!pinned) await this.store.put(`ukpin:${this.auth.userId}`, userKey);
+    const identity = await this.device.identityPublicKey();
+    if (!(await deviceIsSigned(this.device.suite, userKey, this.auth.userId, this.auth.deviceId, identity, bytes(status.deviceSignature)))) {
+      this.notSigned = this.userKeyBackup.length
+        ? "this device is not signed by your user key: enter your key backup passphrase"
+        : "this device is not signed by your user key, and your other device stored no key backup";
+    }
+  }
+
+  /** Open the user key's backup and sign this device with it (§9.1). */
+  async restoreUserKey(passphrase) {
+    const status = await this.client.publishKeys({});
+    const key = await openBackup(this.device.suite, this.auth.userId, bytes(status.userKey), bytes(status.userKeyBackup), passphrase);
+    const identity = await this.device.identityPublicKey();
+    const deviceSignature = await signDevice(this.device.suite, key.privateKey, this.auth.userId, this.auth.deviceId, identity);
+    await this.#crossSignStatus(await this.client.publishKeys({ deviceSignature }));
+    this.onChange();
+  }
+
+  /** Make the user's key on this device (the user has none) with a backup under `passphrase`. */
+  async createUserKey(passphrase) {
+    const suite = this.device.suite;
+    const pair = await suite.generateSigningKeypair();
+    const identity = await this.device.identityPublicKey();
+    const userKeyBackup = await sealBackup(suite, this.auth.userId, pair, passphrase);
+    const deviceSignature = await signDevice(suite, pair.privateKey, this.auth.userId, this.auth.deviceId, identity);
+    await this.#crossSignStatus(await this.client.publishKeys({ userKey: pair.publicKey, deviceSignature, userKeyBackup }));
+    this.onChange();
   }
 
   get on() {
@@ -60,7 +132,7 @@ export class WebE2EE {
     this.started = (async () => {
       try {
         this.device.escrow = await this.#escrow(this.device.suite);
-        await this.device.setup();
+        await this.#crossSignStatus(await this.device.setup());
         this.status = "on";
         this.reason = "";
       } catch (err) {
@@ -112,7 +184,7 @@ export class WebE2EE {
         suite, store: this.store, userId: this.auth.userId, deviceId: this.auth.deviceId, escrow,
         transport: {
           publish: (fields) => this.client.publishKeys(fields),
-          fetch: (fields) => this.client.fetchKeys(fields),
+          fetch: (fields) => this.#fetchTrusted(fields),
         },
         onIdentityChange: (err) => {
           this.pending = this.pending.filter((p) => !(p.userId === err.userId && p.deviceId === err.deviceId));
@@ -120,7 +192,7 @@ export class WebE2EE {
           this.onChange();
         },
       });
-      await this.device.setup();
+      await this.#crossSignStatus(await this.device.setup());
       this.pending = await this.device.pendingIdentityChanges();
       this.status = "on";
     } catch (err) {
@@ -194,6 +266,11 @@ export class WebE2EE {
       view = this.store && (await this.store.get(`sent:${convId}:${m.clientMsgId}`));
       if (!view) throw new E2EEError("sent from this device, and its local copy is gone");
     } else {
+      if (!(await accepted(this.store, m.senderId, m.senderDevice))) {
+        // A device not seen yet: the directory says whether its user's key signed it.
+        await this.#fetchTrusted({ userIds: [m.senderId], withoutOneTimePrekeys: true });
+        if (!(await accepted(this.store, m.senderId, m.senderDevice))) throw new UnsignedDeviceError(m.senderId, m.senderDevice);
+      }
       view = WebE2EE.view(await this.device.open({ ...m, content: plain }));
     }
     await this.remember(convId, m.seq, view);
@@ -249,6 +326,7 @@ export class WebE2EE {
    */
   async seal(conv, payload, sendControl) {
     if (!this.on) throw new E2EEError(this.reason || "end-to-end encryption is not running");
+    if (this.notSigned) throw new DeviceNotSignedError(this.notSigned);
     let envelope;
     if (conv.kind === 2 /* GROUP */) {
       await this.#checkMembers(conv);
