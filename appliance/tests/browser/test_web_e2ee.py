@@ -173,7 +173,10 @@ async def sdk_user(node: Node, name: str, keys: Path, *, register: bool = True) 
         await c.register(name, "sdk-password-1", name.capitalize())
     else:
         await c.login(name, "sdk-password-1")
-    return await c.e2ee(keys / name, trusted_org_root=node.org_root)
+    # One passphrase per user: a reinstall opens the user key's backup and signs its new
+    # identity key (docs/e2ee.md 9.1), as a user would type it.
+    return await c.e2ee(keys / name, trusted_org_root=node.org_root,
+                        key_backup_passphrase=f"{name} backup passphrase")
 
 
 async def next_opened(e: E2EEClient, wait: float = 30) -> tuple[pb.Message, Opened]:
@@ -327,3 +330,52 @@ async def test_web_client_and_sdk_clients_exchange_e2ee(node: Node, browser: Bro
     assert len(disk) > 10000
     for s in secrets:
         assert s not in disk, f"plaintext {s!r} found in the node's data directory"
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("node", SUITES[:1], indirect=True)
+async def test_web_client_refuses_a_ghost_device_and_signs_itself_with_the_backup(
+        node: Node, browser: Browser, tmp_path: Path) -> None:
+    """Cross-signing in the browser (docs/e2ee.md 9.1): a device the server made for an SDK
+    user gets nothing from the web client, which says so; that user's own new browser is
+    unsigned until they type their key backup passphrase, and then receives."""
+    tag = uuid.uuid4().hex[:8]
+    keys = tmp_path / "sdk-keys"
+    await browser("page", page="w")
+    await browser("register", page="w", username=f"wendy{tag}", password="web-password-1",
+                  name="Wendy Web")
+    sam = await sdk_user(node, f"sam{tag}", keys)
+    assert sam.signed
+    # The server logs in as sam on a device id of its own and publishes keys for it; it has
+    # neither sam's user key nor the passphrase, so it cannot sign them.
+    ghost_c = Client(node.ws, device_id="ghost")
+    await ghost_c.connect()
+    await ghost_c.login(f"sam{tag}", "sdk-password-1")
+    ghost = await ghost_c.e2ee(keys / "ghost", trusted_org_root=node.org_root)
+    assert not ghost.signed
+
+    await browser("startDirect", page="w", peer=f"sam{tag}", title=f"Sam{tag}")
+    first = f"only for sam's signed devices {tag}"
+    assert (await browser("send", page="w", text=first))["locked"]
+    msg, opened = await next_opened(sam)
+    assert opened.payload.text == first
+    env = e2.Envelope.FromString(msg.content.encrypted)
+    assert {(r.user_id, r.device_id) for r in env.recipients
+            if r.user_id == sam.device.user_id} == {(sam.device.user_id, "py")}
+    banner = await browser("expectDeviceBanner", page="w", text="ghost")
+    assert "did not sign" in banner
+    await browser("shot", page="w", name=f"e2ee-{node.suite}-06-ghost-device-refused")
+
+    # Sam opens the web client: a new device of a user with a user key.
+    await browser("page", page="s")
+    state = await browser("login", page="s", username=f"sam{tag}", password="sdk-password-1")
+    assert state["status"] == "on" and "passphrase" in state["notSigned"], state
+    await browser("expectDeviceBanner", page="s", text="not signed")
+    await browser("shot", page="s", name=f"e2ee-{node.suite}-07-device-not-signed")
+    assert await browser("restoreKey", page="s", passphrase=f"sam{tag} backup passphrase") == ""
+    await browser("openConv", page="s", title="Wendy Web")
+    second = f"now to sam's browser too {tag}"
+    await browser("send", page="w", text=second)
+    assert (await browser("expectMessage", page="s", text=second))["locked"]
+    await ghost_c.close()
+    await sam.client.close()

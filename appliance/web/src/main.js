@@ -915,6 +915,43 @@ function renderE2EE() {
       class: "link accept-identity", text: "Accept new key",
       onclick: () => e.acceptIdentity(p).then(redecryptFailed, (err) => toast(`Could not accept: ${errText(err)}`)),
     }))));
+  renderDeviceTrust(e);
+}
+
+/**
+ * Cross-signing (docs/e2ee.md 9.1): this device unsigned (a form for the key
+ * backup passphrase), and devices that claim to be someone's without their
+ * user key's signature (nothing is sent to them).
+ */
+let restoreForm = null; // kept across renders: a re-render must not wipe a half-typed passphrase
+
+function renderDeviceTrust(e) {
+  const banner = $("device-banner");
+  const unsigned = (e?.deviceChanges || []).filter((c) => c.change === "unsigned");
+  banner.hidden = !e || (!e.notSigned && !unsigned.length);
+  if (banner.hidden) {
+    banner.replaceChildren();
+    return;
+  }
+  const kids = unsigned.map((c) => h("div", { class: "unsigned-device", "data-user": c.userId, "data-device": c.deviceId },
+    `A device "${c.deviceId}" claims to belong to ${userName(c.userId)}, but their key did not sign it: nothing is sent to it and its messages are not shown.`));
+  if (e.notSigned) {
+    if (!restoreForm) {
+      const input = h("input", { id: "backup-passphrase", type: "password", autocomplete: "off", "aria-label": "Key backup passphrase", placeholder: "Key backup passphrase" });
+      const why = h("span", { class: "why" });
+      restoreForm = h("form", { id: "restore-key", class: "restore-key" },
+        why, " ", input, " ", h("button", { type: "submit", class: "link", text: "Verify this device" }));
+      restoreForm.onsubmit = (ev) => {
+        ev.preventDefault();
+        state.e2ee.restoreUserKey(input.value).then(() => toast("This device is now signed by your key", "info"), (err) => toast(`Could not verify this device: ${errText(err)}`));
+      };
+    }
+    restoreForm.querySelector(".why").textContent = `${e.notSigned}.`;
+    kids.unshift(restoreForm);
+  } else {
+    restoreForm = null;
+  }
+  banner.replaceChildren(...kids);
 }
 
 function avatar(title, id, presenceUid) {

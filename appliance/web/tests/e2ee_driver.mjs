@@ -74,6 +74,40 @@ const ops = {
     return p.evaluate(() => ({ status: window.tongxinE2EE?.status, reason: window.tongxinE2EE?.reason }));
   },
 
+  /** Log in as an existing user (a new browser: a new device of that user). */
+  async login({ page: label, username, password }) {
+    const p = page(label);
+    await p.goto(base);
+    await p.locator("#login-form").waitFor();
+    await p.fill("#username", username);
+    await p.fill("#password", password);
+    await p.click("#login-submit");
+    await p.locator('#conn-status[data-state="online"]').waitFor();
+    await p.locator('#e2ee-state[data-state="on"], #e2ee-state[data-state="error"], #e2ee-state[data-state="unavailable"]').waitFor();
+    return p.evaluate(() => ({ status: window.tongxinE2EE?.status, notSigned: window.tongxinE2EE?.notSigned }));
+  },
+
+  /** The cross-signing banner (docs/e2ee.md 9.1): unsigned devices, this device unsigned. */
+  async expectDeviceBanner({ page: label, text }) {
+    const b = page(label).locator("#device-banner");
+    await b.filter({ hasText: text }).waitFor();
+    return (await b.textContent()).trim();
+  },
+
+  /** Type the key backup passphrase into the banner's form; resolves once signed. */
+  async restoreKey({ page: label, passphrase }) {
+    const p = page(label);
+    await p.fill("#backup-passphrase", passphrase);
+    await p.click('#restore-key button[type="submit"]');
+    // Either the form goes (signed) or a toast says why not.
+    await p.locator("#restore-key").or(p.locator("#toasts .toast.error")).last().waitFor();
+    await p.locator("#restore-key").waitFor({ state: "detached", timeout: 200 }).catch(() => {});
+    const failed = await p.locator("#toasts .toast.error").allTextContents();
+    if (failed.length) throw new Error(`restoring the key failed: ${failed.join(" | ")}`);
+    await p.locator("#restore-key").waitFor({ state: "detached" });
+    return p.evaluate(() => window.tongxinE2EE?.notSigned);
+  },
+
   /** E2EE state as the page shows it. */
   async state({ page: label }) {
     const p = page(label);

@@ -82,15 +82,15 @@ export class WebE2EE {
     if (!userKey.length) return;
     const pinned = await this.store.get(`ukpin:${this.auth.userId}`);
     if (pinned && !sameBytes(bytes(pinned), userKey)) {
-      this.notSigned = "the directory lists another user key for you than this device pinned; ask the security administrator";
+      this.notSigned = "The directory lists another user key for you than this device pinned; ask the security administrator";
       return;
     }
     if (!pinned) await this.store.put(`ukpin:${this.auth.userId}`, userKey);
     const identity = await this.device.identityPublicKey();
     if (!(await deviceIsSigned(this.device.suite, userKey, this.auth.userId, this.auth.deviceId, identity, bytes(status.deviceSignature)))) {
       this.notSigned = this.userKeyBackup.length
-        ? "this device is not signed by your user key: enter your key backup passphrase"
-        : "this device is not signed by your user key, and your other device stored no key backup";
+        ? "This device is not signed by your user key: enter your key backup passphrase"
+        : "This device is not signed by your user key, and your other device stored no key backup";
     }
   }
 
