@@ -269,7 +269,8 @@ class E2eeConfig:
                                     "AUTH_OK; without it clients refuse to encrypt")
     org_root_public_key_file: str = _f("", "the organisation root's public key (role pki); set, "
                                        "the node refuses to start with an escrow statement "
-                                       "the root did not sign")
+                                       "the root did not sign, and names the key in GET "
+                                       "/api/v1/info for web clients to pin")
 
 
 @dataclass

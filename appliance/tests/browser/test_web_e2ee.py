@@ -62,7 +62,8 @@ class Node:
 
 @pytest.fixture
 def node(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Node]:
-    suite: str = request.param
+    # "suite" or "suite:no-root" (a node that names no organisation root in /api/v1/info).
+    suite, _, variant = str(request.param).partition(":")
     escrow = get_suite(suite).generate_kem_keypair()
     (tmp_path / "escrow.pub.der").write_bytes(escrow.public_key)
     root = get_suite(suite).generate_signing_keypair()
@@ -80,6 +81,7 @@ e2ee:
   required: true
   escrow_public_key_file: {tmp_path / "escrow.pub.der"}
   escrow_statement_file: {tmp_path / "escrow-statement.json"}
+{"" if variant == "no-root" else f"  org_root_public_key_file: {tmp_path / 'org-root.der'}"}
 accounts:
   scrypt_n: 1024
 logging:
@@ -379,3 +381,26 @@ async def test_web_client_refuses_a_ghost_device_and_signs_itself_with_the_backu
     assert (await browser("expectMessage", page="s", text=second))["locked"]
     await ghost_c.close()
     await sam.client.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("node", ["international:no-root"], indirect=True)
+async def test_web_client_refuses_an_escrow_key_no_root_vouches_for(node: Node,
+                                                                   browser: Browser) -> None:
+    """docs/e2ee.md section 10.1 in the browser: escrow is on, but the node names no
+    organisation root, so the page cannot check the escrow key: it says so and sends
+    nothing (e2ee.required is on)."""
+    tag = uuid.uuid4().hex[:8]
+    await browser("page", page="w")
+    reg = await browser("register", page="w", username=f"wendy{tag}", password="web-password-1",
+                        name="Wendy Web")
+    assert reg["status"] == "error" and "escrow key is not trusted" in reg["reason"], reg
+    assert "organisation root" in reg["reason"], reg
+    sdk = Client(node.ws, device_id="py")
+    await sdk.connect()
+    await sdk.register(f"sam{tag}", "sdk-password-1", "Sam")
+    await browser("startDirect", page="w", peer=f"sam{tag}", title="Sam")
+    refused = await browser("sendRefused", page="w", text=f"must not leave {tag}")
+    assert "not sent" in refused
+    await browser("shot", page="w", name="e2ee-escrow-untrusted")
+    await sdk.close()

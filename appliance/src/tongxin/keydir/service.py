@@ -95,6 +95,9 @@ class E2eePolicy:
     escrow_private_key_file: str = ""
     escrow_statement: pb.EscrowStatement | None = None
     """The organisation root's statement for the escrow key, sent in AUTH_OK."""
+    org_root_public_key: bytes = b""
+    """The root's public key (SPKI DER), named in /api/v1/info for the web client to pin on
+    first use (docs/e2ee.md, Web client); the SDK never takes it from the server."""
 
     @classmethod
     def from_config(cls, cfg: Config) -> E2eePolicy:
@@ -108,6 +111,12 @@ class E2eePolicy:
             log.error("end-to-end encryption is off: %s", reason)
         policy = cls(name, suite, reason, e.required,
                      escrow_private_key_file=e.escrow_private_key_file)
+        if e.org_root_public_key_file:
+            try:
+                policy.org_root_public_key = escrow_trust.key_bytes(
+                    Path(e.org_root_public_key_file).read_bytes())
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"e2ee.org_root_public_key_file: {exc}") from exc
         if (e.escrow_public_key_file or e.required) and suite is None:
             raise ConfigError(f"e2ee: required or escrow is configured but {reason}")
         if e.escrow_public_key_file:

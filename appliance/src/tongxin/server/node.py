@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import gc
 import logging
 import os
@@ -382,6 +383,7 @@ class Node:
             "password_min_length": self.cfg.accounts.password_min_length,
             "websocket": "/ws",
             "endpoints": client_endpoint_list(self.cfg.server.client_endpoints),
+            "org_root_public_key": base64.b64encode(self.keydir.policy.org_root_public_key).decode(),
         })
 
     async def api_login(self, request: web.Request) -> web.Response:

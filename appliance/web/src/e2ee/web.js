@@ -10,6 +10,7 @@ import {
   DeviceNotSignedError, UnsignedDeviceError, UserKeyChangedError, accepted, deviceIsSigned, judgeListing, openBackup, sealBackup,
   signDevice,
 } from "./cross_signing.js";
+import { EscrowUntrustedError, advancePin, rootKeyId, statementFromAuth, verifyStatement } from "./escrow_trust.js";
 import { MembershipLedger, UnannouncedMemberError, isMembership } from "./membership.js";
 import { KeyStore } from "./store.js";
 import { getSuite } from "./suite.js";
@@ -135,6 +136,7 @@ export class WebE2EE {
         await this.#crossSignStatus(await this.device.setup());
         this.status = "on";
         this.reason = "";
+        this.#escrowVerdict();
       } catch (err) {
         console.error("tongxin: E2EE setup failed", err);
         this.status = "error";
@@ -145,10 +147,64 @@ export class WebE2EE {
     return this.started;
   }
 
+  /**
+   * The escrow key to wrap to, checked against the organisation root (§10.1):
+   * an untrusted one is kept (so the page can say which) but sealing refuses
+   * while `escrowRefusal` says why.
+   */
   async #escrow(suite) {
+    this.escrowRefusal = "";
     if (!this.escrowOn) return null;
     const publicKey = bytes(this.auth.escrowPublicKey);
-    return { publicKey, keyId: this.auth.escrowKeyId || (await escrowKeyId(suite, publicKey)) };
+    const keyId = this.auth.escrowKeyId || (await escrowKeyId(suite, publicKey));
+    try {
+      const root = await this.#orgRoot(suite);
+      const st = statementFromAuth(this.auth);
+      if (!st) throw new EscrowUntrustedError(`the server announced escrow key ${keyId} without the organisation root's statement for it`);
+      await verifyStatement(suite, root, st, Date.now(), escrowKeyId);
+      const { pin, changed } = advancePin(await this.store.get("escrowpin"), st);
+      await this.store.put("escrowpin", pin);
+      if (changed) this.escrowChanged = { keyId: st.keyId, sequence: st.sequence };
+    } catch (err) {
+      if (!(err instanceof E2EEError)) throw err;
+      console.warn("tongxin: refusing the escrow key:", err.message);
+      this.escrowRefusal = err.message;
+    }
+    return { publicKey, keyId };
+  }
+
+  /**
+   * The organisation root: the one this browser pinned, or on first use the
+   * one the node names in /api/v1/info. A different one later is refused.
+   */
+  async #orgRoot(suite) {
+    let served = null;
+    try {
+      const res = await fetch("/api/v1/info", { cache: "no-store", signal: AbortSignal.timeout(5000) });
+      const info = await res.json();
+      if (info.org_root_public_key) served = Uint8Array.from(atob(info.org_root_public_key), (c) => c.charCodeAt(0));
+    } catch {
+      /* this origin may be down: the pinned root still answers */
+    }
+    let root = await this.store.get("orgroot");
+    if (root && served && !sameBytes(bytes(root), served)) {
+      throw new EscrowUntrustedError(`the server now names another organisation root (${(await rootKeyId(suite, served)).slice(0, 16)}…) than this browser pinned (${(await rootKeyId(suite, bytes(root))).slice(0, 16)}…)`);
+    }
+    if (!root) {
+      if (!served) throw new EscrowUntrustedError("compliance escrow is on but the server names no organisation root (e2ee.org_root_public_key_file): the escrow key cannot be checked");
+      root = served;
+      await this.store.put("orgroot", root);
+    }
+    this.orgRootFingerprint = await rootKeyId(suite, bytes(root));
+    return bytes(root);
+  }
+
+  /** After key setup: an untrusted escrow key stops sending, and the banner says why. */
+  #escrowVerdict() {
+    if (this.escrowRefusal) {
+      this.status = "error";
+      this.reason = `the compliance escrow key is not trusted: ${this.escrowRefusal}`;
+    }
   }
 
   /** Set up keys; `started` resolves when done (whatever the outcome). */
@@ -195,6 +251,7 @@ export class WebE2EE {
       await this.#crossSignStatus(await this.device.setup());
       this.pending = await this.device.pendingIdentityChanges();
       this.status = "on";
+      this.#escrowVerdict();
     } catch (err) {
       console.error("tongxin: E2EE setup failed", err);
       this.fail("error", `end-to-end encryption could not start: ${err.message || err}`);
@@ -327,6 +384,7 @@ export class WebE2EE {
   async seal(conv, payload, sendControl) {
     if (!this.on) throw new E2EEError(this.reason || "end-to-end encryption is not running");
     if (this.notSigned) throw new DeviceNotSignedError(this.notSigned);
+    if (this.escrowRefusal) throw new EscrowUntrustedError(this.escrowRefusal);
     let envelope;
     if (conv.kind === 2 /* GROUP */) {
       await this.#checkMembers(conv);
