@@ -17,6 +17,7 @@ from conftest import free_port  # type: ignore[import-not-found, unused-ignore]
 
 from tongxin.client import Client, pb
 from tongxin.config import documented_keys
+from tongxin.e2ee import E2EEError
 from tongxin.wire import closecodes
 
 PASSWORD = "password-1"
@@ -45,11 +46,12 @@ def env_for(home: Path) -> dict[str, str]:
     return {**os.environ, "TONGXIN_HOME": str(home), "PYTHONUNBUFFERED": "1"}
 
 
-async def spawn(procs: list[Proc], home: Path, *args: str, stderr: Path | None = None) -> Proc:
+async def spawn(procs: list[Proc], home: Path, *args: str, stderr: Path | None = None,
+                env: dict[str, str] | None = None) -> Proc:
     err = open(stderr, "wb") if stderr else asyncio.subprocess.PIPE  # noqa: ASYNC230, SIM115
     try:
         p = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tongxin.cli.main", *args, env=env_for(home),
+            sys.executable, "-m", "tongxin.cli.main", *args, env={**env_for(home), **(env or {})},
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err)
     finally:
         if not isinstance(err, int):
@@ -230,3 +232,56 @@ async def test_serve_and_two_terminal_chats(home: Path, procs: list[Proc],
         assert watcher.close_code == closecodes.GOING_AWAY
     finally:
         await watcher.close()
+
+
+async def test_terminal_chats_end_to_end_encrypted_refuse_a_ghost_device(
+        home: Path, procs: list[Proc], tmp_path: Path) -> None:
+    """``tongxin chat --e2ee``: the server stores ciphertext only, and a device the server
+    made for bob is named as unsigned in alice's terminal and gets nothing (docs/e2ee.md
+    9.1)."""
+    for name in ("alice", "bob"):
+        code, _, err = await run(procs, home, "user", "add", name, "--password-stdin",
+                                 stdin=PASSWORD + "\n")
+        assert code == 0, err
+    port = free_port()
+    server = await spawn(procs, home, "serve", "--listen", f"127.0.0.1:{port}",
+                         stderr=tmp_path / "serve.log")
+    await ready(port, server)
+    url = f"ws://127.0.0.1:{port}/ws"
+    passphrase = {"TONGXIN_KEY_BACKUP_PASSPHRASE": "bob's long backup passphrase"}
+
+    bob = await spawn(procs, home, "chat", "--url", url, "--user", "bob", "--password-stdin",
+                      "--to", "alice", "--device", "cli-bob", "--e2ee", str(tmp_path / "bob"),
+                      env=passphrase)
+    await write(bob, PASSWORD + "\n")
+    await read_until(bob, "end-to-end encryption on")
+    await read_until(bob, "-- now chatting with alice")
+
+    ghost_c = Client(url, device_id="ghost")
+    await ghost_c.connect()
+    try:
+        await ghost_c.login("bob", PASSWORD)
+        ghost = await ghost_c.e2ee(tmp_path / "ghost")
+        assert not ghost.signed
+
+        alice = await spawn(procs, home, "chat", "--url", url, "--user", "alice",
+                            "--password-stdin", "--to", "bob", "--device", "cli-alice",
+                            "--e2ee", str(tmp_path / "alice"))
+        await write(alice, PASSWORD + "\nonly for bob's real devices\n")
+        lines = await read_until(alice, "sent #")
+        assert "end-to-end encrypted" in lines[-1], lines
+        assert any("bob/ghost" in line and "NOT signed" in line for line in lines), lines
+        await read_until(bob, "alice: only for bob's real devices")
+
+        [conv] = await ghost_c.conversations()
+        log = [m for m in await ghost_c.sync_all(conv.conversation_id) if m.kind == pb.CHAT]
+        assert log and all(m.content.HasField("encrypted") for m in log)
+        assert all(b"only for bob" not in m.content.encrypted for m in log)
+        for m in log:
+            with pytest.raises(E2EEError):
+                await ghost.open(m)
+        for p in (alice, bob):
+            await write(p, "/quit\n")
+            assert await exit_code(p) == 0
+    finally:
+        await ghost_c.close()

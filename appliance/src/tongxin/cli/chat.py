@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 import aiohttp
 
@@ -26,7 +28,14 @@ from tongxin.client import (
     TongxinError,
 )
 from tongxin.client.endpoints import describe
+from tongxin.e2ee.device_trust import DeviceChange
+from tongxin.e2ee.errors import E2EEError, IdentityChangedError
+from tongxin.e2ee.escrow_trust import EscrowKeyChange
+from tongxin.e2ee.membership import MembershipChange
 from tongxin.proto import tongxin_pb2 as pb
+
+if TYPE_CHECKING:
+    from tongxin.client.e2ee import E2EEClient
 
 HELP = """commands:
   /dm USER              open a direct conversation with USER
@@ -53,12 +62,54 @@ def connection_line(ev: ConnectionEvent) -> str:
     return f"-- 无法重新连接，请稍后再试 (gave up reconnecting: {ev.error})"
 
 
+DEVICE_CHANGE = {
+    "added": "新设备（已由其用户密钥签名） (new device, signed by their user key)",
+    "unsigned": "未经其用户密钥签名，不会发给它，也不显示它的消息 (NOT signed by their user key: "
+                "nothing is sent to it and its messages are not shown)",
+    "unverified": "新设备，该用户尚无用户密钥，无法验证 (new device; the user has no user key, "
+                  "so it cannot be verified)",
+    "removed": "设备已移除 (device removed)",
+}
+
+
 class ChatUI:
     def __init__(self, client: Client) -> None:
         self.c = client
         self.current = ""
         self.names: dict[str, str] = {}
         self.labels: dict[str, str] = {}
+        self.e2ee: E2EEClient | None = None
+        """End-to-end encryption (--e2ee DIR): sent and opened through the SDK."""
+
+    # ---- what the SDK reports (docs/e2ee.md 7.1, 9, 9.1, 10.1) ----------------------------
+
+    def device_changed(self, c: DeviceChange) -> None:
+        self.out(f"-- {self.names.get(c.user_id, c.user_id)}/{c.device_id}: "
+                 f"{DEVICE_CHANGE.get(c.change, c.change)}")
+
+    def membership_changed(self, c: MembershipChange) -> None:
+        if c.first_seen:
+            self.out(f"-- 首次查看该群成员（按服务器所列） (first look at the members, as the server "
+                     f"lists them): {', '.join(self.names.get(u, u) for u in c.added)}")
+
+    def escrow_changed(self, c: EscrowKeyChange) -> None:
+        self.out(f"-- 合规托管密钥已更换 (the compliance escrow key changed): {c}")
+
+    def identity_changed(self, err: IdentityChangedError) -> None:
+        self.out(f"!! {err}")
+
+    async def opened_text(self, m: pb.Message) -> str | None:
+        """The text of an encrypted entry, a refusal, or None for a control message."""
+        assert self.e2ee is not None
+        try:
+            opened = await self.e2ee.open(m)
+        except E2EEError as exc:
+            return f"(无法解密 cannot open: {exc})"
+        if opened is None or opened.payload.WhichOneof("body") == "sender_key":
+            return None
+        if opened.payload.WhichOneof("body") == "attachment":
+            return f"<encrypted file {opened.payload.attachment.name}>"
+        return str(opened.payload.text)
 
     def out(self, text: str) -> None:
         print(text, flush=True)
@@ -112,12 +163,24 @@ class ChatUI:
     async def on_event(self, ev: Event) -> None:
         if ev.type == pb.DELIVER:
             m: pb.Message = ev.message
+            if self.e2ee is not None and (m.kind == pb.SYSTEM or m.content.HasField("encrypted")):
+                text = await self.opened_text(m)
+                if m.kind != pb.SYSTEM:
+                    if text is None:
+                        return  # a sender-key distribution: nothing to show
+                    m = pb.Message()
+                    m.CopyFrom(ev.message)
+                    m.content.Clear()
+                    m.content.text = text
             if not self.current:
                 # Someone wrote first: open that conversation so a reply
                 # needs no command.
                 with contextlib.suppress(TongxinError):
                     await self.open(await self.c.conversation(m.conversation_id))
-                    return
+                    if m is ev.message:
+                        return  # history showed it
+                    # Encrypted: history shows it sealed (its key is used up); the
+                    # opened text follows.
             self.out(await self.render(m))
             if m.conversation_id == self.current:
                 await self.c.read(m.conversation_id, m.seq)
@@ -208,10 +271,16 @@ class ChatUI:
             if not self.current:
                 self.out("? open a conversation first: /dm USER or /group NAME USER...")
                 return True
-            ack = await self.c.send_text(self.current, text)
-            self.out(f"  sent #{ack.seq}")
+            if self.e2ee is not None:
+                ack = await self.e2ee.send_text(self.current, text)
+                self.out(f"  sent #{ack.seq} (端到端加密 end-to-end encrypted)")
+            else:
+                ack = await self.c.send_text(self.current, text)
+                self.out(f"  sent #{ack.seq}")
         except TongxinError as err:
             self.out(f"! {pb.ErrorCode.Name(err.code)}: {err.message}")
+        except E2EEError as err:
+            self.out(f"! 未发送 not sent: {err}")
         return True
 
 
@@ -222,8 +291,28 @@ async def _stdin_lines() -> asyncio.StreamReader:
     return reader
 
 
+async def enable_e2ee(ui: ChatUI, state_dir: str, org_root: str) -> None:
+    """--e2ee: keys in ``state_dir``; the key backup passphrase (docs/e2ee.md 9.1) from
+    $TONGXIN_KEY_BACKUP_PASSPHRASE, so it is never on the command line."""
+    passphrase = os.environ.get("TONGXIN_KEY_BACKUP_PASSPHRASE") or None
+    e = await ui.c.e2ee(state_dir, trusted_org_root=org_root or None,
+                        key_backup_passphrase=passphrase,
+                        on_device_change=ui.device_changed,
+                        on_membership_change=ui.membership_changed,
+                        on_escrow_key_change=ui.escrow_changed,
+                        on_identity_change=ui.identity_changed)
+    ui.e2ee = e
+    ui.out("-- 端到端加密已开启 (end-to-end encryption on"
+           + (f"; escrow key {e.escrow_key_id}" if e.escrow_key_id else "") + ")")
+    if not e.signed:
+        ui.out(f"!! {e.cross.not_signed} (set TONGXIN_KEY_BACKUP_PASSPHRASE)")
+    if e.escrow_refusal is not None:
+        ui.out(f"!! {e.escrow_refusal}")
+
+
 async def run_chat(urls: str | list[str], user: str, password: str, *, register: bool = False,
-                   device_id: str = "", open_with: str = "", ca_file: str = "") -> int:
+                   device_id: str = "", open_with: str = "", ca_file: str = "",
+                   e2ee_dir: str = "", org_root: str = "") -> int:
     """``urls``: the installation's entries in order of preference; the first that
     answers is used, and a dropped connection moves on to the next (even with one
     entry: a node restarting behind the load balancer)."""
@@ -249,6 +338,13 @@ async def run_chat(urls: str | list[str], user: str, password: str, *, register:
     ui.names[auth.user_id] = auth.username
     moved = f" via {client.endpoint}" if client.endpoint != client.endpoints[0] else ""
     ui.out(f"logged in as {auth.username}{moved}; /help for commands")
+    if e2ee_dir:
+        try:
+            await enable_e2ee(ui, e2ee_dir, org_root)
+        except (E2EEError, TongxinError) as exc:
+            print(f"tongxin: end-to-end encryption could not start: {exc}", file=sys.stderr)
+            await client.close()
+            return 1
 
     async def pump() -> None:
         while True:

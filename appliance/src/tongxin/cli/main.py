@@ -352,7 +352,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     password = _password(args)
     return _run(run_chat(args.url or [DEFAULT_CHAT_URL], args.user, password,
                          register=args.register,
-                         device_id=args.device, open_with=args.to, ca_file=args.ca_file))
+                         device_id=args.device, open_with=args.to, ca_file=args.ca_file,
+                         e2ee_dir=args.e2ee, org_root=args.org_root))
 
 
 # ---- parser --------------------------------------------------------------------
@@ -417,6 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--register", action="store_true", help="create the account first")
     ch.add_argument("--to", default="", help="open a direct chat with this user at start")
     ch.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    ch.add_argument("--e2ee", default="", metavar="DIR",
+                    help="end-to-end encrypt, with this device's keys kept in DIR (docs/e2ee.md); "
+                    "a new device of a user with a user key opens the key backup with "
+                    "$TONGXIN_KEY_BACKUP_PASSPHRASE")
+    ch.add_argument("--org-root", default="",
+                    help="with --e2ee: the organisation root's public key that vouches for the "
+                    "escrow key (default $TONGXIN_ORG_ROOT, then /etc/tongxin/trust/org-root.pem)")
     ch.set_defaults(func=cmd_chat)
 
     from tongxin.cli.compliance import add_commands
