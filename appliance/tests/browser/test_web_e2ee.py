@@ -379,6 +379,16 @@ async def test_web_client_refuses_a_ghost_device_and_signs_itself_with_the_backu
     second = f"now to sam's browser too {tag}"
     await browser("send", page="w", text=second)
     assert (await browser("expectMessage", page="s", text=second))["locked"]
+
+    # The safety number: wendy's page and sam's SDK show the same digits (sam's side is
+    # his user key, so his new browser did not change it); marking it verified sticks.
+    await browser("openConv", page="w", title=f"Sam{tag}")
+    shown = await browser("safetyNumber", page="w", markVerified=True)
+    assert shown["number"] == sam.safety_number(wendy_id := (await sam.client.users(
+        [f"wendy{tag}"]))[0].user_id), (shown["number"], wendy_id)
+    assert shown["qr"].startswith("data:image/png;base64,")
+    again = await browser("safetyNumber", page="w")
+    assert again["number"] == shown["number"] and again["status"] == "Verified"
     await ghost_c.close()
     await sam.client.close()
 

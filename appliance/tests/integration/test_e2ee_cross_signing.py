@@ -85,6 +85,12 @@ async def test_a_ghost_device_gets_nothing_and_is_not_believed(node_factory: Nod
     await alice.send_text(conv, "to b1 and b2")
     assert [(c.device_id, c.change) for c in seen] == [("b2", ADDED)]
     assert await next_text(b2) == "to b1 and b2"
+    # The safety number covers the user keys: the same on both sides and on bob's new
+    # device, so adding a device does not change it.
+    alice_id, bob_id = alice.device.user_id, bob.device.user_id
+    number = alice.safety_number(bob_id)
+    assert len(number.split()) == 6
+    assert number == bob.safety_number(alice_id) == b2.safety_number(alice_id)
 
     # The wrong passphrase opens nothing and signs nothing.
     with pytest.raises(TamperedError, match="wrong passphrase"):

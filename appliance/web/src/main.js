@@ -1,5 +1,7 @@
 // Tongxin web client: state, protocol handling and DOM rendering. No framework:
 // the page is small, and each part re-renders itself from `state`.
+import QRCode from "qrcode";
+
 import { Client, TongxinError, ConnectionClosed, newId } from "./client.js";
 import { pb, T, E, enumName } from "./pb.js";
 import { FilesApi, FilesError, humanSize } from "./files.js";
@@ -1034,6 +1036,8 @@ function renderChat() {
     const on = [...conv.members.keys()].filter((u) => u !== state.me.userId && isOnline(u)).length;
     sub = `${count} ${count === 1 ? "member" : "members"}${on ? ` · ${on} online` : ""}`;
   }
+  const e = state.e2ee;
+  $("verify-btn").hidden = !(conv.kind === CK.DIRECT && e?.on);
   const subEl = $("chat-sub");
   subEl.textContent = sub;
   subEl.classList.toggle("typing", typing.length > 0);
@@ -1577,3 +1581,39 @@ function init() {
 }
 
 init();
+
+// ---- safety number (docs/e2ee.md 9 and 9.1) --------------------------------------------
+
+async function openVerify() {
+  const conv = state.convs.get(state.open);
+  const e = state.e2ee;
+  if (!conv || conv.kind !== CK.DIRECT || !e?.on) return;
+  const dlg = $("verify-dialog");
+  $("verify-title").textContent = `Safety number with ${userName(conv.peerId)}`;
+  $("safety-number").textContent = "…";
+  $("verify-status").textContent = "";
+  dlg.showModal();
+  try {
+    const number = await e.safetyNumber(conv.peerId);
+    $("safety-number").textContent = number;
+    $("safety-qr").src = await QRCode.toDataURL(safetyPayload(state.me.userId, conv.peerId, number), { margin: 1, width: 180 });
+    const verified = await e.verifiedNumber(conv.peerId);
+    $("verify-status").textContent = verified === number ? "Verified" : verified ? "The number changed since you verified it" : "Not verified yet";
+    $("mark-verified").onclick = async () => {
+      await e.markVerified(conv.peerId, number);
+      $("verify-status").textContent = "Verified";
+    };
+  } catch (err) {
+    $("safety-number").textContent = "";
+    $("verify-status").textContent = `No safety number: ${errText(err)}`;
+  }
+}
+
+/** What the QR code holds: both user ids in order and the digits (a scanner compares them). */
+function safetyPayload(a, b, number) {
+  const [x, y] = [a, b].sort();
+  return `tongxin-safety-number:v1:${x}:${y}:${number.replaceAll(" ", "")}`;
+}
+
+$("verify-btn").onclick = () => openVerify();
+$("verify-dialog").querySelector("[data-close]").onclick = () => $("verify-dialog").close();

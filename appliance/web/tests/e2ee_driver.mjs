@@ -108,6 +108,23 @@ const ops = {
     return p.evaluate(() => window.tongxinE2EE?.notSigned);
   },
 
+  /** Open the safety number dialog of the open direct conversation; the number and QR. */
+  async safetyNumber({ page: label, markVerified = false }) {
+    const p = page(label);
+    await p.click("#verify-btn");
+    const number = p.locator("#safety-number");
+    await p.waitForFunction(() => /^(\d{5} ){5}\d{5}$/.test(document.getElementById("safety-number")?.textContent || ""));
+    await p.waitForFunction(() => (document.getElementById("safety-qr")?.src || "").startsWith("data:image/png"));
+    if (markVerified) {
+      await p.click("#mark-verified");
+      await p.locator("#verify-status", { hasText: "Verified" }).waitFor();
+    }
+    const result = { number: (await number.textContent()).trim(), status: (await p.textContent("#verify-status")).trim(), qr: await p.getAttribute("#safety-qr", "src") };
+    await p.screenshot({ path: join(artifacts, `safety-number-${label}.png`) });
+    await p.click("#verify-dialog [data-close]");
+    return result;
+  },
+
   /** E2EE state as the page shows it. */
   async state({ page: label }) {
     const p = page(label);

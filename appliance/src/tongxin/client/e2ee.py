@@ -37,6 +37,7 @@ from tongxin.client.cross_signing import CrossSigning
 from tongxin.crypto.errors import CryptoError
 from tongxin.crypto.suite import get_suite
 from tongxin.e2ee import attachments
+from tongxin.e2ee import encoding as enc
 from tongxin.e2ee.device import Device, Escrow, Opened
 from tongxin.e2ee.device_trust import DeviceChange
 from tongxin.e2ee.errors import (
@@ -263,8 +264,24 @@ class E2EEClient:
         installation printed; "" without a root."""
         return root_key_id(self.suite, self.org_root) if self.org_root else ""
 
+    def safety_keys(self, user_id: str) -> list[bytes]:
+        """What a user's side of the safety number covers (docs/e2ee.md 9.1): their user
+        key when one is known, else their devices' identity keys (this device's own
+        included for this user)."""
+        user_key = self.cross.trust.user_keys.get(user_id)
+        if user_key:
+            return [user_key]
+        keys = self.device.pins.user_keys(user_id)
+        if user_id == self.device.user_id:
+            keys = [self.device.identity.public_key, *keys]
+        return keys
+
     def safety_number(self, peer_user: str) -> str:
-        return self.device.safety_number(peer_user)
+        """The number both users compare (after exchanging a message, so the peer's keys
+        are pinned); the same one the web client shows."""
+        return enc.safety_number(self.suite, self.device.user_id,
+                                 self.safety_keys(self.device.user_id), peer_user,
+                                 self.safety_keys(peer_user))
 
     def accept_identity(self, user_id: str, device_id: str, identity_key: bytes) -> None:
         self.device.accept_identity(user_id, device_id, identity_key)

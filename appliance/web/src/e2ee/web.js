@@ -4,7 +4,7 @@
 // plaintexts (message keys are deleted once used, so history re-fetched after
 // a reload only reads from this cache; the sender keeps its own copy too).
 import {
-  E2EEDevice, E2EEError, IdentityChangedError, NoSenderKeyError, NoSessionError, ReplayError, escrowKeyId,
+  E2EEDevice, E2EEError, IdentityChangedError, NoSenderKeyError, NoSessionError, ReplayError, escrowKeyId, safetyNumber,
 } from "./protocol.js";
 import {
   DeviceNotSignedError, UnsignedDeviceError, UserKeyChangedError, accepted, deviceIsSigned, judgeListing, openBackup, sealBackup,
@@ -93,6 +93,31 @@ export class WebE2EE {
         ? "This device is not signed by your user key: enter your key backup passphrase"
         : "This device is not signed by your user key, and your other device stored no key backup";
     }
+  }
+
+  /**
+   * The safety number with `peerId` (§9, §9.1): each side is that user's key
+   * when one is known, else their devices' identity keys; the SDK computes
+   * the same digits.
+   */
+  async safetyNumber(peerId) {
+    const me = this.auth.userId;
+    await this.#fetchTrusted({ userIds: [peerId, me], withoutOneTimePrekeys: true });
+    const keys = async (uid) => {
+      const userKey = await this.store.get(`ukpin:${uid}`);
+      if (userKey?.length) return [bytes(userKey)];
+      const pinned = (await this.device.pinnedKeys(uid)).map(bytes);
+      return uid === me ? [await this.device.identityPublicKey(), ...pinned] : pinned;
+    };
+    return safetyNumber(this.device.suite, me, await keys(me), peerId, await keys(peerId));
+  }
+
+  async verifiedNumber(peerId) {
+    return (await this.store.get(`verified:${peerId}`)) || "";
+  }
+
+  async markVerified(peerId, number) {
+    await this.store.put(`verified:${peerId}`, number);
   }
 
   /** Open the user key's backup and sign this device with it (§9.1). */
