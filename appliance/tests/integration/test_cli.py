@@ -177,8 +177,8 @@ async def test_database_down_is_one_line_and_exit_2(home: Path, procs: list[Proc
 # ---- serve and chat -------------------------------------------------------------
 
 
-async def test_serve_and_two_terminal_chats(home: Path, procs: list[Proc],
-                                            tmp_path: Path) -> None:
+async def serve_alice_and_bob(home: Path, procs: list[Proc], tmp_path: Path) -> tuple[Proc, str]:
+    """``tongxin serve`` with accounts alice and bob; the node and its WebSocket URL."""
     for name in ("alice", "bob"):
         code, _, err = await run(procs, home, "user", "add", name, "--password-stdin",
                                  stdin=PASSWORD + "\n")
@@ -187,7 +187,12 @@ async def test_serve_and_two_terminal_chats(home: Path, procs: list[Proc],
     server = await spawn(procs, home, "serve", "--listen", f"127.0.0.1:{port}",
                          stderr=tmp_path / "serve.log")
     await ready(port, server)
-    url = f"ws://127.0.0.1:{port}/ws"
+    return server, f"ws://127.0.0.1:{port}/ws"
+
+
+async def test_serve_and_two_terminal_chats(home: Path, procs: list[Proc],
+                                            tmp_path: Path) -> None:
+    server, url = await serve_alice_and_bob(home, procs, tmp_path)
 
     alice = await spawn(procs, home, "chat", "--url", url, "--user", "alice",
                         "--password-stdin", "--to", "bob", "--device", "cli-alice")
@@ -239,15 +244,7 @@ async def test_terminal_chats_end_to_end_encrypted_refuse_a_ghost_device(
     """``tongxin chat --e2ee``: the server stores ciphertext only, and a device the server
     made for bob is named as unsigned in alice's terminal and gets nothing (docs/e2ee.md
     9.1)."""
-    for name in ("alice", "bob"):
-        code, _, err = await run(procs, home, "user", "add", name, "--password-stdin",
-                                 stdin=PASSWORD + "\n")
-        assert code == 0, err
-    port = free_port()
-    server = await spawn(procs, home, "serve", "--listen", f"127.0.0.1:{port}",
-                         stderr=tmp_path / "serve.log")
-    await ready(port, server)
-    url = f"ws://127.0.0.1:{port}/ws"
+    _, url = await serve_alice_and_bob(home, procs, tmp_path)
     passphrase = {"TONGXIN_KEY_BACKUP_PASSPHRASE": "bob's long backup passphrase"}
 
     bob = await spawn(procs, home, "chat", "--url", url, "--user", "bob", "--password-stdin",

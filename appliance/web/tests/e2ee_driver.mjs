@@ -46,6 +46,21 @@ function fileMsg(p, name) {
   return p.locator("#messages .msg[data-seq]").filter({ has: p.locator(".file-name", { hasText: name }) }).last();
 }
 
+/** Log in, or register when `name` is given; resolves once key setup has ended either way. */
+async function signIn(p, { username, password, name = null }) {
+  await p.goto(base);
+  await p.locator("#login-form").waitFor();
+  if (name !== null) await p.click("#switch-mode");
+  await p.fill("#username", username);
+  await p.fill("#password", password);
+  if (name !== null) await p.fill("#display-name", name);
+  await p.click("#login-submit");
+  await p.locator('#conn-status[data-state="online"]').waitFor();
+  // Key setup ends with the state line saying so (or a failure banner).
+  await p.locator('#e2ee-state[data-state="on"], #e2ee-state[data-state="error"], #e2ee-state[data-state="unavailable"]').waitFor();
+  return p.evaluate(() => ({ status: window.tongxinE2EE?.status, reason: window.tongxinE2EE?.reason, notSigned: window.tongxinE2EE?.notSigned }));
+}
+
 const ops = {
   async page({ page: label }) {
     const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, acceptDownloads: true });
@@ -60,31 +75,12 @@ const ops = {
   },
 
   async register({ page: label, username, password, name }) {
-    const p = page(label);
-    await p.goto(base);
-    await p.locator("#login-form").waitFor();
-    await p.click("#switch-mode");
-    await p.fill("#username", username);
-    await p.fill("#password", password);
-    await p.fill("#display-name", name);
-    await p.click("#login-submit");
-    await p.locator('#conn-status[data-state="online"]').waitFor();
-    // Key setup ends with the state line saying so (or a failure banner).
-    await p.locator('#e2ee-state[data-state="on"], #e2ee-state[data-state="error"], #e2ee-state[data-state="unavailable"]').waitFor();
-    return p.evaluate(() => ({ status: window.tongxinE2EE?.status, reason: window.tongxinE2EE?.reason }));
+    return signIn(page(label), { username, password, name });
   },
 
   /** Log in as an existing user (a new browser: a new device of that user). */
   async login({ page: label, username, password }) {
-    const p = page(label);
-    await p.goto(base);
-    await p.locator("#login-form").waitFor();
-    await p.fill("#username", username);
-    await p.fill("#password", password);
-    await p.click("#login-submit");
-    await p.locator('#conn-status[data-state="online"]').waitFor();
-    await p.locator('#e2ee-state[data-state="on"], #e2ee-state[data-state="error"], #e2ee-state[data-state="unavailable"]').waitFor();
-    return p.evaluate(() => ({ status: window.tongxinE2EE?.status, notSigned: window.tongxinE2EE?.notSigned }));
+    return signIn(page(label), { username, password });
   },
 
   /** The cross-signing banner (docs/e2ee.md 9.1): unsigned devices, this device unsigned. */
