@@ -30,7 +30,7 @@ from tongxin import __version__
 from tongxin.clock import now_ms
 from tongxin.compliance import roles
 from tongxin.compliance.export import export_messages
-from tongxin.compliance.ports import AdminSession
+from tongxin.compliance.ports import AdminSession, AuditRecord
 from tongxin.compliance.report import build_report
 from tongxin.compliance.retention import DEFAULT_SCOPE, conversation_scope, effective_policies
 from tongxin.compliance.service import Compliance, RetentionBelowMinimum
@@ -55,6 +55,8 @@ log = logging.getLogger("tongxin.admin")
 PREFIX = "/api/v1/admin"
 STEP_UP_HEADER = "X-Tongxin-TOTP"
 SMS_HEADER = "X-Tongxin-SMS"
+AUDIT_SCAN = 50_000
+"""Records one filtered audit read scans at most (the console pages on with next_after)."""
 # Second-factor results that count towards the lockout like a wrong password
 # (guesses); "not enrolled", "no code sent" and "sms disabled" do not.
 _COUNTED = frozenset({"wrong", "replayed", "expired"})
@@ -638,15 +640,63 @@ class AdminApi:
     # ---- auditor: the audit log, verification, export, report ----------------------
 
     async def read_audit(self, request: web.Request, ctx: Ctx) -> web.Response:
+        """Records after ``after`` (seq), ``limit`` at most; optional filters ``actor``
+        (user id, username or e.g. ``system``), ``event`` (exact, or a prefix ending in
+        ``.`` or ``*``), ``outcome``, ``from_ms`` and ``to_ms`` (record time, to exclusive).
+        With filters the node scans up to AUDIT_SCAN records per call; ``next_after`` is
+        where the next page starts and ``more`` says whether there may be one."""
+        q = request.query
         try:
-            after = int(request.query.get("after", "0"))
-            limit = max(1, min(1000, int(request.query.get("limit", "100"))))
+            after = int(q.get("after", "0"))
+            limit = max(1, min(1000, int(q.get("limit", "100"))))
+            from_ms = int(q["from_ms"]) if q.get("from_ms") else None
+            to_ms = int(q["to_ms"]) if q.get("to_ms") else None
         except ValueError:
-            return _err(400, "INVALID_ARGUMENT", "after and limit are integers")
-        rows = await self.c.store.audit_records(after, limit)
+            return _err(400, "INVALID_ARGUMENT", "after, limit, from_ms and to_ms are integers")
+        actor = q.get("actor", "").strip()
+        if actor and not actor.startswith("u_"):
+            named = await self.node.store.get_user_by_name(actor.lower())
+            actor = named.id if named is not None else actor
+        event = q.get("event", "").strip()
+        outcome = q.get("outcome", "").strip()
+        filters: dict[str, Any] = {k: v for k, v in (("actor", actor), ("event", event), ("outcome", outcome),
+                                     ("from_ms", from_ms), ("to_ms", to_ms)) if v}
+
+        def wanted(r: AuditRecord) -> bool:
+            if actor and r.actor != actor:
+                return False
+            if event and not (r.event == event or (event[-1] in ".*"
+                                                   and r.event.startswith(event.rstrip("*")))):
+                return False
+            if outcome and r.outcome != outcome:
+                return False
+            if from_ms is not None and r.ts < from_ms:
+                return False
+            return to_ms is None or r.ts < to_ms
+
+        rows: list[AuditRecord] = []
+        cursor, scanned, more = after, 0, False
+        while True:
+            batch = await self.c.store.audit_records(cursor, limit if not filters else 1000)
+            for r in batch:
+                cursor = r.seq
+                scanned += 1
+                if wanted(r):
+                    rows.append(r)
+                    if len(rows) >= limit:
+                        break
+            if len(rows) >= limit:
+                more = True
+                break
+            if len(batch) < (limit if not filters else 1000):
+                break
+            if scanned >= AUDIT_SCAN:
+                more = True
+                break
         await self.c.audit("audit.read", actor=ctx.user.id, actor_role=ctx.role, source=ctx.source,
-                           after=after, count=len(rows))
-        return web.json_response({"records": [{**r.fields(), "hash": r.hash} for r in rows]})
+                           after=after, count=len(rows), filters=filters)
+        return web.json_response({"records": [{**r.fields(), "hash": r.hash} for r in rows],
+                                  "next_after": cursor, "more": more})
 
     async def verify_audit(self, request: web.Request, ctx: Ctx) -> web.Response:
         report = await self.c.verify()
