@@ -73,6 +73,30 @@ const html = readFileSync(join(here, "index.html"), "utf8")
   .replace('/static/style.css"', `/static/style.css?v=${hashOf("style.css")}"`);
 writeFileSync(join(out, "index.html"), html);
 
+// 4. The administrators' console (src/console/, served at /console/): its own
+//    bundle, stylesheet and page, hashed the same way.
+await esbuild.build({
+  entryPoints: { console: join(here, "src", "console", "main.js") },
+  bundle: true,
+  format: "esm",
+  target: ["chrome110", "firefox115", "safari16"],
+  minify: true,
+  sourcemap: true,
+  legalComments: "linked",
+  outdir: out,
+  logLevel: "warning",
+});
+await esbuild.build({
+  entryPoints: { console: join(here, "src", "console", "console.css") },
+  bundle: true,
+  minify: true,
+  outdir: out,
+  logLevel: "warning",
+});
+writeFileSync(join(out, "console.html"), readFileSync(join(here, "src", "console", "console.html"), "utf8")
+  .replace('/static/console.js"', `/static/console.js?v=${hashOf("console.js")}"`)
+  .replace('/static/console.css"', `/static/console.css?v=${hashOf("console.css")}"`));
+
 const bytes = Object.values(js.metafile.outputs).reduce((n, o) => n + (o.bytes || 0), 0);
 const appBytes = js.metafile.outputs[Object.keys(js.metafile.outputs).find((k) => k.endsWith("app.js"))].bytes;
 console.log(`web client built into ${out} (app.js ${(appBytes / 1024).toFixed(1)} KiB, ${(bytes / 1024).toFixed(0)} KiB with map)`);

@@ -428,6 +428,13 @@ class Node:
             return web.Response(text="Tongxin is running. Connect a client to /ws.\n")
         return web.FileResponse(page)
 
+    async def console(self, request: web.Request) -> web.StreamResponse:
+        """The administrators' console (docs/console.md): its own page, the admin API's login."""
+        page = WEB_DIR / "console.html"
+        if not page.exists():
+            return web.Response(status=404, text="The admin console is not built (make web).\n")
+        return web.FileResponse(page, headers={"Cache-Control": "no-store"})
+
     def app(self) -> web.Application:
         http_log.install()  # malformed requests: a rate-limited warning, no traceback
         app = web.Application(client_max_size=1024 * 1024, middlewares=[_unavailable_as_503])
@@ -441,6 +448,8 @@ class Node:
         files_api.add_routes(app, self)
         if self.cfg.server.web_client:
             app.router.add_get("/", self.index)
+            app.router.add_get("/console/", self.console)
+            app.router.add_get("/console", self.console)
             if WEB_DIR.exists():
                 app.router.add_static("/static/", WEB_DIR)
 

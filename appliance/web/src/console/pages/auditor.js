@@ -1,0 +1,240 @@
+// 审计管理员: the audit trail (filter by actor, event, outcome and time; paged),
+// verifying the chain and signing its head, the 等保 compliance report (viewed
+// and downloaded), and two-person escrow requests.
+import { h, field, values, table, download } from "../dom.js";
+import { formatDate, formatDateTime, formatNumber, getLanguage } from "../../i18n/index.js";
+
+// Audit records to the second.
+const stamp = (ms) => formatDate(ms, { dateStyle: "medium", timeStyle: "medium" });
+
+const PAGE = 50;
+const BASE = new Set(["seq", "ts", "event", "actor", "actor_role", "target", "outcome", "source", "node", "prev", "hash"]);
+
+function reporter(id) {
+  const status = h("p", { class: "status", role: "status", id });
+  return [status, (text, bad = false) => {
+    status.textContent = text;
+    status.classList.toggle("error", bad);
+  }];
+}
+
+const toMs = (local) => (local ? String(new Date(local).getTime()) : "");
+
+function outcomeBadge(t, outcome) {
+  const cls = outcome === "ok" ? "state-active" : outcome === "denied" ? "state-locked" : "state-disabled";
+  return h("span", { class: `badge ${cls}` }, t(`audit.outcome_${outcome}`) === `audit.outcome_${outcome}` ? outcome
+    : t(`audit.outcome_${outcome}`));
+}
+
+export async function audit(el, { api, t, errorText }) {
+  const [status, say] = reporter("audit-status");
+  const results = h("div", { id: "audit-records" });
+  const pager = h("div", { class: "pager" });
+  const verifyBox = h("section", { class: "panel", id: "verify-result", "aria-live": "polite", hidden: true });
+  let cursors = [0]; // the "after" of each page seen; the last is the current page
+  let query = {};
+  let next = null;
+
+  const filters = h("form", { class: "panel filters", id: "audit-filters" },
+    h("h2", {}, t("audit.filters")),
+    field(t("audit.actor"), { name: "actor", autocomplete: "off", autocapitalize: "none", placeholder: t("audit.actorHint") }),
+    field(t("audit.event"), { name: "event", autocomplete: "off", autocapitalize: "none", placeholder: t("audit.eventHint") }),
+    field(t("audit.outcome"), { name: "outcome", options: [["", t("audit.any")], ["ok", t("audit.outcome_ok")],
+      ["denied", t("audit.outcome_denied")], ["failed", t("audit.outcome_failed")]] }, "select"),
+    field(t("audit.from"), { name: "from", type: "datetime-local", step: "1" }),
+    field(t("audit.to"), { name: "to", type: "datetime-local", step: "1" }),
+    h("div", { class: "actions" },
+      h("button", { type: "submit", class: "primary" }, t("audit.search")),
+      h("button", { type: "reset", class: "secondary" }, t("audit.clear"))));
+
+  async function load() {
+    const after = cursors[cursors.length - 1];
+    const q = new URLSearchParams({ after: String(after), limit: String(PAGE) });
+    for (const [k, v] of Object.entries(query)) if (v) q.set(k, v);
+    const r = await api.call("GET", `/audit?${q}`);
+    next = r.more ? r.next_after : null;
+    const details = (rec) => {
+      const extra = Object.entries(rec).filter(([k]) => !BASE.has(k));
+      return extra.length ? h("code", { class: "details" }, extra.map(([k, v]) =>
+        `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`).join(" ")) : "";
+    };
+    results.replaceChildren(table(t("audit.caption"), [
+      { head: "#", cell: (x) => String(x.seq) },
+      { head: t("audit.time"), cell: (x) => stamp(x.ts) },
+      { head: t("audit.event"), cell: (x) => h("code", {}, x.event) },
+      { head: t("audit.actor"), cell: (x) => [x.actor || "—", x.actor_role ? h("div", { class: "muted" }, t(`role.${x.actor_role}`)) : null] },
+      { head: t("audit.target"), cell: (x) => x.target || "—" },
+      { head: t("audit.outcome"), cell: (x) => outcomeBadge(t, x.outcome) },
+      { head: t("audit.details"), cell: details },
+    ], r.records, t("audit.none")));
+    results.setAttribute("data-count", String(r.records.length));
+    pager.replaceChildren(
+      h("button", { type: "button", class: "secondary", id: "audit-prev", disabled: cursors.length < 2,
+        onclick: () => { cursors.pop(); load().catch((e) => say(errorText(e), true)); } }, t("audit.prev")),
+      h("span", { id: "audit-page" }, t("audit.page", { n: formatNumber(cursors.length) })),
+      h("button", { type: "button", class: "secondary", id: "audit-next", disabled: next === null,
+        onclick: () => { cursors.push(next); load().catch((e) => say(errorText(e), true)); } }, t("audit.next")));
+  }
+  filters.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const v = values(filters);
+    query = { actor: v.actor.trim(), event: v.event.trim(), outcome: v.outcome, from_ms: toMs(v.from), to_ms: toMs(v.to) };
+    cursors = [0];
+    try {
+      await load();
+      say("");
+    } catch (err) {
+      say(errorText(err), true);
+    }
+  });
+  filters.addEventListener("reset", () => {
+    query = {};
+    cursors = [0];
+    setTimeout(() => load().catch((e) => say(errorText(e), true)));
+  });
+
+  async function verify() {
+    try {
+      const r = await api.call("POST", "/audit/verify");
+      verifyBox.hidden = false;
+      verifyBox.replaceChildren(
+        h("h2", {}, t("audit.verifyTitle")),
+        h("p", { id: "verify-verdict", class: r.ok ? "verdict ok" : "verdict bad" }, r.ok ? t("audit.chainOk") : t("audit.chainBad")),
+        h("dl", { class: "facts" },
+          h("dt", {}, t("audit.range")), h("dd", { id: "verify-range" }, `${r.first_seq} – ${r.last_seq}`),
+          h("dt", {}, t("audit.hot")), h("dd", {}, formatNumber(r.hot_records)),
+          h("dt", {}, t("audit.archived")), h("dd", {}, formatNumber(r.archived_records)),
+          h("dt", {}, t("audit.heads")), h("dd", {}, `${formatNumber(r.heads_verified)} / ${formatNumber(r.heads_total)}`),
+          h("dt", {}, t("audit.lastSigned")), h("dd", {}, r.latest_signed_seq ? `#${r.latest_signed_seq} · ${formatDateTime(r.latest_signed_ts)}` : "—"),
+          h("dt", {}, t("audit.keys")), h("dd", {}, r.key_fingerprints.map((k) => h("code", { class: "wrap" }, k)))),
+        r.problems.length ? h("ul", { class: "problems" }, r.problems.map((p) =>
+          h("li", { "data-kind": p.kind }, `${p.where} #${p.seq} ${p.kind}: ${p.message}`))) : null,
+        r.problems.some((p) => /trusted-key|not-pinned/.test(p.kind)) ? h("p", { class: "help", id: "pin-hint" }, t("audit.pinHint")) : null);
+    } catch (err) {
+      say(errorText(err), true);
+    }
+  }
+  async function sign() {
+    try {
+      const r = await api.call("POST", "/audit/sign");
+      say(t("audit.signed", { seq: r.seq }));
+    } catch (err) {
+      say(errorText(err), true);
+    }
+  }
+  el.append(h("p", { class: "lead" }, t("audit.lead")),
+    h("div", { class: "toolbar" },
+      h("button", { type: "button", class: "primary", id: "verify-chain", onclick: verify }, t("audit.verify")),
+      h("button", { type: "button", class: "secondary", id: "sign-head", onclick: sign }, t("audit.sign"))),
+    verifyBox, filters, status, results, pager);
+  await load();
+}
+
+function reportHtml(title, body) {
+  return `<!doctype html><html lang="${getLanguage()}"><head><meta charset="utf-8"><title>${title}</title>
+<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;width:100%}td,th{border:1px solid #ccc;padding:.4em;vertical-align:top;text-align:left}.badge{font-weight:bold}.sr-only{position:absolute;left:-9999px}</style>
+</head><body>${body}</body></html>`;
+}
+
+export async function report(el, { api, t, errorText }) {
+  const [status, say] = reporter("report-status");
+  const view = h("div", { id: "report-view" });
+  let data = null;
+  async function load() {
+    data = await api.call("GET", "/report");
+    const s = data.summary;
+    const statusBadge = (st) => h("span", { class: `badge report-${st}` }, t(`report.status_${st}`));
+    view.replaceChildren(
+      h("h2", { id: "report-title" }, data.title),
+      h("p", {}, data.standard),
+      h("dl", { class: "facts" },
+        h("dt", {}, t("report.generated")), h("dd", {}, `${formatDateTime(data.generated_at)} · ${data.generated_by}`),
+        h("dt", {}, t("report.node")), h("dd", {}, `${data.node_id} · ${data.version}`),
+        h("dt", {}, t("report.summary")), h("dd", { id: "report-summary" },
+          t("report.summaryText", { pass: formatNumber(s.pass), fail: formatNumber(s.fail), gap: formatNumber(s.gap) })),
+        h("dt", {}, t("report.chain")), h("dd", {}, data.audit_verify.ok ? t("audit.chainOk") : t("audit.chainBad"))),
+      table(t("report.caption"), [
+        { head: t("report.item"), cell: (i) => [h("strong", {}, i.id), h("div", { class: "muted" }, i.clause)] },
+        { head: t("report.requirement"), cell: (i) => [h("div", { class: "muted" }, i.category), h("div", {}, i.title)] },
+        { head: t("report.status"), cell: (i) => statusBadge(i.status) },
+        { head: t("report.evidence"), cell: (i) => h("ul", { class: "evidence" },
+          i.findings.map((f) => h("li", { class: "finding" }, f)), i.evidence.map((e) => h("li", {}, e))) },
+      ], data.items, "—"));
+  }
+  const fileStamp = () => new Date(data.generated_at).toISOString().slice(0, 19).replace(/[-:]/g, "").replace("T", "-");
+  el.append(h("p", { class: "lead" }, t("report.lead")),
+    h("div", { class: "toolbar" },
+      h("button", { type: "button", class: "secondary", id: "report-refresh", onclick: () => load().then(() => say(t("report.refreshed")), (e) => say(errorText(e), true)) }, t("report.refresh")),
+      h("button", { type: "button", class: "primary", id: "report-download-html", onclick: () =>
+        download(`tongxin-dengbao-report-${fileStamp()}.html`, "text/html", reportHtml(data.title, view.innerHTML)) }, t("report.downloadHtml")),
+      h("button", { type: "button", class: "secondary", id: "report-download-json", onclick: () =>
+        download(`tongxin-dengbao-report-${fileStamp()}.json`, "application/json", JSON.stringify(data, null, 2)) }, t("report.downloadJson"))),
+    status, view);
+  await load();
+}
+
+const MINE = "tongxin.console.escrow";
+
+export async function escrow(el, { api, t, errorText }) {
+  const [status, say] = reporter("escrow-status");
+  const mine = h("div", { id: "escrow-mine" });
+  const result = h("div", { id: "escrow-result" });
+  const stored = () => JSON.parse(sessionStorage.getItem(MINE) || "[]");
+  function showMine() {
+    mine.replaceChildren(table(t("escrow.mineCaption"), [
+      { head: t("escrow.requestId"), cell: (r) => h("code", {}, r.request_id) },
+      { head: t("escrow.conversation"), cell: (r) => r.conversation_id },
+      { head: t("escrow.range"), cell: (r) => `${formatDateTime(r.from_ms)} – ${formatDateTime(r.to_ms)}` },
+      { head: t("users.actions"), cell: (r) => h("button", { type: "button", class: "secondary small",
+        onclick: () => collect(r.request_id) }, t("escrow.collect")) },
+    ], stored(), t("escrow.none")));
+  }
+  async function collect(id) {
+    try {
+      const r = await api.call("GET", `/e2ee/escrow-requests/${encodeURIComponent(id)}`);
+      sessionStorage.setItem(MINE, JSON.stringify(stored().filter((x) => x.request_id !== id)));
+      showMine();
+      result.replaceChildren(h("h2", {}, t("escrow.resultTitle", { id })), table(t("escrow.resultCaption"), [
+        { head: "#", cell: (x) => String(x.seq) },
+        { head: t("audit.time"), cell: (x) => formatDateTime(x.sent_at_ms) },
+        { head: t("escrow.sender"), cell: (x) => x.sender_id },
+        { head: t("escrow.content"), cell: (x) => x.error || x.text || (x.attachment ? x.attachment.name : x.kind) },
+      ], r.entries, t("escrow.noEntries")));
+    } catch (err) {
+      say(errorText(err), true);
+    }
+  }
+  const form = h("form", { class: "panel inline-form", id: "escrow-form" },
+    h("h2", {}, t("escrow.new")),
+    field(t("escrow.conversation"), { name: "conversation_id", required: true, autocomplete: "off", spellcheck: "false" }),
+    field(t("audit.from"), { name: "from", type: "datetime-local", required: true, step: "1" }),
+    field(t("audit.to"), { name: "to", type: "datetime-local", required: true, step: "1" }),
+    field(t("escrow.reason"), { name: "reason", required: true, autocomplete: "off" }),
+    field(t("escrow.share"), { name: "share", required: true, autocomplete: "off", spellcheck: "false" }, "textarea"),
+    h("button", { type: "submit", class: "primary" }, t("escrow.submit")));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const v = values(form);
+    const body = { conversation_id: v.conversation_id.trim(), from_ms: Number(toMs(v.from)), to_ms: Number(toMs(v.to)),
+      reason: v.reason.trim(), share: v.share.trim() };
+    try {
+      const r = await api.call("POST", "/e2ee/escrow-requests", body);
+      sessionStorage.setItem(MINE, JSON.stringify([...stored(), r]));
+      form.reset();
+      showMine();
+      say(t("escrow.requested", { id: r.request_id }));
+    } catch (err) {
+      say(errorText(err), true);
+    }
+  });
+  const collectForm = h("form", { class: "panel inline-form", id: "collect-form" },
+    field(t("escrow.requestId"), { name: "request_id", required: true, autocomplete: "off", spellcheck: "false" }),
+    h("button", { type: "submit", class: "secondary" }, t("escrow.collect")));
+  collectForm.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    collect(values(collectForm).request_id.trim());
+  });
+  el.append(h("p", { class: "lead" }, t("escrow.lead")), form, status,
+    h("section", { class: "panel" }, h("h2", {}, t("escrow.mine")), mine, collectForm), result);
+  showMine();
+}

@@ -1,0 +1,17 @@
+// The console's pages: each belongs to one role of 三员分立 and is shown when the
+// session holds `permission` (the admin API's operation its first call needs).
+import * as auditor from "./auditor.js";
+import * as secadmin from "./secadmin.js";
+import * as sysadmin from "./sysadmin.js";
+
+export const PAGES = [
+  { id: "users", role: "sysadmin", permission: "user.list", render: sysadmin.users },
+  { id: "status", role: "sysadmin", permission: "user.list", render: sysadmin.status },
+  { id: "admins", role: "secadmin", permission: "role.list", render: secadmin.admins },
+  { id: "keys", role: "secadmin", permission: "key.rotate", render: secadmin.keys },
+  { id: "retention", role: "secadmin", permission: "retention.read", render: secadmin.retention },
+  { id: "approvals", role: "secadmin", permission: "escrow.approve", render: secadmin.approvals },
+  { id: "audit", role: "auditor", permission: "audit.read", render: auditor.audit },
+  { id: "report", role: "auditor", permission: "report.read", render: auditor.report },
+  { id: "escrow", role: "auditor", permission: "escrow.request", render: auditor.escrow },
+];

@@ -1,0 +1,108 @@
+// 系统管理员: ordinary accounts (list, create, disable, enable, unlock, reset the
+// password, revoke sessions, delete) and the node's status.
+import { h, field, values, table } from "../dom.js";
+import { formatDateTime } from "../../i18n/index.js";
+
+function stateBadge(t, state) {
+  return h("span", { class: `badge state-${state}` }, t(`state.${state}`));
+}
+
+export async function users(el, { api, t, session, errorText, ask }) {
+  const status = h("p", { class: "status", role: "status", id: "users-status" });
+  const list = h("div", { id: "users-list" });
+  const say = (text, bad = false) => {
+    status.textContent = text;
+    status.classList.toggle("error", bad);
+  };
+  async function act(u, action, label) {
+    try {
+      if (action === "delete") {
+        const ok = await ask({ title: t("users.deleteTitle", { name: u.username }), help: t("users.deleteHelp"),
+          submit: t("users.delete"), fields: [] });
+        if (!ok) return;
+        await api.call("DELETE", `/users/${encodeURIComponent(u.username)}`);
+      } else if (action === "password") {
+        const v = await ask({ title: t("users.resetTitle", { name: u.username }), help: t("users.resetHelp"),
+          submit: t("users.reset"), fields: [{ name: "password", label: t("users.newPassword"), type: "password",
+            autocomplete: "new-password" }] });
+        if (!v) return;
+        await api.call("POST", `/users/${encodeURIComponent(u.username)}/password`, { password: v.password });
+      } else {
+        await api.call("POST", `/users/${encodeURIComponent(u.username)}/${action}`);
+      }
+      say(t("users.done", { action: label, name: u.username }));
+      await load();
+    } catch (err) {
+      say(errorText(err), true);
+    }
+  }
+  async function load() {
+    const { users: rows } = await api.call("GET", "/users");
+    const actions = (u) => {
+      if (u.role !== "user") return h("span", { class: "muted" }, t("users.adminManaged"));
+      const b = (action, label, cls = "secondary") => h("button", { type: "button", class: `${cls} small`,
+        "data-action": action, "data-user": u.username, onclick: () => act(u, action, label) }, label);
+      return h("div", { class: "row-actions" },
+        u.state === "disabled" ? b("enable", t("users.enable")) : b("disable", t("users.disable")),
+        u.state === "locked" ? b("unlock", t("users.unlock")) : null,
+        b("password", t("users.reset")), b("revoke-tokens", t("users.revoke")),
+        b("delete", t("users.delete"), "danger"));
+    };
+    list.replaceChildren(table(t("users.caption"), [
+      { head: t("users.username"), cell: (u) => u.username },
+      { head: t("users.displayName"), cell: (u) => u.display_name || "—" },
+      { head: t("users.role"), cell: (u) => t(`role.${u.role}`) },
+      { head: t("users.state"), cell: (u) => stateBadge(t, u.state) },
+      { head: t("users.factor"), cell: (u) => (u.totp ? "TOTP" : u.sms ? "SMS" : "—") },
+      { head: t("users.created"), cell: (u) => formatDateTime(u.created_at) },
+      { head: t("users.actions"), cell: actions },
+    ], rows, t("users.none")));
+    list.setAttribute("data-count", String(rows.length));
+  }
+  const form = h("form", { class: "panel inline-form", id: "create-user" },
+    h("h2", {}, t("users.create")),
+    field(t("users.username"), { name: "username", required: true, autocomplete: "off", autocapitalize: "none" }),
+    field(t("users.displayName"), { name: "display_name", autocomplete: "off" }),
+    field(t("users.initialPassword"), { name: "password", type: "password", required: true,
+      autocomplete: "new-password" }),
+    h("button", { type: "submit", class: "primary" }, t("users.createSubmit")));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const v = values(form);
+    try {
+      const u = await api.call("POST", "/users", v);
+      form.reset();
+      say(t("users.created1", { name: u.username }));
+      await load();
+    } catch (err) {
+      say(errorText(err), true);
+    }
+  });
+  el.append(h("p", { class: "lead" }, t("users.lead", { name: session.username })), form, status, list);
+  await load();
+}
+
+export async function status(el, { api, t }) {
+  const [health, ready, info] = await Promise.all(["/healthz", "/readyz", "/api/v1/info"].map(api.publicGet));
+  const r = ready.body || {};
+  const row = (k, v, id) => [h("dt", {}, k), h("dd", { id }, v)];
+  const ok = (flag) => h("span", { class: `badge ${flag ? "state-active" : "state-disabled"}` },
+    flag ? t("status.yes") : t("status.no"));
+  el.append(h("p", { class: "lead" }, t("status.lead")),
+    h("section", { class: "panel", "aria-labelledby": "st-node" },
+      h("h2", { id: "st-node" }, t("status.node")),
+      h("dl", { class: "facts" },
+        row(t("status.nodeId"), r.node || health.body.node || "—", "st-node-id"),
+        row(t("status.version"), health.body.version || info.body.version || "—", "st-version"),
+        row(t("status.site"), r.site || "—", "st-site"),
+        row(t("status.role"), t(`status.siteRole.${r.role === "standby" ? "standby" : "active"}`), "st-role"),
+        row(t("status.ready"), ok(ready.status === 200 && r.ready), "st-ready"),
+        row(t("status.store"), ok(Boolean(r.store)), "st-store"),
+        row(t("status.registration"), info.body.self_registration ? t("status.on") : t("status.off"), "st-reg"),
+        row(t("status.passwordMin"), String(info.body.password_min_length ?? "—"), "st-pwmin"))),
+    h("section", { class: "panel", "aria-labelledby": "st-ep" },
+      h("h2", { id: "st-ep" }, t("status.endpoints")),
+      h("ul", { id: "st-endpoints" }, (info.body.endpoints || []).map((e) =>
+        h("li", {}, typeof e === "string" ? e : JSON.stringify(e))))),
+    h("p", { class: "help" }, t("status.metricsNote")));
+}
