@@ -1,0 +1,121 @@
+"""The administrators' console (docs/console.md) in a real browser against a real node.
+
+Provisions the three administrators of 三员分立 the way docs/compliance.md says
+(``tongxin admin create --role ... --password-stdin``, which prints each TOTP
+secret once), starts ``tongxin serve`` on embedded defaults on a free loopback
+port with ``compliance.step_up_window: 0`` (every sensitive action asks for a
+fresh TOTP code, so the console's step-up dialog is exercised) and the audit
+key made by ``tongxin audit sign`` pinned in ``compliance.audit_trusted_keys``, then runs
+``node appliance/web/tests/console.mjs``: each role signs in with its TOTP code,
+does its work, is refused another role's page and the API behind it, and the
+auditor finds every action in the audit trail. axe-core checks every page;
+screenshots (zh-CN) land in test-artifacts/console/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_web_client import BUILT, CHROMIUM, ROOT, WEB, _free_port, _require_tools, _tongxin
+
+ARTIFACTS = ROOT / "test-artifacts" / "console"
+
+CONFIG = """\
+accounts:
+  scrypt_n: 1024
+compliance:
+  step_up_window: 0
+logging:
+  json: false
+"""
+
+ADMINS = {
+    "sysadmin": ("sysadm", "Sys-admin-pass-1"),
+    "secadmin": ("secadm", "Sec-admin-pass-2"),
+    "auditor": ("audrey", "Audit-pass-3"),
+}
+
+
+def _provision(cfg: Path, env: dict[str, str]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for role, (name, password) in ADMINS.items():
+        run = subprocess.run([*_tongxin(), "admin", "create", "--config", str(cfg), "--role", role,
+                              "--password-stdin", name], input=password + "\n", env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stdout + run.stderr
+        secret = re.search(r"TOTP secret: ([A-Z2-7]+)", run.stdout)
+        assert secret, run.stdout
+        out[role] = {"username": name, "password": password, "secret": secret.group(1)}
+    return out
+
+
+@pytest.mark.timeout(420)
+def test_console_three_roles_in_chromium(tmp_path: Path) -> None:
+    node = _require_tools()
+    page = BUILT / "console.html"
+    sources = [p for p in (WEB / "src" / "console").rglob("*") if p.is_file()]
+    if not page.exists() or page.stat().st_mtime < max(p.stat().st_mtime for p in sources):
+        pytest.fail("the console bundle is missing or older than its sources: run "
+                    "`cd appliance/web && node build.mjs`", pytrace=False)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    cfg = tmp_path / "tongxin.yaml"
+    cfg.write_text(CONFIG)
+    env = {**os.environ, "TONGXIN_HOME": str(tmp_path / "home")}
+    admins = _provision(cfg, env)
+    # Pin the audit key the node made (docs/compliance.md, "Trusted keys"): the chain
+    # verifies until the secadmin rotates it; the new key is then reported as not pinned.
+    signed = subprocess.run([*_tongxin(), "audit", "sign", "--config", str(cfg)], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert signed.returncode == 0, signed.stdout + signed.stderr
+    pins = sorted(p.stem for p in (tmp_path / "home" / "audit-keys").glob("*.pem"))
+    assert pins, "tongxin admin create made no audit key"
+    cfg.write_text(CONFIG.replace("compliance:\n",
+                                  f"compliance:\n  audit_trusted_keys: \"{','.join(pins)}\"\n"))
+    port = _free_port()
+    log_path = tmp_path / "server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([*_tongxin(), "serve", "--config", str(cfg),
+                                 "--listen", f"127.0.0.1:{port}"],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        run = subprocess.run(
+            [node, str(WEB / "tests" / "console.mjs"), f"http://127.0.0.1:{port}",
+             "--artifacts", str(ARTIFACTS)],
+            cwd=WEB, capture_output=True, text=True, timeout=360,
+            env={**os.environ, "CHROMIUM": str(CHROMIUM), "CONSOLE_ADMINS": json.dumps(admins)})
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    out = run.stdout + run.stderr
+    print(out)
+    assert run.returncode == 0, f"console test failed (exit {run.returncode}):\n{out}\n" \
+                                f"--- server log ---\n{log_path.read_text()[-4000:]}"
+    ok_lines = [line for line in out.splitlines() if line.startswith("ok - ")]
+    for verified in ("sysadmin signed in with password and TOTP",
+                     "sysadmin created, disabled, enabled",
+                     "sysadmin is refused the auditor's page and its API",
+                     "secadmin enrolled a new TOTP for the auditor",
+                     "secadmin rotated the audit signing key",
+                     "secadmin is refused the sysadmin's page and its API",
+                     "auditor signed in with the TOTP enrolled on the secadmin's page",
+                     "the audit trail shows the sysadmin's actions",
+                     "the audit chain verifies from the page",
+                     "the compliance report is shown and downloaded",
+                     "auditor is refused the secadmin's page and its API",
+                     "no serious or critical accessibility violations",
+                     "follows the browser language"):
+        assert any(verified in line for line in ok_lines), f"not verified: {verified}\n{out}"
+    for shot in ("01-login", "02-users", "03-status", "05-admins-totp", "09-audit", "10-report"):
+        assert (ARTIFACTS / f"{shot}.png").stat().st_size > 1000, shot
