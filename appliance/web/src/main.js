@@ -8,6 +8,11 @@ import { FilesApi, FilesError, humanSize } from "./files.js";
 import { icon } from "./icons.js";
 import { WebE2EE } from "./e2ee/web.js";
 import { backoffDelay, entryLabel, entryList, ownEntry } from "./entries.js";
+import {
+  LANGUAGE_EVENT, formatDate, formatList, formatNumber, formatTime, getLanguage, initI18n, setLanguage, t, translateDom,
+} from "./i18n/index.js";
+import en from "./i18n/en.json";
+import zhCN from "./i18n/zh-CN.json";
 
 const KIND = pb.MessageKind;
 const SYS = pb.SystemEvent.Kind;
@@ -65,29 +70,43 @@ function toast(text, kind = "error") {
   setTimeout(() => el.remove(), 5000);
 }
 
+// Codes whose server message names the specific cause (which user, which
+// field): shown after the catalogue's text. The server's words are English.
+const DETAIL_CODES = new Set(["INVALID_ARGUMENT", "CONFLICT", "FORBIDDEN", "NOT_FOUND", "GROUP_FULL", "INTERNAL"]);
+
+/** The catalogue's text for a server error code (protocol ErrorCode or files API "error"). */
+function codeText(codeName, detail) {
+  const key = `codes.${codeName}`;
+  const message = t(key, { defaultValue: "" });
+  if (!message) return detail || codeName || t("codes.ERROR_CODE_UNSPECIFIED");
+  if (detail && DETAIL_CODES.has(codeName)) return t("errors.withDetail", { message, detail });
+  return message;
+}
+
 function errText(err) {
-  if (err instanceof TongxinError) return err.serverMessage || err.codeName;
-  if (err instanceof ConnectionClosed) return "not connected to the server";
+  if (err instanceof TongxinError) return codeText(err.codeName, err.serverMessage);
+  if (err instanceof ConnectionClosed) return t("errors.notConnected");
+  if (err instanceof FilesError) return err.status === 0 ? t("errors.network") : codeText(err.code, err.message);
   return err?.message || String(err);
 }
 
+// Dates and times in the page's language (Intl): 16:05 / 4:05 PM today,
+// 12月5日 16:05 / Dec 5, 4:05 PM before.
 function fmtTime(ms) {
   if (!ms) return "";
   const d = new Date(ms);
-  const now = new Date();
-  const hm = d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-  if (d.toDateString() === now.toDateString()) return hm;
-  return `${d.toLocaleDateString([], { month: "short", day: "numeric" })} ${hm}`;
+  if (d.toDateString() === new Date().toDateString()) return formatTime(d);
+  return formatDate(d, { month: "short", day: "numeric", hour: "numeric", minute: "2-digit" });
 }
 
 function fmtDay(ms) {
   const d = new Date(ms);
   const now = new Date();
-  if (d.toDateString() === now.toDateString()) return "Today";
+  if (d.toDateString() === now.toDateString()) return t("msg.today");
   const y = new Date(now);
   y.setDate(now.getDate() - 1);
-  if (d.toDateString() === y.toDateString()) return "Yesterday";
-  return d.toLocaleDateString([], { weekday: "short", month: "short", day: "numeric", year: "numeric" });
+  if (d.toDateString() === y.toDateString()) return t("msg.yesterday");
+  return formatDate(d, { weekday: "short", month: "short", day: "numeric", year: "numeric" });
 }
 
 function initials(name) {
@@ -277,8 +296,8 @@ function upsertConv(c) {
 }
 
 function convTitle(conv) {
-  if (conv.kind === CK.DIRECT) return conv.peerId ? userName(conv.peerId) : "Direct chat";
-  return conv.name || "Group";
+  if (conv.kind === CK.DIRECT) return conv.peerId ? userName(conv.peerId) : t("conv.direct");
+  return conv.name || t("conv.group");
 }
 
 function unread(conv) {
@@ -301,35 +320,35 @@ function logOf(convId) {
 function systemText(m) {
   const s = m.system || {};
   const who = userName(s.actorId || m.senderId);
-  const names = (s.userIds || []).map(userName).join(", ");
+  const names = formatList((s.userIds || []).map(userName));
   switch (s.kind) {
     case SYS.CREATED: {
       const conv = state.convs.get(m.conversationId);
-      return conv?.kind === CK.DIRECT ? `${who} started the conversation` : `${who} created the group “${s.name}”`;
+      return conv?.kind === CK.DIRECT ? t("system.started", { who }) : t("system.createdGroup", { who, name: s.name });
     }
-    case SYS.MEMBERS_ADDED: return `${who} added ${names}`;
-    case SYS.MEMBERS_REMOVED: return `${who} removed ${names}`;
-    case SYS.MEMBER_LEFT: return `${names || who} left`;
-    case SYS.ROLE_CHANGED: return `${who} changed the role of ${names}`;
-    case SYS.RENAMED: return `${who} renamed the group to “${s.name}”`;
-    default: return "conversation updated";
+    case SYS.MEMBERS_ADDED: return t("system.added", { who, names });
+    case SYS.MEMBERS_REMOVED: return t("system.removed", { who, names });
+    case SYS.MEMBER_LEFT: return t("system.left", { names: names || who });
+    case SYS.ROLE_CHANGED: return t("system.roleChanged", { who, names });
+    case SYS.RENAMED: return t("system.renamed", { who, name: s.name });
+    default: return t("system.updated");
   }
 }
 
 function previewText(m) {
   if (!m || m.hidden) return "";
-  if (m.e2eeError) return "Encrypted message";
+  if (m.e2eeError) return t("preview.encrypted");
   if (m.kind === KIND.SYSTEM) return systemText(m);
   const mine = m.senderId === state.me?.userId;
   const group = state.convs.get(m.conversationId)?.kind === CK.GROUP;
-  const prefix = mine ? "You: " : group ? `${userName(m.senderId)}: ` : "";
-  if (m.kind === KIND.RECALLED || m.recalled) return `${mine ? "You" : userName(m.senderId)} recalled a message`;
-  if (m.unavailable) return `${prefix}Message unavailable`;
-  if (m.kind === KIND.EDITED) return `${prefix}${m.content?.text || ""}`;
+  const line = (text) => (mine ? t("preview.mine", { text }) : group ? t("preview.theirs", { name: userName(m.senderId), text }) : text);
+  if (m.kind === KIND.RECALLED || m.recalled) return mine ? t("preview.recalledMine") : t("preview.recalled", { name: userName(m.senderId) });
+  if (m.unavailable) return line(t("preview.unavailable"));
+  if (m.kind === KIND.EDITED) return line(m.content?.text || "");
   const c = m.content || {};
-  if (c.file) return `${prefix}File: ${c.file.name}`;
-  if (c.text) return `${prefix}${c.text}`;
-  if (c.encrypted) return `${prefix}Encrypted message`;
+  if (c.file) return line(t("preview.file", { name: c.file.name }));
+  if (c.text) return line(c.text);
+  if (c.encrypted) return line(t("preview.encrypted"));
   return "";
 }
 
@@ -457,7 +476,7 @@ async function loadOlder() {
     await ingest(conv.id, res.messages);
     log.hasOlder = res.hasMore;
   } catch (err) {
-    toast(`Could not load older messages: ${errText(err)}`);
+    toast(t("errors.loadOlder", { error: errText(err) }));
   } finally {
     log.loading = false;
   }
@@ -490,7 +509,7 @@ async function openConv(id) {
     if (!log.loaded) await loadLatest(conv);
     else await catchUp(conv);
   } catch (err) {
-    toast(`Could not load messages: ${errText(err)}`);
+    toast(t("errors.loadMessages", { error: errText(err) }));
   }
   if (state.open !== id) return;
   forceBottom = true;
@@ -544,6 +563,13 @@ function markRead() {
   }
 }
 
+/** What a delivery status (ownStatus) reads as; the status itself stays in data-status. */
+function statusText(status) {
+  const by = /^read by (\d+)$/.exec(status);
+  if (by) return t("status.readBy", { n: formatNumber(Number(by[1])) });
+  return { sent: t("status.sent"), delivered: t("status.delivered"), read: t("status.read") }[status] || status;
+}
+
 function ownStatus(conv, seq) {
   const others = [...conv.members.entries()].filter(([uid]) => uid !== state.me.userId);
   if (conv.kind === CK.DIRECT) {
@@ -586,7 +612,7 @@ async function outgoing(convId, content) {
   if (!e || e.status === "off" || (e.failed && e.plaintextAllowed && !content.attachment)) {
     return { content: plainContent(content), e2ee: false };
   }
-  if (!e.on) throw new Error(e.reason || "end-to-end encryption is required but not running");
+  if (!e.on) throw new Error(e.reason || t("errors.e2eeRequired"));
   const conv = state.convs.get(convId);
   const info = { id: convId, kind: conv.kind, peerId: conv.peerId, lastSeq: conv.lastSeq, memberIds: [] };
   if (conv.kind === CK.GROUP) {
@@ -701,7 +727,7 @@ async function onSubmit(ev) {
       renderAll();
       markRead();
     } catch (err) {
-      toast(`Could not edit: ${errText(err)}`);
+      toast(t("errors.edit", { error: errText(err) }));
     }
     return;
   }
@@ -737,7 +763,7 @@ async function recall(convId, m) {
     markRead();
   } catch (err) {
     toast(err instanceof TongxinError && err.code === E.RECALL_WINDOW_EXPIRED
-      ? "Too late to recall this message" : `Could not recall: ${errText(err)}`);
+      ? t("errors.recallTooLate") : t("errors.recall", { error: errText(err) }));
   }
 }
 
@@ -763,7 +789,7 @@ async function runUpload(up) {
   try {
     const e = state.e2ee;
     await e?.started;
-    if (e && e.failed && !e.plaintextAllowed) throw new Error(e.reason || "end-to-end encryption is required but not running");
+    if (e && e.failed && !e.plaintextAllowed) throw new Error(e.reason || t("errors.e2eeRequired"));
     let upload = up.file;
     let sealed = null;
     if (e?.on) {
@@ -800,7 +826,7 @@ async function runUpload(up) {
       up.status = "failed";
       up.error = errText(err);
       up.network = err instanceof FilesError && err.status === 0;
-      if (err instanceof FilesError && err.code === "NO_FILES_API") toast("File sharing is not available on this server");
+      if (err instanceof FilesError && err.code === "NO_FILES_API") toast(t("errors.noFiles"));
     }
     renderMessages({ force: true });
   }
@@ -808,9 +834,12 @@ async function runUpload(up) {
 
 function uploadLabel(up) {
   const pct = up.total ? Math.floor((100 * up.done) / up.total) : 100;
-  if (up.status === "failed") return `Upload stopped: ${up.error}`;
-  const verb = { encrypting: "Encrypting", hashing: "Preparing", uploading: "Uploading", verifying: "Verifying", done: "Sending" }[up.phase] || "Starting";
-  return `${verb} ${pct}% of ${humanSize(up.total)}`;
+  if (up.status === "failed") return t("upload.stopped", { error: up.error });
+  const step = {
+    encrypting: t("upload.encrypting"), hashing: t("upload.hashing"), uploading: t("upload.uploading"),
+    verifying: t("upload.verifying"), done: t("upload.done"),
+  }[up.phase] || t("upload.starting");
+  return t("upload.progress", { step, pct: formatNumber(pct), size: humanSize(up.total) });
 }
 
 function paintUpload(up) {
@@ -825,11 +854,13 @@ async function download(info, link, attachment = null) {
   const label = link.textContent;
   try {
     const progress = (done, total) => {
-      link.textContent = total ? `Downloading ${Math.floor((100 * done) / total)}%` : `Downloading ${humanSize(done)}`;
+      link.textContent = total
+        ? t("download.percent", { pct: formatNumber(Math.floor((100 * done) / total)) })
+        : t("download.bytes", { size: humanSize(done) });
     };
     if (attachment) {
       // §8: check the digest and open after download; only plaintext is saved.
-      if (!state.e2ee?.device) throw new Error("end-to-end encryption is not running on this device");
+      if (!state.e2ee?.device) throw new Error(t("errors.e2eeNotRunning"));
       const blob = await files.fetchBlob(info, progress);
       const plain = await state.e2ee.device.decryptAttachment(attachment, new Uint8Array(await blob.arrayBuffer()));
       files.save(new Blob([plain], { type: info.contentType || "application/octet-stream" }), info.name);
@@ -837,7 +868,7 @@ async function download(info, link, attachment = null) {
     }
     await files.download(info, progress);
   } catch (err) {
-    toast(`Download failed: ${errText(err)}`);
+    toast(t("errors.download", { error: errText(err) }));
   } finally {
     link.textContent = label;
   }
@@ -861,12 +892,14 @@ const renderAll = rafOnce(() => {
 function renderMe() {
   const st = $("conn-status");
   st.dataset.state = state.conn;
-  st.textContent = { online: "online", connecting: "connecting…", offline: "offline — reconnecting", replaced: "open in another tab" }[state.conn];
+  st.textContent = {
+    online: t("conn.online"), connecting: t("conn.connecting"), offline: t("conn.offline"), replaced: t("conn.replaced"),
+  }[state.conn];
   $("offline-banner").hidden = state.conn === "online" || state.conn === "replaced" || !state.me;
   $("replaced-banner").hidden = state.conn !== "replaced";
   const moved = state.entry !== 0 && state.conn === "online" && !!state.me;
   $("entry-banner").hidden = !moved;
-  if (moved) $("entry-name").textContent = entryLabel(state.entries[state.entry]);
+  if (moved) $("entry-banner").textContent = t("banner.entry", { name: entryLabel(state.entries[state.entry]) });
   renderE2EE();
   if (!state.me) return;
   $("me-name").textContent = state.me.displayName || state.me.username;
@@ -897,25 +930,25 @@ function renderE2EE() {
   line.dataset.state = e?.status || "off";
   line.dataset.escrow = e?.escrowOn ? "on" : "off";
   if (e && e.status !== "off") {
-    let label = e.on ? "End-to-end encrypted" : e.status === "starting" ? "Encryption starting…" : "Not end-to-end encrypted";
+    let label = e.on ? t("e2ee.on") : e.status === "starting" ? t("e2ee.starting") : t("e2ee.off");
     // Without IndexedDB (some private windows) keys live in memory: a reload is a new device.
-    if (e.on && e.store && !e.store.persistent) label += " (keys not kept after this tab)";
+    if (e.on && e.store && !e.store.persistent) label = t("e2ee.memoryOnly", { label });
     line.replaceChildren(icon("lock"), ` ${label}`,
-      e.escrowOn ? h("span", { id: "escrow-indicator", class: "escrow", title: "Your organisation holds a compliance escrow key: audited staff can decrypt messages", text: " · Escrow on" }) : "");
+      e.escrowOn ? h("span", { id: "escrow-indicator", class: "escrow", title: t("e2ee.escrowTitle"), text: ` · ${t("e2ee.escrowOn")}` }) : "");
   }
   const off = $("e2ee-off-banner");
   off.hidden = !e || !(e.status === "unavailable" || e.status === "error");
   if (!off.hidden) {
-    off.textContent = `${e.reason}. ${e.required ? "Sending is blocked: this server requires end-to-end encryption." : "Messages you send now are not end-to-end encrypted."}`;
+    off.textContent = t(e.required ? "e2ee.blocked" : "e2ee.unencrypted", { reason: e.reason });
   }
   const warn = $("identity-banner");
   const pending = e?.pending || [];
   warn.hidden = !pending.length;
   warn.replaceChildren(...pending.map((p) => h("div", { class: "identity-change", "data-user": p.userId, "data-device": p.deviceId },
-    `The security key of ${userName(p.userId)} (device ${p.deviceId}) has changed. Messages with that device are blocked until you accept the new key. `,
+    `${t("e2ee.identityChanged", { name: userName(p.userId), device: p.deviceId })} `,
     h("button", {
-      class: "link accept-identity", text: "Accept new key",
-      onclick: () => e.acceptIdentity(p).then(redecryptFailed, (err) => toast(`Could not accept: ${errText(err)}`)),
+      class: "link accept-identity", text: t("e2ee.acceptKey"),
+      onclick: () => e.acceptIdentity(p).then(redecryptFailed, (err) => toast(t("errors.accept", { error: errText(err) }))),
     }))));
   renderDeviceTrust(e);
 }
@@ -936,19 +969,25 @@ function renderDeviceTrust(e) {
     return;
   }
   const kids = unsigned.map((c) => h("div", { class: "unsigned-device", "data-user": c.userId, "data-device": c.deviceId },
-    `A device "${c.deviceId}" claims to belong to ${userName(c.userId)}, but their key did not sign it: nothing is sent to it and its messages are not shown.`));
+    t("e2ee.unsignedDevice", { device: c.deviceId, name: userName(c.userId) })));
   if (e.notSigned) {
     if (!restoreForm) {
-      const input = h("input", { id: "backup-passphrase", type: "password", autocomplete: "off", "aria-label": "Key backup passphrase", placeholder: "Key backup passphrase" });
+      const input = h("input", {
+        id: "backup-passphrase", type: "password", autocomplete: "off",
+        "data-i18n-aria-label": "e2ee.passphrase", "data-i18n-placeholder": "e2ee.passphrase",
+        "aria-label": t("e2ee.passphrase"), placeholder: t("e2ee.passphrase"),
+      });
       const why = h("span", { class: "why" });
       restoreForm = h("form", { id: "restore-key", class: "restore-key" },
-        why, " ", input, " ", h("button", { type: "submit", class: "link", text: "Verify this device" }));
+        why, " ", input, " ", h("button", { type: "submit", class: "link", "data-i18n": "e2ee.verifyDevice", text: t("e2ee.verifyDevice") }));
       restoreForm.onsubmit = (ev) => {
         ev.preventDefault();
-        state.e2ee.restoreUserKey(input.value).then(() => toast("This device is now signed by your key", "info"), (err) => toast(`Could not verify this device: ${errText(err)}`));
+        state.e2ee.restoreUserKey(input.value).then(
+          () => toast(t("toast.deviceSigned"), "info"),
+          (err) => toast(t("errors.verifyDevice", { error: errText(err) })));
       };
     }
-    restoreForm.querySelector(".why").textContent = `${e.notSigned}.`;
+    restoreForm.querySelector(".why").textContent = t("common.sentence", { text: e.notSigned });
     kids.unshift(restoreForm);
   } else {
     restoreForm = null;
@@ -959,7 +998,7 @@ function renderDeviceTrust(e) {
 function avatar(title, id, presenceUid) {
   const el = h("span", { class: "avatar", style: `background:hsl(${hue(id)} 55% 45%)`, text: initials(title) });
   if (presenceUid !== undefined) {
-    el.append(h("span", { class: `dot ${isOnline(presenceUid) ? "on" : ""}`, title: isOnline(presenceUid) ? "online" : "offline" }));
+    el.append(h("span", { class: `dot ${isOnline(presenceUid) ? "on" : ""}`, title: isOnline(presenceUid) ? t("chat.online") : t("chat.offline") }));
   }
   return el;
 }
@@ -994,9 +1033,12 @@ function renderList() {
           h("span", { class: "conv-time", text: fmtTime(lastActivity(conv)) })),
         h("span", { class: "conv-bottom" },
           typing.length
-            ? h("span", { class: "conv-preview typing", text: `${conv.kind === CK.GROUP ? typing.join(", ") + " " : ""}typing…` })
-            : h("span", { class: "conv-preview", text: pending ? "Sending…" : previewText(conv.preview) }),
-          n ? h("span", { class: "badge", "aria-label": `${n} unread`, text: n > 99 ? "99+" : String(n) }) : null))));
+            ? h("span", {
+              class: "conv-preview typing",
+              text: conv.kind === CK.GROUP ? t("conv.typingNames", { names: formatList(typing) }) : t("conv.typing"),
+            })
+            : h("span", { class: "conv-preview", text: pending ? t("conv.sending") : previewText(conv.preview) }),
+          n ? h("span", { class: "badge", "aria-label": t("conv.unread", { n: formatNumber(n) }), text: n > 99 ? "99+" : String(n) }) : null))));
   }));
   $("conv-empty").hidden = state.convs.size > 0;
   renderOnline();
@@ -1012,8 +1054,8 @@ function renderOnline() {
   const on = [...ids].filter(isOnline).sort((a, b) => userName(a).localeCompare(userName(b)));
   const box = $("online");
   box.hidden = on.length === 0;
-  box.replaceChildren(h("span", { class: "online-label", text: "Online" }), ...on.map((uid) =>
-    h("button", { class: "chip", "data-user": uid, title: `Message ${userName(uid)}`, onclick: () => startDirect(uid) },
+  box.replaceChildren(h("span", { class: "online-label", text: t("nav.online") }), ...on.map((uid) =>
+    h("button", { class: "chip", "data-user": uid, title: t("nav.messageUser", { name: userName(uid) }), onclick: () => startDirect(uid) },
       h("span", { class: "dot on" }), userName(uid))));
 }
 
@@ -1028,40 +1070,49 @@ function renderChat() {
   av.replaceWith(Object.assign(avatar(title, conv.peerId || conv.id, conv.kind === CK.DIRECT ? conv.peerId : undefined), { id: "chat-avatar" }));
   const typing = typingNames(conv);
   let sub;
+  let presence = "";
   if (conv.kind === CK.DIRECT) {
     const p = state.presence.get(conv.peerId);
-    sub = typing.length ? "typing…" : p?.online ? "online" : p?.lastSeenMs ? `last seen ${fmtTime(p.lastSeenMs)}` : "offline";
+    presence = typing.length ? "typing" : p?.online ? "online" : "offline";
+    sub = typing.length ? t("chat.typing") : p?.online ? t("chat.online")
+      : p?.lastSeenMs ? t("chat.lastSeen", { time: fmtTime(p.lastSeenMs) }) : t("chat.offline");
   } else {
     const count = conv.memberCount || conv.members.size;
     const on = [...conv.members.keys()].filter((u) => u !== state.me.userId && isOnline(u)).length;
-    sub = `${count} ${count === 1 ? "member" : "members"}${on ? ` · ${on} online` : ""}`;
+    const members = count === 1 ? t("chat.memberOne") : t("chat.members", { n: formatNumber(count) });
+    sub = on ? t("chat.membersOnline", { members, n: formatNumber(on) }) : members;
+    presence = on ? "online" : "offline";
   }
   const e = state.e2ee;
   $("verify-btn").hidden = !(conv.kind === CK.DIRECT && e?.on);
   const subEl = $("chat-sub");
   subEl.textContent = sub;
+  subEl.dataset.presence = presence; // online | offline | typing (the browser test reads it)
   subEl.classList.toggle("typing", typing.length > 0);
-  $("typing").textContent = typing.length ? `${typing.join(", ")} ${typing.length > 1 ? "are" : "is"} typing…` : "";
+  const typingEl = $("typing");
+  typingEl.textContent = !typing.length ? ""
+    : typing.length > 1 ? t("chat.typingMany", { names: formatList(typing) }) : t("chat.typingOne", { name: typing[0] });
+  typingEl.dataset.typing = typing.join("\n");
   renderMessages();
 }
 
 function messageBody(conv, m) {
   if (m.e2eeError && !m.recalled) {
-    return h("div", { class: "text e2ee-error", title: "This message is end-to-end encrypted and this device cannot open it" },
+    return h("div", { class: "text e2ee-error", title: t("msg.e2eeErrorTitle") },
       icon("lock"), ` ${m.e2eeError}`);
   }
   if (m.recalled) {
-    return h("div", { class: "text recalled", text: m.senderId === state.me.userId ? "You recalled this message" : "This message was recalled" });
+    return h("div", { class: "text recalled", text: m.senderId === state.me.userId ? t("msg.recalledMine") : t("msg.recalled") });
   }
   if (m.unavailable) {
     // The server withheld it (Message.unavailable, docs/protocol.md): never show it as empty text.
-    return h("div", { class: "text recalled", title: "The server could not verify this message's stored copy; administrators have been notified in the audit log", text: "This message cannot be shown" });
+    return h("div", { class: "text recalled", title: t("msg.unavailableTitle"), text: t("msg.unavailable") });
   }
   const c = m.content || {};
   if (c.file) {
     const f = c.file;
     const link = h("a", {
-      class: "download", href: `/api/v1/files/${encodeURIComponent(f.fileId)}`, download: f.name, text: "Download",
+      class: "download", href: `/api/v1/files/${encodeURIComponent(f.fileId)}`, download: f.name, text: t("msg.download"),
       onclick: (ev) => {
         ev.preventDefault();
         download(f, ev.currentTarget, c.attachment || null);
@@ -1073,7 +1124,7 @@ function messageBody(conv, m) {
         h("span", { class: "file-size", text: humanSize(Number(f.size) || 0) })),
       link);
   }
-  if (c.encrypted) return h("div", { class: "text muted" }, icon("lock"), " Encrypted message");
+  if (c.encrypted) return h("div", { class: "text muted" }, icon("lock"), ` ${t("msg.encrypted")}`);
   return h("div", { class: "text", text: c.text || "" });
 }
 
@@ -1085,17 +1136,17 @@ function messageEl(conv, m, showSender) {
     showSender && !own ? h("div", { class: "sender", style: `color:hsl(${hue(m.senderId)} 55% 38%)`, text: userName(m.senderId) }) : null,
     messageBody(conv, m),
     h("div", { class: "meta" },
-      m.e2ee && !m.e2eeError && !m.recalled ? h("span", { class: "e2ee-lock", title: "End-to-end encrypted", "aria-label": "End-to-end encrypted" }, icon("lock")) : null,
-      m.editedAtMs && !m.recalled ? h("span", { class: "edited", text: "edited" }) : null,
-      h("span", { class: "time", text: fmtTime(m.sentAtMs) }),
-      status ? h("span", { class: `status ${status.startsWith("read") ? "read" : status}`, text: status }) : null));
+      m.e2ee && !m.e2eeError && !m.recalled ? h("span", { class: "e2ee-lock", title: t("e2ee.on"), "aria-label": t("e2ee.on") }, icon("lock")) : null,
+      m.editedAtMs && !m.recalled ? h("span", { class: "edited", text: t("msg.edited") }) : null,
+      h("span", { class: "time", "data-ms": m.sentAtMs, text: fmtTime(m.sentAtMs) }),
+      status ? h("span", { class: `status ${status.startsWith("read") ? "read" : status}`, text: statusText(status) }) : null));
   const row = h("div", {
     class: `msg ${own ? "own" : "theirs"}`, "data-seq": m.seq, "data-sender": m.senderId,
     "data-status": status || null,
   }, bubble);
   if (canAct) {
     row.append(h("button", {
-      class: "more", title: "Message actions", "aria-label": "Message actions",
+      class: "more", title: t("msg.actions"), "aria-label": t("msg.actions"),
       onclick: (ev) => {
         ev.stopPropagation();
         openMenu(ev.currentTarget, conv, m);
@@ -1124,11 +1175,11 @@ function renderMessages({ keepFromBottom = 0, force = false } = {}) {
   const log = logOf(conv.id);
   const kids = [];
   if (log.loaded && log.hasOlder) {
-    kids.push(h("button", { class: "older", id: "load-older", text: log.loading ? "Loading…" : "Load earlier messages", onclick: loadOlder }));
+    kids.push(h("button", { class: "older", id: "load-older", text: log.loading ? t("common.loading") : t("msg.loadOlder"), onclick: loadOlder }));
   } else if (log.loaded) {
-    kids.push(h("div", { class: "start", text: "Start of the conversation" }));
+    kids.push(h("div", { class: "start", text: t("msg.start") }));
   } else {
-    kids.push(h("div", { class: "start", text: "Loading…" }));
+    kids.push(h("div", { class: "start", text: t("common.loading") }));
   }
   const seqs = [...log.items.keys()].sort((a, b) => a - b);
   let day = "";
@@ -1158,9 +1209,9 @@ function renderMessages({ keepFromBottom = 0, force = false } = {}) {
       h("div", { class: "bubble" }, messageBody(conv, pseudo),
         h("div", { class: "meta" },
           item.status === "failed"
-            ? h("span", { class: "status failed" }, `not sent: ${item.error} · `,
-              h("button", { class: "link", text: "Retry", onclick: () => trySend(item) }))
-            : h("span", { class: "status", text: "sending…" })))));
+            ? h("span", { class: "status failed" }, `${t("msg.notSent", { error: item.error })} · `,
+              h("button", { class: "link retry", text: t("msg.retry"), onclick: () => trySend(item) }))
+            : h("span", { class: "status", text: t("msg.sending") })))));
   }
   for (const up of state.uploads.values()) {
     if (up.convId !== conv.id) continue;
@@ -1173,9 +1224,9 @@ function renderMessages({ keepFromBottom = 0, force = false } = {}) {
         h("progress", { max: "100", value: String(pct) }),
         h("div", { class: "meta" },
           up.status === "failed"
-            ? h("button", { class: "link", text: "Resume", onclick: () => runUpload(up) })
-            : h("button", { class: "link", text: "Cancel", onclick: () => up.abort?.abort() }),
-          up.status === "failed" ? h("button", { class: "link", text: "Dismiss", onclick: () => { state.uploads.delete(up.id); renderMessages({ force: true }); } }) : null))));
+            ? h("button", { class: "link", text: t("upload.resume"), onclick: () => runUpload(up) })
+            : h("button", { class: "link", text: t("common.cancel"), onclick: () => up.abort?.abort() }),
+          up.status === "failed" ? h("button", { class: "link", text: t("upload.dismiss"), onclick: () => { state.uploads.delete(up.id); renderMessages({ force: true }); } }) : null))));
   }
   box.replaceChildren(...kids);
   if (keepFromBottom) box.scrollTop = box.scrollHeight - keepFromBottom;
@@ -1188,8 +1239,10 @@ function renderMessages({ keepFromBottom = 0, force = false } = {}) {
 function openMenu(anchor, conv, m) {
   const menu = $("menu");
   const items = [];
-  if (m.content?.text) items.push(h("button", { role: "menuitem", text: "Edit", onclick: () => { closeMenu(); startEdit(conv.id, m); } }));
-  items.push(h("button", { role: "menuitem", class: "danger", text: "Recall", onclick: () => { closeMenu(); recall(conv.id, m); } }));
+  if (m.content?.text) {
+    items.push(h("button", { role: "menuitem", "data-action": "edit", text: t("menu.edit"), onclick: () => { closeMenu(); startEdit(conv.id, m); } }));
+  }
+  items.push(h("button", { role: "menuitem", "data-action": "recall", class: "danger", text: t("menu.recall"), onclick: () => { closeMenu(); recall(conv.id, m); } }));
   menu.replaceChildren(...items);
   menu.hidden = false;
   const r = anchor.getBoundingClientRect();
@@ -1211,7 +1264,7 @@ async function startDirect(ref) {
     await openConv(conv.id);
     return true;
   } catch (err) {
-    toast(`Could not start the chat: ${errText(err)}`);
+    toast(t("errors.startChat", { error: errText(err) }));
     return false;
   }
 }
@@ -1245,7 +1298,7 @@ function setupDialog() {
       openConv(conv.id);
     } catch (err) {
       $("dialog-error").textContent = err instanceof TongxinError && err.code === E.NOT_FOUND
-        ? `There is no user “${ref}”` : errText(err);
+        ? t("dialog.noSuchUser", { name: ref }) : errText(err);
     }
   });
   $("group-form").addEventListener("submit", async (ev) => {
@@ -1280,7 +1333,7 @@ function onPush(type, msg) {
     case T.TYPING: return onTyping(msg);
     case T.ERROR:
       console.warn("server error", enumName(pb.ErrorCode, msg.code), msg.message, "ref seq", msg.refSeq);
-      if (msg.fatal) toast(`Connection error: ${msg.message}`);
+      if (msg.fatal) toast(t("errors.connection", { error: codeText(enumName(pb.ErrorCode, msg.code), msg.message) }));
       return undefined;
     default: return undefined;
   }
@@ -1305,7 +1358,7 @@ async function onDeliver(m) {
     addEntries(conv.id, [m], { intoLog: log.loaded || log.loading });
   }
   if (m.kind === KIND.SYSTEM && m.system?.kind === SYS.MEMBERS_REMOVED && (m.system.userIds || []).includes(state.me.userId)) {
-    toast(`You were removed from ${convTitle(conv)}`, "info");
+    toast(t("toast.removed", { name: convTitle(conv) }), "info");
   }
   if (m.senderId !== state.me.userId) queueReceipt(conv.id, RK.DELIVERED, m.seq);
   renderAll();
@@ -1436,7 +1489,7 @@ async function reconnect() {
     if (err instanceof TongxinError && [E.TOKEN_EXPIRED, E.TOKEN_INVALID, E.TOKEN_REVOKED, E.AUTH_FAILED, E.NOT_FOUND].includes(err.code)) {
       localStorage.removeItem(LS.token);
       state.token = "";
-      showLogin("Your session has ended. Please log in again.");
+      showLogin(t("login.sessionEnded"));
       return;
     }
     state.conn = "offline";
@@ -1478,14 +1531,19 @@ function showMain() {
   renderAll();
 }
 
+function renderLoginTexts() {
+  const on = state.registering;
+  $("login-submit").textContent = on ? t("login.registerSubmit") : t("login.submit");
+  $("login-title-sub").textContent = on ? t("login.registerSubtitle") : t("login.subtitle");
+  $("switch-text").textContent = on ? t("login.haveAccount") : t("login.newHere");
+  $("switch-mode").textContent = on ? t("login.toLogin") : t("login.createAccount");
+}
+
 function setRegistering(on) {
   state.registering = on;
   const f = $("login-form");
   $("display-name-row").hidden = !on;
-  $("login-submit").textContent = on ? "Create account" : "Log in";
-  $("login-title-sub").textContent = on ? "Create your account" : "Sign in to your workspace";
-  $("switch-text").textContent = on ? "Already have an account?" : "New here?";
-  $("switch-mode").textContent = on ? "Log in" : "Create an account";
+  renderLoginTexts();
   f.elements.password.autocomplete = on ? "new-password" : "current-password";
   $("login-error").textContent = "";
 }
@@ -1506,15 +1564,16 @@ async function onLogin(ev) {
     state.conn = "offline";
     let text = errText(err);
     if (err instanceof TongxinError) {
-      if (err.code === E.AUTH_FAILED) text = "Wrong username or password.";
-      else if (err.code === E.ACCOUNT_LOCKED) text = "Too many failed attempts: the account is locked for a while.";
+      if (err.code === E.AUTH_FAILED) text = t("login.wrongPassword");
+      else if (err.code === E.ACCOUNT_LOCKED) text = t("login.locked");
+      else if (err.code === E.PASSWORD_EXPIRED) text = t("login.passwordExpired");
       else if (err.code === E.REGISTRATION_DISABLED) {
-        text = "This server does not allow self-registration. Ask an administrator for an account.";
+        text = t("login.registrationDisabled");
         setRegistering(false);
         $("switch-row").hidden = true;
       }
     } else if (err instanceof ConnectionClosed) {
-      text = "Cannot reach the server.";
+      text = t("login.unreachable");
     }
     $("login-error").textContent = text.charAt(0).toUpperCase() + text.slice(1);
   } finally {
@@ -1580,7 +1639,35 @@ function init() {
   }
 }
 
-init();
+// ---- language (docs/web-client.md "Language") ---------------------------------------------
+
+function renderLanguageSwitch() {
+  const lang = getLanguage();
+  for (const b of document.querySelectorAll(".lang-switch [data-lang]")) {
+    b.setAttribute("aria-pressed", String(b.dataset.lang === lang));
+  }
+}
+
+/** Everything on the page in the language just chosen. */
+function applyLanguage() {
+  translateDom();
+  renderLoginTexts();
+  renderLanguageSwitch();
+  touch();
+  renderAll();
+}
+
+async function start() {
+  await initI18n({ "zh-CN": zhCN, en });
+  for (const b of document.querySelectorAll(".lang-switch [data-lang]")) {
+    b.addEventListener("click", () => setLanguage(b.dataset.lang));
+  }
+  window.addEventListener(LANGUAGE_EVENT, applyLanguage);
+  applyLanguage();
+  init();
+}
+
+start();
 
 // ---- safety number (docs/e2ee.md 9 and 9.1) --------------------------------------------
 
@@ -1589,7 +1676,7 @@ async function openVerify() {
   const e = state.e2ee;
   if (!conv || conv.kind !== CK.DIRECT || !e?.on) return;
   const dlg = $("verify-dialog");
-  $("verify-title").textContent = `Safety number with ${userName(conv.peerId)}`;
+  $("verify-title").textContent = t("verify.titleWith", { name: userName(conv.peerId) });
   $("safety-number").textContent = "…";
   $("verify-status").textContent = "";
   dlg.showModal();
@@ -1598,14 +1685,18 @@ async function openVerify() {
     $("safety-number").textContent = number;
     $("safety-qr").src = await QRCode.toDataURL(safetyPayload(state.me.userId, conv.peerId, number), { margin: 1, width: 180 });
     const verified = await e.verifiedNumber(conv.peerId);
-    $("verify-status").textContent = verified === number ? "Verified" : verified ? "The number changed since you verified it" : "Not verified yet";
+    const verifiedState = verified === number ? "verified" : verified ? "changed" : "unverified";
+    $("verify-status").dataset.state = verifiedState;
+    $("verify-status").textContent = { verified: t("verify.verified"), changed: t("verify.changed"), unverified: t("verify.notYet") }[verifiedState];
     $("mark-verified").onclick = async () => {
       await e.markVerified(conv.peerId, number);
-      $("verify-status").textContent = "Verified";
+      $("verify-status").dataset.state = "verified";
+      $("verify-status").textContent = t("verify.verified");
     };
   } catch (err) {
     $("safety-number").textContent = "";
-    $("verify-status").textContent = `No safety number: ${errText(err)}`;
+    $("verify-status").dataset.state = "failed";
+    $("verify-status").textContent = t("verify.failed", { error: errText(err) });
   }
 }
 

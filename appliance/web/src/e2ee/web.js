@@ -14,23 +14,59 @@ import { EscrowUntrustedError, advancePin, rootKeyId, statementFromAuth, verifyS
 import { MembershipLedger, UnannouncedMemberError, isMembership } from "./membership.js";
 import { KeyStore } from "./store.js";
 import { getSuite } from "./suite.js";
+import { t } from "../i18n/index.js";
 
 // A copy, not a view into a whole decoded message (see protocol.js).
 const bytes = (v) => new Uint8Array(v ?? 0);
 const sameBytes = (a, b) => a.length === b.length && a.every((x, i) => x === b[i]);
 
-/** Human text for an E2EE failure, shown in place of a message. */
+/**
+ * Text for an E2EE failure, shown in place of a message: a catalogue key that
+ * reads in the page's language whenever it is shown (`${m.e2eeError}`), so a
+ * language switch applies to messages already on screen.
+ */
+class FailureText {
+  constructor(key) {
+    this.key = key;
+  }
+
+  toString() {
+    return t(this.key);
+  }
+}
+
 export function failureText(err) {
-  if (err instanceof UserKeyChangedError) return "Cannot decrypt: the sender's user key changed";
-  if (err instanceof IdentityChangedError) return "Cannot decrypt: the sender's security key changed";
-  if (err instanceof NoSessionError || err instanceof NoSenderKeyError) return "Cannot decrypt: this device has no key for this message";
-  if (err instanceof ReplayError) return "Cannot decrypt: message key already used";
-  if (err instanceof UnannouncedMemberError) return err.message;
-  if (err instanceof UnsignedDeviceError) return "Not shown: sent from a device its user's key did not sign";
-  return "Cannot decrypt this message";
+  if (err instanceof UserKeyChangedError) return new FailureText("e2ee.failure.userKeyChanged");
+  if (err instanceof IdentityChangedError) return new FailureText("e2ee.failure.identityChanged");
+  if (err instanceof NoSessionError || err instanceof NoSenderKeyError) return new FailureText("e2ee.failure.noKey");
+  if (err instanceof ReplayError) return new FailureText("e2ee.failure.replay");
+  if (err instanceof UnannouncedMemberError) return new FailureText("e2ee.failure.unannounced");
+  if (err instanceof UnsignedDeviceError) return new FailureText("e2ee.failure.unsigned");
+  return new FailureText("e2ee.failure.generic");
 }
 
 export class WebE2EE {
+  // `reason` and `notSigned` are kept as [catalogue key, values] and read in
+  // the page's current language.
+  #reason = null;
+  #notSigned = null;
+
+  get reason() {
+    return this.#reason ? t(...this.#reason) : "";
+  }
+
+  set reason(v) {
+    this.#reason = v || null;
+  }
+
+  get notSigned() {
+    return this.#notSigned ? t(...this.#notSigned) : "";
+  }
+
+  set notSigned(v) {
+    this.#notSigned = v || null;
+  }
+
   /**
    * auth: the AUTH_OK payload. onChange() is called whenever status, pending
    * identity changes or escrow change (the UI re-renders its banners).
@@ -83,15 +119,15 @@ export class WebE2EE {
     if (!userKey.length) return;
     const pinned = await this.store.get(`ukpin:${this.auth.userId}`);
     if (pinned && !sameBytes(bytes(pinned), userKey)) {
-      this.notSigned = "The directory lists another user key for you than this device pinned; ask the security administrator";
+      this.notSigned = ["e2ee.reason.pinnedMismatch"];
       return;
     }
     if (!pinned) await this.store.put(`ukpin:${this.auth.userId}`, userKey);
     const identity = await this.device.identityPublicKey();
     if (!(await deviceIsSigned(this.device.suite, userKey, this.auth.userId, this.auth.deviceId, identity, bytes(status.deviceSignature)))) {
       this.notSigned = this.userKeyBackup.length
-        ? "This device is not signed by your user key: enter your key backup passphrase"
-        : "This device is not signed by your user key, and your other device stored no key backup";
+        ? ["e2ee.reason.needPassphrase"]
+        : ["e2ee.reason.noBackup"];
     }
   }
 
@@ -165,7 +201,7 @@ export class WebE2EE {
       } catch (err) {
         console.error("tongxin: E2EE setup failed", err);
         this.status = "error";
-        this.reason = `end-to-end encryption could not start: ${err.message || err}`;
+        this.reason = ["e2ee.reason.startFailed", { error: err.message || String(err) }];
       }
       this.onChange();
     })();
@@ -228,7 +264,7 @@ export class WebE2EE {
   #escrowVerdict() {
     if (this.escrowRefusal) {
       this.status = "error";
-      this.reason = `the compliance escrow key is not trusted: ${this.escrowRefusal}`;
+      this.reason = ["e2ee.reason.escrowUntrusted", { error: this.escrowRefusal }];
     }
   }
 
@@ -246,7 +282,7 @@ export class WebE2EE {
     try {
       suite = getSuite(suiteName);
     } catch (err) {
-      this.fail("unavailable", `end-to-end encryption needs a suite this browser build lacks (${suiteName})`);
+      this.fail("unavailable", ["e2ee.reason.noSuite", { suite: suiteName }]);
       return;
     }
     try {
@@ -254,7 +290,7 @@ export class WebE2EE {
       await suite.generateSigningKeypair();
       await suite.generateKemKeypair();
     } catch (err) {
-      this.fail("unavailable", `end-to-end encryption needs Ed25519 and X25519 in this browser's WebCrypto (${err.message || err})`);
+      this.fail("unavailable", ["e2ee.reason.noWebCrypto", { error: err.message || String(err) }]);
       return;
     }
     try {
@@ -279,7 +315,7 @@ export class WebE2EE {
       this.#escrowVerdict();
     } catch (err) {
       console.error("tongxin: E2EE setup failed", err);
-      this.fail("error", `end-to-end encryption could not start: ${err.message || err}`);
+      this.fail("error", ["e2ee.reason.startFailed", { error: err.message || String(err) }]);
       return;
     }
     this.onChange();
@@ -407,7 +443,7 @@ export class WebE2EE {
    * or null when the peer has no E2EE device and the server allows plaintext.
    */
   async seal(conv, payload, sendControl) {
-    if (!this.on) throw new E2EEError(this.reason || "end-to-end encryption is not running");
+    if (!this.on) throw new E2EEError(this.reason || t("errors.e2eeNotRunning"));
     if (this.notSigned) throw new DeviceNotSignedError(this.notSigned);
     if (this.escrowRefusal) throw new EscrowUntrustedError(this.escrowRefusal);
     let envelope;

@@ -12,6 +12,8 @@
 //   setLanguage(lang)     switch, remember (localStorage), set <html lang>,
 //                         fire `tongxin:language` on window ({detail: {language}})
 //   formatDateTime(date), formatTime(date), formatNumber(n)
+// and, for the web client: formatDate(date, options), formatList(items),
+// translateDom(root) (fills elements marked data-i18n*).
 import i18next from "i18next";
 
 export const LANGUAGES = ["zh-CN", "en"];
@@ -121,8 +123,18 @@ export function formatNumber(n, options) {
   return new Intl.NumberFormat(getLanguage(), options).format(n);
 }
 
+// Any other Intl date format in the current language (e.g. { weekday: "short" }).
+export function formatDate(date, options) {
+  return new Intl.DateTimeFormat(getLanguage(), options).format(toDate(date));
+}
+
+// ["Alice", "Bob", "Carol"] -> "Alice, Bob, and Carol" / "Alice、Bob和Carol"
+export function formatList(items) {
+  return new Intl.ListFormat(getLanguage(), { style: "long", type: "conjunction" }).format(items.map(String));
+}
+
 // Static markup: elements carrying data-i18n (text), data-i18n-placeholder,
-// data-i18n-title or data-i18n-aria-label get the catalogue's string. Call it
+// data-i18n-title, data-i18n-aria-label or data-i18n-alt get the catalogue's string. Call it
 // after initI18n and again on `tongxin:language`.
 export function translateDom(root = typeof document !== "undefined" ? document : null) {
   if (!root) return;
@@ -130,6 +142,7 @@ export function translateDom(root = typeof document !== "undefined" ? document :
     ["data-i18n-placeholder", "placeholder"],
     ["data-i18n-title", "title"],
     ["data-i18n-aria-label", "aria-label"],
+    ["data-i18n-alt", "alt"],
   ];
   for (const el of root.querySelectorAll("[data-i18n]")) el.textContent = t(el.getAttribute("data-i18n"));
   for (const [data, attr] of attrs) {
