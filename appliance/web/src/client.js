@@ -158,7 +158,8 @@ export class Client {
       }
       const timer = setTimeout(() => {
         this.pending.delete(seq);
-        reject(new Error(`no answer to ${enumName(T, type)} within ${timeoutMs} ms`));
+        // Named so the UI can say "the server did not answer" in the page's language.
+        reject(Object.assign(new Error(`no answer to ${enumName(T, type)} within ${timeoutMs} ms`), { name: "TimeoutError" }));
       }, timeoutMs);
       this.pending.set(seq, {
         timer,

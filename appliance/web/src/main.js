@@ -86,7 +86,11 @@ function codeText(codeName, detail) {
 function errText(err) {
   if (err instanceof TongxinError) return codeText(err.codeName, err.serverMessage);
   if (err instanceof ConnectionClosed) return t("errors.notConnected");
-  if (err instanceof FilesError) return err.status === 0 ? t("errors.network") : codeText(err.code, err.message);
+  if (err instanceof FilesError) {
+    if (err.status === 0) return t("errors.network");
+    return err.code ? codeText(err.code, err.message) : t("errors.http", { status: err.status });
+  }
+  if (err?.name === "TimeoutError") return t("errors.timeout");
   return err?.message || String(err);
 }
 
