@@ -40,7 +40,8 @@ export function values(form) {
 
 // A table: columns [{head, cell(row) -> node|string}], rows; caption for screen readers.
 export function table(caption, columns, rows, empty) {
-  return h("div", { class: "table-wrap" }, h("table", {},
+  // A wide table scrolls sideways: the region is focusable so the keyboard can scroll it too.
+  return h("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": caption }, h("table", {},
     h("caption", { class: "sr-only" }, caption),
     h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col" }, c.head)))),
     h("tbody", {}, rows.length ? rows.map((r) => h("tr", {}, columns.map((c) => h("td", {}, c.cell(r)))))

@@ -55,8 +55,10 @@ export async function audit(el, { api, t, errorText }) {
     next = r.more ? r.next_after : null;
     const details = (rec) => {
       const extra = Object.entries(rec).filter(([k]) => !BASE.has(k));
-      return extra.length ? h("code", { class: "details" }, extra.map(([k, v]) =>
-        `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`).join(" ")) : "";
+      const text = extra.map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`).join(" ");
+      // Long details (a reason with a path, a summary) are cut in the table; the whole text is its title.
+      return extra.length ? h("code", { class: "details", title: text.length > 200 ? text : null },
+        text.length > 200 ? `${text.slice(0, 200)}…` : text) : "";
     };
     results.replaceChildren(table(t("audit.caption"), [
       { head: "#", cell: (x) => String(x.seq) },
