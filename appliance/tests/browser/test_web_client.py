@@ -5,8 +5,10 @@ Starts ``tongxin serve`` as a subprocess on a free loopback port (a small
 runs ``node appliance/web/tests/e2e.mjs``, which drives Debian's headless
 Chromium with playwright-core: two users in two browser contexts chat both
 ways, send a file, see receipts, presence and typing, page back through
-history, and a phone-width page logs in. Screenshots land in
-test-artifacts/browser/.
+history, and a phone-width page logs in. The users' browsers are zh-CN:
+the page must be Chinese, an en-US browser English, and the 中文/English
+switch must stick (docs/web-client.md "Language"). Screenshots land in
+test-artifacts/browser/; a CJK font must be installed so they show Chinese.
 """
 
 from __future__ import annotations
@@ -59,8 +61,15 @@ def _require_tools() -> str:
         pytest.fail("node is missing: `make web` installs nodejs and npm", pytrace=False)
     if not (WEB / "node_modules" / "playwright-core").is_dir():
         pytest.fail("appliance/web/node_modules is missing: run `make web`", pytrace=False)
+    fc_list = shutil.which("fc-list")
+    fonts = subprocess.run([fc_list, ":lang=zh"], capture_output=True, text=True).stdout if fc_list else ""
+    if not fonts.strip():
+        pytest.fail("no CJK font is installed (`fc-list :lang=zh` is empty): the zh-CN pages and their "
+                    "screenshots would show boxes. Install one with `apt-get install -y "
+                    "fonts-wqy-microhei` (.ci/run does).", pytrace=False)
     page = BUILT / "index.html"
-    sources = [*(WEB / "src").glob("*.js"), WEB / "index.html", WEB / "style.css", WEB / "build.mjs"]
+    sources = [*(WEB / "src").rglob("*.js"), *(WEB / "src").rglob("*.json"), WEB / "index.html",
+               WEB / "style.css", WEB / "build.mjs"]
     if not page.exists() or page.stat().st_mtime < max(p.stat().st_mtime for p in sources):
         pytest.fail("the web client bundle is missing or older than its sources: run `make web`",
                     pytrace=False)
@@ -128,6 +137,10 @@ def test_web_client_two_users_in_chromium(node_url: str) -> None:
     print(out)
     assert run.returncode == 0, f"browser test failed (exit {run.returncode}):\n{out}"
     expected = [
+        "a zh-CN browser gets the Chinese UI",
+        "an en-US browser gets the English UI",
+        "the 中文/English switch changes the page at once and the choice survives a reload",
+        "dates and times follow the language",
         "two users registered and logged in",
         "bob opened the chat and sees alice's message",
         'alice sees "read" on her message',
@@ -151,5 +164,6 @@ def test_web_client_two_users_in_chromium(node_url: str) -> None:
     # A small max_frame_payload must have made both directions fragment.
     assert "alice sent 0 fragment frames" not in out, out
     assert "e2e: " in out and " checks passed" in out, out
-    for shot in ("01-login-desktop", "06-alice-chat-desktop", "10-phone-list", "11-phone-chat"):
+    for shot in ("01-login-desktop", "01-login-en", "06-alice-chat-desktop", "07-alice-group-en",
+                 "10-phone-list", "11-phone-chat"):
         assert (ARTIFACTS / f"{shot}.png").stat().st_size > 1000, shot

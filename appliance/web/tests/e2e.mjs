@@ -13,8 +13,15 @@
 // ciphertext, and where E2EE changes what is right (a new device cannot read
 // older history, ciphertext does not compress) they check that instead.
 // End-to-end encrypted tests proper are in tests/e2ee_driver.mjs.
+//
+// Language (docs/web-client.md "Language"): the users' browsers are zh-CN, so
+// the screenshots show the Chinese UI; an en-US browser gets English, the
+// 中文/English switch changes the page and survives a reload, and times read
+// as each language writes them. Elements are found by id, data-* attributes
+// or the catalogues' text, never by hard-coded English.
+import { execFileSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { chromium } from "playwright-core";
@@ -32,7 +39,21 @@ if (!existsSync(executablePath)) {
   console.error(`FAILED: Chromium not found at ${executablePath}; install it with: apt-get install -y chromium`);
   process.exit(3);
 }
+// Without a CJK font Chromium draws the Chinese UI as empty boxes.
+let cjkFonts = "";
+try {
+  cjkFonts = execFileSync("fc-list", [":lang=zh"], { encoding: "utf8" }).trim();
+} catch {
+  /* no fontconfig: reported below */
+}
+if (!cjkFonts) {
+  console.error("FAILED: no CJK font (`fc-list :lang=zh` is empty): the zh-CN pages would show boxes; install one with: apt-get install -y fonts-wqy-microhei");
+  process.exit(3);
+}
 mkdirSync(artifacts, { recursive: true });
+const catalogue = (lang) => JSON.parse(readFileSync(new URL(`../src/i18n/${lang}.json`, import.meta.url), "utf8"));
+const zh = catalogue("zh-CN");
+const en = catalogue("en");
 
 const started = Date.now();
 let passed = 0;
@@ -45,8 +66,8 @@ const fail = (what) => {
 };
 const T = 15000;
 const suffix = randomBytes(3).toString("hex");
-const alice = { username: `alice${suffix}`, password: "correct-horse-1", name: "Alice Liu" };
-const bob = { username: `bob${suffix}`, password: "battery-staple-2", name: "Bob Wang" };
+const alice = { username: `alice${suffix}`, password: "correct-horse-1", name: "刘晓丽" };
+const bob = { username: `bob${suffix}`, password: "battery-staple-2", name: "王建国" };
 
 const scratch = mkdtempSync(join(tmpdir(), "tongxin-e2e-")); // downloads land here
 const browser = await chromium.launch({
@@ -60,8 +81,8 @@ const browser = await chromium.launch({
 const consoleErrors = [];
 const consoleWarnings = []; // printed on failure only (e.g. why a message did not decrypt)
 
-async function newPage(label, viewport = { width: 1280, height: 800 }) {
-  const context = await browser.newContext({ viewport, acceptDownloads: true });
+async function newPage(label, viewport = { width: 1280, height: 800 }, locale = "zh-CN") {
+  const context = await browser.newContext({ viewport, acceptDownloads: true, locale });
   const page = await context.newPage();
   page.setDefaultTimeout(T);
   page.on("pageerror", (err) => consoleErrors.push(`${label}: ${err.message}`));
@@ -117,7 +138,37 @@ try {
   const b = await newPage("bob");
   await a.goto(base);
   await a.locator("#login-form").waitFor();
+  const zhLogin = { lang: await a.getAttribute("html", "lang"), button: (await a.textContent("#login-submit")).trim() };
+  if (zhLogin.lang !== "zh-CN" || zhLogin.button !== zh.login.submit || zhLogin.button !== "登录") {
+    fail(`a zh-CN browser got <html lang="${zhLogin.lang}"> and a login button reading "${zhLogin.button}"`);
+  }
   await shot(a, "01-login-desktop");
+  ok(`a zh-CN browser gets the Chinese UI (<html lang="zh-CN">, the login button reads ${zhLogin.button})`);
+
+  // ---- an English browser, and the switch -----------------------------------------
+  const e = await newPage("english", { width: 1280, height: 800 }, "en-US");
+  await e.goto(base);
+  await e.locator("#login-form").waitFor();
+  const enLogin = { lang: await e.getAttribute("html", "lang"), button: (await e.textContent("#login-submit")).trim() };
+  if (enLogin.lang !== "en" || enLogin.button !== en.login.submit) {
+    fail(`an en-US browser got <html lang="${enLogin.lang}"> and a login button reading "${enLogin.button}"`);
+  }
+  await shot(e, "01-login-en");
+  ok(`an en-US browser gets the English UI (the login button reads ${enLogin.button})`);
+  await e.click('[data-testid="lang-switch-login"] [data-lang="zh-CN"]');
+  await e.locator("#login-submit", { hasText: zh.login.submit }).waitFor();
+  if (await e.getAttribute("html", "lang") !== "zh-CN") fail("switching to 中文 left <html lang> alone");
+  await e.reload();
+  await e.locator("#login-form").waitFor();
+  const after = (await e.textContent("#login-submit")).trim();
+  if (after !== zh.login.submit) fail(`after a reload the switched page reads "${after}" (the choice was not remembered)`);
+  if (await e.getAttribute('[data-testid="lang-switch-login"] [data-lang="zh-CN"]', "aria-pressed") !== "true") {
+    fail("the switch does not show 中文 as chosen");
+  }
+  await e.click('[data-testid="lang-switch-login"] [data-lang="en"]');
+  await e.locator("#login-submit", { hasText: en.login.submit }).waitFor();
+  await e.context().close();
+  ok("the 中文/English switch changes the page at once and the choice survives a reload");
   await register(a, alice);
   await register(b, bob);
   ok("two users registered and logged in over the WebSocket protocol");
@@ -151,16 +202,16 @@ try {
   ok("bob's reply shows read: alice's open chat sent a READ receipt");
 
   // ---- presence and typing -------------------------------------------------------
-  await a.locator("#chat-sub", { hasText: "online" }).waitFor();
+  await a.locator('#chat-sub[data-presence="online"]', { hasText: zh.chat.online }).waitFor();
   await a.locator(`#online .chip[data-user]`, { hasText: bob.name }).waitFor();
   ok("alice sees bob online (PRESENCE_SUB)");
   await b.fill("#text", "I am typing something");
   await b.dispatchEvent("#text", "input");
-  await a.locator("#typing", { hasText: `${bob.name} is typing` }).waitFor();
+  await a.locator(`#typing[data-typing="${bob.name}"]`, { hasText: `${bob.name} 正在输入` }).waitFor();
   await shot(a, "03-alice-sees-typing");
   await b.fill("#text", "");
   await b.dispatchEvent("#text", "input");
-  await a.locator("#typing", { hasText: "typing" }).waitFor({ state: "hidden" }).catch(() => {});
+  await a.locator('#typing[data-typing=""]').waitFor({ state: "attached" }).catch(() => {});
   ok("alice sees bob typing (TYPING relay)");
 
   // ---- edit and recall ----------------------------------------------------------
@@ -170,7 +221,7 @@ try {
   await anyMsg(b, "Meeting at 3pm").waitFor();
   await meeting.hover();
   await meeting.locator(".more").click();
-  await a.click('#menu button:has-text("Edit")');
+  await a.click('#menu button[data-action="edit"]');
   await a.fill("#text", "Meeting at 4pm");
   await a.press("#text", "Enter");
   await ownMsg(a, "Meeting at 4pm").locator(".edited").waitFor();
@@ -184,7 +235,7 @@ try {
   const oopsSeq = await oops.getAttribute("data-seq");
   await oops.hover();
   await oops.locator(".more").click();
-  await a.click('#menu button:has-text("Recall")');
+  await a.click('#menu button[data-action="recall"]');
   await b.locator(`#messages .msg[data-seq="${oopsSeq}"] .text.recalled`).waitFor();
   await a.locator(`#messages .msg[data-seq="${oopsSeq}"] .text.recalled`).waitFor();
   const leaked = await b.locator("#messages", { hasText: "oops, wrong chat" }).count();
@@ -270,21 +321,47 @@ try {
   // ---- group --------------------------------------------------------------------------
   await a.click("#new-chat");
   await a.click('[data-tab="group"]');
-  await a.fill("#group-name", "Launch team");
+  await a.fill("#group-name", "发布小组");
   await a.fill("#group-members", bob.username);
   await a.click('#group-form button[type="submit"]');
-  await a.locator("#chat-title", { hasText: "Launch team" }).waitFor();
-  await send(a, "Welcome to the launch team");
-  const bGroup = b.locator('#conv-list .conv[data-title="Launch team"]');
+  await a.locator("#chat-title", { hasText: "发布小组" }).waitFor();
+  await send(a, "欢迎加入发布小组");
+  const bGroup = b.locator('#conv-list .conv[data-title="发布小组"]');
   await bGroup.waitFor();
   await bGroup.click();
-  await anyMsg(b, "Welcome to the launch team").waitFor();
-  await send(b, "Glad to be here");
-  await anyMsg(a, "Glad to be here").waitFor();
-  await expectStatus(ownMsg(a, "Welcome to the launch team"), "read", "alice's group message");
+  await anyMsg(b, "欢迎加入发布小组").waitFor();
+  await send(b, "很高兴加入！");
+  await anyMsg(a, "很高兴加入！").waitFor();
+  await expectStatus(ownMsg(a, "欢迎加入发布小组"), "read", "alice's group message");
   ok("alice created a group with bob; both chatted in it and the read receipt came back");
   await shot(a, "07-alice-group-desktop");
   await shot(b, "08-bob-group-desktop");
+
+  // ---- dates and times per language; the switch in the sidebar, across a reload ------
+  const clock = async (page) => ({
+    day: (await page.locator("#messages .day").last().textContent()).trim(),
+    time: (await page.locator("#messages .msg[data-seq] .time").last().textContent()).trim(),
+  });
+  const zhClock = await clock(a);
+  if (zhClock.day !== zh.msg.today || !/^\d{1,2}:\d{2}$/.test(zhClock.time)) {
+    fail(`zh-CN: the day reads "${zhClock.day}" and the time "${zhClock.time}" (expected ${zh.msg.today} and a 24-hour time)`);
+  }
+  await a.click('[data-testid="lang-switch-main"] [data-lang="en"]');
+  await a.locator("#send", { hasText: en.composer.send }).waitFor();
+  const enClock = await clock(a);
+  if (enClock.day !== en.msg.today || !/^\d{1,2}:\d{2}\s?[AP]M$/.test(enClock.time)) {
+    fail(`en: the day reads "${enClock.day}" and the time "${enClock.time}" (expected ${en.msg.today} and a 12-hour time)`);
+  }
+  if (await a.getAttribute("html", "lang") !== "en") fail("switching to English left <html lang> alone");
+  await shot(a, "07-alice-group-en");
+  await a.reload();
+  await a.locator('#conn-status[data-state="online"]').waitFor();
+  await a.locator("#logout", { hasText: en.nav.logout }).waitFor();
+  await a.click('[data-testid="lang-switch-main"] [data-lang="zh-CN"]');
+  await a.locator("#logout", { hasText: zh.nav.logout }).waitFor();
+  await a.locator('#conv-list .conv[data-title="发布小组"]').click();
+  await anyMsg(a, "很高兴加入！").waitFor();
+  ok(`dates and times follow the language (zh-CN: ${zhClock.day} ${zhClock.time}; en: ${enClock.day} ${enClock.time}); the sidebar switch survives a reload`);
 
   // ---- phone width ----------------------------------------------------------------------
   const p = await newPage("bob-phone", { width: 390, height: 844 });

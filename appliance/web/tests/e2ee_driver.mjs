@@ -63,7 +63,8 @@ async function signIn(p, { username, password, name = null }) {
 
 const ops = {
   async page({ page: label }) {
-    const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, acceptDownloads: true });
+    // English pages: the checks read E2EE banners and reasons in the en catalogue.
+    const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, acceptDownloads: true, locale: "en-US" });
     const p = await context.newPage();
     p.setDefaultTimeout(T);
     p.on("pageerror", (err) => consoleErrors.push(`${label}: ${err.message}`));

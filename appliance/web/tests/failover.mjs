@@ -48,7 +48,8 @@ const browser = await chromium.launch({
 const pageErrors = [];
 
 async function newPage(label) {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  // A zh-CN page: the check reads the Chinese entry banner (已切换到备用入口).
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, locale: "zh-CN" });
   const page = await context.newPage();
   page.setDefaultTimeout(T);
   page.on("pageerror", (err) => pageErrors.push(`${label}: ${err.message}`));
