@@ -215,6 +215,10 @@ try {
   const version = await p.textContent("#st-version");
   if (!/\d+\.\d+/.test(version)) fail(`node status shows version "${version}"`);
   ok(`node status shows the node ready, version ${version}, site role ${await p.textContent("#st-role")}`);
+  // The live chart polls GET /api/v1/admin/node: after a few polls it has a line.
+  await p.waitForFunction(() => (document.querySelector("#st-live ~ .charts polyline, .charts polyline")
+    ?.getAttribute("points") || "").split(" ").length >= 2, null, { timeout: T });
+  ok(`the live chart shows connections and messages per second: "${await p.textContent("#chart-connections")}", "${await p.textContent("#chart-messages")}"`);
   await shot(p, "03-status");
   await axe(p, "status");
 

@@ -28,6 +28,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     SYSADMIN: frozenset({
         "user.list", "user.create", "user.disable", "user.enable", "user.unlock",
         "user.revoke_tokens", "user.reset_password", "user.delete",
+        # the node's own counters (connections, messages) for the console's chart
+        "node.status",
     }),
     SECADMIN: frozenset({
         # sms.confirm: the code sent at enrolment (sms.enroll, stepped up) comes back

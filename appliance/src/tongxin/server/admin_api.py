@@ -450,6 +450,24 @@ class AdminApi:
 
         return handler
 
+    async def node_status(self, request: web.Request, ctx: Ctx) -> web.Response:
+        """A few of this node's own counters (the Prometheus registry the metrics
+        listener serves on loopback), for the console's chart. Not audited: it reads
+        numbers, not data, and the console asks every few seconds."""
+        wanted = {"tongxin_connections": "connections",
+                  "tongxin_authenticated_connections": "authenticated",
+                  "tongxin_messages_stored_total": "messages_stored",
+                  "tongxin_deliveries_total": "deliveries",
+                  "tongxin_ack_latency_seconds_sum": "ack_latency_sum_s",
+                  "tongxin_ack_latency_seconds_count": "ack_latency_count"}
+        out: dict[str, Any] = {"node": self.node.node_id, "site": self.node.cfg.site.name,
+                               "ts": now_ms(), **dict.fromkeys(wanted.values(), 0)}
+        for metric in self.node.metrics.registry.collect():
+            for sample in metric.samples:
+                if sample.name in wanted and not sample.labels:
+                    out[wanted[sample.name]] = sample.value
+        return web.json_response(out)
+
     # ---- secadmin: roles, second factors, keys, retention, holds -------------------
 
     async def list_roles(self, request: web.Request, ctx: Ctx) -> web.Response:
@@ -824,6 +842,7 @@ def add_routes(app: web.Application, node: Node) -> None:
                          ("revoke_tokens", "revoke-tokens"), ("reset_password", "password")):
         r.add_post(f"{p}/users/{{name}}/{verb}", g(f"user.{action}", api.user_action(action)))
     r.add_delete(f"{p}/users/{{name}}", g("user.delete", api.user_action("delete")))
+    r.add_get(f"{p}/node", g("node.status", api.node_status))
     # secadmin
     r.add_get(f"{p}/roles", g("role.list", api.list_roles))
     r.add_put(f"{p}/users/{{name}}/role", g("role.assign", api.assign_role))

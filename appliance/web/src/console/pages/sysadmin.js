@@ -1,7 +1,8 @@
 // 系统管理员: ordinary accounts (list, create, disable, enable, unlock, reset the
 // password, revoke sessions, delete) and the node's status.
 import { h, field, values, table } from "../dom.js";
-import { formatDateTime } from "../../i18n/index.js";
+import { formatDateTime, formatNumber } from "../../i18n/index.js";
+import { lineChart } from "../chart.js";
 
 function stateBadge(t, state) {
   return h("span", { class: `badge state-${state}` }, t(`state.${state}`));
@@ -102,7 +103,50 @@ export async function status(el, { api, t }) {
         row(t("status.passwordMin"), String(info.body.password_min_length ?? "—"), "st-pwmin"))),
     h("section", { class: "panel", "aria-labelledby": "st-ep" },
       h("h2", { id: "st-ep" }, t("status.endpoints")),
-      h("ul", { id: "st-endpoints" }, (info.body.endpoints || []).map((e) =>
-        h("li", {}, typeof e === "string" ? e : JSON.stringify(e))))),
+      (info.body.endpoints || []).length ? h("ul", { id: "st-endpoints" }, info.body.endpoints.map((e) =>
+        h("li", {}, typeof e === "string" ? e : JSON.stringify(e)))) : h("p", { class: "muted" }, t("status.noEndpoints"))),
+    liveCharts(api, t));
+}
+
+// Connections and messages per second, from GET /node every few seconds while the page is open.
+const POLL_MS = 2000;
+const KEEP = 90; // three minutes of points
+
+function liveCharts(api, t) {
+  const conn = lineChart(t("status.chartConnections"));
+  const rate = lineChart(t("status.chartMessages"), { color: "#14532d" });
+  const connText = h("p", { class: "chart-value", id: "chart-connections" });
+  const rateText = h("p", { class: "chart-value", id: "chart-messages" });
+  const section = h("section", { class: "panel", "aria-labelledby": "st-live" },
+    h("h2", { id: "st-live" }, t("status.live")),
+    h("div", { class: "charts" },
+      h("figure", {}, h("figcaption", {}, t("status.chartConnections")), conn.el, connText),
+      h("figure", {}, h("figcaption", {}, t("status.chartMessages")), rate.el, rateText)),
     h("p", { class: "help" }, t("status.metricsNote")));
+  const conns = [];
+  const rates = [];
+  let last = null;
+  async function tick() {
+    if (!section.isConnected && last) return; // the page was left
+    try {
+      const n = await api.call("GET", "/node");
+      conns.push({ t: n.ts, v: n.connections });
+      if (last && n.ts > last.ts) rates.push({ t: n.ts, v: Math.max(0, (n.messages_stored - last.messages_stored) * 1000 / (n.ts - last.ts)) });
+      last = n;
+      conns.splice(0, Math.max(0, conns.length - KEEP));
+      rates.splice(0, Math.max(0, rates.length - KEEP));
+      const c = t("status.connectionsNow", { n: formatNumber(n.connections), auth: formatNumber(n.authenticated) });
+      const r = t("status.messagesNow", { n: formatNumber(rates.length ? rates[rates.length - 1].v : 0, { maximumFractionDigits: 1 }),
+        total: formatNumber(n.messages_stored) });
+      conn.update(conns, c);
+      rate.update(rates, r);
+      connText.textContent = c;
+      rateText.textContent = r;
+    } catch {
+      return; // signed out, or the node went away: stop polling
+    }
+    setTimeout(tick, POLL_MS);
+  }
+  tick();
+  return section;
 }
