@@ -55,7 +55,9 @@ async function totp(secret) {
   // The node accepts one step of drift either way and only a later step than last time.
   for (;;) {
     const now = Math.floor(Date.now() / 30000);
-    const step = Math.max(now - 1, (lastStep[secret] ?? -Infinity) + 1);
+    // The current step, or the next one when the current was used: both stay in the
+    // node's window if a step boundary passes before it checks the code.
+    const step = Math.max(now, (lastStep[secret] ?? -Infinity) + 1);
     if (step <= now + 1) {
       lastStep[secret] = step;
       return gen.generate({ timestamp: step * 30000 + 1000 });
