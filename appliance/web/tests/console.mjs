@@ -338,17 +338,18 @@ try {
   rows = await search({ from: local(future) });
   if (rows.length !== 1 || !rows[0][0].includes("没有")) fail(`a time range in the future found records: ${JSON.stringify(rows)}`);
   ok("the time filter narrows the trail (nothing after an hour from now)");
-  // Paging: 50 a page, the next page starts after the last record of this one.
+  // Paging: 50 a page, newest first; the next page holds older records.
   await search({});
   const first = await a.locator("#audit-records tbody tr td:first-child").allTextContents();
   if (first.length === 50 && !(await a.locator("#audit-next").isDisabled())) {
     await a.click("#audit-next");
     await a.locator("#audit-page", { hasText: "第 2 页" }).waitFor();
     const second = await a.locator("#audit-records tbody tr td:first-child").allTextContents();
-    if (!(Number(second[0]) > Number(first[first.length - 1]))) fail(`page 2 starts at ${second[0]}`);
+    if (!(Number(first[0]) > Number(first[first.length - 1]))) fail(`page 1 is not newest first: ${first[0]}…`);
+    if (!(Number(second[0]) < Number(first[first.length - 1]))) fail(`page 2 starts at ${second[0]}`);
     await a.click("#audit-prev");
     await a.locator("#audit-page", { hasText: "第 1 页" }).waitFor();
-    ok(`the audit trail pages (50 a page; page 2 starts at record ${second[0]})`);
+    ok(`the audit trail pages newest first (50 a page: records ${first[0]}–${first[first.length - 1]}, then ${second[0]}–${second[second.length - 1]})`);
   } else {
     ok(`the audit trail fits on one page (${first.length} records)`);
   }

@@ -662,7 +662,8 @@ class AdminApi:
         (user id, username or e.g. ``system``), ``event`` (exact, or a prefix ending in
         ``.`` or ``*``), ``outcome``, ``from_ms`` and ``to_ms`` (record time, to exclusive).
         With filters the node scans up to AUDIT_SCAN records per call; ``next_after`` is
-        where the next page starts and ``more`` says whether there may be one."""
+        where the next page starts and ``more`` says whether there may be one.
+        ``order=desc`` pages from the newest record down instead (``before``)."""
         q = request.query
         try:
             after = int(q.get("after", "0"))
@@ -692,6 +693,9 @@ class AdminApi:
                 return False
             return to_ms is None or r.ts < to_ms
 
+        if q.get("order") == "desc":
+            return await self._read_audit_newest_first(ctx, q.get("before", ""), limit, wanted,
+                                                       filters)
         rows: list[AuditRecord] = []
         cursor, scanned, more = after, 0, False
         while True:
@@ -715,6 +719,37 @@ class AdminApi:
                            after=after, count=len(rows), filters=filters)
         return web.json_response({"records": [{**r.fields(), "hash": r.hash} for r in rows],
                                   "next_after": cursor, "more": more})
+
+    async def _read_audit_newest_first(self, ctx: Ctx, before_arg: str, limit: int,
+                                       wanted: Callable[[AuditRecord], bool],
+                                       filters: dict[str, Any]) -> web.Response:
+        """``order=desc``: records with seq below ``before`` (default: all), newest first;
+        ``next_before`` continues with older ones. Walks down in windows of seq numbers."""
+        try:
+            before = int(before_arg) if before_arg else 0
+        except ValueError:
+            return _err(400, "INVALID_ARGUMENT", "before is an integer")
+        newest, _ = await self.c.store.audit_state()
+        hi = min(before - 1, newest) if before > 0 else newest  # the highest seq to look at
+        rows: list[AuditRecord] = []
+        scanned = 0
+        while hi >= 1 and len(rows) < limit and scanned < AUDIT_SCAN:
+            lo = max(0, hi - 1000)
+            batch = [r for r in await self.c.store.audit_records(lo, hi - lo) if r.seq <= hi]
+            scanned += hi - lo
+            for r in reversed(batch):
+                hi = r.seq - 1
+                if wanted(r):
+                    rows.append(r)
+                    if len(rows) >= limit:
+                        break
+            else:
+                hi = lo
+        more = hi >= 1
+        await self.c.audit("audit.read", actor=ctx.user.id, actor_role=ctx.role, source=ctx.source,
+                           before=before, order="desc", count=len(rows), filters=filters)
+        return web.json_response({"records": [{**r.fields(), "hash": r.hash} for r in rows],
+                                  "next_before": hi + 1, "more": more})
 
     async def verify_audit(self, request: web.Request, ctx: Ctx) -> web.Response:
         report = await self.c.verify()

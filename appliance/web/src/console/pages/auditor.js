@@ -31,7 +31,7 @@ export async function audit(el, { api, t, errorText }) {
   const results = h("div", { id: "audit-records" });
   const pager = h("div", { class: "pager" });
   const verifyBox = h("section", { class: "panel", id: "verify-result", "aria-live": "polite", hidden: true });
-  let cursors = [0]; // the "after" of each page seen; the last is the current page
+  let cursors = [0]; // the "before" of each page seen (0: from the newest); the last is the current page
   let query = {};
   let next = null;
 
@@ -48,11 +48,11 @@ export async function audit(el, { api, t, errorText }) {
       h("button", { type: "reset", class: "secondary" }, t("audit.clear"))));
 
   async function load() {
-    const after = cursors[cursors.length - 1];
-    const q = new URLSearchParams({ after: String(after), limit: String(PAGE) });
+    const before = cursors[cursors.length - 1];
+    const q = new URLSearchParams({ order: "desc", before: String(before), limit: String(PAGE) });
     for (const [k, v] of Object.entries(query)) if (v) q.set(k, v);
     const r = await api.call("GET", `/audit?${q}`);
-    next = r.more ? r.next_after : null;
+    next = r.more ? r.next_before : null;
     const details = (rec) => {
       const extra = Object.entries(rec).filter(([k]) => !BASE.has(k));
       const text = extra.map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`).join(" ");
