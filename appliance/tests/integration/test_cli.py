@@ -43,7 +43,8 @@ async def procs() -> AsyncIterator[list[Proc]]:
 
 
 def env_for(home: Path) -> dict[str, str]:
-    return {**os.environ, "TONGXIN_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    # `tongxin chat` speaks Chinese under a zh* locale: these tests read its English lines.
+    return {**os.environ, "TONGXIN_HOME": str(home), "PYTHONUNBUFFERED": "1", "TONGXIN_LANG": "en"}
 
 
 async def spawn(procs: list[Proc], home: Path, *args: str, stderr: Path | None = None,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 import time
 from collections import Counter
@@ -341,7 +342,8 @@ async def test_terminal_chat_moves_to_the_next_entry_and_says_so(
         f"{closed_port_url()},{dc1.ws_url}", "--url", dc2.ws_url, "--user", "gina",
         "--password-stdin", "--to", "hugo", "--device", "cli-gina",
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT)
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "TONGXIN_LANG": "en"})  # the lines below are the English ones
     try:
         assert proc.stdin is not None
         proc.stdin.write(f"{PASSWORD}\n".encode())

@@ -1,7 +1,8 @@
 """``tongxin chat``: a line-based terminal client built on the SDK.
 
 Type a line to send it to the open conversation; commands start with '/'
-(``/help`` lists them). Incoming messages print as they arrive.
+(``/help`` lists them). Incoming messages print as they arrive. It speaks
+Chinese under a ``zh*`` locale and English otherwise (chat_text.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
+from tongxin.cli.chat_text import Text
 from tongxin.client import (
     CONNECTION_LOST,
     RECONNECT_FAILED,
@@ -37,44 +39,22 @@ from tongxin.proto import tongxin_pb2 as pb
 if TYPE_CHECKING:
     from tongxin.client.e2ee import E2EEClient
 
-HELP = """commands:
-  /dm USER              open a direct conversation with USER
-  /group NAME USER...   create a group and open it
-  /add USER...          add members to the open group
-  /open CONV_ID         open a conversation by id
-  /list                 list your conversations with unread counts
-  /history [N]          show the last N entries of the open conversation
-  /recall SEQ           recall your message SEQ
-  /edit SEQ TEXT        replace the text of your message SEQ
-  /who USER...          show whether users are online
-  /quit                 leave
-anything else is sent as a message to the open conversation"""
-
-
-def connection_line(ev: ConnectionEvent) -> str:
+def connection_line(ev: ConnectionEvent, text: Text | None = None) -> str:
     """The system line for a change of connection (the entry names the site)."""
+    text = text or Text()
     if ev.kind == CONNECTION_LOST:
-        return f"-- 连接已断开，正在重连 (connection to {ev.endpoint} lost; reconnecting)"
+        return text("conn.lost", endpoint=ev.endpoint)
     if ev.kind == RECONNECTED and ev.moved:
-        return f"-- 已切换到备用入口 {ev.endpoint} (moved to another entry; nothing missed)"
+        return text("conn.moved", endpoint=ev.endpoint)
     if ev.kind == RECONNECTED:
-        return f"-- 已重新连接 {ev.endpoint} (reconnected; nothing missed)"
-    return f"-- 无法重新连接，请稍后再试 (gave up reconnecting: {ev.error})"
-
-
-DEVICE_CHANGE = {
-    "added": "新设备（已由其用户密钥签名） (new device, signed by their user key)",
-    "unsigned": "未经其用户密钥签名，不会发给它，也不显示它的消息 (NOT signed by their user key: "
-                "nothing is sent to it and its messages are not shown)",
-    "unverified": "新设备，该用户尚无用户密钥，无法验证 (new device; the user has no user key, "
-                  "so it cannot be verified)",
-    "removed": "设备已移除 (device removed)",
-}
+        return text("conn.back", endpoint=ev.endpoint)
+    return text("conn.failed", error=ev.error)
 
 
 class ChatUI:
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, text: Text | None = None) -> None:
         self.c = client
+        self.t = text or Text()
         self.current = ""
         self.names: dict[str, str] = {}
         self.labels: dict[str, str] = {}
@@ -84,16 +64,17 @@ class ChatUI:
     # ---- what the SDK reports (docs/e2ee.md 7.1, 9, 9.1, 10.1) ----------------------------
 
     def device_changed(self, c: DeviceChange) -> None:
-        self.out(f"-- {self.names.get(c.user_id, c.user_id)}/{c.device_id}: "
-                 f"{DEVICE_CHANGE.get(c.change, c.change)}")
+        key = f"device.{c.change}"
+        change = self.t(key) if key in self.t.messages else c.change
+        self.out(f"-- {self.names.get(c.user_id, c.user_id)}/{c.device_id}: {change}")
 
     def membership_changed(self, c: MembershipChange) -> None:
         if c.first_seen:
-            self.out(f"-- 首次查看该群成员（按服务器所列） (first look at the members, as the server "
-                     f"lists them): {', '.join(self.names.get(u, u) for u in c.added)}")
+            names = self.t("list.separator").join(self.names.get(u, u) for u in c.added)
+            self.out(self.t("members.first", names=names))
 
     def escrow_changed(self, c: EscrowKeyChange) -> None:
-        self.out(f"-- 合规托管密钥已更换 (the compliance escrow key changed): {c}")
+        self.out(self.t("escrow.changed", change=c))
 
     def identity_changed(self, err: IdentityChangedError) -> None:
         self.out(f"!! {err}")
@@ -104,11 +85,11 @@ class ChatUI:
         try:
             opened = await self.e2ee.open(m)
         except E2EEError as exc:
-            return f"(无法解密 cannot open: {exc})"
+            return self.t("e2ee.cannot_open", error=exc)
         if opened is None or opened.payload.WhichOneof("body") == "sender_key":
             return None
         if opened.payload.WhichOneof("body") == "attachment":
-            return f"<encrypted file {opened.payload.attachment.name}>"
+            return self.t("e2ee.file", name=opened.payload.attachment.name)
         return str(opened.payload.text)
 
     def out(self, text: str) -> None:
@@ -137,26 +118,27 @@ class ChatUI:
                  else f"[{await self.label(m.conversation_id)}] #{m.seq}")
         if m.kind == pb.CHAT:
             if m.recalled:
-                return f"{where} {who}: (recalled)"
+                return self.t("line.recalled", where=where, who=who)
             if m.unavailable:  # no content: it would otherwise read as "<encrypted>"
-                return f"{where} {who}: (unavailable: its stored copy failed the server's check)"
+                return self.t("line.unavailable", where=where, who=who)
             body = m.content.text if m.content.HasField("text") else (
-                f"<file {m.content.file.name}>" if m.content.HasField("file") else "<encrypted>")
-            edited = " (edited)" if m.edited_at_ms else ""
-            return f"{where} {who}: {body}{edited}"
+                self.t("body.file", name=m.content.file.name) if m.content.HasField("file")
+                else self.t("body.encrypted"))
+            edited = self.t("line.edited_mark") if m.edited_at_ms else ""
+            return self.t("line.chat", where=where, who=who, body=body, edited=edited)
         if m.kind == pb.RECALLED:
-            return f"{where} {who} recalled message {m.target_seq}"
+            return self.t("line.recall", where=where, who=who, target=m.target_seq)
         if m.kind == pb.EDITED:
-            return f"{where} {who} edited message {m.target_seq}: {m.content.text}"
-        names = ", ".join([await self.name(u) for u in m.system.user_ids])
+            return self.t("line.edit", where=where, who=who, target=m.target_seq, text=m.content.text)
+        names = self.t("list.separator").join([await self.name(u) for u in m.system.user_ids])
         k = m.system.kind
         text = {
-            pb.SystemEvent.CREATED: f"started the conversation ({names})",
-            pb.SystemEvent.MEMBERS_ADDED: f"added {names}",
-            pb.SystemEvent.MEMBERS_REMOVED: f"removed {names}",
-            pb.SystemEvent.MEMBER_LEFT: "left",
-            pb.SystemEvent.ROLE_CHANGED: f"changed the role of {names}",
-            pb.SystemEvent.RENAMED: f"renamed the group to {m.system.name}",
+            pb.SystemEvent.CREATED: self.t("system.created", names=names),
+            pb.SystemEvent.MEMBERS_ADDED: self.t("system.added", names=names),
+            pb.SystemEvent.MEMBERS_REMOVED: self.t("system.removed", names=names),
+            pb.SystemEvent.MEMBER_LEFT: self.t("system.left"),
+            pb.SystemEvent.ROLE_CHANGED: self.t("system.role", names=names),
+            pb.SystemEvent.RENAMED: self.t("system.renamed", name=m.system.name),
         }.get(k, pb.SystemEvent.Kind.Name(k).lower())
         return f"{where} {who} {text}"
 
@@ -187,25 +169,31 @@ class ChatUI:
         elif ev.type == pb.RECEIPT and ev.message.kind == pb.READ:
             who = await self.name(ev.message.user_id)
             where = ("" if ev.message.conversation_id == self.current
-                     else f" in {await self.label(ev.message.conversation_id)}")
-            self.out(f"  ({who} read up to #{ev.message.seq}{where})")
+                     else self.t("receipt.where", label=await self.label(ev.message.conversation_id)))
+            self.out(self.t("receipt.read", who=who, seq=ev.message.seq, where=where))
         elif ev.type == pb.TYPING and ev.message.typing:
-            self.out(f"  ({await self.name(ev.message.user_id)} is typing...)")
+            self.out(self.t("typing", who=await self.name(ev.message.user_id)))
         elif ev.type == pb.PRESENCE:
             for e in ev.message.entries:
-                state = pb.PresenceStatus.Name(e.status).lower()
-                self.out(f"  ({await self.name(e.user_id)} is {state})")
+                self.out(self.t("presence", who=await self.name(e.user_id), state=self.presence(e.status)))
         elif ev.type == pb.ERROR:
-            self.out(f"! {pb.ErrorCode.Name(ev.message.code)}: {ev.message.message}")
+            self.out(self.error(ev.message.code, ev.message.message))
         elif ev.type in (CONNECTION_LOST, RECONNECTED, RECONNECT_FAILED):
-            self.out(connection_line(ev.message))
+            self.out(connection_line(ev.message, self.t))
+
+    def presence(self, status: int) -> str:
+        return self.t(f"presence.{pb.PresenceStatus.Name(status)}")
+
+    def error(self, code: int, message: str) -> str:
+        name = pb.ErrorCode.Name(code)
+        return self.t("error", code=name, text=self.t.code(name), message=message)
 
 
     async def open(self, conv: pb.Conversation) -> None:
         self.current = conv.conversation_id
         label = conv.name or await self.name(conv.peer_id)
         self.labels[conv.conversation_id] = label
-        self.out(f"-- now chatting with {label}; type to send, /help for commands")
+        self.out(self.t("open", label=label))
         if conv.peer_id:
             await self.c.subscribe_presence([conv.peer_id])
         page = await self.c.sync(conv.conversation_id, before_seq=conv.last_seq + 1, limit=10)
@@ -220,7 +208,7 @@ class ChatUI:
         if cmd == "/quit":
             return False
         if cmd == "/help":
-            self.out(HELP)
+            self.out(self.t("help"))
         elif cmd == "/dm" and len(rest) == 1:
             await self.open(await self.c.direct(rest[0]))
         elif cmd == "/group" and rest:
@@ -230,14 +218,14 @@ class ChatUI:
         elif cmd == "/open" and len(rest) == 1:
             convs = {c.conversation_id: c for c in await self.c.conversations()}
             if rest[0] not in convs:
-                self.out(f"! no conversation {rest[0]}")
+                self.out(self.t("no_conversation", conversation=rest[0]))
             else:
                 await self.open(convs[rest[0]])
         elif cmd == "/list":
             for c in await self.c.conversations():
                 label = c.name or await self.name(c.peer_id)
                 unread = c.last_seq - c.my_read_seq
-                self.out(f"{c.conversation_id}  {label}  unread {unread}")
+                self.out(self.t("list.row", conversation=c.conversation_id, label=label, unread=unread))
         elif cmd == "/history" and self.current:
             n = int(rest[0]) if rest and rest[0].isdigit() else 20
             convs = {c.conversation_id: c for c in await self.c.conversations()}
@@ -247,18 +235,18 @@ class ChatUI:
                 self.out(await self.render(m))
         elif cmd == "/recall" and len(rest) == 1 and rest[0].isdigit() and self.current:
             await self.c.recall(self.current, int(rest[0]))
-            self.out(f"  recalled #{rest[0]}")
+            self.out(self.t("recalled", seq=rest[0]))
         elif cmd == "/edit" and len(rest) >= 2 and rest[0].isdigit() and self.current:
             await self.c.edit(self.current, int(rest[0]), " ".join(rest[1:]))
-            self.out(f"  edited #{rest[0]}")
+            self.out(self.t("edited", seq=rest[0]))
         elif cmd == "/who" and rest:
             ids = [u.user_id for u in await self.c.users(rest)]
             update = await self.c.subscribe_presence(ids)
             for e in update.entries:
-                self.out(f"  {await self.name(e.user_id)}: "
-                         f"{pb.PresenceStatus.Name(e.status).lower()} ({e.devices} devices)")
+                self.out(self.t("who", who=await self.name(e.user_id), state=self.presence(e.status),
+                                devices=e.devices))
         else:
-            self.out("? unknown command or missing argument; /help lists commands")
+            self.out(self.t("unknown_command"))
         return True
 
     async def line(self, text: str) -> bool:
@@ -269,18 +257,18 @@ class ChatUI:
             if text.startswith("/"):
                 return await self.command(text)
             if not self.current:
-                self.out("? open a conversation first: /dm USER or /group NAME USER...")
+                self.out(self.t("open_first"))
                 return True
             if self.e2ee is not None:
                 ack = await self.e2ee.send_text(self.current, text)
-                self.out(f"  sent #{ack.seq} (端到端加密 end-to-end encrypted)")
+                self.out(self.t("sent_e2ee", seq=ack.seq))
             else:
                 ack = await self.c.send_text(self.current, text)
-                self.out(f"  sent #{ack.seq}")
+                self.out(self.t("sent", seq=ack.seq))
         except TongxinError as err:
-            self.out(f"! {pb.ErrorCode.Name(err.code)}: {err.message}")
+            self.out(self.error(err.code, err.message))
         except E2EEError as err:
-            self.out(f"! 未发送 not sent: {err}")
+            self.out(self.t("not_sent", error=err))
         return True
 
 
@@ -302,10 +290,10 @@ async def enable_e2ee(ui: ChatUI, state_dir: str, org_root: str) -> None:
                         on_escrow_key_change=ui.escrow_changed,
                         on_identity_change=ui.identity_changed)
     ui.e2ee = e
-    ui.out("-- 端到端加密已开启 (end-to-end encryption on"
-           + (f"; escrow key {e.escrow_key_id}" if e.escrow_key_id else "") + ")")
+    escrow = ui.t("e2ee.escrow", key_id=e.escrow_key_id) if e.escrow_key_id else ""
+    ui.out(ui.t("e2ee.on", escrow=escrow))
     if not e.signed:
-        ui.out(f"!! {e.cross.not_signed} (set TONGXIN_KEY_BACKUP_PASSPHRASE)")
+        ui.out(ui.t("e2ee.not_signed", reason=e.cross.not_signed))
     if e.escrow_refusal is not None:
         ui.out(f"!! {e.escrow_refusal}")
 
@@ -321,28 +309,30 @@ async def run_chat(urls: str | list[str], user: str, password: str, *, register:
     client = Client(urls, device_id=device, client_name="tongxin-cli", ca_file=ca_file,
                     reconnect=Backoff(deadline=0))
     url = ", ".join(client.endpoints)
+    text = Text()
     try:
         await client.connect()
         auth = await (client.register(user, password) if register
                       else client.login(user, password))
     except TongxinError as err:
-        print(f"tongxin: {err.message}", file=sys.stderr)
+        name = pb.ErrorCode.Name(err.code)
+        print(text("login.failed", message=err.message, text=text.code(name)), file=sys.stderr)
         await client.close()
         return 1
     except (OSError, aiohttp.ClientError) as exc:
         detail = str(exc) if isinstance(exc, NoEndpointAvailable) else f"{url}: {describe(exc)}"
-        print(f"tongxin: cannot connect: {detail}", file=sys.stderr)
+        print(text("connect.failed", detail=detail), file=sys.stderr)
         await client.close()
         return 1
-    ui = ChatUI(client)
+    ui = ChatUI(client, text)
     ui.names[auth.user_id] = auth.username
-    moved = f" via {client.endpoint}" if client.endpoint != client.endpoints[0] else ""
-    ui.out(f"logged in as {auth.username}{moved}; /help for commands")
+    moved = text("logged_in.via", endpoint=client.endpoint) if client.endpoint != client.endpoints[0] else ""
+    ui.out(text("logged_in", user=auth.username, via=moved))
     if e2ee_dir:
         try:
             await enable_e2ee(ui, e2ee_dir, org_root)
         except (E2EEError, TongxinError) as exc:
-            print(f"tongxin: end-to-end encryption could not start: {exc}", file=sys.stderr)
+            print(text("e2ee.failed", error=exc), file=sys.stderr)
             await client.close()
             return 1
 
