@@ -120,3 +120,24 @@ async def test_bad_numbers_are_refused() -> None:
     for q in ("after=x", "from_ms=soon", "order=desc&before=x"):
         resp = await a.read_audit(make_mocked_request("GET", f"/api/v1/admin/audit?{q}"), CTX)
         assert resp.status == 400
+
+
+async def test_node_status_reads_the_nodes_own_counters() -> None:
+    """GET /node (the console's chart): numbers from the node's Prometheus registry."""
+    from types import SimpleNamespace
+
+    from tongxin.metrics import Metrics
+
+    m = Metrics()
+    m.connections.inc(3)
+    m.authenticated.inc(2)
+    m.messages_stored.inc(41)
+    m.ack_latency.observe(0.5)
+    node = SimpleNamespace(node_id="n1", cfg=SimpleNamespace(site=SimpleNamespace(name="dc1")),
+                           metrics=m)
+    a = AdminApi(cast(Any, node))
+    resp = await a.node_status(make_mocked_request("GET", "/api/v1/admin/node"), CTX)
+    body = json.loads(cast(Any, resp).text)
+    assert body["node"] == "n1" and body["site"] == "dc1" and body["ts"] > 0
+    assert (body["connections"], body["authenticated"], body["messages_stored"]) == (3, 2, 41)
+    assert (body["ack_latency_count"], body["ack_latency_sum_s"]) == (1, 0.5)
