@@ -217,12 +217,18 @@ try {
   const version = await p.textContent("#st-version");
   if (!/\d+\.\d+/.test(version)) fail(`node status shows version "${version}"`);
   ok(`node status shows the node ready, version ${version}, site role ${await p.textContent("#st-role")}`);
-  // The live chart polls GET /api/v1/admin/node: after a few polls it has a line.
-  await p.waitForFunction(() => (document.querySelector("#st-live ~ .charts polyline, .charts polyline")
+  // The live chart polls GET /api/v1/admin/node: two WebSocket connections opened
+  // from another page show up in it.
+  const sockets = await newPage("sockets");
+  await sockets.goto(`${base}/healthz`);
+  await sockets.evaluate((url) => { window.socks = [new WebSocket(url), new WebSocket(url)]; }, `${base.replace("http", "ws")}/ws`);
+  await p.locator("#chart-connections", { hasText: /^当前 2 个连接/ }).waitFor();
+  await p.waitForFunction(() => (document.querySelector(".charts polyline")
     ?.getAttribute("points") || "").split(" ").length >= 2, null, { timeout: T });
   ok(`the live chart shows connections and messages per second: "${await p.textContent("#chart-connections")}", "${await p.textContent("#chart-messages")}"`);
   await shot(p, "03-status");
   await axe(p, "status");
+  await sockets.context().close();
 
   await refused(p, "sysadmin", "audit", "GET", "/audit", "auditor");
   await shot(p, "04-forbidden");
@@ -418,6 +424,11 @@ try {
   await shot(e, "13-users-en");
   await axe(e, "users (en)");
   ok("the console switches to English and follows the browser language (en-US)");
+  await e.setViewportSize({ width: 390, height: 844 });
+  await e.locator("#users-list table").waitFor();
+  await shot(e, "14-phone-users-en");
+  await axe(e, "users at 390px");
+  ok("the console works at phone width (390px)");
 
   ok(`no serious or critical accessibility violations on ${axeChecked.length} pages (${axeChecked.join(", ")})`);
   if (pageErrors.length) fail(`errors in the pages:\n${pageErrors.join("\n")}`);
