@@ -13,7 +13,7 @@ toolchain or compiled catalogues) and the rule that picks one:
 
 The English lines are the ones ``tongxin chat`` printed before it spoke
 Chinese (scripts and the integration tests match them); several already carry
-the Chinese phrase first. docs/cli.md, "Language".
+the Chinese phrase first. docs/web-client.md, "The terminal client".
 """
 
 from __future__ import annotations
