@@ -114,6 +114,9 @@ function fmtDay(ms) {
 }
 
 function initials(name) {
+  // Chinese names: the given name (the last two characters), as Chinese IM avatars show it.
+  const han = String(name || "").trim();
+  if (/^[\u4e00-\u9fff]{2,4}$/.test(han)) return han.slice(-2);
   const parts = String(name || "?").trim().split(/[\s._-]+/).filter(Boolean);
   const s = parts.length > 1 ? parts[0][0] + parts[1][0] : (parts[0] || "?").slice(0, 2);
   return s.toUpperCase();

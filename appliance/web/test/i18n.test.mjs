@@ -108,6 +108,12 @@ test("every key used in src/ and index.html exists in both catalogues", () => {
   assert.deepEqual(missing, []);
 });
 
+test("every catalogue key is used (codes.* are looked up by the server's error code)", () => {
+  const used = usedKeys();
+  const unused = [...zhFlat.keys()].filter((k) => !k.startsWith("codes.") && !used.has(k));
+  assert.deepEqual(unused, []);
+});
+
 test("index.html has no text of its own: every label comes from the catalogues", () => {
   const html = readFileSync(join(web, "index.html"), "utf8")
     .replace(/<svg[\s\S]*?<\/svg>/g, "")
