@@ -160,6 +160,7 @@ const sys = admins.sysadmin;
 const sec = admins.secadmin;
 const aud = admins.auditor;
 const staff = { username: `zhangsan${Date.now() % 100000}`, name: "张三", password: "Zhang-san-pass-1" };
+const suffix = Date.now() % 100000;
 const temp = { username: `linshi${Date.now() % 100000}`, name: "临时", password: "Lin-shi-pass-1" };
 
 try {
@@ -194,6 +195,15 @@ try {
     await form.locator("button[type=submit]").click();
     await p.locator("#users-list tr", { hasText: u.username }).waitFor();
   }
+  // Import from CSV: two good rows (with a header, a quoted display name) and one refused.
+  const csv = `username,display_name,password\r\nwang${suffix},"王五, 财务处",Wang-wu-pass-1\r\n`
+    + `zhao${suffix},赵六,Zhao-liu-pass-1\r\nbad name,坏,short\r\n`;
+  await p.setInputFiles("#import-users input[type=file]", { name: "users.csv", mimeType: "text/csv", buffer: Buffer.from(csv) });
+  await p.click("#import-users button[type=submit]");
+  await p.locator("#import-status", { hasText: "已导入 2 个账号（共 3 行）" }).waitFor();
+  await p.locator("#users-list tr", { hasText: "王五, 财务处" }).waitFor();
+  if ((await p.locator("#import-results li.error").count()) !== 1) fail("the bad CSV row was not reported");
+  ok("sysadmin imported accounts from CSV: two created, the bad row reported");
   const row = p.locator("#users-list tr", { hasText: staff.username });
   await row.locator("[data-action=disable]").click();
   await row.locator(".badge", { hasText: "已停用" }).waitFor();
@@ -327,6 +337,10 @@ try {
   }
   if (rows.some((r) => !r[2].startsWith("user."))) fail("the event filter let other events through");
   ok("the audit trail shows the sysadmin's actions (create, disable, enable, reset, delete), filtered by actor and event");
+  rows = await search({ event: "user.create", actor: sys.username });
+  if (!has(rows, "user.create", `wang${suffix}`) || !has(rows, "user.create", `zhao${suffix}`)) {
+    fail(`the CSV import's creations are not in the audit page: ${JSON.stringify(rows)}`);
+  }
   rows = await search({ event: "admin.forbidden" });
   if (!has(rows, "admin.forbidden", "audit.read") || !has(rows, "admin.forbidden", "user.list")) {
     fail(`the refused API calls are not in the audit page: ${JSON.stringify(rows)}`);

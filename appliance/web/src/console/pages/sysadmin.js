@@ -3,6 +3,7 @@
 import { h, field, values, table } from "../dom.js";
 import { formatDateTime, formatNumber } from "../../i18n/index.js";
 import { lineChart } from "../chart.js";
+import { accountsFromCsv } from "../csv.js";
 
 function stateBadge(t, state) {
   return h("span", { class: `badge state-${state}` }, t(`state.${state}`));
@@ -79,8 +80,46 @@ export async function users(el, { api, t, session, errorText, ask }) {
       say(errorText(err), true);
     }
   });
-  el.append(h("p", { class: "lead" }, t("users.lead", { name: session.username })), form, status, list);
+  el.append(h("p", { class: "lead" }, t("users.lead", { name: session.username })), form,
+    importForm(api, t, errorText, load), status, list);
   await load();
+}
+
+// Accounts from a CSV file (username, display name, initial password): one POST /users
+// per row, so each is checked and audited (user.create) like any other creation.
+function importForm(api, t, errorText, reload) {
+  const results = h("ul", { class: "import-results", id: "import-results", "aria-live": "polite" });
+  const summary = h("p", { class: "status", role: "status", id: "import-status" });
+  const form = h("form", { class: "panel inline-form", id: "import-users" },
+    h("h2", {}, t("users.import")),
+    h("p", { class: "help", id: "import-help" }, t("users.importHelp")),
+    field(t("users.importFile"), { name: "file", type: "file", accept: ".csv,text/csv", required: true,
+      "aria-describedby": "import-help" }),
+    h("button", { type: "submit", class: "secondary" }, t("users.importSubmit")),
+    summary, results);
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const file = form.querySelector("input[type=file]").files[0];
+    if (!file) return;
+    const accounts = accountsFromCsv(await file.text());
+    results.replaceChildren();
+    let created = 0;
+    for (const [i, acc] of accounts.entries()) {
+      let line;
+      try {
+        const u = await api.call("POST", "/users", acc);
+        created++;
+        line = h("li", { class: "ok" }, t("users.importOk", { row: i + 1, name: u.username }));
+      } catch (err) {
+        line = h("li", { class: "error" }, t("users.importFailed", { row: i + 1, name: acc.username || "—", error: errorText(err) }));
+      }
+      results.append(line);
+    }
+    summary.textContent = t("users.importDone", { created, total: accounts.length });
+    form.querySelector("input[type=file]").value = "";
+    await reload();
+  });
+  return form;
 }
 
 export async function status(el, { api, t }) {
