@@ -151,7 +151,7 @@ export async function report(el, { api, t, errorText }) {
       h("p", {}, data.standard),
       h("dl", { class: "facts" },
         h("dt", {}, t("report.generated")), h("dd", {}, `${formatDateTime(data.generated_at)} · ${data.generated_by}`),
-        h("dt", {}, t("report.node")), h("dd", {}, `${data.node_id} · ${data.version}`),
+        h("dt", {}, t("report.node")), h("dd", {}, `${data.node_id || data.host} · ${data.version}`),
         h("dt", {}, t("report.summary")), h("dd", { id: "report-summary" },
           t("report.summaryText", { pass: formatNumber(s.pass), fail: formatNumber(s.fail), gap: formatNumber(s.gap) })),
         h("dt", {}, t("report.chain")), h("dd", {}, data.audit_verify.ok ? t("audit.chainOk") : t("audit.chainBad"))),
