@@ -40,7 +40,10 @@ $(WEB)/node_modules/.installed: $(WEB)/package.json $(WEB)/package-lock.json
 	@touch $@
 
 $(WEB_OUT)/index.html: $(WEB)/node_modules/.installed $(WEB)/build.mjs $(WEB)/index.html $(WEB)/style.css \
-		$(wildcard $(WEB)/src/*.js) $(wildcard $(WEB)/src/*/*.js) $(PROTO)/tongxin.proto $(PROTO)/e2ee.proto
+		$(wildcard $(WEB)/src/*.js) $(wildcard $(WEB)/src/*/*.js) $(wildcard $(WEB)/src/*/*/*.js) \
+		$(wildcard $(WEB)/src/*/*.json) $(wildcard $(WEB)/src/*/*/*.json) \
+		$(wildcard $(WEB)/src/console/*.html) $(wildcard $(WEB)/src/console/*.css) \
+		$(PROTO)/tongxin.proto $(PROTO)/e2ee.proto
 	cd $(WEB) && node build.mjs
 
 ## run: start one node on embedded defaults (SQLite, in-process queue) at 127.0.0.1:8080

@@ -1,36 +1,15 @@
-// CSV for account import (RFC 4180: commas, double quotes, "" inside quotes, CRLF or LF).
-// parseCsv(text) -> rows of fields; a first row naming "username" is a header.
+// CSV for account import, parsed by Papa Parse (RFC 4180: commas, double quotes, ""
+// inside quotes, CRLF or LF, the BOM spreadsheet programs write).
+// parseCsv(text) -> rows of fields, blank rows dropped; a first row naming "username"
+// is a header.
+import Papa from "papaparse";
+
 export function parseCsv(text) {
-  const rows = [];
-  let row = [];
-  let field = "";
-  let quoted = false;
-  const s = text.replace(/^\uFEFF/, ""); // the BOM spreadsheet programs write
-  for (let i = 0; i < s.length; i++) {
-    const c = s[i];
-    if (quoted) {
-      if (c === '"' && s[i + 1] === '"') {
-        field += '"';
-        i++;
-      } else if (c === '"') quoted = false;
-      else field += c;
-    } else if (c === '"' && field === "") quoted = true;
-    else if (c === ",") {
-      row.push(field);
-      field = "";
-    } else if (c === "\n" || c === "\r") {
-      if (c === "\r" && s[i + 1] === "\n") i++;
-      row.push(field);
-      rows.push(row);
-      row = [];
-      field = "";
-    } else field += c;
-  }
-  if (field !== "" || row.length) {
-    row.push(field);
-    rows.push(row);
-  }
-  return rows.filter((r) => r.some((f) => f.trim() !== ""));
+  // One line ending for the whole file: Papa Parse guesses it from the first line, and
+  // a file edited on two systems mixes them.
+  const { data } = Papa.parse(text.replace(/^\uFEFF/, "").replace(/\r\n?/g, "\n"),
+    { newline: "\n", skipEmptyLines: true });
+  return data.filter((r) => r.some((f) => f.trim() !== ""));
 }
 
 // Accounts from CSV rows: columns username, display_name, password (a header row may
