@@ -24,7 +24,17 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_web_client import BUILT, CHROMIUM, ROOT, WEB, _free_port, _require_tools, _tongxin
+from test_web_client import (
+    BUILT,
+    CHROMIUM,
+    ROOT,
+    WEB,
+    _free_port,
+    _require_tools,
+    _serve,
+    _stop,
+    _tongxin,
+)
 
 ARTIFACTS = ROOT / "test-artifacts" / "console"
 
@@ -81,10 +91,7 @@ def test_console_three_roles_in_chromium(tmp_path: Path) -> None:
                                   f"compliance:\n  audit_trusted_keys: \"{','.join(pins)}\"\n"))
     port = _free_port()
     log_path = tmp_path / "server.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([*_tongxin(), "serve", "--config", str(cfg),
-                                 "--listen", f"127.0.0.1:{port}"],
-                                env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = _serve(["--config", str(cfg), "--listen", f"127.0.0.1:{port}"], env, log_path)
     try:
         run = subprocess.run(
             [node, str(WEB / "tests" / "console.mjs"), f"http://127.0.0.1:{port}",
@@ -92,12 +99,7 @@ def test_console_three_roles_in_chromium(tmp_path: Path) -> None:
             cwd=WEB, capture_output=True, text=True, timeout=360,
             env={**os.environ, "CHROMIUM": str(CHROMIUM), "CONSOLE_ADMINS": json.dumps(admins)})
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
     out = run.stdout + run.stderr
     print(out)
     assert run.returncode == 0, f"console test failed (exit {run.returncode}):\n{out}\n" \

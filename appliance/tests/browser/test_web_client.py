@@ -83,41 +83,53 @@ def _tongxin() -> list[str]:
     return [sys.executable, "-c", "import sys; from tongxin.cli.main import main; sys.exit(main())"]
 
 
+def _serve(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """``tongxin serve ARGS`` as a subprocess, its output in ``log_path``."""
+    with log_path.open("wb") as log:
+        return subprocess.Popen([*_tongxin(), "serve", *args], env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+
+
+def _wait_healthy(proc: subprocess.Popen[bytes], url: str, log_path: Path) -> None:
+    """Until ``url``/healthz answers 200 (30 s); fails with the node's log otherwise."""
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"tongxin serve exited with {proc.returncode}:\n{log_path.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"tongxin serve did not answer /healthz within 30s:\n{log_path.read_text()}")
+        time.sleep(0.1)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.fixture
 def node_url(tmp_path: Path) -> Iterator[str]:
     port = _free_port()
     cfg = tmp_path / "tongxin.yaml"
     cfg.write_text(CONFIG)
     log_path = tmp_path / "server.log"
-    env = {**os.environ, "TONGXIN_HOME": str(tmp_path / "home")}
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [*_tongxin(), "serve", "--allow-registration", "--config", str(cfg),
-             "--listen", f"127.0.0.1:{port}"],
-            env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = _serve(["--allow-registration", "--config", str(cfg), "--listen", f"127.0.0.1:{port}"],
+                  {**os.environ, "TONGXIN_HOME": str(tmp_path / "home")}, log_path)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"tongxin serve exited with {proc.returncode}:\n{log_path.read_text()}")
-            try:
-                with urllib.request.urlopen(f"{url}/healthz", timeout=1) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"tongxin serve did not answer /healthz within 30s:\n{log_path.read_text()}")
-            time.sleep(0.1)
+        _wait_healthy(proc, url, log_path)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
 
 
 @pytest.mark.timeout(300)

@@ -17,10 +17,8 @@ import asyncio
 import base64
 import json
 import os
-import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -40,7 +38,13 @@ ROOT = Path(__file__).resolve().parents[3]
 WEB = ROOT / "appliance" / "web"
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 sys.path.insert(0, str(Path(__file__).parent))
-from test_web_client import _free_port, _require_tools, _tongxin  # noqa: E402
+from test_web_client import (  # noqa: E402
+    _free_port,
+    _require_tools,
+    _serve,
+    _stop,
+    _wait_healthy,
+)
 
 SUITES = [pytest.param("international", id="international"),
           pytest.param("gm", id="gm", marks=pytest.mark.skipif(
@@ -90,35 +94,14 @@ logging:
     home = tmp_path / "home"
     port = _free_port()
     log_path = tmp_path / "server.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [*_tongxin(), "serve", "--allow-registration", "--config", str(cfg),
-             "--listen", f"127.0.0.1:{port}"],
-            env={**os.environ, "TONGXIN_HOME": str(home)}, stdout=log, stderr=subprocess.STDOUT)
+    proc = _serve(["--allow-registration", "--config", str(cfg), "--listen", f"127.0.0.1:{port}"],
+                  {**os.environ, "TONGXIN_HOME": str(home)}, log_path)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"tongxin serve exited with {proc.returncode}:\n{log_path.read_text()}")
-            try:
-                with urllib.request.urlopen(f"{url}/healthz", timeout=1) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"tongxin serve did not answer /healthz within 30s:\n"
-                            f"{log_path.read_text()}")
-            time.sleep(0.1)
+        _wait_healthy(proc, url, log_path)
         yield Node(url, home, suite, tmp_path / "org-root.der")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
 
 
 class Browser:

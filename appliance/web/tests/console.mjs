@@ -12,12 +12,12 @@
 // actions in the audit trail. axe-core checks every page (serious and critical
 // violations fail); screenshots of every page, in zh-CN, go to the artifacts
 // directory. Prints one "ok - ..." line per verified behaviour.
-import { existsSync, mkdirSync, mkdtempSync, readFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import * as OTPAuth from "otpauth";
-import { chromium } from "playwright-core";
+import { launchChromium, requireChromium } from "./chromium.mjs";
 
 const require = createRequire(import.meta.url);
 const args = process.argv.slice(2);
@@ -29,11 +29,7 @@ if (!base || !admins) {
   console.error("usage: CONSOLE_ADMINS=JSON node tests/console.mjs http://HOST:PORT [--artifacts DIR]");
   process.exit(2);
 }
-const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
-if (!existsSync(executablePath)) {
-  console.error(`FAILED: Chromium not found at ${executablePath}; install it with: apt-get install -y chromium`);
-  process.exit(3);
-}
+requireChromium();
 mkdirSync(artifacts, { recursive: true });
 const console_ = `${base}/console/`;
 const axeSource = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
@@ -66,12 +62,7 @@ async function totp(secret) {
   }
 }
 
-const browser = await chromium.launch({
-  executablePath,
-  headless: true,
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launchChromium();
 const pageErrors = [];
 
 async function newPage(label, locale = "zh-CN") {

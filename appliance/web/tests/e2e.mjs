@@ -21,10 +21,10 @@
 // or the catalogues' text, never by hard-coded English.
 import { execFileSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { chromium } from "playwright-core";
+import { launchChromium, requireChromium } from "./chromium.mjs";
 
 const args = process.argv.slice(2);
 const base = args.find((a) => !a.startsWith("--"));
@@ -34,11 +34,7 @@ if (!base) {
   console.error("usage: node tests/e2e.mjs http://HOST:PORT [--artifacts DIR]");
   process.exit(2);
 }
-const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
-if (!existsSync(executablePath)) {
-  console.error(`FAILED: Chromium not found at ${executablePath}; install it with: apt-get install -y chromium`);
-  process.exit(3);
-}
+requireChromium();
 // Without a CJK font Chromium draws the Chinese UI as empty boxes.
 let cjkFonts = "";
 try {
@@ -70,14 +66,7 @@ const alice = { username: `alice${suffix}`, password: "correct-horse-1", name: "
 const bob = { username: `bob${suffix}`, password: "battery-staple-2", name: "王建国" };
 
 const scratch = mkdtempSync(join(tmpdir(), "tongxin-e2e-")); // downloads land here
-const browser = await chromium.launch({
-  executablePath,
-  headless: true,
-  // Playwright gives each launch a fresh --user-data-dir of its own; it
-  // refuses one in args, so the flag is not repeated here.
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launchChromium();
 const consoleErrors = [];
 const consoleWarnings = []; // printed on failure only (e.g. why a message did not decrypt)
 

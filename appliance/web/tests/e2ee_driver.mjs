@@ -7,28 +7,23 @@
 // Reads one JSON command per line on stdin ({id, op, page, ...}) and answers
 // each with one JSON line on stdout ({id, ok, result} or {id, ok: false,
 // error}). Nothing else is written to stdout. Screenshots go to ARTIFACTS_DIR.
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { createInterface } from "node:readline";
-import { chromium } from "playwright-core";
+import { launchChromium, requireChromium } from "./chromium.mjs";
 
 const [base, artifactsArg] = process.argv.slice(2);
 const artifacts = resolve(artifactsArg || "test-artifacts/browser");
 mkdirSync(artifacts, { recursive: true });
-const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
-if (!base || !existsSync(executablePath)) {
-  console.error(`usage: node tests/e2ee_driver.mjs http://HOST:PORT ARTIFACTS (Chromium at ${executablePath})`);
+if (!base) {
+  console.error("usage: node tests/e2ee_driver.mjs http://HOST:PORT ARTIFACTS");
   process.exit(2);
 }
+requireChromium();
 const T = 20000;
 const scratch = mkdtempSync(join(tmpdir(), "tongxin-e2ee-"));
-const browser = await chromium.launch({
-  executablePath,
-  headless: true,
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launchChromium();
 const pages = new Map();
 const consoleErrors = [];
 

@@ -10,9 +10,9 @@
 // than the page's. Prints "ok - ..." per verified behaviour; exits non-zero on
 // the first failure.
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdirSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { chromium } from "playwright-core";
+import { launchChromium, requireChromium } from "./chromium.mjs";
 
 const args = process.argv.slice(2);
 const [baseA, baseB, pidA] = args.filter((a) => !a.startsWith("--"));
@@ -22,11 +22,7 @@ if (!baseA || !baseB || !pidA) {
   console.error("usage: node tests/failover.mjs http://A http://B PID_A [--artifacts DIR]");
   process.exit(2);
 }
-const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
-if (!existsSync(executablePath)) {
-  console.error(`FAILED: Chromium not found at ${executablePath}; install it with: apt-get install -y chromium`);
-  process.exit(3);
-}
+requireChromium();
 mkdirSync(artifacts, { recursive: true });
 const wsOf = (base) => `${base.replace(/^http/, "ws")}/ws`;
 
@@ -39,12 +35,7 @@ const fail = (what) => {
   throw new Error(what);
 };
 
-const browser = await chromium.launch({
-  executablePath,
-  headless: true,
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launchChromium();
 const pageErrors = [];
 
 async function newPage(label) {
