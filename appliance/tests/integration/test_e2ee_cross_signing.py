@@ -68,14 +68,27 @@ async def test_a_ghost_device_gets_nothing_and_is_not_believed(node_factory: Nod
         await ghost.open(stored[0])
 
     # A ghost client that ignores the rule and sends anyway is not believed.
+    # It keeps sending: refused each time, and the directory is not asked again for
+    # every message.
     ghost.cross.not_signed = ""
-    await ghost.send_text(conv, "I am bob, trust me")
-    while True:
-        ev = await alice_c.next_event(pb.DELIVER)
-        if ev.message.sender_device == "ghost":
-            with pytest.raises(UnsignedDeviceError):
-                await alice.open(ev.message)
-            break
+    fetches: list[list[str]] = []
+    real_fetch = alice.fetch
+
+    async def counted_fetch(user_ids: list[str], with_one_time: bool = True) -> e2.KeyBundles:
+        fetches.append(list(user_ids))
+        return await real_fetch(user_ids, with_one_time)
+
+    alice.fetch = counted_fetch  # type: ignore[method-assign]
+    for text in ("I am bob, trust me", "really"):
+        await ghost.send_text(conv, text)
+        while True:
+            ev = await alice_c.next_event(pb.DELIVER)
+            if ev.message.sender_device == "ghost":
+                with pytest.raises(UnsignedDeviceError):
+                    await alice.open(ev.message)
+                break
+    assert len(fetches) == 1, fetches
+    alice.fetch = real_fetch  # type: ignore[method-assign]
 
     # Bob's real new device opens the key backup, signs itself and is used from then on.
     b2 = await (await rn.user("bob", device_id="b2")).e2ee(tmp_path / "b2",

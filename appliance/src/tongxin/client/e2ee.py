@@ -81,6 +81,8 @@ SIGNED_PREKEY_MAX_AGE = 7 * 86400.0
 
 _MEMBERSHIP = {pb.SystemEvent.MEMBERS_ADDED, pb.SystemEvent.MEMBERS_REMOVED,
                pb.SystemEvent.MEMBER_LEFT}
+REJUDGE_AFTER = 60.0
+"""Seconds before a refused sender device is looked up in the directory again."""
 
 
 def _safe(name: str) -> str:
@@ -144,6 +146,8 @@ class E2EEClient:
         self.on_device_change = on_device_change
         self.key_backup_passphrase = key_backup_passphrase
         self._cross_state: dict[str, object] = {}
+        self._judged_at: dict[tuple[str, str], float] = {}
+        """When the directory was last asked about a sender device this client refused."""
         self.device = self._load() or Device.create(self.suite, auth.user_id, auth.device_id)
         self.cross = CrossSigning(self.suite, auth.user_id, auth.device_id,
                                   self.device.identity.public_key)
@@ -520,12 +524,18 @@ class E2EEClient:
             if own is None:
                 raise NoSessionError("sent by this device; its plaintext is kept locally only")
             return Opened(own, dev.user_id, dev.device_id, 0)
-        if self.cross.trust.accepted(message.sender_id, message.sender_device) is None:
+        sender = (message.sender_id, message.sender_device)
+        if self.cross.trust.accepted(*sender) is None:
             # A device not seen yet: the directory says whether its user's key signed it.
-            await self._judge([message.sender_id],
-                              await self.fetch([message.sender_id], with_one_time=False))
-            if self.cross.trust.accepted(message.sender_id, message.sender_device) is None:
-                raise UnsignedDeviceError(message.sender_id, message.sender_device)
+            # Asked at most once a minute per device, so a refused device that keeps
+            # sending does not make this client fetch the directory for each message.
+            now = time.monotonic()
+            if now - self._judged_at.get(sender, -REJUDGE_AFTER) >= REJUDGE_AFTER:
+                self._judged_at[sender] = now
+                await self._judge([message.sender_id],
+                                  await self.fetch([message.sender_id], with_one_time=False))
+            if self.cross.trust.accepted(*sender) is None:
+                raise UnsignedDeviceError(*sender)
         opened = dev.open(message.conversation_id, message.sender_id, message.sender_device,
                           message.content.encrypted)
         self.save()

@@ -56,7 +56,8 @@ def read_key_file(path: str) -> bytes:
     return data
 
 
-def _escrow_statement(cfg: Config, suite: CryptoSuite, pub: bytes) -> pb.EscrowStatement | None:
+def _escrow_statement(cfg: Config, suite: CryptoSuite, pub: bytes,
+                      root: bytes) -> pb.EscrowStatement | None:
     """The statement file checked against the escrow key it must vouch for, and against the
     organisation root when the node has it: a wrong file fails here, at start, rather than
     on every client."""
@@ -74,11 +75,10 @@ def _escrow_statement(cfg: Config, suite: CryptoSuite, pub: bytes) -> pb.EscrowS
         raise ConfigError("e2ee.escrow_statement_file vouches for another escrow key or suite "
                           f"(key {st.key_id}, suite {st.suite!r}) than "
                           "e2ee.escrow_public_key_file")
-    if e.org_root_public_key_file:
+    if root:
         try:
-            root = escrow_trust.key_bytes(Path(e.org_root_public_key_file).read_bytes())
             escrow_trust.verify(suite, root, st)
-        except (OSError, ValueError, E2EEError) as exc:
+        except (ValueError, E2EEError) as exc:
             raise ConfigError(f"e2ee.escrow_statement_file: {exc}") from exc
     return st.to_proto()
 
@@ -129,7 +129,8 @@ class E2eePolicy:
                                   f"{exc}") from exc
             policy.escrow_public_key = pub
             policy.escrow_key_id = enc.escrow_key_id(suite, pub)
-            policy.escrow_statement = _escrow_statement(cfg, suite, pub)
+            policy.escrow_statement = _escrow_statement(cfg, suite, pub,
+                                                        policy.org_root_public_key)
         elif e.escrow_statement_file:
             raise ConfigError("e2ee.escrow_statement_file is set but escrow is off "
                               "(e2ee.escrow_public_key_file)")
