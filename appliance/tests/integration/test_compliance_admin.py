@@ -373,6 +373,12 @@ async def test_report_shows_evidence_and_turns_red_when_it_goes(
                                                         "ok": True}))
     await pin_and_sign(compliance(rn))
     status, report = await call(http, rn, "GET", "/report", aud.token)
+    # Backups nobody has restored: a gap, until a restore test leaves its evidence.
+    assert _item(report, "BR-1")["status"] == "gap"
+    assert any("no restore" in f for f in _item(report, "BR-1")["findings"])
+    (evidence / "restore-1.json").write_text(json.dumps(
+        {"finished_at": "2026-12-01T10:00:00Z", "ok": True, "backup": "dc1-20261201T090000Z"}))
+    status, report = await call(http, rn, "GET", "/report", aud.token)
     assert status == 200
     assert _item(report, "IA-4")["status"] == "pass"
     assert report["two_factor_coverage"]["secadmin"] == {"accounts": 1, "totp": 1, "sms": 0}

@@ -450,6 +450,10 @@ def build_parser() -> argparse.ArgumentParser:
     from tongxin.cli.dr_secrets import add_commands as add_dr_secrets_commands
 
     add_dr_secrets_commands(sub)  # dr-secrets keygen / seal / show / unseal
+
+    from tongxin.cli.backup import add_commands as add_backup_commands
+
+    add_backup_commands(sub, common)  # backup keygen / create / list / verify / restore
     return p
 
 

@@ -99,7 +99,9 @@ REMEDIES = {
     "DC-2": "Set e2ee.required: true and a compliance escrow key (e2ee.escrow_public_key_file, "
             "with e2ee.escrow_statement_file and the key sealed in e2ee.escrow_sealed_key_file, "
             "docs/security.md), then restart the node.",
-    "BR-1": "Run the backup tooling: it writes evidence/backup-*.json (finished_at, ok).",
+    "BR-1": "Schedule `tongxin backup create` (playbooks/backup.yml) and test a restore at "
+            "least once a year (playbooks/restore.yml): they write evidence/backup-*.json and "
+            "restore-*.json.",
     "BR-2": "Run a DR drill: it writes evidence/dr-drill-*.json (finished_at, ok, rpo_seconds, "
             "rto_seconds).",
     "RI-1": "Set a message retention period (PUT /api/v1/admin/retention, or "
@@ -582,6 +584,21 @@ async def build_report(cfg: Config, comp: Compliance, users: list[User],
         if now - at > 7 * DAY_MS:
             it.findings.append("the latest backup is older than 7 days")
         it.status = FAIL if it.findings else PASS
+    # A backup nobody has restored is a hope, not a backup: the restore drill
+    # (playbooks/restore.yml, `tongxin backup restore`) leaves evidence/restore-*.json.
+    restored = _latest_evidence(home, "restore")
+    if restored is None:
+        it.findings.append("no restore of a backup tested (evidence/restore-*.json)")
+    else:
+        path, data, at = restored
+        it.evidence.append(f"{path.name}: backup {data.get('backup')} restored {_iso(at)}, "
+                           f"ok = {data.get('ok')}")
+        if data.get("ok") is not True:
+            it.findings.append("the latest restore test failed")
+        elif now - at > 365 * DAY_MS:
+            it.findings.append("the latest restore test is older than a year")
+    if it.status == PASS and it.findings:
+        it.status = GAP
     items.append(it)
 
     it = Item("BR-2", "8.1.4.10 b)-c)", "数据备份恢复 Backup and recovery",

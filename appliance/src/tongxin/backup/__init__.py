@@ -1,0 +1,1 @@
+"""Encrypted, checksummed backups of a site and their restore (``tongxin backup``)."""

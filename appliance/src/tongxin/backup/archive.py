@@ -1,0 +1,453 @@
+"""Taking a backup: what goes in, the manifest, the checksum files, retention.
+
+A backup is one directory ``<target>/<id>/`` (written as ``<id>.partial`` and
+renamed when complete, so a half-written backup is never taken for one)::
+
+    manifest.json         clear: id, times, suite, recipient, parts with sizes and digests
+    SHA256SUMS, SM3SUMS   of every other file, in ``sha256sum -c`` form
+    01-database.sql.zst.sealed   or 01-database.tar.zst.sealed (SQLite files)
+    02-files.tar.zst.sealed      file blobs (files.backend local or s3)
+    03-data.tar.zst.sealed       the data directory: audit archive and keys, secrets, evidence
+    04-etc.tar.zst.sealed        the configuration directory (/etc/tongxin): config, CA, trust
+
+Each part is zstd-compressed, then sealed chunk by chunk (backup/stream.py) under
+a key that only the holder of the backup key pair's private half can derive:
+the suite's KEM to the recipient's public key, as for the DR seal
+(site/sealed.py). The host that takes backups holds the public half only, so a
+copy of the backup target, or root on that host later, reads nothing.
+
+The manifest also carries a *sealed index*: the parts' names and digests,
+sealed under the backup's key. A manifest edited to drop or swap a part no
+longer matches it, and restore refuses before it writes anything.
+"""
+
+from __future__ import annotations
+
+import base64
+import calendar
+import json
+import os
+import re
+import shutil
+import socket
+import sqlite3
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zstandard
+
+from tongxin import __version__
+from tongxin.backup import mysqldump
+from tongxin.backup.stream import SealingWriter, file_digests
+from tongxin.config import Config
+from tongxin.crypto.suite import CryptoSuite, get_suite
+from tongxin.site.sealed import SealKey
+
+FORMAT = "tongxin-backup/v1"
+KDF_INFO = b"tongxin/backup/key/v1\x00"
+INDEX_PART = 0xFFFFFFFF  # the sealed index's nonce space, apart from every part's
+ID_RE = re.compile(r"[a-z0-9][a-z0-9.-]{0,62}-\d{8}T\d{6}Z")
+SQLITE_SUFFIXES = (".db", ".db-wal", ".db-shm", ".db-journal")
+
+Progress = Callable[[str], None]
+
+
+class BackupError(Exception):
+    """A backup that cannot be taken or used; the message says what to do."""
+
+
+@dataclass
+class PartResult:
+    index: int
+    name: str
+    kind: str  # "sql" or "tar"
+    file: str
+    plain_bytes: int = 0
+    sealed_bytes: int = 0
+    sha256: str = ""
+    sm3: str = ""
+    entries: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def document(self) -> dict[str, Any]:
+        return {"index": self.index, "name": self.name, "kind": self.kind, "file": self.file,
+                "plain_bytes": self.plain_bytes, "sealed_bytes": self.sealed_bytes,
+                "sha256": self.sha256, "sm3": self.sm3, "entries": self.entries,
+                "notes": self.notes}
+
+
+def backup_key(suite: CryptoSuite, shared_secret: bytes, backup_id: str) -> bytes:
+    return suite.hkdf(shared_secret, suite.aead_key_size, info=KDF_INFO + backup_id.encode())
+
+
+def index_document(parts: list[dict[str, Any]]) -> bytes:
+    """What the sealed index holds: each part's name, file and both digests."""
+    rows = [{k: p[k] for k in ("index", "name", "kind", "file", "sha256", "sm3")} for p in parts]
+    return json.dumps(rows, sort_keys=True, separators=(",", ":")).encode()
+
+
+def index_aad(backup_id: str) -> bytes:
+    return b"tongxin/backup/index/v1\x00" + backup_id.encode()
+
+
+def index_nonce() -> bytes:
+    return INDEX_PART.to_bytes(4, "big") + (0).to_bytes(8, "big")
+
+
+def new_backup_id(cfg: Config, now: float) -> str:
+    who = re.sub(r"[^a-z0-9.-]+", "-", (cfg.site.name or socket.gethostname()).lower())
+    return f"{who.strip('-.')[:40] or 'tongxin'}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now))}"
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def files_dir(cfg: Config) -> Path:
+    return Path(cfg.files.local_path) if cfg.files.local_path else cfg.home / "files"
+
+
+def sqlite_files(cfg: Config) -> list[Path]:
+    """The SQLite databases of the data directory (the store's, compliance, key directory)."""
+    found = sorted(p for p in cfg.home.glob("*.db") if p.is_file())
+    if cfg.storage.backend == "sqlite" and cfg.sqlite_file not in found and cfg.sqlite_file.exists():
+        found.append(cfg.sqlite_file)
+    return found
+
+
+class _Part:
+    """One part being written: file -> sealing -> zstd; ``sink`` is what producers write to."""
+
+    def __init__(self, folder: Path, result: PartResult, suite: CryptoSuite, key: bytes,
+                 backup_id: str) -> None:
+        self.result = result
+        self._fh = open(folder / result.file, "xb")  # noqa: SIM115 - closed in finish()
+        self._sealer = SealingWriter(self._fh, suite, key, backup_id, result.name, result.index)
+        self.sink = zstandard.ZstdCompressor(level=6, threads=-1).stream_writer(
+            self._sealer, closefd=False)  # type: ignore[arg-type]  # a file object in all but name
+        self.plain = 0
+
+    def write(self, data: bytes) -> None:
+        self.sink.write(data)
+        self.plain += len(data)
+
+    def finish(self) -> PartResult:
+        self.sink.close()  # type: ignore[no-untyped-call]  # zstandard stub
+        self._sealer.close()
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        self.result.plain_bytes = self.plain
+        self.result.sealed_bytes = self._sealer.digests.size
+        self.result.sha256, self.result.sm3 = self._sealer.digests.hexdigests()
+        return self.result
+
+    def abort(self) -> None:
+        self._fh.close()
+
+
+class _Counting:
+    """A file object for tarfile that counts plaintext bytes into the part."""
+
+    def __init__(self, part: _Part) -> None:
+        self._part = part
+
+    def write(self, data: bytes) -> int:
+        self._part.write(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def _tar_tree(tar: tarfile.TarFile, root: Path, arc_root: str,
+              skip: Callable[[Path], bool]) -> int:
+    """Add the regular files and directories under ``root``; symlinks and sockets are
+    left out (nothing the appliance writes is one)."""
+    count = 0
+    if not root.is_dir():
+        return 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        d = Path(dirpath)
+        dirnames[:] = sorted(n for n in dirnames if not skip(d / n) and not (d / n).is_symlink())
+        rel = d.relative_to(root)
+        if rel != Path("."):
+            tar.add(d, arcname=f"{arc_root}/{rel.as_posix()}", recursive=False)
+        for name in sorted(filenames):
+            p = d / name
+            if skip(p) or p.is_symlink() or not p.is_file():
+                continue
+            tar.add(p, arcname=f"{arc_root}/{p.relative_to(root).as_posix()}", recursive=False)
+            count += 1
+    return count
+
+
+@contextmanager
+def _tar(part: _Part) -> Iterator[tarfile.TarFile]:
+    # PAX: names of any length and UTF-8; mode "w|" streams without seeking back.
+    with tarfile.open(fileobj=_Counting(part), mode="w|",  # type: ignore[call-overload]
+                      format=tarfile.PAX_FORMAT) as tar:
+        yield tar
+
+
+def _database_part(cfg: Config, part: _Part, progress: Progress) -> None:
+    if cfg.storage.backend == "mysql":
+        dsn = mysqldump.dsn_with_password(cfg.storage.mysql_dsn)
+        progress(f"database: dumping {dsn.database} (mariadb-dump, one snapshot)")
+        endpoint = mysqldump.dump(dsn, _Counting(part))  # type: ignore[arg-type]
+        part.result.notes.append(f"mariadb-dump of {dsn.database} from {endpoint}")
+        part.result.entries = 1
+        # With the mysql backend the node may still keep SQLite files of its own
+        # (a compliance.db from before); they go into the data part's tar.
+        return
+    with tempfile.TemporaryDirectory(prefix="tongxin-backup-") as tmp, _tar(part) as tar:
+        for db in sqlite_files(cfg):
+            copy = Path(tmp) / db.name
+            # The online backup API: a consistent copy while the node keeps writing.
+            src = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+            dst = sqlite3.connect(copy)
+            try:
+                src.backup(dst)
+            finally:
+                dst.close()
+                src.close()
+            tar.add(copy, arcname=f"db/{db.name}", recursive=False)
+            part.result.entries += 1
+            progress(f"database: {db.name} ({copy.stat().st_size} bytes)")
+
+
+def _files_part(cfg: Config, part: _Part, progress: Progress) -> None:
+    backend = cfg.files.backend
+    if backend == "database":
+        part.result.notes.append("files.backend database: the blobs are in the database part")
+        with _tar(part):
+            return
+    if backend == "s3":
+        from tongxin.backup.s3_blobs import add_bucket
+
+        with _tar(part) as tar:
+            part.result.entries = add_bucket(cfg, tar, progress)
+        part.result.notes.append(f"objects of s3 bucket {cfg.files.s3_bucket}")
+        return
+    root = files_dir(cfg)
+    with _tar(part) as tar:
+        # Only finished files: parts/ and tmp/ hold unfinished uploads, which a
+        # client completes or starts again (docs/files-api.md), and would restore
+        # as uploads nobody resumes.
+        part.result.entries = _tar_tree(tar, root / "blobs", "blobs", lambda _p: False)
+    progress(f"files: {part.result.entries} blobs")
+
+
+def _data_part(cfg: Config, part: _Part, target: Path, progress: Progress) -> None:
+    home = cfg.home.resolve()
+    skip_dirs = {files_dir(cfg).resolve(), target.resolve()}
+
+    def skip(p: Path) -> bool:
+        r = p.resolve()
+        if r in skip_dirs:
+            return True
+        return p.parent.resolve() == home and p.name.endswith(SQLITE_SUFFIXES)
+
+    with _tar(part) as tar:
+        part.result.entries = _tar_tree(tar, home, "data", skip)
+    progress(f"data directory: {part.result.entries} files")
+
+
+def _etc_part(etc: Path, part: _Part, progress: Progress) -> None:
+    with _tar(part) as tar:
+        part.result.entries = _tar_tree(tar, etc, "etc", lambda _p: False)
+    progress(f"configuration {etc}: {part.result.entries} files")
+
+
+def _write_sums(folder: Path, parts: list[PartResult], manifest: bytes) -> None:
+    msha, msm3 = file_digests_bytes(manifest)
+    sha = [f"{p.sha256}  {p.file}" for p in parts] + [f"{msha}  manifest.json"]
+    sm3 = [f"{p.sm3}  {p.file}" for p in parts] + [f"{msm3}  manifest.json"]
+    (folder / "SHA256SUMS").write_text("\n".join(sha) + "\n", encoding="ascii")
+    (folder / "SM3SUMS").write_text("\n".join(sm3) + "\n", encoding="ascii")
+
+
+def file_digests_bytes(data: bytes) -> tuple[str, str]:
+    from tongxin.backup.stream import Digests
+
+    d = Digests()
+    d.update(data)
+    return d.hexdigests()
+
+
+def create(cfg: Config, target: Path, recipient: SealKey, *, etc_dir: Path | None,
+           progress: Progress, now: Callable[[], float] = time.time) -> dict[str, Any]:
+    """Take a backup into ``target``; returns the manifest. Raises :class:`BackupError`
+    (or the failing component's error) with ``<id>.partial`` removed."""
+    if recipient.suite != cfg.crypto.suite:
+        # Not an error of security, but of expectation: an operator who chose the GM
+        # suite expects SM4 backups.
+        raise BackupError(f"the backup key is a {recipient.suite} key but crypto.suite is "
+                          f"{cfg.crypto.suite}; make one with `tongxin backup keygen`")
+    suite = get_suite(recipient.suite)
+    home = cfg.home.resolve()
+    tgt = target.resolve()
+    if tgt == home or home in tgt.parents:
+        raise BackupError(f"the backup target {target} is inside the data directory {home}; "
+                          "choose a directory elsewhere (ideally another disk or host)")
+    if not target.is_dir():
+        raise BackupError(f"the backup target {target} is not a directory")
+    started = now()
+    backup_id = new_backup_id(cfg, started)
+    final = target / backup_id
+    if final.exists():
+        raise BackupError(f"{final} exists already (two backups in one second?)")
+    folder = target / f"{backup_id}.partial"
+    folder.mkdir(mode=0o700)
+    encap = suite.kem_encapsulate(recipient.public)
+    key = backup_key(suite, encap.shared_secret, backup_id)
+    plan: list[tuple[str, str, Callable[[_Part], None]]] = [
+        ("database", "sql" if cfg.storage.backend == "mysql" else "tar",
+         lambda p: _database_part(cfg, p, progress)),
+        ("files", "tar", lambda p: _files_part(cfg, p, progress)),
+        ("data", "tar", lambda p: _data_part(cfg, p, target, progress)),
+    ]
+    if etc_dir is not None:
+        plan.append(("etc", "tar", lambda p: _etc_part(etc_dir, p, progress)))
+    results: list[PartResult] = []
+    try:
+        for i, (name, kind, produce) in enumerate(plan, start=1):
+            ext = "sql" if kind == "sql" else "tar"
+            res = PartResult(i, name, kind, f"{i:02d}-{name}.{ext}.zst.sealed")
+            part = _Part(folder, res, suite, key, backup_id)
+            progress(f"[{i}/{len(plan)}] {name}")
+            try:
+                produce(part)
+                results.append(part.finish())
+            except BaseException:
+                part.abort()
+                raise
+            progress(f"[{i}/{len(plan)}] {name}: {res.plain_bytes} bytes in, "
+                     f"{res.sealed_bytes} sealed")
+        docs = [r.document() for r in results]
+        sealed_index = suite.aead_encrypt(key, index_nonce(), index_document(docs),
+                                          index_aad(backup_id))
+        finished = now()
+        manifest = {
+            "format": FORMAT, "id": backup_id, "started_at": _utc(started),
+            "finished_at": _utc(finished), "duration_seconds": round(finished - started, 3),
+            "tongxin_version": __version__, "site": cfg.site.name,
+            "node": cfg.node_id or socket.gethostname(),
+            "storage_backend": cfg.storage.backend, "files_backend": cfg.files.backend,
+            "suite": suite.name, "recipient": recipient.key_id,
+            "kem": base64.b64encode(encap.encapsulated_key).decode(),
+            "sealed_index": base64.b64encode(sealed_index).decode(),
+            "parts": docs,
+        }
+        raw = json.dumps(manifest, ensure_ascii=False, indent=2).encode() + b"\n"
+        (folder / "manifest.json").write_bytes(raw)
+        _write_sums(folder, results, raw)
+        _fsync_dir(folder)
+        folder.rename(final)
+        _fsync_dir(target)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / "manifest.json"
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise BackupError(f"{path}: {exc.strerror} (not a complete backup)") from None
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise BackupError(f"{path} is not JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise BackupError(f"{path} is not a Tongxin backup manifest ({FORMAT!r} expected)")
+    if not isinstance(doc.get("id"), str) or not ID_RE.fullmatch(doc["id"]):
+        raise BackupError(f"{path}: the backup id is missing or malformed")
+    if not isinstance(doc.get("parts"), list) or not doc["parts"]:
+        raise BackupError(f"{path} lists no parts")
+    return doc
+
+
+def verify_checksums(folder: Path, progress: Progress) -> dict[str, Any]:
+    """Check SHA256SUMS and SM3SUMS against the files and the manifest (no key needed).
+    Returns the manifest."""
+    doc = read_manifest(folder)
+    sums: dict[str, dict[str, str]] = {}
+    for algo, name in (("sha256", "SHA256SUMS"), ("sm3", "SM3SUMS")):
+        try:
+            lines = (folder / name).read_text(encoding="ascii").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BackupError(f"{folder / name}: {exc}") from None
+        for line in lines:
+            digest, _, fname = line.partition("  ")
+            sums.setdefault(fname, {})[algo] = digest
+    raw = (folder / "manifest.json").read_bytes()
+    msha, msm3 = file_digests_bytes(raw)
+    if sums.get("manifest.json") != {"sha256": msha, "sm3": msm3}:
+        raise BackupError("manifest.json does not match SHA256SUMS/SM3SUMS: it was edited or "
+                          "damaged")
+    for p in doc["parts"]:
+        fname = str(p.get("file", ""))
+        if "/" in fname or fname.startswith(".") or not fname:
+            raise BackupError(f"the manifest names an impossible part file {fname!r}")
+        path = folder / fname
+        if not path.is_file():
+            raise BackupError(f"part {fname} is missing")
+        size, sha, sm3 = file_digests(str(path))
+        want = sums.get(fname, {})
+        if (sha, sm3) != (p.get("sha256"), p.get("sm3")) or want != {"sha256": sha, "sm3": sm3}:
+            raise BackupError(f"part {fname} does not match its SHA-256/SM3 digests: damaged "
+                              "or replaced")
+        if size != p.get("sealed_bytes"):
+            raise BackupError(f"part {fname} is {size} bytes, the manifest says "
+                              f"{p.get('sealed_bytes')}")
+        progress(f"checksums: {fname} ok (SHA-256 and SM3)")
+    return doc
+
+
+def list_backups(target: Path) -> list[Path]:
+    """Complete backups in ``target``, oldest first (by the time in their id)."""
+    if not target.is_dir():
+        return []
+    found = [p for p in target.iterdir()
+             if p.is_dir() and ID_RE.fullmatch(p.name) and (p / "manifest.json").is_file()]
+    return sorted(found, key=lambda p: (p.name.rsplit("-", 1)[1], p.name))
+
+
+def prune(target: Path, *, keep_days: float, keep_min: int, now: float,
+          progress: Progress) -> list[str]:
+    """Remove complete backups older than ``keep_days``, always keeping the ``keep_min``
+    newest; and ``.partial`` directories a crashed run left more than a day ago."""
+    removed: list[str] = []
+    backups = list_backups(target)
+    candidates = backups[:-keep_min] if keep_min > 0 else backups
+    for p in candidates:
+        stamp = p.name.rsplit("-", 1)[1]
+        taken = calendar.timegm(time.strptime(stamp, "%Y%m%dT%H%M%SZ"))
+        if keep_days > 0 and now - taken > keep_days * 86400:
+            shutil.rmtree(p)
+            removed.append(p.name)
+            progress(f"retention: removed {p.name} (older than {keep_days:g} days)")
+    for p in target.glob("*.partial"):
+        if p.is_dir() and ID_RE.fullmatch(p.name[:-len(".partial")]) \
+                and now - p.stat().st_mtime > 86400:
+            shutil.rmtree(p)
+            removed.append(p.name)
+            progress(f"retention: removed {p.name} (an unfinished backup)")
+    return removed
