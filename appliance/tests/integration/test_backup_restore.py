@@ -175,6 +175,14 @@ async def test_backup_then_restore_into_an_empty_site(tmp_path: Path, backend: s
         assert not (dst.home / "evidence").exists()
         assert not dst.sqlite_file.exists() or backend != "sqlite"
 
+        # ---- a dry run checks everything and writes nothing -------------------------
+        rc, out, err = await tongxin("backup", "restore", "--check", "--config", str(dst_cfg),
+                                     str(folder), "--key", f"{key}.key", home=dst.home)
+        assert rc == 0, err
+        assert json.loads(out)["checked"] is True and json.loads(out)["files"]["files"] == 1
+        assert not (dst.home / "evidence").exists()
+        assert not dst.sqlite_file.exists() or backend != "sqlite"
+
         # ---- restore, then serve from the restored site ----------------------------
         rc, out, err = await tongxin("backup", "restore", "--config", str(dst_cfg), str(folder),
                                      "--key", f"{key}.key", home=dst.home)
@@ -214,9 +222,10 @@ async def test_backup_then_restore_into_an_empty_site(tmp_path: Path, backend: s
         assert "backup.create" in out
 
         # The site is in use now: a second restore would merge two histories.
-        rc, out, err = await tongxin("backup", "restore", "--config", str(dst_cfg), str(folder),
-                                     "--key", f"{key}.key", home=dst.home)
-        assert rc == 1 and "not empty" in err
+        for check in ([], ["--check"]):
+            rc, out, err = await tongxin("backup", "restore", *check, "--config", str(dst_cfg),
+                                         str(folder), "--key", f"{key}.key", home=dst.home)
+            assert rc == 1 and "not empty" in err
 
 
 async def rewrite_sums(folder: Path, fix_manifest: bool = False) -> None:

@@ -167,21 +167,30 @@ class _Counting:
 
 
 def _tar_tree(tar: tarfile.TarFile, root: Path, arc_root: str,
-              skip: Callable[[Path], bool]) -> int:
+              skip: Callable[[Path], bool], unreadable: list[str] | None = None) -> int:
     """Add the regular files and directories under ``root``; symlinks and sockets are
-    left out (nothing the appliance writes is one)."""
+    left out (nothing the appliance writes is one). With ``unreadable``, what the
+    running user may not read is named there instead of failing the backup."""
     count = 0
     if not root.is_dir():
         return 0
+
+    def readable(p: Path) -> bool:
+        if unreadable is None or os.access(p, os.R_OK | (os.X_OK if p.is_dir() else 0)):
+            return True
+        unreadable.append(p.relative_to(root).as_posix())
+        return False
+
     for dirpath, dirnames, filenames in os.walk(root):
         d = Path(dirpath)
-        dirnames[:] = sorted(n for n in dirnames if not skip(d / n) and not (d / n).is_symlink())
+        dirnames[:] = sorted(n for n in dirnames if not skip(d / n) and not (d / n).is_symlink()
+                             and readable(d / n))
         rel = d.relative_to(root)
         if rel != Path("."):
             tar.add(d, arcname=f"{arc_root}/{rel.as_posix()}", recursive=False)
         for name in sorted(filenames):
             p = d / name
-            if skip(p) or p.is_symlink() or not p.is_file():
+            if skip(p) or p.is_symlink() or not p.is_file() or not readable(p):
                 continue
             tar.add(p, arcname=f"{arc_root}/{p.relative_to(root).as_posix()}", recursive=False)
             count += 1
@@ -260,9 +269,14 @@ def _data_part(cfg: Config, part: _Part, target: Path, progress: Progress) -> No
 
 
 def _etc_part(etc: Path, part: _Part, progress: Progress) -> None:
+    # Root's own files there (a TLS key readable by root alone) are not the node's to
+    # copy; they are named, and the role that wrote them writes them again.
+    skipped: list[str] = []
     with _tar(part) as tar:
-        part.result.entries = _tar_tree(tar, etc, "etc", lambda _p: False)
-    progress(f"configuration {etc}: {part.result.entries} files")
+        part.result.entries = _tar_tree(tar, etc, "etc", lambda _p: False, skipped)
+    part.result.notes += [f"not readable, not included: {n}" for n in skipped]
+    progress(f"configuration {etc}: {part.result.entries} files"
+             + (f" ({len(skipped)} not readable by this user, not included)" if skipped else ""))
 
 
 def _write_sums(folder: Path, parts: list[PartResult], manifest: bytes) -> None:

@@ -1,6 +1,7 @@
 """``tongxin backup``: encrypted, checksummed backups of a site, and their restore.
 
 keygen   make the backup key pair (the private file stays off the hosts)
+show-key print a key file's id and suite (--public-only: refuse a private file)
 create   back up the database, file blobs, data directory and configuration into
          a target directory, sealed to the public key; then apply retention
 list     the backups in a target directory
@@ -108,6 +109,19 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_show_key(args: argparse.Namespace) -> int:
+    from tongxin.cli.dr_secrets import _read_json
+
+    doc = _read_json(args.file, "backup key")
+    key = _key(args.file, need_private=isinstance(doc, dict) and "private" in doc)
+    if args.public_only and key.private is not None:
+        raise _fail(f"{args.file} holds the private key; only the public half (NAME.pub) "
+                    "goes to a host")
+    print(json.dumps({"key_id": key.key_id, "suite": key.suite,
+                      "private": key.private is not None}))
+    return 0
+
+
 def cmd_create(args: argparse.Namespace) -> int:
     from tongxin.backup.archive import create, prune
 
@@ -189,7 +203,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     from tongxin.backup import mysqldump
     from tongxin.backup.archive import BackupError
-    from tongxin.backup.restore import check_all, open_backup, restore
+    from tongxin.backup.restore import check_all, open_backup, restore, site_in_use
 
     cfg = _config(args)
     if cfg.site.role != "active":
@@ -198,7 +212,16 @@ def cmd_restore(args: argparse.Namespace) -> int:
     folder = Path(args.backup)
     try:
         opened = open_backup(folder, _key(args.key, need_private=True), _progress)
-        check_all(opened, _progress)
+        names = check_all(opened, _progress)
+        if args.check:
+            reason = site_in_use(cfg)
+            if reason is not None:
+                raise BackupError(f"the site is not empty ({reason}); restore goes into an "
+                                  "empty site only")
+            print(json.dumps({"ok": True, "checked": True, "backup": opened.manifest["id"],
+                              "files": {k: len(v) for k, v in names.items()}}))
+            _progress("check: the backup opens whole and the site is empty; nothing written")
+            return 0
         result = restore(cfg, opened, etc_to=Path(args.etc_to) if args.etc_to else None,
                          progress=_progress)
     except (BackupError, mysqldump.DumpError) as exc:
@@ -231,6 +254,12 @@ def add_commands(sub: Any, common: Any) -> None:
     k.add_argument("--suite", choices=SUITE_NAMES, default="gm")
     k.set_defaults(func=cmd_keygen)
 
+    sk = bs.add_parser("show-key", help="print a backup key file's id and suite")
+    sk.add_argument("file")
+    sk.add_argument("--public-only", action="store_true",
+                    help="refuse a file that holds the private key")
+    sk.set_defaults(func=cmd_show_key)
+
     c = bs.add_parser("create", help="take a backup into a target directory")
     common(c)
     c.add_argument("--to", required=True, help="target directory (another disk or a mounted "
@@ -258,6 +287,8 @@ def add_commands(sub: Any, common: Any) -> None:
     common(r)
     r.add_argument("backup", help="the backup's directory")
     r.add_argument("--key", required=True, help="the backup key's private file (OUT.key)")
+    r.add_argument("--check", action="store_true",
+                   help="check the backup whole and that the site is empty; write nothing")
     r.add_argument("--etc-to", default="", help="also write the backed-up configuration "
                    "directory here, for reading")
     r.set_defaults(func=cmd_restore)
