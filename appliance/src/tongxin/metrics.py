@@ -27,6 +27,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
         self.connections = Gauge("tongxin_connections", "Open WebSocket connections", registry=r)
+        self.ready = Gauge("tongxin_ready", "1 while /readyz answers 200 (the store answers), "
+                           "else 0; checked every few seconds", registry=r)
         self.authenticated = Gauge("tongxin_authenticated_connections",
                                    "Connections that completed AUTH", registry=r)
         self.frames_in = Counter("tongxin_frames_in", "Frames received, by type", ["type"],

@@ -219,6 +219,7 @@ class Node:
         await self.presence.start(self.node_id)
         await self.bus.start(self.hub.dispatch)
         self._sweeper = asyncio.create_task(self._sweep())
+        self.spawn(self._watch_readiness())
         if self.cfg.server.gc_freeze:
             # Everything allocated so far lives for the process lifetime; moving
             # it out of the collector's view shortens full-collection pauses.
@@ -228,6 +229,7 @@ class Node:
 
     async def stop(self) -> None:
         self.ready = False
+        self.metrics.ready.set(0)
         await asyncio.gather(*(conn.close(closecodes.GOING_AWAY, "server shutting down")
                                for conn in list(self.hub.all)), return_exceptions=True)
         if self._sweeper:
@@ -252,6 +254,17 @@ class Node:
         s = self.cfg.server
         return max(0.05, min(2.0, s.auth_timeout / 4, s.fragment_timeout / 4,
                              s.heartbeat_interval / 4))
+
+    async def _watch_readiness(self, interval: float = 5.0) -> None:
+        """``tongxin_ready`` for Prometheus (ApplianceNotReady): the load balancers'
+        view of /readyz is not scraped where their statistics listener is on loopback."""
+        while True:
+            try:
+                ok = self.ready and await asyncio.wait_for(self.store.ping(), interval)
+            except (TimeoutError, OSError):
+                ok = False
+            self.metrics.ready.set(1 if ok else 0)
+            await asyncio.sleep(interval)
 
     async def _sweep(self) -> None:
         """One timer for all connections instead of several per connection."""
