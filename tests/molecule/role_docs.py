@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-ROLES = ["common", "redis", "appliance", "lb", "monitoring", "pki", "database", "kafka", "bundle", "backup"]
+ROLES = ["common", "redis", "appliance", "lb", "monitoring", "pki", "database", "kafka", "bundle", "backup", "logs"]
 BEGIN = "<!-- role-variables:begin -->"
 END = "<!-- role-variables:end -->"
 

@@ -278,7 +278,7 @@ lint() {
 
 # Longest first, so that a parallel run does not end with one long scenario
 # alone; the rest alphabetically. Measured times in docs/ansible.md.
-SCENARIO_ORDER=(multisite site appliance lb kafka rolling restore database bundle monitoring redis pki common lab preflight)
+SCENARIO_ORDER=(multisite site appliance lb kafka rolling restore database bundle monitoring redis pki logs common lab preflight)
 
 scenarios_all() {
   local d s
