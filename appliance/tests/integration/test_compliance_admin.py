@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sqlite3
 import sys
 import time
@@ -376,6 +377,7 @@ async def test_report_shows_evidence_and_turns_red_when_it_goes(
     # Backups nobody has restored: a gap, until a restore test leaves its evidence.
     assert _item(report, "BR-1")["status"] == "gap"
     assert any("no restore" in f for f in _item(report, "BR-1")["findings"])
+    assert "未测试过备份恢复（evidence/restore-*.json）" in _item(report, "BR-1")["findings_zh"]
     (evidence / "restore-1.json").write_text(json.dumps(
         {"finished_at": "2026-12-01T10:00:00Z", "ok": True, "backup": "dc1-20261201T090000Z"}))
     status, report = await call(http, rn, "GET", "/report", aud.token)
@@ -403,17 +405,35 @@ async def test_report_shows_evidence_and_turns_red_when_it_goes(
     assert ia4["status"] == "fail" and any("sysadmin1" in f for f in ia4["findings"])
     assert _item(report, "AU-2")["status"] == "fail"
     assert _item(report, "BR-1")["status"] == "gap"
+    # Every finding in Chinese too (findings_zh), beside the English the API always had.
+    for i in report["items"]:
+        assert len(i["findings_zh"]) == len(i["findings"]), i
+        assert not set(i["findings_zh"]) & set(i["findings"]), i
+    assert "系统管理员 sysadmin1 未绑定第二鉴别因子" in ia4["findings_zh"]
+    assert "没有备份结果（evidence/backup-*.json）" in _item(report, "BR-1")["findings_zh"]
+    assert any(f.startswith("审计链校验问题（被修改）：") for f in _item(report, "AU-2")["findings_zh"])
+    assert _item(report, "AU-2")["remedy_zh"].startswith("对每个问题运行 `tongxin audit verify`")
     # The CLI writes the same report as JSON and HTML; failing items are red.
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tongxin.cli.main", "report", "compliance", "--out",
         str(rn.cfg.home / "rep"), env={**os.environ, "TONGXIN_HOME": str(rn.cfg.home)},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    _, err = await proc.communicate()
+    out, err = await proc.communicate()
     assert proc.returncode == 1, err  # failing items: non-zero exit
+    # Chinese first, the English counts, codes and item ids kept for scripts.
+    summary = out.decode().splitlines()[0]
+    assert re.fullmatch(r"通过 \d+，不符合 \d+，差距 \d+（pass \d+, fail \d+, gap \d+）", summary)
+    assert re.search(r"^  不符合 FAIL  IA-4 ", out.decode(), re.M)
+    assert re.search(r"^  通过   PASS  AU-3 ", out.decode(), re.M)
+    assert re.search(r"^  差距   GAP   BR-1 ", out.decode(), re.M)
+    assert f"wrote {rn.cfg.home / 'rep' / 'compliance-report.json'}" in out.decode()
     html = (rn.cfg.home / "rep" / "compliance-report.html").read_text()
     assert '<tr class="red" id="IA-4">' in html and '<tr class="red" id="AU-2">' in html
     assert '<tr class="green" id="AU-3">' in html
     # Without a session idle timeout in the configuration IA-2 is a gap, not a pass.
     assert '<tr class="red" id="IA-2">' in html
+    assert "<th>条款 " in html and "证据与发现" in html and "没有备份结果" in html
     saved = json.loads((rn.cfg.home / "rep" / "compliance-report.json").read_text())
     assert _item(saved, "AU-2")["status"] == "fail"
+    s = saved["summary"]
+    assert summary.endswith(f"（pass {s['pass']}, fail {s['fail']}, gap {s['gap']}）")

@@ -416,6 +416,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from tongxin.compliance.report import build_report, write_report
+    from tongxin.compliance.report_text import STATUS, summary_line
     from tongxin.server.node import make_store
 
     cfg = _config(args)
@@ -434,14 +435,20 @@ def cmd_report(args: argparse.Namespace) -> int:
             await store.close()
             await comp.close()
         s = report["summary"]
-        print(f"pass {s['pass']}, fail {s['fail']}, gap {s['gap']}")
+        # Chinese first; the English counts, the PASS/FAIL/GAP codes and the item ids
+        # stay as they were for scripts ("PASS +BR-2 ").
+        print(summary_line(s))
         for item in report["items"]:
-            print(f"  {item['status'].upper():4}  {item['id']:5} {item['clause']:20} {item['title']}")
-        print(f"wrote {j} and {h}")
+            word = STATUS.get(item["status"], (item["status"],))[0]
+            pad = " " * max(0, 6 - 2 * len(word))  # CJK characters are two columns wide
+            print(f"  {word}{pad} {item['status'].upper():4}  {item['id']:5} {item['clause']:20} "
+                  f"{item['title']}")
+        print(f"已写入 {j} 和 {h}（wrote {j} and {h}）")
         if report["config_differs_from_node"]:
-            print("warning: this configuration differs from the one the node last started with "
-                  f"({', '.join(report['config_differs_from_node'])}); pass the node's --config",
-                  file=sys.stderr)
+            keys = report["config_differs_from_node"]
+            print(f"警告：本配置与节点最近一次启动时的配置不同（{'、'.join(keys)}），请使用节点的 "
+                  f"--config。warning: this configuration differs from the one the node last "
+                  f"started with ({', '.join(keys)}); pass the node's --config", file=sys.stderr)
         return 0 if s["fail"] == 0 else 1
 
     return _run(run())

@@ -3,7 +3,9 @@ to evidence read from this installation's data directory and configuration.
 
 Each item is ``pass`` (evidence found and it meets the requirement), ``fail``
 (evidence found and it does not) or ``gap`` (no evidence: not a pass). The
-HTML shows pass green and fail/gap red.
+HTML shows pass green and fail/gap red. The report reads Chinese first: every
+finding and remedy in Chinese (``findings_zh``, ``remedy_zh``) beside the
+English (``findings``, ``remedy``), from the catalogue in report_text.py.
 
 Backup and DR drill results are read from ``<data_dir>/evidence/``:
 ``backup-*.json`` and ``dr-drill-*.json``, each a JSON object with at least
@@ -30,7 +32,8 @@ from typing import Any
 from tongxin import __version__
 from tongxin.atrest.keyring import DataKeyRow, DekStore, is_sealed
 from tongxin.clock import now_ms
-from tongxin.compliance import roles
+from tongxin.compliance import report_text, roles
+from tongxin.compliance.report_text import STATUS, Pair, finding, want
 from tongxin.compliance.service import (
     CONFIG_SNAPSHOT_SETTING,
     LEGAL_MIN_RETENTION_DAYS,
@@ -66,46 +69,24 @@ class Item:
     requirement: str
     status: str = GAP
     evidence: list[str] = field(default_factory=list)
-    findings: list[str] = field(default_factory=list)
+    findings: list[str] = field(default_factory=list)  # English (the API's historical field)
+    findings_zh: list[str] = field(default_factory=list)  # the same findings in Chinese
     remedy: str = ""  # what closes the item, shown when it is not a pass
+    remedy_zh: str = ""
+
+    def find(self, text: Pair) -> None:
+        """A finding, from report_text: Chinese and English at the same index."""
+        self.findings_zh.append(text[0])
+        self.findings.append(text[1])
 
 
-# How an item that is not a pass is closed (docs/compliance.md, docs/operations.md).
-REMEDIES = {
-    "IA-1": f"Set accounts.password_min_length (>= {MIN_PASSWORD_LENGTH}), password_min_classes "
-            f"(>= {MIN_PASSWORD_CLASSES}), password_history (>= {MIN_PASSWORD_HISTORY}) and "
-            f"password_max_age_days (1-{MAX_PASSWORD_AGE_DAYS}) in the configuration, then "
-            "restart the node.",
-    "IA-2": f"Set accounts.session_idle_timeout (1-{MAX_SESSION_IDLE_SECONDS} s); keep "
-            "accounts.lockout_threshold <= 10 and lockout_duration >= 60 s.",
-    "IA-3": "Terminate TLS (or TLCP) in front of the node and record it in evidence/tls.json "
-            "(docs/compliance.md).",
-    "IA-4": "Enrol TOTP for every administrator: `tongxin admin totp-reset NAME` on the node, or "
-            "the security administrator's POST /api/v1/admin/users/NAME/totp.",
-    "AC-1": "Create the missing role on the node: `tongxin admin create --role ROLE NAME`.",
-    "AU-1": "The node writes audit records from its first start; check that it runs against "
-            "this data directory.",
-    "AU-2": "Run `tongxin audit verify` for every problem; pin every node's audit key in "
-            "compliance.audit_trusted_keys (role appliance: appliance_audit_trusted_keys); sign "
-            "the chain head (`tongxin audit sign`) and keep its anchor off the node "
-            "(compliance.audit_anchor_dir, or an s3 archive); keep secrets/audit_sign.key at "
-            "mode 0600 and the audit retention at 180 days or more.",
-    "AU-3": "Only the auditor role may hold audit.read (compliance/roles.py).",
-    "CM-1": "Terminate TLS 1.3 or TLCP in front of the node and record it in evidence/tls.json.",
-    "DI-1": "Set storage.sqlite_synchronous: full; run `tongxin audit verify` for the chain.",
-    "DC-1": "Set storage.encryption: true (the default) and restart the node: it makes the "
-            "master key (or use keys.kms_command) and seals messages, files and secrets/*; keep "
-            "the master key file and secrets/* at mode 0600; rotate with `tongxin keys rotate`.",
-    "DC-2": "Set e2ee.required: true and a compliance escrow key (e2ee.escrow_public_key_file, "
-            "with e2ee.escrow_statement_file and the key sealed in e2ee.escrow_sealed_key_file, "
-            "docs/security.md), then restart the node.",
-    "BR-1": "Schedule `tongxin backup create` (playbooks/backup.yml) and test a restore at "
-            "least once a year (playbooks/restore.yml): they write evidence/backup-*.json and "
-            "restore-*.json.",
-    "BR-2": "Run a DR drill: it writes evidence/dr-drill-*.json (finished_at, ok, rpo_seconds, "
-            "rto_seconds).",
-    "RI-1": "Set a message retention period (PUT /api/v1/admin/retention, or "
-            "compliance.message_retention_days) and run `tongxin retention run`.",
+# How an item that is not a pass is closed (docs/compliance.md, docs/operations.md):
+# item -> (zh, en).
+REMEDIES: dict[str, Pair] = {
+    k: report_text.fill(v, min_length=MIN_PASSWORD_LENGTH, min_classes=MIN_PASSWORD_CLASSES,
+                        min_history=MIN_PASSWORD_HISTORY, max_age=MAX_PASSWORD_AGE_DAYS,
+                        max_idle=MAX_SESSION_IDLE_SECONDS)
+    for k, v in report_text.REMEDIES.items()
 }
 
 
@@ -172,6 +153,11 @@ def _tls_evidence(cfg: Config) -> list[str]:
     return found
 
 
+def _role(role: str) -> Pair:
+    """("系统管理员", "sysadmin"): a role in a finding (the Chinese half of roles.ROLE_TITLES)."""
+    return roles.ROLE_TITLES.get(role, role).split(" ", 1)[0], role
+
+
 def _yes(flag: bool | None) -> str:
     return "yes" if flag else "NO"
 
@@ -192,8 +178,7 @@ async def _at_rest_item(cfg: Config, deks: DekStore | None,
                        + (f": message contents, file blobs and secrets/* sealed with {cipher} "
                           f"data keys (crypto.suite {cfg.crypto.suite})" if enc else ""))
     if not enc:
-        it.findings.append("storage.encryption is off: message contents and file blobs are "
-                           "stored unencrypted")
+        it.find(finding("dc1.encryption_off"))
     if cfg.keys.kms_command:
         it.evidence.append("master key provider: command (keys.kms_command, an external KMS "
                            "holds the KEK)")
@@ -203,11 +188,9 @@ async def _at_rest_item(cfg: Config, deks: DekStore | None,
         it.evidence.append(f"master key provider: file {cfg.master_key_file} "
                            f"(mode {kek_mode or 'absent'})")
         if enc and kek_mode is None:
-            it.findings.append("no master key file: nothing has been sealed yet (start the node "
-                               "or run `tongxin keys init`)")
+            it.find(finding("dc1.no_master_key"))
         elif kek_mode is not None and kek_mode != "0o600":
-            it.findings.append(f"the master key file is readable by others than the service "
-                               f"(mode {kek_mode})")
+            it.find(finding("dc1.master_key_readable", mode=kek_mode))
     rows: list[DataKeyRow] | None = None
     if deks is not None:
         rows, after = [], -1
@@ -217,7 +200,7 @@ async def _at_rest_item(cfg: Config, deks: DekStore | None,
     if rows is None:
         it.evidence.append("data keys: not read (no chat store given)")
         if enc:
-            it.findings.append("the data keys were not read: no evidence that data is sealed")
+            it.find(finding("dc1.keys_not_read"))
     else:
         keks = Counter(r.kek_id for r in rows)
         it.evidence.append(f"data keys in the store: {len(rows)} under "
@@ -225,7 +208,7 @@ async def _at_rest_item(cfg: Config, deks: DekStore | None,
         if rows:
             it.evidence.append(f"newest data key made {_iso(max(r.created_at for r in rows))}")
         elif enc:
-            it.findings.append("no data key in the store: nothing has been sealed yet")
+            it.find(finding("dc1.no_data_key"))
     rotated = events_last.get("keys.rotate")
     it.evidence.append("last master key (KEK) rotation: "
                        + (_iso(rotated) if rotated else "none in the hot audit log")
@@ -240,10 +223,9 @@ async def _at_rest_item(cfg: Config, deks: DekStore | None,
         it.evidence.append(f"secrets/{name}: mode {mode or 'absent'}"
                            + (", sealed" if sealed else ", plaintext" if mode else ""))
         if mode is not None and mode != "0o600":
-            it.findings.append(f"secrets/{name} is readable by others than the service (mode {mode})")
+            it.find(finding("dc1.secret_readable", name=name, mode=mode))
         elif enc and mode is not None and not sealed:
-            it.findings.append(f"secrets/{name} is not sealed yet (sealed when the node next "
-                               "starts)")
+            it.find(finding("dc1.secret_plain", name=name))
     it.evidence.append("passwords: scrypt; TOTP secrets: SM4-GCM under a key derived with HKDF-SM3")
     readable = any("readable" in f for f in it.findings)
     it.status = FAIL if readable else GAP if it.findings else PASS
@@ -265,26 +247,21 @@ def _e2ee_item(cfg: Config) -> Item:
         "and a security administrator's approval, each with a fresh second factor, audited "
         "as escrow.request, escrow.approve and escrow.decrypt)" if escrow else "off"))
     if not e.required:
-        it.findings.append("e2ee.required is off: clients may send plaintext message contents")
+        it.find(finding("dc2.not_required"))
     if e.required and not escrow:
-        it.findings.append("no compliance escrow (e2ee.escrow_public_key_file): encrypted "
-                           "messages cannot be produced for a lawful export")
+        it.find(finding("dc2.no_escrow"))
     if escrow:
         if e.escrow_statement_file:
             it.evidence.append(f"escrow key vouched for by the organisation root "
                                f"({e.escrow_statement_file}; clients verify it, docs/e2ee.md "
                                "10.1)")
         else:
-            it.findings.append("no e2ee.escrow_statement_file: clients that pin the "
-                               "organisation root refuse to encrypt (tongxin keys escrow-sign)")
+            it.find(finding("dc2.no_statement"))
         if e.escrow_sealed_key_file:
             it.evidence.append(f"escrow private key sealed and split k-of-n "
                                f"({e.escrow_sealed_key_file}): no one person can decrypt")
         if e.escrow_private_key_file:
-            it.findings.append(f"the escrow private key is a plain file on the node "
-                               f"({e.escrow_private_key_file}): root on the node reads every "
-                               "escrowed message; split it (tongxin keys escrow-split) and "
-                               "remove e2ee.escrow_private_key_file")
+            it.find(finding("dc2.plain_private_key", file=e.escrow_private_key_file))
     it.status = GAP if it.findings else PASS
     return it
 
@@ -323,35 +300,35 @@ async def build_report(cfg: Config, comp: Compliance, users: list[User],
                 events_last[r.event] = r.ts
         after = rows[-1].seq
     it.evidence.append("usernames are unique (UNIQUE index on users.username)")
-    # (rule, configured value shown, "ok" | "missing" | "weak", what is asked)
-    rules = [
+    # (rule, configured value shown, "ok" | "missing" | "weak", what is asked: (zh, en))
+    rules: list[tuple[str, str, str, Pair]] = [
         ("accounts.password_min_length", str(a.password_min_length),
          "ok" if a.password_min_length >= MIN_PASSWORD_LENGTH else "weak",
-         f"at least {MIN_PASSWORD_LENGTH} characters"),
+         want("min_length", MIN_PASSWORD_LENGTH)),
         ("accounts.password_min_classes", str(a.password_min_classes),
          "missing" if a.password_min_classes <= 1 else
          "ok" if a.password_min_classes >= MIN_PASSWORD_CLASSES else "weak",
-         f"at least {MIN_PASSWORD_CLASSES} of 4 character classes (complexity)"),
+         want("min_classes", MIN_PASSWORD_CLASSES)),
         ("accounts.password_history", str(a.password_history),
          "missing" if a.password_history <= 0 else
          "ok" if a.password_history >= MIN_PASSWORD_HISTORY else "weak",
-         f"the last {MIN_PASSWORD_HISTORY} or more passwords may not be reused"),
+         want("history", MIN_PASSWORD_HISTORY)),
         ("accounts.password_max_age_days", f"{a.password_max_age_days:g}",
          "missing" if a.password_max_age_days <= 0 else
          "ok" if a.password_max_age_days <= MAX_PASSWORD_AGE_DAYS else "weak",
-         f"passwords expire after at most {MAX_PASSWORD_AGE_DAYS} days (periodic change)"),
+         want("max_age", MAX_PASSWORD_AGE_DAYS)),
     ]
     # The hash protects the passwords themselves (鉴别信息): a cost below the
     # shipped default makes a stolen hash cheap to guess.
     rules.append(("accounts.scrypt_n", str(a.scrypt_n),
                   "ok" if a.scrypt_n >= MIN_SCRYPT_N else "weak",
-                  f"scrypt N of at least {MIN_SCRYPT_N} (the default)"))
-    for key, value, state, want in rules:
+                  want("scrypt_n", MIN_SCRYPT_N)))
+    for key, value, state, wanted in rules:
         it.evidence.append(f"{key} = {value}" + (" (off)" if state == "missing" else ""))
         if state == "missing":
-            it.findings.append(f"not configured: {want} ({key})")
+            it.find(finding("rule.not_configured", want=wanted, key=key))
         elif state == "weak":
-            it.findings.append(f"too weak: {key} = {value}; required: {want}")
+            it.find(finding("rule.too_weak", key=key, value=value, want=wanted))
     it.evidence.append(f"password changes recorded: {outcomes['password.change', 'ok']}; "
                        f"refused by the policy: {outcomes['password.policy', 'denied']}; "
                        f"logins refused for an expired password: {expired_logins} "
@@ -374,14 +351,11 @@ async def build_report(cfg: Config, comp: Compliance, users: list[User],
                     f"idle timeout: {events['auth.idle_timeout']} (hot audit log)"]
     lockout_ok = 0 < a.lockout_threshold <= 10 and a.lockout_duration >= 60
     if not lockout_ok:
-        it.findings.append("too weak: the lockout must engage within 10 failures and last at "
-                           "least 60 s")
+        it.find(finding("ia2.lockout_weak"))
     if idle <= 0:
-        it.findings.append("not configured: a session idle timeout of at most "
-                           f"{MAX_SESSION_IDLE_SECONDS} s (accounts.session_idle_timeout)")
+        it.find(finding("ia2.idle_missing", max=MAX_SESSION_IDLE_SECONDS))
     elif idle > MAX_SESSION_IDLE_SECONDS:
-        it.findings.append(f"too weak: accounts.session_idle_timeout = {idle:g} s; required: "
-                           f"at most {MAX_SESSION_IDLE_SECONDS} s")
+        it.find(finding("ia2.idle_weak", idle=idle, max=MAX_SESSION_IDLE_SECONDS))
     it.status = (FAIL if not lockout_ok or idle > MAX_SESSION_IDLE_SECONDS
                  else GAP if idle <= 0 else PASS)
     items.append(it)
@@ -392,8 +366,7 @@ async def build_report(cfg: Config, comp: Compliance, users: list[User],
               "Remote administration protects credentials in transit (TLS / TLCP)")
     it.evidence += tls
     if not tls:
-        it.findings.append("no TLS in this node's configuration and no evidence/tls.json for a "
-                           "front proxy")
+        it.find(finding("ia3.no_tls"))
     it.status = PASS if tls else GAP
     items.append(it)
 
@@ -414,17 +387,16 @@ async def build_report(cfg: Config, comp: Compliance, users: list[User],
                 continue
             if u.id in sms_ids:
                 sms_only = True
-                it.findings.append(f"{role} {u.username} has only an SMS code, which is not a "
-                                   "cryptographic technique (enrol TOTP)")
+                it.find(finding("ia4.sms_only", role=_role(role), user=u.username))
             else:
                 missing = True
-                it.findings.append(f"{role} {u.username} has no second factor enrolled")
+                it.find(finding("ia4.no_factor", role=_role(role), user=u.username))
     it.evidence.append(f"compliance.sms_provider = {cfg.compliance.sms_provider}")
     it.evidence.append("the admin login gives no token without a valid, unreplayed one-time code "
                        "(TOTP: HMAC-SHA-1, RFC 6238); sensitive operations need a fresh code "
                        f"(step-up window {cfg.compliance.step_up_window:g} s)")
     if not admins:
-        it.findings.append("no administrative accounts exist")
+        it.find(finding("ia4.no_admins"))
         it.status = GAP
     else:
         it.status = FAIL if missing else GAP if sms_only else PASS
@@ -438,13 +410,13 @@ async def build_report(cfg: Config, comp: Compliance, users: list[User],
         names = sorted(u.username for u in admins if u.role == role)
         it.evidence.append(f"{role} ({roles.ROLE_TITLES[role]}): {', '.join(names) or 'none'}")
         if not names:
-            it.findings.append(f"no active {role} account")
+            it.find(finding("ac1.no_role", role=_role(role)))
     overlap = [(r1, r2) for i, r1 in enumerate(roles.ADMIN_ROLES) for r2 in roles.ADMIN_ROLES[i + 1:]
                if roles.PERMISSIONS[r1] & roles.PERMISSIONS[r2]]
     it.evidence.append("permission sets of the three roles are disjoint" if not overlap
                        else f"overlapping permissions: {overlap}")
     if overlap:
-        it.findings.append("administrative roles share permissions")
+        it.find(finding("ac1.overlap"))
     it.evidence.append("one role per account (users.role); admin accounts cannot use the chat login")
     it.status = FAIL if overlap else (GAP if it.findings else PASS)
     items.append(it)
@@ -469,7 +441,7 @@ async def build_report(cfg: Config, comp: Compliance, users: list[User],
                        (", ".join(f"{k} x{v}" for k, v in sorted(events.items())) or "none"))
     it.evidence.append("record fields: ts, node, event, outcome, actor, actor_role, target, source")
     if total == 0:
-        it.findings.append("the audit log is empty")
+        it.find(finding("au1.empty"))
     it.status = PASS if total else GAP
     items.append(it)
 
@@ -480,7 +452,8 @@ async def build_report(cfg: Config, comp: Compliance, users: list[User],
     it.evidence.append(f"SM3 hash chain verified: {_yes(verify.ok)} "
                        f"({len(verify.problems)} problems)")
     for p in verify.problems[:5]:
-        it.findings.append(f"{p.where}: {p.message}")
+        it.find(finding("au2.problem", where=p.where, message=p.message,
+                        kind_zh=report_text.PROBLEM_KINDS.get(p.kind, p.kind)))
     it.evidence.append(f"signed heads: {verify.heads_verified}/{verify.heads_total} verify with SM2; "
                        f"latest covers record {verify.latest_signed_seq}"
                        + (f" at {_iso(verify.latest_signed_ts)}" if verify.latest_signed_ts else ""))
@@ -496,7 +469,7 @@ async def build_report(cfg: Config, comp: Compliance, users: list[User],
     it.evidence.append(f"trusted audit keys ({verify.trust_source}): "
                        f"{', '.join(verify.key_fingerprints) or 'none'}")
     for fp, where in verify.untrusted_keys.items():
-        it.findings.append(f"audit key {fp} in {where} is not pinned, so not trusted")
+        it.find(finding("au2.untrusted_key", fp=fp, where=where))
     it.evidence.append(f"audit signing key fingerprint (SM3 of SPKI): "
                        f"{comp.keys.current_fingerprint() or 'none'}")
     key_mode = _mode(comp.keys.private_path)
@@ -505,14 +478,14 @@ async def build_report(cfg: Config, comp: Compliance, users: list[User],
                        f"{LEGAL_MIN_RETENTION_DAYS:g}, 网络安全法 第二十一条)"
                        + (" — override in force" if override else ""))
     if days < LEGAL_MIN_RETENTION_DAYS:
-        it.findings.append(f"audit retention {days:g} days is below the legal minimum")
+        it.find(finding("au2.retention_short", days=days, minimum=LEGAL_MIN_RETENTION_DAYS))
     if verify.heads_verified == 0:
-        it.findings.append("no signed chain head: a rewrite of the whole chain would go unnoticed")
+        it.find(finding("au2.no_signed_head"))
     elif verify.latest_signed_seq < verify.last_seq and verify.latest_signed_ts and \
             now - verify.latest_signed_ts > 2 * cfg.compliance.audit_sign_interval * 1000 + 60_000:
-        it.findings.append("the newest records are not covered by a recent signed head")
+        it.find(finding("au2.head_stale"))
     if key_mode is not None and key_mode != "0o600":
-        it.findings.append("the audit signing key is readable by others than the service")
+        it.find(finding("au2.key_readable"))
     if not verify.ok or days < LEGAL_MIN_RETENTION_DAYS or it.findings:
         it.status = FAIL if (not verify.ok or days < LEGAL_MIN_RETENTION_DAYS
                              or key_mode not in (None, "0o600")) else GAP
@@ -539,9 +512,9 @@ async def build_report(cfg: Config, comp: Compliance, users: list[User],
     it.evidence.append("login tokens: HMAC-SM3; audit chain: SM3; signatures: SM2")
     it.evidence += tls
     if not tls:
-        it.findings.append("no evidence of TLS or TLCP on the client connections")
+        it.find(finding("cm1.no_tls"))
     if "gm" not in suites:
-        it.findings.append("the GM (SM2/SM3/SM4) suite is not available in this process")
+        it.find(finding("cm1.no_gm"))
     it.status = PASS if tls and "gm" in suites else GAP
     items.append(it)
 
@@ -561,9 +534,9 @@ async def build_report(cfg: Config, comp: Compliance, users: list[User],
     it.evidence.append("login tokens carry an HMAC-SM3; exports and archives carry SM3 digests "
                        "and an SM2-signed manifest")
     if cfg.storage.backend == "sqlite" and cfg.storage.sqlite_synchronous != "full":
-        it.findings.append("sqlite_synchronous is not full: acknowledged messages may be lost")
+        it.find(finding("di1.not_synchronous"))
     if not verify.ok:
-        it.findings.append("the audit chain does not verify")
+        it.find(finding("di1.chain_broken"))
     it.status = FAIL if it.findings else PASS
     items.append(it)
 
@@ -574,29 +547,29 @@ async def build_report(cfg: Config, comp: Compliance, users: list[User],
               "提供重要数据的本地数据备份与恢复功能", "Backups of important data, recently taken and good")
     backup = _latest_evidence(home, "backup")
     if backup is None:
-        it.findings.append("no backup result in evidence/backup-*.json")
+        it.find(finding("br1.no_backup"))
         it.status = GAP
     else:
         path, data, at = backup
         it.evidence.append(f"{path.name}: finished {_iso(at)}, ok = {data.get('ok')}")
         if data.get("ok") is not True:
-            it.findings.append("the latest backup failed")
+            it.find(finding("br1.backup_failed"))
         if now - at > 7 * DAY_MS:
-            it.findings.append("the latest backup is older than 7 days")
+            it.find(finding("br1.backup_old"))
         it.status = FAIL if it.findings else PASS
     # A backup nobody has restored is a hope, not a backup: the restore drill
     # (playbooks/restore.yml, `tongxin backup restore`) leaves evidence/restore-*.json.
     restored = _latest_evidence(home, "restore")
     if restored is None:
-        it.findings.append("no restore of a backup tested (evidence/restore-*.json)")
+        it.find(finding("br1.no_restore"))
     else:
         path, data, at = restored
         it.evidence.append(f"{path.name}: backup {data.get('backup')} restored {_iso(at)}, "
                            f"ok = {data.get('ok')}")
         if data.get("ok") is not True:
-            it.findings.append("the latest restore test failed")
+            it.find(finding("br1.restore_failed"))
         elif now - at > 365 * DAY_MS:
-            it.findings.append("the latest restore test is older than a year")
+            it.find(finding("br1.restore_old"))
     if it.status == PASS and it.findings:
         it.status = GAP
     items.append(it)
@@ -606,7 +579,7 @@ async def build_report(cfg: Config, comp: Compliance, users: list[User],
               "Off-site redundancy; a DR drill shows RPO < 15 s and RTO < 5 min")
     drill = _latest_evidence(home, "dr-drill")
     if drill is None:
-        it.findings.append("no DR drill result in evidence/dr-drill-*.json")
+        it.find(finding("br2.no_drill"))
         it.status = GAP
     else:
         path, data, at = drill
@@ -614,13 +587,13 @@ async def build_report(cfg: Config, comp: Compliance, users: list[User],
         it.evidence.append(f"{path.name}: finished {_iso(at)}, ok = {data.get('ok')}, "
                            f"RPO = {rpo} s, RTO = {rto} s")
         if data.get("ok") is not True:
-            it.findings.append("the latest DR drill failed")
+            it.find(finding("br2.drill_failed"))
         if not isinstance(rpo, int | float) or rpo >= 15:
-            it.findings.append("RPO not measured below 15 s")
+            it.find(finding("br2.rpo"))
         if not isinstance(rto, int | float) or rto >= 300:
-            it.findings.append("RTO not measured below 5 min")
+            it.find(finding("br2.rto"))
         if now - at > 365 * DAY_MS:
-            it.findings.append("the latest DR drill is more than a year old")
+            it.find(finding("br2.drill_old"))
         it.status = FAIL if it.findings else PASS
     items.append(it)
 
@@ -639,15 +612,15 @@ async def build_report(cfg: Config, comp: Compliance, users: list[User],
                            f"{'finished' if last.finished_at else 'unfinished'}, "
                            f"{last.deleted} messages deleted")
     if default_days == 0 and len(policies) <= 1:
-        it.findings.append("no message retention period is set")
+        it.find(finding("ri1.no_period"))
     elif last is None:
-        it.findings.append("retention has never been run")
+        it.find(finding("ri1.never_run"))
     it.status = GAP if it.findings else PASS
     items.append(it)
 
     for i in items:
         if i.status != PASS:
-            i.remedy = REMEDIES.get(i.id, "")
+            i.remedy_zh, i.remedy = REMEDIES.get(i.id, ("", ""))
     # The report judges the configuration it was given; the node records the one
     # it started with. A difference (a CLI run without the node's --config) is
     # shown, or the report would judge settings the node does not run with.
@@ -682,12 +655,6 @@ def _store_text(cfg: Config, comp: Compliance) -> str:
                 f"{cfg.storage.backend}): one audit chain, holds and second factors for every node")
     return f"{compliance_db(cfg)} (this node only)"
 
-
-_STATUS_TEXT = {
-    PASS: ("PASS", "evidence found, and it meets the requirement"),
-    FAIL: ("FAIL", "evidence found, and it contradicts the requirement"),
-    GAP: ("GAP", "no evidence that the requirement is met: not a pass"),
-}
 
 _CSS = """
 body { font-family: "Noto Sans CJK SC", "Source Han Sans SC", "PingFang SC", "Microsoft YaHei",
@@ -730,82 +697,124 @@ def _code(escaped: str) -> str:
     return re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
 
 
+_CSS_EXTRA = """
+.en { color: #666; font-size: .85em; font-weight: normal; }
+li .en, .remedy .en, p .en, footer .en, .attention .en { display: block; }
+th .en { display: block; } .findings b .en, .remedy b .en { display: inline; }
+.findings li > span.zh { color: #b71c1c; }
+.summary { font-size: 1.05em; margin: .2em 0; }
+"""
+
+
+def _both(zh: str, en: str, code: bool = False) -> str:
+    """The Chinese text, then the English in a smaller muted line (both escaped)."""
+    fmt = _code if code else (lambda x: x)
+    zh_html = fmt(html.escape(zh))
+    if not en or en == zh:
+        return zh_html
+    return f'<span class="zh">{zh_html}</span><span class="en" lang="en">{fmt(html.escape(en))}</span>'
+
+
 def render_html(report: dict[str, Any]) -> str:
     e = html.escape
     rows = []
     for i in report["items"]:
         status = i["status"]
         colour = "green" if status == PASS else "red"
-        label, meaning = _STATUS_TEXT.get(status, (status.upper(), ""))
+        zh_word, code, zh_meaning, meaning = STATUS.get(status, (status, status.upper(), "", ""))
         ev = "".join(f"<li>{e(x)}</li>" for x in i["evidence"])
-        fi = "".join(f"<li>{e(x)}</li>" for x in i["findings"])
-        remedy = i.get("remedy", "")
+        findings_zh = i.get("findings_zh") or i["findings"]  # (a report from before findings_zh)
+        fi = "".join(f"<li>{_both(zh, en)}</li>" for zh, en in zip(findings_zh, i["findings"],
+                                                                     strict=False))
+        remedy, remedy_zh = i.get("remedy", ""), i.get("remedy_zh", "")
         rows.append(
             f'<tr class="{colour}" id="{e(i["id"])}">'
             f'<td class="item"><b>{e(i["id"])}</b><br><span>{e(i["clause"])}</span></td>'
             f'<td class="req"><div class="cat">{e(i["category"])}</div><div>{e(i["title"])}</div>'
             f'<div class="en">{e(i["requirement"])}</div></td>'
-            f'<td class="status {e(status)}" title="{e(meaning)}">{e(label)}'
-            f'{"<small>not evidenced</small>" if status == GAP else ""}</td>'
-            f"<td>{'<b>Evidence</b>' if ev else ''}<ul>{ev}</ul>"
-            + (f'<div class="findings"><b>Findings</b><ul>{fi}</ul></div>' if fi else "")
-            + (f'<div class="remedy"><b>To close</b>{_code(e(remedy))}</div>' if remedy else "")
+            f'<td class="status {e(status)}" title="{e(zh_meaning)} / {e(meaning)}">{e(zh_word)}'
+            f'<small>{e(code)}</small>'
+            f'{"<small>未取得证据 not evidenced</small>" if status == GAP else ""}</td>'
+            + "<td>" + ('<b>证据 <span class="en">Evidence</span></b>' if ev else "")
+            + f"<ul>{ev}</ul>"
+            + (f'<div class="findings"><b>发现 <span class="en">Findings</span></b><ul>{fi}</ul>'
+               "</div>" if fi else "")
+            + (f'<div class="remedy"><b>整改措施 <span class="en">To close</span></b>'
+               f'{_both(remedy_zh or remedy, remedy, code=True)}</div>' if remedy else "")
             + "</td></tr>")
     s = report["summary"]
     attention = [i for i in report["items"] if i["status"] != PASS]
     mismatch = report.get("config_differs_from_node", [])
-    links = "".join(f'<a href="#{e(i["id"])}">{e(i["id"])} ({e(i["status"])})</a>'
-                    for i in attention)
+    links = "".join(f'<a href="#{e(i["id"])}">{e(i["id"])}（{e(STATUS.get(i["status"], (i["status"],))[0])} '
+                    f'{e(i["status"])}）</a>' for i in attention)
     verify = report.get("audit_verify", {})
-    chain = ("intact" if verify.get("ok") else
-             f"BROKEN ({len(verify.get('problems', []))} problems; see AU-2)")
+    problems = len(verify.get("problems", []))
+    chain = ("完整 intact" if verify.get("ok") else
+             f"已损坏 BROKEN（{problems} 个问题，见 AU-2; {problems} problems, see AU-2）")
+    by = report.get("generated_by")
     scope = [
-        ("generated", f'{report["generated_at_iso"]}'
-                      + (f' by {report["generated_by"]}' if report.get("generated_by") else "")),
-        ("installation", f'host {report.get("host", "")}'
-                         + (f', node {report["node_id"]}' if report.get("node_id") else "")
-                         + f', data directory {report["data_dir"]}, Tongxin {report["version"]}'),
-        ("audit chain", f'{chain}: records {verify.get("first_seq", 0)}..{verify.get("last_seq", 0)}, '
-                        f'{verify.get("heads_verified", 0)} of {verify.get("heads_total", 0)} '
-                        'signed heads verify'),
+        ("生成时间 generated", f'{report["generated_at_iso"]}' + (f'，生成者 by {by}' if by else "")),
+        ("安装 installation", f'主机 host {report.get("host", "")}'
+                             + (f'，节点 node {report["node_id"]}' if report.get("node_id") else "")
+                             + f'，数据目录 data directory {report["data_dir"]}，'
+                               f'Tongxin {report["version"]}'),
+        ("审计链 audit chain", f'{chain}：记录 records {verify.get("first_seq", 0)}..'
+                              f'{verify.get("last_seq", 0)}，已签名链头 {verify.get("heads_verified", 0)}'
+                              f'/{verify.get("heads_total", 0)} 验证通过 (signed heads verify)'),
     ]
     if report.get("compliance_store"):
-        scope.append(("compliance state", report["compliance_store"]))
+        scope.append(("合规状态存储 compliance state", report["compliance_store"]))
     scope_html = "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in scope)
     fp = report.get("audit_key_fingerprint", "")
     others = [k for k in report.get("audit_keys", []) if k != fp]
-    scope_html += (f'<dt>audit key</dt><dd><span class="mono">{e(fp or "none")}</span> (this '
-                   "node) — compare with the copy kept outside the appliance</dd>")
+    scope_html += (f'<dt>审计密钥 audit key</dt><dd><span class="mono">{e(fp or "none")}</span>'
+                   "（本节点）— 请与保存在设备之外的副本比对 (this node) — compare with the copy "
+                   "kept outside the appliance</dd>")
     if others:
         # On a shared store every node signs heads with its own key.
-        scope_html += ('<dt>other audit keys</dt><dd>' + "<br>".join(
+        scope_html += ('<dt>其他审计密钥 other audit keys</dt><dd>' + "<br>".join(
             f'<span class="mono">{e(k)}</span>' for k in others)
-            + " — other nodes' keys (published in the database); compare each</dd>")
+            + " — 其他节点的密钥（发布在数据库中），请逐一比对; other nodes' keys (published in "
+              "the database); compare each</dd>")
+    badges = "".join(
+        f'<span class="badge b-{k if s[k] else "none"}">{STATUS[k][0]} {STATUS[k][1]} {s[k]}</span>'
+        for k in (PASS, FAIL, GAP))
+    legend_zh = "。".join(f"{STATUS[k][0]}（{STATUS[k][1]}）：{STATUS[k][2]}" for k in (PASS, FAIL, GAP))
+    legend_en = ". ".join(f"{STATUS[k][1]}: {STATUS[k][3]}" for k in (PASS, FAIL, GAP))
+    warning = (
+        f'<p class="attention"><b>警告：</b>本报告读取的配置与节点最近一次启动时的配置不同'
+        f'（{e("、".join(mismatch))}）；请使用节点的 <code>--config</code> 重新生成。'
+        f'<span class="en" lang="en"><b>Warning:</b> this report read a configuration that differs '
+        f'from the one the node last started with ({e(", ".join(mismatch))}); run it with the '
+        f'node&#39;s <code>--config</code>.</span></p>' if mismatch else "")
     return f"""<!doctype html>
 <html lang="zh-CN"><head><meta charset="utf-8"><title>{e(report["title"])}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<style>{_CSS}</style></head><body>
+<style>{_CSS}{_CSS_EXTRA}</style></head><body>
 <h1>{e(report["title"])}</h1>
 <p class="sub">{e(report["standard"])}</p>
 <dl class="scope">{scope_html}</dl>
-<div class="badges">{"".join(
-    f'<span class="badge b-{k if s[k] else "none"}">{k.upper()} {s[k]}</span>'
-    for k in (PASS, FAIL, GAP))}</div>
-<p class="legend">PASS: {e(_STATUS_TEXT[PASS][1])}. FAIL: {e(_STATUS_TEXT[FAIL][1])}.
-GAP: {e(_STATUS_TEXT[GAP][1])}. Both FAIL and GAP are red.</p>
-{f'<p class="attention"><b>Not passed:</b> {links}</p>' if attention else ""}
-{f'<p class="attention"><b>Warning:</b> this report read a configuration that differs from the one '
- f'the node last started with ({e(", ".join(mismatch))}); run it with the node&#39;s '
- f'<code>--config</code>.</p>' if mismatch else ""}
+<p class="summary">{e(report_text.summary_line(s))}</p>
+<div class="badges">{badges}</div>
+<p class="legend">{e(legend_zh)}。不符合与差距均显示为红色。
+<span class="en" lang="en">{e(legend_en)}. Both FAIL and GAP are red.</span></p>
+{f'<p class="attention"><b>未通过 Not passed:</b> {links}</p>' if attention else ""}
+{warning}
 <table><colgroup><col class="c-item"><col class="c-req"><col class="c-status"><col></colgroup>
-<thead><tr><th>item · clause</th><th>requirement (GB/T 22239-2019)</th><th>status</th>
-<th>evidence, findings</th></tr></thead>
+<thead><tr><th>条款 <span class="en">item · clause</span></th>
+<th>要求 <span class="en">requirement (GB/T 22239-2019)</span></th>
+<th>结论 <span class="en">status</span></th>
+<th>证据与发现 <span class="en">evidence, findings</span></th></tr></thead>
 <tbody>
 {"".join(rows)}
 </tbody></table>
-<footer>The same report as JSON, with the full audit verification result and the second-factor
-coverage per role: <code>compliance-report.json</code>. To check the audit trail independently:
-<code>tongxin audit verify --pubkey TRUSTED.pem</code> on a copy of the data directory.</footer>
+<footer><p>同一报告的 JSON 版本（含完整的审计链校验结果和各角色的第二鉴别因子覆盖情况）：
+<code>compliance-report.json</code>。独立核查审计记录：在数据目录的副本上运行
+<code>tongxin audit verify --pubkey TRUSTED.pem</code>。</p>
+<p class="en" lang="en">The same report as JSON, with the full audit verification result and the
+second-factor coverage per role: <code>compliance-report.json</code>. To check the audit trail
+independently: <code>tongxin audit verify --pubkey TRUSTED.pem</code> on a copy of the data
+directory.</p></footer>
 </body></html>
 """
 

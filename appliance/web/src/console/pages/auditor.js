@@ -145,6 +145,9 @@ export async function report(el, { api, t, errorText }) {
   async function load() {
     data = await api.call("GET", "/report");
     const s = data.summary;
+    // The server writes every finding in Chinese (findings_zh) and English (findings).
+    const zh = getLanguage() === "zh-CN";
+    const findings = (i) => (zh && i.findings_zh?.length === i.findings.length ? i.findings_zh : i.findings);
     const statusBadge = (st) => h("span", { class: `badge report-${st}` }, t(`report.status_${st}`));
     view.replaceChildren(
       h("h2", { id: "report-title" }, data.title),
@@ -160,7 +163,7 @@ export async function report(el, { api, t, errorText }) {
         { head: t("report.requirement"), cell: (i) => [h("div", { class: "muted" }, i.category), h("div", {}, i.title)] },
         { head: t("report.status"), cell: (i) => statusBadge(i.status) },
         { head: t("report.evidence"), cell: (i) => h("ul", { class: "evidence" },
-          i.findings.map((f) => h("li", { class: "finding" }, f)), i.evidence.map((e) => h("li", {}, e))) },
+          findings(i).map((f) => h("li", { class: "finding" }, f)), i.evidence.map((e) => h("li", {}, e))) },
       ], data.items, "—"));
   }
   const fileStamp = () => new Date(data.generated_at).toISOString().slice(0, 19).replace(/[-:]/g, "").replace("T", "-");
