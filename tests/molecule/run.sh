@@ -8,7 +8,8 @@
 #   scenario...     only these (common, redis, appliance, ...)
 #   --setup         only prepare: venv, podman, base image; run nothing
 #   --lint          yamllint and ansible-lint (production profile) over
-#                   roles/, playbooks/, inventories/ and tests/molecule/
+#                   roles/, playbooks/, inventories/ and tests/molecule/, the
+#                   doc tables, the bundle's package list and site.yml's tags
 #   -j N            run N scenarios at a time (default TONGXIN_MOLECULE_JOBS,
 #                   else 2): each scenario's output then goes to
 #                   $TONGXIN_CACHE/molecule-logs/<scenario>.log, and a failed
@@ -273,6 +274,8 @@ lint() {
   python tests/molecule/role_docs.py --check docs/ansible.md || rc=1
   log "the offline bundle's Debian packages against the roles' package lists"
   python tests/molecule/bundle_packages.py || rc=1
+  log "site.yml's tags (--tags certs, --tags <role>)"
+  python tests/molecule/tags_check.py || rc=1
   return $rc
 }
 

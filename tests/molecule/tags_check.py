@@ -1,0 +1,63 @@
+"""Check that site.yml's tags select what docs/ansible.md says they do.
+
+``--tags certs`` must run the pki role and the lb hosts' certificate copies
+and no other role's work; ``--tags <role>`` must run that role's tasks and no
+other role's (the read-only preflight, argument validation and tasks tagged always -
+the roles' OS family facts - run whatever the tags).
+Reads ``ansible-playbook --list-tasks`` over the lab inventory; exits 1 and
+names what is wrong. Run by ``tests/molecule/run.sh --lint``.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+ROLES = ["bundle", "common", "pki", "database", "redis", "kafka", "appliance", "lb", "monitoring", "logs"]
+
+
+def tasks(tag: str) -> list[tuple[str, str]]:
+    """(role, task name) of every task --tags TAG would run, validation and preflight left out."""
+    out = subprocess.run(
+        ["ansible-playbook", "-i", str(ROOT / "inventories" / "lab"), str(ROOT / "playbooks" / "site.yml"),
+         "--list-tasks", "--tags", tag],
+        capture_output=True, text=True, check=True).stdout
+    found = []
+    for line in out.splitlines():
+        m = re.match(r"\s{6}(?:(\w+) : )?(.*?)\tTAGS: \[(.*)\]$", line)
+        # The preflight and what is tagged always (a role's OS family facts) run
+        # whatever the tags: read-only.
+        if not m or {"preflight", "always"} & set(m.group(3).split(", ")):
+            continue
+        if m.group(2).startswith("Validating arguments against arg spec"):
+            continue
+        found.append((m.group(1) or "", m.group(2)))
+    return found
+
+
+def main() -> int:
+    problems = []
+    certs = tasks("certs")
+    roles = {r for r, _ in certs}
+    if not {"pki", "lb"} <= roles or roles - {"pki", "lb"}:
+        problems.append(f"--tags certs runs the roles {sorted(roles)}, expected pki and lb")
+    lb_tasks = [t for r, t in certs if r == "lb"]
+    if sorted(lb_tasks) != ["Copy the certificate", "Copy the private key", "Create the certificate directory"]:
+        problems.append(f"--tags certs runs these lb tasks: {lb_tasks}")
+    for role in ROLES:
+        # The exporters' play includes the monitoring role from a task of its own.
+        got = {r or "monitoring" for r, _ in tasks(role)}
+        if got != {role}:
+            problems.append(f"--tags {role} runs tasks of {sorted(got) or 'no role'}, expected {role} only")
+    for p in problems:
+        print(p, file=sys.stderr)
+    if not problems:
+        print(f"site.yml: --tags certs and --tags <role> select the right tasks ({len(ROLES)} roles)")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
