@@ -22,7 +22,9 @@ import yaml
 from conftest import make_config, start_node
 from engines import create_mysql_database, drop_mysql_database, start_database
 
+from tongxin.compliance.keys import fingerprint
 from tongxin.config import Config
+from tongxin.crypto import SM2PublicKey
 
 TEXTS = ["第一条：备份之前", "second, before the backup", "third 三"]
 FILE = os.urandom(200_000) + "结尾".encode()
@@ -174,6 +176,41 @@ async def test_backup_then_restore_into_an_empty_site(tmp_path: Path, backend: s
         assert rc == 1 and "sealed index" in err
         assert not (dst.home / "evidence").exists()
         assert not dst.sqlite_file.exists() or backend != "sqlite"
+
+        # ---- who made it: the manifest is signed with the source node's audit key ----
+        src_fp = fingerprint(SM2PublicKey.from_pem_file(
+            next((src.home / "audit-keys").glob("*.pem"))))
+        assert manifest["signature"]["fingerprint"] == src_fp
+        assert result["signed_by"] == src_fp
+
+        async def dry_run(folder_: Path, *extra: str) -> tuple[int, str, str]:
+            return await tongxin("backup", "restore", "--check", "--config", str(dst_cfg),
+                                 str(folder_), "--key", f"{key}.key", *extra, home=dst.home)
+
+        # A clear field edited (not one the sealed index holds), checksums made to agree.
+        edited = copy()
+        m = json.loads((edited / "manifest.json").read_text())
+        m["site"] = "somewhere-else"
+        (edited / "manifest.json").write_text(json.dumps(m))
+        await rewrite_sums(edited)
+        rc, out, err = await dry_run(edited)
+        assert rc == 1 and "signature does not verify" in err
+        # The signature taken off: refused unless the operator says so.
+        unsigned = copy()
+        m = json.loads((unsigned / "manifest.json").read_text())
+        del m["signature"]
+        (unsigned / "manifest.json").write_text(json.dumps(m))
+        await rewrite_sums(unsigned)
+        rc, out, err = await dry_run(unsigned)
+        assert rc == 1 and "not signed" in err
+        rc, out, err = await dry_run(unsigned, "--allow-unsigned")
+        assert rc == 0 and json.loads(out)["origin"]["signed"] is False, err
+        # Pinned keys decide: another site's key pinned refuses it, its own accepts it.
+        rc, out, err = await dry_run(folder, "--trust-key", "ab" * 32)
+        assert rc == 1 and f"signed by audit key {src_fp}, which is not pinned" in err
+        rc, out, err = await dry_run(folder, "--trust-key", src_fp)
+        assert rc == 0 and json.loads(out)["origin"] == {
+            "signed": True, "trusted": True, "fingerprint": src_fp}, err
 
         # ---- a dry run checks everything and writes nothing -------------------------
         rc, out, err = await tongxin("backup", "restore", "--check", "--config", str(dst_cfg),

@@ -56,6 +56,8 @@ ID_RE = re.compile(r"[a-z0-9][a-z0-9.-]{0,62}-\d{8}T\d{6}Z")
 SQLITE_SUFFIXES = (".db", ".db-wal", ".db-shm", ".db-journal")
 
 Progress = Callable[[str], None]
+# Signs the manifest: (SM2 private key of the node's audit trail) -> signature block.
+Signer = Callable[[bytes], dict[str, str]]
 
 
 class BackupError(Exception):
@@ -295,8 +297,16 @@ def file_digests_bytes(data: bytes) -> tuple[str, str]:
     return d.hexdigests()
 
 
+def signed_bytes(manifest: dict[str, Any]) -> bytes:
+    """What the manifest's signature covers: the manifest without it, canonical JSON."""
+    body = {k: v for k, v in manifest.items() if k != "signature"}
+    return b"tongxin/backup/manifest/v1\x00" + json.dumps(
+        body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
 def create(cfg: Config, target: Path, recipient: SealKey, *, etc_dir: Path | None,
-           progress: Progress, now: Callable[[], float] = time.time) -> dict[str, Any]:
+           progress: Progress, signer: Signer | None = None,
+           now: Callable[[], float] = time.time) -> dict[str, Any]:
     """Take a backup into ``target``; returns the manifest. Raises :class:`BackupError`
     (or the failing component's error) with ``<id>.partial`` removed."""
     if recipient.suite != cfg.crypto.suite:
@@ -359,6 +369,11 @@ def create(cfg: Config, target: Path, recipient: SealKey, *, etc_dir: Path | Non
             "sealed_index": base64.b64encode(sealed_index).decode(),
             "parts": docs,
         }
+        # Sealing to a public key gives secrecy, not origin: whoever holds the
+        # public half could make a backup. The node's audit key (pinned by
+        # fingerprint in compliance.audit_trusted_keys) says which site made it.
+        if signer is not None:
+            manifest["signature"] = signer(signed_bytes(manifest))
         raw = json.dumps(manifest, ensure_ascii=False, indent=2).encode() + b"\n"
         (folder / "manifest.json").write_bytes(raw)
         _write_sums(folder, results, raw)

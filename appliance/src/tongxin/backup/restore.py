@@ -84,6 +84,52 @@ def open_backup(folder: Path, private: SealKey, progress: Progress) -> Opened:
     return opened
 
 
+def check_origin(manifest: dict[str, Any], pins: list[str], *,
+                 allow_unsigned: bool) -> dict[str, Any]:
+    """Who made the backup: the manifest's SM2 signature by a node's audit key.
+
+    A bad signature is refused; an unsigned backup only with ``allow_unsigned``.
+    A good signature by a key whose fingerprint is pinned (``pins``: the
+    configuration's compliance.audit_trusted_keys, or --trust-key) is trusted;
+    one by an unpinned key is reported with its fingerprint, for the operator to
+    compare with the site's records, and refused when pins exist.
+    """
+    from tongxin.backup.archive import signed_bytes
+    from tongxin.compliance.keys import fingerprint, is_fingerprint, load_public_key
+    from tongxin.crypto import SM2PublicKey
+    from tongxin.crypto.errors import CryptoError
+
+    sig = manifest.get("signature")
+    if sig is None:
+        if not allow_unsigned:
+            raise BackupError("the backup's manifest is not signed: its origin cannot be "
+                              "checked (--allow-unsigned to restore it anyway)")
+        return {"signed": False, "trusted": False, "fingerprint": ""}
+    try:
+        pub = SM2PublicKey.from_pem(str(sig["public_key"]).encode())
+        claimed = str(sig["fingerprint"])
+        pub.verify(bytes.fromhex(str(sig["sm2"])), signed_bytes(manifest))
+    except (KeyError, TypeError, ValueError, CryptoError) as exc:
+        raise BackupError(f"the backup's manifest signature does not verify ({exc}): the "
+                          "manifest was edited or the backup forged") from None
+    fp = fingerprint(pub)
+    if claimed != fp:
+        raise BackupError("the backup's signature names another key than the one it carries")
+    fingerprints = []
+    for pin in pins:
+        if is_fingerprint(pin):
+            fingerprints.append(pin.lower())
+            continue
+        try:
+            fingerprints.append(fingerprint(load_public_key(Path(pin))))
+        except ValueError as exc:
+            raise BackupError(f"a pinned audit key does not load: {exc}") from None
+    if fingerprints and fp not in fingerprints:
+        raise BackupError(f"the backup was signed by audit key {fp}, which is not pinned "
+                          "(compliance.audit_trusted_keys or --trust-key)")
+    return {"signed": True, "trusted": fp in fingerprints, "fingerprint": fp}
+
+
 def _plain(opened: Opened, name: str) -> zstandard.ZstdDecompressionReader:
     p = opened.parts[name]
     src = open(opened.folder / p["file"], "rb")  # noqa: SIM115 - closed with the reader

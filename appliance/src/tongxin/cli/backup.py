@@ -122,6 +122,31 @@ def cmd_show_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _signer(cfg: Config) -> Any:
+    """The manifest's signer: this node's audit key (SM2), as the audit trail's heads."""
+    import asyncio
+
+    from tongxin.cli.compliance import _open
+    from tongxin.compliance.keys import fingerprint
+
+    async def load() -> Any:
+        comp = await _open(cfg)
+        try:
+            return comp.keys.signing_key()
+        finally:
+            await comp.close()
+
+    key = asyncio.run(load())
+    pub = key.public_key()
+    fp, pem = fingerprint(pub), pub.to_pem().decode()
+
+    def sign(data: bytes) -> dict[str, str]:
+        return {"algorithm": "SM2-SM3", "fingerprint": fp, "public_key": pem,
+                "sm2": key.sign(data).hex()}
+
+    return sign
+
+
 def cmd_create(args: argparse.Namespace) -> int:
     from tongxin.backup.archive import create, prune
 
@@ -133,7 +158,8 @@ def cmd_create(args: argparse.Namespace) -> int:
     etc = None if args.no_etc else Path(args.etc or Path(args.config or ".").resolve().parent)
     started = time.time()
     try:
-        manifest = create(cfg, target, recipient, etc_dir=etc, progress=_progress)
+        manifest = create(cfg, target, recipient, etc_dir=etc, progress=_progress,
+                          signer=_signer(cfg))
     except Exception as exc:  # every failure is evidence, whatever failed
         doc = {"ok": False, "started_at": _utc(started), "finished_at": _utc(time.time()),
                "target": str(target), "error": str(exc)}
@@ -141,6 +167,8 @@ def cmd_create(args: argparse.Namespace) -> int:
         audit = _audit(cfg, "backup.create", "failed", target=str(target), error=str(exc))
         _progress(f"FAILED: {exc} (evidence {path}; {audit})")
         return 1
+    from tongxin.backup.stream import file_digests
+
     removed = prune(target, keep_days=args.keep_days, keep_min=args.keep_min,
                     now=time.time(), progress=_progress)
     folder = target / manifest["id"]
@@ -149,11 +177,13 @@ def cmd_create(args: argparse.Namespace) -> int:
            "finished_at": manifest["finished_at"],
            "duration_seconds": manifest["duration_seconds"], "target": str(folder),
            "bytes": size, "suite": manifest["suite"], "recipient": manifest["recipient"],
+           "signed_by": manifest["signature"]["fingerprint"],
+           "manifest_sha256": file_digests(str(folder / "manifest.json"))[1],
            "parts": {p["name"]: p["sealed_bytes"] for p in manifest["parts"]},
            "pruned": removed}
     path = _evidence(cfg, "backup", doc)
     audit = _audit(cfg, "backup.create", "ok", target=str(folder), bytes=size,
-                   backup_id=manifest["id"])
+                   backup_id=manifest["id"], manifest_sha256=doc["manifest_sha256"])
     _progress(f"done: {folder} ({size} bytes, {manifest['duration_seconds']} s); "
               f"evidence {path}; {audit}")
     print(json.dumps(doc, ensure_ascii=False, indent=2))
@@ -203,7 +233,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     from tongxin.backup import mysqldump
     from tongxin.backup.archive import BackupError
-    from tongxin.backup.restore import check_all, open_backup, restore, site_in_use
+    from tongxin.backup.restore import check_all, check_origin, open_backup, restore, site_in_use
+    from tongxin.compliance.keys import parse_pins
 
     cfg = _config(args)
     if cfg.site.role != "active":
@@ -212,6 +243,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
     folder = Path(args.backup)
     try:
         opened = open_backup(folder, _key(args.key, need_private=True), _progress)
+        pins = parse_pins(cfg.compliance.audit_trusted_keys) + list(args.trust_key)
+        origin = check_origin(opened.manifest, pins, allow_unsigned=args.allow_unsigned)
+        _progress("origin: " + (f"signed by audit key {origin['fingerprint']}, "
+                                + ("pinned" if origin["trusted"] else
+                                   "NOT pinned: compare it with the site's records")
+                                if origin["signed"] else "unsigned (--allow-unsigned)"))
         names = check_all(opened, _progress)
         if args.check:
             reason = site_in_use(cfg)
@@ -219,6 +256,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
                 raise BackupError(f"the site is not empty ({reason}); restore goes into an "
                                   "empty site only")
             print(json.dumps({"ok": True, "checked": True, "backup": opened.manifest["id"],
+                              "origin": origin,
                               "files": {k: len(v) for k, v in names.items()}}))
             _progress("check: the backup opens whole and the site is empty; nothing written")
             return 0
@@ -232,7 +270,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     doc = {"ok": True, "backup": opened.manifest["id"],
            "backup_finished_at": opened.manifest.get("finished_at"),
            "started_at": _utc(started), "finished_at": _utc(finished),
-           "duration_seconds": round(finished - started, 3), **result}
+           "duration_seconds": round(finished - started, 3), "origin": origin, **result}
     path = _evidence(cfg, "restore", doc)
     doc["audit"] = _audit(cfg, "backup.restore", "ok", backup_id=opened.manifest["id"],
                           duration_seconds=doc["duration_seconds"])
@@ -287,6 +325,11 @@ def add_commands(sub: Any, common: Any) -> None:
     common(r)
     r.add_argument("backup", help="the backup's directory")
     r.add_argument("--key", required=True, help="the backup key's private file (OUT.key)")
+    r.add_argument("--trust-key", action="append", default=[], metavar="FINGERPRINT",
+                   help="an audit key fingerprint the backup's signature may come from, "
+                   "beside compliance.audit_trusted_keys (repeatable)")
+    r.add_argument("--allow-unsigned", action="store_true",
+                   help="restore a backup whose manifest carries no signature")
     r.add_argument("--check", action="store_true",
                    help="check the backup whole and that the site is empty; write nothing")
     r.add_argument("--etc-to", default="", help="also write the backed-up configuration "
