@@ -437,3 +437,32 @@ async def test_report_shows_evidence_and_turns_red_when_it_goes(
     assert _item(saved, "AU-2")["status"] == "fail"
     s = saved["summary"]
     assert summary.endswith(f"（pass {s['pass']}, fail {s['fail']}, gap {s['gap']}）")
+
+
+async def test_site_status_shows_the_newest_evidence_to_the_sysadmin_only(
+        node_factory: NodeFactory, http: aiohttp.ClientSession) -> None:
+    rn: RunningNode = await node_factory(site={"name": "dc1"})
+    admins = await trio(rn, http)
+    status, body = await call(http, rn, "GET", "/site", admins["sysadmin"].token)
+    assert status == 200, body
+    assert body["site"] == "dc1" and body["role"] == "active" and body["storage"] == "sqlite"
+    assert body["evidence"] == {"backup": None, "restore": None, "dr-drill": None}
+    evidence = rn.cfg.home / "evidence"
+    evidence.mkdir()
+    (evidence / "backup-20261201T023000Z.json").write_text(json.dumps(
+        {"ok": True, "finished_at": "2026-12-01T02:31:00Z", "id": "dc1-20261201T023000Z",
+         "bytes": 4096, "target": "/var/backups/tongxin/x"}))
+    # A newer failed backup is the one shown: the console must not hide a failure.
+    (evidence / "backup-20261202T023000Z.json").write_text(json.dumps(
+        {"ok": False, "finished_at": "2026-12-02T02:31:00Z", "error": "disk full"}))
+    (evidence / "dr-drill-1.json").write_text(json.dumps(
+        {"ok": True, "finished_at": "2026-11-20T10:00:00Z", "rpo_seconds": 0.4, "rto_seconds": 41}))
+    status, body = await call(http, rn, "GET", "/site", admins["sysadmin"].token)
+    assert status == 200
+    backup = body["evidence"]["backup"]
+    assert backup["file"] == "backup-20261202T023000Z.json" and backup["ok"] is False
+    assert backup["error"] == "disk full" and "target" not in backup
+    assert body["evidence"]["dr-drill"]["rpo_seconds"] == 0.4 and body["evidence"]["restore"] is None
+    for role in ("secadmin", "auditor"):
+        status, body = await call(http, rn, "GET", "/site", admins[role].token)
+        assert status == 403, (role, body)

@@ -218,6 +218,13 @@ try {
   const version = await p.textContent("#st-version");
   if (!/\d+\.\d+/.test(version)) fail(`node status shows version "${version}"`);
   ok(`node status shows the node ready, version ${version}, site role ${await p.textContent("#st-role")}`);
+  // Site and evidence (GET /api/v1/admin/site): the test node has taken no backup and
+  // run no drill, which the page must say rather than leave blank.
+  await p.locator("#dr-backup", { hasText: "尚无记录" }).waitFor();
+  await p.locator("#dr-drill", { hasText: "尚无记录" }).waitFor();
+  await p.locator("#dr-db", { hasText: "本机 SQLite" }).waitFor();
+  if (!(await p.textContent("#chart-ack"))) fail("the ACK latency chart has no caption text");
+  ok(`the site panel shows the database (${await p.textContent("#dr-db")}) and no backup or drill yet; the ACK latency chart is there`);
   // The live chart polls GET /api/v1/admin/node: two WebSocket connections opened
   // from another page show up in it.
   const sockets = await newPage("sockets");

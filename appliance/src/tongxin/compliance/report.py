@@ -105,7 +105,7 @@ def _iso(ms: int) -> str:
     return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def _latest_evidence(home: Path, prefix: str) -> tuple[Path, dict[str, Any], int] | None:
+def latest_evidence(home: Path, prefix: str) -> tuple[Path, dict[str, Any], int] | None:
     folder = home / "evidence"
     best: tuple[Path, dict[str, Any], int] | None = None
     if not folder.is_dir():
@@ -545,7 +545,7 @@ async def build_report(cfg: Config, comp: Compliance, users: list[User],
 
     it = Item("BR-1", "8.1.4.10 a)", "数据备份恢复 Backup and recovery",
               "提供重要数据的本地数据备份与恢复功能", "Backups of important data, recently taken and good")
-    backup = _latest_evidence(home, "backup")
+    backup = latest_evidence(home, "backup")
     if backup is None:
         it.find(finding("br1.no_backup"))
         it.status = GAP
@@ -559,7 +559,7 @@ async def build_report(cfg: Config, comp: Compliance, users: list[User],
         it.status = FAIL if it.findings else PASS
     # A backup nobody has restored is a hope, not a backup: the restore drill
     # (playbooks/restore.yml, `tongxin backup restore`) leaves evidence/restore-*.json.
-    restored = _latest_evidence(home, "restore")
+    restored = latest_evidence(home, "restore")
     if restored is None:
         it.find(finding("br1.no_restore"))
     else:
@@ -577,7 +577,7 @@ async def build_report(cfg: Config, comp: Compliance, users: list[User],
     it = Item("BR-2", "8.1.4.10 b)-c)", "数据备份恢复 Backup and recovery",
               "异地备份与热冗余（同城双活 + 异地容灾）；演练证明 RPO<15 s、RTO<5 min",
               "Off-site redundancy; a DR drill shows RPO < 15 s and RTO < 5 min")
-    drill = _latest_evidence(home, "dr-drill")
+    drill = latest_evidence(home, "dr-drill")
     if drill is None:
         it.find(finding("br2.no_drill"))
         it.status = GAP

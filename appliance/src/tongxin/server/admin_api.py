@@ -19,6 +19,7 @@ by its cleanup hook, after the node has stopped; ``Node.app()`` only calls
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -468,6 +469,39 @@ class AdminApi:
                     out[wanted[sample.name]] = sample.value
         return web.json_response(out)
 
+    async def site_status(self, request: web.Request, ctx: Ctx) -> web.Response:
+        """This node's site, the database endpoint it uses, and the newest evidence of
+        the operations an auditor asks about: backup, restore test, DR drill (the
+        files `tongxin backup` and the DR drill write; the 等保 report reads the same)."""
+        from tongxin.compliance.report import latest_evidence
+
+        db: dict[str, Any] = {}
+        heartbeat = None
+        for metric in self.node.metrics.registry.collect():
+            for sample in metric.samples:
+                if sample.name == "tongxin_db_endpoint_index":
+                    db = {"endpoint": sample.labels.get("endpoint", ""), "index": sample.value}
+                elif sample.name == "tongxin_replication_heartbeat_written_timestamp_seconds":
+                    heartbeat = int(sample.value * 1000) if sample.value else None
+        keep = {"backup": ("id", "bytes", "duration_seconds", "signed_by", "error"),
+                "restore": ("backup", "duration_seconds", "error"),
+                "dr-drill": ("kind", "rpo_seconds", "rto_seconds", "error")}
+        evidence: dict[str, Any] = {}
+        home = self.node.cfg.home
+        for prefix, fields in keep.items():
+            found = await asyncio.to_thread(latest_evidence, home, prefix)
+            if found is None:
+                evidence[prefix] = None
+                continue
+            path, data, at = found
+            evidence[prefix] = {"file": path.name, "finished_at": at, "ok": data.get("ok") is True,
+                                **{k: data[k] for k in fields if k in data}}
+        cfg = self.node.cfg
+        return web.json_response({
+            "node": self.node.node_id, "site": cfg.site.name, "role": cfg.site.role,
+            "storage": cfg.storage.backend, "database": db or None,
+            "heartbeat_written_at": heartbeat, "evidence": evidence, "ts": now_ms()})
+
     # ---- secadmin: roles, second factors, keys, retention, holds -------------------
 
     async def list_roles(self, request: web.Request, ctx: Ctx) -> web.Response:
@@ -878,6 +912,7 @@ def add_routes(app: web.Application, node: Node) -> None:
         r.add_post(f"{p}/users/{{name}}/{verb}", g(f"user.{action}", api.user_action(action)))
     r.add_delete(f"{p}/users/{{name}}", g("user.delete", api.user_action("delete")))
     r.add_get(f"{p}/node", g("node.status", api.node_status))
+    r.add_get(f"{p}/site", g("node.status", api.site_status))
     # secadmin
     r.add_get(f"{p}/roles", g("role.list", api.list_roles))
     r.add_put(f"{p}/users/{{name}}/role", g("role.assign", api.assign_role))

@@ -144,7 +144,38 @@ export async function status(el, { api, t }) {
       h("h2", { id: "st-ep" }, t("status.endpoints")),
       (info.body.endpoints || []).length ? h("ul", { id: "st-endpoints" }, info.body.endpoints.map((e) =>
         h("li", {}, typeof e === "string" ? e : JSON.stringify(e)))) : h("p", { class: "muted" }, t("status.noEndpoints"))),
+    await siteAndEvidence(api, t),
     liveCharts(api, t));
+}
+
+// The site, its database endpoint, and the newest backup, restore test and DR drill (GET /site).
+async function siteAndEvidence(api, t) {
+  const section = h("section", { class: "panel", "aria-labelledby": "st-dr" }, h("h2", { id: "st-dr" }, t("status.dr")));
+  let s;
+  try {
+    s = await api.call("GET", "/site");
+  } catch {
+    section.append(h("p", { class: "muted" }, t("status.drUnavailable")));
+    return section;
+  }
+  const row = (k, v, id) => [h("dt", {}, k), h("dd", { id }, v)];
+  const when = (ms) => formatDateTime(new Date(ms));
+  const outcome = (e) => h("span", { class: `badge ${e.ok ? "state-active" : "state-disabled"}` }, e.ok ? t("status.ok") : t("status.failed"));
+  const item = (e, detail) => (e ? h("span", {}, outcome(e), " ", when(e.finished_at), detail ? ` · ${detail}` : "") : h("span", { class: "muted" }, t("status.never")));
+  const ev = s.evidence || {};
+  const backup = ev.backup && ev.backup.ok ? t("status.backupDetail", { id: ev.backup.id || "", size: formatNumber(Math.round((ev.backup.bytes || 0) / 1024)) }) : (ev.backup && ev.backup.error) || "";
+  const restore = ev.restore ? (ev.restore.ok ? t("status.restoreDetail", { id: ev.restore.backup || "" }) : ev.restore.error || "") : "";
+  const drill = ev["dr-drill"] ? t("status.drillDetail", { rpo: formatNumber(ev["dr-drill"].rpo_seconds ?? NaN), rto: formatNumber(ev["dr-drill"].rto_seconds ?? NaN) }) : "";
+  section.append(h("dl", { class: "facts" },
+    row(t("status.site"), s.site || "—", "dr-site"),
+    row(t("status.role"), t(`status.siteRole.${s.role === "standby" ? "standby" : "active"}`), "dr-role"),
+    row(t("status.database"), s.database ? t("status.databaseEndpoint", { endpoint: s.database.endpoint, index: s.database.index }) : t(`status.storage.${s.storage === "mysql" ? "mysql" : "sqlite"}`), "dr-db"),
+    row(t("status.heartbeat"), s.heartbeat_written_at ? when(s.heartbeat_written_at) : "—", "dr-heartbeat"),
+    row(t("status.lastBackup"), item(ev.backup, backup), "dr-backup"),
+    row(t("status.lastRestore"), item(ev.restore, restore), "dr-restore"),
+    row(t("status.lastDrill"), item(ev["dr-drill"], drill), "dr-drill")),
+  h("p", { class: "help" }, t("status.drNote")));
+  return section;
 }
 
 // Connections and messages per second, from GET /node every few seconds while the page is open.
@@ -154,16 +185,20 @@ const KEEP = 90; // three minutes of points
 function liveCharts(api, t) {
   const conn = lineChart(t("status.chartConnections"));
   const rate = lineChart(t("status.chartMessages"), { color: "#14532d" });
+  const ack = lineChart(t("status.chartAck"), { color: "#7c2d12" });
+  const ackText = h("p", { class: "chart-value", id: "chart-ack" });
   const connText = h("p", { class: "chart-value", id: "chart-connections" });
   const rateText = h("p", { class: "chart-value", id: "chart-messages" });
   const section = h("section", { class: "panel", "aria-labelledby": "st-live" },
     h("h2", { id: "st-live" }, t("status.live")),
     h("div", { class: "charts" },
       h("figure", {}, h("figcaption", {}, t("status.chartConnections")), conn.el, connText),
-      h("figure", {}, h("figcaption", {}, t("status.chartMessages")), rate.el, rateText)),
+      h("figure", {}, h("figcaption", {}, t("status.chartMessages")), rate.el, rateText),
+      h("figure", {}, h("figcaption", {}, t("status.chartAck")), ack.el, ackText)),
     h("p", { class: "help" }, t("status.metricsNote")));
   const conns = [];
   const rates = [];
+  const acks = []; // mean ACK latency of the ACKs between two polls, in ms
   let last = null;
   async function tick() {
     if (!section.isConnected && last) return; // the page was left
@@ -171,16 +206,23 @@ function liveCharts(api, t) {
       const n = await api.call("GET", "/node");
       conns.push({ t: n.ts, v: n.connections });
       if (last && n.ts > last.ts) rates.push({ t: n.ts, v: Math.max(0, (n.messages_stored - last.messages_stored) * 1000 / (n.ts - last.ts)) });
+      if (last && n.ack_latency_count > last.ack_latency_count) {
+        acks.push({ t: n.ts, v: (n.ack_latency_sum_s - last.ack_latency_sum_s) * 1000 / (n.ack_latency_count - last.ack_latency_count) });
+      }
       last = n;
       conns.splice(0, Math.max(0, conns.length - KEEP));
       rates.splice(0, Math.max(0, rates.length - KEEP));
+      acks.splice(0, Math.max(0, acks.length - KEEP));
       const c = t("status.connectionsNow", { n: formatNumber(n.connections), auth: formatNumber(n.authenticated) });
       const r = t("status.messagesNow", { n: formatNumber(rates.length ? rates[rates.length - 1].v : 0, { maximumFractionDigits: 1 }),
         total: formatNumber(n.messages_stored) });
+      const a = acks.length ? t("status.ackNow", { ms: formatNumber(acks[acks.length - 1].v, { maximumFractionDigits: 1 }) }) : t("status.ackNone");
       conn.update(conns, c);
       rate.update(rates, r);
+      ack.update(acks, a);
       connText.textContent = c;
       rateText.textContent = r;
+      ackText.textContent = a;
     } catch {
       return; // signed out, or the node went away: stop polling
     }
