@@ -14,6 +14,11 @@ Scenarios, each on a fresh server and data directory:
 * ``echo``: a tiny aiohttp WebSocket server (this file, ``--echo-server PORT``)
   sending every binary message back. N connections, each keeping ``window``
   frames in flight; latency is send -> echo, throughput is echoes/s.
+* ``bare-relay``: bench/bare_relay.py, the floor of a relay on this stack
+  (aiohttp and the wire format: SEND answered with an ACK and pushed as a
+  DELIVER, REGISTER and CONV_CREATE answered, nothing stored). The echo
+  baseline is bounded by the generator; this one is the server-side
+  comparison for the node (target: at least half of it).
 * ``relay-full`` / ``relay-normal``: ``tongxin serve`` (SQLite in WAL mode,
   group commit, in-process delivery bus) with ``storage.sqlite_synchronous``
   full or normal. N sender/receiver pairs, each sender in a direct
@@ -690,6 +695,8 @@ def run_scenario(scenario: str, args: argparse.Namespace, children: Children,
     log_path = workdir / "server.log"
     if scenario == "echo":
         argv = [sys.executable, str(Path(__file__).resolve()), "--echo-server", str(port)]
+    elif scenario == "bare-relay":
+        argv = [sys.executable, str(Path(__file__).resolve()), "--bare-relay-server", str(port)]
     else:
         synchronous = scenario.removeprefix("relay-")
         cfg_path = workdir / "tongxin.yml"
@@ -761,13 +768,14 @@ def machine_info(data_root: Path, allowed: list[int],
     }
 
 
-def ratios(results: list[Result]) -> list[dict[str, Any]]:
-    echo = next((r for r in results if r.scenario == "echo"), None)
+def ratios(results: list[Result], base: str = "echo") -> list[dict[str, Any]]:
+    """Each relay scenario against ``base`` (echo, or the bare relay) from the same run."""
+    echo = next((r for r in results if r.scenario == base), None)
     if echo is None:
         return []
     out = []
     for r in results:
-        if r is echo:
+        if r is echo or r.scenario == "echo" or (base != "echo" and r.scenario == "bare-relay"):
             continue
         out.append({
             "scenario": r.scenario,
@@ -807,15 +815,18 @@ def print_table(machine: dict[str, Any], params: dict[str, Any], results: list[R
               f"{ms(r.max_ms):>9}{ms(r.e2e_p50_ms):>9}{ms(r.e2e_p99_ms):>9}"
               f"{r.server_cpu_pct:>8.0f}%{r.server_runq_pct:>7.0f}%"
               f"{r.generator_cpu_pct:>8.0f}%{r.generator_runq_pct:>7.0f}%")
-    rs = ratios(results)
-    if rs:
-        print()
-        print(f"{'relay / echo':<14}{'msgs/s':>9}{'p50':>9}{'p99':>9}")
-        for x in rs:
-            print(f"{x['scenario']:<14}{x['throughput']:>8.2f}x{x['p50']:>8.1f}x"
-                  f"{x['p99']:>8.1f}x")
+    for base in ("echo", "bare-relay"):
+        rs = ratios(results, base)
+        if rs:
+            print()
+            print(f"{'/ ' + base:<14}{'msgs/s':>9}{'p50':>9}{'p99':>9}")
+            for x in rs:
+                print(f"{x['scenario']:<14}{x['throughput']:>8.2f}x{x['p50']:>8.1f}x"
+                      f"{x['p99']:>8.1f}x")
     print()
     print("msgs/s: echo = echoes received/s; relay = DELIVER frames received by receivers/s.")
+    print("bare-relay: aiohttp and the wire format only (bench/bare_relay.py): SEND -> ACK and")
+    print("     DELIVER, no accounts, storage, bus or metrics; the node's target is >= 0.5x.")
     print("p50/p99: echo = send -> echo; relay = send -> ACK (sent after the SQLite commit).")
     print("e2e: send -> DELIVER at the receiver (relay only).")
     print("cpu: on-CPU time of all threads / wall time. rq: time runnable but waiting for a")
@@ -889,6 +900,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--echo-server", type=bounded(int, 1, 65535), metavar="PORT",
                    help=argparse.SUPPRESS)
+    p.add_argument("--bare-relay-server", type=bounded(int, 1, 65535), metavar="PORT",
+                   help=argparse.SUPPRESS)
+    p.add_argument("--no-bare", action="store_true",
+                   help="skip the bare relay (aiohttp and the wire format, no storage)")
     return p.parse_args(argv)
 
 
@@ -896,8 +911,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.echo_server is not None:
         return echo_server_main(args.echo_server)
+    if args.bare_relay_server is not None:
+        from bare_relay import main as bare_relay_main
+
+        return bare_relay_main(args.bare_relay_server, LIMITS, run_loop)
     modes: list[str] = list(dict.fromkeys(args.synchronous or ["full", "normal"]))
-    scenarios = ([] if args.no_echo else ["echo"]) + [f"relay-{m}" for m in modes]
+    scenarios = (([] if args.no_echo else ["echo"]) + ([] if args.no_bare else ["bare-relay"])
+                 + [f"relay-{m}" for m in modes])
     allowed = sorted(os.sched_getaffinity(0))
     cpus: tuple[int | None, int | None] = (None, None)
     if not args.no_pin and len(allowed) >= 2:
@@ -942,7 +962,7 @@ def main(argv: list[str] | None = None) -> int:
         children.stop_all()
     if args.json:
         doc = {"machine": machine, "params": params, "results": [asdict(r) for r in results],
-               "ratios": ratios(results)}
+               "ratios": ratios(results), "ratios_to_bare_relay": ratios(results, "bare-relay")}
         print(json.dumps(_no_nan(doc), indent=2))
     else:
         print_table(machine, params, results)
