@@ -350,6 +350,23 @@ async def test_export_is_signed_verifiable_and_audited(storage: dict[str, Any],
     texts = [x["content"]["text"] for x in lines if x["content"] and "text" in x["content"]]
     assert texts == ["message 0", "message 1", "message 2"]
     assert body["manifest"]["records"] == len(lines)
+    # The console downloads the files (inside the step-up window of the export).
+    export_id = body["manifest"]["export_id"]
+    for name in ("messages.jsonl", "manifest.json", "manifest.sig"):
+        async with http.get(f"{rn.http_url}{API}/exports/{export_id}/{name}",
+                            headers={"Authorization": f"Bearer {aud.token}"}) as r:
+            assert r.status == 200, await r.text()
+            assert await r.read() == (path / name).read_bytes()
+            assert export_id in r.headers["Content-Disposition"]
+    for bad in (f"{export_id}/secrets.key", "..%2F..%2Fsecrets/token.key", f"exp_1_{'0' * 8}/manifest.json"):
+        status, answer = await call(http, rn, "GET", f"/exports/{bad}", aud.token)
+        assert status in (400, 404), (bad, status, answer)
+    status, _ = await call(http, rn, "GET", f"/exports/{export_id}/manifest.json",
+                           admins["sysadmin"].token)
+    assert status == 403
+    downloads = await events(rn, "export.download")
+    assert [d["target"] for d in downloads] == [
+        f"{export_id}/messages.jsonl", f"{export_id}/manifest.json", f"{export_id}/manifest.sig"]
     pins = [compliance(rn).keys.current_fingerprint() or ""]
     assert verify_export(path, compliance(rn).keys, pins) == []
     (path / "messages.jsonl").write_text((path / "messages.jsonl").read_text().replace("1", "7"))

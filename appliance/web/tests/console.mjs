@@ -309,7 +309,7 @@ try {
   await a.locator("#login-error", { hasText: "动态口令" }).waitFor();
   await login(a, aud, newSecret);
   const audLinks = await navLinks(a);
-  if (JSON.stringify(audLinks) !== JSON.stringify(["#/audit", "#/report", "#/escrow"])) fail(`auditor navigation: ${audLinks}`);
+  if (JSON.stringify(audLinks) !== JSON.stringify(["#/audit", "#/report", "#/export", "#/escrow"])) fail(`auditor navigation: ${audLinks}`);
   ok("auditor signed in with the TOTP enrolled on the secadmin's page (the old secret is refused)");
 
   await a.locator("#audit-records table").waitFor();
@@ -413,11 +413,43 @@ try {
   await shot(a, "11-escrow");
   await axe(a, "escrow");
 
+  // Export: a user's messages, signed; the step-up of the escrow request above may
+  // still be fresh (the node's step_up_window), else the dialog asks again.
+  await goTo(a, "export");
+  const xf = a.locator("#export-form");
+  await xf.locator("input[name=user]").fill(staff.username);
+  await xf.locator("button[type=submit]").click();
+  const exportFirst = await Promise.race([
+    a.locator("#export-id").waitFor().then(() => "done", () => "none"),
+    a.locator("dialog[open]").waitFor().then(() => "dialog", () => "none")]);
+  if (exportFirst === "dialog") await stepUp(a, newSecret);
+  await a.locator("#export-records").waitFor().catch(async (e) => {
+    fail(`no export result (${exportFirst}): ${e.message.split("\n")[0]}; page says "${await a.textContent("#export-status")}", dialog open: ${await a.locator("dialog[open]").count()}`);
+  });
+  const exportId = await a.textContent("#export-id");
+  if (!/^exp_\d+_[0-9a-f]{8}$/.test(exportId)) fail(`the export page shows export id "${exportId}"`);
+  const [manifestDl] = await Promise.all([
+    a.waitForEvent("download").catch(async (e) => { fail(`no download: ${e.message}; page says "${await a.textContent("#export-status")}"`); }),
+    a.click('button[data-file="manifest.json"]')]);
+  const manifestPath = join(mkdtempSync(join(tmpdir(), "tongxin-console-")), manifestDl.suggestedFilename());
+  await manifestDl.saveAs(manifestPath);
+  const manifest = JSON.parse(readFileSync(manifestPath, "utf8"));
+  if (manifest.export_id !== exportId || manifest.records !== Number(await a.textContent("#export-records"))) {
+    fail(`the downloaded manifest does not match the page: ${JSON.stringify(manifest)}`);
+  }
+  ok(`the auditor exported ${staff.username}'s messages (${exportId}, ${manifest.records} records) and downloaded the signed manifest`);
+  await shot(a, "12-export");
+  await axe(a, "export");
+
   await refused(a, "auditor", "admins", "GET", "/roles", "secadmin");
   ok("auditor is refused the secadmin's page and its API (403)");
   await goTo(a, "audit");
   rows = await search({ actor: aud.username, event: "escrow.request" });
   if (!has(rows, "escrow.request", "conversation:c_test", "失败")) fail(`escrow.request not audited: ${JSON.stringify(rows)}`);
+  rows = await search({ actor: aud.username, event: "export." });
+  if (!has(rows, "export.messages") || !has(rows, "export.download", `${exportId}/manifest.json`)) {
+    fail(`the export and its download are not in the audit trail: ${JSON.stringify(rows)}`);
+  }
   rows = await search({ actor: aud.username, event: "report.compliance" });
   if (!rows.length || rows[0][2] !== "report.compliance") fail("report.compliance not audited");
   ok("the auditor's own report and escrow request are in the audit trail");

@@ -40,6 +40,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     }),
     AUDITOR: frozenset({
         "audit.read", "audit.verify", "audit.sign", "report.read", "export.messages",
+        # the files of an export already made (and stepped up): audited, not stepped up again
+        "export.download",
         "escrow.decrypt", "escrow.request",
     }),
     USER: frozenset(),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -50,6 +51,11 @@ from tongxin.store.ports import StoreError, User
 if TYPE_CHECKING:
     from tongxin.atrest.keyring import DekStore
     from tongxin.server.node import Node
+
+# The files of an export (compliance/export.py) and how they are served.
+_EXPORT_ID = re.compile(r"exp_[0-9]{1,16}_[0-9a-f]{8}")
+_EXPORT_FILES = {"messages.jsonl": "application/x-ndjson", "manifest.json": "application/json",
+                 "manifest.sig": "application/json"}
 
 log = logging.getLogger("tongxin.admin")
 
@@ -832,6 +838,25 @@ class AdminApi:
                            from_ms=from_ms, to_ms=to_ms, sm3=manifest["files"][0]["sm3"])
         return web.json_response({"path": str(path), "manifest": manifest})
 
+    async def export_file(self, request: web.Request, ctx: Ctx) -> web.Response:
+        """One file of an export this node wrote (the console's download): the
+        messages, the manifest or its signature. Every download is audited."""
+        export_id = request.match_info["export_id"]
+        name = request.match_info["name"]
+        if not _EXPORT_ID.fullmatch(export_id) or name not in _EXPORT_FILES:
+            return _err(400, "INVALID_ARGUMENT",
+                        f"an export id (exp_<ms>_<8 hex>) and one of {', '.join(_EXPORT_FILES)}")
+        path = self.c.cfg.home / "exports" / export_id / name
+        try:
+            data = await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:
+            return _err(404, "NOT_FOUND", f"no export {export_id} on this node")
+        await self.c.audit("export.download", actor=ctx.user.id, actor_role=ctx.role,
+                           target=f"{export_id}/{name}", source=ctx.source, bytes=len(data))
+        return web.Response(body=data, content_type=_EXPORT_FILES[name], headers={
+            "Content-Disposition": f'attachment; filename="{export_id}-{name}"',
+            "Cache-Control": "no-store"})
+
     async def escrow_decrypt(self, request: web.Request, ctx: Ctx) -> web.Response:
         """Open one stored E2EE message with the compliance escrow key (docs/e2ee.md
         section 10): auditor, fresh second factor, every attempt audited."""
@@ -931,6 +956,7 @@ def add_routes(app: web.Application, node: Node) -> None:
     r.add_post(f"{p}/audit/verify", g("audit.verify", api.verify_audit))
     r.add_post(f"{p}/audit/sign", g("audit.sign", api.sign_audit))
     r.add_post(f"{p}/export", g("export.messages", api.export))
+    r.add_get(f"{p}/exports/{{export_id}}/{{name}}", g("export.download", api.export_file))
     r.add_get(f"{p}/report", g("report.read", api.report))
     r.add_post(f"{p}/e2ee/escrow-decrypt", g("escrow.decrypt", api.escrow_decrypt))
     # two-person escrow decryption (issue 16): the auditor asks, the secadmin approves

@@ -86,6 +86,25 @@ export async function call(method, path, body, totp = "") {
   throw err;
 }
 
+// fetchFile(path): a file the admin API serves (an export's), as text, with the
+// same session, sign-out and step-up handling as call().
+export async function fetchFile(path, totp = "") {
+  if (!session) throw new ApiError(401, { error: "NOT_AUTHENTICATED", message: "not signed in" });
+  const headers = { authorization: `Bearer ${session.token}` };
+  if (totp) headers["x-tongxin-totp"] = totp;
+  const resp = await fetch(PREFIX + path, { headers, cache: "no-store" });
+  if (resp.ok) return resp.text();
+  const err = new ApiError(resp.status, await parse(resp));
+  if (resp.status === 401) {
+    forget();
+    onSignedOut(err);
+  } else if (resp.status === 403 && (err.code === "STEP_UP_REQUIRED" || err.code === "STEP_UP_FAILED")) {
+    const code = await askStepUp(err);
+    if (code) return fetchFile(path, code);
+  }
+  throw err;
+}
+
 // The node's own public endpoints (/readyz answers 503 with a body when not ready).
 export async function publicGet(path) {
   const resp = await fetch(path, { cache: "no-store" });

@@ -178,6 +178,56 @@ export async function report(el, { api, t, errorText }) {
   await load();
 }
 
+// Export one user's or one conversation's messages for a time range (POST /export,
+// signed by the node's audit key), then download its three files.
+export async function exportPage(el, { api, t, errorText }) {
+  const [status, say] = reporter("export-status");
+  const result = h("div", { id: "export-result" });
+  const form = h("form", { class: "form-grid", id: "export-form" },
+    field(t("export.user"), { name: "user", autocomplete: "off", placeholder: t("export.userHint") }),
+    field(t("export.conversation"), { name: "conversation_id", autocomplete: "off" }),
+    field(t("export.from"), { name: "from", type: "datetime-local" }),
+    field(t("export.to"), { name: "to", type: "datetime-local" }),
+    h("div", { class: "actions" }, h("button", { type: "submit", class: "primary", id: "export-run" }, t("export.run"))));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const v = values(form);
+    if (!v.user && !v.conversation_id) {
+      say(t("export.needTarget"), true);
+      return;
+    }
+    const body = v.user ? { user: v.user.trim() } : { conversation_id: v.conversation_id.trim() };
+    if (v.from) body.from_ms = Number(toMs(v.from));
+    if (v.to) body.to_ms = Number(toMs(v.to));
+    say(t("export.running"));
+    try {
+      const r = await api.call("POST", "/export", body);
+      const m = r.manifest;
+      const file = (m.files || [])[0] || {};
+      const names = ["messages.jsonl", "manifest.json", "manifest.sig"];
+      const files = {};
+      for (const name of names) files[name] = await api.fetchFile(`/exports/${m.export_id}/${name}`);
+      result.replaceChildren(h("dl", { class: "facts" },
+        h("dt", {}, t("export.id")), h("dd", { id: "export-id" }, m.export_id),
+        h("dt", {}, t("export.records")), h("dd", { id: "export-records" }, formatNumber(m.records)),
+        h("dt", {}, t("export.digest")), h("dd", { class: "mono" }, `${file.sm3 || "—"} (${formatNumber(file.bytes || 0)} B)`),
+        h("dt", {}, t("export.where")), h("dd", { class: "mono" }, r.path)),
+      h("div", { class: "toolbar" }, names.map((name) =>
+        h("button", { type: "button", class: "secondary", "data-file": name, onclick: () => {
+          // Fetched with the export: a download started after an await loses the
+          // click's user activation, and browsers may then refuse it.
+          download(`${m.export_id}-${name}`, name.endsWith(".jsonl") ? "application/x-ndjson" : "application/json", files[name]);
+          say(t("export.downloaded", { name }));
+        } }, t("export.download", { name })))),
+      h("p", { class: "help" }, t("export.verifyHint")));
+      say(t("export.done", { n: formatNumber(m.records) }));
+    } catch (e) {
+      say(errorText(e), true);
+    }
+  });
+  el.append(h("p", { class: "lead" }, t("export.lead")), form, status, result);
+}
+
 const MINE = "tongxin.console.escrow";
 
 export async function escrow(el, { api, t, errorText }) {
