@@ -483,3 +483,20 @@ async def test_site_status_shows_the_newest_evidence_to_the_sysadmin_only(
     for role in ("secadmin", "auditor"):
         status, body = await call(http, rn, "GET", "/site", admins[role].token)
         assert status == 403, (role, body)
+
+
+async def test_policy_page_shows_the_rules_to_the_secadmin_only(
+        node_factory: NodeFactory, http: aiohttp.ClientSession) -> None:
+    rn: RunningNode = await node_factory(accounts={"password_min_classes": 3, "password_history": 4})
+    admins = await trio(rn, http)
+    status, body = await call(http, rn, "GET", "/policy", admins["secadmin"].token)
+    assert status == 200, body
+    rules = {r["key"]: r for r in body["rules"]}
+    assert rules["password_min_classes"] == {"key": "password_min_classes", "value": 3,
+                                             "required": ">= 3", "ok": True}
+    assert rules["password_history"]["value"] == 4 and rules["password_history"]["ok"] is True
+    assert rules["password_max_age_days"]["ok"] is False and body["meets_dengbao"] is False
+    assert [e["actor"] for e in await events(rn, "policy.read")] == [admins["secadmin"].user_id]
+    for role in ("sysadmin", "auditor"):
+        status, _ = await call(http, rn, "GET", "/policy", admins[role].token)
+        assert status == 403, role

@@ -249,7 +249,7 @@ try {
   const s = await newPage("secadmin");
   await login(s, sec);
   const secLinks = await navLinks(s);
-  if (JSON.stringify(secLinks) !== JSON.stringify(["#/admins", "#/keys", "#/retention", "#/approvals"])) {
+  if (JSON.stringify(secLinks) !== JSON.stringify(["#/admins", "#/keys", "#/policy", "#/retention", "#/approvals"])) {
     fail(`secadmin navigation: ${secLinks}`);
   }
   await s.locator("#admins-list table").waitFor();
@@ -273,6 +273,19 @@ try {
   ok(`secadmin rotated the audit signing key after a TOTP step-up (new ${newFingerprint.slice(0, 16)}…)`);
   await shot(s, "06-keys");
   await axe(s, "keys");
+
+  // The policy page: this test node hashes with scrypt N 1024 and asks one character
+  // class, which 等保 finds short; eight characters it finds enough.
+  await goTo(s, "policy");
+  await s.locator("#policy-verdict", { hasText: "未达到" }).waitFor();
+  const verdictOf = (key) => s.textContent(`[data-key="${key}"]`);
+  if ((await verdictOf("scrypt_n")) !== "不符合" || (await verdictOf("password_min_classes")) !== "不符合"
+    || (await verdictOf("password_min_length")) !== "符合" || (await verdictOf("token_ttl")) !== "无要求") {
+    fail(`the policy page's verdicts: scrypt_n ${await verdictOf("scrypt_n")}, min_length ${await verdictOf("password_min_length")}`);
+  }
+  ok("the policy page shows each password and lockout rule against 等保 (scrypt N 1024 and one character class fall short)");
+  await shot(s, "06b-policy");
+  await axe(s, "policy");
 
   await goTo(s, "retention");
   await s.locator("#audit-days").waitFor();

@@ -34,6 +34,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     SECADMIN: frozenset({
         # sms.confirm: the code sent at enrolment (sms.enroll, stepped up) comes back
         "role.list", "role.assign", "totp.reset", "sms.enroll", "sms.confirm", "key.rotate",
+        # the password and lockout policy in force, against 等保's thresholds
+        "policy.read",
         "retention.read", "retention.set", "hold.list", "hold.set", "hold.release",
         # the second person of an escrow decryption (the auditor asks: escrow.request)
         "escrow.approve",

@@ -510,6 +510,15 @@ class AdminApi:
 
     # ---- secadmin: roles, second factors, keys, retention, holds -------------------
 
+    async def policy(self, request: web.Request, ctx: Ctx) -> web.Response:
+        """The password and lockout policy this node runs with, rule by rule against
+        等保's thresholds. Set in the configuration (accounts.*), read at start."""
+        from tongxin.compliance.account_policy import document
+
+        await self.c.audit("policy.read", actor=ctx.user.id, actor_role=ctx.role,
+                           source=ctx.source)
+        return web.json_response(document(self.node.cfg.accounts))
+
     async def list_roles(self, request: web.Request, ctx: Ctx) -> web.Response:
         totp = set(await self.c.store.totp_user_ids())
         sms = set(await self.c.store.sms_user_ids())
@@ -940,6 +949,7 @@ def add_routes(app: web.Application, node: Node) -> None:
     r.add_get(f"{p}/site", g("node.status", api.site_status))
     # secadmin
     r.add_get(f"{p}/roles", g("role.list", api.list_roles))
+    r.add_get(f"{p}/policy", g("policy.read", api.policy))
     r.add_put(f"{p}/users/{{name}}/role", g("role.assign", api.assign_role))
     r.add_post(f"{p}/users/{{name}}/totp", g("totp.reset", api.reset_totp))
     r.add_put(f"{p}/users/{{name}}/sms", g("sms.enroll", api.enroll_sms))

@@ -9,6 +9,7 @@ export const PAGES = [
   { id: "status", role: "sysadmin", permission: "user.list", render: sysadmin.status },
   { id: "admins", role: "secadmin", permission: "role.list", render: secadmin.admins },
   { id: "keys", role: "secadmin", permission: "key.rotate", render: secadmin.keys },
+  { id: "policy", role: "secadmin", permission: "policy.read", render: secadmin.policy },
   { id: "retention", role: "secadmin", permission: "retention.read", render: secadmin.retention },
   { id: "approvals", role: "secadmin", permission: "escrow.approve", render: secadmin.approvals },
   { id: "audit", role: "auditor", permission: "audit.read", render: auditor.audit },

@@ -105,6 +105,25 @@ export async function keys(el, { api, t, errorText, ask }) {
     status, h("p", { class: "help" }, t("keys.atRestNote")));
 }
 
+// The password and lockout policy in force (GET /policy), rule by rule against
+// 等保's thresholds. It is set in the configuration, not here: the page says where.
+export async function policy(el, { api, t }) {
+  const p = await api.call("GET", "/policy");
+  const unit = (key) => (key.endsWith("_days") ? t("policy.days") : /timeout|duration|window|ttl/.test(key) ? t("policy.seconds") : "");
+  const verdict = (ok) => (ok === null ? h("span", { class: "muted" }, t("policy.noRule"))
+    : h("span", { class: `badge ${ok ? "state-active" : "state-disabled"}` }, ok ? t("policy.meets") : t("policy.short")));
+  el.append(h("p", { class: "lead" }, t("policy.lead")),
+    h("p", { id: "policy-verdict", class: p.meets_dengbao ? "status" : "status error" },
+      p.meets_dengbao ? t("policy.allMet") : t("policy.notAllMet")),
+    table(t("policy.caption"), [
+      { head: t("policy.setting"), cell: (r) => [h("div", {}, t(`policy.key.${r.key}`)), h("code", { class: "muted" }, `accounts.${r.key}`)] },
+      { head: t("policy.value"), cell: (r) => `${formatNumber(r.value)} ${unit(r.key)}`.trim() },
+      { head: t("policy.required"), cell: (r) => r.required || "—" },
+      { head: t("policy.status"), cell: (r) => h("span", { "data-key": r.key }, verdict(r.ok)) },
+    ], p.rules, "—"),
+    h("p", { class: "help" }, t("policy.where")));
+}
+
 export async function retention(el, { api, t, errorText }) {
   const [status, say] = reporter(t, "retention-status");
   const view = h("div", { id: "retention-view" });
