@@ -500,3 +500,36 @@ async def test_policy_page_shows_the_rules_to_the_secadmin_only(
     for role in ("sysadmin", "auditor"):
         status, _ = await call(http, rn, "GET", "/policy", admins[role].token)
         assert status == 403, role
+
+
+async def test_secadmin_signs_out_another_administrator(
+        node_factory: NodeFactory, http: aiohttp.ClientSession) -> None:
+    # No step-up window: the login's second factor does not count for the sign-out.
+    rn: RunningNode = await node_factory(compliance={"step_up_window": 0})
+    admins = await trio(rn, http)
+    sec, aud = admins["secadmin"], admins["auditor"]
+    dave = await rn.user("dave")
+    assert (await call(http, rn, "GET", "/audit", aud.token))[0] == 200
+    # A fresh second factor is needed, as for other sensitive operations.
+    status, body = await call(http, rn, "POST", f"/users/{aud.name}/sign-out", sec.token)
+    assert status == 403 and body["error"] == "STEP_UP_REQUIRED"
+    assert (await call(http, rn, "GET", "/audit", aud.token))[0] == 200
+    # From here a verified code counts for five minutes, so the refusals below get
+    # past the step-up to the checks of their own.
+    rn.cfg.compliance.step_up_window = 300.0
+    status, body = await call(http, rn, "POST", f"/users/{aud.name}/sign-out", sec.token,
+                              totp=sec.code(1))
+    assert status == 200 and body["revoked_tokens"] >= 1, body
+    status, body = await call(http, rn, "GET", "/audit", aud.token)
+    assert status == 401, body  # the auditor's console session is over
+    # Not for ordinary users (the sysadmin's revoke-tokens), not for oneself.
+    for name in ("dave", sec.name):
+        status, body = await call(http, rn, "POST", f"/users/{name}/sign-out", sec.token)
+        assert status == 403 and body["error"] == "FORBIDDEN", (name, body)
+    assert dave.auth is not None
+    # Nor for the other roles.
+    status, body = await call(http, rn, "POST", f"/users/{sec.name}/sign-out",
+                              admins["sysadmin"].token, totp=admins["sysadmin"].code(1))
+    assert status == 403 and body["required_role"] == "secadmin"
+    done = await events(rn, "admin.sign_out")
+    assert [(e["actor"], e["target"]) for e in done] == [(sec.user_id, aud.name)]

@@ -264,6 +264,22 @@ try {
   await shot(s, "05-admins-totp");
   await axe(s, "admins");
 
+  // Force another administrator out: the sysadmin signs in again on a page of its
+  // own; after the secadmin's sign-out (a step-up) its token is refused.
+  const p2 = await newPage("sysadmin-again");
+  await login(p2, sys);
+  const sysToken = await p2.evaluate(() => JSON.parse(sessionStorage.getItem("tongxin.console.session")).token);
+  if ((await apiAs(p2, sysToken, "GET", "/whoami")).status !== 200) fail("the sysadmin's new session does not work");
+  await s.locator(`[data-signout="${sys.username}"]`).click();
+  await stepUp(s, sec.secret);
+  await s.locator("#admins-status", { hasText: "已结束" }).waitFor();
+  const afterSignOut = await apiAs(p2, sysToken, "GET", "/whoami");
+  if (afterSignOut.status !== 401) fail(`the signed-out sysadmin's token still works: ${afterSignOut.status}`);
+  await goTo(p2, "users");
+  await p2.locator("#login-form").waitFor();
+  ok(`secadmin signed the sysadmin out after a TOTP step-up: its token is refused and its console asks to sign in (${await s.textContent("#admins-status")})`);
+  await p2.context().close();
+
   await goTo(s, "keys");
   await s.click("#rotate-audit-key");
   await s.locator("dialog[open] button[type=submit]").click();

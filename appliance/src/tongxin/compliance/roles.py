@@ -36,6 +36,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
         "role.list", "role.assign", "totp.reset", "sms.enroll", "sms.confirm", "key.rotate",
         # the password and lockout policy in force, against 等保's thresholds
         "policy.read",
+        # end every session of another administrator (a lost laptop, a leaver)
+        "admin.sign_out",
         "retention.read", "retention.set", "hold.list", "hold.set", "hold.release",
         # the second person of an escrow decryption (the auditor asks: escrow.request)
         "escrow.approve",
@@ -55,6 +57,7 @@ SESSION_OPERATIONS: frozenset[str] = frozenset({"session.read", "session.logout"
 # Operations that need a fresh second factor (step-up) on top of the login.
 SENSITIVE: frozenset[str] = frozenset({
     "user.delete", "key.rotate", "retention.set", "export.messages", "hold.release",
+    "admin.sign_out",
     "role.assign", "sms.enroll", "escrow.decrypt", "escrow.request", "escrow.approve",
 })
 

@@ -510,6 +510,26 @@ class AdminApi:
 
     # ---- secadmin: roles, second factors, keys, retention, holds -------------------
 
+    async def sign_out_admin(self, request: web.Request, ctx: Ctx) -> web.Response:
+        """End every session of another administrator: its tokens are revoked on
+        every node, so the console and the API refuse them at once. Ordinary users
+        are the sysadmin's (revoke-tokens); one's own session ends with logout."""
+        target = await self._target(request, ctx, "admin.sign_out", ordinary_only=False)
+        if isinstance(target, web.Response):
+            return target
+        if not roles.is_admin(target.role) or target.id == ctx.user.id:
+            reason = ("an ordinary account: the system administrator revokes its sessions"
+                      if not roles.is_admin(target.role) else "your own session: sign out instead")
+            await self.c.audit("admin.forbidden", actor=ctx.user.id, actor_role=ctx.role,
+                               target=target.username, outcome="denied", source=ctx.source,
+                               operation="admin.sign_out", reason=reason)
+            return _err(403, "FORBIDDEN", f"{target.username}: {reason}")
+        revoked = await self.node.accounts.revoke_user(target.id)
+        await self.c.audit("admin.sign_out", actor=ctx.user.id, actor_role=ctx.role,
+                           target=target.username, source=ctx.source, user_id=target.id,
+                           revoked_tokens=revoked)
+        return web.json_response({"username": target.username, "revoked_tokens": revoked})
+
     async def policy(self, request: web.Request, ctx: Ctx) -> web.Response:
         """The password and lockout policy this node runs with, rule by rule against
         等保's thresholds. Set in the configuration (accounts.*), read at start."""
@@ -950,6 +970,7 @@ def add_routes(app: web.Application, node: Node) -> None:
     # secadmin
     r.add_get(f"{p}/roles", g("role.list", api.list_roles))
     r.add_get(f"{p}/policy", g("policy.read", api.policy))
+    r.add_post(f"{p}/users/{{name}}/sign-out", g("admin.sign_out", api.sign_out_admin))
     r.add_put(f"{p}/users/{{name}}/role", g("role.assign", api.assign_role))
     r.add_post(f"{p}/users/{{name}}/totp", g("totp.reset", api.reset_totp))
     r.add_put(f"{p}/users/{{name}}/sms", g("sms.enroll", api.enroll_sms))

@@ -40,6 +40,15 @@ export async function admins(el, { api, t, session, errorText }) {
     }
   }
 
+  async function signOut(name) {
+    try {
+      const r = await api.call("POST", `/users/${encodeURIComponent(name)}/sign-out`);
+      say(t("admins.signedOut", { name: r.username, n: formatNumber(r.revoked_tokens) }));
+    } catch (err) {
+      say(errorText(err), true);
+    }
+  }
+
   async function load() {
     const r = await api.call("GET", "/roles");
     list.replaceChildren(table(t("admins.caption"), [
@@ -49,8 +58,11 @@ export async function admins(el, { api, t, session, errorText }) {
       { head: t("admins.totp"), cell: (u) => (u.totp ? t("status.yes") : t("status.no")) },
       { head: t("admins.sms"), cell: (u) => (u.sms ? t("status.yes") : t("status.no")) },
       { head: t("users.actions"), cell: (u) => (u.id === session.userId ? h("span", { class: "muted" }, t("admins.self"))
-        : h("button", { type: "button", class: "secondary small", "data-totp": u.username,
-          onclick: () => resetTotp(u.username) }, t("admins.resetTotp"))) },
+        : [h("button", { type: "button", class: "secondary small", "data-totp": u.username,
+          onclick: () => resetTotp(u.username) }, t("admins.resetTotp")),
+        " ",
+        h("button", { type: "button", class: "secondary small", "data-signout": u.username,
+          onclick: () => signOut(u.username) }, t("admins.signOut"))]) },
     ], r.admins, t("users.none")));
     const sensitive = new Set(r.sensitive);
     perms.replaceChildren(table(t("admins.permCaption"), [
