@@ -452,3 +452,31 @@ async def test_unsealed_rows_are_served_audited_only_when_allowed(tmp_path: Path
     await open_entries(ring, plain)
     await open_entries(None, plain)
     assert plain[0].content == _text("written with encryption off") and audited == []
+
+
+async def test_gm_at_rest_needs_sm4_and_sm3_not_sm2(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where SM2 cannot be used (an aarch64 host without gmssl-pyx) the GM suite as a
+    whole refuses to start, but encryption at rest, which needs only SM4 and SM3, works
+    and reads what was sealed where SM2 was present."""
+    from tongxin.crypto import suite as suites
+    from tongxin.crypto.errors import SM2UnavailableError
+
+    deks = MemoryDeks()
+    before = await keyring(tmp_path, deks)
+    sealed = before.seal(b"sealed with SM2 around", message_aad("c1", 1))
+
+    def unavailable() -> None:
+        raise SM2UnavailableError("gmssl-pyx is not available (test)")
+
+    monkeypatch.setattr(suites, "require_sm2", unavailable)
+    with pytest.raises(SM2UnavailableError):
+        suites.get_suite("gm")
+    assert suites.get_symmetric_suite("gm").name == "gm"
+    ring = Keyring(FileKeyProvider(tmp_path / "master.key", "gm"), deks, "gm")
+    await ring.start()
+    assert await ring.open_async(sealed, message_aad("c1", 1)) == b"sealed with SM2 around"
+    again = ring.seal(b"and without it", message_aad("c1", 2))
+    assert before.open(again, message_aad("c1", 2)) == b"and without it"
+    with pytest.raises(ValueError, match="unknown crypto suite"):
+        suites.get_symmetric_suite("rot13")

@@ -29,7 +29,7 @@ from tongxin.atrest.errors import IntegrityError, KeyProviderError, UnknownDataK
 from tongxin.atrest.providers import MasterKeyProvider
 from tongxin.clock import now_ms
 from tongxin.crypto.errors import DecryptionError
-from tongxin.crypto.suite import CryptoSuite, get_suite
+from tongxin.crypto.suite import SymmetricSuite, get_symmetric_suite
 
 log = logging.getLogger("tongxin.atrest")
 
@@ -87,7 +87,7 @@ def wrap_aad(key_id: int, suite: str) -> bytes:
 @dataclass(slots=True)
 class _Dek:
     id: int
-    suite: CryptoSuite
+    suite: SymmetricSuite
     key: bytes
     created_at: int = 0
     uses: int = 0
@@ -139,7 +139,7 @@ class Keyring:
             self._current = await self._new_dek()
 
     async def _new_dek(self) -> _Dek:
-        suite = get_suite(self.suite_name)
+        suite = get_symmetric_suite(self.suite_name)
         key = os.urandom(suite.aead_key_size)
         for _ in range(8):
             key_id = secrets.randbits(32)
@@ -155,7 +155,7 @@ class Keyring:
 
     def _unwrap(self, row: DataKeyRow) -> _Dek:
         key = self.provider.unwrap(row.kek_id, row.wrapped, wrap_aad(row.id, row.suite))
-        suite = get_suite(row.suite)
+        suite = get_symmetric_suite(row.suite)
         if len(key) != suite.aead_key_size:
             raise KeyProviderError(f"data key {row.id} unwrapped to {len(key)} bytes")
         return _Dek(row.id, suite, key, row.created_at)
@@ -235,14 +235,14 @@ class Keyring:
 
     # ---- DEK material for chunked blobs ------------------------------------
 
-    def current(self) -> tuple[int, CryptoSuite, bytes]:
+    def current(self) -> tuple[int, SymmetricSuite, bytes]:
         dek = self._current
         if dek is None:
             raise KeyProviderError("at-rest encryption is not started")
         self._count(dek)
         return dek.id, dek.suite, dek.key
 
-    async def key(self, key_id: int) -> tuple[CryptoSuite, bytes]:
+    async def key(self, key_id: int) -> tuple[SymmetricSuite, bytes]:
         await self.load(key_id)
         dek = self._deks[key_id]
         return dek.suite, dek.key

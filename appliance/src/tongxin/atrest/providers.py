@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 from tongxin.atrest.errors import KeyProviderError
 from tongxin.crypto.errors import DecryptionError
-from tongxin.crypto.suite import CryptoSuite, get_suite
+from tongxin.crypto.suite import SymmetricSuite, get_symmetric_suite
 
 LINE_TAG = "tongxin-kek-v1"
 _KEK_ID = re.compile(r"^[0-9a-f]{16}$")
@@ -102,7 +102,7 @@ class FileKeyProvider:
 
     def _new_kek(self) -> _Kek:
         return _Kek(secrets.token_hex(8), self.suite_name,
-                    os.urandom(get_suite(self.suite_name).aead_key_size))
+                    os.urandom(get_symmetric_suite(self.suite_name).aead_key_size))
 
     def _read(self) -> list[_Kek]:
         try:
@@ -123,7 +123,7 @@ class FileKeyProvider:
                 raise KeyProviderError(f"{self.path}:{number}: not a '{LINE_TAG} ID SUITE KEY' line")
             key = _unb64(parts[3], f"{self.path}:{number}")
             try:
-                size = get_suite(parts[2]).aead_key_size
+                size = get_symmetric_suite(parts[2]).aead_key_size
             except ValueError as exc:
                 raise KeyProviderError(f"{self.path}:{number}: {exc}") from exc
             if len(key) != size:
@@ -163,8 +163,8 @@ class FileKeyProvider:
         finally:
             os.close(dfd)
 
-    def _suite(self, kek: _Kek) -> CryptoSuite:
-        return get_suite(kek.suite)
+    def _suite(self, kek: _Kek) -> SymmetricSuite:
+        return get_symmetric_suite(kek.suite)
 
     def current_id(self) -> str:
         self._refresh()

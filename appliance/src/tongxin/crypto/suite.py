@@ -82,14 +82,39 @@ class CryptoSuite(Protocol):
     def kem_decapsulate(self, private_key: bytes, encapsulated_key: bytes) -> bytes: ...
 
 
-class GMSuite:
-    """SM2 signatures (default signer ID) and SM2-encryption KEM, SM3, HMAC-SM3, HKDF-SM3,
-    SM4-GCM with a 16-byte key, 12-byte nonce and 16-byte tag.
+@runtime_checkable
+class SymmetricSuite(Protocol):
+    """The part of a suite that needs no public-key algorithm: what encryption at rest
+    asks for (hashes, MACs, HKDF, the AEAD). A consumer that needs only this asks for
+    it (:func:`get_symmetric_suite`), so the GM suite's SM4 and SM3 work where SM2 does
+    not (an aarch64 host without gmssl-pyx)."""
 
-    Construction fails with :class:`SM2UnavailableError` when gmssl-pyx is missing, and with
+    @property
+    def name(self) -> str: ...
+    @property
+    def hash_size(self) -> int: ...
+    @property
+    def aead_key_size(self) -> int: ...
+    @property
+    def aead_nonce_size(self) -> int: ...
+    @property
+    def aead_tag_size(self) -> int: ...
+
+    def hash(self, data: bytes) -> bytes: ...
+    def hmac(self, key: bytes, data: bytes) -> bytes: ...
+    def hmac_verify(self, key: bytes, data: bytes, tag: bytes) -> None: ...
+    def hkdf(
+        self, ikm: bytes, length: int, *, salt: bytes | None = None, info: bytes = b""
+    ) -> bytes: ...
+    def aead_encrypt(self, key: bytes, nonce: bytes, plaintext: bytes, aad: bytes = b"") -> bytes: ...
+    def aead_decrypt(self, key: bytes, nonce: bytes, ciphertext: bytes, aad: bytes = b"") -> bytes: ...
+
+
+class GMSymmetricSuite:
+    """SM3, HMAC-SM3, HKDF-SM3 and SM4-GCM (16-byte key, 12-byte nonce, 16-byte tag), all
+    from ``cryptography``: the GM suite without SM2. Construction fails with
     :class:`CryptoError` when the OpenSSL inside ``cryptography`` lacks SM3 or SM4 (some
-    distribution builds strip them); the suite is never half-available.
-    """
+    distribution builds strip them)."""
 
     name = "gm"
     hash_size = hashes.SM3_DIGEST_SIZE
@@ -98,7 +123,6 @@ class GMSuite:
     aead_tag_size = sm4.SM4_GCM_TAG_SIZE
 
     def __init__(self) -> None:
-        require_sm2()
         try:
             hashes.sm3_digest(b"")
             sm4.sm4_gcm_encrypt(bytes(16), bytes(12), b"")
@@ -126,6 +150,19 @@ class GMSuite:
 
     def aead_decrypt(self, key: bytes, nonce: bytes, ciphertext: bytes, aad: bytes = b"") -> bytes:
         return sm4.sm4_gcm_decrypt(key, nonce, ciphertext, aad)
+
+
+class GMSuite(GMSymmetricSuite):
+    """The GM suite: :class:`GMSymmetricSuite` plus SM2 signatures (default signer ID) and
+    the SM2-encryption KEM.
+
+    Construction fails with :class:`SM2UnavailableError` when gmssl-pyx is missing, and with
+    :class:`CryptoError` when SM3 or SM4 are missing; the suite is never half-available.
+    """
+
+    def __init__(self) -> None:
+        require_sm2()
+        super().__init__()
 
     @staticmethod
     def _keypair(key: SM2PrivateKey) -> KeyPair:
@@ -270,6 +307,16 @@ def get_suite(name: str) -> CryptoSuite:
     if factory is None:
         raise ValueError(f"unknown crypto suite {name!r}; known suites: {', '.join(SUITE_NAMES)}")
     return factory()
+
+
+def get_symmetric_suite(name: str) -> SymmetricSuite:
+    """The symmetric part of suite ``name``: for ``gm`` it needs SM3 and SM4 only, not SM2.
+    Raises ``ValueError`` for an unknown name; never substitutes another suite."""
+    if name == GMSuite.name:
+        return GMSymmetricSuite()
+    if name == InternationalSuite.name:
+        return InternationalSuite()
+    raise ValueError(f"unknown crypto suite {name!r}; known suites: {', '.join(SUITE_NAMES)}")
 
 
 def available_suites() -> tuple[str, ...]:
