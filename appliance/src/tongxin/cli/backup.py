@@ -90,20 +90,12 @@ def _audit(cfg: Config, event: str, outcome: str, **details: Any) -> str:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from tongxin.cli.dr_secrets import _write_new
-    from tongxin.site.sealed import generate_key
+    from tongxin.cli.dr_secrets import write_key_pair
 
-    key = generate_key(args.suite)
-    private, public = Path(args.out + ".key"), Path(args.out + ".pub")
-    for p in (private, public):
-        if p.exists() or p.is_symlink():
-            raise _fail(f"{p} exists; a backup key is never overwritten (move it away first)")
-    public.parent.mkdir(parents=True, exist_ok=True)
-    _write_new(private, (json.dumps(key.private_document(), indent=2) + "\n").encode(),
-               replace=False)
-    public.write_text(json.dumps(key.public_document(), indent=2) + "\n", encoding="utf-8")
-    print(json.dumps({"key_id": key.key_id, "suite": key.suite, "private": str(private),
-                      "public": str(public)}, indent=2))
+    try:
+        private, public = write_key_pair(args.suite, args.out, "a backup key")
+    except SystemExit as exc:
+        raise _fail(str(exc)) from None
     _progress(f"keep {private} off the hosts (offline, with the restore runbook); "
               f"the backup host needs only {public}")
     return 0

@@ -80,18 +80,28 @@ def _write_new(path: Path, data: bytes, *, replace: bool, uid: int = -1, gid: in
         raise
 
 
-def cmd_keygen(args: argparse.Namespace) -> int:
-    key = generate_key(args.suite)
-    private, public = Path(args.out + ".key"), Path(args.out + ".pub")
+def write_key_pair(suite: str, out: str, what: str) -> tuple[Path, Path]:
+    """Make a seal key pair and write OUT.key (0600, never over an existing file) and
+    OUT.pub; print the key's id. ``what`` names the key in the refusal."""
+    key = generate_key(suite)
+    private, public = Path(out + ".key"), Path(out + ".pub")
     for p in (private, public):
         if p.exists() or p.is_symlink():
-            raise _fail(f"{p} exists; a DR seal key is never overwritten (move it away first)")
+            raise SystemExit(f"{p} exists; {what} is never overwritten (move it away first)")
     public.parent.mkdir(parents=True, exist_ok=True)
     _write_new(private, (json.dumps(key.private_document(), indent=2) + "\n").encode(),
                replace=False)
     public.write_text(json.dumps(key.public_document(), indent=2) + "\n", encoding="utf-8")
     print(json.dumps({"key_id": key.key_id, "suite": key.suite, "private": str(private),
                       "public": str(public)}, indent=2))
+    return private, public
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    try:
+        private, public = write_key_pair(args.suite, args.out, "a DR seal key")
+    except SystemExit as exc:
+        raise _fail(str(exc)) from None
     print(f"{_PROG}: keep {private} off every host (offline media, two DR operators); "
           f"the inventory needs only {public}", file=sys.stderr)
     return 0

@@ -41,8 +41,11 @@ class KeyPair(NamedTuple):
 
 
 @runtime_checkable
-class CryptoSuite(Protocol):
-    """What a protocol layer may ask of a suite. Every failure of authenticity raises a
+class SymmetricSuite(Protocol):
+    """The part of a suite that needs no public-key algorithm: what encryption at rest
+    asks for (hashes, MACs, HKDF, the AEAD). A consumer that needs only this asks for
+    it (:func:`get_symmetric_suite`), so the GM suite's SM4 and SM3 work where SM2 does
+    not (an aarch64 host without gmssl-pyx). Every failure of authenticity raises a
     :class:`~tongxin.crypto.errors.CryptoError` subclass; none returns a false value."""
 
     @property
@@ -71,6 +74,11 @@ class CryptoSuite(Protocol):
         """Raise :class:`DecryptionError` unless ciphertext, tag, nonce and AAD all match."""
         ...
 
+
+@runtime_checkable
+class CryptoSuite(SymmetricSuite, Protocol):
+    """What a protocol layer may ask of a suite: the symmetric part and signatures and a KEM."""
+
     def generate_signing_keypair(self) -> KeyPair: ...
     def sign(self, private_key: bytes, message: bytes) -> bytes: ...
     def verify(self, public_key: bytes, message: bytes, signature: bytes) -> None:
@@ -80,34 +88,6 @@ class CryptoSuite(Protocol):
     def generate_kem_keypair(self) -> KeyPair: ...
     def kem_encapsulate(self, public_key: bytes) -> Encapsulation: ...
     def kem_decapsulate(self, private_key: bytes, encapsulated_key: bytes) -> bytes: ...
-
-
-@runtime_checkable
-class SymmetricSuite(Protocol):
-    """The part of a suite that needs no public-key algorithm: what encryption at rest
-    asks for (hashes, MACs, HKDF, the AEAD). A consumer that needs only this asks for
-    it (:func:`get_symmetric_suite`), so the GM suite's SM4 and SM3 work where SM2 does
-    not (an aarch64 host without gmssl-pyx)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def hash_size(self) -> int: ...
-    @property
-    def aead_key_size(self) -> int: ...
-    @property
-    def aead_nonce_size(self) -> int: ...
-    @property
-    def aead_tag_size(self) -> int: ...
-
-    def hash(self, data: bytes) -> bytes: ...
-    def hmac(self, key: bytes, data: bytes) -> bytes: ...
-    def hmac_verify(self, key: bytes, data: bytes, tag: bytes) -> None: ...
-    def hkdf(
-        self, ikm: bytes, length: int, *, salt: bytes | None = None, info: bytes = b""
-    ) -> bytes: ...
-    def aead_encrypt(self, key: bytes, nonce: bytes, plaintext: bytes, aad: bytes = b"") -> bytes: ...
-    def aead_decrypt(self, key: bytes, nonce: bytes, ciphertext: bytes, aad: bytes = b"") -> bytes: ...
 
 
 class GMSymmetricSuite:
