@@ -103,25 +103,28 @@ class Relay:
         return ws
 
 
-def main(port: int, limits: WireLimits, run: Callable[[Coroutine[Any, Any, int]], int]) -> int:
-    relay = Relay(limits)
+async def serve_until_stopped(app: web.Application, port: int) -> int:
+    """Serve ``app`` on HOST:port (with GET /readyz for the bench to wait on) until
+    SIGINT or SIGTERM. The echo server of relay_bench.py serves through it too."""
 
     async def readyz(request: web.Request) -> web.Response:
         return web.json_response({"ready": True})
 
-    async def serve() -> int:
-        app = web.Application()
-        app.router.add_get("/ws", relay.handle)
-        app.router.add_get("/readyz", readyz)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        await web.TCPSite(runner, HOST, port, backlog=4096).start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await runner.cleanup()
-        return 0
+    app.router.add_get("/readyz", readyz)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, HOST, port, backlog=4096).start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+    return 0
 
-    return run(serve())
+
+def main(port: int, limits: WireLimits, run: Callable[[Coroutine[Any, Any, int]], int]) -> int:
+    relay = Relay(limits)
+    app = web.Application()
+    app.router.add_get("/ws", relay.handle)
+    return run(serve_until_stopped(app, port))

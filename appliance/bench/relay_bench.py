@@ -222,6 +222,8 @@ def server_config(data_dir: Path, port: int, synchronous: str) -> str:
 
 
 def echo_server_main(port: int) -> int:
+    from bare_relay import serve_until_stopped
+
     async def ws_handler(request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(compress=False, autoping=True, heartbeat=None,
                                    max_msg_size=2 * LIMITS.max_frame_payload)
@@ -231,25 +233,9 @@ def echo_server_main(port: int) -> int:
                 await ws.send_bytes(msg.data)
         return ws
 
-    async def readyz(request: web.Request) -> web.Response:
-        return web.json_response({"ready": True})
-
-    async def serve() -> int:
-        app = web.Application()
-        app.router.add_get("/ws", ws_handler)
-        app.router.add_get("/readyz", readyz)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        await web.TCPSite(runner, HOST, port, backlog=4096).start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await runner.cleanup()
-        return 0
-
-    return run_loop(serve())
+    app = web.Application()
+    app.router.add_get("/ws", ws_handler)
+    return run_loop(serve_until_stopped(app, port))
 
 
 def run_loop(coro: Coroutine[Any, Any, T]) -> T:
