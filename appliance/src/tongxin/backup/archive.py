@@ -44,7 +44,7 @@ import zstandard
 
 from tongxin import __version__
 from tongxin.backup import mysqldump
-from tongxin.backup.stream import SealingWriter, file_digests
+from tongxin.backup.stream import Digests, SealingWriter, file_digests
 from tongxin.config import Config
 from tongxin.crypto.suite import CryptoSuite, get_suite
 from tongxin.site.sealed import SealKey
@@ -290,8 +290,6 @@ def _write_sums(folder: Path, parts: list[PartResult], manifest: bytes) -> None:
 
 
 def file_digests_bytes(data: bytes) -> tuple[str, str]:
-    from tongxin.backup.stream import Digests
-
     d = Digests()
     d.update(data)
     return d.hexdigests()

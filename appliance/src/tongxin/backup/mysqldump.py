@@ -85,23 +85,15 @@ def dump(dsn: MysqlDsn, out: BinaryIO) -> Endpoint:
     raise DumpError(f"{DUMP_TOOL} failed on every endpoint: " + "; ".join(errors))
 
 
-def _client(dsn: MysqlDsn, endpoint: Endpoint, cnf: str, *args: str) -> list[str]:
+def _client(dsn: MysqlDsn, cnf: str, *args: str) -> list[str]:
     return [_tool(CLIENT_TOOL), f"--defaults-extra-file={cnf}", "--batch",
             "--default-character-set=utf8mb4", *args, dsn.database]
-
-
-def table_count(dsn: MysqlDsn) -> int:
-    """Tables in the database (an empty site has none, or only empty ones: see
-    :func:`rows_in`)."""
-    out = query(dsn, "SELECT COUNT(*) FROM information_schema.tables "
-                     "WHERE table_schema = DATABASE()")
-    return int(out.strip() or 0)
 
 
 def query(dsn: MysqlDsn, sql: str) -> str:
     endpoint = dsn.endpoints[0]
     with _defaults_file(dsn, endpoint) as cnf:
-        res = subprocess.run(_client(dsn, endpoint, cnf, "--skip-column-names", "-e", sql),
+        res = subprocess.run(_client(dsn, cnf, "--skip-column-names", "-e", sql),
                              capture_output=True, check=False)
     if res.returncode != 0:
         raise DumpError(f"{CLIENT_TOOL} at {endpoint}: "
@@ -113,7 +105,7 @@ def load(dsn: MysqlDsn, src: Iterator[bytes]) -> None:
     """Feed a dump to the client, in one session, stopping at the first error."""
     endpoint = dsn.endpoints[0]
     with _defaults_file(dsn, endpoint) as cnf, tempfile.TemporaryFile() as errf:
-        proc = subprocess.Popen(_client(dsn, endpoint, cnf), stdin=subprocess.PIPE,
+        proc = subprocess.Popen(_client(dsn, cnf), stdin=subprocess.PIPE,
                                 stdout=subprocess.DEVNULL, stderr=errf)
         assert proc.stdin is not None
         try:

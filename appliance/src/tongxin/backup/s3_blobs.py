@@ -9,63 +9,64 @@ from __future__ import annotations
 import asyncio
 import tarfile
 import tempfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from tongxin.config import Config
 from tongxin.files.s3 import S3BlobStore
 
 _PREFIX = "blobs/"
+Progress = Callable[[str], None]
 
 
-def _store(cfg: Config, spool: Path) -> S3BlobStore:
-    return S3BlobStore.from_config(cfg.files, cfg.files.s3_bucket, spool)
+@asynccontextmanager
+async def _opened(cfg: Config) -> AsyncIterator[tuple[S3BlobStore, Path]]:
+    """The node's bucket (files.s3_*), open, with a spool directory removed after."""
+    with tempfile.TemporaryDirectory(prefix="tongxin-backup-s3-") as tmp:
+        store = S3BlobStore.from_config(cfg.files, cfg.files.s3_bucket, Path(tmp))
+        await store.open()
+        try:
+            yield store, Path(tmp)
+        finally:
+            await store.close()
 
 
-def add_bucket(cfg: Config, tar: tarfile.TarFile, progress: Callable[[str], None]) -> int:
+def _counted(count: int, progress: Progress) -> int:
+    if count % 100 == 0:
+        progress(f"files: {count} objects")
+    return count
+
+
+def add_bucket(cfg: Config, tar: tarfile.TarFile, progress: Progress) -> int:
     async def run() -> int:
         count = 0
-        with tempfile.TemporaryDirectory(prefix="tongxin-backup-s3-") as tmp:
-            store = _store(cfg, Path(tmp))
-            await store.open()
-            try:
-                paginator = store.s3.get_paginator("list_objects_v2")
-                async for page in paginator.paginate(Bucket=store.bucket, Prefix=_PREFIX):
-                    for obj in page.get("Contents", []):
-                        key = obj["Key"]
-                        spool = Path(tmp) / "object"
-                        with spool.open("wb") as fh:
-                            async for piece in store.read(key):
-                                fh.write(piece)
-                        tar.add(spool, arcname=key, recursive=False)
-                        count += 1
-                        if count % 100 == 0:
-                            progress(f"files: {count} objects")
-            finally:
-                await store.close()
+        async with _opened(cfg) as (store, tmp):
+            paginator = store.s3.get_paginator("list_objects_v2")
+            async for page in paginator.paginate(Bucket=store.bucket, Prefix=_PREFIX):
+                for obj in page.get("Contents", []):
+                    spool = tmp / "object"
+                    with spool.open("wb") as fh:
+                        async for piece in store.read(obj["Key"]):
+                            fh.write(piece)
+                    tar.add(spool, arcname=obj["Key"], recursive=False)
+                    count = _counted(count + 1, progress)
         return count
 
     return asyncio.run(run())
 
 
-def restore_bucket(cfg: Config, tar: tarfile.TarFile, progress: Callable[[str], None]) -> int:
+def restore_bucket(cfg: Config, tar: tarfile.TarFile, progress: Progress) -> int:
     async def run() -> int:
         count = 0
-        with tempfile.TemporaryDirectory(prefix="tongxin-restore-s3-") as tmp:
-            store = _store(cfg, Path(tmp))
-            await store.open()
-            try:
-                for member in tar:
-                    if not member.isfile() or not member.name.startswith(_PREFIX):
-                        continue
-                    src = tar.extractfile(member)
-                    assert src is not None
-                    await store.put_object(member.name, src.read())
-                    count += 1
-                    if count % 100 == 0:
-                        progress(f"files: {count} objects")
-            finally:
-                await store.close()
+        async with _opened(cfg) as (store, _tmp):
+            for member in tar:
+                if not member.isfile() or not member.name.startswith(_PREFIX):
+                    continue
+                src = tar.extractfile(member)
+                assert src is not None
+                await store.put_object(member.name, src.read())
+                count = _counted(count + 1, progress)
         return count
 
     return asyncio.run(run())
