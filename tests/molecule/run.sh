@@ -13,7 +13,8 @@
 #   -j N            run N scenarios at a time (default TONGXIN_MOLECULE_JOBS,
 #                   else 2): each scenario's output then goes to
 #                   $TONGXIN_CACHE/molecule-logs/<scenario>.log, and a failed
-#                   one's last 60 lines are printed
+#                   one's last 60 lines are printed, and at the end its
+#                   last failed tasks (failure_summary)
 #
 # Prepares what the scenarios need, each step skipped when already done:
 #   1. a Python venv with the pinned tools (requirements.txt) in .venv;
@@ -382,8 +383,26 @@ main() {
   done
   rm -rf "$status_dir"
   printf '%s\n' "${results[@]}"
+  # CI keeps only the end of the output: say there which task failed and how.
+  for s in "${list[@]}"; do
+    [ -f "$logs/$s.log" ] && grep -q "^$s: FAILED" < <(printf '%s\n' "${results[@]}") || continue
+    failure_summary "$s" "$logs/$s.log"
+  done
   echo "molecule: $passed passed, $failed failed in $((SECONDS - t_all)) s"
   [ "$failed" = 0 ]
+}
+
+# failure_summary SCENARIO LOG: the last failed tasks of a scenario's log
+# (an ignored failure earlier on is not the cause), each as its TASK line and
+# the first 300 characters of its fatal line, then Molecule's own complaint.
+failure_summary() {
+  awk -v s="$1" '
+    /^TASK \[/ { task = $0 }
+    /^(fatal|failed): / || /FAILED! =>/ { f[++n] = s ": " task "\n" s ":   " substr($0, 1, 300) }
+    /^(CRITICAL|ERROR) / { c = s ": " substr($0, 1, 300) }
+    /^\* \[/ && c ~ /Idempotence/ && k++ < 4 { c = c "\n" s ":   " substr($0, 1, 200) }
+    END { for (i = (n > 3 ? n - 2 : 1); i <= n; i++) print f[i]; if (c != "") print c }
+  ' "$2"
 }
 
 main "$@"; exit $?  # on one line: bash has read it all before running it
