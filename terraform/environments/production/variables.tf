@@ -91,7 +91,7 @@ variable "metadata" {
 }
 
 variable "inventory_vars" {
-  description = "Variables of the inventory's `all` group, e.g. { ansible_user = \"tongxin\" }."
+  description = "Variables of the inventory's `all` group, e.g. { ansible_user = \"tongxin-admin\" }."
   type        = map(string)
   default     = {}
 }

@@ -110,6 +110,13 @@ variable "vars" {
     condition     = alltrue([for k in keys(var.vars) : can(regex("^[a-z_][a-z0-9_]*$", k))])
     error_message = "Variable names must be valid Ansible variable names (lower-case letters, digits, underscores)."
   }
+
+  # The common role gives the service account a nologin shell: connecting as
+  # it would lock Ansible out after the first run.
+  validation {
+    condition     = lookup(var.vars, "ansible_user", "") != "tongxin"
+    error_message = "ansible_user must not be \"tongxin\", the account Tongxin's services run as (it gets a nologin shell); use an administrative account such as \"tongxin-admin\"."
+  }
 }
 
 variable "connection" {

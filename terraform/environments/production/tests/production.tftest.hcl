@@ -28,7 +28,7 @@ variables {
     x86_64  = "debian-12-amd64"
     aarch64 = "kylin-v10-arm64"
   }
-  inventory_vars = { ansible_user = "tongxin" }
+  inventory_vars = { ansible_user = "tongxin-admin" }
   sites = {
     dc1 = { cloud = "dc1", network_id = "net-dc1", subnet_id = "subnet-dc1" }
     dc2 = { cloud = "dc2", network_id = "net-dc2", subnet_id = "subnet-dc2" }
@@ -104,7 +104,7 @@ run "inventory_has_sites_and_components" {
   }
 
   assert {
-    condition     = yamldecode(output.inventory).all.vars == { ansible_user = "tongxin", tongxin_environment = "production" }
+    condition     = yamldecode(output.inventory).all.vars == { ansible_user = "tongxin-admin", tongxin_environment = "production" }
     error_message = "The all group carries the inventory vars."
   }
 }

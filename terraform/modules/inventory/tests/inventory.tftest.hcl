@@ -4,7 +4,7 @@ mock_provider "local" {}
 
 variables {
   environment = "production"
-  vars        = { ansible_user = "tongxin" }
+  vars        = { ansible_user = "tongxin-admin" }
   sites = {
     dc1 = {
       vars = { tongxin_lb_vip = "10.1.0.5" }
@@ -74,7 +74,7 @@ run "renders_site_and_component_groups" {
   }
 
   assert {
-    condition     = yamldecode(output.content).all.vars == { ansible_user = "tongxin", tongxin_environment = "production" }
+    condition     = yamldecode(output.content).all.vars == { ansible_user = "tongxin-admin", tongxin_environment = "production" }
     error_message = "The all group must carry the given vars and the environment."
   }
 
@@ -333,4 +333,14 @@ run "also_rejects_unknown_components" {
   }
 
   expect_failures = [var.sites]
+}
+
+run "rejects_the_service_account_as_ansible_user" {
+  command = plan
+
+  variables {
+    vars = { ansible_user = "tongxin" }
+  }
+
+  expect_failures = [var.vars]
 }
