@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pyotp
@@ -162,6 +162,7 @@ OPERATIONS: dict[str, tuple[str, str, Any]] = {
     "totp.reset": ("POST", "/users/carol/totp", None),
     "key.rotate": ("POST", "/keys/audit/rotate", None),
     "retention.set": ("PUT", "/retention", {"audit_retention_days": 365}),
+    "policy.set": ("PUT", "/policy", {"settings": {"password_min_length": 12}}),
     "hold.set": ("POST", "/holds", {"kind": "user", "target": "carol", "reason": "case 1"}),
     "audit.read": ("GET", "/audit", None),
     "audit.verify": ("POST", "/audit/verify", None),
@@ -171,6 +172,7 @@ OPERATIONS: dict[str, tuple[str, str, Any]] = {
 OWNER = {"user.list": "sysadmin", "user.create": "sysadmin", "user.disable": "sysadmin",
          "user.delete": "sysadmin", "role.assign": "secadmin", "totp.reset": "secadmin",
          "key.rotate": "secadmin", "retention.set": "secadmin", "hold.set": "secadmin",
+         "policy.set": "secadmin",
          "audit.read": "auditor", "audit.verify": "auditor", "export.messages": "auditor",
          "report.read": "auditor"}
 
@@ -500,6 +502,140 @@ async def test_policy_page_shows_the_rules_to_the_secadmin_only(
     for role in ("sysadmin", "auditor"):
         status, _ = await call(http, rn, "GET", "/policy", admins[role].token)
         assert status == 403, role
+
+
+async def test_secadmin_changes_the_policy_with_a_step_up_and_it_is_in_force(
+        node_factory: NodeFactory, http: aiohttp.ClientSession) -> None:
+    from tongxin.compliance.account_policy import POLICY_SETTING
+
+    # No step-up window: the login's second factor does not count for the change.
+    rn: RunningNode = await node_factory(compliance={"step_up_window": 0})
+    admins = await trio(rn, http)
+    sec = admins["secadmin"]
+    await rn.node.accounts.create_user("dave", "dave-pass-1")
+    comp = compliance(rn)
+
+    async def policy() -> dict[str, Any]:
+        status, body = await call(http, rn, "GET", "/policy", sec.token)
+        assert status == 200, body
+        return cast("dict[str, Any]", body)
+
+    def values(body: dict[str, Any]) -> dict[str, Any]:
+        return {r["key"]: r["value"] for r in body["rules"]}
+
+    start = await policy()
+    assert values(start)["password_min_length"] == 8 and start["overrides"] == {}
+    assert start["editable"]["password_min_length"] == {
+        "min": 6, "max": 128, "integer": True, "zero_off": False, "unit": ""}
+    assert "scrypt_n" not in start["editable"] and start["configured"]["lockout_threshold"] == 5
+    change = {"settings": {"password_min_length": 12, "password_min_classes": 3,
+                           "lockout_threshold": 3}, "reason": "等保 整改 2026-3"}
+
+    # The other two administrators may not (separation of duties), whatever code they send.
+    for role in ("sysadmin", "auditor"):
+        status, body = await call(http, rn, "PUT", "/policy", admins[role].token, change,
+                                  totp=admins[role].code(0))
+        assert status == 403 and body["error"] == "FORBIDDEN", (role, body)
+        assert body["required_role"] == "secadmin"
+    # The secadmin needs a fresh second factor: none, then a wrong one, are refused.
+    status, body = await call(http, rn, "PUT", "/policy", sec.token, change)
+    assert status == 403 and body["error"] == "STEP_UP_REQUIRED", body
+    wrong = "000000" if sec.code(0) != "000000" else "111111"
+    status, body = await call(http, rn, "PUT", "/policy", sec.token, change, totp=wrong)
+    assert status == 403 and body["error"] == "STEP_UP_FAILED", body
+    assert await comp.store.get_setting(POLICY_SETTING) is None
+
+    # Invalid values: 400 naming each refused field; the valid one beside them is not applied.
+    status, body = await call(http, rn, "PUT", "/policy", sec.token, {"settings": {
+        "password_min_length": 200, "lockout_threshold": 2.5, "token_ttl": "a week",
+        "session_idle_timeout": 30, "scrypt_n": 1024, "colour": "red", "password_history": 5}},
+        totp=sec.code(0))
+    assert status == 400 and body["error"] == "INVALID_ARGUMENT", body
+    fields = body["fields"]
+    assert set(fields) == {"password_min_length", "lockout_threshold", "token_ttl",
+                           "session_idle_timeout", "scrypt_n", "colour"}
+    assert fields["password_min_length"]["reason"] == "range"
+    assert fields["password_min_length"]["message"] == \
+        "password_min_length: must be a whole number from 6 to 128, got 200"
+    assert fields["lockout_threshold"]["reason"] == "integer"
+    assert fields["token_ttl"]["reason"] == "number"
+    assert fields["session_idle_timeout"]["reason"] == "range"
+    assert fields["session_idle_timeout"]["zero_off"] is True
+    assert fields["scrypt_n"]["reason"] == "fixed" and fields["colour"]["reason"] == "unknown"
+    for key in fields:
+        assert key in body["message"], key
+    assert await comp.store.get_setting(POLICY_SETTING) is None
+    assert values(await policy()) == values(start)
+    assert rn.node.accounts.cfg.password_history == 0
+    (refused,) = [e for e in await events(rn, "policy.set")]
+    assert refused["outcome"] == "denied" and refused["actor"] == sec.user_id
+    assert "password_min_length: must be a whole number" in refused["details"]["reason"]
+
+    # From here a verified code counts for five minutes (the one above was fresh).
+    rn.cfg.compliance.step_up_window = 300.0
+    status, body = await call(http, rn, "PUT", "/policy", sec.token, {"password_min_length": 12})
+    assert status == 400 and "settings" in body["message"]
+    status, body = await call(http, rn, "PUT", "/policy", sec.token, {"settings": {}})
+    assert status == 400 and body["fields"]["settings"]["reason"] == "empty"
+    assert await comp.store.get_setting(POLICY_SETTING) is None
+    status, body = await call(http, rn, "PUT", "/policy", sec.token, change)
+    assert status == 200, body
+    assert body["changed"] == {"password_min_length": {"from": 8, "to": 12},
+                               "password_min_classes": {"from": 1, "to": 3},
+                               "lockout_threshold": {"from": 5, "to": 3}}
+    assert values(body)["password_min_length"] == 12
+    assert body["overrides"] == {"password_min_length": 12, "password_min_classes": 3,
+                                 "lockout_threshold": 3}
+    assert body["configured"]["password_min_length"] == 8
+    assert body["changed_by"] == sec.user_id
+    after = await policy()
+    assert values(after)["password_min_classes"] == 3 and values(after)["lockout_threshold"] == 3
+    rules = {r["key"]: r for r in after["rules"]}
+    assert rules["password_min_classes"]["ok"] is True  # >= 3 classes is what 等保 asks
+    (_, _, ok) = [e for e in await events(rn, "policy.set")]
+    assert ok["outcome"] == "ok" and ok["actor"] == sec.user_id and ok["actor_role"] == "secadmin"
+    assert ok["target"] == "accounts" and ok["details"]["reason"] == "等保 整改 2026-3"
+    assert ok["details"]["changed"] == body["changed"]
+
+    # The new rules are in force for the next password change and the next logins.
+    pw = {"username": "dave", "old_password": "dave-pass-1"}
+    async with http.post(rn.http_url + "/api/v1/password",
+                         json={**pw, "new_password": "Dave-pass-2"}) as r:  # 11 characters
+        assert r.status == 400
+        assert "at least 12 characters" in (await r.json())["message"]
+    async with http.post(rn.http_url + "/api/v1/password",
+                         json={**pw, "new_password": "dave-pass-two"}) as r:  # one class short
+        assert r.status == 400
+        assert "at least 3 of" in (await r.json())["message"]
+    async with http.post(rn.http_url + "/api/v1/password",
+                         json={**pw, "new_password": "Dave-pass-two"}) as r:
+        assert r.status == 200, await r.text()
+    async with http.get(rn.http_url + "/api/v1/info") as r:
+        assert (await r.json())["password_min_length"] == 12
+    for _ in range(3):  # the lockout comes after three failures now, not five
+        async with http.post(rn.http_url + "/api/v1/login",
+                             json={"username": "dave", "password": "wrong"}) as r:
+            assert r.status == 401
+    async with http.post(rn.http_url + "/api/v1/login",
+                         json={"username": "dave", "password": "Dave-pass-two"}) as r:
+        assert r.status == 423 and (await r.json())["error"] == "ACCOUNT_LOCKED"
+    assert [e["target"] for e in await events(rn, "auth.lockout")] == ["dave"]
+
+    # null drops a change: the configuration file's value is in force again.
+    status, body = await call(http, rn, "PUT", "/policy", sec.token,
+                              {"settings": {"password_min_length": None}})
+    assert status == 200, body
+    assert body["changed"] == {"password_min_length": {"from": 12, "to": 8}}
+    assert "password_min_length" not in body["overrides"] and values(body)["password_min_length"] == 8
+    assert rn.node.accounts.cfg.password_min_length == 8
+    assert rn.node.accounts.cfg.password_min_classes == 3
+    # The 等保 report judges the policy in force and says where it comes from.
+    status, report = await call(http, rn, "GET", "/report", admins["auditor"].token)
+    assert status == 200
+    ia1 = _item(report, "IA-1")["evidence"]
+    assert "accounts.password_min_classes = 3" in ia1
+    assert any("changed by the security administrator" in e and "accounts.password_min_classes" in e
+               for e in ia1), ia1
 
 
 async def test_secadmin_signs_out_another_administrator(

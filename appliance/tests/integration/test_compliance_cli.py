@@ -88,3 +88,80 @@ async def test_bootstrap_login_verify_tamper_and_export(node_factory: NodeFactor
     rc, out = await tongxin(home, "audit", "verify", *audit_pubkeys(home))
     assert rc == 1
     assert "BROKEN: first problem at record 3 (database): record 3 is missing" in out
+
+
+async def test_policy_set_on_the_cli_reaches_the_running_node(
+        node_factory: NodeFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tongxin admin policy set` is the console's change from the node's shell: the
+    secadmin's password and TOTP, checked fields, audited with old and new values; a
+    node that did not make the change (here: another process) puts it in force."""
+    from tongxin.server import admin_api
+
+    monkeypatch.setattr(admin_api, "POLICY_REFRESH_SECONDS", 0.2)
+    home = tmp_path / "home"
+    rc, out = await tongxin(home, "admin", "create", "--role", "secadmin", "secadm",
+                            "--password-stdin", stdin=b"Sec-admin-pass-1\n")
+    assert rc == 0, out
+    secret = re.search(r"TOTP secret: ([A-Z2-7]+)", out)
+    assert secret is not None
+    totp = pyotp.TOTP(secret.group(1))
+    rn: RunningNode = await node_factory(home=home)
+    await rn.node.accounts.create_user("dave", "dave-pass-1")
+
+    # A value out of range: refused before any code is asked for, nothing stored.
+    rc, out = await tongxin(home, "admin", "policy", "set", "password_min_length=3",
+                            "lockout_threshold=5")
+    assert rc == 2 and "password_min_length: must be a whole number from 6 to 128, got 3" in out
+    # Without an administrator: refused and audited.
+    rc, out = await tongxin(home, "admin", "policy", "set", "password_min_length=14")
+    assert rc == 1 and "needs --admin" in out, out
+    t = time.time() % 30
+    if not 1.0 <= t <= 26.0:
+        await asyncio.sleep((31.0 - t) % 30 + 0.05)
+    admin_env = {"TONGXIN_ADMIN_PASSWORD": "Sec-admin-pass-1"}
+    rc, out = await tongxin(home, "admin", "policy", "set", "password_min_length=14",
+                            "accounts.lockout_duration=1800", "--reason", "audit finding 7",
+                            "--admin", "secadm", env={**admin_env, "TONGXIN_ADMIN_TOTP": totp.now()})
+    assert rc == 0, out
+    assert "accounts.password_min_length: 8 -> 14" in out
+    assert "accounts.lockout_duration: 900 -> 1800" in out
+
+    # The running node reads the stored change (POLICY_REFRESH_SECONDS) and enforces it.
+    for _ in range(50):
+        if rn.node.accounts.cfg.password_min_length == 14:
+            break
+        await asyncio.sleep(0.1)
+    assert rn.node.accounts.cfg.password_min_length == 14
+    assert rn.node.accounts.cfg.lockout_duration == 1800.0
+    async with aiohttp.ClientSession() as http, http.post(
+            rn.http_url + "/api/v1/password", json={
+                "username": "dave", "old_password": "dave-pass-1",
+                "new_password": "dave-pass-123"}) as r:  # 13 characters
+        assert r.status == 400 and "at least 14" in (await r.json())["message"]
+    # So do the other commands: `tongxin user add` applies the policy in force.
+    rc, out = await tongxin(home, "user", "add", "frank", "--password-stdin",
+                            stdin=b"frank-pass-12\n")
+    assert rc == 1 and "at least 14 characters" in out, out
+    rc, out = await tongxin(home, "admin", "policy", "show")
+    assert rc == 0, out
+    assert "accounts.password_min_length = 14\t(changed by the security administrator; " \
+           "configuration file: 8; 等保 >= 8: meets)" in out
+    assert "accounts.scrypt_n = 16384\t(configuration file only" in out
+
+    # unset: the configuration file's value applies again.
+    rc, out = await tongxin(home, "admin", "policy", "unset", "password_min_length",
+                            "--admin", "secadm", env={**admin_env, "TONGXIN_ADMIN_TOTP":
+                                                      totp.at(time.time() + 30)})
+    assert rc == 0, out
+    assert "accounts.password_min_length: 14 -> 8" in out
+    comp = rn.runner.app[admin_api.ADMIN_API].c
+    records = [r.fields() for r in await comp.store.audit_records(0, 10000)
+               if r.event == "policy.set"]
+    assert [(r["outcome"], r["details"].get("via")) for r in records] == [
+        ("denied", "cli"), ("ok", "cli"), ("ok", "cli")]
+    ok = records[1]
+    assert ok["actor_role"] == "secadmin" and ok["details"]["admin"] == "secadm"
+    assert ok["details"]["changed"] == {"password_min_length": {"from": 8, "to": 14},
+                                        "lockout_duration": {"from": 900, "to": 1800}}
+    assert ok["details"]["reason"] == "audit finding 7"
+    assert records[2]["details"]["changed"] == {"password_min_length": {"from": 14, "to": 8}}

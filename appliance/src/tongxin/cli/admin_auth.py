@@ -133,7 +133,9 @@ async def authorize(cfg: Config, comp: Any, args: argparse.Namespace, operation:
         password = await asyncio.to_thread(_secret, ENV_PASSWORD, f"password of {admin}: ")
         # Accounts is used to check the password (lockout, failure counting, audit
         # records of refusals); it never issues a token here, so no token key is read.
-        acc = Accounts(store, TokenSigner(os.urandom(KEY_BYTES)), cfg.accounts)
+        # The lockout in force on the nodes (the security administrator's changes included).
+        acc = Accounts(store, TokenSigner(os.urandom(KEY_BYTES)),
+                       await comp.account_policy(cfg.accounts))
         acc.audit = comp.hook
         try:
             user = await acc.authenticate(admin, password, clear_failures=False, event=event)

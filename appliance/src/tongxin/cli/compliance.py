@@ -85,6 +85,7 @@ def cmd_admin(args: argparse.Namespace) -> int:
     async def run(acc: Any) -> int:
         comp = await _open(cfg)
         actor = _cli_actor()
+        acc.cfg = await comp.account_policy(cfg.accounts)  # the nodes' (secadmin's changes)
         try:
             if args.action == "list":
                 totp = set(await comp.store.totp_user_ids())
@@ -258,6 +259,90 @@ def cmd_audit(args: argparse.Namespace) -> int:
                     print(r.body)
                 return 0
             return 2
+        finally:
+            await comp.close()
+
+    return _run(run())
+
+
+# ---- admin policy: the password and lockout policy ------------------------------------
+
+
+def _policy_value(text: str) -> Any:
+    """A number from the command line; anything else is passed on for the check to name."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return None if text.lower() in ("", "none", "null") else text
+
+
+def cmd_admin_policy(args: argparse.Namespace) -> int:
+    """``tongxin admin policy show|set|unset``: the same change as the console's
+    (PUT /api/v1/admin/policy): a security administrator with a TOTP code, every field
+    checked before anything is stored, audited as ``policy.set`` with old and new values."""
+    from tongxin.cli.admin_auth import Refused, authorize, refused
+    from tongxin.cli.main import _refuse_on_standby
+    from tongxin.compliance.account_policy import EDITABLE, check_changes, rules
+    from tongxin.compliance.service import PolicyInvalid
+
+    cfg = _config(args)
+    if args.policy_action != "show":
+        _refuse_on_standby(cfg, f"tongxin admin policy {args.policy_action}")
+
+    async def run() -> int:
+        comp = await _open(cfg)
+        try:
+            if args.policy_action == "show":
+                in_force, overrides, stored = await comp.account_policy_state()
+                for r in rules(in_force):
+                    value = getattr(in_force, r.key)
+                    where = (f"changed by the security administrator; configuration file: "
+                             f"{getattr(cfg.accounts, r.key)}" if r.key in overrides
+                             else "configuration file" if r.key in EDITABLE
+                             else "configuration file only")
+                    verdict = ("" if r.ok is None else
+                               f"; 等保 {r.required}: {'meets' if r.ok else 'falls short'}")
+                    print(f"accounts.{r.key} = {value}\t({where}{verdict})")
+                if isinstance(stored, dict) and stored.get("at"):
+                    when = datetime.datetime.fromtimestamp(stored["at"] / 1000, datetime.UTC)
+                    print(f"last changed {when:%Y-%m-%d %H:%M:%S}Z by {stored.get('by', '?')}")
+                return 0
+            changes: dict[str, Any] = {}
+            for item in args.settings:
+                key, sep, value = item.partition("=")
+                key = key.strip().removeprefix("accounts.")
+                if args.policy_action == "set" and not sep:
+                    print(f"tongxin: {item!r}: give KEY=VALUE (keys: {', '.join(EDITABLE)})",
+                          file=sys.stderr)
+                    return 2
+                changes[key] = _policy_value(value.strip()) if args.policy_action == "set" else None
+            # A typo costs no TOTP code: the same check runs before the administrator's
+            # (and again, audited, when the change is made).
+            _, errors = check_changes(changes)
+            if errors:
+                for err in errors.values():
+                    print(f"tongxin: {err.message}", file=sys.stderr)
+                return 2
+            try:
+                who = await authorize(cfg, comp, args, "policy.set", "policy.set", "accounts")
+            except Refused as exc:
+                return refused(exc)
+            try:
+                change = await comp.set_account_policy(changes, reason=args.reason or "",
+                                                       **who.audit_fields())
+            except PolicyInvalid as exc:
+                for err in exc.errors.values():
+                    print(f"tongxin: refused: {err.message}", file=sys.stderr)
+                print("tongxin: nothing was changed", file=sys.stderr)
+                return 1
+            for key, fromto in change.changed.items():
+                print(f"accounts.{key}: {fromto['from']} -> {fromto['to']}")
+            if not change.changed:
+                print("nothing changed: the values given are the ones in force")
+            print("in force on every node that reads this store within a few seconds")
+            return 0
         finally:
             await comp.close()
 
@@ -483,6 +568,25 @@ def add_commands(sub: Any, common: Common) -> None:
     sr.add_argument("username")
     for sp in (ac, al, at, se, sr):
         sp.set_defaults(func=cmd_admin)
+    ap = asub.add_parser("policy", help="the password and lockout policy: show it, change it "
+                                       "(a security administrator with a TOTP code), or go back "
+                                       "to the configuration file's value")
+    apsub = ap.add_subparsers(dest="policy_action", required=True)
+    aps = apsub.add_parser("show", help="each setting in force, where it comes from, against 等保")
+    common(aps)
+    apset = apsub.add_parser("set", help="change settings on every node (stored; wins over the "
+                                         "configuration file)")
+    apset.add_argument("settings", nargs="+", metavar="KEY=VALUE",
+                       help="e.g. password_min_length=12 lockout_threshold=5")
+    apun = apsub.add_parser("unset", help="drop stored changes: the configuration file's value "
+                                          "applies again")
+    apun.add_argument("settings", nargs="+", metavar="KEY")
+    for sp in (apset, apun):
+        common(sp)
+        sp.add_argument("--reason", default="", help="kept in the audit record")
+        add_admin_arguments(sp, "policy.set")
+    for sp in (aps, apset, apun):
+        sp.set_defaults(func=cmd_admin_policy)
 
     au = sub.add_parser("audit", help="verify, sign, archive or read the audit trail")
     common(au)

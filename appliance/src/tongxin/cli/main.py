@@ -219,6 +219,8 @@ def cmd_user(args: argparse.Namespace) -> int:
 
         comp = await _open(cfg)  # password changes and policy refusals are audited too
         acc.audit = comp.hook
+        # The policy in force on the nodes: the security administrator's changes included.
+        acc.cfg = await comp.account_policy(cfg.accounts)
         try:
             rc = await run(acc)
         finally:

@@ -278,7 +278,8 @@ async def build_report(cfg: Config, comp: Compliance, users: list[User],
     active = [u for u in users if not u.disabled]
     admins = [u for u in active if roles.is_admin(u.role)]
     items: list[Item] = []
-    a = cfg.accounts
+    # The policy in force: the configuration's, with the security administrator's changes.
+    a, policy_overrides, _ = await comp.account_policy_state(cfg.accounts)
 
     # ---- 身份鉴别 identity authentication ---------------------------------
     it = Item("IA-1", "8.1.4.1 a)", "身份鉴别 Identity authentication",
@@ -329,6 +330,10 @@ async def build_report(cfg: Config, comp: Compliance, users: list[User],
             it.find(finding("rule.not_configured", want=wanted, key=key))
         elif state == "weak":
             it.find(finding("rule.too_weak", key=key, value=value, want=wanted))
+    if policy_overrides:
+        it.evidence.append("changed by the security administrator (stored, in force on every "
+                           "node instead of the configuration file's value): "
+                           + ", ".join(f"accounts.{k}" for k in sorted(policy_overrides)))
     it.evidence.append(f"password changes recorded: {outcomes['password.change', 'ok']}; "
                        f"refused by the policy: {outcomes['password.policy', 'denied']}; "
                        f"logins refused for an expired password: {expired_logins} "

@@ -150,17 +150,21 @@ PROBLEM_KINDS: dict[str, str] = {
 
 # How an item that is not a pass is closed (docs/compliance.md, docs/operations.md).
 REMEDIES: dict[str, Pair] = {
-    "IA-1": ("在配置中设置 accounts.password_min_length（>= {min_length}）、password_min_classes"
+    "IA-1": ("设置 accounts.password_min_length（>= {min_length}）、password_min_classes"
              "（>= {min_classes}）、password_history（>= {min_history}）和 "
-             "password_max_age_days（1-{max_age}），然后重启节点。",
+             "password_max_age_days（1-{max_age}）：由安全管理员在控制台“密码与锁定策略”页修改"
+             "（数秒内在所有节点生效），或在配置中设置后重启节点。",
              "Set accounts.password_min_length (>= {min_length}), password_min_classes "
              "(>= {min_classes}), password_history (>= {min_history}) and "
-             "password_max_age_days (1-{max_age}) in the configuration, then "
-             "restart the node."),
+             "password_max_age_days (1-{max_age}): the security administrator changes them "
+             "on the console's password and lockout policy page (in force on every node "
+             "within seconds), or set them in the configuration and restart the node."),
     "IA-2": ("设置 accounts.session_idle_timeout（1-{max_idle} 秒）；保持 "
-             "accounts.lockout_threshold <= 10、lockout_duration >= 60 秒。",
+             "accounts.lockout_threshold <= 10、lockout_duration >= 60 秒"
+             "（控制台“密码与锁定策略”页或配置）。",
              "Set accounts.session_idle_timeout (1-{max_idle} s); keep "
-             "accounts.lockout_threshold <= 10 and lockout_duration >= 60 s."),
+             "accounts.lockout_threshold <= 10 and lockout_duration >= 60 s (the console's "
+             "password and lockout policy page, or the configuration)."),
     "IA-3": ("在节点前端终结 TLS（或 TLCP），并记录在 evidence/tls.json 中（docs/compliance.md）。",
              "Terminate TLS (or TLCP) in front of the node and record it in evidence/tls.json "
              "(docs/compliance.md)."),

@@ -5,7 +5,7 @@ otherwise hold, so that no single person can both act and hide the act:
 
 * ``sysadmin`` (系统管理员) administers ordinary user accounts;
 * ``secadmin`` (安全管理员) sets security policy: roles, second factors, keys,
-  retention and legal holds;
+  the password and lockout policy, retention and legal holds;
 * ``auditor`` (审计管理员) reads the audit log, verifies it, reports and exports.
 
 Ordinary users (``user``) hold none of these permissions. An account holds
@@ -34,8 +34,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     SECADMIN: frozenset({
         # sms.confirm: the code sent at enrolment (sms.enroll, stepped up) comes back
         "role.list", "role.assign", "totp.reset", "sms.enroll", "sms.confirm", "key.rotate",
-        # the password and lockout policy in force, against 等保's thresholds
-        "policy.read",
+        # the password and lockout policy in force, against 等保's thresholds, and changing it
+        "policy.read", "policy.set",
         # end every session of another administrator (a lost laptop, a leaver)
         "admin.sign_out",
         "retention.read", "retention.set", "hold.list", "hold.set", "hold.release",
@@ -57,7 +57,7 @@ SESSION_OPERATIONS: frozenset[str] = frozenset({"session.read", "session.logout"
 # Operations that need a fresh second factor (step-up) on top of the login.
 SENSITIVE: frozenset[str] = frozenset({
     "user.delete", "key.rotate", "retention.set", "export.messages", "hold.release",
-    "admin.sign_out",
+    "admin.sign_out", "policy.set",
     "role.assign", "sms.enroll", "escrow.decrypt", "escrow.request", "escrow.approve",
 })
 

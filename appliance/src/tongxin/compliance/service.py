@@ -8,9 +8,10 @@ import asyncio
 import logging
 import re
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from tongxin.atrest.keyring import Keyring
@@ -39,11 +40,15 @@ from tongxin.compliance.sms import SmsFactor, make_provider, sms_keys_from
 from tongxin.compliance.sqlite_store import SqliteComplianceStore
 from tongxin.compliance.totp import Totp, totp_key
 from tongxin.compliance.verify import VerifyReport, verify_chain
-from tongxin.config import Config, ConfigError, documented_keys
+from tongxin.config import AccountsConfig, Config, ConfigError, documented_keys
 from tongxin.crypto import sm2_available
 from tongxin.crypto.errors import CryptoError
 from tongxin.files.ports import BlobNotFound
 from tongxin.store.dsn import parse_dsn
+
+if TYPE_CHECKING:
+    # account_policy reads the report's thresholds, and the report imports this module.
+    from tongxin.compliance.account_policy import FieldError
 
 log = logging.getLogger("tongxin.compliance")
 
@@ -145,6 +150,22 @@ def config_snapshot(cfg: Config) -> dict[str, Any]:
 
 class RetentionBelowMinimum(ValueError):
     """Audit retention below the legal minimum was asked for without an override."""
+
+
+class PolicyInvalid(ValueError):
+    """A change of the password and lockout policy refused (already audited): one
+    error per field, each naming it. Nothing was changed."""
+
+    def __init__(self, errors: dict[str, FieldError]) -> None:
+        super().__init__("; ".join(e.message for e in errors.values()))
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class PolicyChange:
+    before: AccountsConfig
+    after: AccountsConfig
+    changed: dict[str, dict[str, Any]]  # key -> {"from": old, "to": new} (values in force)
 
 
 class Compliance:
@@ -373,6 +394,69 @@ class Compliance:
                  else "retention.audit.set")
         await self.audit(event, actor=actor, actor_role=actor_role, source=source,
                          days=str(days), before=str(before), override=bool(override), reason=reason)
+
+    # ---- the password and lockout policy (accounts.*, compliance/account_policy.py) ----
+
+    async def account_policy_state(self, base: AccountsConfig | None = None
+                                   ) -> tuple[AccountsConfig, dict[str, int | float], Any]:
+        """(the policy in force, the stored overrides, the stored setting as read): the
+        configuration's ``accounts`` (or ``base``) with the security administrator's
+        changes on top. With ``storage.backend: mysql`` every node reads the same."""
+        from tongxin.compliance import account_policy
+
+        base = self.cfg.accounts if base is None else base
+        stored = await self.store.get_setting(account_policy.POLICY_SETTING)
+        overrides = account_policy.stored_overrides(stored)
+        return account_policy.effective(base, overrides), overrides, stored
+
+    async def account_policy(self, base: AccountsConfig | None = None) -> AccountsConfig:
+        return (await self.account_policy_state(base))[0]
+
+    async def set_account_policy(self, changes: Mapping[str, Any], *, actor: str,
+                                 actor_role: str, source: str = "", reason: str = "",
+                                 **details: Any) -> PolicyChange:
+        """Change the policy: every field checked first, nothing stored unless all pass
+        (:class:`PolicyInvalid`); a value of None removes that override (the file's value
+        applies again). The refusal and the change are audited (``policy.set``), the
+        change with each setting's value in force before and after."""
+        from tongxin.compliance import account_policy
+
+        who = {"actor": actor, "actor_role": actor_role, "source": source, **details}
+        if reason:
+            who["reason"] = reason
+        accepted, errors = account_policy.check_changes(changes)
+        if not changes:
+            errors = {"settings": account_policy.FieldError(
+                "empty", "settings: no setting to change was given")}
+        if errors:
+            await self.audit("policy.set", target="accounts", outcome="denied", **{
+                **who, "reason": "; ".join(e.message for e in errors.values())},
+                requested={str(k): v if isinstance(v, int | float | None) else repr(v)[:64]
+                           for k, v in list(changes.items())[:20]})
+            raise PolicyInvalid(errors)
+        before, overrides, _ = await self.account_policy_state()
+        new = dict(overrides)
+        for key, value in accepted.items():
+            if value is None:
+                new.pop(key, None)
+            else:
+                new[key] = value
+        after = account_policy.effective(self.cfg.accounts, new)
+        if new != overrides:
+            await self.store.set_setting(account_policy.POLICY_SETTING,
+                                         {"values": new, "at": now_ms(), "by": actor},
+                                         now_ms(), actor)
+        # Whole numbers as integers: the audit chain's canonical JSON keeps other floats
+        # as strings.
+        def plain(v: float) -> float:
+            return int(v) if isinstance(v, float) and v.is_integer() else v
+
+        changed = {k: {"from": plain(getattr(before, k)), "to": plain(getattr(after, k))}
+                   for k in account_policy.EDITABLE if getattr(before, k) != getattr(after, k)}
+        await self.audit("policy.set", target="accounts", **who, changed=changed,
+                         overrides={k: ("set" if accepted[k] is not None else "cleared")
+                                    for k in accepted})
+        return PolicyChange(before, after, changed)
 
     async def record_config(self) -> list[str]:
         """Audit configuration changes since the last start; returns the changed keys."""

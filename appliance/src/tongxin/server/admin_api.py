@@ -30,12 +30,12 @@ from aiohttp import web
 
 from tongxin import __version__
 from tongxin.clock import now_ms
-from tongxin.compliance import roles
+from tongxin.compliance import account_policy, roles
 from tongxin.compliance.export import export_messages
 from tongxin.compliance.ports import AdminSession, AuditRecord
 from tongxin.compliance.report import build_report
 from tongxin.compliance.retention import DEFAULT_SCOPE, conversation_scope, effective_policies
-from tongxin.compliance.service import Compliance, RetentionBelowMinimum
+from tongxin.compliance.service import Compliance, PolicyInvalid, RetentionBelowMinimum
 from tongxin.compliance.sms import SmsError, SmsRateLimited, SmsResult, SmsUnavailable
 from tongxin.crypto import sm2_available
 from tongxin.crypto.errors import CryptoError
@@ -63,6 +63,9 @@ PREFIX = "/api/v1/admin"
 STEP_UP_HEADER = "X-Tongxin-TOTP"
 SMS_HEADER = "X-Tongxin-SMS"
 AUDIT_SCAN = 50_000
+POLICY_REFRESH_SECONDS = 5.0
+"""How often a node re-reads the stored password and lockout policy (a change made
+through another node or the CLI is in force here within this time)."""
 """Records one filtered audit read scans at most (the console pages on with next_after)."""
 # Second-factor results that count towards the lockout like a wrong password
 # (guesses); "not enrolled", "no code sent" and "sms disabled" do not.
@@ -96,6 +99,7 @@ class AdminApi:
     def __init__(self, node: Node) -> None:
         self.node = node
         self._compliance: Compliance | None = None
+        self._policy_task: asyncio.Task[None] | None = None
 
     @property
     def c(self) -> Compliance:
@@ -124,8 +128,35 @@ class AdminApi:
         else:
             log.error("SM2 is unavailable: audit heads and archives cannot be signed")
         comp.start_background()
+        # The password and lockout policy: the file's, with the secadmin's stored changes.
+        await self._follow_policy_once(comp)
+        self._policy_task = asyncio.get_running_loop().create_task(self._follow_policy(comp))
+
+    async def _follow_policy_once(self, comp: Compliance) -> None:
+        """Put the stored policy in force on this node if it changed (another node's
+        admin API or `tongxin admin policy set` wrote it). A store that cannot be read
+        leaves the policy as it was."""
+        accounts = self.node.accounts
+        try:
+            policy = await comp.account_policy(self.node.cfg.accounts)
+        except Exception as exc:
+            log.warning("cannot read the password and lockout policy: %s", exc)
+            return
+        if policy != accounts.cfg:
+            changed = {k: getattr(policy, k) for k in account_policy.EDITABLE
+                       if getattr(policy, k) != getattr(accounts.cfg, k)}
+            log.info("password and lockout policy now in force: %s", changed)
+            accounts.cfg = policy
+
+    async def _follow_policy(self, comp: Compliance) -> None:
+        while True:
+            await asyncio.sleep(POLICY_REFRESH_SECONDS)
+            await self._follow_policy_once(comp)
 
     async def on_cleanup(self, app: web.Application) -> None:
+        if self._policy_task is not None:
+            self._policy_task.cancel()
+            self._policy_task = None
         comp = self._compliance
         if comp is None:
             return
@@ -530,14 +561,39 @@ class AdminApi:
                            revoked_tokens=revoked)
         return web.json_response({"username": target.username, "revoked_tokens": revoked})
 
-    async def policy(self, request: web.Request, ctx: Ctx) -> web.Response:
-        """The password and lockout policy this node runs with, rule by rule against
-        等保's thresholds. Set in the configuration (accounts.*), read at start."""
-        from tongxin.compliance.account_policy import document
+    async def _policy_view(self) -> dict[str, Any]:
+        in_force, overrides, stored = await self.c.account_policy_state(self.node.cfg.accounts)
+        return {**account_policy.document(in_force),
+                **account_policy.editable_document(self.node.cfg.accounts, overrides, stored)}
 
+    async def policy(self, request: web.Request, ctx: Ctx) -> web.Response:
+        """The password and lockout policy in force, rule by rule against 等保's
+        thresholds: the configuration's accounts.* with the security administrator's
+        stored changes on top; what may be changed and within which limits."""
+        view = await self._policy_view()
         await self.c.audit("policy.read", actor=ctx.user.id, actor_role=ctx.role,
                            source=ctx.source)
-        return web.json_response(document(self.node.cfg.accounts))
+        return web.json_response(view)
+
+    async def set_policy(self, request: web.Request, ctx: Ctx) -> web.Response:
+        """``{settings: {key: value | null, ...}, reason?}``: change the policy on every
+        node (stored; null goes back to the configuration file's value). All fields are
+        checked before anything changes; 400 names each refused field."""
+        body = await json_body(request)
+        settings = body.get("settings")
+        if not isinstance(settings, dict):
+            return _err(400, "INVALID_ARGUMENT", "send {\"settings\": {\"<key>\": <value or null>, "
+                        "...}, \"reason\": \"...\"}")
+        try:
+            change = await self.c.set_account_policy(
+                settings, actor=ctx.user.id, actor_role=ctx.role, source=ctx.source,
+                reason=str(body.get("reason", "")).strip()[:500])
+        except PolicyInvalid as exc:
+            return _err(400, "INVALID_ARGUMENT", str(exc),
+                        fields={k: e.as_dict(k) for k, e in exc.errors.items()})
+        # In force here at once; the other nodes read it within POLICY_REFRESH_SECONDS.
+        self.node.accounts.cfg = change.after
+        return web.json_response({"changed": change.changed, **await self._policy_view()})
 
     async def list_roles(self, request: web.Request, ctx: Ctx) -> web.Response:
         totp = set(await self.c.store.totp_user_ids())
@@ -970,6 +1026,7 @@ def add_routes(app: web.Application, node: Node) -> None:
     # secadmin
     r.add_get(f"{p}/roles", g("role.list", api.list_roles))
     r.add_get(f"{p}/policy", g("policy.read", api.policy))
+    r.add_put(f"{p}/policy", g("policy.set", api.set_policy))
     r.add_post(f"{p}/users/{{name}}/sign-out", g("admin.sign_out", api.sign_out_admin))
     r.add_put(f"{p}/users/{{name}}/role", g("role.assign", api.assign_role))
     r.add_post(f"{p}/users/{{name}}/totp", g("totp.reset", api.reset_totp))
