@@ -393,7 +393,8 @@ class Node:
         of the installation, in the order to try them when this one fails."""
         return web.json_response({
             "version": __version__, "self_registration": self.cfg.accounts.self_registration,
-            "password_min_length": self.cfg.accounts.password_min_length,
+            # in force: the configuration's, or the security administrator's change
+            "password_min_length": self.accounts.cfg.password_min_length,
             "websocket": "/ws",
             "endpoints": client_endpoint_list(self.cfg.server.client_endpoints),
             "org_root_public_key": base64.b64encode(self.keydir.policy.org_root_public_key).decode(),
