@@ -15,7 +15,10 @@
 #                    .sha256
 #   debs/<arch>/     Debian 12 packages of bundle-debs.txt and their
 #                    dependencies a base install lacks, as a flat apt repo
-#                    (Packages, Packages.gz, Release)
+#                    (Packages, Packages.gz, Release, InRelease, Release.gpg:
+#                    the Release OpenPGP-signed with the bundle's apt key)
+#   apt-signing.gpg  that key's public half, which role bundle gives apt as
+#                    the repository's only signed-by key
 #   manifest.json, manifest.sig, signer.pem
 # The signer's fingerprint is printed; its public key is written next to the
 # signing key as signing.pub.pem: carry that to the controller separately.
@@ -27,6 +30,9 @@
 #   BUNDLE_OUT           parent of the bundle directory ($TONGXIN_CACHE/bundle)
 #   BUNDLE_SIGNING_KEY   SM2 private key (PEM); generated (0600) if absent
 #                        ($TONGXIN_CACHE/bundle-signing/signing.key)
+#   BUNDLE_APT_GNUPGHOME the OpenPGP key that signs the apt repositories'
+#                        Release (apt accepts nothing else); generated if
+#                        absent (signing key's directory/apt-gnupg, 0700)
 #   BUNDLE_TAR           1: also write tongxin-<version>.tar next to the directory
 #   BUNDLE_GLIBC         newest manylinux glibc the hosts have (2_28: Kylin V10)
 #   TONGXIN_CACHE        cache root (~/.cache/tongxin); downloads are kept in
@@ -44,6 +50,8 @@ COMPONENTS=${BUNDLE_COMPONENTS:-wheels kafka debs}
 ARCHES=${BUNDLE_ARCHES:-x86_64 aarch64}
 OUT_PARENT=${BUNDLE_OUT:-$CACHE/bundle}
 KEY=${BUNDLE_SIGNING_KEY:-$CACHE/bundle-signing/signing.key}
+APT_GNUPGHOME=${BUNDLE_APT_GNUPGHOME:-$(dirname "$KEY")/apt-gnupg}
+APT_KEY_UID="Tongxin offline bundle apt repository"
 GLIBC=${BUNDLE_GLIBC:-2_28}
 MIRROR=${TONGXIN_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 SUITE=bookworm
@@ -227,12 +235,37 @@ deb_packages() {
   fi
 }
 
-build_debs() {
-  if ! command -v dpkg-scanpackages >/dev/null || ! command -v apt-ftparchive >/dev/null; then
-    [ "$(id -u)" = 0 ] || die "debs: dpkg-scanpackages and apt-ftparchive are needed (apt-get install dpkg-dev apt-utils)"
-    log "debs: installing dpkg-dev apt-utils"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dpkg-dev apt-utils >/dev/null
+# apt verifies a repository's Release with OpenPGP only (the SM2 manifest is
+# checked on the controller; this signature is checked again by apt on every
+# host, at every install). One ed25519 key, made once beside the SM2 key,
+# without a passphrase like it: the build runs unattended.
+apt_signing_key() {
+  local gpg=(gpg --homedir "$APT_GNUPGHOME" --batch --quiet)
+  if ! "${gpg[@]}" --list-secret-keys "$APT_KEY_UID" >/dev/null 2>&1; then
+    log "debs: making the apt repository's OpenPGP key in $APT_GNUPGHOME"
+    mkdir -p "$APT_GNUPGHOME"
+    chmod 700 "$APT_GNUPGHOME"
+    "${gpg[@]}" --passphrase '' --quick-generate-key "$APT_KEY_UID" ed25519 sign never >&2 ||
+      die "debs: gpg could not make the apt signing key"
   fi
+  "${gpg[@]}" --export "$APT_KEY_UID" >"$NEW/apt-signing.gpg"
+  [ -s "$NEW/apt-signing.gpg" ] || die "debs: no public apt key exported from $APT_GNUPGHOME"
+}
+
+apt_sign_release() {  # apt_sign_release DIR: InRelease and Release.gpg for DIR/Release
+  local gpg=(gpg --homedir "$APT_GNUPGHOME" --batch --quiet --yes --local-user "$APT_KEY_UID" --digest-algo SHA512)
+  "${gpg[@]}" --clearsign -o "$1/InRelease" "$1/Release" &&
+    "${gpg[@]}" --armor --detach-sign -o "$1/Release.gpg" "$1/Release" ||
+    die "debs: signing $1/Release failed"
+}
+
+build_debs() {
+  if ! command -v dpkg-scanpackages >/dev/null || ! command -v apt-ftparchive >/dev/null || ! command -v gpg >/dev/null; then
+    [ "$(id -u)" = 0 ] || die "debs: dpkg-scanpackages, apt-ftparchive and gpg are needed (apt-get install dpkg-dev apt-utils gpg)"
+    log "debs: installing dpkg-dev apt-utils gpg"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dpkg-dev apt-utils gpg >/dev/null
+  fi
+  apt_signing_key
   local keyring=/usr/share/keyrings/debian-archive-keyring.gpg arch da s pkgs base
   [ -f "$keyring" ] || die "debs: $keyring missing (apt-get install debian-archive-keyring)"
   mapfile -t pkgs < <(deb_packages)
@@ -318,9 +351,12 @@ EOF
       gzip -9n <Packages >Packages.gz &&
       apt-ftparchive -o "APT::FTPArchive::Release::Origin=Tongxin bundle" \
         -o "APT::FTPArchive::Release::Suite=tongxin-$VERSION" release . >Release.tmp && mv Release.tmp Release)
+    apt_sign_release "$NEW/debs/$arch"
     log "debs/$arch: $(find "$NEW/debs/$arch" -name '*.deb' | wc -l) packages ($(du -sh "$NEW/debs/$arch" | cut -f1))"
     exec 9>&-
   done
+  # gpg started an agent for the key's home; it would outlive the build.
+  gpgconf --homedir "$APT_GNUPGHOME" --kill gpg-agent 2>/dev/null || true
 }
 
 want wheels && build_wheels
