@@ -456,7 +456,7 @@ async def test_unsealed_rows_are_served_audited_only_when_allowed(tmp_path: Path
 
 async def test_gm_at_rest_needs_sm4_and_sm3_not_sm2(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where SM2 cannot be used (an aarch64 host without gmssl-pyx) the GM suite as a
+    """Where SM2 cannot be used (a host without OpenSSL >= 3.0 libcrypto) the GM suite as a
     whole refuses to start, but encryption at rest, which needs only SM4 and SM3, works
     and reads what was sealed where SM2 was present."""
     from tongxin.crypto import suite as suites
@@ -467,7 +467,7 @@ async def test_gm_at_rest_needs_sm4_and_sm3_not_sm2(tmp_path: Path,
     sealed = before.seal(b"sealed with SM2 around", message_aad("c1", 1))
 
     def unavailable() -> None:
-        raise SM2UnavailableError("gmssl-pyx is not available (test)")
+        raise SM2UnavailableError("libcrypto is not available (test)")
 
     monkeypatch.setattr(suites, "require_sm2", unavailable)
     with pytest.raises(SM2UnavailableError):

@@ -1,5 +1,9 @@
-"""SM2 through gmssl-pyx, proved against the GM/T 0003.5 (GB/T 32918) worked examples, the
-system openssl CLI in both directions, and the pure-Python gmssl package as a third opinion.
+"""SM2 through OpenSSL's libcrypto (tongxin.crypto.openssl_sm2), proved against the GM/T 0003.5
+(GB/T 32918) worked examples, the system openssl CLI in both directions (the same library,
+so this checks containers, signer IDs and encodings more than the arithmetic), and two
+independent implementations: the pure-Python gmssl package, and GmSSL through gmssl-pyx
+where it is installed (x86_64 dev installs; those checks exist only there, see
+gm_references).
 
 Formats under test: DER signatures (SEQUENCE r, s), DER ciphertexts in C1C3C2 order
 (GM/T 0009), PKCS#8 / SubjectPublicKeyInfo keys with id-ecPublicKey + the SM2 curve OID.
@@ -12,10 +16,12 @@ import secrets
 import shutil
 import subprocess
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+from gm_references import GMSSL_PYX
 
 from tongxin.crypto import (
     SM2_DEFAULT_SIGNER_ID,
@@ -237,6 +243,13 @@ def test_custom_signer_id_interoperates_both_ways(
     key.public_key().verify(theirs, msg.read_bytes(), signer_id=signer_id)
     with pytest.raises(InvalidSignatureError):
         key.public_key().verify(theirs, msg.read_bytes())  # default ID is a different Z_A
+    # pkeyutl -rawin both ways as well, with the same non-default ID.
+    pkeyutl = ["pkeyutl", "-rawin", "-digest", "sm3", "-pkeyopt", f"distid:{signer_id.decode()}"]
+    _ok([*pkeyutl, "-verify", "-pubin", "-inkey", str(pub), "-in", str(msg), "-sigfile", str(ours)])
+    theirs = _ok([*pkeyutl, "-sign", "-inkey", str(priv), "-in", str(msg)])
+    key.public_key().verify(theirs, msg.read_bytes(), signer_id=signer_id)
+    with pytest.raises(InvalidSignatureError):
+        key.public_key().verify(theirs, msg.read_bytes(), signer_id=b"alice@tongxin.examplf")
 
 
 @needs_openssl
@@ -251,7 +264,7 @@ def test_openssl_default_empty_id_is_not_our_default(
     with pytest.raises(InvalidSignatureError):
         public.verify(sig, msg.read_bytes())
     with pytest.raises(ValueError, match="signer ID"):
-        public.verify(sig, msg.read_bytes(), signer_id=b"")  # GmSSL refuses an empty ID
+        public.verify(sig, msg.read_bytes(), signer_id=b"")  # refused here, as GmSSL does
 
 
 # -- key containers against openssl ---------------------------------------------------------------
@@ -318,18 +331,56 @@ def test_wrong_algorithm_keys_are_rejected(tmp_path: Path) -> None:
 
 
 @needs_openssl
-def test_encrypted_and_public_less_private_keys_are_rejected_clearly(
-    openssl_key: tuple[Path, Path],
-) -> None:
+def test_encrypted_keys_are_rejected_clearly(openssl_key: tuple[Path, Path]) -> None:
     key_pem, _ = openssl_key
     encrypted = _ok(
         ["pkcs8", "-topk8", "-in", str(key_pem), "-v2", "aes-256-cbc", "-passout", "pass:secret"]
     )
     with pytest.raises(KeyFormatError, match="encrypted"):
         SM2PrivateKey.from_pem(encrypted)
-    no_public = _ok(["ec", "-in", str(key_pem), "-no_public"])
-    with pytest.raises(KeyFormatError, match="no embedded public key"):
-        SM2PrivateKey.from_pem(no_public)
+
+
+@needs_openssl
+def test_public_less_private_keys_get_their_public_key_from_libcrypto(
+    openssl_key: tuple[Path, Path], tmp_path: Path
+) -> None:
+    key_pem, pub_pem = openssl_key
+    no_public = tmp_path / "nopub.pem"
+    no_public.write_bytes(_ok(["ec", "-in", str(key_pem), "-no_public"]))
+    pkcs8 = _ok(["pkcs8", "-topk8", "-nocrypt", "-in", str(no_public)])
+    assert b"BEGIN PRIVATE KEY" in pkcs8
+    for pem in (no_public.read_bytes(), pkcs8):
+        key = SM2PrivateKey.from_pem(pem)
+        assert key.public_key() == SM2PublicKey.from_pem(pub_pem.read_bytes())
+        assert key.to_pem() == key_pem.read_bytes()
+
+
+def test_public_key_of_the_standard_example_scalar_is_the_standard_point() -> None:
+    key = SM2PrivateKey.from_scalar(GB_D)
+    assert key.public_key().to_bytes() == GB_PUB
+    assert key.decrypt(GB_CT_DER) == b"encryption standard"
+    for bad in (bytes(32), GB_D[:31]):
+        with pytest.raises(KeyFormatError):
+            SM2PrivateKey.from_scalar(bad)
+
+
+@needs_openssl
+def test_compressed_points_load_and_re_encode_uncompressed(
+    openssl_key: tuple[Path, Path],
+) -> None:
+    _, pub_pem = openssl_key
+    compressed_der = _ok(
+        ["ec", "-pubin", "-in", str(pub_pem), "-conv_form", "compressed", "-outform", "DER"]
+    )
+    compressed = SM2PublicKey.from_der(compressed_der)
+    assert compressed == SM2PublicKey.from_pem(pub_pem.read_bytes())
+    assert compressed.to_pem() == pub_pem.read_bytes()
+    point = compressed.to_bytes()
+    assert SM2PublicKey(bytes([2 + (point[-1] & 1)]) + point[1:33]) == compressed
+    wrong_parity = SM2PublicKey(bytes([3 - (point[-1] & 1)]) + point[1:33])
+    assert wrong_parity != compressed and wrong_parity.to_bytes()[1:33] == point[1:33]
+    with pytest.raises(KeyFormatError):
+        SM2PublicKey(b"\x06" + point[1:])  # the hybrid form is not accepted
 
 
 def test_mismatched_pair_in_a_key_file_is_caught_on_load() -> None:
@@ -343,11 +394,29 @@ def test_mismatched_pair_in_a_key_file_is_caught_on_load() -> None:
         b.public_key().verify(unchecked.sign(b"m"), b"m")
 
 
+def _x_without_a_point() -> bytes:
+    """An x for which x^3 + ax + b is not a square mod p: no compressed point decodes."""
+    p = int("FFFFFFFEFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF00000000FFFFFFFFFFFFFFFF", 16)
+    b = int("28E9FA9E9D9F5E344D5A9E4BCF6509A7F39789F515AB8F92DDBCBD414D940E93", 16)
+    x = 1
+    while pow((x**3 - 3 * x + b) % p, (p - 1) // 2, p) != p - 1:
+        x += 1
+    return x.to_bytes(32, "big")
+
+
 def test_points_off_the_curve_and_bad_scalars_are_rejected() -> None:
     off_curve = GB_PUB[:-1] + bytes([GB_PUB[-1] ^ 1])
-    for bad in (off_curve, b"\x04" + bytes(64), GB_PUB[:40], b""):
+    no_point = b"\x02" + _x_without_a_point()
+    for bad in (off_curve, b"\x04" + bytes(64), GB_PUB[:40], b"", b"\x00", no_point):
         with pytest.raises(KeyFormatError):
             SM2PublicKey(bad)
+    good_der = SM2PublicKey(GB_PUB).to_der()
+    with pytest.raises(KeyFormatError):
+        SM2PublicKey.from_der(good_der[:-1] + bytes([good_der[-1] ^ 1]))  # off the curve
+    with pytest.raises(KeyFormatError):
+        SM2PublicKey.from_der(good_der + b"\x00")
+    with pytest.raises(KeyFormatError):
+        SM2PublicKey.from_der(good_der[:-1])
     n = int("FFFFFFFEFFFFFFFFFFFFFFFFFFFFFFFF7203DF6B21C6052B53BBF40939D54123", 16)
     for scalar in (bytes(32), (n - 1).to_bytes(32, "big"), n.to_bytes(32, "big"), b"\x01" * 31):
         with pytest.raises(KeyFormatError):
@@ -378,6 +447,17 @@ def test_sm2_plaintext_size_limits() -> None:
     for bad in (b"", b"x" * 256):
         with pytest.raises(ValueError, match=r"1\.\.255"):
             public.encrypt(bad)
+
+
+@needs_openssl
+def test_ciphertexts_beyond_the_plaintext_limit_are_refused(
+    our_key: tuple[SM2PrivateKey, Path, Path],
+) -> None:
+    """openssl encrypts any length; the 1..255 limit holds for decryption too."""
+    key, _, pub = our_key
+    theirs = _ok(["pkeyutl", "-encrypt", "-pubin", "-inkey", str(pub)], os.urandom(256))
+    with pytest.raises(DecryptionError):
+        key.decrypt(theirs)
 
 
 # -- tampering never crashes -
@@ -495,3 +575,47 @@ def test_public_key_file_is_read_or_refused_naming_the_file(tmp_path: Path) -> N
     private.write_bytes(SM2PrivateKey.generate().to_pem())
     with pytest.raises(ValueError, match=r"signer\.key: not an SM2 public key \(PEM\)"):
         SM2PublicKey.from_pem_file(private)
+
+
+# -- GmSSL through gmssl-pyx, where installed ----------------------------------------------
+
+if GMSSL_PYX is not None:  # x86_64 dev installs only; absent elsewhere (see gm_references)
+
+    @pytest.mark.parametrize("signer_id", [SM2_DEFAULT_SIGNER_ID, b"bob@tongxin.example"])
+    def test_signatures_cross_verify_with_gmssl_pyx(signer_id: bytes) -> None:
+        gm: Any = GMSSL_PYX
+        key = SM2PrivateKey.generate()
+        xy = key.public_key().to_bytes()[1:]
+        msg = os.urandom(100)
+        assert gm.sm2_verify(xy, msg, key.sign(msg, signer_id=signer_id), signer_id=signer_id)
+        theirs = bytes(gm.sm2_sign(key.private_bytes_raw(), xy, msg, signer_id=signer_id))
+        key.public_key().verify(theirs, msg, signer_id=signer_id)
+        with pytest.raises(InvalidSignatureError):
+            key.public_key().verify(theirs, msg + b"!", signer_id=signer_id)
+
+    @pytest.mark.parametrize("size", [1, 32, 255])
+    def test_ciphertexts_cross_decrypt_with_gmssl_pyx(size: int) -> None:
+        gm: Any = GMSSL_PYX
+        key = SM2PrivateKey.generate()
+        plaintext = os.urandom(size)
+        ours = key.public_key().encrypt(plaintext)
+        assert bytes(gm.sm2_decrypt(key.private_bytes_raw(), ours)) == plaintext
+        theirs = bytes(gm.sm2_encrypt(key.public_key().to_bytes()[1:], plaintext))
+        assert key.decrypt(theirs) == plaintext
+
+
+# -- concurrency ----------------------------------------------------------------------------
+
+
+def test_one_key_serves_many_threads() -> None:
+    """ctypes drops the GIL during each libcrypto call; a shared EVP_PKEY is read-only."""
+    key = SM2PrivateKey.generate()
+    public = key.public_key()
+
+    def round_trip(i: int) -> bool:
+        msg = i.to_bytes(4, "big") * 8
+        public.verify(key.sign(msg), msg)
+        return key.decrypt(public.encrypt(msg)) == msg
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert all(pool.map(round_trip, range(200)))

@@ -1,4 +1,5 @@
-"""SM4: GB/T 32907 and RFC 8998 vectors, then GmSSL and the openssl CLI as second opinions
+"""SM4: GB/T 32907 and RFC 8998 vectors, then the openssl CLI, the pure-Python gmssl package
+and (where it is installed, see gm_references) GmSSL through gmssl-pyx as second opinions
 for the CBC/CTR modes that have no vector in those standards."""
 
 from __future__ import annotations
@@ -8,11 +9,12 @@ import shutil
 import subprocess
 
 import pytest
+from gm_references import GMSSL_PYX
+from gmssl import sm4 as gmssl_sm4
 
 from tongxin.crypto import (
     DecryptionError,
     SM4BlockCipher,
-    sm2_available,
     sm4_cbc_decrypt,
     sm4_cbc_encrypt,
     sm4_ctr_crypt,
@@ -22,7 +24,6 @@ from tongxin.crypto import (
 
 OPENSSL = shutil.which("openssl")
 needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="system openssl CLI not installed")
-needs_gmssl_pyx = pytest.mark.skipif(not sm2_available(), reason="gmssl-pyx not importable")
 
 GBT_KEY = bytes.fromhex("0123456789abcdeffedcba9876543210")
 
@@ -128,15 +129,16 @@ def test_sm4_gcm_rejects_bad_parameters_as_value_errors() -> None:
         sm4_gcm_encrypt(RFC8998_KEY, RFC8998_IV + b"\x00", b"x")
 
 
-@needs_gmssl_pyx
-@pytest.mark.parametrize("pt_len", [1, 15, 16, 17, 1000])  # gmssl-pyx refuses empty input
-def test_sm4_gcm_matches_gmssl(pt_len: int) -> None:
-    import gmssl_pyx
+if GMSSL_PYX is not None:  # GmSSL is the only second SM4-GCM here (see gm_references)
 
-    key, iv, aad, pt = os.urandom(16), os.urandom(12), os.urandom(pt_len % 37), os.urandom(pt_len)
-    ct, tag = gmssl_pyx.sm4_gcm_encrypt(key, iv, aad, pt)
-    assert sm4_gcm_encrypt(key, iv, pt, aad) == ct + tag
-    assert sm4_gcm_decrypt(key, iv, ct + tag, aad) == pt
+    @pytest.mark.parametrize("pt_len", [1, 15, 16, 17, 1000])  # gmssl-pyx refuses empty input
+    def test_sm4_gcm_matches_gmssl_pyx(pt_len: int) -> None:
+        assert GMSSL_PYX is not None
+        key, iv = os.urandom(16), os.urandom(12)
+        aad, pt = os.urandom(pt_len % 37), os.urandom(pt_len)
+        ct, tag = GMSSL_PYX.sm4_gcm_encrypt(key, iv, aad, pt)
+        assert sm4_gcm_encrypt(key, iv, pt, aad) == ct + tag
+        assert sm4_gcm_decrypt(key, iv, ct + tag, aad) == pt
 
 
 # -- SM4-CBC (PKCS#7) and SM4-CTR ----------------------------------------------------------------
@@ -152,13 +154,22 @@ def test_sm4_cbc_interoperates_with_openssl_both_ways(pt_len: int) -> None:
     assert sm4_cbc_decrypt(key, iv, _openssl_enc("cbc", key, iv, pt, decrypt=False)) == pt
 
 
-@needs_gmssl_pyx
-@pytest.mark.parametrize("pt_len", [1, 5, 16, 33])  # gmssl-pyx refuses empty input
-def test_sm4_cbc_matches_gmssl(pt_len: int) -> None:
-    import gmssl_pyx
+def _gmssl_cbc(key: bytes, iv: bytes, pt: bytes) -> bytes:
+    cipher = gmssl_sm4.CryptSM4()  # PKCS#7 padding
+    cipher.set_key(key, gmssl_sm4.SM4_ENCRYPT)
+    return bytes(cipher.crypt_cbc(iv, pt))
 
+
+CBC_REFS = {"gmssl": _gmssl_cbc}
+if GMSSL_PYX is not None:
+    CBC_REFS["gmssl-pyx"] = GMSSL_PYX.sm4_cbc_padding_encrypt
+
+
+@pytest.mark.parametrize("ref", CBC_REFS)
+@pytest.mark.parametrize("pt_len", [1, 5, 16, 33])  # gmssl-pyx refuses empty input
+def test_sm4_cbc_matches_second_implementations(ref: str, pt_len: int) -> None:
     key, iv, pt = os.urandom(16), os.urandom(16), os.urandom(pt_len)
-    assert sm4_cbc_encrypt(key, iv, pt) == gmssl_pyx.sm4_cbc_padding_encrypt(key, iv, pt)
+    assert sm4_cbc_encrypt(key, iv, pt) == CBC_REFS[ref](key, iv, pt)
 
 
 def test_sm4_cbc_bad_padding_and_length_raise_decryption_error() -> None:
@@ -188,11 +199,11 @@ def test_sm4_ctr_interoperates_with_openssl(counter: str) -> None:
     assert sm4_ctr_crypt(key, ctr, ours) == data
 
 
-@needs_gmssl_pyx
-def test_sm4_ctr_matches_gmssl_across_counter_carry() -> None:
-    import gmssl_pyx
+if GMSSL_PYX is not None:
 
-    key, data = os.urandom(16), os.urandom(80)
-    for counter in ("0000000000000000ffffffffffffffff", "00000000000000000000000000000000"):
-        ctr = bytes.fromhex(counter)
-        assert sm4_ctr_crypt(key, ctr, data) == gmssl_pyx.sm4_ctr_encrypt(key, ctr, data)
+    def test_sm4_ctr_matches_gmssl_pyx_across_counter_carry() -> None:
+        assert GMSSL_PYX is not None
+        key, data = os.urandom(16), os.urandom(80)
+        for counter in ("0000000000000000ffffffffffffffff", "00000000000000000000000000000000"):
+            ctr = bytes.fromhex(counter)
+            assert sm4_ctr_crypt(key, ctr, data) == GMSSL_PYX.sm4_ctr_encrypt(key, ctr, data)

@@ -1,6 +1,6 @@
 """The CryptoSuite interface: both suites round-trip through it, published vectors hold when
 reached through it, keys of one suite are refused by the other, unknown names and a
-missing SM2 binding fail loudly, and the legacy RSA hybrid interoperates with openssl."""
+missing libcrypto (SM2) fail loudly, and the legacy RSA hybrid interoperates with openssl."""
 
 from __future__ import annotations
 
@@ -40,10 +40,11 @@ from tongxin.crypto import (
     sm2_available,
 )
 from tongxin.crypto.kem import dhkem_x25519_decapsulate, dhkem_x25519_encapsulate
+from tongxin.crypto.openssl_sm2 import LIBCRYPTO_ENV
 
 OPENSSL = shutil.which("openssl")
 needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="system openssl CLI not installed")
-needs_sm2 = pytest.mark.skipif(not sm2_available(), reason="gmssl-pyx not importable")
+needs_sm2 = pytest.mark.skipif(not sm2_available(), reason="SM2 (libcrypto) is not available")
 
 
 def _ok(args: Sequence[str], data: bytes | None = None) -> bytes:
@@ -303,29 +304,72 @@ def test_gm_suite_signatures_and_encapsulations_are_openssl_compatible(tmp_path:
     assert secret == enc.shared_secret
 
 
-# -- fail closed without gmssl-pyx -
+# -- fail closed without libcrypto -
 
 
-def test_gm_suite_fails_closed_when_gmssl_pyx_cannot_be_imported() -> None:
+def test_every_sm2_entry_point_fails_closed_without_libcrypto(tmp_path: Path) -> None:
+    """$TONGXIN_LIBCRYPTO names the only library tried; a missing one is what a host without
+    a usable OpenSSL 3 looks like. Every SM2 entry point must then raise
+    SM2UnavailableError naming libcrypto, and nothing else may be lost."""
     src = Path(tongxin.crypto.__file__).resolve().parents[2]
+    missing = tmp_path / "no-such-dir" / "libcrypto.so.3"
     script = textwrap.dedent(
         """
         import sys
-        sys.modules["gmssl_pyx"] = None  # what a missing wheel looks like to `import`
+        from pathlib import Path
         from tongxin.crypto import (
-            GMSuite, SM2PrivateKey, SM2UnavailableError, available_suites, get_suite,
-            sm2_available, sm2_unavailable_reason, sm3_digest, sm4_gcm_encrypt,
+            GMSuite, SM2PrivateKey, SM2PublicKey, SM2UnavailableError, available_suites,
+            get_suite, sm2_available, sm2_unavailable_reason, sm3_digest, sm4_gcm_encrypt,
         )
+        from tongxin.crypto import _der, kem, openssl_sm2, sm2
+
+        missing = sys.argv[1]
         assert not sm2_available()
         reason = sm2_unavailable_reason()
-        assert reason is not None and "gmssl-pyx" in reason, reason
-        for attempt in (GMSuite, lambda: get_suite("gm"), SM2PrivateKey.generate):
+        assert reason is not None and "libcrypto" in reason and missing in reason, reason
+
+        d = bytes.fromhex("3945208F7B2144B13F36E38AC6D39F95889393692860B51A42FB81EF4DF7C5B8")
+        point = bytes.fromhex(
+            "0409F9DF311E5421A150DD7D161E4BC5C672179FAD1833FC076BB08FF356F35020"
+            "CCEA490CE26775A52DC6EA718CC1AA600AED05FBF35E084A6632F6072DA9AD13"
+        )
+        spki, sec1 = sm2._spki(point), sm2._sec1(d, point)
+        pub_pem, key_pem = _der.pem_encode("PUBLIC KEY", spki), _der.pem_encode("EC PRIVATE KEY", sec1)
+        pem_file = Path(sys.argv[2])
+        pem_file.write_bytes(pub_pem)
+        # Objects made without their constructors: the methods must check before anything.
+        bare_public = object.__new__(SM2PublicKey)
+        bare_private = object.__new__(SM2PrivateKey)
+        attempts = {
+            "GMSuite": GMSuite,
+            "get_suite": lambda: get_suite("gm"),
+            "generate": SM2PrivateKey.generate,
+            "from_scalar": lambda: SM2PrivateKey.from_scalar(d),
+            "SM2PrivateKey": lambda: SM2PrivateKey(d, bare_public),
+            "SM2PrivateKey.from_der": lambda: SM2PrivateKey.from_der(sec1),
+            "SM2PrivateKey.from_pem": lambda: SM2PrivateKey.from_pem(key_pem),
+            "SM2PublicKey": lambda: SM2PublicKey(point),
+            "SM2PublicKey.from_der": lambda: SM2PublicKey.from_der(spki),
+            "SM2PublicKey.from_pem": lambda: SM2PublicKey.from_pem(pub_pem),
+            "SM2PublicKey.from_pem_file": lambda: SM2PublicKey.from_pem_file(pem_file),
+            "sign": lambda: bare_private.sign(b"m"),
+            "decrypt": lambda: bare_private.decrypt(b"c"),
+            "verify": lambda: bare_public.verify(b"s", b"m"),
+            "encrypt": lambda: bare_public.encrypt(b"m"),
+            "kem": lambda: kem.sm2_kem_encapsulate(bare_public),
+            "require_sm2": sm2.require_sm2,
+            "openssl_sm2.version": openssl_sm2.version,
+            "openssl_sm2.generate": openssl_sm2.generate_private_key,
+            "openssl_sm2.load_public_key": lambda: openssl_sm2.load_public_key(spki),
+            "openssl_sm2.load_private_key": lambda: openssl_sm2.load_private_key(sec1),
+        }
+        for name, attempt in attempts.items():
             try:
                 attempt()
             except SM2UnavailableError as exc:
-                assert "gmssl-pyx" in str(exc), exc
+                assert "libcrypto" in str(exc) and missing in str(exc), (name, exc)
             else:
-                raise SystemExit("SM2 use did not fail")
+                raise SystemExit(f"{name}: SM2 use did not fail")
         assert available_suites() == ("international",)
         # SM3/SM4 come from cryptography and stay usable for non-SM2 work.
         assert sm3_digest(b"abc").hex().startswith("66c7f0f4")
@@ -333,16 +377,21 @@ def test_gm_suite_fails_closed_when_gmssl_pyx_cannot_be_imported() -> None:
         suite = get_suite("international")
         pair = suite.generate_signing_keypair()
         suite.verify(pair.public_key, b"m", suite.sign(pair.private_key, b"m"))
-        print("FAILED-CLOSED")
+        print("FAILED-CLOSED", len(attempts))
         """
     )
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
+    env[LIBCRYPTO_ENV] = str(missing)
     proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, env=env, check=False, timeout=60
+        [sys.executable, "-c", script, str(missing), str(tmp_path / "pub.pem")],
+        capture_output=True,
+        env=env,
+        check=False,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
-    assert proc.stdout.strip() == b"FAILED-CLOSED"
+    assert proc.stdout.strip() == b"FAILED-CLOSED 21"
 
 
 # -- legacy RSA-OAEP + AES-256-GCM -----------------------------------------------------------------

@@ -20,7 +20,7 @@ from tongxin.proto import tongxin_pb2 as pb
 
 def _no_sm2(name: str) -> object:
     if name == "gm":
-        raise SM2UnavailableError("gmssl-pyx is not installed (simulated)")
+        raise SM2UnavailableError("no OpenSSL 3 libcrypto (simulated)")
     return get_suite(name)
 
 

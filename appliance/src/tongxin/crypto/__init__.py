@@ -1,8 +1,9 @@
 """Cryptographic primitives and suites for Tongxin.
 
 Library split (see docs/security.md): SM3, SM4, HMAC, HKDF and every international
-primitive come from ``cryptography``; SM2 comes from the native gmssl-pyx binding, and is
-reported unavailable, never replaced, where that binding cannot load.
+primitive come from ``cryptography``; SM2 comes from the system's OpenSSL 3 libcrypto through
+a ctypes binding (``openssl_sm2``), and is reported unavailable, never replaced, where no
+such libcrypto loads.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """DER structures for SM2 keys, signatures and ciphertexts, plus PEM armour.
 
-``cryptography`` cannot load SM2 keys (it has no SM2 curve) and gmssl-pyx only deals in raw
-bytes, so the openssl-compatible containers are described here with cryptography's
+``cryptography`` cannot load SM2 keys (it has no SM2 curve). The openssl-compatible
+containers are parsed and built here, before libcrypto sees them, so that each key,
+signature and ciphertext has one accepted encoding; they are described with cryptography's
 declarative ASN.1 module rather than hand-written TLV code. That module is marked unstable
 upstream; it is confined to this file so that a change in a future ``cryptography`` release
 touches only these definitions, and the openssl interop tests catch any drift.

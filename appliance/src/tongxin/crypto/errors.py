@@ -37,7 +37,7 @@ class KeyFormatError(CryptoError, ValueError):
 
 
 class SM2UnavailableError(CryptoError):
-    """SM2 was requested but its native binding (gmssl-pyx) cannot be used here.
+    """SM2 was requested but no usable libcrypto (OpenSSL >= 3.0 with SM2) loaded here.
 
     Raised instead of falling back to another algorithm or to a pure-Python SM2: a GM
     deployment that silently lost SM2 would no longer be the deployment it claims to be.

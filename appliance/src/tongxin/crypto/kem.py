@@ -2,10 +2,11 @@
 
 * International: DHKEM(X25519, HKDF-SHA256) exactly as RFC 9180 section 4.1 defines it,
   built from ``cryptography``'s X25519 and HKDF so it reproduces the RFC's test vectors.
-* GM: SM2 public-key encryption of a fresh 32-byte secret. gmssl-pyx exposes neither SM2
-  ECDH nor the GB/T 32918.3 key-exchange protocol, and SM2 encryption is itself a KEM-DEM
-  hybrid whose C3 hash makes tampering detectable, so encrypting a random secret is the
-  encapsulation that the kept binding supports.
+* GM: SM2 public-key encryption of a fresh 32-byte secret. SM2 encryption is itself a
+  KEM-DEM hybrid whose C3 hash makes tampering detectable, so encrypting a random secret
+  is an encapsulation built from one standard operation (GB/T 32918.4) that every SM2
+  library offers (libcrypto here, sm-crypto-v2 in the web client); the GB/T 32918.3
+  key-exchange protocol, which OpenSSL does not implement, is not used.
 """
 
 from __future__ import annotations

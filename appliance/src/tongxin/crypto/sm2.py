@@ -1,8 +1,12 @@
-"""SM2 (GB/T 32918) signatures and public-key encryption through gmssl-pyx.
+"""SM2 (GB/T 32918) signatures and public-key encryption through OpenSSL 3's libcrypto.
 
-gmssl-pyx wraps GmSSL's C implementation and is the only SM2 provider used at run time.
-``cryptography`` has no SM2 curve, and the pure-Python ``gmssl`` package draws its nonces
-from Python's non-cryptographic ``random`` module, which leaks private keys.
+libcrypto (OpenSSL >= 3.0; Debian 12's libssl3 on x86_64 and arm64), reached through the
+ctypes binding :mod:`tongxin.crypto.openssl_sm2`, is the only SM2 provider used at run
+time: key generation, d*G, signing, verification, encryption and decryption all happen in
+it. ``cryptography`` has no SM2 curve, and the pure-Python ``gmssl`` package draws its
+nonces from Python's non-cryptographic ``random`` module, which leaks private keys. This
+module parses and builds the containers, so every key and every signature or ciphertext
+has one accepted encoding, and maps libcrypto's failures to the crypto layer's errors.
 
 Formats (all openssl-compatible, checked by the interop tests):
 
@@ -15,19 +19,18 @@ Formats (all openssl-compatible, checked by the interop tests):
   SEC1 ``EC PRIVATE KEY`` / ``SM2 PRIVATE KEY`` is accepted on import;
 * public key: SubjectPublicKeyInfo (``PUBLIC KEY``) with an uncompressed point.
 
-When gmssl-pyx cannot be imported (no wheel for the platform, broken native library),
+Where no usable libcrypto can be loaded (missing, older than 3.0, built without SM2),
 every SM2 entry point raises :class:`SM2UnavailableError`; there is no fallback.
 """
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from cryptography.hazmat import asn1
 
-from tongxin.crypto import _der
+from tongxin.crypto import _der, openssl_sm2
 from tongxin.crypto.errors import (
     CryptoError,
     DecryptionError,
@@ -35,25 +38,12 @@ from tongxin.crypto.errors import (
     KeyFormatError,
     SM2UnavailableError,
 )
-
-_gmssl: Any
-_UNAVAILABLE_REASON: str | None
-try:
-    import gmssl_pyx as _gmssl_module
-
-    _gmssl = _gmssl_module
-    _UNAVAILABLE_REASON = None
-except (ImportError, OSError) as _exc:
-    _gmssl = None
-    _UNAVAILABLE_REASON = (
-        "SM2 needs the native binding gmssl-pyx (import name 'gmssl_pyx'), which could not "
-        f"be imported on {platform.system()}/{platform.machine()} "
-        f"(Python {platform.python_version()}): {type(_exc).__name__}: {_exc}"
-    )
+from tongxin.crypto.openssl_sm2 import OpenSSLError
 
 SM2_DEFAULT_SIGNER_ID = b"1234567812345678"
-# gmssl-pyx refuses anything outside 1..255 bytes; SM2 encryption is for wrapping keys,
-# bulk data goes through SM4-GCM under a wrapped key.
+# SM2 encryption is for wrapping keys; bulk data goes through SM4-GCM under a wrapped key.
+# 255 bytes is GmSSL's limit, kept in both directions so that every ciphertext made here
+# can be opened by a GmSSL-based peer and to bound the work done on hostile input.
 SM2_MAX_PLAINTEXT_SIZE = 255
 # ENTL in Z_A is a 16-bit *bit* length.
 SM2_MAX_SIGNER_ID_SIZE = 8191
@@ -61,47 +51,78 @@ SM2_MAX_SIGNER_ID_SIZE = 8191
 # Curve order n (GB/T 32918.5); valid private keys are 1 <= d <= n - 2.
 _SM2_N = int("FFFFFFFEFFFFFFFFFFFFFFFFFFFFFFFF7203DF6B21C6052B53BBF40939D54123", 16)
 _COORD = 32
+_C3_SIZE = 32
 
 RawOrder = Literal["C1C3C2", "C1C2C3"]
 
 
 def sm2_available() -> bool:
-    """True if gmssl-pyx imported, i.e. SM2 can be used in this process."""
-    return _gmssl is not None
+    """True if a libcrypto with SM2 (OpenSSL >= 3.0) loaded, i.e. SM2 can be used here."""
+    return openssl_sm2.available()
 
 
 def sm2_unavailable_reason() -> str | None:
-    """Why SM2 is unavailable (names the missing binding), or None when it is available."""
-    return _UNAVAILABLE_REASON
+    """Why SM2 is unavailable (names libcrypto and what was found), or None when it is."""
+    return openssl_sm2.unavailable_reason()
 
 
-def require_sm2() -> Any:
-    """Return the gmssl-pyx module or raise :class:`SM2UnavailableError`."""
-    if _gmssl is None:
-        raise SM2UnavailableError(_UNAVAILABLE_REASON or "gmssl-pyx is not available")
-    return _gmssl
+def require_sm2() -> None:
+    """Raise :class:`SM2UnavailableError` unless SM2 can be used in this process."""
+    openssl_sm2.libcrypto()
 
 
 def _check_signer_id(signer_id: bytes) -> None:
-    # GmSSL rejects an empty ID, so signatures made by the openssl CLI without
-    # -sigopt distid (which signs with an empty ID) cannot be verified here.
+    # An empty ID is refused (GmSSL refuses it too), so signatures made by the openssl CLI
+    # without -sigopt distid (which signs with an empty ID) cannot be verified here.
     if not 1 <= len(signer_id) <= SM2_MAX_SIGNER_ID_SIZE:
         raise ValueError(f"SM2 signer ID must be 1..{SM2_MAX_SIGNER_ID_SIZE} bytes")
+
+
+def _spki(point: bytes) -> bytes:
+    spki = _der.SubjectPublicKeyInfo(
+        algorithm=_der.AlgorithmIdentifier(
+            algorithm=_der.OID_EC_PUBLIC_KEY, parameters=_der.OID_SM2_CURVE
+        ),
+        subject_public_key=asn1.BitString(data=point, padding_bits=0),
+    )
+    return asn1.encode_der(spki)
+
+
+def _sec1(scalar: bytes, point: bytes | None) -> bytes:
+    """SEC1 ECPrivateKey naming the SM2 curve; without ``point`` libcrypto derives d*G."""
+    return asn1.encode_der(
+        _der.ECPrivateKey(
+            version=1,
+            private_key=scalar,
+            parameters=_der.OID_SM2_CURVE,
+            public_key=None if point is None else asn1.BitString(data=point, padding_bits=0),
+        )
+    )
 
 
 class SM2PublicKey:
     """An SM2 public key: a point on the SM2 curve, validated on construction."""
 
-    __slots__ = ("_xy",)
+    __slots__ = ("_key", "_xy")
 
     def __init__(self, point: bytes) -> None:
         """Accept 04||x||y (65 bytes), x||y (64 bytes) or a compressed point (33 bytes)."""
-        gm = require_sm2()
+        require_sm2()
+        point = bytes(point)
+        if len(point) == 2 * _COORD:
+            point = b"\x04" + point
+        if not (
+            (len(point) == 1 + 2 * _COORD and point[0] == 4)
+            or (len(point) == 1 + _COORD and point[0] in (2, 3))
+        ):
+            raise KeyFormatError("not an SM2 point encoding (04||x||y, x||y or 02/03||x)")
         try:
-            xy = bytes(gm.normalize_sm2_public_key(bytes(point)))
-        except gm.InvalidValueError as exc:
-            raise KeyFormatError("not a point on the SM2 curve") from exc
-        self._xy = xy
+            # libcrypto checks the point is on the curve and not the point at infinity;
+            # the curve's cofactor is 1, so that puts it in the group of order n.
+            self._key = openssl_sm2.load_public_key(_spki(point))
+            self._xy = self._key.public_point()[1:]
+        except OpenSSLError as exc:
+            raise KeyFormatError(f"not a point on the SM2 curve ({exc})") from exc
 
     # -- encodings ---------------------------------------------------------------------
 
@@ -111,13 +132,7 @@ class SM2PublicKey:
 
     def to_der(self) -> bytes:
         """SubjectPublicKeyInfo DER, as written by ``openssl pkey -pubout -outform DER``."""
-        spki = _der.SubjectPublicKeyInfo(
-            algorithm=_der.AlgorithmIdentifier(
-                algorithm=_der.OID_EC_PUBLIC_KEY, parameters=_der.OID_SM2_CURVE
-            ),
-            subject_public_key=asn1.BitString(data=self.to_bytes(), padding_bits=0),
-        )
-        return asn1.encode_der(spki)
+        return _spki(self.to_bytes())
 
     def to_pem(self) -> bytes:
         return _der.pem_encode("PUBLIC KEY", self.to_der())
@@ -151,6 +166,8 @@ class SM2PublicKey:
             raise ValueError(f"{path}: {exc.strerror}") from exc
         try:
             return cls.from_pem(pem)
+        except SM2UnavailableError:
+            raise  # not the file's fault
         except (CryptoError, ValueError) as exc:
             raise ValueError(f"{path}: not an SM2 public key (PEM): {exc}") from exc
 
@@ -165,11 +182,11 @@ class SM2PublicKey:
         given ``-sigopt distid:1234567812345678`` (``dgst``) or ``-pkeyopt distid:...``
         (``pkeyutl``).
         """
-        gm = require_sm2()
+        require_sm2()
         _check_signer_id(signer_id)
         try:
-            # Re-encoding rejects BER variants and trailing bytes that GmSSL might tolerate,
-            # so one signature has exactly one accepted encoding.
+            # Re-encoding rejects BER variants and trailing bytes, so one signature has
+            # exactly one accepted encoding (libcrypto 3.0 insists on DER as well).
             parsed = asn1.decode_der(_der.SM2Signature, signature)
             canonical = asn1.encode_der(parsed)
         except ValueError as exc:
@@ -177,20 +194,20 @@ class SM2PublicKey:
         if canonical != signature or not (0 < parsed.r < _SM2_N and 0 < parsed.s < _SM2_N):
             raise InvalidSignatureError("SM2 signature is not canonical DER")
         try:
-            ok = bool(gm.sm2_verify(self._xy, message, signature, signer_id=signer_id))
-        except gm.GmsslInnerError as exc:
-            raise InvalidSignatureError("SM2 signature verification failed") from exc
+            ok = openssl_sm2.verify(self._key, bytes(signer_id), bytes(message), signature)
+        except OpenSSLError as exc:
+            raise InvalidSignatureError(f"SM2 signature verification failed ({exc})") from exc
         if not ok:
             raise InvalidSignatureError("SM2 signature verification failed")
 
     def encrypt(self, plaintext: bytes) -> bytes:
         """SM2-encrypt 1..255 bytes; returns the DER (C1C3C2) ciphertext."""
-        gm = require_sm2()
+        require_sm2()
         if not 1 <= len(plaintext) <= SM2_MAX_PLAINTEXT_SIZE:
             raise ValueError(
                 f"SM2 plaintext must be 1..{SM2_MAX_PLAINTEXT_SIZE} bytes, got {len(plaintext)}"
             )
-        return bytes(gm.sm2_encrypt(self._xy, plaintext))
+        return openssl_sm2.encrypt(self._key, bytes(plaintext))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, SM2PublicKey) and self._xy == other._xy
@@ -203,44 +220,68 @@ class SM2PublicKey:
 
 
 class SM2PrivateKey:
-    """An SM2 private key together with its public key.
+    """An SM2 private key together with its public key."""
 
-    gmssl-pyx offers no scalar multiplication, so the public key cannot be recomputed from
-    the scalar; it is carried alongside (PKCS#8 and SEC1 files from openssl include it).
-    """
+    __slots__ = ("_d", "_key", "_public")
 
-    __slots__ = ("_d", "_public")
+    _d: bytes
+    _key: openssl_sm2.PrivateKey
+    _public: SM2PublicKey
 
     def __init__(self, scalar: bytes, public_key: SM2PublicKey, *, check_pair: bool = True) -> None:
-        """``check_pair`` runs an encrypt/decrypt probe proving ``public_key`` = d*G.
+        """``check_pair`` has libcrypto compute d*G and compares it with ``public_key``.
 
         Skipping it is safe in the sense of failing closed (a mismatched pair produces
-        signatures that do not verify and cannot decrypt), and saves about 1.5 ms.
+        signatures that do not verify and cannot decrypt), and saves one scalar
+        multiplication.
         """
         require_sm2()
+        scalar = bytes(scalar)
+        self._check_scalar(scalar)
+        point = public_key.to_bytes()
+        key = self._load(_sec1(scalar, None if check_pair else point))
+        if check_pair and key.public_point() != point:
+            raise KeyFormatError("SM2 public key does not belong to the private key")
+        self._d, self._key, self._public = scalar, key, public_key
+
+    @staticmethod
+    def _check_scalar(scalar: bytes) -> None:
         if len(scalar) != _COORD:
             raise KeyFormatError(f"SM2 private key must be {_COORD} bytes, got {len(scalar)}")
         if not 1 <= int.from_bytes(scalar, "big") <= _SM2_N - 2:
             raise KeyFormatError("SM2 private key is out of range [1, n-2]")
-        self._d = bytes(scalar)
-        self._public = public_key
-        if check_pair:
-            self._check_pair()
 
-    def _check_pair(self) -> None:
-        probe = b"tongxin sm2 key pair check"
+    @staticmethod
+    def _load(sec1: bytes) -> openssl_sm2.PrivateKey:
         try:
-            ok = self.decrypt(self._public.encrypt(probe)) == probe
-        except DecryptionError:
-            ok = False
-        if not ok:
-            raise KeyFormatError("SM2 public key does not belong to the private key")
+            return openssl_sm2.load_private_key(sec1)
+        except OpenSSLError as exc:
+            raise KeyFormatError(f"libcrypto refused the SM2 private key ({exc})") from exc
+
+    @classmethod
+    def _from_key(cls, key: openssl_sm2.PrivateKey, scalar: bytes) -> SM2PrivateKey:
+        self = cls.__new__(cls)
+        self._d, self._key = scalar, key
+        self._public = SM2PublicKey(key.public_point())
+        return self
+
+    @classmethod
+    def from_scalar(cls, scalar: bytes) -> SM2PrivateKey:
+        """The key for a 32-byte scalar d, with the public key d*G computed by libcrypto."""
+        require_sm2()
+        scalar = bytes(scalar)
+        cls._check_scalar(scalar)
+        return cls._from_key(cls._load(_sec1(scalar, None)), scalar)
 
     @classmethod
     def generate(cls) -> SM2PrivateKey:
-        gm = require_sm2()
-        public, private = gm.sm2_key_generate()
-        return cls(bytes(private), SM2PublicKey(bytes(public)), check_pair=False)
+        """A new key pair from libcrypto's key generation (its DRBG)."""
+        require_sm2()
+        while True:
+            key = openssl_sm2.generate_private_key()
+            scalar = key.private_scalar()
+            if 1 <= int.from_bytes(scalar, "big") <= _SM2_N - 2:  # n-1: never, in practice
+                return cls._from_key(key, scalar)
 
     def public_key(self) -> SM2PublicKey:
         return self._public
@@ -296,15 +337,13 @@ class SM2PrivateKey:
             raise KeyFormatError(f"unsupported ECPrivateKey version {ec.version}")
         if ec.parameters is not None and ec.parameters != _der.OID_SM2_CURVE:
             raise KeyFormatError(f"EC key is on curve {ec.parameters.dotted_string}, not SM2")
-        if ec.public_key is None:
-            raise KeyFormatError(
-                "SM2 private key has no embedded public key, which gmssl-pyx cannot derive; "
-                "re-export it with openssl pkey"
-            )
-        if ec.public_key.padding_bits() != 0:
-            raise KeyFormatError("SM2 public key BIT STRING has unused bits")
         # SEC1 allows a scalar shorter than the field size when written by some tools.
         scalar = ec.private_key.rjust(_COORD, b"\x00")
+        if ec.public_key is None:
+            # e.g. `openssl ec -no_public`: libcrypto computes the public key.
+            return cls.from_scalar(scalar)
+        if ec.public_key.padding_bits() != 0:
+            raise KeyFormatError("SM2 public key BIT STRING has unused bits")
         return cls(scalar, SM2PublicKey(ec.public_key.as_bytes()), check_pair=check_pair)
 
     @classmethod
@@ -321,19 +360,30 @@ class SM2PrivateKey:
     # -- operations --------------------------------------------------------------------
 
     def sign(self, message: bytes, signer_id: bytes = SM2_DEFAULT_SIGNER_ID) -> bytes:
-        """Sign SM3(Z_A || message); returns a DER signature (random nonce from GmSSL)."""
-        gm = require_sm2()
+        """Sign SM3(Z_A || message); returns a DER signature (random nonce from libcrypto)."""
+        require_sm2()
         _check_signer_id(signer_id)
-        return bytes(gm.sm2_sign(self._d, self._public._xy, message, signer_id=signer_id))
+        return openssl_sm2.sign(self._key, bytes(signer_id), bytes(message))
 
     def decrypt(self, ciphertext: bytes) -> bytes:
         """Decrypt a DER (C1C3C2) ciphertext; :class:`DecryptionError` if C3 does not match."""
-        gm = require_sm2()
+        require_sm2()
         try:
-            return bytes(gm.sm2_decrypt(self._d, ciphertext))
-        except gm.GmsslInnerError as exc:
-            # InvalidValueError is a subclass: malformed, too short/long or tampered input
-            # all end here, indistinguishably.
+            ct = asn1.decode_der(_der.SM2Ciphertext, ciphertext)
+        except ValueError as exc:
+            raise DecryptionError("SM2 decryption failed") from exc
+        # One accepted encoding, as for signatures (libcrypto ignores trailing bytes).
+        if (
+            asn1.encode_der(ct) != ciphertext
+            or len(ct.hash) != _C3_SIZE
+            or not 1 <= len(ct.ciphertext) <= SM2_MAX_PLAINTEXT_SIZE
+        ):
+            raise DecryptionError("SM2 decryption failed")
+        try:
+            return openssl_sm2.decrypt(self._key, bytes(ciphertext))
+        except OpenSSLError as exc:
+            # Malformed, off-curve or tampered input all end here, indistinguishably; the
+            # cause (libcrypto's reason) stays chained for local debugging only.
             raise DecryptionError("SM2 decryption failed") from exc
 
     def __repr__(self) -> str:

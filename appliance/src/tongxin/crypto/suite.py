@@ -45,8 +45,9 @@ class SymmetricSuite(Protocol):
     """The part of a suite that needs no public-key algorithm: what encryption at rest
     asks for (hashes, MACs, HKDF, the AEAD). A consumer that needs only this asks for
     it (:func:`get_symmetric_suite`), so the GM suite's SM4 and SM3 work where SM2 does
-    not (an aarch64 host without gmssl-pyx). Every failure of authenticity raises a
-    :class:`~tongxin.crypto.errors.CryptoError` subclass; none returns a false value."""
+    not (a host without OpenSSL >= 3.0 libcrypto, e.g. Kylin V10's 1.1.1). Every failure
+    of authenticity raises a :class:`~tongxin.crypto.errors.CryptoError` subclass; none
+    returns a false value."""
 
     @property
     def name(self) -> str: ...
@@ -136,7 +137,7 @@ class GMSuite(GMSymmetricSuite):
     """The GM suite: :class:`GMSymmetricSuite` plus SM2 signatures (default signer ID) and
     the SM2-encryption KEM.
 
-    Construction fails with :class:`SM2UnavailableError` when gmssl-pyx is missing, and with
+    Construction fails with :class:`SM2UnavailableError` when libcrypto is, and with
     :class:`CryptoError` when SM3 or SM4 are missing; the suite is never half-available.
     """
 
