@@ -374,10 +374,6 @@ if [ "${BUNDLE_TAR:-0}" = 1 ]; then
   log "tar: $OUT.tar"
   tar -C "$OUT_PARENT" -cf "$OUT.tar.tmp" "tongxin-$VERSION" && mv "$OUT.tar.tmp" "$OUT.tar"
 fi
-# (tongxin bundle manifest printed the gaps; this is what one of them means)
-while IFS=$'\t' read -r _ arch name _; do
-  case $name in gmssl-pyx*) log "without gmssl-pyx an $arch node has no SM2: set crypto.suite: international there" ;; esac
-done <"$MISSING"
 log "done in $((SECONDS - T0)) s: $OUT ($(du -sh "$OUT" | cut -f1))"
 log "signer fingerprint (SM3 of the SM2 public key): $FP"
 log "trusted public key to carry separately: ${KEY%.key}.pub.pem"
