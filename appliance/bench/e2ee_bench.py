@@ -5,7 +5,7 @@ plain (unencrypted) relay measured in the same run.
     .venv/bin/python appliance/bench/e2ee_bench.py
     .venv/bin/python appliance/bench/e2ee_bench.py --messages 500 --relay-messages 200 --json
 
-Two parts, for every suite that can run here (gm needs SM2 from gmssl-pyx):
+Two parts, for every suite that can run here (gm needs SM2 from OpenSSL >= 3.0 libcrypto):
 
 * ``crypto``: the library alone (tongxin.e2ee, no network). ``pairwise-seal`` /
   ``pairwise-open``: one sender device to one recipient device, one direction (the

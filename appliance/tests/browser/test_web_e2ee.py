@@ -48,7 +48,7 @@ from test_web_client import (  # noqa: E402
 
 SUITES = [pytest.param("international", id="international"),
           pytest.param("gm", id="gm", marks=pytest.mark.skipif(
-              not sm2_available(), reason="SM2 (gmssl-pyx) is not available"))]
+              not sm2_available(), reason="SM2 (OpenSSL libcrypto) is not available"))]
 
 
 @dataclass

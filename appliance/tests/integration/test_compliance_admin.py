@@ -27,7 +27,7 @@ from tongxin.crypto import sm2_available
 from tongxin.server.admin_api import ADMIN_API
 
 pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(not sm2_available(), reason="SM2 (gmssl-pyx) is not available")]
+              pytest.mark.skipif(not sm2_available(), reason="SM2 (OpenSSL libcrypto) is not available")]
 
 PW = "admin-password-1"
 API = "/api/v1/admin"

@@ -32,7 +32,7 @@ from tongxin.config import Config, ConfigError
 from tongxin.crypto import sm2_available
 
 pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(not sm2_available(), reason="SM2 (gmssl-pyx) is not available")]
+              pytest.mark.skipif(not sm2_available(), reason="SM2 (OpenSSL libcrypto) is not available")]
 
 
 @pytest.fixture(scope="session")

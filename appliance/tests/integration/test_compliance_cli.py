@@ -19,7 +19,7 @@ from conftest import NodeFactory, RunningNode, audit_pubkeys  # type: ignore[imp
 from tongxin.crypto import sm2_available
 
 pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(not sm2_available(), reason="SM2 (gmssl-pyx) is not available")]
+              pytest.mark.skipif(not sm2_available(), reason="SM2 (OpenSSL libcrypto) is not available")]
 
 
 async def tongxin(home: Path, *args: str, stdin: bytes = b"",

@@ -50,7 +50,7 @@ from tongxin.crypto import sm2_available
 from tongxin.server.node import make_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300),
-              pytest.mark.skipif(not sm2_available(), reason="SM2 (gmssl-pyx) is not available")]
+              pytest.mark.skipif(not sm2_available(), reason="SM2 (OpenSSL libcrypto) is not available")]
 
 PW = "admin-password-1"
 API = "/api/v1/admin"

@@ -31,7 +31,7 @@ from tongxin.proto import tongxin_pb2 as pb
 from tongxin.server.admin_api import ADMIN_API
 
 pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(not sm2_available(), reason="SM2 (gmssl-pyx) is not available")]
+              pytest.mark.skipif(not sm2_available(), reason="SM2 (OpenSSL libcrypto) is not available")]
 
 API = "/api/v1/admin"
 STRICT = {"password_min_classes": 3, "password_history": 3}

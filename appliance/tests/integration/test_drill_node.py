@@ -110,6 +110,6 @@ async def test_drill_through_a_node_kill_and_restart(tmp_path: Path) -> None:
     assert {r["user"] for r in logins if r["how"] == "token" and r["at"] > after} == users
 
     if not sm2_available():
-        pytest.skip("SM2 (gmssl-pyx) is not available: the compliance report needs it")
+        pytest.skip("SM2 (OpenSSL libcrypto) is not available: the compliance report needs it")
     rc, out = await tongxin("report", "compliance", "--out", tmp_path / "rep", home=home)
     assert re.search(r"PASS\s+BR-2", out), out

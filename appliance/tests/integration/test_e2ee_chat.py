@@ -30,7 +30,7 @@ pytestmark = pytest.mark.integration
 
 SUITES = [pytest.param("international", id="international"),
           pytest.param("gm", id="gm", marks=pytest.mark.skipif(
-              not sm2_available(), reason="SM2 (gmssl-pyx) is not available"))]
+              not sm2_available(), reason="SM2 (OpenSSL libcrypto) is not available"))]
 
 
 PASSPHRASE = "correct horse battery staple"

@@ -24,7 +24,7 @@ from tongxin.server.admin_api import ADMIN_API
 
 # The admin API's compliance state signs with SM2, so these tests need it whatever the suite.
 pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(not sm2_available(), reason="SM2 (gmssl-pyx) is not available")]
+              pytest.mark.skipif(not sm2_available(), reason="SM2 (OpenSSL libcrypto) is not available")]
 
 PW = "admin-password-1"
 API = "/api/v1/admin/e2ee/escrow-decrypt"

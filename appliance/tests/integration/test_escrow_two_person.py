@@ -24,7 +24,7 @@ from tongxin.e2ee import escrow_trust
 from tongxin.server.admin_api import ADMIN_API
 
 pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(not sm2_available(), reason="SM2 (gmssl-pyx) is not available")]
+              pytest.mark.skipif(not sm2_available(), reason="SM2 (OpenSSL libcrypto) is not available")]
 
 PW = "admin-password-1"
 P = "/api/v1/admin"

@@ -23,7 +23,7 @@ from tongxin.cli.main import main
 from tongxin.compliance.keys import fingerprint
 from tongxin.crypto import SM2PrivateKey, sm2_available, sm3_digest
 
-pytestmark = pytest.mark.skipif(not sm2_available(), reason="SM2 (gmssl-pyx) unavailable")
+pytestmark = pytest.mark.skipif(not sm2_available(), reason="SM2 (OpenSSL libcrypto) unavailable")
 
 DEB = b"!<arch>\ndebian-binary redis-server" * 100
 
@@ -36,7 +36,7 @@ def _bundle(root: Path, key: SM2PrivateKey) -> Path:
     (root / "wheels" / "aarch64" / "tongxin-0.1.0-py3-none-any.whl").write_bytes(b"PK wheel")
     (root / "kafka").mkdir()
     (root / "kafka" / "kafka-4.3.1.tgz").write_bytes(b"\x1f\x8b kafka")
-    missing = [Missing("wheels", "aarch64", "gmssl-pyx==2.1.0", "no manylinux2014_aarch64 wheel")]
+    missing = [Missing("wheels", "aarch64", "example-x86-only==1.0", "no manylinux2014_aarch64 wheel")]
     data = build_manifest(root, name="tongxin", version="0.1.0", signer=key.public_key(),
                           missing=missing)
     sign_manifest(root, data, key)
@@ -61,7 +61,7 @@ def test_manifest_lists_each_file_with_independent_digests(tmp_path: Path, key: 
     assert (deb["size"], deb["component"], deb["arch"]) == (len(DEB), "debs", "x86_64")
     assert by_path["kafka/kafka-4.3.1.tgz"]["arch"] == "any"
     assert doc["signer"] == fingerprint(key.public_key())
-    assert doc["missing"] == [{"component": "wheels", "arch": "aarch64", "name": "gmssl-pyx==2.1.0",
+    assert doc["missing"] == [{"component": "wheels", "arch": "aarch64", "name": "example-x86-only==1.0",
                                "reason": "no manylinux2014_aarch64 wheel"}]
     # The signature is over the exact manifest bytes.
     key.public_key().verify((root / SIGNATURE_NAME).read_bytes(), (root / MANIFEST_NAME).read_bytes())
@@ -71,7 +71,7 @@ def test_intact_bundle_verifies(tmp_path: Path, key: SM2PrivateKey) -> None:
     summary = verify_bundle(_bundle(tmp_path, key), key.public_key())
     assert summary["files"] == 4
     assert summary["components"]["debs/x86_64"] == {"files": 2, "bytes": len(DEB) + 22}
-    assert summary["missing"][0]["name"] == "gmssl-pyx==2.1.0"
+    assert summary["missing"][0]["name"] == "example-x86-only==1.0"
 
 
 def test_flipped_byte_in_a_file_is_refused_naming_it(tmp_path: Path, key: SM2PrivateKey) -> None:
@@ -200,16 +200,16 @@ def test_cli_manifest_records_missing_and_prints_fingerprint(tmp_path: Path,
     (root / "kafka").mkdir(parents=True)
     (root / "kafka" / "k.tgz").write_bytes(b"k")
     gaps = tmp_path / "missing.tsv"
-    gaps.write_text("wheels\taarch64\tgmssl-pyx==2.1.0\tno wheel\n")
+    gaps.write_text("wheels\taarch64\texample-x86-only==1.0\tno wheel\n")
     keyfile = tmp_path / "k" / "signing.key"
     assert main(["bundle", "manifest", str(root), "--key", str(keyfile), "--version", "9.9",
                  "--missing-file", str(gaps)]) == 0
     out = capsys.readouterr()
     key, _ = load_or_create_signing_key(keyfile)
     assert out.out.strip() == fingerprint(key.public_key())
-    assert "MISSING wheels/aarch64: gmssl-pyx==2.1.0: no wheel" in out.err
+    assert "MISSING wheels/aarch64: example-x86-only==1.0: no wheel" in out.err
     doc = json.loads((root / MANIFEST_NAME).read_bytes())
-    assert doc["version"] == "9.9" and doc["missing"][0]["name"] == "gmssl-pyx==2.1.0"
+    assert doc["version"] == "9.9" and doc["missing"][0]["name"] == "example-x86-only==1.0"
     gaps.write_text("only two\tfields\n")
     assert main(["bundle", "manifest", str(root), "--key", str(keyfile), "--version", "9.9",
                  "--missing-file", str(gaps)]) == 1

@@ -22,7 +22,7 @@ from tongxin.compliance.service import Compliance, RetentionBelowMinimum
 from tongxin.config import ConfigError, load_config
 from tongxin.crypto import SM2PublicKey, sm2_available, sm3_digest
 
-pytestmark = pytest.mark.skipif(not sm2_available(), reason="SM2 (gmssl-pyx) is not available")
+pytestmark = pytest.mark.skipif(not sm2_available(), reason="SM2 (OpenSSL libcrypto) is not available")
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from tongxin.compliance.service import Compliance
 from tongxin.crypto import sm2_available
 from tongxin.store.ports import User
 
-pytestmark = pytest.mark.skipif(not sm2_available(), reason="SM2 (gmssl-pyx) is not available")
+pytestmark = pytest.mark.skipif(not sm2_available(), reason="SM2 (OpenSSL libcrypto) is not available")
 
 CJK = re.compile(r"[\u4e00-\u9fff]")
 

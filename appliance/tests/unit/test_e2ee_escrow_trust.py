@@ -29,7 +29,7 @@ from tongxin.proto import tongxin_pb2 as pb
 
 SUITES = [pytest.param("international", id="international"),
           pytest.param("gm", id="gm", marks=pytest.mark.skipif(
-              not sm2_available(), reason="SM2 (gmssl-pyx) is not available"))]
+              not sm2_available(), reason="SM2 (OpenSSL libcrypto) is not available"))]
 NOW = int(time.time() * 1000)
 
 

@@ -25,7 +25,7 @@ from tongxin.proto import e2ee_pb2 as e2
 
 SUITES = [pytest.param("international", id="international"),
           pytest.param("gm", id="gm", marks=pytest.mark.skipif(
-              not sm2_available(), reason="SM2 (gmssl-pyx) is not available"))]
+              not sm2_available(), reason="SM2 (OpenSSL libcrypto) is not available"))]
 G = "g:0123456789abcdef0123"
 
 

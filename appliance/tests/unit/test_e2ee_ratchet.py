@@ -26,7 +26,7 @@ from tongxin.proto import e2ee_pb2 as e2
 
 SUITES = [pytest.param("international", id="international"),
           pytest.param("gm", id="gm", marks=pytest.mark.skipif(
-              not sm2_available(), reason="SM2 (gmssl-pyx) is not available"))]
+              not sm2_available(), reason="SM2 (OpenSSL libcrypto) is not available"))]
 CONV = "d:u_a:u_b"
 
 

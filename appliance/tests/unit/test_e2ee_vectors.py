@@ -20,7 +20,7 @@ from tongxin.proto import e2ee_pb2 as e2
 DOC = Path(__file__).resolve().parents[3] / "docs" / "e2ee.md"
 SUITES = [pytest.param("international", id="international"),
           pytest.param("gm", id="gm", marks=pytest.mark.skipif(
-              not sm2_available(), reason="SM2 (gmssl-pyx) is not available"))]
+              not sm2_available(), reason="SM2 (OpenSSL libcrypto) is not available"))]
 
 
 def vectors(name: str) -> list[tuple[str, str]]:
@@ -81,7 +81,7 @@ def test_doc_shows_the_vectors(name: str) -> None:
 
 def test_vectors_differ_between_suites_and_inputs() -> None:
     if not sm2_available():
-        pytest.skip("SM2 (gmssl-pyx) is not available")
+        pytest.skip("SM2 (OpenSSL libcrypto) is not available")
     intl, gm = dict(vectors("international")), dict(vectors("gm"))
     assert intl["RK0"] != gm["RK0"] and intl["MK0"] != gm["MK0"]
     assert len(bytes.fromhex(intl["MK0 key"])) == 32 and len(bytes.fromhex(gm["MK0 key"])) == 16

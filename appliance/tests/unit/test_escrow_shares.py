@@ -18,7 +18,7 @@ from tongxin.e2ee import escrow_trust
 
 SUITES = [pytest.param("international", id="international"),
           pytest.param("gm", id="gm", marks=pytest.mark.skipif(
-              not sm2_available(), reason="SM2 (gmssl-pyx) is not available"))]
+              not sm2_available(), reason="SM2 (OpenSSL libcrypto) is not available"))]
 
 
 @pytest.fixture(params=SUITES)

@@ -11,8 +11,8 @@ Layout of a bundle directory (``tongxin-<version>/``)::
 
 ``signer.pem`` is never trusted: verification takes the trusted public key from the
 operator (a path they carried separately), and the manifest names the signer only so a
-mismatch can be reported as such. Files missing upstream (gmssl-pyx has no aarch64 wheel)
-are listed under ``missing`` so the gap is visible and signed, not silent.
+mismatch can be reported as such. Files missing upstream (e.g. a wheel PyPI has
+for x86_64 only) are listed under ``missing`` so the gap is visible and signed, not silent.
 """
 
 from __future__ import annotations

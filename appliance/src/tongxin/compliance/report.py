@@ -513,7 +513,7 @@ async def build_report(cfg: Config, comp: Compliance, users: list[User],
               "Cryptography protects data in transit (TLS 1.3 or TLCP at the proxy)")
     suites = available_suites()
     it.evidence.append(f"crypto suites available: {', '.join(suites)}")
-    it.evidence.append(f"SM2 (gmssl-pyx) available: {_yes(sm2_available())}")
+    it.evidence.append(f"SM2 (OpenSSL libcrypto) available: {_yes(sm2_available())}")
     it.evidence.append("login tokens: HMAC-SM3; audit chain: SM3; signatures: SM2")
     it.evidence += tls
     if not tls:

@@ -10,7 +10,7 @@
 // * gm: sm-crypto-v2 (a kept npm library on @noble/curves): SM2 signatures
 //   with the default signer ID over SM3(Z_A || M), DER-encoded; SM2-encryption
 //   KEM of a random 32-byte secret, ciphertext DER in C1C3C2 order (the form
-//   gmssl-pyx writes); SM3, HMAC-SM3, HKDF-SM3, SM4-GCM (16-byte key, 12-byte
+//   OpenSSL writes); SM3, HMAC-SM3, HKDF-SM3, SM4-GCM (16-byte key, 12-byte
 //   nonce, 16-byte tag).
 //
 // Every failure of authenticity raises a CryptoError subclass; nothing returns
