@@ -2,7 +2,9 @@
 into an empty site, and served again there (logins, history, files, the audit chain).
 
 Run on the embedded SQLite store and on MariaDB (``mariadb-dump`` and the
-``mariadb`` client against the services.sh engine, as on a production host).
+``mariadb`` client against the services.sh engine, as on a production host), and
+with the file blobs in a bucket of the real S3-compatible server
+(scripts/s3server.sh), restored into another, empty bucket.
 """
 
 from __future__ import annotations
@@ -12,15 +14,18 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from aiobotocore.session import get_session
 from conftest import make_config, start_node
 from engines import create_mysql_database, drop_mysql_database, start_database
+from s3server import s3_server_env
 
 from tongxin.compliance.keys import fingerprint
 from tongxin.config import Config
@@ -62,10 +67,55 @@ async def storage(backend: str) -> AsyncIterator[tuple[dict[str, Any], Any]]:
             await drop_mysql_database(server_dsn, dsn)
 
 
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[dict[str, str]]:
+    yield from s3_server_env()
+
+
+def s3_client(env: dict[str, str]) -> Any:
+    return get_session().create_client(
+        "s3", endpoint_url=env["TONGXIN_S3_ENDPOINT"], region_name="us-east-1",
+        aws_access_key_id=env["TONGXIN_S3_ACCESS_KEY"],
+        aws_secret_access_key=env["TONGXIN_S3_SECRET_KEY"])
+
+
+async def bucket_keys(env: dict[str, str], bucket: str, prefix: str = "") -> list[str]:
+    async with s3_client(env) as s3:
+        keys: list[str] = []
+        async for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                       Prefix=prefix):
+            keys.extend(o["Key"] for o in page.get("Contents", []) if "Key" in o)
+        return sorted(keys)
+
+
+@asynccontextmanager
+async def buckets(env: dict[str, str]) -> AsyncIterator[Any]:
+    """A maker of new, empty buckets, all removed (with their objects) afterwards."""
+    made: list[str] = []
+
+    async def new(kind: str) -> str:
+        name = f"tx-{kind}-{uuid.uuid4().hex[:12]}"
+        async with s3_client(env) as s3:
+            await s3.create_bucket(Bucket=name)
+        made.append(name)
+        return name
+
+    try:
+        yield new
+    finally:
+        async with s3_client(env) as s3:
+            for name in made:
+                for key in await bucket_keys(env, name):
+                    await s3.delete_object(Bucket=name, Key=key)
+                await s3.delete_bucket(Bucket=name)
+
+
 def write_config(cfg: Config, path: Path) -> Path:
     doc = {"data_dir": cfg.data_dir, "server": {"listen": cfg.server.listen},
            "accounts": {"scrypt_n": cfg.accounts.scrypt_n},
-           "storage": {"backend": cfg.storage.backend, "mysql_dsn": cfg.storage.mysql_dsn}}
+           "storage": {"backend": cfg.storage.backend, "mysql_dsn": cfg.storage.mysql_dsn},
+           "files": {"backend": cfg.files.backend, "part_size": cfg.files.part_size,
+                     "s3_endpoint": cfg.files.s3_endpoint, "s3_bucket": cfg.files.s3_bucket}}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(doc), encoding="utf-8")
     return path
@@ -90,11 +140,37 @@ def all_bytes(folder: Path) -> bytes:
     return b"".join(p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file())
 
 
+@asynccontextmanager
+async def file_store(files: str, request: pytest.FixtureRequest,
+                     monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
+    """A maker of files sections: local, or each a new, empty bucket of the S3 server
+    (the keys from the environment, as an operator passes them)."""
+    if files == "local":
+        async def local() -> dict[str, Any]:
+            return {}
+        yield local
+        return
+    env = request.getfixturevalue("s3_server")
+    monkeypatch.setenv("TONGXIN_S3_ACCESS_KEY", env["TONGXIN_S3_ACCESS_KEY"])
+    monkeypatch.setenv("TONGXIN_S3_SECRET_KEY", env["TONGXIN_S3_SECRET_KEY"])
+    async with buckets(env) as new:
+        async def bucket() -> dict[str, Any]:
+            return {"backend": "s3", "part_size": 5 << 20,
+                    "s3_endpoint": env["TONGXIN_S3_ENDPOINT"], "s3_bucket": await new("files")}
+        yield bucket
+
+
 @pytest.mark.integration
-@pytest.mark.parametrize("backend", ["sqlite", "mariadb"])
-async def test_backup_then_restore_into_an_empty_site(tmp_path: Path, backend: str) -> None:
-    async with storage(backend) as (section, another):
-        src = make_config(tmp_path / "src", storage=section)
+# The first run on a machine builds the S3 server (minutes): allow for it.
+@pytest.mark.timeout(1500)
+@pytest.mark.parametrize(("backend", "files"), [("sqlite", "local"), ("mariadb", "local"),
+                                                ("sqlite", "s3")])
+async def test_backup_then_restore_into_an_empty_site(
+        tmp_path: Path, backend: str, files: str, request: pytest.FixtureRequest,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async with storage(backend) as (section, another), \
+            file_store(files, request, monkeypatch) as another_files:
+        src = make_config(tmp_path / "src", storage=section, files=await another_files())
         conv, file_id = await fill(src)
         src_cfg = write_config(src, tmp_path / "etc-src" / "tongxin.yml")
         key = tmp_path / "keys" / "backup"
@@ -128,8 +204,21 @@ async def test_backup_then_restore_into_an_empty_site(tmp_path: Path, backend: s
         manifest = json.loads((folder / "manifest.json").read_text())
         assert manifest["suite"] == "gm" and manifest["storage_backend"] == src.storage.backend
 
-        dst = make_config(tmp_path / "dst", storage=await another())
+        dst = make_config(tmp_path / "dst", storage=await another(), files=await another_files())
         dst_cfg = write_config(dst, tmp_path / "etc-dst" / "tongxin.yml")
+        if files == "s3":
+            env = request.getfixturevalue("s3_server")
+            src_keys = await bucket_keys(env, src.files.s3_bucket)
+            assert src_keys == [f"blobs/{file_id[2:4]}/{file_id}"]
+            assert manifest["files_backend"] == "s3"
+            assert await bucket_keys(env, dst.files.s3_bucket) == []
+            # A site whose bucket holds files is not empty, whatever its database says.
+            full = make_config(tmp_path / "full", storage=await another(), files={
+                **await another_files(), "s3_bucket": src.files.s3_bucket})
+            full_cfg = write_config(full, tmp_path / "etc-full" / "tongxin.yml")
+            rc, out, err = await tongxin("backup", "restore", "--check", "--config", str(full_cfg),
+                                         str(folder), "--key", f"{key}.key", home=full.home)
+            assert rc == 1 and f"s3 bucket {src.files.s3_bucket} holds files" in err, err
 
         # ---- damaged or foreign backups are refused and change nothing ------------
         bad = tmp_path / "bad"
@@ -228,6 +317,9 @@ async def test_backup_then_restore_into_an_empty_site(tmp_path: Path, backend: s
         assert restored["ok"] is True and restored["files"] == 1
         assert restored["audit"] == "recorded"
         assert list((dst.home / "evidence").glob("restore-*.json"))
+        if files == "s3":
+            assert await bucket_keys(env, dst.files.s3_bucket) == src_keys
+            assert not (dst.files_dir / "blobs").exists()  # nothing went to the local store
 
         running = await start_node(dst)
         try:

@@ -229,6 +229,10 @@ def site_in_use(cfg: Config) -> str | None:
     if cfg.files.backend == "local" and blobs.is_dir() and any(
             f for _d, _s, fs in os.walk(blobs) for f in fs):
         return f"{blobs} holds files"
+    if cfg.files.backend == "s3":
+        from tongxin.backup.s3_blobs import bucket_holds_files
+
+        return bucket_holds_files(cfg)
     return None
 
 
