@@ -57,6 +57,8 @@ class ServerConfig:
     send_queue_bytes: int = _f(16777216, "bytes queued to one slow connection before it is dropped")
     max_unauthenticated_errors: int = _f(5, "frames before AUTH tolerated before the connection closes")
     gc_freeze: bool = _f(True, "freeze start-up objects out of the cyclic GC (shorter pauses)")
+    loop_lag_interval: float = _f(0.25, "seconds between the event-loop lag probe's timers "
+                                  "(tongxin_event_loop_lag_seconds); 0: no probe")
     web_client: bool = _f(True, "serve the web client at /")
     metrics_listen: str = _f("127.0.0.1:9464", "HOST:PORT of the Prometheus /metrics listener, "
                              "apart from the public one (worker N of server.workers binds "

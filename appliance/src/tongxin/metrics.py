@@ -1,10 +1,25 @@
-"""Prometheus metrics, one registry per application so tests can run many nodes."""
+"""Prometheus metrics, one registry per application so tests can run many nodes.
+
+Each registry also carries the standard process, Python GC and platform
+collectors (``process_*``, ``python_gc_*``, ``python_info``): a node serves its
+own registry, not prometheus_client's global one, and with ``server.workers``
+every worker is its own process with its own listener (port + N), so each
+scrape reports the process that serves it.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 from tongxin.proto import tongxin_pb2 as pb
 
@@ -21,6 +36,10 @@ def error_name(code: int) -> str:
         return str(pb.ErrorCode.Name(code)).lower()
     except ValueError:
         return "unknown"
+
+
+_PAUSE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
+                  10)
 
 
 class Metrics:
@@ -41,9 +60,21 @@ class Metrics:
         self.duplicates = Counter("tongxin_duplicate_sends",
                                   "Sends answered from the log by client_msg_id", registry=r)
         self.ack_latency = Histogram(
-            "tongxin_ack_latency_seconds", "From a SEND frame's arrival to its ACK being queued",
+            "tongxin_ack_latency_seconds", "From a SEND frame's bytes being read off the socket "
+            "to its ACK being queued",
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=r)
+        # Pauses: what every connection of the process waits through at once.
+        self.loop_lag = Histogram(
+            "tongxin_event_loop_lag_seconds", "How much later than asked a periodic timer on the "
+            "event loop ran (server.loop_lag_interval): time the loop spent on other work or "
+            "paused", buckets=_PAUSE_BUCKETS, registry=r)
+        self.gc_pause = Histogram(
+            "tongxin_gc_pause_seconds", "Cyclic garbage collections, by generation, and how "
+            "long each stopped the process", ["generation"], buckets=_PAUSE_BUCKETS, registry=r)
+        ProcessCollector(registry=r)
+        GCCollector(registry=r)
+        PlatformCollector(registry=r)
         self.errors = Counter("tongxin_errors", "Error frames and error closes, by code",
                               ["code"], registry=r)
         self.closes = Counter("tongxin_closes", "Connections closed by the server, by reason",

@@ -188,12 +188,16 @@ class Connection:
 
     async def run(self) -> None:
         node = self.node
-        async for msg in self.ws:
+        ws = self.ws
+        # When the message's bytes came off the socket (server/wsarrival.py); a
+        # plain WebSocketResponse has no such stamp: then when it is read here.
+        arrival = getattr(ws, "last_arrival", time.perf_counter)
+        async for msg in ws:
             if self.closing:
                 break
             self.last_seen = time.monotonic()
             if msg.type == WSMsgType.BINARY:
-                await self.on_binary(msg.data)
+                await self.on_binary(msg.data, arrival())
             elif msg.type == WSMsgType.TEXT:
                 self.error(pb.BAD_HEADER, "text messages are not part of the protocol; "
                                           "send binary frames", fatal=True)
@@ -202,8 +206,11 @@ class Connection:
                 node.metrics.errors.labels("websocket").inc()
                 break
 
-    async def on_binary(self, data: bytes) -> None:
-        arrived = time.perf_counter()
+    async def on_binary(self, data: bytes, arrived: float | None = None) -> None:
+        """One WebSocket message; ``arrived``: perf_counter() when its bytes were read
+        off the socket, where tongxin_ack_latency_seconds starts (default: now)."""
+        if arrived is None:
+            arrived = time.perf_counter()
         try:
             frame = decode_frame(data, self.node.limits.max_frame_payload)
         except FrameError as err:

@@ -40,7 +40,9 @@ from tongxin.server.connection import Connection
 from tongxin.server.http_util import json_body
 from tongxin.server.hub import Hub
 from tongxin.server.metrics_listener import MetricsListener, add_metrics
+from tongxin.server.pauses import GcPauses, watch_loop_lag
 from tongxin.server.ratelimit import RateLimit, RateLimiter
+from tongxin.server.wsarrival import ArrivalWebSocketResponse
 from tongxin.site.heartbeat import HeartbeatStore, HeartbeatWriter
 from tongxin.site.metrics import register_endpoint_metrics
 from tongxin.store.ports import ChatStore, Unavailable
@@ -159,6 +161,7 @@ class Node:
         self.fragment_budget = FragmentBudget(s.fragment_budget)
         self.node_id = cfg.node_id or f"{socket.gethostname()}:{cfg.listen_address()[1]}"
         self.metrics = Metrics()
+        self.gc_pauses = GcPauses(self.metrics.gc_pause)
         self.store = store or make_store(cfg)
         self.presence = presence or make_presence(cfg, self.metrics)
         self.encoder = Encoder(self.limits)
@@ -220,11 +223,14 @@ class Node:
         await self.bus.start(self.hub.dispatch)
         self._sweeper = asyncio.create_task(self._sweep())
         self.spawn(self._watch_readiness())
+        if self.cfg.server.loop_lag_interval > 0:
+            self.spawn(watch_loop_lag(self.metrics.loop_lag, self.cfg.server.loop_lag_interval))
         if self.cfg.server.gc_freeze:
             # Everything allocated so far lives for the process lifetime; moving
             # it out of the collector's view shortens full-collection pauses.
             gc.collect()
             gc.freeze()
+        self.gc_pauses.install()  # after start-up's own collection: pauses while serving
         self.ready = True
 
     async def stop(self) -> None:
@@ -235,7 +241,8 @@ class Node:
         if self._sweeper:
             self._sweeper.cancel()
         for t in list(self._tasks):
-            t.cancel()
+            t.cancel()  # among them the event-loop lag probe
+        self.gc_pauses.remove()
         await self.bus.close()
         await self.presence.close()
         await self.limiter.close()
@@ -362,8 +369,11 @@ class Node:
         # state costs ~100 KB per connection. Twice the frame limit lets an
         # oversized frame reach our own check and get an ERROR frame; beyond
         # that aiohttp closes with 1009 before buffering more.
-        ws = web.WebSocketResponse(compress=False, autoping=True, heartbeat=None,
-                                   max_msg_size=2 * (self.limits.max_frame_payload + HEADER_SIZE))
+        # ArrivalWebSocketResponse: stamps each message when its bytes come off the
+        # socket, where tongxin_ack_latency_seconds starts (server/wsarrival.py).
+        ws = ArrivalWebSocketResponse(
+            compress=False, autoping=True, heartbeat=None,
+            max_msg_size=2 * (self.limits.max_frame_payload + HEADER_SIZE))
         if not self.ready:
             raise web.HTTPServiceUnavailable(text="starting or stopping")
         await ws.prepare(request)
