@@ -9,6 +9,9 @@ Keys (``{user}`` is a hash tag, so a user's keys share one slot):
 A node that dies without cleaning up (kill -9) stops heartbeating; its
 devices are then ignored by every query and swept by the survivors, so a
 user does not stay "online" through a crashed node.
+
+The live-node set is cached for a moment (``LIVE_CACHE_SECONDS``), so that a
+burst of logins does not read it once per login (see ``_live_for``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterable
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
@@ -27,8 +31,16 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tongxin.clock import now_ms
 from tongxin.presence.ports import PresenceEntry
+from tongxin.store.ports import Unavailable
 
 log = logging.getLogger("tongxin.presence")
+
+#: At most this old a live-node set may be taken as proof that a node is live.
+LIVE_CACHE_SECONDS = 1.0
+
+#: What a failed call may raise (as tongxin.redisutil.FAILURES, which imports this module).
+_FAILURES: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, TimeoutError,
+                                              OSError)
 
 
 def dev_key(prefix: str, user_id: str) -> str:
@@ -72,6 +84,9 @@ class RedisPresence:
         self._local: set[tuple[str, str]] = set()
         self._last_beat = 0.0
         self._reregister_beats = 0
+        self._live_cache: frozenset[str] = frozenset()
+        self._live_cache_until = 0.0
+        self.live_reads = 0  # reads of the live-node set (tests count them)
 
     def _dev(self, user_id: str) -> str:
         return dev_key(self.prefix, user_id)
@@ -134,17 +149,56 @@ class RedisPresence:
                 log.warning("presence heartbeat failed: %s: %s", type(exc).__name__, exc)
 
     async def live_nodes(self) -> list[str]:
-        nodes = await self.redis.zrangebyscore(self._nodes, now_ms() - self.node_ttl_ms, "+inf")
-        return [str(n) for n in nodes]
+        """The nodes whose heartbeat is younger than node_ttl, read now."""
+        started = time.monotonic()
+        self.live_reads += 1
+        nodes = [str(n) for n in
+                 await self.redis.zrangebyscore(self._nodes, now_ms() - self.node_ttl_ms, "+inf")]
+        self._live_cache = frozenset(nodes)
+        self._live_cache_until = started + LIVE_CACHE_SECONDS
+        return nodes
+
+    async def _live_for(self, nodes: Iterable[str]) -> frozenset[str]:
+        """The live nodes, to judge ``nodes`` by: the cached set if it names every one
+        of them and is younger than LIVE_CACHE_SECONDS, else read now.
+
+        Why a cached answer is as correct as a fresh one: liveness is already
+        a heartbeat younger than node_ttl (15 s) written every node_ttl / 3, so a
+        node that died counts as live for up to node_ttl in any case; a set up to
+        one second old stretches that to node_ttl + 1 s. The cache is never
+        trusted for absence: a node it does not name (one that started a moment
+        ago) makes a fresh read, so no device of a live node is swept as a dead
+        node's, and no user is announced offline while connected through it.
+        A login burst then costs no read of the node set: a user's other
+        devices are on the few nodes the cache names.
+        """
+        wanted = set(nodes)
+        if time.monotonic() < self._live_cache_until and wanted <= self._live_cache:
+            return self._live_cache
+        if not wanted:
+            return frozenset()
+        await self.live_nodes()
+        return self._live_cache
 
     async def device_online(self, user_id: str, device_id: str, node_id: str) -> bool:
-        live = set(await self.live_nodes())
-        before = await self.redis.hgetall(self._dev(user_id))
-        await self.redis.hset(self._dev(user_id), device_id, node_id)
+        """Raises Unavailable when Redis fails (also a spent client pool): a login
+        answers UNAVAILABLE then, with a retry hint."""
+        try:
+            # One round trip: the keys share a slot ({user}), and the pipeline
+            # runs in order, so ``before`` is the hash as it was before the write.
+            pipe = self.redis.pipeline()
+            pipe.hgetall(self._dev(user_id))
+            pipe.hset(self._dev(user_id), device_id, node_id)
+            pipe.set(self._seen(user_id), now_ms())
+            before, _, _ = await pipe.execute()
+            others = {n for d, n in before.items() if d != device_id}
+            live = await self._live_for(others)
+        except _FAILURES as exc:
+            raise Unavailable(f"presence: Redis did not answer ({type(exc).__name__}: {exc})") \
+                from exc
         if node_id == self.node_id:
             self._local.add((user_id, device_id))
-        await self.redis.set(self._seen(user_id), now_ms())
-        return not any(n in live for d, n in before.items() if d != device_id)
+        return not others & live
 
     async def device_offline(self, user_id: str, device_id: str, node_id: str) -> bool:
         key = self._dev(user_id)
@@ -155,13 +209,12 @@ class RedisPresence:
         if await self.redis.hget(key, device_id) == node_id:
             await self.redis.hdel(key, device_id)
         await self.redis.set(self._seen(user_id), now_ms())
-        live = set(await self.live_nodes())
-        rest = await self.redis.hgetall(key)
-        return not any(n in live for n in rest.values())
+        rest = [str(n) for n in (await self.redis.hgetall(key)).values()]
+        live = await self._live_for(rest)
+        return not any(n in live for n in rest)
 
     async def _devices(self, user_ids: list[str]) -> dict[str, dict[str, str]]:
-        live = set(await self.live_nodes())
-        out: dict[str, dict[str, str]] = {}
+        found: dict[str, dict[str, str]] = {}
         # Pipelined in chunks: a 10,000-member group must not cost 10,000
         # sequential round trips.
         for start in range(0, len(user_ids), 1000):
@@ -169,12 +222,15 @@ class RedisPresence:
             pipe = self.redis.pipeline()
             for u in chunk:
                 pipe.hgetall(self._dev(u))
-            for u, devs in zip(chunk, await pipe.execute(), strict=True):
-                stale = [d for d, n in devs.items() if n not in live]
-                if stale:
-                    with contextlib.suppress(RedisError, RedisClusterException):
-                        await self.redis.hdel(self._dev(u), *stale)
-                out[u] = {d: n for d, n in devs.items() if n in live}
+            found.update(zip(chunk, await pipe.execute(), strict=True))
+        live = await self._live_for({n for devs in found.values() for n in devs.values()})
+        out: dict[str, dict[str, str]] = {}
+        for u, devs in found.items():
+            stale = [d for d, n in devs.items() if n not in live]
+            if stale:
+                with contextlib.suppress(RedisError, RedisClusterException):
+                    await self.redis.hdel(self._dev(u), *stale)
+            out[u] = {d: n for d, n in devs.items() if n in live}
         return out
 
     async def status(self, user_ids: list[str]) -> list[PresenceEntry]:

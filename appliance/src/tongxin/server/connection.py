@@ -49,6 +49,18 @@ _FREE = frozenset({pb.PING, pb.PONG, pb.LOGOUT})
 # Seconds a close handshake may take before the socket is dropped.
 CLOSE_TIMEOUT = 2.0
 
+# Least retry_after_ms of an AUTH answered UNAVAILABLE (up to twice this, jittered).
+AUTH_RETRY_AFTER_MS = 1000
+
+
+def _auth_unavailable(exc: Unavailable) -> RequestError:
+    """AUTH or REGISTER could not finish because a backend (store, presence) failed:
+    UNAVAILABLE with a retry hint of 1-2 s, jittered so that the clients of a
+    burst refused together do not come back together. Not counted against
+    max_unauthenticated_errors; the connection stays open, unauthenticated."""
+    return RequestError(pb.UNAVAILABLE, f"temporarily unavailable: {exc}; retry",
+                        retry_after_ms=AUTH_RETRY_AFTER_MS + random.randrange(AUTH_RETRY_AFTER_MS))
+
 
 def _parse(cls: type[Any], payload: bytes) -> Any:
     try:
@@ -293,41 +305,57 @@ class Connection:
         req: pb.AuthRequest = _parse(pb.AuthRequest, payload)
         accounts = self.node.accounts
         try:
-            method = req.WhichOneof("method")
-            if method == "password":
-                session = await accounts.login(req.password.username, req.password.password,
-                                               req.device_id)
-            elif method == "token":
-                session = await accounts.resume(req.token, req.device_id)
-            else:
-                raise RequestError(pb.INVALID_ARGUMENT, "AUTH needs a password or a token")
-        except RequestError:
-            self.unauth_errors += 1
-            raise
-        await self._start_session(seq, session)
+            try:
+                method = req.WhichOneof("method")
+                if method == "password":
+                    session = await accounts.login(req.password.username, req.password.password,
+                                                   req.device_id)
+                elif method == "token":
+                    session = await accounts.resume(req.token, req.device_id)
+                else:
+                    raise RequestError(pb.INVALID_ARGUMENT, "AUTH needs a password or a token")
+            except RequestError:
+                self.unauth_errors += 1
+                raise
+            await self._start_session(seq, session)
+        except Unavailable as exc:
+            raise _auth_unavailable(exc) from exc
 
     async def _register(self, seq: int, payload: bytes) -> None:
         if self.session is not None:
             raise RequestError(pb.ALREADY_AUTHENTICATED, "this connection is authenticated")
         req: pb.RegisterRequest = _parse(pb.RegisterRequest, payload)
         try:
-            session = await self.node.accounts.register(req.username, req.password,
-                                                        req.display_name, req.device_id)
-        except RequestError:
-            self.unauth_errors += 1
-            raise
-        await self._start_session(seq, session)
+            try:
+                session = await self.node.accounts.register(req.username, req.password,
+                                                            req.display_name, req.device_id)
+            except RequestError:
+                self.unauth_errors += 1
+                raise
+            await self._start_session(seq, session)
+        except Unavailable as exc:
+            raise _auth_unavailable(exc) from exc
 
     async def _start_session(self, seq: int, session: Session) -> None:
-        self.session = session
+        """Attach, then AUTH_OK. The connection counts as authenticated (``session``
+        set, pushes, ``tongxin_authenticated_connections``) only from the moment
+        AUTH_OK is queued: a failure on the way (Unavailable from presence) leaves
+        it unauthenticated, and a later AUTH on it may succeed."""
+        node = self.node
         self.user_id, self.device_id = session.user.id, session.device_id
-        await self.node.attach(self)
-        if await self.node.revoked_during_auth(self):
+        try:
+            went_online = await node.attach(self)
+        except Unavailable:
+            self.user_id = self.device_id = ""
+            raise
+        if await node.revoked_during_auth(session):
             self.error(pb.TOKEN_REVOKED, "session revoked; sign in again", seq, fatal=True)
             self.request_close(closecodes.SESSION_REVOKED, "session revoked")
             return
-        lim = self.node.limits
-        e2ee = self.node.keydir.policy
+        if self.closing:
+            return  # closed meanwhile (auth_timeout, a newer connection): no AUTH_OK to send
+        lim = node.limits
+        e2ee = node.keydir.policy
         self.reply(pb.AUTH_OK, seq, pb.AuthResponse(
             user_id=session.user.id, username=session.user.username,
             display_name=session.user.display_name, device_id=session.device_id,
@@ -341,6 +369,12 @@ class Connection:
             crypto_suite=e2ee.suite_name, e2ee_required=e2ee.required,
             escrow_public_key=e2ee.escrow_public_key, escrow_key_id=e2ee.escrow_key_id,
             escrow_statement=e2ee.escrow_statement))
+        # No await between the AUTH_OK above and these: no frame of this connection,
+        # and no push, can see the session before AUTH_OK is queued.
+        self.session = session
+        node.metrics.authenticated.inc()
+        if went_online:
+            await node.publish_presence(self.user_id, True)
 
     async def _send(self, seq: int, payload: bytes) -> None:
         req: pb.SendRequest = _parse(pb.SendRequest, payload)

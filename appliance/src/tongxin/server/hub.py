@@ -30,11 +30,29 @@ class Hub:
         self.all: set[Connection] = set()
 
     def attach(self, conn: Connection) -> Connection | None:
-        """Register an authenticated connection; return the one it replaces."""
+        """Register an authenticating connection; return the one it replaces.
+
+        Frames are pushed to it only once it has its session (AUTH_OK sent,
+        ``conn.session`` set): until then ``dispatch`` passes it by. Nothing is
+        lost by that: the client syncs after AUTH_OK, and what was delivered
+        before had been stored before."""
         devs = self.devices.setdefault(conn.user_id, {})
         old = devs.get(conn.device_id)
         devs[conn.device_id] = conn
         return old
+
+    def unregister(self, conn: Connection, restore: Connection | None) -> None:
+        """Undo ``attach(conn)`` (its AUTH failed): the device's entry goes back to
+        ``restore``, the connection attach replaced, if that is still open."""
+        devs = self.devices.get(conn.user_id)
+        if devs is None or devs.get(conn.device_id) is not conn:
+            return
+        if restore is not None and restore is not conn and not restore.closing:
+            devs[conn.device_id] = restore
+            return
+        del devs[conn.device_id]
+        if not devs:
+            del self.devices[conn.user_id]
 
     def detach(self, conn: Connection) -> bool:
         """Forget a connection; True if it was the registered one for its device."""
@@ -98,7 +116,7 @@ class Hub:
                 if not devs:
                     continue
                 for dev, conn in devs.items():
-                    if uid == d.skip_user and dev == d.skip_device:
+                    if (uid == d.skip_user and dev == d.skip_device) or conn.session is None:
                         continue
                     targets.append(conn)
         for conn in targets:

@@ -19,7 +19,7 @@ from aiohttp import web
 from tongxin import __version__
 from tongxin.atrest.keyring import Keyring
 from tongxin.atrest.records import load_or_create_secret, open_keyring
-from tongxin.auth.accounts import Accounts
+from tongxin.auth.accounts import Accounts, Session
 from tongxin.auth.revocation import NoRevocations, Revocations
 from tongxin.auth.tokens import KEY_BYTES, TokenSigner
 from tongxin.chat.members import MemberCache
@@ -300,15 +300,40 @@ class Node:
 
     # ---- sessions ----------------------------------------------------------
 
-    async def attach(self, conn: Connection) -> None:
+    def auth_presence_timeout(self) -> float:
+        """Seconds an AUTH waits for presence (Redis) before it is answered UNAVAILABLE:
+        half of auth_timeout, so that the client hears why before 4001."""
+        return max(0.5, self.cfg.server.auth_timeout / 2)
+
+    async def attach(self, conn: Connection) -> bool:
+        """Make ``conn`` (authenticating: ``conn.session`` still None) its device's
+        connection, here and in presence; True if its user was offline before.
+
+        Raises Unavailable when presence fails (Redis down, its client pool
+        spent) or takes longer than auth_presence_timeout(): ``conn`` is then no
+        longer registered (the connection it replaced is again, if still open)
+        and the AUTH is answered UNAVAILABLE. If the failure came after the
+        presence write, that entry names this node for a device that is not
+        connected, as after a failed device_offline: its next connection
+        overwrites it, and deliveries routed here for it find no connection
+        (the client syncs when it connects).
+        """
         old = self.hub.attach(conn)
+        try:
+            async with asyncio.timeout(self.auth_presence_timeout()):
+                online = await self.presence.device_online(conn.user_id, conn.device_id,
+                                                           self.node_id)
+        except (Unavailable, TimeoutError) as exc:
+            self.hub.unregister(conn, old)
+            if isinstance(exc, Unavailable):
+                raise
+            raise Unavailable(f"presence did not answer within "
+                              f"{self.auth_presence_timeout():g}s") from exc
         if old is not None and old is not conn:
             self.spawn(old.close(closecodes.REPLACED, "same device connected again"))
-        self.metrics.authenticated.inc()
-        if await self.presence.device_online(conn.user_id, conn.device_id, self.node_id):
-            await self._publish_presence(conn.user_id, True)
+        return bool(online)
 
-    async def revoked_during_auth(self, conn: Connection) -> bool:
+    async def revoked_during_auth(self, session: Session) -> bool:
         """True if the session's token was revoked while its AUTH was under way
         (called after attach(); the connection then answers TOKEN_REVOKED, 4010).
 
@@ -318,10 +343,8 @@ class Node:
         may have been routed without this node; read after that entry, the
         store has it. One indexed read per login (server/session_end.py).
         """
-        assert conn.session is not None
-        claims = conn.session.claims
         try:
-            return bool(await self.store.token_revoked(claims.token_id))
+            return bool(await self.store.token_revoked(session.claims.token_id))
         except Unavailable:
             return False  # the AUTH just read the store; the next AUTH asks again
 
@@ -332,7 +355,7 @@ class Node:
             await self.accounts.touch(conn.session.claims.token_id, force=True)
         if self.hub.detach(conn) and await self.presence.device_offline(
                 conn.user_id, conn.device_id, self.node_id):
-            await self._publish_presence(conn.user_id, False)
+            await self.publish_presence(conn.user_id, False)
 
     async def end_sessions(self, user_id: str, token_id: str, issued_before_ms: int) -> None:
         """A revocation ends the live sessions it covers on every node (server/session_end).
@@ -349,7 +372,7 @@ class Node:
             log.warning("sessions of %s not ended on other nodes (bus unavailable): %s",
                         user_id, exc)
 
-    async def _publish_presence(self, user_id: str, online: bool) -> None:
+    async def publish_presence(self, user_id: str, online: bool) -> None:
         update = pb.PresenceUpdate()
         update.entries.add(user_id=user_id, status=pb.ONLINE if online else pb.OFFLINE,
                            last_seen_ms=now_ms(), devices=0)
