@@ -32,6 +32,13 @@ SDK: no per-request lock, timeout or event queue, so it stays the lighter side.
 The echo scenario sends frames of exactly the size of the relay's SEND frames.
 Only counts from the measurement window (after the warm-up) are reported; each
 message's latency counts if it was sent inside the window.
+
+For the node (relay-* scenarios) the server's own pauses in the measured
+window are read from its ``/metrics`` at the window's start and end:
+event-loop lag (``tongxin_event_loop_lag_seconds``, p99 and max) and cyclic GC
+(``tongxin_gc_pause_seconds``: collections, their total time, the longest).
+The histograms give the p99 and maxima as bucket bounds ("<="); the totals
+are exact.
 """
 
 from __future__ import annotations
@@ -62,6 +69,7 @@ from typing import Any, NamedTuple, TypeVar
 import aiohttp
 from aiohttp import web
 from google.protobuf.message import Message as PbMessage
+from prometheus_client.parser import text_string_to_metric_families
 
 from tongxin.proto import tongxin_pb2 as pb
 from tongxin.wire.codec import Decoder, Encoder, WireLimits
@@ -196,15 +204,18 @@ def sched_ns(pid: int) -> tuple[int, int]:
     return run, wait
 
 
-def server_config(data_dir: Path, port: int, synchronous: str) -> str:
+def server_config(data_dir: Path, port: int, synchronous: str,
+                  metrics_port: int | None = None) -> str:
     # Embedded defaults except: no rate limit (it would cap each sender at
     # 20/s), cheap scrypt (registration is setup, not the measured path),
-    # quiet logs, no web client.
+    # quiet logs, no web client; /metrics on ``metrics_port`` when given.
+    metrics = f"  metrics_listen: \"{HOST}:{metrics_port}\"\n" if metrics_port else ""
     return (
         f"data_dir: {json.dumps(str(data_dir))}\n"
         "node_id: bench\n"
         "server:\n"
         f"  listen: \"{HOST}:{port}\"\n"
+        f"{metrics}"
         "  web_client: false\n"
         "storage:\n"
         f"  sqlite_synchronous: {synchronous}\n"
@@ -517,6 +528,80 @@ class Result:
     generator_runq_pct: float
     frame_bytes: int
     notes: list[str] = field(default_factory=list)
+    # The server's pauses in the measured window (Pauses.between), when its /metrics was read.
+    pauses: dict[str, Any] | None = None
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+class Pauses:
+    """The node's event-loop lag and GC pauses between two reads of its /metrics."""
+
+    LAG = "tongxin_event_loop_lag_seconds"
+    GC = "tongxin_gc_pause_seconds"
+
+    @staticmethod
+    def parse(text: str) -> Samples:
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    @staticmethod
+    def _buckets(a: Samples, b: Samples, name: str,
+                 labels: tuple[tuple[str, str], ...] = ()) -> list[tuple[float, float]]:
+        """(upper bound, observations up to it) in the window, bounds ascending."""
+        out = []
+        for (n, lab), value in b.items():
+            if n != f"{name}_bucket":
+                continue
+            rest = tuple(kv for kv in lab if kv[0] != "le")
+            if rest != labels:
+                continue
+            le = float(dict(lab)["le"])
+            out.append((le, value - a.get((n, lab), 0.0)))
+        return sorted(out)
+
+    @staticmethod
+    def _quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
+        """The bucket bound the q-quantile is at or under; None without observations."""
+        total = buckets[-1][1] if buckets else 0.0
+        if not total:
+            return None
+        for le, cum in buckets:
+            if cum >= q * total:
+                return le
+        return buckets[-1][0]
+
+    @classmethod
+    def between(cls, a: Samples, b: Samples) -> dict[str, Any]:
+        def ms(v: float | None) -> float | None:
+            return None if v is None or math.isinf(v) else v * 1000
+
+        def delta(name: str, labels: tuple[tuple[str, str], ...] = ()) -> float:
+            return b.get((name, labels), 0.0) - a.get((name, labels), 0.0)
+
+        lag = cls._buckets(a, b, cls.LAG)
+        gens = sorted({dict(lab)["generation"] for n, lab in b
+                       if n == f"{cls.GC}_count" and "generation" in dict(lab)})
+        gc_count: dict[str, int] = {}
+        gc_max: float | None = None
+        for g in gens:
+            labels = (("generation", g),)
+            n = delta(f"{cls.GC}_count", labels)
+            gc_count[g] = int(n)
+            if n:
+                longest = cls._quantile(cls._buckets(a, b, cls.GC, labels), 1.0)
+                if longest is not None:
+                    gc_max = longest if gc_max is None else max(gc_max, longest)
+        return {
+            "loop_lag_samples": int(delta(f"{cls.LAG}_count")),
+            "loop_lag_p99_ms_at_most": ms(cls._quantile(lag, 0.99)),
+            "loop_lag_max_ms_at_most": ms(cls._quantile(lag, 1.0)),
+            "gc_collections": gc_count,
+            "gc_pause_total_ms": sum(delta(f"{cls.GC}_sum", (("generation", g),))
+                                     for g in gens) * 1000,
+            "gc_pause_max_ms_at_most": ms(gc_max),
+        }
 
 
 async def _bounded(n: int, factory: Callable[[int], Coroutine[Any, Any, T]],
@@ -532,10 +617,12 @@ async def _bounded(n: int, factory: Callable[[int], Coroutine[Any, Any, T]],
 
 async def run_load(scenario: str, url: str, server_pid: int, args: argparse.Namespace,
                    text: str, *, receiver_url: str | None = None,
-                   other_pids: Sequence[int] = ()) -> Result:
+                   other_pids: Sequence[int] = (), metrics_url: str | None = None) -> Result:
     """Run one scenario's load against ``url``. ``receiver_url``: receivers
     connect there instead (another node); ``other_pids``: more server
-    processes whose CPU counts as the server's (cluster_bench.py)."""
+    processes whose CPU counts as the server's (cluster_bench.py);
+    ``metrics_url``: the server's /metrics, read at the window's start and end
+    for its pauses (Result.pauses)."""
     relay = scenario != "echo"
     # TCPConnector(limit=0): the default limit of 100 sockets would also bound
     # WebSocket connections, which keep their slot while open.
@@ -592,8 +679,20 @@ async def run_load(scenario: str, url: str, server_pid: int, args: argparse.Name
         phase.measure_from = start + int(args.warmup * 1e9)
         phase.end = phase.measure_from + int(args.duration * 1e9)
         cpu: dict[str, int] = {}
+        scrapes: dict[str, asyncio.Task[Samples | None]] = {}
+
+        async def scrape() -> Samples | None:
+            assert metrics_url is not None
+            try:
+                async with session.get(metrics_url, timeout=aiohttp.ClientTimeout(total=10)) \
+                        as resp:
+                    return Pauses.parse(await resp.text()) if resp.status == 200 else None
+            except (aiohttp.ClientError, TimeoutError):
+                return None
 
         def sample(tag: str) -> None:
+            if metrics_url is not None:
+                scrapes[tag] = loop.create_task(scrape())
             per_server = [sched_ns(pid) for pid in (server_pid, *other_pids)]
             cpu[f"srv_{tag}"] = sum(run for run, _ in per_server)
             cpu[f"srvq_{tag}"] = sum(wait for _, wait in per_server)
@@ -624,6 +723,14 @@ async def run_load(scenario: str, url: str, server_pid: int, args: argparse.Name
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(progress.drained.wait(), DRAIN_TIMEOUT)
         await measured.wait()
+        pauses = None
+        if scrapes:
+            at_start, at_end = await scrapes["a"], await scrapes["b"]
+            if at_start is not None and at_end is not None:
+                pauses = Pauses.between(at_start, at_end)
+            else:
+                notes.append(f"the server's /metrics ({metrics_url}) did not answer: "
+                             "no pause figures")
     finally:
         for t in tasks:
             t.cancel()
@@ -668,6 +775,7 @@ async def run_load(scenario: str, url: str, server_pid: int, args: argparse.Name
         generator_runq_pct=pct("genq"),
         frame_bytes=frame_bytes,
         notes=notes,
+        pauses=pauses,
     )
 
 
@@ -678,6 +786,7 @@ def run_scenario(scenario: str, args: argparse.Namespace, children: Children,
                  cpus: tuple[int | None, int | None], text: str) -> Result:
     workdir = Path(tempfile.mkdtemp(prefix=f"tongxin-bench-{scenario}-", dir=args.data_root))
     port = free_port()
+    metrics_url = None
     log_path = workdir / "server.log"
     if scenario == "echo":
         argv = [sys.executable, str(Path(__file__).resolve()), "--echo-server", str(port)]
@@ -686,7 +795,9 @@ def run_scenario(scenario: str, args: argparse.Namespace, children: Children,
     else:
         synchronous = scenario.removeprefix("relay-")
         cfg_path = workdir / "tongxin.yml"
-        cfg_path.write_text(server_config(workdir / "data", port, synchronous))
+        metrics_port = free_port()
+        metrics_url = f"http://{HOST}:{metrics_port}/metrics"
+        cfg_path.write_text(server_config(workdir / "data", port, synchronous, metrics_port))
         argv = [sys.executable, "-m", "tongxin.cli.main", "serve", "--config", str(cfg_path)]
     proc = children.start(argv, log_path, cpus[0])
     try:
@@ -695,7 +806,7 @@ def run_scenario(scenario: str, args: argparse.Namespace, children: Children,
             f"{args.warmup:g}s warm-up + {args.duration:g}s measured")
         try:
             result = run_loop(run_load(scenario, f"ws://{HOST}:{port}/ws", proc.pid, args,
-                                       text))
+                                       text, metrics_url=metrics_url))
         except (aiohttp.ClientError, OSError) as exc:  # OSError covers TimeoutError
             raise BenchError(f"{scenario}: load generator failed: {exc!r}\n"
                              f"{tail(log_path)}") from exc
@@ -815,6 +926,28 @@ def print_table(machine: dict[str, Any], params: dict[str, Any], results: list[R
     print("     DELIVER, no accounts, storage, bus or metrics; the node's target is >= 0.5x.")
     print("p50/p99: echo = send -> echo; relay = send -> ACK (sent after the SQLite commit).")
     print("e2e: send -> DELIVER at the receiver (relay only).")
+    paused = [r for r in results if r.pauses]
+    if paused:
+        print()
+        print("server pauses in the measured window (its /metrics; <= : a histogram bucket bound)")
+        head = (f"{'scenario':<14}{'lag p99':>10}{'lag max':>10}{'GC runs':>9}"
+                f"{'gen 0/1/2':>12}{'GC total':>10}{'GC max':>10}")
+        print(head)
+        print("-" * len(head))
+
+        def bound(v: float | None) -> str:
+            return "-" if v is None else f"<={v:g}"
+
+        for r in paused:
+            pz = r.pauses or {}
+            runs = pz["gc_collections"]
+            gens = "/".join(str(runs.get(g, 0)) for g in ("0", "1", "2"))
+            print(f"{r.scenario:<14}{bound(pz['loop_lag_p99_ms_at_most']):>10}"
+                  f"{bound(pz['loop_lag_max_ms_at_most']):>10}{sum(runs.values()):>9}"
+                  f"{gens:>12}{pz['gc_pause_total_ms']:>10.1f}"
+                  f"{bound(pz['gc_pause_max_ms_at_most']):>10}")
+        print("lag: how late the node's event-loop timer (every 0.25 s) ran, ms. GC: cyclic")
+        print("     collections, their total time (ms, exact) and the longest one (ms).")
     print("cpu: on-CPU time of all threads / wall time. rq: time runnable but waiting for a")
     print("     CPU / wall time, summed over threads: other processes on the machine, or the")
     print("     server's own threads sharing its core. High rq means depressed numbers.")
