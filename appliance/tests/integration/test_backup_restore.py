@@ -219,6 +219,12 @@ async def test_backup_then_restore_into_an_empty_site(
             rc, out, err = await tongxin("backup", "restore", "--check", "--config", str(full_cfg),
                                          str(folder), "--key", f"{key}.key", home=full.home)
             assert rc == 1 and f"s3 bucket {src.files.s3_bucket} holds files" in err, err
+            # Backups do not go into the bucket the node writes its files to.
+            rc, out, err = await tongxin(
+                "backup", "create", "--config", str(src_cfg), "--to",
+                f"s3://{src.files.s3_bucket}/backups", "--recipient", f"{key}.pub", home=src.home)
+            assert rc == 1 and "a bucket the node itself writes" in err, err
+            assert await bucket_keys(env, src.files.s3_bucket) == src_keys
 
         # ---- damaged or foreign backups are refused and change nothing ------------
         bad = tmp_path / "bad"

@@ -1,7 +1,9 @@
 """Taking a backup: what goes in, the manifest, the checksum files, retention.
 
 A backup is one directory ``<target>/<id>/`` (written as ``<id>.partial`` and
-renamed when complete, so a half-written backup is never taken for one)::
+renamed when complete, so a half-written backup is never taken for one), or the
+same files as objects under ``s3://bucket/prefix/<id>/``, the manifest written
+last (target.py, s3_target.py)::
 
     manifest.json         clear: id, times, suite, recipient, parts with sizes and digests
     SHA256SUMS, SM3SUMS   of every other file, in ``sha256sum -c`` form
@@ -28,7 +30,6 @@ import calendar
 import json
 import os
 import re
-import shutil
 import socket
 import sqlite3
 import tarfile
@@ -44,7 +45,16 @@ import zstandard
 
 from tongxin import __version__
 from tongxin.backup import mysqldump
-from tongxin.backup.stream import Digests, SealingWriter, file_digests
+from tongxin.backup.stream import Digests, SealingWriter
+from tongxin.backup.target import (
+    MANIFEST,
+    BackupError,
+    DirTarget,
+    PartFile,
+    Reader,
+    Target,
+    Writer,
+)
 from tongxin.config import Config
 from tongxin.crypto.suite import CryptoSuite, get_suite
 from tongxin.site.sealed import SealKey
@@ -60,8 +70,7 @@ Progress = Callable[[str], None]
 Signer = Callable[[bytes], dict[str, str]]
 
 
-class BackupError(Exception):
-    """A backup that cannot be taken or used; the message says what to do."""
+__all__ = ["BackupError", "create", "list_backups", "prune", "read_manifest", "verify_checksums"]
 
 
 @dataclass
@@ -126,10 +135,10 @@ def sqlite_files(cfg: Config) -> list[Path]:
 class _Part:
     """One part being written: file -> sealing -> zstd; ``sink`` is what producers write to."""
 
-    def __init__(self, folder: Path, result: PartResult, suite: CryptoSuite, key: bytes,
+    def __init__(self, writer: Writer, result: PartResult, suite: CryptoSuite, key: bytes,
                  backup_id: str) -> None:
         self.result = result
-        self._fh = open(folder / result.file, "xb")  # noqa: SIM115 - closed in finish()
+        self._fh: PartFile = writer.open_part(result.file)  # committed in finish()
         self._sealer = SealingWriter(self._fh, suite, key, backup_id, result.name, result.index)
         self.sink = zstandard.ZstdCompressor(level=6, threads=-1).stream_writer(
             self._sealer, closefd=False)  # type: ignore[arg-type]  # a file object in all but name
@@ -142,16 +151,14 @@ class _Part:
     def finish(self) -> PartResult:
         self.sink.close()  # type: ignore[no-untyped-call]  # zstandard stub
         self._sealer.close()
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
+        self._fh.commit()
         self.result.plain_bytes = self.plain
         self.result.sealed_bytes = self._sealer.digests.size
         self.result.sha256, self.result.sm3 = self._sealer.digests.hexdigests()
         return self.result
 
     def abort(self) -> None:
-        self._fh.close()
+        self._fh.abort()
 
 
 class _Counting:
@@ -255,9 +262,9 @@ def _files_part(cfg: Config, part: _Part, progress: Progress) -> None:
     progress(f"files: {part.result.entries} blobs")
 
 
-def _data_part(cfg: Config, part: _Part, target: Path, progress: Progress) -> None:
+def _data_part(cfg: Config, part: _Part, target: Path | None, progress: Progress) -> None:
     home = cfg.home.resolve()
-    skip_dirs = {files_dir(cfg).resolve(), target.resolve()}
+    skip_dirs = {files_dir(cfg).resolve()} | ({target.resolve()} if target else set())
 
     def skip(p: Path) -> bool:
         r = p.resolve()
@@ -281,12 +288,12 @@ def _etc_part(etc: Path, part: _Part, progress: Progress) -> None:
              + (f" ({len(skipped)} not readable by this user, not included)" if skipped else ""))
 
 
-def _write_sums(folder: Path, parts: list[PartResult], manifest: bytes) -> None:
+def _write_sums(writer: Writer, parts: list[PartResult], manifest: bytes) -> None:
     msha, msm3 = file_digests_bytes(manifest)
-    sha = [f"{p.sha256}  {p.file}" for p in parts] + [f"{msha}  manifest.json"]
-    sm3 = [f"{p.sm3}  {p.file}" for p in parts] + [f"{msm3}  manifest.json"]
-    (folder / "SHA256SUMS").write_text("\n".join(sha) + "\n", encoding="ascii")
-    (folder / "SM3SUMS").write_text("\n".join(sm3) + "\n", encoding="ascii")
+    sha = [f"{p.sha256}  {p.file}" for p in parts] + [f"{msha}  {MANIFEST}"]
+    sm3 = [f"{p.sm3}  {p.file}" for p in parts] + [f"{msm3}  {MANIFEST}"]
+    writer.put("SHA256SUMS", ("\n".join(sha) + "\n").encode("ascii"))
+    writer.put("SM3SUMS", ("\n".join(sm3) + "\n").encode("ascii"))
 
 
 def file_digests_bytes(data: bytes) -> tuple[str, str]:
@@ -302,38 +309,34 @@ def signed_bytes(manifest: dict[str, Any]) -> bytes:
         body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def create(cfg: Config, target: Path, recipient: SealKey, *, etc_dir: Path | None,
+def as_target(target: Target | Path) -> Target:
+    return DirTarget(target) if isinstance(target, Path) else target
+
+
+def create(cfg: Config, target: Target | Path, recipient: SealKey, *, etc_dir: Path | None,
            progress: Progress, signer: Signer | None = None,
            now: Callable[[], float] = time.time) -> dict[str, Any]:
     """Take a backup into ``target``; returns the manifest. Raises :class:`BackupError`
-    (or the failing component's error) with ``<id>.partial`` removed."""
+    (or the failing component's error) with what was written removed (``<id>.partial``,
+    or the objects under ``<id>/``)."""
     if recipient.suite != cfg.crypto.suite:
         # Not an error of security, but of expectation: an operator who chose the GM
         # suite expects SM4 backups.
         raise BackupError(f"the backup key is a {recipient.suite} key but crypto.suite is "
                           f"{cfg.crypto.suite}; make one with `tongxin backup keygen`")
     suite = get_suite(recipient.suite)
-    home = cfg.home.resolve()
-    tgt = target.resolve()
-    if tgt == home or home in tgt.parents:
-        raise BackupError(f"the backup target {target} is inside the data directory {home}; "
-                          "choose a directory elsewhere (ideally another disk or host)")
-    if not target.is_dir():
-        raise BackupError(f"the backup target {target} is not a directory")
+    target = as_target(target)
+    target.check(cfg)
     started = now()
     backup_id = new_backup_id(cfg, started)
-    final = target / backup_id
-    if final.exists():
-        raise BackupError(f"{final} exists already (two backups in one second?)")
-    folder = target / f"{backup_id}.partial"
-    folder.mkdir(mode=0o700)
+    writer = target.begin(backup_id)
     encap = suite.kem_encapsulate(recipient.public)
     key = backup_key(suite, encap.shared_secret, backup_id)
     plan: list[tuple[str, str, Callable[[_Part], None]]] = [
         ("database", "sql" if cfg.storage.backend == "mysql" else "tar",
          lambda p: _database_part(cfg, p, progress)),
         ("files", "tar", lambda p: _files_part(cfg, p, progress)),
-        ("data", "tar", lambda p: _data_part(cfg, p, target, progress)),
+        ("data", "tar", lambda p: _data_part(cfg, p, target.skip_path(), progress)),
     ]
     if etc_dir is not None:
         plan.append(("etc", "tar", lambda p: _etc_part(etc_dir, p, progress)))
@@ -342,7 +345,7 @@ def create(cfg: Config, target: Path, recipient: SealKey, *, etc_dir: Path | Non
         for i, (name, kind, produce) in enumerate(plan, start=1):
             ext = "sql" if kind == "sql" else "tar"
             res = PartResult(i, name, kind, f"{i:02d}-{name}.{ext}.zst.sealed")
-            part = _Part(folder, res, suite, key, backup_id)
+            part = _Part(writer, res, suite, key, backup_id)
             progress(f"[{i}/{len(plan)}] {name}")
             try:
                 produce(part)
@@ -373,31 +376,26 @@ def create(cfg: Config, target: Path, recipient: SealKey, *, etc_dir: Path | Non
         if signer is not None:
             manifest["signature"] = signer(signed_bytes(manifest))
         raw = json.dumps(manifest, ensure_ascii=False, indent=2).encode() + b"\n"
-        (folder / "manifest.json").write_bytes(raw)
-        _write_sums(folder, results, raw)
-        _fsync_dir(folder)
-        folder.rename(final)
-        _fsync_dir(target)
+        _write_sums(writer, results, raw)
+        writer.commit(raw)  # the manifest: last, it makes the backup complete
     except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
+        writer.abort()
         raise
     return manifest
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def as_reader(backup: Reader | Path) -> Reader:
+    from tongxin.backup.target import DirReader
+
+    return DirReader(backup) if isinstance(backup, Path) else backup
 
 
-def read_manifest(folder: Path) -> dict[str, Any]:
-    path = folder / "manifest.json"
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise BackupError(f"{path}: {exc.strerror} (not a complete backup)") from None
+def read_manifest(backup: Reader | Path) -> dict[str, Any]:
+    source = as_reader(backup)
+    return parse_manifest(source.read_bytes(MANIFEST), source.locate(MANIFEST))
+
+
+def parse_manifest(raw: bytes, path: str) -> dict[str, Any]:
     try:
         doc = json.loads(raw)
     except ValueError as exc:
@@ -411,20 +409,21 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return doc
 
 
-def verify_checksums(folder: Path, progress: Progress) -> dict[str, Any]:
+def verify_checksums(backup: Reader | Path, progress: Progress) -> dict[str, Any]:
     """Check SHA256SUMS and SM3SUMS against the files and the manifest (no key needed).
     Returns the manifest."""
-    doc = read_manifest(folder)
+    source = as_reader(backup)
+    raw = source.read_bytes(MANIFEST)  # read once: what is checked is what is used
+    doc = parse_manifest(raw, source.locate(MANIFEST))
     sums: dict[str, dict[str, str]] = {}
     for algo, name in (("sha256", "SHA256SUMS"), ("sm3", "SM3SUMS")):
         try:
-            lines = (folder / name).read_text(encoding="ascii").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise BackupError(f"{folder / name}: {exc}") from None
+            lines = source.read_bytes(name).decode("ascii").splitlines()
+        except UnicodeDecodeError as exc:
+            raise BackupError(f"{source.locate(name)}: {exc}") from None
         for line in lines:
             digest, _, fname = line.partition("  ")
             sums.setdefault(fname, {})[algo] = digest
-    raw = (folder / "manifest.json").read_bytes()
     msha, msm3 = file_digests_bytes(raw)
     if sums.get("manifest.json") != {"sha256": msha, "sm3": msm3}:
         raise BackupError("manifest.json does not match SHA256SUMS/SM3SUMS: it was edited or "
@@ -433,48 +432,57 @@ def verify_checksums(folder: Path, progress: Progress) -> dict[str, Any]:
         fname = str(p.get("file", ""))
         if "/" in fname or fname.startswith(".") or not fname:
             raise BackupError(f"the manifest names an impossible part file {fname!r}")
-        path = folder / fname
-        if not path.is_file():
-            raise BackupError(f"part {fname} is missing")
-        size, sha, sm3 = file_digests(str(path))
+        where = source.locate(fname)
+        if not source.exists(fname):
+            raise BackupError(f"part {where} is missing")
+        with source.open(fname) as fh:
+            size, sha, sm3 = stream_digests(fh)
         want = sums.get(fname, {})
         if (sha, sm3) != (p.get("sha256"), p.get("sm3")) or want != {"sha256": sha, "sm3": sm3}:
-            raise BackupError(f"part {fname} does not match its SHA-256/SM3 digests: damaged "
+            raise BackupError(f"part {where} does not match its SHA-256/SM3 digests: damaged "
                               "or replaced")
         if size != p.get("sealed_bytes"):
-            raise BackupError(f"part {fname} is {size} bytes, the manifest says "
+            raise BackupError(f"part {where} is {size} bytes, the manifest says "
                               f"{p.get('sealed_bytes')}")
         progress(f"checksums: {fname} ok (SHA-256 and SM3)")
     return doc
 
 
-def list_backups(target: Path) -> list[Path]:
-    """Complete backups in ``target``, oldest first (by the time in their id)."""
-    if not target.is_dir():
-        return []
-    found = [p for p in target.iterdir()
-             if p.is_dir() and ID_RE.fullmatch(p.name) and (p / "manifest.json").is_file()]
-    return sorted(found, key=lambda p: (p.name.rsplit("-", 1)[1], p.name))
+def stream_digests(fh: Any, block: int = 1 << 20) -> tuple[int, str, str]:
+    """(size, sha256 hex, sm3 hex) of what a file object holds, read in blocks."""
+    d = Digests()
+    while data := fh.read(block):
+        d.update(data)
+    sha, sm3 = d.hexdigests()
+    return d.size, sha, sm3
 
 
-def prune(target: Path, *, keep_days: float, keep_min: int, now: float,
+def _taken(backup_id: str) -> str:
+    return backup_id.rsplit("-", 1)[1]
+
+
+def list_backups(target: Target | Path) -> list[str]:
+    """The ids of the complete backups in ``target``, oldest first (by the time in their id)."""
+    ids = [i for i in as_target(target).complete_ids() if ID_RE.fullmatch(i)]
+    return sorted(ids, key=lambda i: (_taken(i), i))
+
+
+def prune(target: Target | Path, *, keep_days: float, keep_min: int, now: float,
           progress: Progress) -> list[str]:
     """Remove complete backups older than ``keep_days``, always keeping the ``keep_min``
-    newest; and ``.partial`` directories a crashed run left more than a day ago."""
+    newest; and what a crashed run left more than a day ago (``.partial`` directories;
+    in a bucket, backups without their manifest and unfinished multipart uploads)."""
+    target = as_target(target)
     removed: list[str] = []
     backups = list_backups(target)
     candidates = backups[:-keep_min] if keep_min > 0 else backups
-    for p in candidates:
-        stamp = p.name.rsplit("-", 1)[1]
-        taken = calendar.timegm(time.strptime(stamp, "%Y%m%dT%H%M%SZ"))
+    for backup_id in candidates:
+        taken = calendar.timegm(time.strptime(_taken(backup_id), "%Y%m%dT%H%M%SZ"))
         if keep_days > 0 and now - taken > keep_days * 86400:
-            shutil.rmtree(p)
-            removed.append(p.name)
-            progress(f"retention: removed {p.name} (older than {keep_days:g} days)")
-    for p in target.glob("*.partial"):
-        if p.is_dir() and ID_RE.fullmatch(p.name[:-len(".partial")]) \
-                and now - p.stat().st_mtime > 86400:
-            shutil.rmtree(p)
-            removed.append(p.name)
-            progress(f"retention: removed {p.name} (an unfinished backup)")
+            target.remove(backup_id)
+            removed.append(backup_id)
+            progress(f"retention: removed {backup_id} (older than {keep_days:g} days)")
+    for name in target.remove_unfinished(now, lambda i: bool(ID_RE.fullmatch(i))):
+        removed.append(name)
+        progress(f"retention: removed {name} (an unfinished backup)")
     return removed

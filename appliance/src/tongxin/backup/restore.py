@@ -30,6 +30,7 @@ import zstandard
 from tongxin.backup import mysqldump
 from tongxin.backup.archive import (
     BackupError,
+    as_reader,
     backup_key,
     files_dir,
     index_aad,
@@ -39,6 +40,7 @@ from tongxin.backup.archive import (
     verify_checksums,
 )
 from tongxin.backup.stream import BackupFormatError, OpenedReader, open_chunks
+from tongxin.backup.target import Reader
 from tongxin.config import Config
 from tongxin.crypto.errors import CryptoError
 from tongxin.crypto.suite import CryptoSuite, get_suite
@@ -50,16 +52,17 @@ _ARC_ROOTS = {"database": "db", "files": "blobs", "data": "data", "etc": "etc"}
 
 @dataclass
 class Opened:
-    folder: Path
+    source: Reader
     manifest: dict[str, Any]
     suite: CryptoSuite
     key: bytes
     parts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def open_backup(folder: Path, private: SealKey, progress: Progress) -> Opened:
+def open_backup(backup: Reader | Path, private: SealKey, progress: Progress) -> Opened:
     """Checksums, key, sealed index; raises :class:`BackupError` on any mismatch."""
-    doc = verify_checksums(folder, progress)
+    source = as_reader(backup)
+    doc = verify_checksums(source, progress)
     if doc.get("recipient") != private.key_id:
         raise BackupError(f"this backup was sealed to key {doc.get('recipient')}, not to "
                           f"{private.key_id}: use the backup key pair of that time")
@@ -78,7 +81,7 @@ def open_backup(folder: Path, private: SealKey, progress: Progress) -> Opened:
     if index != index_document(doc["parts"]):
         raise BackupError("the manifest's parts differ from the sealed index: the manifest "
                           "was edited (a part dropped, added or swapped)")
-    opened = Opened(folder, doc, suite, key)
+    opened = Opened(source, doc, suite, key)
     for p in doc["parts"]:
         opened.parts[p["name"]] = p
     return opened
@@ -132,7 +135,7 @@ def check_origin(manifest: dict[str, Any], pins: list[str], *,
 
 def _plain(opened: Opened, name: str) -> zstandard.ZstdDecompressionReader:
     p = opened.parts[name]
-    src = open(opened.folder / p["file"], "rb")  # noqa: SIM115 - closed with the reader
+    src = opened.source.open(p["file"])  # closed with the reader
     chunks = open_chunks(src, opened.suite, opened.key, opened.manifest["id"], name,
                          int(p["index"]))
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tongxin.backup.archive import BackupError
+from tongxin.backup.target import BackupError
 from tongxin.config import Config
 from tongxin.files.keys import FILE_KEY_RE
 from tongxin.files.ports import BlobError

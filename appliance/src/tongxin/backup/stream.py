@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from cryptography.hazmat.primitives import hashes
 
@@ -79,6 +79,14 @@ def file_digests(path: str, block: int = CHUNK) -> tuple[int, str, str]:
     return d.size, sha, sm3
 
 
+class Sink(Protocol):
+    """Where a sealed part goes: a file, or an object being uploaded (target.py)."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 class SealingWriter:
     """A write-only file object: what is written comes out sealed in ``out``.
 
@@ -86,7 +94,7 @@ class SealingWriter:
     part to open; it does not close ``out``.
     """
 
-    def __init__(self, out: BinaryIO, suite: CryptoSuite, key: bytes, backup_id: str,
+    def __init__(self, out: Sink, suite: CryptoSuite, key: bytes, backup_id: str,
                  name: str, part_index: int) -> None:
         self._out, self._suite, self._key = out, suite, key
         self._id, self._name, self._part = backup_id, name, part_index

@@ -3,10 +3,15 @@
 keygen   make the backup key pair (the private file stays off the hosts)
 show-key print a key file's id and suite (--public-only: refuse a private file)
 create   back up the database, file blobs, data directory and configuration into
-         a target directory, sealed to the public key; then apply retention
-list     the backups in a target directory
+         a target directory or s3://bucket/prefix, sealed to the public key; then
+         apply retention
+list     the backups in a target (directory or s3://bucket/prefix)
 verify   check a backup's SHA-256 and SM3 digests (no key); with --key, open every part
 restore  restore a backup into an empty site (the nodes stopped)
+
+An s3:// target takes its endpoint and credentials from $TONGXIN_BACKUP_S3_*
+or the node's files.s3_* settings (backup/s3_target.py), never from the
+command line.
 
 create and restore write evidence files (<data_dir>/evidence/backup-*.json,
 restore-*.json) that the 等保 report's BR-1 reads, and an audit record
@@ -140,62 +145,82 @@ def _signer(cfg: Config) -> Any:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    from tongxin.backup.archive import create, prune
+    from contextlib import ExitStack
+
+    from tongxin.backup.archive import create, file_digests_bytes, prune
+    from tongxin.backup.target import MANIFEST, open_target
 
     cfg = _config(args)
     if cfg.site.role != "active":
         raise _fail("this node is on standby; back up from a node of the serving site")
     recipient = _key(args.recipient, need_private=False)
-    target = Path(args.to)
     etc = None if args.no_etc else Path(args.etc or Path(args.config or ".").resolve().parent)
     started = time.time()
-    try:
-        manifest = create(cfg, target, recipient, etc_dir=etc, progress=_progress,
-                          signer=_signer(cfg))
-    except Exception as exc:  # every failure is evidence, whatever failed
-        doc = {"ok": False, "started_at": _utc(started), "finished_at": _utc(time.time()),
-               "target": str(target), "error": str(exc)}
-        path = _evidence(cfg, "backup", doc)
-        audit = _audit(cfg, "backup.create", "failed", target=str(target), error=str(exc))
-        _progress(f"FAILED: {exc} (evidence {path}; {audit})")
-        return 1
-    from tongxin.backup.stream import file_digests
-
-    removed = prune(target, keep_days=args.keep_days, keep_min=args.keep_min,
-                    now=time.time(), progress=_progress)
-    folder = target / manifest["id"]
+    with ExitStack() as stack:
+        try:
+            target = stack.enter_context(open_target(args.to, cfg))
+            manifest = create(cfg, target, recipient, etc_dir=etc, progress=_progress,
+                              signer=_signer(cfg))
+        except Exception as exc:  # every failure is evidence, whatever failed
+            doc = {"ok": False, "started_at": _utc(started), "finished_at": _utc(time.time()),
+                   "target": args.to, "error": str(exc)}
+            path = _evidence(cfg, "backup", doc)
+            audit = _audit(cfg, "backup.create", "failed", target=args.to, error=str(exc))
+            _progress(f"FAILED: {exc} (evidence {path}; {audit})")
+            return 1
+        where = target.location(manifest["id"])
+        manifest_sha256 = file_digests_bytes(
+            target.reader(manifest["id"]).read_bytes(MANIFEST))[0]
+        removed = prune(target, keep_days=args.keep_days, keep_min=args.keep_min,
+                        now=time.time(), progress=_progress)
     size = sum(p["sealed_bytes"] for p in manifest["parts"])
     doc = {"ok": True, "id": manifest["id"], "started_at": manifest["started_at"],
            "finished_at": manifest["finished_at"],
-           "duration_seconds": manifest["duration_seconds"], "target": str(folder),
+           "duration_seconds": manifest["duration_seconds"], "target": where,
            "bytes": size, "suite": manifest["suite"], "recipient": manifest["recipient"],
            "signed_by": manifest["signature"]["fingerprint"],
-           "manifest_sha256": file_digests(str(folder / "manifest.json"))[1],
+           "manifest_sha256": manifest_sha256,
            "parts": {p["name"]: p["sealed_bytes"] for p in manifest["parts"]},
            "pruned": removed}
     path = _evidence(cfg, "backup", doc)
-    audit = _audit(cfg, "backup.create", "ok", target=str(folder), bytes=size,
+    audit = _audit(cfg, "backup.create", "ok", target=where, bytes=size,
                    backup_id=manifest["id"], manifest_sha256=doc["manifest_sha256"])
-    _progress(f"done: {folder} ({size} bytes, {manifest['duration_seconds']} s); "
+    _progress(f"done: {where} ({size} bytes, {manifest['duration_seconds']} s); "
               f"evidence {path}; {audit}")
     print(json.dumps(doc, ensure_ascii=False, indent=2))
     return 0
 
 
+def _s3_config(args: argparse.Namespace, *specs: str) -> Config | None:
+    """The configuration, where an s3:// target needs it for its endpoint."""
+    from tongxin.backup.target import is_s3
+
+    return _config(args) if any(is_s3(s) for s in specs) else None
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from tongxin.backup.archive import BackupError, list_backups, read_manifest
+    from tongxin.backup.target import open_target
 
     rows: list[dict[str, Any]] = []
-    for folder in list_backups(Path(args.to)):
-        try:
-            m = read_manifest(folder)
-        except BackupError as exc:
-            rows.append({"id": folder.name, "error": str(exc)})
-            continue
-        rows.append({"id": m["id"], "finished_at": m.get("finished_at"),
-                     "bytes": sum(int(p.get("sealed_bytes", 0)) for p in m["parts"]),
-                     "suite": m.get("suite"), "recipient": m.get("recipient"),
-                     "site": m.get("site"), "storage_backend": m.get("storage_backend")})
+    try:
+        with open_target(args.to, _s3_config(args, args.to)) as target:
+            for backup_id in list_backups(target):
+                try:
+                    m = read_manifest(target.reader(backup_id))
+                except BackupError as exc:
+                    rows.append({"id": backup_id, "error": str(exc)})
+                    continue
+                row = {"id": backup_id, "finished_at": m.get("finished_at"),
+                       "bytes": sum(int(p.get("sealed_bytes", 0)) for p in m["parts"]),
+                       "suite": m.get("suite"), "recipient": m.get("recipient"),
+                       "site": m.get("site"), "storage_backend": m.get("storage_backend"),
+                       "location": target.location(backup_id)}
+                if m["id"] != backup_id:  # copied or renamed: the manifest keeps its own
+                    row["manifest_id"] = m["id"]
+                rows.append(row)
+    except BackupError as exc:
+        raise _fail(str(exc)) from None
     print(json.dumps(rows, ensure_ascii=False, indent=2))
     return 0
 
@@ -203,17 +228,19 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from tongxin.backup.archive import BackupError, verify_checksums
     from tongxin.backup.restore import check_all, open_backup
+    from tongxin.backup.target import open_reader
 
-    folder = Path(args.backup)
     try:
-        if args.key:
-            opened = open_backup(folder, _key(args.key, need_private=True), _progress)
-            names = check_all(opened, _progress)
-            out: dict[str, Any] = {"ok": True, "id": opened.manifest["id"], "opened": True,
-                                   "files": {k: len(v) for k, v in names.items()}}
-        else:
-            doc = verify_checksums(folder, _progress)
-            out = {"ok": True, "id": doc["id"], "opened": False}
+        with open_reader(args.backup, _s3_config(args, args.backup, args.source),
+                         within=args.source) as source:
+            if args.key:
+                opened = open_backup(source, _key(args.key, need_private=True), _progress)
+                names = check_all(opened, _progress)
+                out: dict[str, Any] = {"ok": True, "id": opened.manifest["id"], "opened": True,
+                                       "files": {k: len(v) for k, v in names.items()}}
+            else:
+                doc = verify_checksums(source, _progress)
+                out = {"ok": True, "id": doc["id"], "opened": False}
     except BackupError as exc:
         print(json.dumps({"ok": False, "error": str(exc)}, ensure_ascii=False))
         _progress(f"FAILED: {exc}")
@@ -225,39 +252,47 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     from tongxin.backup import mysqldump
     from tongxin.backup.archive import BackupError
-    from tongxin.backup.restore import check_all, check_origin, open_backup, restore, site_in_use
-    from tongxin.compliance.keys import parse_pins
+    from tongxin.backup.target import open_reader
 
     cfg = _config(args)
     if cfg.site.role != "active":
         raise _fail("this node is on standby; restore into a site set to serve (site.role active)")
     started = time.time()
-    folder = Path(args.backup)
     try:
-        opened = open_backup(folder, _key(args.key, need_private=True), _progress)
-        pins = parse_pins(cfg.compliance.audit_trusted_keys) + list(args.trust_key)
-        origin = check_origin(opened.manifest, pins, allow_unsigned=args.allow_unsigned)
-        _progress("origin: " + (f"signed by audit key {origin['fingerprint']}, "
-                                + ("pinned" if origin["trusted"] else
-                                   "NOT pinned: compare it with the site's records")
-                                if origin["signed"] else "unsigned (--allow-unsigned)"))
-        names = check_all(opened, _progress)
-        if args.check:
-            reason = site_in_use(cfg)
-            if reason is not None:
-                raise BackupError(f"the site is not empty ({reason}); restore goes into an "
-                                  "empty site only")
-            print(json.dumps({"ok": True, "checked": True, "backup": opened.manifest["id"],
-                              "origin": origin,
-                              "files": {k: len(v) for k, v in names.items()}}))
-            _progress("check: the backup opens whole and the site is empty; nothing written")
-            return 0
-        result = restore(cfg, opened, etc_to=Path(args.etc_to) if args.etc_to else None,
-                         progress=_progress)
+        with open_reader(args.backup, cfg, within=args.source) as source:
+            return _restore(args, cfg, source, started)
     except (BackupError, mysqldump.DumpError) as exc:
         _progress(f"FAILED: {exc}")
         print(json.dumps({"ok": False, "error": str(exc)}, ensure_ascii=False))
         return 1
+
+
+def _restore(args: argparse.Namespace, cfg: Config, source: Any, started: float) -> int:
+    """Check, then restore (raises BackupError or DumpError, caught by cmd_restore)."""
+    from tongxin.backup.archive import BackupError
+    from tongxin.backup.restore import check_all, check_origin, open_backup, restore, site_in_use
+    from tongxin.compliance.keys import parse_pins
+
+    opened = open_backup(source, _key(args.key, need_private=True), _progress)
+    pins = parse_pins(cfg.compliance.audit_trusted_keys) + list(args.trust_key)
+    origin = check_origin(opened.manifest, pins, allow_unsigned=args.allow_unsigned)
+    _progress("origin: " + (f"signed by audit key {origin['fingerprint']}, "
+                            + ("pinned" if origin["trusted"] else
+                               "NOT pinned: compare it with the site's records")
+                            if origin["signed"] else "unsigned (--allow-unsigned)"))
+    names = check_all(opened, _progress)
+    if args.check:
+        reason = site_in_use(cfg)
+        if reason is not None:
+            raise BackupError(f"the site is not empty ({reason}); restore goes into an "
+                              "empty site only")
+        print(json.dumps({"ok": True, "checked": True, "backup": opened.manifest["id"],
+                          "origin": origin,
+                          "files": {k: len(v) for k, v in names.items()}}))
+        _progress("check: the backup opens whole and the site is empty; nothing written")
+        return 0
+    result = restore(cfg, opened, etc_to=Path(args.etc_to) if args.etc_to else None,
+                     progress=_progress)
     finished = time.time()
     doc = {"ok": True, "backup": opened.manifest["id"],
            "backup_finished_at": opened.manifest.get("finished_at"),
@@ -290,10 +325,11 @@ def add_commands(sub: Any, common: Any) -> None:
                     help="refuse a file that holds the private key")
     sk.set_defaults(func=cmd_show_key)
 
-    c = bs.add_parser("create", help="take a backup into a target directory")
+    c = bs.add_parser("create", help="take a backup into a target directory or s3://bucket/prefix")
     common(c)
     c.add_argument("--to", required=True, help="target directory (another disk or a mounted "
-                   "backup volume; not inside the data directory)")
+                   "backup volume; not inside the data directory), or s3://bucket/prefix "
+                   "(endpoint and keys: $TONGXIN_BACKUP_S3_* or files.s3_*)")
     c.add_argument("--recipient", required=True, help="the backup key's public file (OUT.pub)")
     c.add_argument("--etc", default="", help="configuration directory to include (default: "
                    "the directory of --config)")
@@ -304,18 +340,26 @@ def add_commands(sub: Any, common: Any) -> None:
                    help="always keep this many newest backups, whatever their age")
     c.set_defaults(func=cmd_create)
 
-    ls = bs.add_parser("list", help="the complete backups in a target directory")
-    ls.add_argument("--to", required=True)
+    backup_help = ("the backup's directory or s3://bucket/prefix/<id>; with --from, "
+                   "its id there")
+    from_help = "the target that holds the backup (directory or s3://bucket/prefix)"
+
+    ls = bs.add_parser("list", help="the complete backups in a target")
+    common(ls)
+    ls.add_argument("--to", required=True, help="target directory or s3://bucket/prefix")
     ls.set_defaults(func=cmd_list)
 
     v = bs.add_parser("verify", help="check a backup's digests; with --key, open every part")
-    v.add_argument("backup", help="the backup's directory")
+    common(v)
+    v.add_argument("backup", help=backup_help)
+    v.add_argument("--from", dest="source", default="", metavar="TARGET", help=from_help)
     v.add_argument("--key", default="", help="the backup key's private file (OUT.key)")
     v.set_defaults(func=cmd_verify)
 
     r = bs.add_parser("restore", help="restore a backup into an empty site (nodes stopped)")
     common(r)
-    r.add_argument("backup", help="the backup's directory")
+    r.add_argument("backup", help=backup_help)
+    r.add_argument("--from", dest="source", default="", metavar="TARGET", help=from_help)
     r.add_argument("--key", required=True, help="the backup key's private file (OUT.key)")
     r.add_argument("--trust-key", action="append", default=[], metavar="FINGERPRINT",
                    help="an audit key fingerprint the backup's signature may come from, "
