@@ -34,6 +34,7 @@ from test_web_client import (
     _serve,
     _stop,
     _tongxin,
+    _wait_healthy,
 )
 
 ARTIFACTS = ROOT / "test-artifacts" / "console"
@@ -93,6 +94,8 @@ def test_console_three_roles_in_chromium(tmp_path: Path) -> None:
     log_path = tmp_path / "server.log"
     proc = _serve(["--config", str(cfg), "--listen", f"127.0.0.1:{port}"], env, log_path)
     try:
+        # The page is opened at once: the node must answer first (a loaded host is slow).
+        _wait_healthy(proc, f"http://127.0.0.1:{port}", log_path)
         run = subprocess.run(
             [node, str(WEB / "tests" / "console.mjs"), f"http://127.0.0.1:{port}",
              "--artifacts", str(ARTIFACTS)],
@@ -110,6 +113,7 @@ def test_console_three_roles_in_chromium(tmp_path: Path) -> None:
                      "sysadmin is refused the auditor's page and its API",
                      "secadmin enrolled a new TOTP for the auditor",
                      "secadmin rotated the audit signing key",
+                     "secadmin changed the password policy from the page",
                      "secadmin is refused the sysadmin's page and its API",
                      "auditor signed in with the TOTP enrolled on the secadmin's page",
                      "the audit trail shows the sysadmin's actions",
@@ -119,5 +123,6 @@ def test_console_three_roles_in_chromium(tmp_path: Path) -> None:
                      "no serious or critical accessibility violations",
                      "follows the browser language"):
         assert any(verified in line for line in ok_lines), f"not verified: {verified}\n{out}"
-    for shot in ("01-login", "02-users", "03-status", "05-admins-totp", "09-audit", "10-report"):
+    for shot in ("01-login", "02-users", "03-status", "05-admins-totp", "06b-policy",
+                 "06d-policy-changed", "09-audit", "10-report"):
         assert (ARTIFACTS / f"{shot}.png").stat().st_size > 1000, shot

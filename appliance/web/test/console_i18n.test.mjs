@@ -52,6 +52,15 @@ test("every key the console uses exists in both languages", () => {
   for (const o of ["ok", "denied", "failed"]) used.add(`audit.outcome_${o}`);
   for (const s of ["pass", "fail", "gap"]) used.add(`report.status_${s}`);
   for (const k of ["user", "conversation"]) used.add(`retention.kind_${k}`);
+  // The policy page: a label per setting of GET /policy's rules, a message per reason a
+  // field is refused (src/console/policy.js reasonKey).
+  for (const k of ["password_min_length", "password_min_classes", "password_history", "password_max_age_days",
+    "lockout_threshold", "lockout_duration", "lockout_window", "session_idle_timeout", "token_ttl", "scrypt_n"]) {
+    used.add(`policy.key.${k}`);
+  }
+  for (const r of ["required", "number", "integer", "range", "rangeOff", "fixed", "unknown", "empty", "invalid"]) {
+    used.add(`policy.error.${r}`);
+  }
   for (const code of ["FORBIDDEN", "STEP_UP_REQUIRED", "STEP_UP_FAILED", "AUTH_FAILED", "NO_SECOND_FACTOR",
     "PASSWORD_EXPIRED", "ACCOUNT_LOCKED", "NOT_FOUND", "UNAVAILABLE"]) used.add(`error.${code}`);
   const missing = [...used].filter((k) => !zh.has(k) || !en.has(k));

@@ -303,6 +303,40 @@ try {
   await shot(s, "06b-policy");
   await axe(s, "policy");
 
+  // Change it from the page: a value out of range is refused on the page (no step-up,
+  // nothing sent), then 12 characters and 3 classes are saved after a TOTP step-up and
+  // the table shows them in force.
+  if (/\b(null|undefined|NaN)\b/.test(await s.textContent("#policy-view"))) fail("the policy page shows null, undefined or NaN");
+  const policyField = (key) => s.locator(`#policy-${key}`);
+  await policyField("password_min_length").fill("200");
+  await s.click("#policy-save");
+  await s.locator("#policy-password_min_length-error", { hasText: "128" }).waitFor();
+  if ((await policyField("password_min_length").getAttribute("aria-invalid")) !== "true") fail("the refused field is not marked invalid");
+  await s.locator("#policy-status.error", { hasText: "未做任何修改" }).waitFor();
+  if (await s.locator("dialog[open]").count()) fail("a refused value still asked for a step-up");
+  await shot(s, "06c-policy-refused");
+  await axe(s, "policy (refused value)");
+  await policyField("password_min_length").fill("12");
+  await policyField("password_min_classes").fill("3");
+  await s.fill("#policy-reason", "等保测评整改");
+  await s.click("#policy-save");
+  await stepUp(s, sec.secret);
+  await s.locator("#policy-status", { hasText: "已保存 2 项" }).waitFor();
+  const shown = async (key) => (await s.textContent(`[data-value="${key}"]`)).trim();
+  if ((await shown("password_min_length")) !== "12" || (await shown("password_min_classes")) !== "3"
+    || (await verdictOf("password_min_classes")) !== "符合" || (await policyField("password_min_length").inputValue()) !== "12") {
+    fail(`the policy page after the change: length ${await shown("password_min_length")}, classes ${await shown("password_min_classes")} (${await verdictOf("password_min_classes")})`);
+  }
+  const changes = await s.locator("#policy-changes li").allTextContents();
+  if (changes.length !== 2 || !changes.some((c) => c.includes("8 → 12"))) fail(`the changes listed: ${JSON.stringify(changes)}`);
+  if (!(await s.locator('[data-revert="password_min_length"]').count())) fail("no way back to the configuration file's value");
+  // The node answers the new rule too, read back with the secadmin's own token.
+  const read = await apiAs(s, await myToken(s), "GET", "/policy");
+  if (read.body.overrides?.password_min_length !== 12) fail(`GET /policy after the change: ${JSON.stringify(read.body.overrides)}`);
+  ok(`secadmin changed the password policy from the page after a TOTP step-up (${changes.join("; ")}); an out-of-range value was refused on the page`);
+  await shot(s, "06d-policy-changed");
+  await axe(s, "policy (changed)");
+
   await goTo(s, "retention");
   await s.locator("#audit-days").waitFor();
   const hold = s.locator("#hold-form");
@@ -375,11 +409,11 @@ try {
   ok("the audit trail shows the refused calls of the sysadmin and the secadmin");
   rows = await search({ actor: sec.username });
   for (const [ev, target] of [["totp.reset", aud.username], ["key.rotate", "audit_sign"],
-    ["hold.set", undefined], ["auth.step_up", "key.rotate"]]) {
+    ["hold.set", undefined], ["auth.step_up", "key.rotate"], ["policy.set", "accounts"], ["auth.step_up", "policy.set"]]) {
     if (!has(rows, ev, target)) fail(`no ${ev} by ${sec.username} in the audit page: ${JSON.stringify(rows)}`);
   }
   if (!has(rows, "escrow.approve", undefined, "失败")) fail(`no failed escrow.approve: ${JSON.stringify(rows)}`);
-  ok("the audit trail shows the secadmin's TOTP enrolment, key rotation, legal hold and refused approval");
+  ok("the audit trail shows the secadmin's TOTP enrolment, key rotation, policy change, legal hold and refused approval");
   const future = new Date(Date.now() + 3600e3);
   const local = (d) => new Date(d.getTime() - d.getTimezoneOffset() * 60000).toISOString().slice(0, 19);
   rows = await search({ from: local(future) });

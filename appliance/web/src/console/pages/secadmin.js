@@ -4,6 +4,7 @@
 import QRCode from "qrcode";
 import { h, field, values, table } from "../dom.js";
 import { formatDateTime, formatNumber } from "../../i18n/index.js";
+import { formValues, policyChanges, reasonKey } from "../policy.js";
 
 function reporter(t, id) {
   const status = h("p", { class: "status", role: "status", id });
@@ -118,22 +119,134 @@ export async function keys(el, { api, t, errorText, ask }) {
 }
 
 // The password and lockout policy in force (GET /policy), rule by rule against
-// 等保's thresholds. It is set in the configuration, not here: the page says where.
-export async function policy(el, { api, t }) {
-  const p = await api.call("GET", "/policy");
-  const unit = (key) => (key.endsWith("_days") ? t("policy.days") : /timeout|duration|window|ttl/.test(key) ? t("policy.seconds") : "");
+// 等保's thresholds, where each value comes from (the configuration file or a change
+// made here), and the form that changes it (PUT /policy, step-up): every field is
+// checked here and again on the node, which stores the change for every node.
+export async function policy(el, { api, t, errorText }) {
+  const [status, say] = reporter(t, "policy-status");
+  const view = h("div", { id: "policy-view" });
+  const unitText = (unit) => (unit === "days" ? t("policy.days") : unit === "seconds" ? t("policy.seconds") : "");
+  const unitOf = (key, doc) => doc.editable?.[key]?.unit
+    ?? (key.endsWith("_days") ? "days" : /timeout|duration|window|ttl/.test(key) ? "seconds" : "");
+  const withUnit = (value, unit) => `${formatNumber(value)} ${unitText(unit)}`.trim();
   const verdict = (ok) => (ok === null ? h("span", { class: "muted" }, t("policy.noRule"))
     : h("span", { class: `badge ${ok ? "state-active" : "state-disabled"}` }, ok ? t("policy.meets") : t("policy.short")));
-  el.append(h("p", { class: "lead" }, t("policy.lead")),
-    h("p", { id: "policy-verdict", class: p.meets_dengbao ? "status" : "status error" },
-      p.meets_dengbao ? t("policy.allMet") : t("policy.notAllMet")),
-    table(t("policy.caption"), [
-      { head: t("policy.setting"), cell: (r) => [h("div", {}, t(`policy.key.${r.key}`)), h("code", { class: "muted" }, `accounts.${r.key}`)] },
-      { head: t("policy.value"), cell: (r) => `${formatNumber(r.value)} ${unit(r.key)}`.trim() },
-      { head: t("policy.required"), cell: (r) => r.required || "—" },
-      { head: t("policy.status"), cell: (r) => h("span", { "data-key": r.key }, verdict(r.ok)) },
-    ], p.rules, "—"),
-    h("p", { class: "help" }, t("policy.where")));
+  const source = (key, doc) => (!(key in (doc.editable || {})) ? h("span", { class: "muted" }, t("policy.fileOnly"))
+    : key in (doc.overrides || {}) ? h("span", { class: "badge state-locked" }, t("policy.changedHere"))
+      : h("span", { class: "muted" }, t("policy.fromFile")));
+  const errorFor = (e) => {
+    const reason = reasonKey(e);
+    return t(`policy.error.${reason}`, { min: formatNumber(e.min ?? 0), max: formatNumber(e.max ?? 0) });
+  };
+
+  async function save(settings, reason, form) {
+    say(t("policy.saving"));
+    try {
+      const r = await api.call("PUT", "/policy", { settings, reason });
+      const changed = Object.entries(r.changed);
+      show(r);
+      say(changed.length ? t("policy.saved", { n: formatNumber(changed.length) }) : t("policy.unchanged"));
+      if (changed.length) {
+        status.after(h("ul", { id: "policy-changes", class: "changes" }, changed.map(([key, c]) =>
+          h("li", { "data-key": key }, t("policy.changeItem", { name: t(`policy.key.${key}`),
+            from: withUnit(c.from, unitOf(key, r)), to: withUnit(c.to, unitOf(key, r)) })))));
+      }
+    } catch (err) {
+      const fields = err.body?.fields;
+      if (fields && form) {
+        for (const [key, e] of Object.entries(fields)) form.mark(key, errorFor(e));
+        say(t("policy.refused", { n: formatNumber(Object.keys(fields).length) }), true);
+      } else {
+        say(errorText(err), true);
+      }
+    }
+  }
+
+  function editForm(doc) {
+    const errors = {};
+    const form = h("form", { class: "panel", id: "policy-form", novalidate: true },
+      h("h2", {}, t("policy.edit")),
+      h("p", { class: "help" }, t("policy.editHelp")));
+    const grid = h("div", { class: "policy-grid" });
+    const start = formValues(doc);
+    for (const [key, lim] of Object.entries(doc.editable)) {
+      const unit = unitText(lim.unit);
+      const id = `policy-${key}`;
+      const box = field(unit ? t("policy.withUnit", { name: t(`policy.key.${key}`), unit }) : t(`policy.key.${key}`), {
+        id, name: key, type: "number", inputmode: lim.integer ? "numeric" : "decimal",
+        min: String(lim.zero_off ? 0 : lim.min), max: String(lim.max), step: lim.integer ? "1" : "any",
+        value: start[key], required: true, "aria-describedby": `${id}-help ${id}-error` });
+      const bounds = { min: formatNumber(lim.min), max: formatNumber(lim.max) };
+      const range = lim.zero_off ? t("policy.rangeOff", bounds) : t("policy.range", bounds);
+      box.append(h("p", { class: "help", id: `${id}-help` },
+        `${range} · ${t("policy.inFile", { value: withUnit(doc.configured[key], lim.unit) })}`));
+      errors[key] = h("p", { class: "field-error", id: `${id}-error`, role: "alert" });
+      box.append(errors[key]);
+      if (key in doc.overrides) {
+        box.append(h("button", { type: "button", class: "secondary small", "data-revert": key,
+          onclick: () => save({ [key]: null }, values(form).reason || "", form) },
+        t("policy.revert", { value: withUnit(doc.configured[key], lim.unit) })));
+      }
+      grid.append(box);
+    }
+    form.mark = (key, text) => {
+      const input = form.querySelector(`#policy-${key}`);
+      if (!input) return;
+      errors[key].textContent = text;
+      input.setAttribute("aria-invalid", "true");
+    };
+    const clear = () => {
+      for (const [key, p] of Object.entries(errors)) {
+        p.textContent = "";
+        form.querySelector(`#policy-${key}`)?.removeAttribute("aria-invalid");
+      }
+    };
+    // The status (and the list of what changed) below the button that was pressed.
+    form.append(grid,
+      field(t("policy.reasonLabel"), { name: "reason", id: "policy-reason", autocomplete: "off", maxlength: "500" }),
+      h("div", { class: "actions" }, h("button", { type: "submit", class: "primary", id: "policy-save" }, t("policy.save"))),
+      status);
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      clear();
+      document.getElementById("policy-changes")?.remove();
+      const raw = values(form);
+      const { settings, errors: bad } = policyChanges(raw, doc);
+      if (Object.keys(bad).length) {
+        for (const [key, e] of Object.entries(bad)) form.mark(key, errorFor(e));
+        say(t("policy.refused", { n: formatNumber(Object.keys(bad).length) }), true);
+        form.querySelector("[aria-invalid=true]")?.focus();
+        return;
+      }
+      if (!Object.keys(settings).length) {
+        say(t("policy.nothing"));
+        return;
+      }
+      await save(settings, (raw.reason || "").trim(), form);
+    });
+    return form;
+  }
+
+  function show(doc) {
+    document.getElementById("policy-changes")?.remove();
+    view.replaceChildren(...[
+      h("p", { id: "policy-verdict", class: doc.meets_dengbao ? "status" : "status error" },
+        doc.meets_dengbao ? t("policy.allMet") : t("policy.notAllMet")),
+      table(t("policy.caption"), [
+        { head: t("policy.setting"), cell: (r) => [h("div", {}, t(`policy.key.${r.key}`)), h("code", { class: "muted" }, `accounts.${r.key}`)] },
+        { head: t("policy.value"), cell: (r) => h("span", { "data-value": r.key }, withUnit(r.value, unitOf(r.key, doc))) },
+        { head: t("policy.source"), cell: (r) => source(r.key, doc) },
+        { head: t("policy.required"), cell: (r) => r.required || "—" },
+        { head: t("policy.status"), cell: (r) => h("span", { "data-key": r.key }, verdict(r.ok)) },
+      ], doc.rules, "—"),
+      doc.changed_at ? h("p", { class: "help", id: "policy-changed-at" },
+        t("policy.changedAt", { time: formatDateTime(doc.changed_at), by: doc.changed_by || "—" })) : null,
+      doc.editable ? editForm(doc) : status,
+      h("p", { class: "help" }, t("policy.where"))].filter(Boolean));
+  }
+
+  el.append(h("p", { class: "lead" }, t("policy.lead")), view);
+  show(await api.call("GET", "/policy"));
 }
 
 export async function retention(el, { api, t, errorText }) {
