@@ -39,7 +39,7 @@ async def test_messages_are_stamped_when_they_arrive_not_when_read() -> None:
         await ws.prepare(request)
         assert isinstance(ws._reader, ArrivalQueue)  # an aiohttp upgrade kept the hook
         async for _ in ws:
-            stamps.append(ws.last_arrival())
+            stamps.append(ws.pop_arrival())
             if len(stamps) == 1:
                 await release.wait()  # busy with the first: the others queue
             if len(stamps) == 3:
@@ -59,7 +59,9 @@ async def test_messages_are_stamped_when_they_arrive_not_when_read() -> None:
                 http.ws_connect(f"http://127.0.0.1:{port}/ws") as client:
             for i in range(3):
                 await client.send_bytes(b"m%d" % i)
-            await _until(lambda: len(stamps) == 1 and _queued(served[0]) == 2)
+                await client.ping()  # control frames take no stamp (receive() eats them)
+            # m0 taken; ping, m1, ping, m2, ping wait in the queue
+            await _until(lambda: len(stamps) == 1 and _queued(served[0]) == 5)
             released_at = time.perf_counter()
             release.set()
             await _until(lambda: len(stamps) == 3)
@@ -67,6 +69,7 @@ async def test_messages_are_stamped_when_they_arrive_not_when_read() -> None:
         await runner.cleanup()
     assert stamps[1] < released_at and stamps[2] < released_at
     assert stamps == sorted(stamps)
+    assert isinstance(served[0]._reader, ArrivalQueue) and served[0]._reader.stamps == []
 
 
 async def test_ack_latency_includes_the_wait_behind_an_earlier_frame(

@@ -201,9 +201,10 @@ class Connection:
     async def run(self) -> None:
         node = self.node
         ws = self.ws
-        # When the message's bytes came off the socket (server/wsarrival.py); a
-        # plain WebSocketResponse has no such stamp: then when it is read here.
-        arrival = getattr(ws, "last_arrival", time.perf_counter)
+        # When a binary message's bytes came off the socket (server/wsarrival.py),
+        # popped once per binary message; a plain WebSocketResponse has no such
+        # stamp: then when it is read here.
+        arrival = getattr(ws, "pop_arrival", time.perf_counter)
         async for msg in ws:
             if self.closing:
                 break
