@@ -58,7 +58,9 @@ def test_round_trip(suite_name: str, size: int) -> None:
     assert opened(sealed, suite_name) == data
     # One record per started chunk, and one (possibly empty) for a part of no bytes.
     assert len(records(sealed)) == max(1, -(-size // CHUNK))
-    if size:
+    # A byte or two of plaintext turns up in random ciphertext by chance (1 in
+    # 15 for one byte here): only a run of 16 or more says anything.
+    if size >= 16:
         assert data[:32] not in sealed
 
 
