@@ -305,31 +305,31 @@ class Connection:
             raise RequestError(pb.ALREADY_AUTHENTICATED, "this connection is authenticated")
         req: pb.AuthRequest = _parse(pb.AuthRequest, payload)
         accounts = self.node.accounts
-        try:
-            try:
-                method = req.WhichOneof("method")
-                if method == "password":
-                    session = await accounts.login(req.password.username, req.password.password,
-                                                   req.device_id)
-                elif method == "token":
-                    session = await accounts.resume(req.token, req.device_id)
-                else:
-                    raise RequestError(pb.INVALID_ARGUMENT, "AUTH needs a password or a token")
-            except RequestError:
-                self.unauth_errors += 1
-                raise
-            await self._start_session(seq, session)
-        except Unavailable as exc:
-            raise _auth_unavailable(exc) from exc
+
+        async def authenticate() -> Session:
+            method = req.WhichOneof("method")
+            if method == "password":
+                return await accounts.login(req.password.username, req.password.password,
+                                            req.device_id)
+            if method == "token":
+                return await accounts.resume(req.token, req.device_id)
+            raise RequestError(pb.INVALID_ARGUMENT, "AUTH needs a password or a token")
+
+        await self._open_session(seq, authenticate)
 
     async def _register(self, seq: int, payload: bytes) -> None:
         if self.session is not None:
             raise RequestError(pb.ALREADY_AUTHENTICATED, "this connection is authenticated")
         req: pb.RegisterRequest = _parse(pb.RegisterRequest, payload)
+        await self._open_session(seq, lambda: self.node.accounts.register(
+            req.username, req.password, req.display_name, req.device_id))
+
+    async def _open_session(self, seq: int, authenticate: Callable[[], Awaitable[Session]]) -> None:
+        """AUTH and REGISTER alike: a refusal counts towards the unauthenticated limit; a
+        backend outage answers UNAVAILABLE with a retry hint and leaves the connection as it was."""
         try:
             try:
-                session = await self.node.accounts.register(req.username, req.password,
-                                                            req.display_name, req.device_id)
+                session = await authenticate()
             except RequestError:
                 self.unauth_errors += 1
                 raise
