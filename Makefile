@@ -96,7 +96,7 @@ engines:
 
 ## test: everything CI runs: Python lint, ansible-lint, the data volume
 ## tasks on a loop device, tofu, the engines, pytest, then every Molecule
-## scenario (all fourteen, multisite with its DR drills the longest; three
+## scenario (all sixteen, multisite with its DR drills the longest; three
 ## at a time; docs/ansible.md, "Timings").
 test: setup lint ansible-lint data-volume tofu engines
 	cd $(APP) && ../$(BIN)/pytest -q -p no:cacheprovider tests
