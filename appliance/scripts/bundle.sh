@@ -91,7 +91,10 @@ chmod 755 "$NEW"
 WORK=$(mktemp -d "$DL/.work.XXXXXX")
 MISSING=$WORK/missing.tsv
 : >"$MISSING"
-trap 'rm -rf "$NEW" "$WORK"' EXIT
+# gpg starts an agent for the apt key's home (debs); it must not outlive the
+# build, failed or not.
+stop_gpg_agent() { [ -d "$APT_GNUPGHOME" ] && gpgconf --homedir "$APT_GNUPGHOME" --kill gpg-agent 2>/dev/null; true; }
+trap 'stop_gpg_agent; rm -rf "$NEW" "$WORK"' EXIT
 T0=$SECONDS
 log "building tongxin-$VERSION ($COMPONENTS; $ARCHES) into $OUT"
 
@@ -355,8 +358,6 @@ EOF
     log "debs/$arch: $(find "$NEW/debs/$arch" -name '*.deb' | wc -l) packages ($(du -sh "$NEW/debs/$arch" | cut -f1))"
     exec 9>&-
   done
-  # gpg started an agent for the key's home; it would outlive the build.
-  gpgconf --homedir "$APT_GNUPGHOME" --kill gpg-agent 2>/dev/null || true
 }
 
 want wheels && build_wheels
