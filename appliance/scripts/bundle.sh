@@ -93,7 +93,12 @@ MISSING=$WORK/missing.tsv
 : >"$MISSING"
 # gpg starts an agent for the apt key's home (debs); it must not outlive the
 # build, failed or not.
-stop_gpg_agent() { [ -d "$APT_GNUPGHOME" ] && gpgconf --homedir "$APT_GNUPGHOME" --kill gpg-agent 2>/dev/null; true; }
+stop_gpg_agent() {
+  [ -n "$APT_GPG_WORK" ] || return 0
+  gpgconf --homedir "$APT_GPG_WORK" --kill gpg-agent 2>/dev/null || true
+  rm -rf "$APT_GPG_WORK"
+}
+APT_GPG_WORK=""
 trap 'stop_gpg_agent; rm -rf "$NEW" "$WORK"' EXIT
 T0=$SECONDS
 log "building tongxin-$VERSION ($COMPONENTS; $ARCHES) into $OUT"
@@ -243,20 +248,33 @@ deb_packages() {
 # host, at every install). One ed25519 key, made once beside the SM2 key,
 # without a passphrase like it: the build runs unattended.
 apt_signing_key() {
-  local gpg=(gpg --homedir "$APT_GNUPGHOME" --batch --quiet)
+  # gpg-agent's socket lives in the key's home, and a Unix socket's path has
+  # at most 107 bytes: a deep cache directory (a Molecule scenario's, a
+  # throwaway HOME) makes the agent fail to start. gpg works in a short copy
+  # under /tmp; only the key files go back.
+  APT_GPG_WORK=$(mktemp -d /tmp/tx-gpg.XXXXXX)
+  chmod 700 "$APT_GPG_WORK"
+  local f
+  for f in pubring.kbx trustdb.gpg private-keys-v1.d; do
+    if [ -e "$APT_GNUPGHOME/$f" ]; then cp -a "$APT_GNUPGHOME/$f" "$APT_GPG_WORK/"; fi
+  done
+  local gpg=(gpg --homedir "$APT_GPG_WORK" --batch --quiet)
   if ! "${gpg[@]}" --list-secret-keys "$APT_KEY_UID" >/dev/null 2>&1; then
     log "debs: making the apt repository's OpenPGP key in $APT_GNUPGHOME"
-    mkdir -p "$APT_GNUPGHOME"
-    chmod 700 "$APT_GNUPGHOME"
     "${gpg[@]}" --passphrase '' --quick-generate-key "$APT_KEY_UID" ed25519 sign never >&2 ||
       die "debs: gpg could not make the apt signing key"
+    mkdir -p "$APT_GNUPGHOME"
+    chmod 700 "$APT_GNUPGHOME"
+    for f in pubring.kbx trustdb.gpg private-keys-v1.d; do
+      if [ -e "$APT_GPG_WORK/$f" ]; then cp -a "$APT_GPG_WORK/$f" "$APT_GNUPGHOME/"; fi
+    done
   fi
   "${gpg[@]}" --export "$APT_KEY_UID" >"$NEW/apt-signing.gpg"
   [ -s "$NEW/apt-signing.gpg" ] || die "debs: no public apt key exported from $APT_GNUPGHOME"
 }
 
 apt_sign_release() {  # apt_sign_release DIR: InRelease and Release.gpg for DIR/Release
-  local gpg=(gpg --homedir "$APT_GNUPGHOME" --batch --quiet --yes --local-user "$APT_KEY_UID" --digest-algo SHA512)
+  local gpg=(gpg --homedir "$APT_GPG_WORK" --batch --quiet --yes --local-user "$APT_KEY_UID" --digest-algo SHA512)
   "${gpg[@]}" --clearsign -o "$1/InRelease" "$1/Release" &&
     "${gpg[@]}" --armor --detach-sign -o "$1/Release.gpg" "$1/Release" ||
     die "debs: signing $1/Release failed"
