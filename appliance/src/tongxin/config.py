@@ -16,6 +16,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -292,6 +293,11 @@ class SiteConfig:
                    "promote by setting active and restarting")
     heartbeat_interval: float = _f(1.0, "seconds between an active node's heartbeat writes "
                                    "(mysql backend) and a standby's reads of them")
+    standby_status_urls: str = _f("", "comma-separated base URLs (http:// or https://HOST:PORT) "
+                                  "of the standby site's nodes; an active node reads their "
+                                  "/readyz for the console's site panel (GET /api/v1/admin/site: "
+                                  "how far behind the DR copy is); https is verified against "
+                                  "the system's CAs; empty: no standby shown")
 
 
 @dataclass
@@ -337,6 +343,30 @@ class Config:
 def client_endpoint_list(value: str) -> list[str]:
     """``server.client_endpoints`` as a list, in order, without blanks or repeats."""
     return list(dict.fromkeys(u.strip() for u in value.split(",") if u.strip()))
+
+
+def standby_url_list(value: str) -> list[str]:
+    """``site.standby_status_urls`` as a list, in order, without blanks, repeats or a
+    trailing slash; a value that is not an http:// or https:// base URL raises ConfigError."""
+    out: list[str] = []
+    for raw in value.split(","):
+        url = raw.strip().rstrip("/")
+        if not url:
+            continue
+        try:
+            parts = urlsplit(url)
+            port = parts.port  # ValueError when not a number in 0-65535
+        except ValueError:  # also "http://[::1" (an unclosed IPv6 address)
+            parts, port = urlsplit(""), 0
+        if (parts.scheme not in ("http", "https") or not parts.hostname or port == 0
+                or parts.path or parts.query or parts.fragment or parts.username
+                or "://" not in url):
+            raise ConfigError(f"site.standby_status_urls: {raw.strip()!r} is not an http:// or "
+                              "https:// base URL (scheme://HOST[:PORT], no path: /readyz is "
+                              "added)")
+        if url not in out:
+            out.append(url)
+    return out
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -470,6 +500,8 @@ def _validate(obj: Any, path: str) -> None:
             raise ConfigError("storage.mysql_timeout: must be positive")
     if isinstance(obj, SiteConfig) and obj.heartbeat_interval <= 0:
         raise ConfigError("site.heartbeat_interval: must be positive")
+    if isinstance(obj, SiteConfig):
+        standby_url_list(obj.standby_status_urls)
     if isinstance(obj, ChatConfig) and obj.max_content_size < 1024:
         raise ConfigError("chat.max_content_size: must be at least 1024")
     if isinstance(obj, AccountsConfig) and obj.scrypt_n & (obj.scrypt_n - 1):

@@ -509,8 +509,13 @@ class AdminApi:
     async def site_status(self, request: web.Request, ctx: Ctx) -> web.Response:
         """This node's site, the database endpoint it uses, and the newest evidence of
         the operations an auditor asks about: backup, restore test, DR drill (the
-        files `tongxin backup` and the DR drill write; the 等保 report reads the same)."""
+        files `tongxin backup` and the DR drill write; the 等保 report reads the same),
+        and how far behind the DR copy is, as each standby in site.standby_status_urls
+        reports it (asked while the evidence is read, within standby_status's deadline:
+        the answer never waits on a standby that does not answer)."""
         from tongxin.compliance.report import latest_evidence
+        from tongxin.config import standby_url_list
+        from tongxin.site.standby_status import standby_statuses
 
         db: dict[str, Any] = {}
         heartbeat = None
@@ -523,21 +528,29 @@ class AdminApi:
         keep = {"backup": ("id", "bytes", "duration_seconds", "signed_by", "error"),
                 "restore": ("backup", "duration_seconds", "error"),
                 "dr-drill": ("kind", "rpo_seconds", "rto_seconds", "error")}
-        evidence: dict[str, Any] = {}
         home = self.node.cfg.home
-        for prefix, fields in keep.items():
-            found = await asyncio.to_thread(latest_evidence, home, prefix)
-            if found is None:
-                evidence[prefix] = None
-                continue
-            path, data, at = found
-            evidence[prefix] = {"file": path.name, "finished_at": at, "ok": data.get("ok") is True,
-                                **{k: data[k] for k in fields if k in data}}
+
+        async def read_evidence() -> dict[str, Any]:
+            evidence: dict[str, Any] = {}
+            for prefix, fields in keep.items():
+                found = await asyncio.to_thread(latest_evidence, home, prefix)
+                if found is None:
+                    evidence[prefix] = None
+                    continue
+                path, data, at = found
+                evidence[prefix] = {"file": path.name, "finished_at": at,
+                                    "ok": data.get("ok") is True,
+                                    **{k: data[k] for k in fields if k in data}}
+            return evidence
+
         cfg = self.node.cfg
+        evidence, standbys = await asyncio.gather(
+            read_evidence(), standby_statuses(standby_url_list(cfg.site.standby_status_urls)))
         return web.json_response({
             "node": self.node.node_id, "site": cfg.site.name, "role": cfg.site.role,
             "storage": cfg.storage.backend, "database": db or None,
-            "heartbeat_written_at": heartbeat, "evidence": evidence, "ts": now_ms()})
+            "heartbeat_written_at": heartbeat, "evidence": evidence, "standbys": standbys,
+            "ts": now_ms()})
 
     # ---- secadmin: roles, second factors, keys, retention, holds -------------------
 
