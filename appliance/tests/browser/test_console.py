@@ -19,6 +19,9 @@ import os
 import re
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -46,6 +49,8 @@ compliance:
   step_up_window: 0
 logging:
   json: false
+site:
+  standby_status_urls: "{standbys}"
 """
 
 ADMINS = {
@@ -53,6 +58,42 @@ ADMINS = {
     "secadmin": ("secadm", "Sec-admin-pass-2"),
     "auditor": ("audrey", "Audit-pass-3"),
 }
+
+
+@pytest.fixture
+def standbys() -> Iterator[str]:
+    """Two DR standbys as the site panel reads them (503 and the lag on /readyz, like
+    tongxin.server.standby): one keeping up, one 42 s behind; and a port nobody
+    listens on. Yields site.standby_status_urls."""
+    def answering(node: str, lag: float, silent: float) -> type[BaseHTTPRequestHandler]:
+        class Readyz(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = json.dumps({"ready": False, "reason": "standby", "role": "standby",
+                                   "site": "dr", "node": node, "replication_lag_seconds": lag,
+                                   "replication_silent_seconds": silent,
+                                   "replication_lag_at_last_advance_seconds": 1.0}).encode()
+                self.send_response(503)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+        return Readyz
+
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), answering(node, lag, silent))
+               for node, lag, silent in (("dr-standby-01", 1.5, 0.5),
+                                         ("dr-standby-02", 42.0, 41.0))]
+    for srv in servers:
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield ",".join([*(f"http://127.0.0.1:{srv.server_address[1]}" for srv in servers),
+                        f"http://127.0.0.1:{_free_port()}"])
+    finally:
+        for srv in servers:
+            srv.shutdown()
+            srv.server_close()
 
 
 def _provision(cfg: Path, env: dict[str, str]) -> dict[str, dict[str, str]]:
@@ -69,7 +110,7 @@ def _provision(cfg: Path, env: dict[str, str]) -> dict[str, dict[str, str]]:
 
 
 @pytest.mark.timeout(420)
-def test_console_three_roles_in_chromium(tmp_path: Path) -> None:
+def test_console_three_roles_in_chromium(tmp_path: Path, standbys: str) -> None:
     node = _require_tools()
     page = BUILT / "console.html"
     sources = [p for p in (WEB / "src" / "console").rglob("*") if p.is_file()]
@@ -77,8 +118,9 @@ def test_console_three_roles_in_chromium(tmp_path: Path) -> None:
         pytest.fail("the console bundle is missing or older than its sources: run "
                     "`cd appliance/web && node build.mjs`", pytrace=False)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    config = CONFIG.replace("{standbys}", standbys)
     cfg = tmp_path / "tongxin.yaml"
-    cfg.write_text(CONFIG)
+    cfg.write_text(config)
     env = {**os.environ, "TONGXIN_HOME": str(tmp_path / "home")}
     admins = _provision(cfg, env)
     # Pin the audit key the node made (docs/compliance.md, "Trusted keys"): the chain
@@ -88,7 +130,7 @@ def test_console_three_roles_in_chromium(tmp_path: Path) -> None:
     assert signed.returncode == 0, signed.stdout + signed.stderr
     pins = sorted(p.stem for p in (tmp_path / "home" / "audit-keys").glob("*.pem"))
     assert pins, "tongxin admin create made no audit key"
-    cfg.write_text(CONFIG.replace("compliance:\n",
+    cfg.write_text(config.replace("compliance:\n",
                                   f"compliance:\n  audit_trusted_keys: \"{','.join(pins)}\"\n"))
     port = _free_port()
     log_path = tmp_path / "server.log"
@@ -110,6 +152,7 @@ def test_console_three_roles_in_chromium(tmp_path: Path) -> None:
     ok_lines = [line for line in out.splitlines() if line.startswith("ok - ")]
     for verified in ("sysadmin signed in with password and TOTP",
                      "sysadmin created, disabled, enabled",
+                     "the site panel shows the DR copy",
                      "sysadmin is refused the auditor's page and its API",
                      "secadmin enrolled a new TOTP for the auditor",
                      "secadmin rotated the audit signing key",

@@ -225,6 +225,16 @@ try {
   await p.locator("#dr-db", { hasText: "本机 SQLite" }).waitFor();
   if (!(await p.textContent("#chart-ack"))) fail("the ACK latency chart has no caption text");
   ok(`the site panel shows the database (${await p.textContent("#dr-db")}) and no backup or drill yet; the ACK latency chart is there`);
+  // The DR copy (site.standby_status_urls): the driver's stand-in standbys, one keeping
+  // up, one 42 s behind, and a port nobody listens on, each a row with its badge.
+  const standby = (text) => p.locator("#dr-standbys tr", { hasText: text });
+  await standby("dr-standby-01").locator(".badge.state-active", { hasText: "同步正常" }).waitFor();
+  await standby("dr-standby-01").locator("td", { hasText: "1.5 秒" }).first().waitFor();
+  await standby("dr-standby-02").locator(".badge.state-disabled", { hasText: "落后" }).waitFor();
+  await standby("dr-standby-02").locator("td", { hasText: "42 秒" }).first().waitFor();
+  await p.locator("#dr-standbys tr .badge.state-disabled", { hasText: "无法访问" }).waitFor();
+  if ((await p.locator("#dr-standbys tbody tr").count()) !== 3) fail("the DR copy does not show one row per standby");
+  ok(`the site panel shows the DR copy: a standby keeping up, one behind, one unreachable ("${(await standby("dr-standby-02").textContent()).trim()}")`);
   // The live chart polls GET /api/v1/admin/node: two WebSocket connections opened
   // from another page show up in it.
   const sockets = await newPage("sockets");

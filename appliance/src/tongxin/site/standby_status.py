@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import ssl
 from typing import Any
 
@@ -66,7 +67,11 @@ async def _one(http: aiohttp.ClientSession, url: str, within: float) -> dict[str
         out["error"] = f"TLS certificate not accepted: {exc.certificate_error}"
         return out
     except aiohttp.ClientConnectorError as exc:
-        out["error"] = f"cannot connect: {exc.os_error.strerror or exc.os_error}"
+        err = exc.os_error
+        # asyncio's refusal reads "Connect call failed (...)": the errno says it plainly
+        # (a name that does not resolve has a negative one: its strerror is the text).
+        why = os.strerror(err.errno) if err.errno and err.errno > 0 else err.strerror or err
+        out["error"] = f"cannot connect: {why}"
         return out
     except aiohttp.ServerDisconnectedError:
         out["error"] = "closed the connection without answering"

@@ -174,8 +174,48 @@ async function siteAndEvidence(api, t) {
     row(t("status.lastBackup"), item(ev.backup, backup), "dr-backup"),
     row(t("status.lastRestore"), item(ev.restore, restore), "dr-restore"),
     row(t("status.lastDrill"), item(ev["dr-drill"], drill), "dr-drill")),
-  h("p", { class: "help" }, t("status.drNote")));
+  h("p", { class: "help" }, t("status.drNote")),
+  standbys(t, s));
   return section;
+}
+
+// A DR copy further behind than this is shown red. 15 s is the RPO target of a DR
+// takeover (docs/architecture.md) and the default of the DrReplicationLagHigh alert
+// (role monitoring, monitoring_alert_replication_lag): the console turns red when the
+// alert fires, not at a number of its own. Normal lag is about a heartbeat (1 s).
+const STANDBY_LAG_LIMIT_S = 15;
+
+// The DR copy as its standby nodes report it (GET /site's standbys: each one's /readyz,
+// read by this node when the page opened): a row per standby with its lag, how long the
+// copy has not moved, and a badge that is red when it is unreachable, reports an error
+// or lags more than STANDBY_LAG_LIMIT_S.
+function standbys(t, s) {
+  const list = s.standbys || [];
+  if (!list.length) {
+    // A single-site install has no DR copy to speak of; a multi-site one should list it.
+    return s.site ? h("p", { class: "muted", id: "dr-standbys" }, t("status.noStandbys")) : null;
+  }
+  const secs = (v) => (v === null || v === undefined ? "—"
+    : t("status.seconds", { n: formatNumber(v, { maximumFractionDigits: 1 }) }));
+  const badge = (sb) => {
+    const lag = sb.replication_lag_seconds;
+    const [cls, text] = !sb.reachable ? ["state-disabled", t("status.standbyUnreachable")]
+      : sb.error ? ["state-disabled", t("status.standbyError")]
+        : lag === null || lag === undefined ? ["state-locked", t("status.standbyNoReading")]
+          : lag > STANDBY_LAG_LIMIT_S ? ["state-disabled", t("status.standbyBehind", { n: formatNumber(STANDBY_LAG_LIMIT_S) })]
+            : ["state-active", t("status.standbyOk")];
+    return h("span", {}, h("span", { class: `badge ${cls}` }, text), sb.error ? h("span", { class: "muted" }, ` ${sb.error}`) : null);
+  };
+  const wrap = h("div", { id: "dr-standbys", "data-count": String(list.length) },
+    h("h3", {}, t("status.standbys")),
+    table(t("status.standbys"), [
+      { head: t("status.standbyNode"), cell: (sb) => (sb.node ? `${sb.site || "—"} · ${sb.node}` : sb.url) },
+      { head: t("status.standbyLag"), cell: (sb) => secs(sb.replication_lag_seconds) },
+      { head: t("status.standbySilent"), cell: (sb) => secs(sb.replication_silent_seconds) },
+      { head: t("status.standbyState"), cell: badge },
+    ], list, t("status.noStandbys")),
+    h("p", { class: "help" }, t("status.standbyNote", { n: formatNumber(STANDBY_LAG_LIMIT_S) })));
+  return wrap;
 }
 
 // Connections and messages per second, from GET /node every few seconds while the page is open.
