@@ -10,9 +10,9 @@ unfinished) a day later. Reading goes by ranged GETs of :data:`RANGE` bytes,
 each pinned to the object's ETag, so a slow restore holds no connection open
 and an object replaced while it is read is noticed.
 
-The client is aiobotocore's, as for the files backend (files/s3.py), run on an
-event loop of its own in a helper thread so that the synchronous tar, zstd and
-sealing pipeline can write into it and read from it.
+The client is aiobotocore's, made by tongxin/s3client.py as for the files
+backend, run on an event loop of its own in a helper thread so that the
+synchronous tar, zstd and sealing pipeline can write into it and read from it.
 
 Where the endpoint and credentials come from (:meth:`S3Settings.of`):
 ``$TONGXIN_BACKUP_S3_ENDPOINT`` with ``$TONGXIN_BACKUP_S3_ACCESS_KEY``,
@@ -21,7 +21,8 @@ object store than the files'); without it the node's own settings
 (files.s3_endpoint, files.s3_region, files.s3_access_key or
 $TONGXIN_S3_ACCESS_KEY, ...), the backup keys still taken from
 $TONGXIN_BACKUP_S3_* when set (a backup user of the same store). Never from the
-command line.
+command line. An endpoint whose certificate a private CA issued: that CA's file
+in $AWS_CA_BUNDLE (botocore's; role backup's backup_s3_ca_file sets it).
 """
 
 from __future__ import annotations
@@ -38,11 +39,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tongxin.backup.target import MANIFEST, STALE_SECONDS, BackupError, PartFile, Reader, Target, Writer
+from tongxin.s3client import MISSING, create_client, error_code
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3.client import S3Client
@@ -54,11 +54,6 @@ PART = 16 << 20  # multipart part size; grows by PART every 1000 parts (S3 allow
 MAX_PARTS = 10000
 RANGE = 8 << 20  # bytes per ranged GET
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-_MISSING = {"NoSuchKey", "404", "NotFound"}
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 @dataclass(frozen=True)
@@ -111,14 +106,9 @@ class _Connection:
                                         name="tongxin-backup-s3")
         self._thread.start()
         self._stack = contextlib.AsyncExitStack()
-        config = AioConfig(
-            signature_version="s3v4", s3={"addressing_style": "path"},
-            retries={"max_attempts": 5, "mode": "standard"},
-            connect_timeout=10, read_timeout=120, max_pool_connections=8)
-        client = get_session().create_client(
-            "s3", endpoint_url=settings.endpoint, region_name=settings.region,
-            aws_access_key_id=settings.access_key or None,
-            aws_secret_access_key=settings.secret_key or None, config=config)
+        client = create_client(settings.endpoint, settings.region, settings.access_key,
+                               settings.secret_key, max_attempts=5, read_timeout=120,
+                               max_pool_connections=8)
         try:
             self.s3: S3Client = self.run(self._stack.enter_async_context(client))
         except BaseException:
@@ -262,7 +252,7 @@ class _ObjectRaw(io.RawIOBase):
             async with res["Body"] as body:
                 return await body.read()
         except ClientError as exc:
-            if _code(exc) in ("PreconditionFailed", "412"):
+            if error_code(exc) in ("PreconditionFailed", "412"):
                 raise BackupError(f"s3://{self._bucket}/{self._key} was replaced while it was "
                                   "read") from exc
             raise _failed(f"reading s3://{self._bucket}/{self._key}", exc) from exc
@@ -283,7 +273,7 @@ class S3Reader(Reader):
             return dict(self._conn.run(self._conn.s3.head_object(
                 Bucket=self._bucket, Key=self._prefix + name)))
         except ClientError as exc:
-            if _code(exc) in _MISSING:
+            if error_code(exc) in MISSING:
                 return None
             raise _failed(f"looking up {self.locate(name)}", exc) from exc
         except BotoCoreError as exc:

@@ -25,12 +25,11 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tongxin.files.keys import file_key, new_part_key, parts_prefix, valid_key
 from tongxin.files.ports import BlobError, BlobNotFound
+from tongxin.s3client import MISSING, create_client, error_code
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3.client import S3Client
@@ -39,17 +38,12 @@ if TYPE_CHECKING:
 
 READ_CHUNK = 256 * 1024
 COPY_PARALLEL = 4
-_MISSING = {"NoSuchKey", "404", "NotFound"}
 
 
 def _check(key: str) -> str:
     if not valid_key(key):
         raise BlobError(f"not a blob key: {key!r}")
     return key
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 class S3BlobStore:
@@ -81,14 +75,8 @@ class S3BlobStore:
 
     async def open(self) -> None:
         await asyncio.to_thread(self.spool_dir.mkdir, parents=True, exist_ok=True)
-        config = AioConfig(
-            signature_version="s3v4", s3={"addressing_style": "path"},
-            retries={"max_attempts": 4, "mode": "standard"},
-            connect_timeout=10, read_timeout=60, max_pool_connections=32)
-        client = get_session().create_client(
-            "s3", endpoint_url=self.endpoint, region_name=self.region,
-            aws_access_key_id=self._access_key or None,
-            aws_secret_access_key=self._secret_key or None, config=config)
+        client = create_client(self.endpoint, self.region, self._access_key, self._secret_key,
+                               max_attempts=4, read_timeout=60, max_pool_connections=32)
         self._s3 = await self._stack.enter_async_context(client)
         try:
             await self.s3.head_bucket(Bucket=self.bucket)
@@ -145,7 +133,7 @@ class S3BlobStore:
             else:
                 await self._compose(part_keys, key)
         except ClientError as exc:
-            if _code(exc) in _MISSING:
+            if error_code(exc) in MISSING:
                 raise BlobNotFound(f"a part of {file_id} is missing") from exc
             raise BlobError(f"assembling {file_id}: {exc}") from exc
         except BotoCoreError as exc:
@@ -185,7 +173,7 @@ class S3BlobStore:
         try:
             res = await self.s3.get_object(**args)
         except ClientError as exc:
-            if _code(exc) in _MISSING:
+            if error_code(exc) in MISSING:
                 raise BlobNotFound(key) from exc
             raise BlobError(f"reading {key}: {exc}") from exc
         except BotoCoreError as exc:
