@@ -285,7 +285,9 @@ try {
   await s.locator("#admins-status", { hasText: "已结束" }).waitFor();
   const afterSignOut = await apiAs(p2, sysToken, "GET", "/whoami");
   if (afterSignOut.status !== 401) fail(`the signed-out sysadmin's token still works: ${afterSignOut.status}`);
-  await goTo(p2, "users");
+  // Not goTo(): the users page's title shows only until its first API call is refused
+  // (401), so waiting for the title races the sign-in form that replaces it.
+  await p2.goto(`${console_}#/users`);
   await p2.locator("#login-form").waitFor();
   ok(`secadmin signed the sysadmin out after a TOTP step-up: its token is refused and its console asks to sign in (${await s.textContent("#admins-status")})`);
   await p2.context().close();
