@@ -30,6 +30,12 @@ PERMISSIONS: dict[str, frozenset[str]] = {
         "user.revoke_tokens", "user.reset_password", "user.delete",
         # the node's own counters (connections, messages) for the console's chart
         "node.status",
+        # organisation units (组织机构): read the tree; create, rename, move, delete
+        # units and put users in them (tongxin.org.units)
+        "org.list", "org.manage",
+        # group conversations and their members, never their messages: the
+        # sysadmin administers, the auditor alone reads content (export, escrow)
+        "group.list",
     }),
     SECADMIN: frozenset({
         # sms.confirm: the code sent at enrolment (sms.enroll, stepped up) comes back

@@ -43,10 +43,11 @@ from tongxin.e2ee.errors import E2EEError
 from tongxin.e2ee.escrow import open_envelope as escrow_open
 from tongxin.errors import RequestError
 from tongxin.keydir.service import read_key_file
+from tongxin.org.units import MAX_DEPTH, MAX_NAME, OrgRefused, new_unit_id
 from tongxin.proto import tongxin_pb2 as pb
 from tongxin.server.escrow_api import EscrowAccess, payload_json
 from tongxin.server.http_util import json_body
-from tongxin.store.ports import StoreError, User
+from tongxin.store.ports import ConversationRow, StoreError, User
 
 if TYPE_CHECKING:
     from tongxin.atrest.keyring import DekStore
@@ -89,10 +90,28 @@ def _err(status: int, error: str, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": error, "message": message, **extra}, status=status)
 
 
-def _user_json(u: User, totp: bool, sms: bool = False) -> dict[str, Any]:
+def _user_json(u: User, totp: bool, sms: bool = False, unit_id: str = "") -> dict[str, Any]:
     state = "disabled" if u.disabled else "locked" if u.locked_until > now_ms() else "active"
     return {"id": u.id, "username": u.username, "display_name": u.display_name, "role": u.role,
-            "state": state, "totp": totp, "sms": sms, "created_at": u.created_at}
+            "state": state, "totp": totp, "sms": sms, "created_at": u.created_at,
+            "unit_id": unit_id}
+
+
+_GROUP_ROLES = {pb.OWNER: "owner", pb.ADMIN: "admin", pb.MEMBER: "member"}
+GROUP_PAGE = 50
+"""Groups one page of GET /groups lists by default (at most 200)."""
+GROUP_MEMBERS_MAX = 10_000
+"""Members GET /groups/{id}/members lists at most (chat.max_group_members' default)."""
+
+
+def _str_field(body: dict[str, Any], key: str) -> str | None:
+    """A string field of a JSON body: None when absent, INVALID_ARGUMENT when not a string."""
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise RequestError(pb.INVALID_ARGUMENT, f"{key} is a string")
+    return value
 
 
 class AdminApi:
@@ -437,7 +456,8 @@ class AdminApi:
     async def list_users(self, request: web.Request, ctx: Ctx) -> web.Response:
         totp = set(await self.c.store.totp_user_ids())
         sms = set(await self.c.store.sms_user_ids())
-        users = [_user_json(u, u.id in totp, u.id in sms)
+        units = await self.node.store.org_assignments()
+        users = [_user_json(u, u.id in totp, u.id in sms, units.get(u.id, ""))
                  for u in await self.node.store.list_users()]
         await self.c.audit("user.list", actor=ctx.user.id, actor_role=ctx.role, source=ctx.source,
                            count=len(users))
@@ -482,11 +502,145 @@ class AdminApi:
                 await store.set_disabled(target.id, True)
                 await store.set_password(target.id, "!deleted")
                 detail["revoked_tokens"] = await self.node.accounts.revoke_user(target.id)
+                # A leaver leaves their unit too, so the unit can be deleted later.
+                left = await store.org_assign(target.id, "", now_ms())
+                if left:
+                    detail["unit_id"] = left
             await self.c.audit(op, actor=ctx.user.id, actor_role=ctx.role, target=target.username,
                                source=ctx.source, user_id=target.id, **detail)
             return web.json_response({"username": target.username, "done": action, **detail})
 
         return handler
+
+    # ---- sysadmin: organisation units (组织机构) -----------------------------------
+
+    async def _org_refused(self, ctx: Ctx, event: str, exc: OrgRefused, target: str,
+                           **fields: Any) -> web.Response:
+        """A change the tree's rules refused: audited as denied, answered 4xx."""
+        await self.c.audit(event, actor=ctx.user.id, actor_role=ctx.role, target=target,
+                           outcome="denied", source=ctx.source, reason=str(exc), **fields)
+        return _err(exc.status, exc.error, str(exc))
+
+    async def list_org(self, request: web.Request, ctx: Ctx) -> web.Response:
+        units = await self.node.store.org_units()
+        await self.c.audit("org.list", actor=ctx.user.id, actor_role=ctx.role, source=ctx.source,
+                           count=len(units))
+        return web.json_response({"units": [asdict(u) for u in units], "max_depth": MAX_DEPTH,
+                                  "max_name": MAX_NAME})
+
+    async def create_org(self, request: web.Request, ctx: Ctx) -> web.Response:
+        body = await json_body(request)
+        name = _str_field(body, "name") or ""
+        parent_id = _str_field(body, "parent_id") or ""
+        try:
+            unit = await self.node.store.org_create(new_unit_id(), parent_id, name, now_ms())
+        except OrgRefused as exc:
+            return await self._org_refused(ctx, "org.create", exc, name, parent_id=parent_id)
+        await self.c.audit("org.create", actor=ctx.user.id, actor_role=ctx.role, target=unit.id,
+                           source=ctx.source, name=unit.name, parent_id=unit.parent_id)
+        return web.json_response(asdict(unit), status=201)
+
+    async def update_org(self, request: web.Request, ctx: Ctx) -> web.Response:
+        """Rename (``name``) and/or move (``parent_id``, "" for the top level) a unit."""
+        unit_id = request.match_info["unit_id"]
+        body = await json_body(request)
+        name = _str_field(body, "name")
+        parent_id = _str_field(body, "parent_id")
+        if name is None and parent_id is None:
+            return _err(400, "INVALID_ARGUMENT", "give a new name, a new parent_id, or both")
+        event = "org.update" if name is not None and parent_id is not None else (
+            "org.rename" if name is not None else "org.move")
+        try:
+            before, after = await self.node.store.org_update(unit_id, name, parent_id)
+        except OrgRefused as exc:
+            return await self._org_refused(ctx, event, exc, unit_id, name=name, parent_id=parent_id)
+        await self.c.audit(event, actor=ctx.user.id, actor_role=ctx.role, target=unit_id,
+                           source=ctx.source, name=after.name, old_name=before.name,
+                           parent_id=after.parent_id, old_parent_id=before.parent_id)
+        return web.json_response(asdict(after))
+
+    async def delete_org(self, request: web.Request, ctx: Ctx) -> web.Response:
+        unit_id = request.match_info["unit_id"]
+        try:
+            unit = await self.node.store.org_delete(unit_id)
+        except OrgRefused as exc:
+            return await self._org_refused(ctx, "org.delete", exc, unit_id)
+        await self.c.audit("org.delete", actor=ctx.user.id, actor_role=ctx.role, target=unit_id,
+                           source=ctx.source, name=unit.name, parent_id=unit.parent_id)
+        return web.json_response({"deleted": unit_id, "name": unit.name})
+
+    async def assign_unit(self, request: web.Request, ctx: Ctx) -> web.Response:
+        """PUT: put the user in ``unit_id``; DELETE: take them out of their unit."""
+        op = "org.assign" if request.method == "PUT" else "org.unassign"
+        target = await self._target(request, ctx, op)
+        if isinstance(target, web.Response):
+            return target
+        unit_id = ""
+        if request.method == "PUT":
+            unit_id = _str_field(await json_body(request), "unit_id") or ""
+            if not unit_id:
+                return _err(400, "INVALID_ARGUMENT", "give the unit_id to put the user in")
+        try:
+            previous = await self.node.store.org_assign(target.id, unit_id, now_ms())
+        except OrgRefused as exc:
+            return await self._org_refused(ctx, op, exc, target.username, unit_id=unit_id)
+        await self.c.audit(op, actor=ctx.user.id, actor_role=ctx.role, target=target.username,
+                           source=ctx.source, user_id=target.id, unit_id=unit_id,
+                           previous_unit_id=previous)
+        return web.json_response({"username": target.username, "unit_id": unit_id,
+                                  "previous_unit_id": previous})
+
+    # ---- sysadmin: groups (their names and members, never their messages) ------------
+
+    async def _usernames(self, ids: list[str]) -> dict[str, User]:
+        wanted = set(ids)
+        if len(wanted) > 200:  # one read of every account beats thousands of lookups
+            return {u.id: u for u in await self.node.store.list_users() if u.id in wanted}
+        found = await asyncio.gather(*(self.node.store.get_user(i) for i in wanted))
+        return {u.id: u for u in found if u is not None}
+
+    async def list_groups(self, request: web.Request, ctx: Ctx) -> web.Response:
+        """``q`` (part of the name, case-sensitive), ``after`` (the last id of the
+        previous page) and ``limit``: a page of group conversations, by id."""
+        q = request.query
+        try:
+            limit = max(1, min(200, int(q.get("limit", str(GROUP_PAGE)))))
+        except ValueError:
+            return _err(400, "INVALID_ARGUMENT", "limit is an integer")
+        name = q.get("q", "").strip()
+        after = q.get("after", "")
+        rows = await self.node.store.list_groups(name, after, limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        creators = await self._usernames([r.created_by for r in rows])
+
+        def row(r: ConversationRow) -> dict[str, Any]:
+            u = creators.get(r.created_by)
+            return {"id": r.id, "name": r.name, "member_count": r.member_count,
+                    "created_at": r.created_at, "created_by": r.created_by,
+                    "created_by_username": u.username if u else ""}
+
+        await self.c.audit("group.list", actor=ctx.user.id, actor_role=ctx.role,
+                           source=ctx.source, q=name, after=after, count=len(rows))
+        return web.json_response({"groups": [row(r) for r in rows],
+                                  "next_after": rows[-1].id if rows else after, "more": more})
+
+    async def group_members(self, request: web.Request, ctx: Ctx) -> web.Response:
+        conv_id = request.match_info["conversation_id"]
+        conv = await self.node.store.get_conversation(conv_id)
+        if conv is None or conv.kind != pb.GROUP:
+            return _err(404, "NOT_FOUND", f"no group {conv_id!r}")
+        members = await self.node.store.list_members(conv_id, GROUP_MEMBERS_MAX)
+        users = await self._usernames([m.user_id for m in members])
+        out = [{"user_id": m.user_id,
+                "username": users[m.user_id].username if m.user_id in users else "",
+                "display_name": users[m.user_id].display_name if m.user_id in users else "",
+                "role": _GROUP_ROLES.get(m.role, "member")} for m in members]
+        await self.c.audit("group.members", actor=ctx.user.id, actor_role=ctx.role,
+                           target=conv_id, source=ctx.source, count=len(out))
+        return web.json_response({"id": conv.id, "name": conv.name,
+                                  "member_count": conv.member_count, "created_at": conv.created_at,
+                                  "members": out})
 
     async def node_status(self, request: web.Request, ctx: Ctx) -> web.Response:
         """A few of this node's own counters (the Prometheus registry the metrics
@@ -1034,6 +1188,14 @@ def add_routes(app: web.Application, node: Node) -> None:
                          ("revoke_tokens", "revoke-tokens"), ("reset_password", "password")):
         r.add_post(f"{p}/users/{{name}}/{verb}", g(f"user.{action}", api.user_action(action)))
     r.add_delete(f"{p}/users/{{name}}", g("user.delete", api.user_action("delete")))
+    r.add_get(f"{p}/org", g("org.list", api.list_org))
+    r.add_post(f"{p}/org", g("org.manage", api.create_org))
+    r.add_patch(f"{p}/org/{{unit_id}}", g("org.manage", api.update_org))
+    r.add_delete(f"{p}/org/{{unit_id}}", g("org.manage", api.delete_org))
+    r.add_put(f"{p}/users/{{name}}/unit", g("org.manage", api.assign_unit))
+    r.add_delete(f"{p}/users/{{name}}/unit", g("org.manage", api.assign_unit))
+    r.add_get(f"{p}/groups", g("group.list", api.list_groups))
+    r.add_get(f"{p}/groups/{{conversation_id}}/members", g("group.list", api.group_members))
     r.add_get(f"{p}/node", g("node.status", api.node_status))
     r.add_get(f"{p}/site", g("node.status", api.site_status))
     # secadmin

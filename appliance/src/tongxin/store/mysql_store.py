@@ -60,6 +60,7 @@ from asyncmy.pool import Pool
 from tongxin.atrest.keyring import DataKeyRow, Keyring
 from tongxin.atrest.records import open_entries, open_entry, open_keyring, seal_content
 from tongxin.config import Config
+from tongxin.org import units as org
 from tongxin.store import migrations
 from tongxin.store.dsn import Endpoint, MysqlDsn, parse_dsn
 from tongxin.store.endpoints import FAILBACK_AFTER, EndpointPool
@@ -72,6 +73,7 @@ from tongxin.store.ports import (
     MemberOps,
     MemberRow,
     NoSuchConversation,
+    OrgUnit,
     StoreError,
     TooLarge,
     Unavailable,
@@ -912,6 +914,111 @@ class MysqlStore:
         async def job(cur: Cursor) -> list[str]:
             return [_s(r[0]) for r in await self._all(
                 cur, "SELECT id FROM conversations WHERE id > %s ORDER BY id LIMIT %s", (after, limit))]
+
+        return await self._read(job)
+
+    async def list_groups(self, name_contains: str, after: str, limit: int) -> list[ConversationRow]:
+        async def job(cur: Cursor) -> list[ConversationRow]:
+            # LOCATE under utf8mb4_bin is case-sensitive, as SQLite's instr() is
+            return [_conv(r) for r in await self._all(
+                cur, f"SELECT {_CONV_COLS} FROM conversations WHERE kind = 2 AND id > %s "
+                "AND (%s = '' OR LOCATE(%s, name) > 0) ORDER BY id LIMIT %s",
+                (after, name_contains, name_contains, limit))]
+
+        return await self._read(job)
+
+    # ---- organisation units ----------------------------------------------------
+    # Every change reads the whole tree FOR UPDATE first: changes to the tree take
+    # turns across nodes, so two moves cannot each pass the cycle check and together
+    # make a cycle. The unique key on (parent_id, name) covers two creates in an empty
+    # tree, where there is no row to lock.
+
+    async def _org_tree(self, cur: Cursor) -> org.Tree:
+        rows = await self._all(cur, "SELECT id, parent_id, name, created_at FROM org_units "
+                                    "FOR UPDATE", ())
+        return org.Tree(OrgUnit(_s(r[0]), _s(r[1]), r[2], int(r[3])) for r in rows)
+
+    async def org_units(self) -> list[OrgUnit]:
+        async def job(cur: Cursor) -> list[OrgUnit]:
+            return [OrgUnit(_s(r[0]), _s(r[1]), r[2], int(r[3]), int(r[4])) for r in await self._all(
+                cur, "SELECT u.id, u.parent_id, u.name, u.created_at, "
+                "(SELECT COUNT(*) FROM org_members m WHERE m.unit_id = u.id) "
+                "FROM org_units u ORDER BY u.parent_id, u.name", ())]
+
+        return await self._read(job)
+
+    async def org_create(self, unit_id: str, parent_id: str, name: str, at: int) -> OrgUnit:
+        async def job(cur: Cursor) -> OrgUnit:
+            text = org.check_create(await self._org_tree(cur), parent_id, name)
+            try:
+                await cur.execute("INSERT INTO org_units (id, parent_id, name, created_at) "
+                                  "VALUES (%s,%s,%s,%s)", (unit_id, parent_id, text, at))
+            except myerrors.IntegrityError as exc:
+                if _is_dup(exc):
+                    raise org.NameTaken(f"there is already a unit named {text!r} there") from exc
+                raise
+            return OrgUnit(unit_id, parent_id, text, at)
+
+        return await self._write(job)
+
+    async def org_update(self, unit_id: str, name: str | None = None,
+                         parent_id: str | None = None) -> tuple[OrgUnit, OrgUnit]:
+        async def job(cur: Cursor) -> tuple[OrgUnit, OrgUnit]:
+            tree = await self._org_tree(cur)
+            before = tree.get(unit_id)
+            after = OrgUnit(before.id, before.parent_id, before.name, before.created_at)
+            if name is not None:
+                after.name = org.check_rename(tree, unit_id, name)
+                tree = org.Tree([after if u.id == unit_id else u for u in tree.units.values()])
+            if parent_id is not None:
+                org.check_move(tree, unit_id, parent_id)
+                after.parent_id = parent_id
+            try:
+                await cur.execute("UPDATE org_units SET name = %s, parent_id = %s WHERE id = %s",
+                                  (after.name, after.parent_id, unit_id))
+            except myerrors.IntegrityError as exc:
+                if _is_dup(exc):
+                    raise org.NameTaken(f"there is already a unit named {after.name!r} there") from exc
+                raise
+            return before, after
+
+        return await self._write(job)
+
+    async def org_delete(self, unit_id: str) -> OrgUnit:
+        async def job(cur: Cursor) -> OrgUnit:
+            tree = await self._org_tree(cur)
+            row = await self._one(cur, "SELECT COUNT(*) FROM org_members WHERE unit_id = %s "
+                                       "FOR UPDATE", (unit_id,))
+            unit = org.check_delete(tree, unit_id, int(row[0]) if row else 0)
+            await cur.execute("DELETE FROM org_units WHERE id = %s", (unit_id,))
+            return unit
+
+        return await self._write(job)
+
+    async def org_assign(self, user_id: str, unit_id: str, at: int) -> str:
+        async def job(cur: Cursor) -> str:
+            # The unit's row locked: a delete of the unit waits for this assignment
+            # (and then sees the member) or went first (and this finds no unit).
+            if unit_id and await self._one(cur, "SELECT id FROM org_units WHERE id = %s FOR UPDATE",
+                                           (unit_id,)) is None:
+                raise org.UnitNotFound(f"no organisation unit {unit_id!r}")
+            row = await self._one(cur, "SELECT unit_id FROM org_members WHERE user_id = %s "
+                                       "FOR UPDATE", (user_id,))
+            if unit_id:
+                await cur.execute(
+                    "INSERT INTO org_members (user_id, unit_id, assigned_at) VALUES (%s,%s,%s) "
+                    "ON DUPLICATE KEY UPDATE unit_id = VALUES(unit_id), "
+                    "assigned_at = VALUES(assigned_at)", (user_id, unit_id, at))
+            else:
+                await cur.execute("DELETE FROM org_members WHERE user_id = %s", (user_id,))
+            return _s(row[0]) if row else ""
+
+        return await self._write(job)
+
+    async def org_assignments(self) -> dict[str, str]:
+        async def job(cur: Cursor) -> dict[str, str]:
+            return {_s(r[0]): _s(r[1]) for r in await self._all(
+                cur, "SELECT user_id, unit_id FROM org_members", ())}
 
         return await self._read(job)
 

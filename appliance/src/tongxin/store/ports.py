@@ -102,6 +102,18 @@ class ConversationView:
 
 
 @dataclass(slots=True)
+class OrgUnit:
+    """One organisation unit (组织机构/部门); ``parent_id`` is "" at the top level.
+    ``member_count`` is filled in when the tree is listed."""
+
+    id: str
+    parent_id: str
+    name: str
+    created_at: int
+    member_count: int = 0
+
+
+@dataclass(slots=True)
 class MemberOps:
     """Membership changes applied atomically with the entry that records them."""
 
@@ -164,6 +176,31 @@ class ChatStore(Protocol):
     async def change_members(self, conversation_id: str, ops: MemberOps, entry: Entry,
                              max_members: int) -> Entry:
         """Apply ops and append entry in one transaction; raises GroupFull via Conflict."""
+        ...
+
+    async def list_groups(self, name_contains: str, after: str, limit: int) -> list[ConversationRow]:
+        """Group conversations with id greater than ``after``, by id, at most ``limit``;
+        with ``name_contains``, only those whose name contains it (case-sensitive)."""
+        ...
+
+    # organisation units (tongxin.org.units holds the rules; a refusal raises its
+    # OrgRefused and changes nothing)
+    async def org_units(self) -> list[OrgUnit]:
+        """Every unit with its member count, by parent then name."""
+        ...
+    async def org_create(self, unit_id: str, parent_id: str, name: str, at: int) -> OrgUnit: ...
+    async def org_update(self, unit_id: str, name: str | None = None,
+                         parent_id: str | None = None) -> tuple[OrgUnit, OrgUnit]:
+        """Rename and/or move a unit: (before, after)."""
+        ...
+    async def org_delete(self, unit_id: str) -> OrgUnit:
+        """Delete a unit without sub-units or members; return it."""
+        ...
+    async def org_assign(self, user_id: str, unit_id: str, at: int) -> str:
+        """Put the user in the unit ("" takes them out of any); return the previous unit id."""
+        ...
+    async def org_assignments(self) -> dict[str, str]:
+        """user id -> unit id of every user in a unit."""
         ...
 
     # the log

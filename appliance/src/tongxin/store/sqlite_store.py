@@ -13,6 +13,7 @@ from typing import Any
 from tongxin.atrest.keyring import DataKeyRow, Keyring
 from tongxin.atrest.records import open_entries, open_entry, open_keyring, seal_content
 from tongxin.config import Config
+from tongxin.org import units as org
 from tongxin.store.ports import (
     Conflict,
     ConversationRow,
@@ -22,12 +23,14 @@ from tongxin.store.ports import (
     MemberOps,
     MemberRow,
     NoSuchConversation,
+    OrgUnit,
     StoreError,
     User,
 )
 from tongxin.store.sqlite_worker import SqliteDatabase
 
-SCHEMA_VERSION = 4  # 2: password_history, token_activity; 3: data_keys; 4: messages_by_time
+SCHEMA_VERSION = 5  # 2: password_history, token_activity; 3: data_keys; 4: messages_by_time;
+# 5: org_units, org_members
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -107,6 +110,20 @@ CREATE TABLE IF NOT EXISTS data_keys (
     wrapped BLOB NOT NULL,
     created_at INTEGER NOT NULL
 );
+-- Organisation units (tongxin.org.units): names unique among siblings, a user in one unit.
+CREATE TABLE IF NOT EXISTS org_units (
+    id TEXT PRIMARY KEY,
+    parent_id TEXT NOT NULL DEFAULT '',
+    name TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    UNIQUE (parent_id, name)
+);
+CREATE TABLE IF NOT EXISTS org_members (
+    user_id TEXT PRIMARY KEY,
+    unit_id TEXT NOT NULL,
+    assigned_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS org_members_by_unit ON org_members(unit_id);
 """
 
 _USER_COLS = ("id, username, display_name, password_hash, role, created_at, failed_logins, "
@@ -453,6 +470,85 @@ class SqliteStore(SqliteDatabase):
     async def conversation_ids(self, after: str, limit: int) -> list[str]:
         return await self._reader.run(lambda c: [r[0] for r in c.execute(
             "SELECT id FROM conversations WHERE id > ? ORDER BY id LIMIT ?", (after, limit))])
+
+    async def list_groups(self, name_contains: str, after: str, limit: int) -> list[ConversationRow]:
+        # instr() is case-sensitive like MySQL's LOCATE under utf8mb4_bin (LIKE is not here)
+        return await self._reader.run(lambda c: [_conv(r) for r in c.execute(
+            f"SELECT {_CONV_COLS} FROM conversations WHERE kind = 2 AND id > ? "
+            "AND (? = '' OR instr(name, ?) > 0) ORDER BY id LIMIT ?",
+            (after, name_contains, name_contains, limit))])
+
+    # ---- organisation units --------------------------------------------------
+
+    @staticmethod
+    def _org_tree(conn: sqlite3.Connection) -> org.Tree:
+        return org.Tree(OrgUnit(*r) for r in conn.execute(
+            "SELECT id, parent_id, name, created_at FROM org_units"))
+
+    async def org_units(self) -> list[OrgUnit]:
+        return await self._reader.run(lambda c: [OrgUnit(*r) for r in c.execute(
+            "SELECT u.id, u.parent_id, u.name, u.created_at, "
+            "(SELECT COUNT(*) FROM org_members m WHERE m.unit_id = u.id) "
+            "FROM org_units u ORDER BY u.parent_id, u.name")])
+
+    async def org_create(self, unit_id: str, parent_id: str, name: str, at: int) -> OrgUnit:
+        def job(conn: sqlite3.Connection) -> OrgUnit:
+            unit = OrgUnit(unit_id, parent_id, org.check_create(self._org_tree(conn), parent_id, name),
+                           at)
+            conn.execute("INSERT INTO org_units (id, parent_id, name, created_at) VALUES (?,?,?,?)",
+                         (unit.id, unit.parent_id, unit.name, unit.created_at))
+            return unit
+
+        return await self._writer.run(job)
+
+    async def org_update(self, unit_id: str, name: str | None = None,
+                         parent_id: str | None = None) -> tuple[OrgUnit, OrgUnit]:
+        def job(conn: sqlite3.Connection) -> tuple[OrgUnit, OrgUnit]:
+            tree = self._org_tree(conn)
+            before = tree.get(unit_id)
+            after = OrgUnit(before.id, before.parent_id, before.name, before.created_at)
+            if name is not None:
+                after.name = org.check_rename(tree, unit_id, name)
+                tree = org.Tree([after if u.id == unit_id else u for u in tree.units.values()])
+            if parent_id is not None:
+                org.check_move(tree, unit_id, parent_id)
+                after.parent_id = parent_id
+            conn.execute("UPDATE org_units SET name = ?, parent_id = ? WHERE id = ?",
+                         (after.name, after.parent_id, unit_id))
+            return before, after
+
+        return await self._writer.run(job)
+
+    async def org_delete(self, unit_id: str) -> OrgUnit:
+        def job(conn: sqlite3.Connection) -> OrgUnit:
+            members = conn.execute("SELECT COUNT(*) FROM org_members WHERE unit_id = ?",
+                                   (unit_id,)).fetchone()[0]
+            unit = org.check_delete(self._org_tree(conn), unit_id, int(members))
+            conn.execute("DELETE FROM org_units WHERE id = ?", (unit_id,))
+            return unit
+
+        return await self._writer.run(job)
+
+    async def org_assign(self, user_id: str, unit_id: str, at: int) -> str:
+        def job(conn: sqlite3.Connection) -> str:
+            if unit_id and conn.execute("SELECT 1 FROM org_units WHERE id = ?",
+                                        (unit_id,)).fetchone() is None:
+                raise org.UnitNotFound(f"no organisation unit {unit_id!r}")
+            row = conn.execute("SELECT unit_id FROM org_members WHERE user_id = ?",
+                               (user_id,)).fetchone()
+            if unit_id:
+                conn.execute("INSERT INTO org_members (user_id, unit_id, assigned_at) VALUES (?,?,?) "
+                             "ON CONFLICT(user_id) DO UPDATE SET unit_id = excluded.unit_id, "
+                             "assigned_at = excluded.assigned_at", (user_id, unit_id, at))
+            else:
+                conn.execute("DELETE FROM org_members WHERE user_id = ?", (user_id,))
+            return str(row[0]) if row else ""
+
+        return await self._writer.run(job)
+
+    async def org_assignments(self) -> dict[str, str]:
+        return await self._reader.run(lambda c: {str(r[0]): str(r[1]) for r in c.execute(
+            "SELECT user_id, unit_id FROM org_members")})
 
     async def memberships(self, user_id: str) -> list[tuple[str, int]]:
         return await self._reader.run(lambda c: [(r[0], int(r[1])) for r in c.execute(

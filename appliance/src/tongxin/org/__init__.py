@@ -1,0 +1,1 @@
+"""Organisation units (组织机构): the tree the system administrator keeps of departments."""
