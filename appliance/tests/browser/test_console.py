@@ -10,10 +10,15 @@ key made by ``tongxin audit sign`` pinned in ``compliance.audit_trusted_keys``, 
 does its work, is refused another role's page and the API behind it, and the
 auditor finds every action in the audit trail. axe-core checks every page;
 screenshots (zh-CN) land in test-artifacts/console/.
+
+For the sysadmin's groups page, two ordinary accounts made with ``tongxin user add``
+hold a group that one of them creates through the Python SDK, as any client would;
+console.mjs finds it by name (CONSOLE_GROUP).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -25,6 +30,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
+from tongxin.client import Client
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_web_client import (
@@ -109,6 +116,26 @@ def _provision(cfg: Path, env: dict[str, str]) -> dict[str, dict[str, str]]:
     return out
 
 
+GROUP = {"name": "同心项目组", "owner": "qunzhu", "member": "chengyuan",
+         "password": "Qun-zhu-pass-1"}
+
+
+def _group_members(cfg: Path, env: dict[str, str]) -> None:
+    for name in (GROUP["owner"], GROUP["member"]):
+        run = subprocess.run([*_tongxin(), "user", "add", name, "--config", str(cfg),
+                              "--password-stdin"], input=GROUP["password"] + "\n", env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stdout + run.stderr
+
+
+async def _create_group(port: int) -> str:
+    async with Client(f"ws://127.0.0.1:{port}/ws", device_id="console-test") as c:
+        await c.login(GROUP["owner"], GROUP["password"])
+        conv = await c.create_group(GROUP["name"], [GROUP["member"]])
+        await c.send_text(conv.conversation_id, "群里的消息不应出现在控制台")
+        return str(conv.conversation_id)
+
+
 @pytest.mark.timeout(420)
 def test_console_three_roles_in_chromium(tmp_path: Path, standbys: str) -> None:
     node = _require_tools()
@@ -123,6 +150,7 @@ def test_console_three_roles_in_chromium(tmp_path: Path, standbys: str) -> None:
     cfg.write_text(config)
     env = {**os.environ, "TONGXIN_HOME": str(tmp_path / "home")}
     admins = _provision(cfg, env)
+    _group_members(cfg, env)
     # Pin the audit key the node made (docs/compliance.md, "Trusted keys"): the chain
     # verifies until the secadmin rotates it; the new key is then reported as not pinned.
     signed = subprocess.run([*_tongxin(), "audit", "sign", "--config", str(cfg)], env=env,
@@ -138,11 +166,13 @@ def test_console_three_roles_in_chromium(tmp_path: Path, standbys: str) -> None:
     try:
         # The page is opened at once: the node must answer first (a loaded host is slow).
         _wait_healthy(proc, f"http://127.0.0.1:{port}", log_path)
+        group = {**GROUP, "id": asyncio.run(_create_group(port))}
         run = subprocess.run(
             [node, str(WEB / "tests" / "console.mjs"), f"http://127.0.0.1:{port}",
              "--artifacts", str(ARTIFACTS)],
             cwd=WEB, capture_output=True, text=True, timeout=360,
-            env={**os.environ, "CHROMIUM": str(CHROMIUM), "CONSOLE_ADMINS": json.dumps(admins)})
+            env={**os.environ, "CHROMIUM": str(CHROMIUM), "CONSOLE_ADMINS": json.dumps(admins),
+                 "CONSOLE_GROUP": json.dumps(group)})
     finally:
         _stop(proc)
     out = run.stdout + run.stderr
@@ -152,6 +182,10 @@ def test_console_three_roles_in_chromium(tmp_path: Path, standbys: str) -> None:
     ok_lines = [line for line in out.splitlines() if line.startswith("ok - ")]
     for verified in ("sysadmin signed in with password and TOTP",
                      "sysadmin created, disabled, enabled",
+                     "sysadmin built a unit and a sub-unit",
+                     "deleting a unit that still has",
+                     "the users page shows each user's unit",
+                     "the groups page lists the group",
                      "the site panel shows the DR copy",
                      "sysadmin is refused the auditor's page and its API",
                      "secadmin enrolled a new TOTP for the auditor",
@@ -166,6 +200,6 @@ def test_console_three_roles_in_chromium(tmp_path: Path, standbys: str) -> None:
                      "no serious or critical accessibility violations",
                      "follows the browser language"):
         assert any(verified in line for line in ok_lines), f"not verified: {verified}\n{out}"
-    for shot in ("01-login", "02-users", "03-status", "05-admins-totp", "06b-policy",
+    for shot in ("01-login", "02-users", "02b-org", "02c-groups", "03-status", "05-admins-totp", "06b-policy",
                  "06d-policy-changed", "09-audit", "10-report"):
         assert (ARTIFACTS / f"{shot}.png").stat().st_size > 1000, shot

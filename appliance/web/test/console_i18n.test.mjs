@@ -52,6 +52,8 @@ test("every key the console uses exists in both languages", () => {
   for (const o of ["ok", "denied", "failed"]) used.add(`audit.outcome_${o}`);
   for (const s of ["pass", "fail", "gap"]) used.add(`report.status_${s}`);
   for (const k of ["user", "conversation"]) used.add(`retention.kind_${k}`);
+  // A member's role in a group (GET /groups/{id}/members: owner, admin, member).
+  for (const r of ["owner", "admin", "member"]) used.add(`groups.role_${r}`);
   // The policy page: a label per setting of GET /policy's rules, a message per reason a
   // field is refused (src/console/policy.js reasonKey).
   for (const k of ["password_min_length", "password_min_classes", "password_history", "password_max_age_days",
@@ -62,7 +64,8 @@ test("every key the console uses exists in both languages", () => {
     used.add(`policy.error.${r}`);
   }
   for (const code of ["FORBIDDEN", "STEP_UP_REQUIRED", "STEP_UP_FAILED", "AUTH_FAILED", "NO_SECOND_FACTOR",
-    "PASSWORD_EXPIRED", "ACCOUNT_LOCKED", "NOT_FOUND", "UNAVAILABLE"]) used.add(`error.${code}`);
+    "PASSWORD_EXPIRED", "ACCOUNT_LOCKED", "NOT_FOUND", "UNAVAILABLE", "NOT_EMPTY", "CONFLICT",
+    "INVALID_ARGUMENT"]) used.add(`error.${code}`);
   const missing = [...used].filter((k) => !zh.has(k) || !en.has(k));
   assert.deepEqual(missing, [], "keys the console uses that a catalogue lacks");
 });

@@ -25,8 +25,10 @@ const base = args.find((a) => !a.startsWith("--"));
 const artIdx = args.indexOf("--artifacts");
 const artifacts = resolve(artIdx >= 0 ? args[artIdx + 1] : "test-artifacts/console");
 const admins = JSON.parse(process.env.CONSOLE_ADMINS || "null");
-if (!base || !admins) {
-  console.error("usage: CONSOLE_ADMINS=JSON node tests/console.mjs http://HOST:PORT [--artifacts DIR]");
+// A group two ordinary users hold (made by the driver through the SDK): name, id, owner, member.
+const group = JSON.parse(process.env.CONSOLE_GROUP || "null");
+if (!base || !admins || !group) {
+  console.error("usage: CONSOLE_ADMINS=JSON CONSOLE_GROUP=JSON node tests/console.mjs http://HOST:PORT [--artifacts DIR]");
   process.exit(2);
 }
 requireChromium();
@@ -174,8 +176,8 @@ try {
   await login(p, sys);
   if ((await p.textContent("#who-role")) !== "系统管理员") fail("the header does not name the sysadmin role");
   const sysLinks = await navLinks(p);
-  if (JSON.stringify(sysLinks) !== JSON.stringify(["#/users", "#/status"])) fail(`sysadmin navigation: ${sysLinks}`);
-  ok("sysadmin signed in with password and TOTP; the navigation shows only users and node status");
+  if (JSON.stringify(sysLinks) !== JSON.stringify(["#/users", "#/org", "#/groups", "#/status"])) fail(`sysadmin navigation: ${sysLinks}`);
+  ok("sysadmin signed in with password and TOTP; the navigation shows only users, organisation, groups and node status");
 
   await p.locator("#users-list table").waitFor();
   const form = p.locator("#create-user");
@@ -212,6 +214,83 @@ try {
   ok("sysadmin created, disabled, enabled and reset the password of a user, and deleted another after a TOTP step-up");
   await shot(p, "02-users");
   await axe(p, "users");
+
+  // ---- 组织机构: a unit and a sub-unit, a user moved in, deletes of non-empty units refused.
+  // After each action the test waits for what the action leaves behind (the new tree
+  // item, the member count, the status line's text), never for something that goes away.
+  await goTo(p, "org");
+  await p.locator("#org-tree[data-count]").waitFor();
+  const hq = `总部${suffix}`;
+  const office = `办公厅${suffix}`;
+  const renamed = `综合处${suffix}`;
+  const unitItem = (name) => p.locator(`#org-tree li[data-unit="${name}"]`);
+  const unitButton = (name, action) => p.locator(`#org-tree li[data-unit="${name}"] > .org-unit [data-action=${action}]`);
+  const orgForm = p.locator("#org-create");
+  await orgForm.locator("input[name=name]").fill(hq);
+  await orgForm.locator("button[type=submit]").click();
+  await unitItem(hq).waitFor();
+  await orgForm.locator("input[name=name]").fill(office);
+  await orgForm.locator("select[name=parent_id]").selectOption({ label: hq });
+  await orgForm.locator("button[type=submit]").click();
+  await unitItem(hq).locator(`li[data-unit="${office}"]`).waitFor();
+  // The same name again under the same parent: refused, the tree unchanged.
+  await orgForm.locator("input[name=name]").fill(office);
+  await orgForm.locator("select[name=parent_id]").selectOption({ label: hq });
+  await orgForm.locator("button[type=submit]").click();
+  await p.locator("#org-status.error", { hasText: "与现有数据冲突" }).waitFor();
+  if ((await p.locator(`#org-tree li[data-unit="${office}"]`).count()) !== 1) fail("a second sibling of the same name appeared");
+  // Rename the sub-unit from its dialog.
+  await unitButton(office, "rename").click();
+  await p.locator("dialog[open] input[name=name]").fill(renamed);
+  await p.locator("dialog[open] button[type=submit]").click();
+  await unitItem(hq).locator(`li[data-unit="${renamed}"]`).waitFor();
+  ok(`sysadmin built a unit and a sub-unit (${hq} / ${renamed}, renamed from ${office}); a twin sibling name was refused`);
+  // Move the staff member into the sub-unit.
+  const assignForm = p.locator("#org-assign");
+  await assignForm.locator("select[name=username]").selectOption(staff.username);
+  await assignForm.locator("select[name=unit_id]").selectOption({ label: `${hq} / ${renamed}` });
+  await assignForm.locator("button[type=submit]").click();
+  await unitItem(renamed).locator(".badge[data-members='1']").waitFor();
+  await unitItem(renamed).locator(".org-people", { hasText: staff.name }).waitFor();
+  // Deleting either unit is refused: the top one has a sub-unit, the sub-unit a member.
+  await unitButton(hq, "delete").click();
+  await p.locator("dialog[open] button[type=submit]").click();
+  await p.locator("#org-status.error", { hasText: hq }).waitFor();
+  const refusedTop = await p.textContent("#org-status");
+  await unitButton(renamed, "delete").click();
+  await p.locator("dialog[open] button[type=submit]").click();
+  await p.locator("#org-status.error", { hasText: renamed }).waitFor();
+  if (!refusedTop.includes("不能删除") || !(await p.textContent("#org-status")).includes("不能删除")) {
+    fail(`the refused deletes do not say why: "${refusedTop}"`);
+  }
+  await unitItem(renamed).locator(".badge[data-members='1']").waitFor();
+  if ((await p.locator("#org-tree").getAttribute("data-count")) !== "2") fail("a refused delete changed the tree");
+  ok(`deleting a unit that still has a sub-unit or a member is refused and says so ("${refusedTop}"); the tree is unchanged`);
+  await shot(p, "02b-org");
+  await axe(p, "org");
+  await goTo(p, "users");
+  await p.locator("#users-list tr", { hasText: staff.username }).locator("td", { hasText: `${hq} / ${renamed}` }).waitFor();
+  ok(`the users page shows each user's unit (${staff.username}: ${hq} / ${renamed})`);
+
+  // ---- 群组: the driver's group, found by name, its members and their roles; no messages.
+  await goTo(p, "groups");
+  const groupSearch = p.locator("#groups-search");
+  await groupSearch.locator("input[name=q]").fill(`不存在${suffix}`);
+  await groupSearch.locator("button[type=submit]").click();
+  await p.locator("#groups-list td.empty", { hasText: `不存在${suffix}` }).waitFor();
+  await groupSearch.locator("input[name=q]").fill(group.name.slice(0, 4));
+  await groupSearch.locator("button[type=submit]").click();
+  const groupRow = p.locator("#groups-list tr", { hasText: group.name });
+  await groupRow.waitFor();
+  const cells = await groupRow.locator("td").allTextContents();
+  if (cells[1] !== "2" || cells[2] !== group.owner || !/\d{4}/.test(cells[3])) fail(`the group's row: ${JSON.stringify(cells)}`);
+  await groupRow.locator(`[data-group="${group.id}"]`).click();
+  await p.locator("#group-members tr", { hasText: group.owner }).locator(".badge", { hasText: "群主" }).waitFor();
+  await p.locator("#group-members tr", { hasText: group.member }).locator(".badge", { hasText: "成员" }).waitFor();
+  if ((await p.textContent("#content")).includes("群里的消息")) fail("the groups page shows message content");
+  ok(`the groups page lists the group found by name (${cells.join(" | ")}) and its members with their roles, and no message`);
+  await shot(p, "02c-groups");
+  await axe(p, "groups");
 
   await goTo(p, "status");
   await p.locator("#st-ready", { hasText: "是" }).waitFor();
@@ -410,6 +489,11 @@ try {
   }
   if (rows.some((r) => !r[2].startsWith("user."))) fail("the event filter let other events through");
   ok("the audit trail shows the sysadmin's actions (create, disable, enable, reset, delete), filtered by actor and event");
+  rows = await search({ actor: sys.username, event: "org." });
+  for (const ev of ["org.create", "org.rename", "org.assign", "org.delete"]) {
+    if (!has(rows, ev)) fail(`no ${ev} by ${sys.username} in the audit page: ${JSON.stringify(rows)}`);
+  }
+  ok("the audit trail shows the sysadmin's organisation changes, the refused deletes too");
   rows = await search({ event: "user.create", actor: sys.username });
   if (!has(rows, "user.create", `wang${suffix}`) || !has(rows, "user.create", `zhao${suffix}`)) {
     fail(`the CSV import's creations are not in the audit page: ${JSON.stringify(rows)}`);

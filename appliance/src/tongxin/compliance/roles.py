@@ -3,7 +3,8 @@
 Three administrative roles split the work that one "root" account would
 otherwise hold, so that no single person can both act and hide the act:
 
-* ``sysadmin`` (系统管理员) administers ordinary user accounts;
+* ``sysadmin`` (系统管理员) administers ordinary user accounts, the
+  organisation units they belong to, and sees groups (names and members only);
 * ``secadmin`` (安全管理员) sets security policy: roles, second factors, keys,
   the password and lockout policy, retention and legal holds;
 * ``auditor`` (审计管理员) reads the audit log, verifies it, reports and exports.

@@ -6,6 +6,8 @@ import * as sysadmin from "./sysadmin.js";
 
 export const PAGES = [
   { id: "users", role: "sysadmin", permission: "user.list", render: sysadmin.users },
+  { id: "org", role: "sysadmin", permission: "org.list", render: sysadmin.org },
+  { id: "groups", role: "sysadmin", permission: "group.list", render: sysadmin.groups },
   { id: "status", role: "sysadmin", permission: "user.list", render: sysadmin.status },
   { id: "admins", role: "secadmin", permission: "role.list", render: secadmin.admins },
   { id: "keys", role: "secadmin", permission: "key.rotate", render: secadmin.keys },

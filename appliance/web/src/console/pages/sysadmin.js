@@ -1,5 +1,5 @@
 // 系统管理员: ordinary accounts (list, create, disable, enable, unlock, reset the
-// password, revoke sessions, delete) and the node's status.
+// password, revoke sessions, delete), organisation units, groups and the node's status.
 import { h, field, values, table } from "../dom.js";
 import { formatDateTime, formatNumber } from "../../i18n/index.js";
 import { lineChart } from "../chart.js";
@@ -54,6 +54,7 @@ export async function users(el, { api, t, session, errorText, ask }) {
       { head: t("users.username"), cell: (u) => u.username },
       { head: t("users.displayName"), cell: (u) => u.display_name || "—" },
       { head: t("users.role"), cell: (u) => t(`role.${u.role}`) },
+      { head: t("users.unit"), cell: (u) => u.unit_path || "—" },
       { head: t("users.state"), cell: (u) => stateBadge(t, u.state) },
       { head: t("users.factor"), cell: (u) => (u.totp ? "TOTP" : u.sms ? "SMS" : "—") },
       { head: t("users.created"), cell: (u) => formatDateTime(u.created_at) },
@@ -270,4 +271,227 @@ function liveCharts(api, t) {
   }
   tick();
   return section;
+}
+
+// ---- 组织机构: the tree of organisation units (GET/POST /org, PATCH/DELETE /org/{id},
+// PUT/DELETE /users/{name}/unit). The node checks every rule (unique sibling names,
+// depth, no cycles, no deleting a unit with sub-units or members) and audits each change.
+
+function unitPaths(units) {
+  const byId = new Map(units.map((u) => [u.id, u]));
+  const path = (u, seen = new Set()) => {
+    if (!u.parent_id || seen.has(u.id) || !byId.has(u.parent_id)) return [u.name];
+    seen.add(u.id);
+    return [...path(byId.get(u.parent_id), seen), u.name];
+  };
+  return new Map(units.map((u) => [u.id, path(u).join(" / ")]));
+}
+
+export async function org(el, { api, t, errorText, ask }) {
+  const status = h("p", { class: "status", role: "status", id: "org-status" });
+  const tree = h("div", { id: "org-tree", class: "panel" });
+  const say = (text, bad = false) => {
+    status.textContent = text;
+    status.classList.toggle("error", bad);
+  };
+  let units = [];
+  let people = [];
+  const createParent = h("div");
+  const moveFields = h("div");
+  const assignFields = h("div");
+
+  async function run(fn, done) {
+    try {
+      await fn();
+      say(done);
+    } catch (err) {
+      say(errorText(err), true);
+    }
+    await load();
+  }
+
+  async function rename(u) {
+    const v = await ask({ title: t("org.renameTitle", { name: u.name }), submit: t("org.rename"),
+      fields: [{ name: "name", label: t("org.name"), value: u.name }] });
+    if (!v) return;
+    await run(() => api.call("PATCH", `/org/${encodeURIComponent(u.id)}`, { name: v.name }),
+      t("org.renamed", { name: v.name.trim() }));
+  }
+
+  async function remove(u) {
+    const ok = await ask({ title: t("org.deleteTitle", { name: u.name }), help: t("org.deleteHelp"),
+      submit: t("org.delete"), fields: [] });
+    if (!ok) return;
+    await run(() => api.call("DELETE", `/org/${encodeURIComponent(u.id)}`), t("org.deleted", { name: u.name }));
+  }
+
+  function render() {
+    const children = new Map();
+    for (const u of units) {
+      if (!children.has(u.parent_id)) children.set(u.parent_id, []);
+      children.get(u.parent_id).push(u);
+    }
+    const members = new Map();
+    for (const p of people) {
+      if (!p.unit_id) continue;
+      if (!members.has(p.unit_id)) members.set(p.unit_id, []);
+      members.get(p.unit_id).push(p);
+    }
+    const branch = (parentId) => {
+      const kids = children.get(parentId) || [];
+      if (!kids.length) return null;
+      return h("ul", { class: "org-branch" }, kids.map((u) => {
+        const who = members.get(u.id) || [];
+        return h("li", { "data-unit": u.name, "data-unit-id": u.id },
+          h("div", { class: "org-unit" },
+            h("span", { class: "org-name" }, u.name), " ",
+            h("span", { class: "badge", "data-members": String(u.member_count) }, t("org.memberCount", { n: formatNumber(u.member_count) })),
+            who.length ? h("span", { class: "muted org-people" }, " ", who.map((p) => p.display_name || p.username).join("、")) : null,
+            h("span", { class: "row-actions" },
+              h("button", { type: "button", class: "secondary small", "data-action": "rename",
+                "aria-label": t("org.renameTitle", { name: u.name }), onclick: () => rename(u) }, t("org.rename")),
+              h("button", { type: "button", class: "danger small", "data-action": "delete",
+                "aria-label": t("org.deleteTitle", { name: u.name }), onclick: () => remove(u) }, t("org.delete")))),
+          branch(u.id));
+      }));
+    };
+    tree.replaceChildren(h("h2", {}, t("org.tree")),
+      units.length ? branch("") : h("p", { class: "muted" }, t("org.none")));
+    tree.setAttribute("data-count", String(units.length));
+    const paths = unitPaths(units);
+    const unitOptions = [...paths].sort((a, b) => a[1].localeCompare(b[1], "zh-CN")).map(([id, p]) => [id, p]);
+    const ordinary = people.filter((p) => p.role === "user").map((p) => [p.username,
+      p.display_name && p.display_name !== p.username ? `${p.display_name}（${p.username}）` : p.username]);
+    createParent.replaceChildren(field(t("org.parent"), { name: "parent_id", options: [["", t("org.top")], ...unitOptions] }, "select"));
+    moveFields.replaceChildren(
+      field(t("org.unit"), { name: "unit_id", required: true, options: unitOptions }, "select"),
+      field(t("org.newParent"), { name: "parent_id", options: [["", t("org.top")], ...unitOptions] }, "select"));
+    assignFields.replaceChildren(
+      field(t("org.user"), { name: "username", required: true, options: ordinary }, "select"),
+      field(t("org.unit"), { name: "unit_id", options: [["", t("org.noUnit")], ...unitOptions] }, "select"));
+  }
+
+  async function load() {
+    const [o, u] = await Promise.all([api.call("GET", "/org"), api.call("GET", "/users")]);
+    units = o.units;
+    people = u.users;
+    render();
+  }
+
+  const create = h("form", { class: "panel inline-form", id: "org-create" },
+    h("h2", {}, t("org.create")),
+    field(t("org.name"), { name: "name", required: true, autocomplete: "off" }),
+    createParent,
+    h("button", { type: "submit", class: "primary" }, t("org.createSubmit")));
+  create.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const v = values(create);
+    await run(async () => {
+      await api.call("POST", "/org", { name: v.name, parent_id: v.parent_id || "" });
+      create.querySelector("input[name=name]").value = "";
+    }, t("org.created", { name: v.name.trim() }));
+  });
+
+  const move = h("form", { class: "panel inline-form", id: "org-move" },
+    h("h2", {}, t("org.move")), moveFields,
+    h("button", { type: "submit", class: "secondary" }, t("org.moveSubmit")));
+  move.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const v = values(move);
+    const name = (units.find((u) => u.id === v.unit_id) || {}).name || "";
+    await run(() => api.call("PATCH", `/org/${encodeURIComponent(v.unit_id)}`, { parent_id: v.parent_id || "" }),
+      t("org.moved", { name }));
+  });
+
+  const assign = h("form", { class: "panel inline-form", id: "org-assign" },
+    h("h2", {}, t("org.assign")), assignFields,
+    h("button", { type: "submit", class: "primary" }, t("org.assignSubmit")));
+  assign.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const v = values(assign);
+    const path = `/users/${encodeURIComponent(v.username)}/unit`;
+    const unitName = (units.find((u) => u.id === v.unit_id) || {}).name || "";
+    await run(() => (v.unit_id ? api.call("PUT", path, { unit_id: v.unit_id }) : api.call("DELETE", path)),
+      v.unit_id ? t("org.assigned", { name: v.username, unit: unitName }) : t("org.unassigned", { name: v.username }));
+  });
+
+  el.append(h("p", { class: "lead" }, t("org.lead")), create, status, tree, assign, move);
+  await load();
+}
+
+// ---- 群组: group conversations, their names, sizes, creators and members (GET /groups,
+// GET /groups/{id}/members). Never their messages: reading content is the auditor's,
+// through a signed export or escrow, and audited as such.
+
+const GROUP_PAGE = 50;
+
+export async function groups(el, { api, t, errorText }) {
+  const status = h("p", { class: "status", role: "status", id: "groups-status" });
+  const list = h("div", { id: "groups-list" });
+  const members = h("section", { class: "panel", id: "group-members", "aria-live": "polite", hidden: true });
+  const more = h("button", { type: "button", class: "secondary", id: "groups-more", hidden: true }, t("groups.more"));
+  let rows = [];
+  let next = "";
+  let query = "";
+
+  async function show(g) {
+    try {
+      const m = await api.call("GET", `/groups/${encodeURIComponent(g.id)}/members`);
+      members.hidden = false;
+      members.setAttribute("data-group", g.id);
+      members.replaceChildren(
+        h("h2", { id: "group-members-title" }, t("groups.membersOf", { name: m.name, n: formatNumber(m.members.length) })),
+        table(t("groups.membersCaption", { name: m.name }), [
+          { head: t("groups.username"), cell: (x) => x.username || x.user_id },
+          { head: t("groups.displayName"), cell: (x) => x.display_name || "—" },
+          { head: t("groups.role"), cell: (x) => h("span", { class: "badge" }, t(`groups.role_${x.role}`)) },
+        ], m.members, t("groups.noMembers")));
+    } catch (err) {
+      status.textContent = errorText(err);
+      status.classList.add("error");
+    }
+  }
+
+  function render() {
+    list.replaceChildren(table(t("groups.caption"), [
+      { head: t("groups.name"), cell: (g) => g.name },
+      { head: t("groups.memberCount"), cell: (g) => formatNumber(g.member_count) },
+      { head: t("groups.createdBy"), cell: (g) => g.created_by_username || g.created_by },
+      { head: t("groups.createdAt"), cell: (g) => formatDateTime(g.created_at) },
+      { head: t("groups.actions"), cell: (g) => h("button", { type: "button", class: "secondary small",
+        "data-group": g.id, "aria-label": t("groups.showMembersOf", { name: g.name }), onclick: () => show(g) }, t("groups.showMembers")) },
+    ], rows, query ? t("groups.noneMatching", { q: query }) : t("groups.none")));
+    list.setAttribute("data-count", String(rows.length));
+  }
+
+  async function load(append) {
+    try {
+      const params = new URLSearchParams({ limit: String(GROUP_PAGE) });
+      if (query) params.set("q", query);
+      if (append && next) params.set("after", next);
+      const r = await api.call("GET", `/groups?${params}`);
+      rows = append ? [...rows, ...r.groups] : r.groups;
+      next = r.next_after;
+      more.hidden = !r.more;
+      status.textContent = "";
+      status.classList.remove("error");
+      render();
+    } catch (err) {
+      status.textContent = errorText(err);
+      status.classList.add("error");
+    }
+  }
+  more.addEventListener("click", () => load(true));
+
+  const search = h("form", { class: "panel inline-form", id: "groups-search", role: "search" },
+    field(t("groups.search"), { name: "q", type: "search", autocomplete: "off" }),
+    h("button", { type: "submit", class: "primary" }, t("groups.searchSubmit")));
+  search.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    query = values(search).q.trim();
+    members.hidden = true;
+    await load(false);
+  });
+  el.append(h("p", { class: "lead" }, t("groups.lead")), search, status, list, more, members);
+  await load(false);
 }
