@@ -82,6 +82,11 @@ def test_depth_is_bounded_for_creates_and_for_whole_subtrees_that_move() -> None
     org.check_move(t, "s", f"d{org.MAX_DEPTH - 3}")
 
 
+def test_unit_paths_name_every_level_from_the_top() -> None:
+    assert org.unit_paths(CHAIN.units.values()) == {
+        "a": "总部", "b": "总部 / 办公厅", "c": "总部 / 办公厅 / 秘书处", "x": "分公司"}
+
+
 def test_delete_refuses_sub_units_and_members() -> None:
     with pytest.raises(org.UnitNotEmpty, match="1 sub-unit"):
         org.check_delete(CHAIN, "b", 0)
@@ -102,6 +107,14 @@ class FakeCompliance:
 
     async def audit(self, event: str, **fields: Any) -> None:
         self.audited.append({"event": event, **fields})
+
+
+class FakeFactors:
+    async def totp_user_ids(self) -> list[str]:
+        return []
+
+    async def sms_user_ids(self) -> list[str]:
+        return []
 
 
 class FakeNode:
@@ -157,6 +170,10 @@ async def test_create_rename_move_assign_delete_and_their_audit(
     st, out = await call(a, a.assign_unit, "PUT", "/users/zhangwei/unit", {"unit_id": office["id"]},
                          {"name": "zhangwei"})
     assert st == 200 and out["previous_unit_id"] == ""
+    comp.store = FakeFactors()  # type: ignore[attr-defined]
+    st, people = await call(a, a.list_users, "GET", "/users")
+    assert {u["username"]: (u["unit_id"], u["unit_path"]) for u in people["users"]} == {
+        "lina": ("", ""), "secadm": ("", ""), "zhangwei": (office["id"], "总部 / 办公厅")}
     st, listed = await call(a, a.list_org, "GET", "/org")
     assert [(u["name"], u["member_count"]) for u in listed["units"]] == [("总部", 0), ("办公厅", 1)]
     assert listed["max_depth"] == org.MAX_DEPTH
@@ -171,10 +188,11 @@ async def test_create_rename_move_assign_delete_and_their_audit(
     assert st == 200 and await snapshot(store) == [(hq["id"], "", "总部", 0)]
     events = [(r["event"], r.get("outcome", "ok"), r["actor"]) for r in comp.audited]
     assert events == [("org.create", "ok", SYS.id), ("org.create", "ok", SYS.id),
-                      ("org.assign", "ok", SYS.id), ("org.list", "ok", SYS.id),
+                      ("org.assign", "ok", SYS.id), ("user.list", "ok", SYS.id),
+                      ("org.list", "ok", SYS.id),
                       ("org.rename", "ok", SYS.id), ("org.move", "ok", SYS.id),
                       ("org.unassign", "ok", SYS.id), ("org.delete", "ok", SYS.id)]
-    assert comp.audited[4]["old_name"] == "办公厅" and comp.audited[4]["name"] == "综合办公室"
+    assert comp.audited[5]["old_name"] == "办公厅" and comp.audited[5]["name"] == "综合办公室"
 
 
 async def test_bad_input_is_a_clear_4xx_audited_and_changes_nothing(
@@ -275,3 +293,47 @@ async def test_groups_are_listed_paged_and_searched_without_content(
         assert st == 404 and out["error"] == "NOT_FOUND"
     assert [r["event"] for r in comp.audited].count("group.list") == 3  # a refused limit reads nothing
     assert comp.audited[-1]["event"] == "group.members" and comp.audited[-1]["target"] == "g:00"
+
+
+# ---- tongxin admin org (the CLI) ---------------------------------------------------
+
+
+def test_cli_resolves_units_by_id_or_path() -> None:
+    from tongxin.cli.org import resolve
+    from tongxin.org.units import UnitNotFound
+
+    units = list(CHAIN.units.values())
+    assert resolve(units, "") == ""
+    assert resolve(units, "c") == "c"
+    assert resolve(units, "总部 / 办公厅/秘书处") == "c"
+    with pytest.raises(UnitNotFound):
+        resolve(units, "总部/秘书处")  # not a child of 总部
+
+
+def test_cli_changes_the_tree_refuses_bad_changes_and_audits(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from tongxin.cli.main import main
+
+    monkeypatch.setenv("TONGXIN_HOME", str(tmp_path / "home"))
+    assert main(["admin", "org", "add", "总部"]) == 0
+    assert main(["admin", "org", "add", "办公厅", "--parent", "总部"]) == 0
+    assert main(["admin", "org", "add", "办公厅", "--parent", "总部"]) == 1
+    assert main(["admin", "org", "move", "总部", "--parent", "总部/办公厅"]) == 1
+    assert main(["admin", "org", "remove", "总部"]) == 1
+    assert main(["admin", "org", "add", "x", "--parent", "nowhere"]) == 1
+    err = capsys.readouterr().err
+    assert "already a unit named '办公厅'" in err and "under itself" in err
+    assert "1 sub-unit" in err and "no organisation unit 'nowhere'" in err
+    assert main(["admin", "org", "list"]) == 0
+    out = capsys.readouterr().out
+    assert [line.split("\t")[0] for line in out.splitlines()] == ["总部", "  办公厅"]
+    assert main(["admin", "org", "remove", "总部/办公厅"]) == 0
+    assert main(["admin", "org", "list"]) == 0
+    assert [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()[1:]] == ["总部"]
+    assert main(["audit", "tail"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    org_events = [(r["event"], r["outcome"]) for r in records if r["event"].startswith("org.")]
+    assert org_events == [("org.create", "ok"), ("org.create", "ok"), ("org.create", "denied"),
+                          ("org.move", "denied"), ("org.delete", "denied"), ("org.create", "denied"),
+                          ("org.list", "ok"), ("org.delete", "ok"), ("org.list", "ok")]
+    assert all(r["actor"].startswith("cli:") for r in records if r["event"].startswith("org."))

@@ -588,6 +588,10 @@ def add_commands(sub: Any, common: Common) -> None:
     for sp in (aps, apset, apun):
         sp.set_defaults(func=cmd_admin_policy)
 
+    from tongxin.cli.org import add_commands as add_org_commands
+
+    add_org_commands(asub, common)  # admin org list / add / rename / move / remove / assign
+
     au = sub.add_parser("audit", help="verify, sign, archive or read the audit trail")
     common(au)
     au.add_argument("action", choices=["verify", "sign", "archive", "rotate-key", "tail"])

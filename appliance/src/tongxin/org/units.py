@@ -155,3 +155,17 @@ def check_delete(tree: Tree, unit_id: str, members: int) -> OrgUnit:
         raise UnitNotEmpty(f"{unit.name!r} still has {subs} sub-unit(s) and {members} member(s): "
                            "move or delete them first")
     return unit
+
+
+def unit_paths(units: Iterable[OrgUnit], sep: str = " / ") -> dict[str, str]:
+    """unit id -> its names from the top level down ("总部 / 办公厅"), for lists of people."""
+    tree = Tree(units)
+    out: dict[str, str] = {}
+    for uid in tree.units:
+        names, cur, seen = [], uid, set()
+        while cur in tree.units and cur not in seen:
+            seen.add(cur)
+            names.append(tree.units[cur].name)
+            cur = tree.units[cur].parent_id
+        out[uid] = sep.join(reversed(names))
+    return out

@@ -43,7 +43,7 @@ from tongxin.e2ee.errors import E2EEError
 from tongxin.e2ee.escrow import open_envelope as escrow_open
 from tongxin.errors import RequestError
 from tongxin.keydir.service import read_key_file
-from tongxin.org.units import MAX_DEPTH, MAX_NAME, OrgRefused, new_unit_id
+from tongxin.org.units import MAX_DEPTH, MAX_NAME, OrgRefused, new_unit_id, unit_paths
 from tongxin.proto import tongxin_pb2 as pb
 from tongxin.server.escrow_api import EscrowAccess, payload_json
 from tongxin.server.http_util import json_body
@@ -457,7 +457,9 @@ class AdminApi:
         totp = set(await self.c.store.totp_user_ids())
         sms = set(await self.c.store.sms_user_ids())
         units = await self.node.store.org_assignments()
-        users = [_user_json(u, u.id in totp, u.id in sms, units.get(u.id, ""))
+        paths = unit_paths(await self.node.store.org_units()) if units else {}
+        users = [{**_user_json(u, u.id in totp, u.id in sms, units.get(u.id, "")),
+                  "unit_path": paths.get(units.get(u.id, ""), "")}
                  for u in await self.node.store.list_users()]
         await self.c.audit("user.list", actor=ctx.user.id, actor_role=ctx.role, source=ctx.source,
                            count=len(users))
