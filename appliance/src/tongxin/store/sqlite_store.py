@@ -30,7 +30,7 @@ from tongxin.store.ports import (
 from tongxin.store.sqlite_worker import SqliteDatabase
 
 SCHEMA_VERSION = 5  # 2: password_history, token_activity; 3: data_keys; 4: messages_by_time;
-# 5: org_units, org_members
+# 5: org_units, org_members, conversations_by_kind
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -124,6 +124,8 @@ CREATE TABLE IF NOT EXISTS org_members (
     assigned_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS org_members_by_unit ON org_members(unit_id);
+-- The sysadmin's group list: group conversations by id, not a scan past direct chats.
+CREATE INDEX IF NOT EXISTS conversations_by_kind ON conversations(kind, id);
 """
 
 _USER_COLS = ("id, username, display_name, password_hash, role, created_at, failed_logins, "

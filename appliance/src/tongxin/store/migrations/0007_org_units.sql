@@ -11,7 +11,11 @@
 -- user in at most one unit. No foreign keys (TiDB does not enforce them): the
 -- store refuses to delete a unit that still has rows here.
 --
--- New tables only, so every statement can run again.
+-- conversations_by_kind: the system administrator's group list walks group
+-- conversations by id (WHERE kind = 2 AND id > ? ORDER BY id), a range of this
+-- index instead of a scan past every direct chat. MySQL 8 has no CREATE INDEX
+-- IF NOT EXISTS; the migration runner treats "duplicate key name" (1061) as
+-- done, and the tables are IF NOT EXISTS, so every statement can run again.
 
 CREATE TABLE IF NOT EXISTS org_units (
     id VARBINARY(64) NOT NULL,
@@ -29,3 +33,5 @@ CREATE TABLE IF NOT EXISTS org_members (
     PRIMARY KEY (user_id) /*T![clustered_index] CLUSTERED */,
     KEY org_members_by_unit (unit_id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+CREATE INDEX conversations_by_kind ON conversations (kind, id);
