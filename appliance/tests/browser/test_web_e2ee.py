@@ -144,6 +144,7 @@ async def browser(node: Node) -> AsyncIterator[Browser]:
         if proc.returncode is None:
             assert proc.stdin is not None
             proc.stdin.write(b'{"op": "quit"}\n')
+            proc.stdin.close()
             try:
                 await asyncio.wait_for(proc.wait(), 30)
             except TimeoutError:

@@ -255,3 +255,6 @@ for await (const line of rl) {
 }
 await browser.close();
 rmSync(scratch, { recursive: true, force: true });
+// Without it the driver outlived "quit" by the fixture's whole 30 s grace period
+// (stdin, still open in the test, kept Node's loop alive).
+process.exit(0);
