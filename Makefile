@@ -95,15 +95,19 @@ engines:
 	bash $(APP)/scripts/s3server.sh install
 
 ## test: everything CI runs: Python lint, ansible-lint, the data volume
-## tasks on a loop device, tofu, the engines, pytest, then every Molecule
-## scenario (all sixteen, multisite with its DR drills the longest; three
-## at a time; docs/ansible.md, "Timings").
+## tasks on a loop device, tofu, the engines, then pytest and every Molecule
+## scenario (all sixteen, multisite with its DR drills the longest) side by
+## side: MOLECULE_JOBS_BESIDE (2) scenarios at a time, niced, while pytest
+## runs (it leaves most of the two cores idle), then MOLECULE_JOBS (3) at a
+## time (docs/ansible.md, "Timings"). The scenarios' progress is shown when
+## pytest has ended.
+MOLECULE_JOBS_BESIDE ?= 2
 test: setup lint ansible-lint data-volume tofu engines
-	cd $(APP) && ../$(BIN)/pytest -q -p no:cacheprovider tests
-	@# the engines pytest started (Redis, Kafka, MariaDB, TiDB)
-	@# would idle beside the scenarios, which are bound by CPU
-	bash $(APP)/scripts/services.sh stop all
-	$(MAKE) molecule
+	@# the engines pytest started (Redis, Kafka, MariaDB, TiDB) are stopped
+	@# when it ends: they would idle beside the scenarios, which are bound by CPU
+	tests/molecule/run.sh -j $(MOLECULE_JOBS) --beside $(MOLECULE_JOBS_BESIDE) $(MOLECULE_SCENARIOS) -- \
+	  bash -c 'cd $(APP) && ../$(BIN)/pytest -q -p no:cacheprovider tests; rc=$$?; \
+	    bash scripts/services.sh stop all; exit $$rc'
 
 ## test-cold: `make test` as a fresh machine runs it: HOME, TONGXIN_CACHE,
 ## the Go module and build caches and npm's cache in an empty throwaway

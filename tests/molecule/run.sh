@@ -15,6 +15,16 @@
 #                   $TONGXIN_CACHE/molecule-logs/<scenario>.log, and a failed
 #                   one's last 60 lines are printed, and at the end its
 #                   last failed tasks (failure_summary)
+#   --beside M [scenario...] -- COMMAND...
+#                   run COMMAND in the foreground while the scenarios are
+#                   prepared and run in the background, at most M at a time
+#                   until COMMAND ends and then -j at a time. Their progress
+#                   goes to $TONGXIN_CACHE/molecule-logs/run.log and is shown
+#                   when COMMAND has ended. The exit code is non-zero if
+#                   COMMAND or a scenario failed. `make test` runs pytest this
+#                   way: the suite leaves most of the two cores idle (it waits
+#                   on engines, sockets and timeouts), and the scenarios,
+#                   niced, take what it leaves (docs/ansible.md, "Timings").
 #
 # Prepares what the scenarios need, each step skipped when already done:
 #   1. a Python venv with the pinned tools (requirements.txt) in .venv;
@@ -320,18 +330,23 @@ run_one() {  # run_one SCENARIO [LOG]: molecule for one scenario; output to LOG 
 }
 
 main() {
-  local mode=test jobs=${TONGXIN_MOLECULE_JOBS:-2}
+  local mode=test jobs=${TONGXIN_MOLECULE_JOBS:-2} beside=""
   while [ $# -gt 0 ]; do
     case "$1" in
       --setup) mode=setup; shift ;;
       --lint) mode=lint; shift ;;
       -j) [ $# -ge 2 ] || die "-j needs a number"; jobs=$2; shift 2 ;;
       -j*) jobs=${1#-j}; shift ;;
-      -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
+      --beside) [ $# -ge 2 ] || die "--beside needs a number"; beside=$2; shift 2 ;;
+      -h|--help) sed -n '2,48p' "$0"; exit 0 ;;
       *) break ;;
     esac
   done
   [[ "$jobs" =~ ^[1-9][0-9]*$ ]] || die "-j wants a positive number, not '$jobs'"
+  if [ -n "$beside" ]; then
+    beside_command "$beside" "$jobs" "$@"
+    return $?
+  fi
   ensure_venv
   if [ "$mode" = lint ]; then lint; exit $?; fi
   ensure_podman
@@ -382,7 +397,12 @@ main() {
   else
     parallel=1
     for s in "${list[@]}"; do
-      while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
+      if [ -n "${SLOTS_FILE:-}" ]; then
+        # --beside: the limit changes when the command ends; look again every few seconds.
+        while [ "$(jobs -rp | wc -l)" -ge "$(slots "$jobs")" ]; do sleep 3; done
+      else
+        while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
+      fi
       one "$s" "$logs/$s.log" &
     done
     wait
@@ -408,6 +428,48 @@ main() {
   done
   echo "molecule: $passed passed, $failed failed in $((SECONDS - t_all)) s"
   [ "$failed" = 0 ]
+}
+
+slots() {  # slots DEFAULT: how many scenarios may run now (SLOTS_FILE's number, else DEFAULT)
+  local n
+  n=$(cat "$SLOTS_FILE" 2>/dev/null) || n=""
+  if [[ "$n" =~ ^[1-9][0-9]*$ ]]; then echo "$n"; else echo "$1"; fi
+}
+
+# beside_command M JOBS [SCENARIO...] -- COMMAND...: COMMAND in the foreground,
+# the scenarios (this script without --beside) in the background with at most
+# M at a time until COMMAND ends, then JOBS.
+beside_command() {
+  local during=$1 jobs=$2 scenarios=() cmd=()
+  shift 2
+  [[ "$during" =~ ^[1-9][0-9]*$ ]] || die "--beside wants a positive number, not '$during'"
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do scenarios+=("$1"); shift; done
+  [ "${1:-}" = -- ] && shift
+  cmd=("$@")
+  [ ${#cmd[@]} -gt 0 ] || die "--beside needs a command after --"
+  local logs=$CACHE/molecule-logs
+  mkdir -p "$logs"
+  local runlog=$logs/run.log slots_file
+  slots_file=$(mktemp "$logs/.slots.XXXXXX")
+  echo "$during" >"$slots_file"
+  SLOTS_FILE=$slots_file "$HERE/run.sh" -j "$jobs" "${scenarios[@]}" >"$runlog" 2>&1 &
+  local bg=$!
+  # An interrupted run stops the scenarios too (each cleans up its hosts in its
+  # own destroy step the next time it runs).
+  # shellcheck disable=SC2064
+  trap "kill $bg 2>/dev/null; rm -f '$slots_file'" EXIT
+  log "scenarios in the background, $during at a time while this runs: ${cmd[*]} (progress in $runlog)"
+  local crc=0
+  "${cmd[@]}" || crc=$?
+  echo "$jobs" >"$slots_file"
+  log "the command ended (exit $crc); the scenarios go on, $jobs at a time. Their progress so far:"
+  tail -n +1 --pid="$bg" -f "$runlog" || true
+  local mrc=0
+  wait "$bg" || mrc=$?
+  trap - EXIT
+  rm -f "$slots_file"
+  [ "$crc" = 0 ] || log "the command failed (exit $crc): ${cmd[*]}"
+  [ "$crc" = 0 ] && [ "$mrc" = 0 ]
 }
 
 # failure_summary SCENARIO LOG: the last failed tasks of a scenario's log
