@@ -23,6 +23,7 @@ from conftest import NodeFactory
 from engines import DB_ENGINES, database_pid, kill_database, start_database
 
 from tongxin.client import pb
+from tongxin.org import units as org
 from tongxin.store import migrations
 from tongxin.store.dsn import MysqlDsn, parse_dsn
 from tongxin.store.mysql_store import MysqlStore
@@ -34,6 +35,7 @@ from tongxin.store.ports import (
     GroupFull,
     MemberOps,
     NoSuchConversation,
+    OrgUnit,
     StoreError,
     TooLarge,
     Unavailable,
@@ -834,3 +836,89 @@ async def test_delete_before_in_batches_sparing_senders(store: ChatStore) -> Non
     # The log goes on from its last seq: deleting old entries never reuses seqs.
     e, dup = await store.append(timed("g:1", "after", 700))
     assert not dup and e.seq == 8
+
+
+# ---- organisation units (tongxin.org.units) and the sysadmin's group list -------------
+
+
+async def _org_snapshot(s: ChatStore) -> list[tuple[str, str, str, int]]:
+    return [(u.id, u.parent_id, u.name, u.member_count) for u in await s.org_units()]
+
+
+async def test_org_units_tree_and_refusals(opener: Opener) -> None:
+    s = await opener()
+    assert await s.org_units() == [] and await s.org_assignments() == {}
+    hq = await s.org_create("ou_hq", "", " 总部 ", 10)
+    assert (hq.name, hq.parent_id, hq.created_at) == ("总部", "", 10)
+    await s.org_create("ou_off", "ou_hq", "办公厅", 11)
+    await s.org_create("ou_sec", "ou_off", "秘书处", 12)
+    await s.org_create("ou_br", "", "分公司", 13)
+    await s.org_create("ou_br_off", "ou_br", "办公厅", 14)  # the same name under another parent
+    assert await s.org_assign("u_1", "ou_sec", 20) == ""
+    assert await s.org_assign("u_2", "ou_sec", 21) == ""
+    assert await s.org_assign("u_2", "ou_off", 22) == "ou_sec"  # one unit at a time: a move
+    assert await s.org_assignments() == {"u_1": "ou_sec", "u_2": "ou_off"}
+    before = await _org_snapshot(s)
+    assert before == [("ou_br", "", "分公司", 0), ("ou_hq", "", "总部", 0),
+                      ("ou_br_off", "ou_br", "办公厅", 0), ("ou_off", "ou_hq", "办公厅", 1),
+                      ("ou_sec", "ou_off", "秘书处", 1)]
+    # Every refusal leaves the tree and the assignments exactly as they were.
+    refused: list[tuple[Callable[[], Awaitable[object]], type[Exception]]] = [
+        (lambda: s.org_create("ou_x", "ou_nope", "x", 1), org.UnitNotFound),
+        (lambda: s.org_create("ou_x", "ou_hq", "办公厅", 1), org.NameTaken),
+        (lambda: s.org_create("ou_x", "", "", 1), org.OrgRefused),
+        (lambda: s.org_update("ou_hq", parent_id="ou_sec"), org.OrgRefused),  # a cycle
+        (lambda: s.org_update("ou_hq", parent_id="ou_hq"), org.OrgRefused),
+        (lambda: s.org_update("ou_br_off", parent_id="ou_hq"), org.NameTaken),
+        (lambda: s.org_update("ou_br", name="总部"), org.NameTaken),
+        (lambda: s.org_update("ou_nope", name="x"), org.UnitNotFound),
+        (lambda: s.org_delete("ou_off"), org.UnitNotEmpty),  # a sub-unit and a member
+        (lambda: s.org_delete("ou_sec"), org.UnitNotEmpty),  # a member
+        (lambda: s.org_assign("u_1", "ou_nope", 30), org.UnitNotFound),
+    ]
+    for attempt, error in refused:
+        with pytest.raises(error):
+            await attempt()
+        assert await _org_snapshot(s) == before
+        assert await s.org_assignments() == {"u_1": "ou_sec", "u_2": "ou_off"}
+    # Rename and move in one change; then empty a unit and delete it.
+    old, new = await s.org_update("ou_sec", name="机要处", parent_id="ou_hq")
+    assert (old.name, old.parent_id, new.name, new.parent_id) == ("秘书处", "ou_off", "机要处", "ou_hq")
+    assert await s.org_assign("u_1", "", 40) == "ou_sec"
+    assert await s.org_assign("u_1", "", 41) == ""
+    gone = await s.org_delete("ou_sec")
+    assert gone.name == "机要处"
+    assert [u.id for u in await s.org_units()] == ["ou_br", "ou_hq", "ou_br_off", "ou_off"]
+
+
+async def test_org_concurrent_changes_cannot_make_a_cycle_or_twins(opener: Opener) -> None:
+    # Two nodes (two stores on one database) change the tree at the same time.
+    s1, s2 = await opener(), await opener()
+    await s1.org_create("ou_a", "", "A", 1)
+    await s1.org_create("ou_b", "", "B", 1)
+    got = await asyncio.gather(s1.org_update("ou_a", parent_id="ou_b"),
+                               s2.org_update("ou_b", parent_id="ou_a"), return_exceptions=True)
+    assert sorted(type(g).__name__ for g in got) == ["OrgRefused", "tuple"], got
+    parents = {u.id: u.parent_id for u in await s1.org_units()}
+    assert parents in ({"ou_a": "ou_b", "ou_b": ""}, {"ou_a": "", "ou_b": "ou_a"})
+    twins = await asyncio.gather(*(st.org_create(f"ou_t{i}", "", "同名", 2)
+                                   for i, st in enumerate((s1, s2, s1, s2))),
+                                 return_exceptions=True)
+    assert sum(isinstance(t, OrgUnit) for t in twins) == 1, twins
+    assert all(isinstance(t, OrgUnit | org.NameTaken) for t in twins), twins
+
+
+async def test_list_groups_pages_and_searches_by_name(store: ChatStore) -> None:
+    for i, name in enumerate(["项目组 甲", "Lunch", "项目组 乙", "lunch club"]):
+        cid = f"g:{i + 2}"
+        await store.create_conversation(ConversationRow(cid, GROUP, name, 10 + i, "u_a", 0, 0),
+                                        [("u_a", 3)], entry(cid, "create"))
+    await store.create_conversation(ConversationRow("d:u_a:u_b", DIRECT, "", 5, "u_a", 0, 0),
+                                    [("u_a", 1), ("u_b", 1)], entry("d:u_a:u_b", "create"))
+    every = await store.list_groups("", "", 100)
+    assert [c.id for c in every] == ["g:1", "g:2", "g:3", "g:4", "g:5"]  # no direct chats
+    assert every[0].member_count == 2 and every[1].created_at == 10
+    assert [c.id for c in await store.list_groups("", "g:2", 2)] == ["g:3", "g:4"]
+    assert [c.name for c in await store.list_groups("项目组", "", 100)] == ["项目组 甲", "项目组 乙"]
+    assert [c.name for c in await store.list_groups("Lunch", "", 100)] == ["Lunch"]  # case kept
+    assert [c.name for c in await store.list_groups("%", "", 100)] == []  # not a pattern
