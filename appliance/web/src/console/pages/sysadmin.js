@@ -300,14 +300,22 @@ export async function org(el, { api, t, errorText, ask }) {
   const moveFields = h("div");
   const assignFields = h("div");
 
+  // The status line is written after the tree is read again: once it shows the outcome,
+  // the page (tree and selects) shows the state after the change.
   async function run(fn, done) {
+    let text = done;
+    let bad = false;
     try {
       await fn();
-      say(done);
     } catch (err) {
-      say(errorText(err), true);
+      [text, bad] = [errorText(err), true];
     }
-    await load();
+    try {
+      await load();
+    } catch (err) {
+      if (!bad) [text, bad] = [errorText(err), true];
+    }
+    say(text, bad);
   }
 
   async function rename(u) {
