@@ -168,13 +168,17 @@ OPERATIONS: dict[str, tuple[str, str, Any]] = {
     "audit.verify": ("POST", "/audit/verify", None),
     "export.messages": ("POST", "/export", {"user": "carol"}),
     "report.read": ("GET", "/report", None),
+    "org.list": ("GET", "/org", None),
+    "org.manage": ("POST", "/org", {"name": "总部"}),
+    "group.list": ("GET", "/groups", None),
 }
 OWNER = {"user.list": "sysadmin", "user.create": "sysadmin", "user.disable": "sysadmin",
          "user.delete": "sysadmin", "role.assign": "secadmin", "totp.reset": "secadmin",
          "key.rotate": "secadmin", "retention.set": "secadmin", "hold.set": "secadmin",
          "policy.set": "secadmin",
          "audit.read": "auditor", "audit.verify": "auditor", "export.messages": "auditor",
-         "report.read": "auditor"}
+         "report.read": "auditor", "org.list": "sysadmin", "org.manage": "sysadmin",
+         "group.list": "sysadmin"}
 
 
 async def test_each_role_is_refused_the_others_work_and_it_is_audited(
@@ -207,6 +211,7 @@ async def test_each_role_is_refused_the_others_work_and_it_is_audited(
     carol = await rn.node.store.get_user_by_name("carol")
     assert carol is not None and not carol.disabled and carol.role == "user"
     assert await rn.node.store.get_user_by_name("zed") is None
+    assert await rn.node.store.org_units() == []
     # No token, or a bad one: 401, audited too.
     status, _ = await call(http, rn, "GET", "/users")
     assert status == 401
@@ -330,6 +335,55 @@ async def test_lockout_is_audited(node_factory: NodeFactory, http: aiohttp.Clien
 async def storage(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
     async with storage_section(str(request.param)) as section:
         yield section
+
+
+async def test_sysadmin_keeps_units_and_sees_groups_without_their_messages(
+        storage: dict[str, Any], node_factory: NodeFactory, http: aiohttp.ClientSession) -> None:
+    """组织机构 and 群组 through the node's HTTP API on both kinds of store: the tree's
+    refusals are 4xx with nothing changed, every change and refusal audited with the actor."""
+    rn: RunningNode = await node_factory(storage=storage)
+    alice = await rn.user("alice")
+    await rn.user("bob")
+    group = await alice.create_group("项目组", ["bob"])
+    await alice.send_text(group.conversation_id, "机密内容")
+    sysadmin = (await trio(rn, http))["sysadmin"]
+    tok = sysadmin.token
+    status, hq = await call(http, rn, "POST", "/org", tok, {"name": "总部"})
+    assert status == 201, hq
+    status, sub = await call(http, rn, "POST", "/org", tok, {"name": "办公厅", "parent_id": hq["id"]})
+    assert status == 201, sub
+    status, body = await call(http, rn, "PUT", "/users/alice/unit", tok, {"unit_id": sub["id"]})
+    assert status == 200 and body["previous_unit_id"] == "", body
+    refusals = [("POST", "/org", {"name": "办公厅", "parent_id": hq["id"]}, 409, "CONFLICT"),
+                ("POST", "/org", {"name": "x", "parent_id": "ou_none"}, 404, "NOT_FOUND"),
+                ("POST", "/org", {"name": " "}, 400, "INVALID_ARGUMENT"),
+                ("PATCH", f"/org/{hq['id']}", {"parent_id": sub["id"]}, 400, "INVALID_ARGUMENT"),
+                ("DELETE", f"/org/{hq['id']}", None, 409, "NOT_EMPTY"),
+                ("DELETE", f"/org/{sub['id']}", None, 409, "NOT_EMPTY"),
+                ("PUT", "/users/bob/unit", {"unit_id": "ou_none"}, 404, "NOT_FOUND")]
+    for method, path, payload, want, error in refusals:
+        status, body = await call(http, rn, method, path, tok, payload)
+        assert (status, body["error"]) == (want, error), (method, path, body)
+    status, tree = await call(http, rn, "GET", "/org", tok)
+    assert [(u["name"], u["parent_id"], u["member_count"]) for u in tree["units"]] == [
+        ("总部", "", 0), ("办公厅", hq["id"], 1)]
+    status, people = await call(http, rn, "GET", "/users", tok)
+    assert {u["username"]: u["unit_path"] for u in people["users"]}["alice"] == "总部 / 办公厅"
+    org_records = [e for e in await events(rn) if e["event"].startswith("org.")]
+    assert [(e["event"], e["outcome"]) for e in org_records] == [
+        ("org.create", "ok"), ("org.create", "ok"), ("org.assign", "ok"),
+        ("org.create", "denied"), ("org.create", "denied"), ("org.create", "denied"),
+        ("org.move", "denied"), ("org.delete", "denied"), ("org.delete", "denied"),
+        ("org.assign", "denied"), ("org.list", "ok")]
+    assert {e["actor"] for e in org_records} == {sysadmin.user_id}
+    status, groups = await call(http, rn, "GET", "/groups?q=项目", tok)
+    assert status == 200 and [g["name"] for g in groups["groups"]] == ["项目组"]
+    assert groups["groups"][0]["created_by_username"] == "alice"
+    status, members = await call(http, rn, "GET", f"/groups/{group.conversation_id}/members", tok)
+    assert status == 200 and {(m["username"], m["role"]) for m in members["members"]} == {
+        ("alice", "owner"), ("bob", "member")}
+    assert "机密内容" not in json.dumps(groups) + json.dumps(members)
+    assert [e["target"] for e in await events(rn, "group.members")] == [group.conversation_id]
 
 
 async def test_export_is_signed_verifiable_and_audited(storage: dict[str, Any],
