@@ -167,7 +167,9 @@ class KafkaConfig:
 @dataclass
 class PresenceConfig:
     backend: str = _f("memory", "presence and routing: memory (one node) or redis")
-    redis_nodes: str = _f("127.0.0.1:7000", "Redis Cluster startup nodes, comma-separated")
+    redis_nodes: str = _f("127.0.0.1:7000", "Redis Cluster startup nodes, comma-separated; "
+                          "the password (this and the remote sites' clusters) is "
+                          "$TONGXIN_REDIS_PASSWORD")
     key_prefix: str = _f("tx", "prefix of every Redis key")
     node_ttl: float = _f(15.0, "seconds without a heartbeat after which a node counts as dead")
     remote_redis_nodes: str = _f("", "other serving sites' Redis Clusters, ';' between sites, "

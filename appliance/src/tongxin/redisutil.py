@@ -21,7 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from tongxin.presence.redis_presence import parse_nodes
+from tongxin.presence.redis_presence import parse_nodes, redis_password
 
 #: What a failed call may raise: the driver's errors (RedisClusterException,
 #: e.g. "no startup node answers" or an uncovered slot, is not a RedisError),
@@ -32,9 +32,11 @@ FAILURES: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, 
 
 def bounded_cluster(nodes: str, timeout: float, retries: int) -> RedisCluster:
     """A cluster client whose retries ride out MOVED and a promoted replica
-    (the slot map is re-read after a connection error) but not a long outage."""
+    (the slot map is re-read after a connection error) but not a long outage.
+    It authenticates with $TONGXIN_REDIS_PASSWORD, as every Redis client of the
+    node does (this site's cluster and the other sites')."""
     return RedisCluster(
-        startup_nodes=parse_nodes(nodes), decode_responses=True,
+        startup_nodes=parse_nodes(nodes), decode_responses=True, password=redis_password(),
         retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), retries),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         socket_timeout=timeout, socket_connect_timeout=timeout,

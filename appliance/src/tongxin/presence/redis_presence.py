@@ -19,17 +19,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Iterable
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import AuthenticationError as RedisAuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tongxin.clock import now_ms
+from tongxin.config import ConfigError
 from tongxin.presence.ports import PresenceEntry
 from tongxin.store.ports import Unavailable
 
@@ -55,6 +58,39 @@ def nodes_key(prefix: str) -> str:
     return f"{prefix}:nodes"
 
 
+#: The environment variable holding the Redis password (requirepass): the
+#: same for this site's cluster and the other sites' (one per installation;
+#: role appliance writes it to tongxin.env). Unset or empty: no AUTH.
+PASSWORD_ENV = "TONGXIN_REDIS_PASSWORD"
+
+
+def redis_password() -> str | None:
+    """The password every Redis client of this node authenticates with, if any."""
+    return os.environ.get(PASSWORD_ENV) or None
+
+
+def auth_failure(exc: BaseException, nodes: str) -> ConfigError | None:
+    """A clear configuration error when ``exc`` (or what caused it) is Redis
+    refusing this node's credentials; None for any other failure. The cluster
+    client reports it as "cannot be connected", caused by the
+    AuthenticationError of each startup node."""
+    seen: BaseException | None = exc
+    while seen is not None and not isinstance(seen, RedisAuthenticationError):
+        text = str(seen)
+        if text.startswith(("NOAUTH", "WRONGPASS")):
+            break
+        seen = seen.__cause__ or seen.__context__
+    if seen is None:
+        return None
+    if redis_password() is None:
+        return ConfigError(f"presence.redis_nodes: Redis ({nodes}) requires a password and "
+                           f"${PASSWORD_ENV} is not set (role appliance writes it to "
+                           "tongxin.env from redis_password)")
+    # The driver's text (e.g. "invalid username-password pair"), never the password.
+    return ConfigError(f"presence.redis_nodes: Redis ({nodes}) refused the password in "
+                       f"${PASSWORD_ENV} ({seen}): it must be the redis role's redis_password")
+
+
 def parse_nodes(spec: str) -> list[ClusterNode]:
     nodes = []
     for part in spec.split(","):
@@ -69,8 +105,9 @@ class RedisPresence:
         self.node_ttl_ms = int(node_ttl * 1000)
         # Retries ride out a primary failover: MOVED/connection errors make
         # the client refresh the slot map and try again.
+        self.nodes = nodes
         self.redis = RedisCluster(
-            startup_nodes=parse_nodes(nodes), decode_responses=True,
+            startup_nodes=parse_nodes(nodes), decode_responses=True, password=redis_password(),
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 8),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
             socket_timeout=2.0, socket_connect_timeout=2.0,
@@ -100,7 +137,15 @@ class RedisPresence:
 
     async def start(self, node_id: str) -> None:
         self.node_id = node_id
-        await self.redis.initialize()
+        try:
+            await self.redis.initialize()
+        except _FAILURES as exc:
+            # A wrong or missing password is a configuration error (one line at
+            # start, exit 2), not an outage to retry.
+            refused = auth_failure(exc, self.nodes)
+            if refused is not None:
+                raise refused from None
+            raise
         await self._heartbeat_once()
         self._beat = asyncio.create_task(self._heartbeat())
 
