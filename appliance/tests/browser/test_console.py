@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -67,23 +68,40 @@ ADMINS = {
 }
 
 
+@dataclass
+class Standbys:
+    """site.standby_status_urls for the node, and the URL that makes the standby which
+    is behind catch up (POST), so the driver can check that the panel reads again."""
+
+    urls: str
+    catch_up: str
+
+
 @pytest.fixture
-def standbys() -> Iterator[str]:
+def standbys() -> Iterator[Standbys]:
     """Two DR standbys as the site panel reads them (503 and the lag on /readyz, like
-    tongxin.server.standby): one keeping up, one 42 s behind; and a port nobody
-    listens on. Yields site.standby_status_urls."""
+    tongxin.server.standby): one keeping up, one 42 s behind until told to catch up
+    (POST /catch-up: 2 s from then on); and a port nobody listens on."""
     def answering(node: str, lag: float, silent: float) -> type[BaseHTTPRequestHandler]:
+        state = {"lag": lag, "silent": silent}
+
         class Readyz(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 body = json.dumps({"ready": False, "reason": "standby", "role": "standby",
-                                   "site": "dr", "node": node, "replication_lag_seconds": lag,
-                                   "replication_silent_seconds": silent,
+                                   "site": "dr", "node": node,
+                                   "replication_lag_seconds": state["lag"],
+                                   "replication_silent_seconds": state["silent"],
                                    "replication_lag_at_last_advance_seconds": 1.0}).encode()
                 self.send_response(503)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def do_POST(self) -> None:
+                state.update(lag=2.0, silent=0.5)
+                self.send_response(204)
+                self.end_headers()
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -95,8 +113,10 @@ def standbys() -> Iterator[str]:
     for srv in servers:
         threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
-        yield ",".join([*(f"http://127.0.0.1:{srv.server_address[1]}" for srv in servers),
-                        f"http://127.0.0.1:{_free_port()}"])
+        yield Standbys(
+            urls=",".join([*(f"http://127.0.0.1:{srv.server_address[1]}" for srv in servers),
+                           f"http://127.0.0.1:{_free_port()}"]),
+            catch_up=f"http://127.0.0.1:{servers[1].server_address[1]}/catch-up")
     finally:
         for srv in servers:
             srv.shutdown()
@@ -137,7 +157,7 @@ async def _create_group(port: int) -> str:
 
 
 @pytest.mark.timeout(420)
-def test_console_three_roles_in_chromium(tmp_path: Path, standbys: str) -> None:
+def test_console_three_roles_in_chromium(tmp_path: Path, standbys: Standbys) -> None:
     node = _require_tools()
     page = BUILT / "console.html"
     sources = [p for p in (WEB / "src" / "console").rglob("*") if p.is_file()]
@@ -145,7 +165,7 @@ def test_console_three_roles_in_chromium(tmp_path: Path, standbys: str) -> None:
         pytest.fail("the console bundle is missing or older than its sources: run "
                     "`cd appliance/web && node build.mjs`", pytrace=False)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    config = CONFIG.replace("{standbys}", standbys)
+    config = CONFIG.replace("{standbys}", standbys.urls)
     cfg = tmp_path / "tongxin.yaml"
     cfg.write_text(config)
     env = {**os.environ, "TONGXIN_HOME": str(tmp_path / "home")}
@@ -172,7 +192,8 @@ def test_console_three_roles_in_chromium(tmp_path: Path, standbys: str) -> None:
              "--artifacts", str(ARTIFACTS)],
             cwd=WEB, capture_output=True, text=True, timeout=360,
             env={**os.environ, "CHROMIUM": str(CHROMIUM), "CONSOLE_ADMINS": json.dumps(admins),
-                 "CONSOLE_GROUP": json.dumps(group)})
+                 "CONSOLE_GROUP": json.dumps(group),
+                 "CONSOLE_STANDBY_CATCH_UP": standbys.catch_up})
     finally:
         _stop(proc)
     out = run.stdout + run.stderr

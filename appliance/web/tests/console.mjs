@@ -314,6 +314,16 @@ try {
   await p.locator("#dr-standbys tr .badge.state-disabled", { hasText: "无法访问" }).waitFor();
   if ((await p.locator("#dr-standbys tbody tr").count()) !== 3) fail("the DR copy does not show one row per standby");
   ok(`the site panel shows the DR copy: a standby keeping up, one behind, one unreachable ("${(await standby("dr-standby-02").textContent()).trim()}")`);
+  // The panel reads the DR copy again while it is open: the standby that was behind
+  // catches up (the driver tells the stand-in), and within a reading (10 s) its row
+  // turns green and the lag chart's largest reading comes down to it.
+  await p.locator("#chart-dr-lag", { hasText: "最大 42 秒" }).waitFor();
+  const caughtUp = await fetch(process.env.CONSOLE_STANDBY_CATCH_UP, { method: "POST" });
+  if (caughtUp.status !== 204) fail(`the stand-in standby refused to catch up: ${caughtUp.status}`);
+  await standby("dr-standby-02").locator(".badge.state-active", { hasText: "同步正常" }).waitFor({ timeout: 30000 });
+  await p.locator("#chart-dr-lag", { hasText: "最大 2 秒" }).waitFor({ timeout: 30000 });
+  if ((await p.locator("#dr-standbys tbody tr").count()) !== 3) fail("a reading of the DR copy changed its rows");
+  ok("the site panel reads the DR copy again while open: the standby that caught up turns green and the lag chart follows (最大 2 秒)");
   // The live chart polls GET /api/v1/admin/node: two WebSocket connections opened
   // from another page show up in it.
   const sockets = await newPage("sockets");

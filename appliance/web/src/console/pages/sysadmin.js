@@ -176,8 +176,57 @@ async function siteAndEvidence(api, t) {
     row(t("status.lastRestore"), item(ev.restore, restore), "dr-restore"),
     row(t("status.lastDrill"), item(ev["dr-drill"], drill), "dr-drill")),
   h("p", { class: "help" }, t("status.drNote")),
-  standbys(t, s));
+  drCopy(api, t, s));
   return section;
+}
+
+// The DR copy is read again every STANDBY_POLL_MS while the page is open: a reading asks
+// every standby's /readyz (up to 2 s each, concurrently), so not as often as the node's
+// own counters; 10 s is well inside the 15 s at which a row turns red.
+const STANDBY_POLL_MS = 10000;
+const LAG_KEEP = 60; // ten minutes of readings
+
+// The standbys' table, replaced at each reading, and a chart of the largest lag any
+// standby reported (the DR copy is as far behind as its slowest reachable node).
+function drCopy(api, t, s) {
+  let current = standbys(t, s);
+  if (!current || !(s.standbys || []).length) return current;
+  const chart = lineChart(t("status.chartDrLag"), { color: "#7c2d12" });
+  const value = h("p", { class: "chart-value", id: "chart-dr-lag" });
+  const points = [];
+  const record = (site) => {
+    const lags = (site.standbys || [])
+      .filter((sb) => sb.reachable && !sb.error && typeof sb.replication_lag_seconds === "number")
+      .map((sb) => sb.replication_lag_seconds);
+    if (lags.length) points.push({ t: Date.now(), v: Math.max(...lags) });
+    points.splice(0, Math.max(0, points.length - LAG_KEEP));
+    const text = lags.length
+      ? t("status.drLagNow", { n: formatNumber(Math.max(...lags), { maximumFractionDigits: 1 }) })
+      : t("status.drLagNone");
+    chart.update(points, text);
+    value.textContent = text;
+  };
+  record(s);
+  const wrap = h("div", {}, current,
+    h("div", { class: "charts" }, h("figure", {}, h("figcaption", {}, t("status.chartDrLag")), chart.el, value)));
+  async function tick() {
+    if (!wrap.isConnected) return; // the page was left
+    let next;
+    try {
+      next = await api.call("GET", "/site");
+    } catch {
+      return; // signed out, or the node went away: stop reading
+    }
+    const fresh = standbys(t, next);
+    if (fresh) {
+      current.replaceWith(fresh);
+      current = fresh;
+    }
+    record(next);
+    setTimeout(tick, STANDBY_POLL_MS);
+  }
+  setTimeout(tick, STANDBY_POLL_MS);
+  return wrap;
 }
 
 // A DR copy further behind than this is shown red. 15 s is the RPO target of a DR
@@ -187,7 +236,7 @@ async function siteAndEvidence(api, t) {
 const STANDBY_LAG_LIMIT_S = 15;
 
 // The DR copy as its standby nodes report it (GET /site's standbys: each one's /readyz,
-// read by this node when the page opened): a row per standby with its lag, how long the
+// read by this node at each reading of the page): a row per standby with its lag, how long the
 // copy has not moved, and a badge that is red when it is unreachable, reports an error
 // or lags more than STANDBY_LAG_LIMIT_S.
 function standbys(t, s) {
