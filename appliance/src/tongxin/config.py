@@ -58,6 +58,12 @@ class ServerConfig:
     send_queue_bytes: int = _f(16777216, "bytes queued to one slow connection before it is dropped")
     max_unauthenticated_errors: int = _f(5, "frames before AUTH tolerated before the connection closes")
     gc_freeze: bool = _f(True, "freeze start-up objects out of the cyclic GC (shorter pauses)")
+    gc_freeze_interval: float = _f(2.0, "seconds between checks of the objects the cyclic GC "
+                                   "holds beyond the frozen ones; past gc_freeze_threshold they "
+                                   "are collected and frozen (held connections), and after a "
+                                   "mass disconnect the heap is trimmed; 0: start-up freeze only")
+    gc_freeze_threshold: int = _f(20000, "generation-2 objects (not frozen) that start a "
+                                  "collect-and-freeze")
     loop_lag_interval: float = _f(0.25, "seconds between the event-loop lag probe's timers "
                                   "(tongxin_event_loop_lag_seconds); 0: no probe")
     web_client: bool = _f(True, "serve the web client at /")

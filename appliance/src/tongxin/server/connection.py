@@ -46,6 +46,9 @@ Handler = Callable[["Connection", int, bytes], Awaitable[None]]
 # LOGOUT too: a user who spent the budget must still be able to sign out.
 _FREE = frozenset({pb.PING, pb.PONG, pb.LOGOUT})
 
+# What ends a WebSocket's message iteration (aiohttp's __anext__ stops on these).
+_END = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED})
+
 # Seconds a close handshake may take before the socket is dropped.
 CLOSE_TIMEOUT = 2.0
 
@@ -205,7 +208,16 @@ class Connection:
         # popped once per binary message; a plain WebSocketResponse has no such
         # stamp: then when it is read here.
         arrival = getattr(ws, "pop_arrival", time.perf_counter)
-        async for msg in ws:
+        receive = ws.receive
+        # receive() rather than ``async for``: an idle connection waits suspended
+        # in this chain until its next frame (a heartbeat: 30 s), and the chain is
+        # made again for every frame; the iterator's __anext__ would be one more
+        # coroutine in it, for the cyclic GC to promote and examine
+        # (server/gcschedule.py). The loop ends where the iterator would.
+        while True:
+            msg = await receive()
+            if msg.type in _END:
+                break
             if self.closing:
                 break
             self.last_seen = time.monotonic()

@@ -37,6 +37,7 @@ from tongxin.presence.ports import PresenceRegistry
 from tongxin.proto import tongxin_pb2 as pb
 from tongxin.server import admin_api, files_api, http_log, session_end
 from tongxin.server.connection import Connection
+from tongxin.server.gcschedule import GcSchedule
 from tongxin.server.http_util import json_body
 from tongxin.server.hub import Hub
 from tongxin.server.metrics_listener import MetricsListener, add_metrics
@@ -162,6 +163,8 @@ class Node:
         self.node_id = cfg.node_id or f"{socket.gethostname()}:{cfg.listen_address()[1]}"
         self.metrics = Metrics()
         self.gc_pauses = GcPauses(self.metrics.gc_pause)
+        self.gc_schedule = (GcSchedule(s.gc_freeze_interval, s.gc_freeze_threshold)
+                            if s.gc_freeze and s.gc_freeze_interval > 0 else None)
         self.store = store or make_store(cfg)
         self.presence = presence or make_presence(cfg, self.metrics)
         self.encoder = Encoder(self.limits)
@@ -231,6 +234,9 @@ class Node:
             gc.collect()
             gc.freeze()
         self.gc_pauses.install()  # after start-up's own collection: pauses while serving
+        if self.gc_schedule is not None:
+            # Held connections frozen as they accumulate (server/gcschedule.py).
+            self.spawn(self.gc_schedule.run(lambda: len(self.hub.all)))
         self.ready = True
 
     async def stop(self) -> None:
@@ -408,6 +414,8 @@ class Node:
         finally:
             conn.decoder.reset()  # its unfinished message no longer counts against the budget
             self.metrics.connections.dec()
+            if self.gc_schedule is not None:
+                self.gc_schedule.closed()
             await self.detach(conn)
             await conn.finish()
         return ws
