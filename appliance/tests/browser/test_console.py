@@ -50,15 +50,21 @@ from test_web_client import (
 
 ARTIFACTS = ROOT / "test-artifacts" / "console"
 
-CONFIG = """\
+# Secrets the node is given (the configuration page shows neither: only "set").
+DB_PASSWORD = "Db-Console-Secret-7q"
+REDIS_PASSWORD = "Redis-Console-Secret-4k"
+
+CONFIG = f"""\
 accounts:
   scrypt_n: 1024
+storage:
+  mysql_dsn: "mysql://tongxin:{DB_PASSWORD}@db.internal:4000/tongxin"
 compliance:
   step_up_window: 0
 logging:
   json: false
 site:
-  standby_status_urls: "{standbys}"
+  standby_status_urls: "{{standbys}}"
 """
 
 ADMINS = {
@@ -168,7 +174,8 @@ def test_console_three_roles_in_chromium(tmp_path: Path, standbys: Standbys) -> 
     config = CONFIG.replace("{standbys}", standbys.urls)
     cfg = tmp_path / "tongxin.yaml"
     cfg.write_text(config)
-    env = {**os.environ, "TONGXIN_HOME": str(tmp_path / "home")}
+    env = {**os.environ, "TONGXIN_HOME": str(tmp_path / "home"),
+           "TONGXIN_REDIS_PASSWORD": REDIS_PASSWORD}
     admins = _provision(cfg, env)
     _group_members(cfg, env)
     # Pin the audit key the node made (docs/compliance.md, "Trusted keys"): the chain
@@ -193,6 +200,7 @@ def test_console_three_roles_in_chromium(tmp_path: Path, standbys: Standbys) -> 
             cwd=WEB, capture_output=True, text=True, timeout=360,
             env={**os.environ, "CHROMIUM": str(CHROMIUM), "CONSOLE_ADMINS": json.dumps(admins),
                  "CONSOLE_GROUP": json.dumps(group),
+                 "CONSOLE_SECRETS": json.dumps([DB_PASSWORD, REDIS_PASSWORD]),
                  "CONSOLE_STANDBY_CATCH_UP": standbys.catch_up})
     finally:
         _stop(proc)
@@ -208,6 +216,7 @@ def test_console_three_roles_in_chromium(tmp_path: Path, standbys: Standbys) -> 
                      "the users page shows each user's unit",
                      "the groups page lists the group",
                      "the site panel shows the DR copy",
+                     "the configuration page shows accounts.scrypt_n 1024",
                      "sysadmin is refused the auditor's page and its API",
                      "secadmin enrolled a new TOTP for the auditor",
                      "secadmin rotated the audit signing key",
@@ -221,6 +230,6 @@ def test_console_three_roles_in_chromium(tmp_path: Path, standbys: Standbys) -> 
                      "no serious or critical accessibility violations",
                      "follows the browser language"):
         assert any(verified in line for line in ok_lines), f"not verified: {verified}\n{out}"
-    for shot in ("01-login", "02-users", "02b-org", "02c-groups", "03-status", "05-admins-totp", "06b-policy",
+    for shot in ("01-login", "02-users", "02b-org", "02c-groups", "03-status", "03b-config", "05-admins-totp", "06b-policy",
                  "06d-policy-changed", "09-audit", "10-report"):
         assert (ARTIFACTS / f"{shot}.png").stat().st_size > 1000, shot

@@ -541,6 +541,45 @@ async def test_site_status_shows_the_newest_evidence_to_the_sysadmin_only(
         assert status == 403, (role, body)
 
 
+async def test_config_view_shows_the_sysadmin_every_key_and_no_secret(
+        node_factory: NodeFactory, http: aiohttp.ClientSession,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    db_password = "Sup3r-Secret-DB-pw"
+    monkeypatch.setenv("TONGXIN_REDIS_PASSWORD", "redis-env-secret-77")
+    monkeypatch.setenv("TONGXIN_MYSQL_PASSWORD", "mysql-env-secret-88")
+    rn: RunningNode = await node_factory(
+        storage={"mysql_dsn": f"mysql://tongxin:{db_password}@db.internal:4000/tongxin"},
+        chat={"recall_window": 60.0})
+    admins = await trio(rn, http)
+    status, body = await call(http, rn, "GET", "/config", admins["sysadmin"].token)
+    assert status == 200, body
+    text = json.dumps(body)
+    for secret in (db_password, "redis-env-secret-77", "mysql-env-secret-88", "db.internal"):
+        assert secret not in text
+    rows = {r["key"]: r for r in body["keys"]}
+    assert rows["chat.recall_window"]["value"] == 60.0 and rows["chat.recall_window"]["default"] == 120.0
+    assert rows["chat.recall_window"]["differs"] is True and rows["chat.edit_window"]["differs"] is False
+    assert rows["storage.mysql_dsn"]["redacted"] is True and rows["storage.mysql_dsn"]["set"] is True
+    assert rows["storage.mysql_dsn"]["value"] is None
+    env = {e["name"]: e["set"] for e in body["environment"]}
+    assert env["TONGXIN_REDIS_PASSWORD"] is True and env["TONGXIN_SMS_WEBHOOK_SECRET"] is False
+    reads = await events(rn, "config.read")
+    assert [(r["actor"], r["outcome"]) for r in reads] == [(admins["sysadmin"].user_id, "ok")]
+    for role in ("secadmin", "auditor"):
+        status, body = await call(http, rn, "GET", "/config", admins[role].token)
+        assert status == 403 and body["required_role"] == "sysadmin", (role, body)
+    user = await rn.node.accounts.create_user("plainuser", PW)
+    token = (await rn.node.accounts.login("plainuser", PW, "dev1")).token
+    status, body = await call(http, rn, "GET", "/config", token)
+    assert status == 403, body
+    refused = [r for r in await events(rn, "admin.forbidden") if r.get("target") == "config.read"]
+    assert {r["actor"] for r in refused} == {admins["secadmin"].user_id, admins["auditor"].user_id,
+                                              user.id}
+    status, _ = await call(http, rn, "GET", "/config")
+    assert status == 401
+    assert len(await events(rn, "config.read")) == 1
+
+
 async def test_policy_page_shows_the_rules_to_the_secadmin_only(
         node_factory: NodeFactory, http: aiohttp.ClientSession) -> None:
     rn: RunningNode = await node_factory(accounts={"password_min_classes": 3, "password_history": 4})

@@ -27,6 +27,9 @@ const artifacts = resolve(artIdx >= 0 ? args[artIdx + 1] : "test-artifacts/conso
 const admins = JSON.parse(process.env.CONSOLE_ADMINS || "null");
 // A group two ordinary users hold (made by the driver through the SDK): name, id, owner, member.
 const group = JSON.parse(process.env.CONSOLE_GROUP || "null");
+// Secret values the node was given (a password in storage.mysql_dsn, $TONGXIN_REDIS_PASSWORD):
+// the configuration page must not show any of them.
+const cfgSecrets = JSON.parse(process.env.CONSOLE_SECRETS || "[]");
 if (!base || !admins || !group) {
   console.error("usage: CONSOLE_ADMINS=JSON CONSOLE_GROUP=JSON node tests/console.mjs http://HOST:PORT [--artifacts DIR]");
   process.exit(2);
@@ -176,8 +179,8 @@ try {
   await login(p, sys);
   if ((await p.textContent("#who-role")) !== "系统管理员") fail("the header does not name the sysadmin role");
   const sysLinks = await navLinks(p);
-  if (JSON.stringify(sysLinks) !== JSON.stringify(["#/users", "#/org", "#/groups", "#/status"])) fail(`sysadmin navigation: ${sysLinks}`);
-  ok("sysadmin signed in with password and TOTP; the navigation shows only users, organisation, groups and node status");
+  if (JSON.stringify(sysLinks) !== JSON.stringify(["#/users", "#/org", "#/groups", "#/status", "#/config"])) fail(`sysadmin navigation: ${sysLinks}`);
+  ok("sysadmin signed in with password and TOTP; the navigation shows only users, organisation, groups, node status and configuration");
 
   await p.locator("#users-list table").waitFor();
   const form = p.locator("#create-user");
@@ -336,6 +339,28 @@ try {
   await shot(p, "03-status");
   await axe(p, "status");
   await sockets.context().close();
+
+  // 配置 (GET /api/v1/admin/config): a key the driver set, with its default and
+  // "changed"; the database DSN (a password in it) and the Redis password of the
+  // node's environment only as "set"; the filter narrows the tables to one section.
+  await goTo(p, "config");
+  const cfgRow = (key) => p.locator("#config-list tr", { has: p.locator(`code[data-key="${key}"]`) });
+  await cfgRow("accounts.scrypt_n").locator("td", { hasText: /^1024$/ }).waitFor();
+  await cfgRow("accounts.scrypt_n").locator("td", { hasText: /^16384$/ }).waitFor();
+  await cfgRow("accounts.scrypt_n").locator(".badge", { hasText: "已修改" }).waitFor();
+  await cfgRow("storage.mysql_dsn").locator("[data-secret=set]", { hasText: "已设置" }).waitFor();
+  await cfgRow("files.s3_secret_key").locator("[data-secret=unset]", { hasText: "未设置" }).waitFor();
+  await p.locator("tr", { has: p.locator('code[data-env="TONGXIN_REDIS_PASSWORD"]') })
+    .locator("[data-secret=set]").waitFor();
+  const cfgText = await p.textContent("main");
+  for (const secret of cfgSecrets) if (cfgText.includes(secret)) fail(`the configuration page shows a secret: ${secret}`);
+  await shot(p, "03b-config");
+  await axe(p, "config");
+  await p.fill("#config-filter", "recall_window");
+  await p.locator("#config-count", { hasText: "显示 1 / " }).waitFor();
+  if ((await p.locator("#config-list tbody tr").count()) !== 1
+    || (await p.locator("#config-list section").getAttribute("data-section")) !== "chat") fail("the filter does not narrow to chat.recall_window");
+  ok("the configuration page shows accounts.scrypt_n 1024 (default 16384, changed), the DSN and the Redis password only as set, and filters");
 
   await refused(p, "sysadmin", "audit", "GET", "/audit", "auditor");
   await shot(p, "04-forbidden");

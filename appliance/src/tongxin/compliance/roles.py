@@ -37,6 +37,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
         # group conversations and their members, never their messages: the
         # sysadmin administers, the auditor alone reads content (export, escrow)
         "group.list",
+        # the node's effective configuration, every secret redacted (tongxin.config_view)
+        "config.read",
     }),
     SECADMIN: frozenset({
         # sms.confirm: the code sent at enrolment (sms.enroll, stepped up) comes back

@@ -708,6 +708,18 @@ class AdminApi:
             "heartbeat_written_at": heartbeat, "evidence": evidence, "standbys": standbys,
             "ts": now_ms()})
 
+    async def config_view(self, request: web.Request, ctx: Ctx) -> web.Response:
+        """The node's effective configuration: every key, its value and default,
+        whether it differs; secrets only as set / not set (tongxin.config_view).
+        Audited like the other reads."""
+        from tongxin.config_view import effective_config
+
+        data = effective_config(self.node.cfg)
+        await self.c.audit("config.read", actor=ctx.user.id, actor_role=ctx.role,
+                           source=ctx.source, count=len(data["keys"]),
+                           redacted=sum(1 for k in data["keys"] if k["redacted"]))
+        return web.json_response({"node": self.node.node_id, **data})
+
     # ---- secadmin: roles, second factors, keys, retention, holds -------------------
 
     async def sign_out_admin(self, request: web.Request, ctx: Ctx) -> web.Response:
@@ -1200,6 +1212,7 @@ def add_routes(app: web.Application, node: Node) -> None:
     r.add_get(f"{p}/groups/{{conversation_id}}/members", g("group.list", api.group_members))
     r.add_get(f"{p}/node", g("node.status", api.node_status))
     r.add_get(f"{p}/site", g("node.status", api.site_status))
+    r.add_get(f"{p}/config", g("config.read", api.config_view))
     # secadmin
     r.add_get(f"{p}/roles", g("role.list", api.list_roles))
     r.add_get(f"{p}/policy", g("policy.read", api.policy))

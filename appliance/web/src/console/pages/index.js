@@ -9,6 +9,7 @@ export const PAGES = [
   { id: "org", role: "sysadmin", permission: "org.list", render: sysadmin.org },
   { id: "groups", role: "sysadmin", permission: "group.list", render: sysadmin.groups },
   { id: "status", role: "sysadmin", permission: "user.list", render: sysadmin.status },
+  { id: "config", role: "sysadmin", permission: "config.read", render: sysadmin.config },
   { id: "admins", role: "secadmin", permission: "role.list", render: secadmin.admins },
   { id: "keys", role: "secadmin", permission: "key.rotate", render: secadmin.keys },
   { id: "policy", role: "secadmin", permission: "policy.read", render: secadmin.policy },

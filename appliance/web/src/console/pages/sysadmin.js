@@ -552,3 +552,53 @@ export async function groups(el, { api, t, errorText }) {
   el.append(h("p", { class: "lead" }, t("groups.lead")), search, status, list, more, members);
   await load(false);
 }
+
+// 配置: the node's effective configuration (GET /config), read-only, a table per section,
+// with a filter on the key and the value. A secret is never sent: only whether it is set.
+export async function config(el, { api, t }) {
+  const c = await api.call("GET", "/config");
+  const list = h("div", { id: "config-list" });
+  const count = h("p", { class: "status", role: "status", id: "config-count" });
+  const literal = (v) => (v === "" ? h("span", { class: "muted" }, t("config.empty"))
+    : h("code", { class: "wrap" }, typeof v === "string" ? v : JSON.stringify(v)));
+  const secret = (set) => h("span", { class: `badge ${set ? "state-active" : ""}`, "data-secret": set ? "set" : "unset" },
+    set ? t("config.set") : t("config.unset"));
+  const differs = (r) => (r.differs ? h("span", { class: "badge state-locked" }, t("config.changed"))
+    : h("span", { class: "muted" }, t("config.default")));
+  const name = (r) => h("code", { "data-key": r.key }, r.key);
+  function render(q) {
+    const needle = q.trim().toLowerCase();
+    const match = (r) => !needle || r.key.toLowerCase().includes(needle)
+      || (!r.redacted && String(r.value).toLowerCase().includes(needle));
+    const shown = c.keys.filter(match);
+    const sections = [...new Set(shown.map((r) => r.section))];
+    list.replaceChildren(...sections.map((s) => {
+      const title = s || t("config.general");
+      const id = `cfg-${(s || "general").replace(/\./g, "-")}`;
+      return h("section", { class: "panel", "aria-labelledby": id, "data-section": s || "general" },
+        h("h2", { id }, title),
+        table(t("config.caption", { section: title }), [
+          { head: t("config.key"), cell: name },
+          { head: t("config.value"), cell: (r) => (r.redacted ? secret(r.set) : literal(r.value)) },
+          { head: t("config.defaultValue"), cell: (r) => (r.redacted ? h("span", { class: "muted" }, t("config.redacted")) : literal(r.default)) },
+          { head: t("config.differs"), cell: differs },
+        ], shown.filter((r) => r.section === s), t("config.none")));
+    }));
+    if (!shown.length) list.append(h("p", { class: "muted", id: "config-none" }, t("config.noneMatching", { q })));
+    count.textContent = t("config.count", { shown: formatNumber(shown.length), total: formatNumber(c.keys.length),
+      changed: formatNumber(c.keys.filter((r) => r.differs).length) });
+  }
+  const filter = field(t("config.filter"), { type: "search", id: "config-filter", autocomplete: "off" });
+  filter.querySelector("input").addEventListener("input", (ev) => render(ev.target.value));
+  el.append(h("p", { class: "lead" }, t("config.lead")),
+    h("div", { class: "panel inline-form", role: "search" }, filter),
+    count, list,
+    h("section", { class: "panel", "aria-labelledby": "cfg-env" },
+      h("h2", { id: "cfg-env" }, t("config.environment")),
+      h("p", { class: "help" }, t("config.environmentHelp")),
+      table(t("config.environment"), [
+        { head: t("config.variable"), cell: (e) => h("code", { "data-env": e.name }, e.name) },
+        { head: t("config.value"), cell: (e) => secret(e.set) },
+      ], c.environment || [], t("config.none"))));
+  render("");
+}
