@@ -227,9 +227,11 @@ class Worker:
                     self._hold(i, wire, ok)
                     return
 
-        await asyncio.gather(*(one(i) for i in range(self.first, self.first + self.count)))
+        # Heartbeats from the start: an open phase longer than the idle timeout
+        # (3 intervals) would otherwise lose its first connections to it.
         if self.pinger is None:
             self.pinger = asyncio.create_task(self._ping_all())
+        await asyncio.gather(*(one(i) for i in range(self.first, self.first + self.count)))
         return {"opened": len(self.held), "failed": len(failed), "failures": failed[:5],
                 "seconds": time.monotonic() - t0}
 
