@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import gc
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -117,6 +118,7 @@ async def main(args: argparse.Namespace) -> int:
             proc.stdin.close()
             await proc.wait()
         await runner.cleanup()
+        shutil.rmtree(home, ignore_errors=True)
     return 0
 
 
