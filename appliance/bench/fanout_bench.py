@@ -38,9 +38,7 @@ import asyncio
 import contextlib
 import json
 import os
-import resource
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from conn_bench import commit, pct, raise_nofile
 from relay_bench import (
     HOST,
     PASSWORD,
@@ -78,18 +77,8 @@ def log(msg: str) -> None:
     print(f"[fanout] {msg}", file=sys.stderr, flush=True)
 
 
-def raise_nofile() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
 
 
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(q / 100 * len(s)) - 1))]
 
 
 class Peer:
@@ -260,20 +249,8 @@ class Member:
         await self.proc.stdin.drain()
 
 
-def loadavg() -> list[float]:
-    try:
-        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
-    except OSError:
-        return []
 
 
-def commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, cwd=Path(__file__).parent, timeout=5)
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
 
 
 async def run(args: argparse.Namespace, url: str, server_pid: int) -> dict[str, Any]:
@@ -365,7 +342,7 @@ async def run(args: argparse.Namespace, url: str, server_pid: int) -> dict[str, 
         for cmid, ack_ms in sent:
             lat = got.get(cmid, [])
             fanout.append({"delivered": len(lat), "missing": len(user_ids) - len(lat),
-                           "ack_ms": ack_ms, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99),
+                           "ack_ms": ack_ms, "p50_ms": pct(lat, 0.50), "p99_ms": pct(lat, 0.99),
                            "last_ms": max(lat) if lat else float("nan")})
 
         # Receipts: every member reads the last message at once, beside a probe.
@@ -394,14 +371,14 @@ async def run(args: argparse.Namespace, url: str, server_pid: int) -> dict[str, 
         receipts = {"sent": receipts_sent, "sent_in_s": sent_s,
                     "server_cpu_s": (cpu1 - cpu0) / 1e9,
                     "window_s": time.perf_counter() - t0,
-                    "probe_ack_p50_ms": pct(probe, 50), "probe_ack_p99_ms": pct(probe, 99),
+                    "probe_ack_p50_ms": pct(probe, 0.50), "probe_ack_p99_ms": pct(probe, 0.99),
                     "probe_ack_max_ms": max(probe) if probe else float("nan"),
                     "probes": len(probe)}
         return {
             "members": len(user_ids) + 1,
             "recipients": len(user_ids),
             "closed_by_node": closed,
-            "direct": {"ack_p50_ms": pct(direct_ack, 50), "e2e_p50_ms": pct(direct_e2e, 50),
+            "direct": {"ack_p50_ms": pct(direct_ack, 0.50), "e2e_p50_ms": pct(direct_e2e, 0.50),
                        "e2e_max_ms": max(direct_e2e) if direct_e2e else float("nan"),
                        "delivered": len(direct_e2e), "sent": len(direct_ack)},
             "fanout": fanout,
@@ -497,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
                 run(args, f"ws://{HOST}:{port}/ws", server.pid), SETUP_TIMEOUT * 2))
         finally:
             children.stop_all()
-    doc = {"commit": commit(), "loadavg": loadavg(), "cpus": os.cpu_count(),
+    doc = {"commit": commit(), "loadavg": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
            "params": {k: v for k, v in vars(args).items() if k not in ("worker", "count", "prefix")},
            "result": result}
     if args.json:
