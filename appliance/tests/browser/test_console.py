@@ -162,6 +162,26 @@ async def _create_group(port: int) -> str:
         return str(conv.conversation_id)
 
 
+def _evidence(home: Path) -> dict[str, str]:
+    """The auditor's drill reports page reads the node's evidence/: a DR drill report as
+    `tongxin drill report` writes it (JSON and HTML), its run id with markup that must
+    stay text, and a later failed backup as `tongxin backup create` records one."""
+    sys.path.insert(0, str(ROOT / "appliance" / "tests"))
+    from drill_sample import drill_report
+
+    from tongxin.drill.report import write_report
+
+    run_id = "演练<b>01</b><script>x()</script>"
+    drill_json, _ = write_report(drill_report(run_id=run_id), home / "evidence")
+    backup = home / "evidence" / "backup-20261202T023000Z.json"
+    error = "目标磁盘已满 disk full"
+    backup.write_text(json.dumps({"ok": False, "started_at": "2026-12-02T02:30:00Z",
+                                  "finished_at": "2026-12-02T02:31:00Z", "target": "/mnt/nfs",
+                                  "error": error}, ensure_ascii=False), encoding="utf-8")
+    return {"drillFile": drill_json.name, "drillRunId": run_id, "backupFile": backup.name,
+            "backupError": error}
+
+
 @pytest.mark.timeout(420)
 def test_console_three_roles_in_chromium(tmp_path: Path, standbys: Standbys) -> None:
     node = _require_tools()
@@ -176,6 +196,7 @@ def test_console_three_roles_in_chromium(tmp_path: Path, standbys: Standbys) -> 
     cfg.write_text(config)
     env = {**os.environ, "TONGXIN_HOME": str(tmp_path / "home"),
            "TONGXIN_REDIS_PASSWORD": REDIS_PASSWORD}
+    evidence = _evidence(tmp_path / "home")
     admins = _provision(cfg, env)
     _group_members(cfg, env)
     # Pin the audit key the node made (docs/compliance.md, "Trusted keys"): the chain
@@ -201,6 +222,7 @@ def test_console_three_roles_in_chromium(tmp_path: Path, standbys: Standbys) -> 
             env={**os.environ, "CHROMIUM": str(CHROMIUM), "CONSOLE_ADMINS": json.dumps(admins),
                  "CONSOLE_GROUP": json.dumps(group),
                  "CONSOLE_SECRETS": json.dumps([DB_PASSWORD, REDIS_PASSWORD]),
+                 "CONSOLE_EVIDENCE": json.dumps(evidence),
                  "CONSOLE_STANDBY_CATCH_UP": standbys.catch_up})
     finally:
         _stop(proc)
@@ -217,7 +239,7 @@ def test_console_three_roles_in_chromium(tmp_path: Path, standbys: Standbys) -> 
                      "the groups page lists the group",
                      "the site panel shows the DR copy",
                      "the configuration page shows accounts.scrypt_n 1024",
-                     "sysadmin is refused the auditor's page and its API",
+                     "sysadmin is refused the auditor's pages (audit trail, drill reports)",
                      "secadmin enrolled a new TOTP for the auditor",
                      "secadmin rotated the audit signing key",
                      "secadmin changed the password policy from the page",
@@ -226,10 +248,12 @@ def test_console_three_roles_in_chromium(tmp_path: Path, standbys: Standbys) -> 
                      "the audit trail shows the sysadmin's actions",
                      "the audit chain verifies from the page",
                      "the compliance report is shown and downloaded",
+                     "the drill reports page lists the failed backup and the drill",
                      "auditor is refused the secadmin's page and its API",
                      "no serious or critical accessibility violations",
                      "follows the browser language"):
         assert any(verified in line for line in ok_lines), f"not verified: {verified}\n{out}"
-    for shot in ("01-login", "02-users", "02b-org", "02c-groups", "03-status", "03b-config", "05-admins-totp", "06b-policy",
-                 "06d-policy-changed", "09-audit", "10-report"):
+    for shot in ("01-login", "02-users", "02b-org", "02c-groups", "03-status", "03b-config",
+                 "05-admins-totp", "06b-policy", "06d-policy-changed", "09-audit", "10-report",
+                 "10b-drills", "10c-drill-open"):
         assert (ARTIFACTS / f"{shot}.png").stat().st_size > 1000, shot

@@ -580,6 +580,71 @@ async def test_config_view_shows_the_sysadmin_every_key_and_no_secret(
     assert len(await events(rn, "config.read")) == 1
 
 
+async def test_auditor_lists_and_opens_the_evidence_and_no_other_file(
+        node_factory: NodeFactory, http: aiohttp.ClientSession) -> None:
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    from drill_sample import drill_report
+
+    from tongxin.drill.report import write_report
+
+    rn: RunningNode = await node_factory()
+    admins = await trio(rn, http)
+    aud = admins["auditor"].token
+    status, body = await call(http, rn, "GET", "/evidence", aud)
+    assert status == 200 and body == {"records": []}
+    evidence = rn.cfg.home / "evidence"
+    report = drill_report(run_id="run<script>alert(1)</script>")
+    report["problems"] = ["<img src=x onerror=alert(2)>"]
+    drill_json, _html = write_report(report, evidence)
+    (evidence / "backup-20261202T023000Z.json").write_text(json.dumps(
+        {"ok": False, "finished_at": "2026-12-02T02:31:00Z", "error": "disk full"}))
+    status, body = await call(http, rn, "GET", "/evidence", aud)
+    assert status == 200, body
+    assert [(r["file"], r["ok"]) for r in body["records"]] == [
+        ("backup-20261202T023000Z.json", False), (drill_json.name, True)]
+    drill = body["records"][1]
+    assert drill["rpo_seconds"] == 2.0 and drill["rto_seconds"] == 12.0 and drill["html"] is True
+    status, body = await call(http, rn, "GET", f"/evidence/{drill_json.name}", aud)
+    assert status == 200 and body["report"]["run_id"] == report["run_id"] and body["type"] == "dr-drill"
+    headers = {"Authorization": f"Bearer {aud}"}
+    async with http.get(f"{rn.http_url}{API}/evidence/{drill_json.name}?download=1",
+                        headers=headers) as r:
+        assert r.status == 200 and json.loads(await r.read()) == json.loads(drill_json.read_text())
+        assert drill_json.name in r.headers["Content-Disposition"]
+    async with http.get(f"{rn.http_url}{API}/evidence/{drill_json.name}/html", headers=headers) as r:
+        page = await r.text()
+        assert r.status == 200 and r.content_type == "text/html"
+        csp = r.headers["Content-Security-Policy"]
+        assert "default-src 'none'" in csp and "sandbox" in csp and "script-src" not in csp
+    assert "<script>" not in page and "<img src=x" not in page
+    assert "run&lt;script&gt;alert(1)&lt;/script&gt;" in page and "RPO" in page
+    status, _ = await call(http, rn, "GET", "/evidence/backup-20261202T023000Z.json/html", aud)
+    assert status == 404
+    # Nothing but an evidence file's own name: a path, a parent, an absolute name.
+    (rn.cfg.home / "secret.json").write_text('{"finished_at": 1, "ok": true, "k": "s3cr3t"}')
+    for name, want in (("..%2Fsecret.json", (400, 404)), ("%2Fetc%2Fpasswd", (400, 404)),
+                       ("..", (400, 404)), ("tls.json", (400,)),
+                       ("backup-20991231T000000Z.json", (404,))):
+        status, body = await call(http, rn, "GET", f"/evidence/{name}", aud)
+        assert status in want and "s3cr3t" not in json.dumps(body), (name, status, body)
+    async with http.get(f"{rn.http_url}{API}/evidence/../secret.json", headers=headers) as r:
+        assert r.status in (400, 404) and "s3cr3t" not in await r.text()
+    reads = await events(rn, "evidence.read")
+    assert {(r["target"], r["outcome"]) for r in reads} >= {
+        (drill_json.name, "ok"), ("tls.json", "denied"), ("backup-20991231T000000Z.json", "failed")}
+    assert all(r["actor"] == admins["auditor"].user_id for r in reads)
+    assert [r["outcome"] for r in await events(rn, "evidence.list")] == ["ok", "ok"]
+    for role in ("sysadmin", "secadmin"):
+        for path in ("/evidence", f"/evidence/{drill_json.name}", f"/evidence/{drill_json.name}/html"):
+            status, body = await call(http, rn, "GET", path, admins[role].token)
+            assert status == 403 and body["required_role"] == "auditor", (role, path, body)
+    await rn.node.accounts.create_user("plainuser", PW)
+    token = (await rn.node.accounts.login("plainuser", PW, "dev1")).token
+    status, _ = await call(http, rn, "GET", "/evidence", token)
+    assert status == 403
+    assert len(await events(rn, "evidence.list")) == 2
+
+
 async def test_policy_page_shows_the_rules_to_the_secadmin_only(
         node_factory: NodeFactory, http: aiohttp.ClientSession) -> None:
     rn: RunningNode = await node_factory(accounts={"password_min_classes": 3, "password_history": 4})

@@ -30,7 +30,11 @@ const group = JSON.parse(process.env.CONSOLE_GROUP || "null");
 // Secret values the node was given (a password in storage.mysql_dsn, $TONGXIN_REDIS_PASSWORD):
 // the configuration page must not show any of them.
 const cfgSecrets = JSON.parse(process.env.CONSOLE_SECRETS || "[]");
-if (!base || !admins || !group) {
+// The evidence files the driver wrote into the node's evidence/ before it started: a DR
+// drill report (drillFile, its run id drillRunId carries markup that must stay text) and
+// a failed backup (backupFile, backupError).
+const evidence = JSON.parse(process.env.CONSOLE_EVIDENCE || "null");
+if (!base || !admins || !group || !evidence) {
   console.error("usage: CONSOLE_ADMINS=JSON CONSOLE_GROUP=JSON node tests/console.mjs http://HOST:PORT [--artifacts DIR]");
   process.exit(2);
 }
@@ -300,13 +304,15 @@ try {
   const version = await p.textContent("#st-version");
   if (!/\d+\.\d+/.test(version)) fail(`node status shows version "${version}"`);
   ok(`node status shows the node ready, version ${version}, site role ${await p.textContent("#st-role")}`);
-  // Site and evidence (GET /api/v1/admin/site): the test node has taken no backup and
-  // run no drill, which the page must say rather than leave blank.
-  await p.locator("#dr-backup", { hasText: "尚无记录" }).waitFor();
-  await p.locator("#dr-drill", { hasText: "尚无记录" }).waitFor();
+  // Site and evidence (GET /api/v1/admin/site): the driver wrote a failed backup and a
+  // DR drill report into the node's evidence/, and no restore test, which the page must
+  // say rather than leave blank; the failure is shown, not hidden.
+  await p.locator("#dr-backup", { hasText: evidence.backupError }).waitFor();
+  await p.locator("#dr-drill", { hasText: "RPO 2 秒" }).waitFor();
+  await p.locator("#dr-restore", { hasText: "尚无记录" }).waitFor();
   await p.locator("#dr-db", { hasText: "本机 SQLite" }).waitFor();
   if (!(await p.textContent("#chart-ack"))) fail("the ACK latency chart has no caption text");
-  ok(`the site panel shows the database (${await p.textContent("#dr-db")}) and no backup or drill yet; the ACK latency chart is there`);
+  ok(`the site panel shows the database (${await p.textContent("#dr-db")}), the failed backup, the drill and no restore test yet; the ACK latency chart is there`);
   // The DR copy (site.standby_status_urls): the driver's stand-in standbys, one keeping
   // up, one 42 s behind, and a port nobody listens on, each a row with its badge.
   const standby = (text) => p.locator("#dr-standbys tr", { hasText: text });
@@ -362,10 +368,11 @@ try {
     || (await p.locator("#config-list section").getAttribute("data-section")) !== "chat") fail("the filter does not narrow to chat.recall_window");
   ok("the configuration page shows accounts.scrypt_n 1024 (default 16384, changed), the DSN and the Redis password only as set, and filters");
 
+  await refused(p, "sysadmin", "drills", "GET", "/evidence", "auditor");
   await refused(p, "sysadmin", "audit", "GET", "/audit", "auditor");
   await shot(p, "04-forbidden");
   await axe(p, "forbidden");
-  ok("sysadmin is refused the auditor's page and its API (403, separation of duties)");
+  ok("sysadmin is refused the auditor's pages (audit trail, drill reports) and their API (403, separation of duties)");
   await logout(p);
   ok("sysadmin logged out; the token is revoked (401)");
 
@@ -498,7 +505,7 @@ try {
   await a.locator("#login-error", { hasText: "动态口令" }).waitFor();
   await login(a, aud, newSecret);
   const audLinks = await navLinks(a);
-  if (JSON.stringify(audLinks) !== JSON.stringify(["#/audit", "#/report", "#/export", "#/escrow"])) fail(`auditor navigation: ${audLinks}`);
+  if (JSON.stringify(audLinks) !== JSON.stringify(["#/audit", "#/report", "#/drills", "#/export", "#/escrow"])) fail(`auditor navigation: ${audLinks}`);
   ok("auditor signed in with the TOTP enrolled on the secadmin's page (the old secret is refused)");
 
   await a.locator("#audit-records table").waitFor();
@@ -534,7 +541,8 @@ try {
     fail(`the CSV import's creations are not in the audit page: ${JSON.stringify(rows)}`);
   }
   rows = await search({ event: "admin.forbidden" });
-  if (!has(rows, "admin.forbidden", "audit.read") || !has(rows, "admin.forbidden", "user.list")) {
+  if (!has(rows, "admin.forbidden", "audit.read") || !has(rows, "admin.forbidden", "report.read")
+    || !has(rows, "admin.forbidden", "user.list")) {
     fail(`the refused API calls are not in the audit page: ${JSON.stringify(rows)}`);
   }
   ok("the audit trail shows the refused calls of the sysadmin and the secadmin");
@@ -591,6 +599,41 @@ try {
   ok(`the compliance report is shown and downloaded (${summary}; ${download.suggestedFilename()}, ${html.length} bytes)`);
   await shot(a, "10-report");
   await axe(a, "report");
+
+  // 演练报告 (GET /evidence): every record newest first; the drill opened shows its
+  // figures, its JSON downloads as it is on the node, and its HTML page (rendered by the
+  // node) opens in a frame where the run id's markup is text, not an element.
+  await goTo(a, "drills");
+  const evRow = (file) => a.locator("#drills-list tr", { has: a.locator(`button[data-file="${file}"]`) });
+  await evRow(evidence.backupFile).locator(".badge", { hasText: "失败" }).waitFor();
+  await evRow(evidence.backupFile).locator("td", { hasText: evidence.backupError }).waitFor();
+  await evRow(evidence.drillFile).locator("td", { hasText: "RPO 2 秒 · RTO 12 秒" }).waitFor();
+  const order = await a.locator("#drills-list button[data-file]").evaluateAll((bs) => bs.map((b) => b.dataset.file));
+  if (order.indexOf(evidence.backupFile) > order.indexOf(evidence.drillFile)) fail(`records not newest first: ${order}`);
+  await shot(a, "10b-drills");
+  await axe(a, "drills");
+  await evRow(evidence.drillFile).locator("button").click();
+  await a.locator("#drill-rpo", { hasText: "2 秒" }).waitFor();
+  await a.locator("#drill-rto", { hasText: "12 秒" }).waitFor();
+  const [drillDl] = await Promise.all([a.waitForEvent("download"), a.click("#drill-download")]);
+  const drillPath = join(mkdtempSync(join(tmpdir(), "tongxin-console-")), drillDl.suggestedFilename());
+  await drillDl.saveAs(drillPath);
+  const drillDoc = JSON.parse(readFileSync(drillPath, "utf8"));
+  if (drillDoc.run_id !== evidence.drillRunId || drillDl.suggestedFilename() !== evidence.drillFile) {
+    fail(`the downloaded drill report is not the file: ${drillDl.suggestedFilename()} ${drillDoc.run_id}`);
+  }
+  await a.click("#drill-open-html");
+  const drillFrame = a.frameLocator("#drill-frame");
+  await drillFrame.locator("h1", { hasText: "容灾演练报告" }).waitFor();
+  await drillFrame.locator("body", { hasText: evidence.drillRunId }).first().waitFor();
+  // The run id's <b> and <script> stayed text (the page's own inline SVG charts are pygal's).
+  if (await drillFrame.locator("script", { hasText: "x()" }).count() + await drillFrame.locator("b", { hasText: /^01$/ }).count()) {
+    fail("markup from the drill report became elements in its page");
+  }
+  if ((await a.getAttribute("#drill-frame", "sandbox")) !== "") fail("the drill report's frame is not sandboxed");
+  ok(`the drill reports page lists the failed backup and the drill newest first; the drill opens (RPO, RTO), its JSON downloads and its HTML page shows the run id as text (${evidence.drillFile})`);
+  await shot(a, "10c-drill-open");
+  await axe(a, "drill report");
 
   await goTo(a, "escrow");
   const ef = a.locator("#escrow-form");

@@ -1179,6 +1179,80 @@ class AdminApi:
         return web.json_response(data)
 
 
+    # ---- auditor: backup, restore and DR drill evidence (演练报告) -------------------
+
+    async def list_evidence(self, request: web.Request, ctx: Ctx) -> web.Response:
+        """Every evidence file of the node's data directory (tongxin.compliance.evidence),
+        newest first: kind, when, outcome, RPO/RTO of drills, backup id and size, the error."""
+        from tongxin.compliance.evidence import list_evidence
+
+        records = await asyncio.to_thread(list_evidence, self.node.cfg.home)
+        await self.c.audit("evidence.list", actor=ctx.user.id, actor_role=ctx.role,
+                           source=ctx.source, count=len(records))
+        return web.json_response({"records": records})
+
+    async def _evidence(self, ctx: Ctx, name: str, event: str,
+                        ) -> tuple[str, bytes, dict[str, Any]] | web.Response:
+        from tongxin.compliance.evidence import EvidenceNotFound, EvidenceRefused, read_evidence
+
+        try:
+            return await asyncio.to_thread(read_evidence, self.node.cfg.home, name)
+        except EvidenceRefused as exc:
+            await self.c.audit(event, actor=ctx.user.id, actor_role=ctx.role, target=name[:200],
+                               outcome="denied", source=ctx.source, reason=str(exc)[:300])
+            return _err(400, "INVALID_ARGUMENT", str(exc))
+        except EvidenceNotFound:
+            await self.c.audit(event, actor=ctx.user.id, actor_role=ctx.role, target=name[:200],
+                               outcome="failed", source=ctx.source, reason="no such evidence file")
+            return _err(404, "NOT_FOUND", f"no evidence file {name} on this node")
+
+    async def evidence_file(self, request: web.Request, ctx: Ctx) -> web.Response:
+        """One evidence file as it is on disk (JSON): the page's detail and its download."""
+        from tongxin.compliance.evidence import has_html, summary
+
+        name = request.match_info["name"]
+        found = await self._evidence(ctx, name, "evidence.read")
+        if isinstance(found, web.Response):
+            return found
+        _kind, data, doc = found
+        await self.c.audit("evidence.read", actor=ctx.user.id, actor_role=ctx.role, target=name,
+                           source=ctx.source, bytes=len(data))
+        if request.query.get("download") == "1":
+            return web.Response(body=data, content_type="application/json", headers={
+                "Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"})
+        return web.json_response({**summary(name, doc), "html": has_html(self.node.cfg.home, name),
+                                  "report": doc}, headers={"Cache-Control": "no-store"})
+
+    async def evidence_html(self, request: web.Request, ctx: Ctx) -> web.Response:
+        """A DR drill report as its HTML page, rendered again here from the JSON (every
+        value escaped), not the file beside it read back: a page that runs nothing
+        (CSP: no script, nothing loaded; sandboxed)."""
+        from tongxin.drill.html import render_html
+
+        name = request.match_info["name"]
+        found = await self._evidence(ctx, name, "evidence.html")
+        if isinstance(found, web.Response):
+            return found
+        kind, _data, doc = found
+        if kind != "dr-drill":
+            return _err(404, "NOT_FOUND", f"{name} is not a DR drill report: it has no HTML page")
+        try:
+            page = await asyncio.to_thread(render_html, doc)
+        except (KeyError, TypeError, ValueError) as exc:
+            await self.c.audit("evidence.html", actor=ctx.user.id, actor_role=ctx.role, target=name,
+                               outcome="failed", source=ctx.source, reason=f"cannot render: {exc!r}")
+            return _err(422, "INVALID_ARGUMENT", f"{name} is not a complete drill report")
+        await self.c.audit("evidence.html", actor=ctx.user.id, actor_role=ctx.role, target=name,
+                           source=ctx.source)
+        return web.Response(text=page, content_type="text/html", charset="utf-8", headers={
+            "Content-Security-Policy": EVIDENCE_HTML_CSP, "X-Content-Type-Options": "nosniff",
+            "Cache-Control": "no-store"})
+
+
+# The drill report's page: inline styles and inline SVG charts, nothing else.
+EVIDENCE_HTML_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+                     "base-uri 'none'; form-action 'none'; frame-ancestors 'self'; sandbox")
+
 ADMIN_API = web.AppKey("tongxin_admin_api", AdminApi)
 
 
@@ -1236,6 +1310,9 @@ def add_routes(app: web.Application, node: Node) -> None:
     r.add_post(f"{p}/export", g("export.messages", api.export))
     r.add_get(f"{p}/exports/{{export_id}}/{{name}}", g("export.download", api.export_file))
     r.add_get(f"{p}/report", g("report.read", api.report))
+    r.add_get(f"{p}/evidence", g("report.read", api.list_evidence))
+    r.add_get(f"{p}/evidence/{{name}}", g("report.read", api.evidence_file))
+    r.add_get(f"{p}/evidence/{{name}}/html", g("report.read", api.evidence_html))
     r.add_post(f"{p}/e2ee/escrow-decrypt", g("escrow.decrypt", api.escrow_decrypt))
     # two-person escrow decryption (issue 16): the auditor asks, the secadmin approves
     escrow = EscrowAccess(api)

@@ -293,3 +293,87 @@ export async function escrow(el, { api, t, errorText }) {
     h("section", { class: "panel" }, h("h2", {}, t("escrow.mine")), mine, collectForm), result);
   showMine();
 }
+
+// 演练报告: every evidence file of the node (GET /evidence: backups, restore tests, DR
+// drills), newest first; one opened shows its figures, its JSON (downloaded as it is
+// on the node) and, for a drill, its HTML page rendered by the node in a frame that
+// runs nothing (sandbox; the node's answer carries its own CSP).
+export async function drills(el, { api, t, errorText }) {
+  const [status, say] = reporter("drills-status");
+  const list = h("div", { id: "drills-list" });
+  const detail = h("section", { class: "panel", id: "drill-detail", "aria-live": "polite", hidden: true });
+  const drillKind = (k) => (k === "dr" || k === "incity" ? t(`drills.drillKind_${k}`) : k || "—");
+  const kindText = (r) => (r.type === "dr-drill" ? t("drills.type_drill", { kind: drillKind(r.kind) })
+    : t(`drills.type_${r.type}`));
+  const outcome = (r) => h("span", { class: `badge ${r.ok ? "state-active" : "state-disabled"}` },
+    r.ok ? t("drills.ok") : t("drills.failed"));
+  const seconds = (v) => (typeof v === "number" ? t("drills.seconds", { n: formatNumber(v) }) : "—");
+  const when = (r) => (r.finished_at ? formatDateTime(r.finished_at) : "—");
+  function what(r) {
+    if (r.error) return h("span", { class: "error-text" }, r.error);
+    if (r.type === "dr-drill") return t("drills.drillDetail", { rpo: seconds(r.rpo_seconds), rto: seconds(r.rto_seconds) });
+    if (r.type === "backup") return t("drills.backupDetail", { id: r.id || "—", size: formatNumber(Math.round((r.bytes || 0) / 1024)) });
+    return t("drills.restoreDetail", { id: r.backup || "—" });
+  }
+  async function open(r) {
+    try {
+      const d = await api.call("GET", `/evidence/${encodeURIComponent(r.file)}`);
+      const row = (k, v, id) => [h("dt", {}, k), h("dd", { id }, v)];
+      const frame = h("div", { id: "drill-html" });
+      const problems = Array.isArray(d.problems) && d.problems.length
+        ? h("ul", { id: "drill-problems" }, d.problems.map((p) => h("li", {}, p))) : t("drills.none");
+      detail.hidden = false;
+      detail.setAttribute("data-file", d.file);
+      detail.replaceChildren(
+        h("h2", { id: "drill-title" }, t("drills.detailTitle", { kind: kindText(d), when: when(d) })),
+        h("dl", { class: "facts" },
+          row(t("drills.file"), h("code", {}, d.file), "drill-file"),
+          row(t("drills.outcome"), outcome(d), "drill-outcome"),
+          d.type === "dr-drill" ? [row(t("drills.rpo"), seconds(d.rpo_seconds), "drill-rpo"),
+            row(t("drills.rto"), seconds(d.rto_seconds), "drill-rto"),
+            row(t("drills.rtoAll"), seconds(d.rto_all_users_seconds), "drill-rto-all"),
+            row(t("drills.problems"), problems, "drill-problems-row")] : null,
+          d.type === "backup" ? [row(t("drills.backupId"), d.id || "—", "drill-backup-id"),
+            row(t("drills.size"), t("drills.kib", { n: formatNumber(Math.round((d.bytes || 0) / 1024)) }), "drill-size")] : null,
+          d.type === "restore" ? row(t("drills.backupId"), d.backup || "—", "drill-backup-id") : null,
+          row(t("drills.duration"), seconds(d.duration_seconds ?? d.report?.workload?.duration_seconds), "drill-duration"),
+          d.error ? row(t("drills.error"), d.error, "drill-error") : null),
+        h("div", { class: "toolbar" },
+          h("button", { type: "button", class: "secondary", id: "drill-download", onclick: async () => {
+            try {
+              download(d.file, "application/json", await api.fetchFile(`/evidence/${encodeURIComponent(d.file)}?download=1`));
+            } catch (err) {
+              say(errorText(err), true);
+            }
+          } }, t("drills.downloadJson")),
+          d.html ? h("button", { type: "button", class: "primary", id: "drill-open-html", onclick: async () => {
+            try {
+              const page = await api.fetchFile(`/evidence/${encodeURIComponent(d.file)}/html`);
+              // sandbox="": no script, no form, no navigation of the console, its own origin.
+              frame.replaceChildren(h("iframe", { class: "report-frame", sandbox: "", srcdoc: page, id: "drill-frame",
+                title: t("drills.htmlTitle", { file: d.file }) }));
+            } catch (err) {
+              say(errorText(err), true);
+            }
+          } }, t("drills.openHtml")) : null),
+        h("details", {}, h("summary", {}, t("drills.json")),
+          h("pre", { class: "json", id: "drill-json", tabindex: "0" }, JSON.stringify(d.report, null, 2))),
+        frame);
+      say("");
+    } catch (err) {
+      say(errorText(err), true);
+    }
+  }
+  const { records } = await api.call("GET", "/evidence");
+  list.replaceChildren(table(t("drills.caption"), [
+    { head: t("drills.kind"), cell: kindText },
+    { head: t("drills.finished"), cell: when },
+    { head: t("drills.outcome"), cell: outcome },
+    { head: t("drills.detail"), cell: what },
+    { head: t("drills.actions"), cell: (r) => (r.unreadable ? h("span", { class: "muted" }, t("drills.unreadable"))
+      : h("button", { type: "button", class: "secondary small", "data-file": r.file,
+        "aria-label": t("drills.openOf", { file: r.file }), onclick: () => open(r) }, t("drills.open"))) },
+  ], records, t("drills.noneYet")));
+  list.setAttribute("data-count", String(records.length));
+  el.append(h("p", { class: "lead" }, t("drills.lead")), status, list, detail);
+}

@@ -17,6 +17,7 @@ export const PAGES = [
   { id: "approvals", role: "secadmin", permission: "escrow.approve", render: secadmin.approvals },
   { id: "audit", role: "auditor", permission: "audit.read", render: auditor.audit },
   { id: "report", role: "auditor", permission: "report.read", render: auditor.report },
+  { id: "drills", role: "auditor", permission: "report.read", render: auditor.drills },
   { id: "export", role: "auditor", permission: "export.messages", render: auditor.exportPage },
   { id: "escrow", role: "auditor", permission: "escrow.request", render: auditor.escrow },
 ];
