@@ -25,6 +25,7 @@ import re
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -214,6 +215,11 @@ def test_console_three_roles_in_chromium(tmp_path: Path, standbys: Standbys) -> 
     try:
         # The page is opened at once: the node must answer first (a loaded host is slow).
         _wait_healthy(proc, f"http://127.0.0.1:{port}", log_path)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/console/", timeout=10) as resp:
+            csp = resp.headers.get("Content-Security-Policy", "")
+        # Only the console's own script runs, and no other site may frame it.
+        for directive in ("script-src 'self';", "default-src 'none';", "frame-ancestors 'none'"):
+            assert directive in csp, f"console CSP lacks {directive!r}: {csp!r}"
         group = {**GROUP, "id": asyncio.run(_create_group(port))}
         run = subprocess.run(
             [node, str(WEB / "tests" / "console.mjs"), f"http://127.0.0.1:{port}",
