@@ -318,7 +318,10 @@ try {
   await p.locator("#dr-drill", { hasText: "RPO 2 秒" }).waitFor();
   await p.locator("#dr-restore", { hasText: "尚无记录" }).waitFor();
   await p.locator("#dr-db", { hasText: "本机 SQLite" }).waitFor();
-  if (!(await p.textContent("#chart-ack"))) fail("the ACK latency chart has no caption text");
+  // The live charts' captions are written by their first poll of GET /node, which may
+  // still be on its way when the site panel is there: wait for it, up to the timeout.
+  await p.waitForFunction(() => document.querySelector("#chart-ack")?.textContent.trim())
+    .catch(() => fail("the ACK latency chart has no caption text"));
   ok(`the site panel shows the database (${await p.textContent("#dr-db")}), the failed backup, the drill and no restore test yet; the ACK latency chart is there`);
   // The DR copy (site.standby_status_urls): the driver's stand-in standbys, one keeping
   // up, one 42 s behind, and a port nobody listens on, each a row with its badge.
