@@ -148,6 +148,21 @@ def check_move(tree: Tree, unit_id: str, parent_id: str) -> None:
     tree._unique(parent_id, unit.name, except_id=unit_id)
 
 
+def check_update(tree: Tree, unit_id: str, name: str | None,
+                 parent_id: str | None) -> tuple[OrgUnit, OrgUnit]:
+    """The unit before and after a rename and/or move, both checked (the move against
+    the tree with the new name, so a twin name at the destination is refused)."""
+    before = tree.get(unit_id)
+    after = OrgUnit(before.id, before.parent_id, before.name, before.created_at)
+    if name is not None:
+        after.name = check_rename(tree, unit_id, name)
+        tree = Tree([after if u.id == unit_id else u for u in tree.units.values()])
+    if parent_id is not None:
+        check_move(tree, unit_id, parent_id)
+        after.parent_id = parent_id
+    return before, after
+
+
 def check_delete(tree: Tree, unit_id: str, members: int) -> OrgUnit:
     unit = tree.get(unit_id)
     subs = len(tree.children.get(unit_id, []))

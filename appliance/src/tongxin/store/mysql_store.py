@@ -965,14 +965,7 @@ class MysqlStore:
                          parent_id: str | None = None) -> tuple[OrgUnit, OrgUnit]:
         async def job(cur: Cursor) -> tuple[OrgUnit, OrgUnit]:
             tree = await self._org_tree(cur)
-            before = tree.get(unit_id)
-            after = OrgUnit(before.id, before.parent_id, before.name, before.created_at)
-            if name is not None:
-                after.name = org.check_rename(tree, unit_id, name)
-                tree = org.Tree([after if u.id == unit_id else u for u in tree.units.values()])
-            if parent_id is not None:
-                org.check_move(tree, unit_id, parent_id)
-                after.parent_id = parent_id
+            before, after = org.check_update(tree, unit_id, name, parent_id)
             try:
                 await cur.execute("UPDATE org_units SET name = %s, parent_id = %s WHERE id = %s",
                                   (after.name, after.parent_id, unit_id))

@@ -507,14 +507,7 @@ class SqliteStore(SqliteDatabase):
                          parent_id: str | None = None) -> tuple[OrgUnit, OrgUnit]:
         def job(conn: sqlite3.Connection) -> tuple[OrgUnit, OrgUnit]:
             tree = self._org_tree(conn)
-            before = tree.get(unit_id)
-            after = OrgUnit(before.id, before.parent_id, before.name, before.created_at)
-            if name is not None:
-                after.name = org.check_rename(tree, unit_id, name)
-                tree = org.Tree([after if u.id == unit_id else u for u in tree.units.values()])
-            if parent_id is not None:
-                org.check_move(tree, unit_id, parent_id)
-                after.parent_id = parent_id
+            before, after = org.check_update(tree, unit_id, name, parent_id)
             conn.execute("UPDATE org_units SET name = ?, parent_id = ? WHERE id = ?",
                          (after.name, after.parent_id, unit_id))
             return before, after
