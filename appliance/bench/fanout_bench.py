@@ -53,7 +53,9 @@ from relay_bench import (
     PASSWORD,
     BenchError,
     Children,
+    Whole,
     Wire,
+    error_text,
     free_port,
     run_loop,
     sched_ns,
@@ -121,8 +123,7 @@ class Peer:
         await self.wire.ws.send_bytes(data)
         rtype, rpayload = await asyncio.wait_for(fut, REPLY_TIMEOUT)
         if rtype == pb.ERROR:
-            err = pb.Error.FromString(rpayload)
-            raise BenchError(f"{pb.ErrorCode.Name(err.code)}: {err.message}")
+            raise BenchError(error_text(Whole(rtype, 0, rpayload)))
         if rtype != expect:
             raise BenchError(f"expected frame type {expect}, got {rtype}")
         return rpayload
@@ -464,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tongxin-fanout-") as tmp:
         work = Path(tmp)
         port = free_port()
-        (work / "tongxin.yaml").write_text(server_config(work / "data", port, "normal"))
+        (work / "tongxin.yaml").write_text(server_config(work / "data", port, "full"))
         log_path = work / "server.log"
         server = children.start([sys.executable, "-m", "tongxin.cli.main", "serve", "--config",
                                  str(work / "tongxin.yaml")], log_path, None)
