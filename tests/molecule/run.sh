@@ -338,7 +338,7 @@ main() {
       -j) [ $# -ge 2 ] || die "-j needs a number"; jobs=$2; shift 2 ;;
       -j*) jobs=${1#-j}; shift ;;
       --beside) [ $# -ge 2 ] || die "--beside needs a number"; beside=$2; shift 2 ;;
-      -h|--help) sed -n '2,48p' "$0"; exit 0 ;;
+      -h|--help) sed -n '2,51p' "$0"; exit 0 ;;
       *) break ;;
     esac
   done
