@@ -26,7 +26,7 @@ from tongxin.client import pb
 from tongxin.org import units as org
 from tongxin.store import migrations
 from tongxin.store.dsn import MysqlDsn, parse_dsn
-from tongxin.store.mysql_store import MysqlStore
+from tongxin.store.mysql_store import MysqlStore, run_ddl
 from tongxin.store.ports import (
     ChatStore,
     Conflict,
@@ -34,6 +34,8 @@ from tongxin.store.ports import (
     Entry,
     GroupFull,
     MemberOps,
+    NodeBeat,
+    NodeStatus,
     NoSuchConversation,
     OrgUnit,
     StoreError,
@@ -568,6 +570,47 @@ async def test_edited_migration_is_refused(fresh_mysql: MysqlDsn) -> None:
                  "SET checksum = REPEAT('0', 64) WHERE version = 1")
     with pytest.raises(StoreError, match="was changed after it was applied"):
         await MysqlStore(fresh_mysql, pool_size=2, timeout=5.0).open()
+
+
+async def test_heartbeat_rows_carry_each_nodes_status(fresh_mysql: MysqlDsn, engine: str) -> None:
+    """Schema version 8: the beat (one upsert of the node's own row) also carries what
+    the console's node list shows; node_beats reads every row since a time, by site and
+    node. A node of an earlier release writes only the first three columns."""
+    s = MysqlStore(fresh_mysql, pool_size=2, timeout=5.0)
+    await s.open()
+    try:
+        st = NodeStatus("0.1.0", "dc1-app-01:8080", 42, 1_700_000_000_000)
+        await s.write_heartbeat("dc1-app-01", "dc1", 2_000, st)
+        await s.write_heartbeat("dc2-app-01", "dc2", 3_000)
+        await s.write_heartbeat("dc1-app-00", "dc1", 500, NodeStatus("0.1.0", "x:1", 0, 1))
+        assert await s.node_beats(1_000) == [NodeBeat("dc1-app-01", "dc1", 2_000, st),
+                                             NodeBeat("dc2-app-01", "dc2", 3_000, NodeStatus())]
+        st2 = NodeStatus("0.1.1", "[::1]:8080", 7, 1_700_000_100_000)
+        await s.write_heartbeat("dc1-app-01", "dc1", 4_000, st2)  # the same row, rewritten
+        beats = await s.node_beats(0)
+        assert [b.node_id for b in beats] == ["dc1-app-00", "dc1-app-01", "dc2-app-01"]
+        assert beats[1] == NodeBeat("dc1-app-01", "dc1", 4_000, st2)
+        assert await s.newest_heartbeat() == ("dc1-app-01", "dc1", 4_000)
+        # The statement of a release before schema 8 (rolling upgrade) still works and
+        # leaves the status of the row as it was.
+        await _admin(fresh_mysql, "INSERT INTO site_heartbeat (node_id, site, beat_ms) "
+                     "VALUES ('dc1-app-01', 'dc1', 5000) ON DUPLICATE KEY UPDATE "
+                     "site = VALUES(site), beat_ms = VALUES(beat_ms)")
+        assert (await s.node_beats(4_500)) == [NodeBeat("dc1-app-01", "dc1", 5_000, st2)]
+        # Migration 8 runs again without harm (an interrupted migration, nodes side by
+        # side): an existing column counts as added.
+        conn = await asyncmy.connect(host=fresh_mysql.host, port=fresh_mysql.port,
+                                     user=fresh_mysql.user, password=fresh_mysql.password,
+                                     database=fresh_mysql.database, autocommit=True)
+        try:
+            async with conn.cursor() as cur:
+                (mig,) = [m for m in migrations.load() if m.version == 8]
+                for sql in mig.statements(s.flavor):
+                    await run_ddl(cur, sql)
+        finally:
+            conn.close()
+    finally:
+        await s.close()
 
 
 async def test_unreachable_server_is_unavailable(db_server: MysqlDsn) -> None:

@@ -47,7 +47,7 @@ from tongxin.org.units import MAX_DEPTH, MAX_NAME, OrgRefused, new_unit_id, unit
 from tongxin.proto import tongxin_pb2 as pb
 from tongxin.server.escrow_api import EscrowAccess, payload_json
 from tongxin.server.http_util import json_body
-from tongxin.store.ports import ConversationRow, StoreError, User
+from tongxin.store.ports import ConversationRow, NodeBeat, StoreError, User
 
 if TYPE_CHECKING:
     from tongxin.atrest.keyring import DekStore
@@ -102,6 +102,10 @@ GROUP_PAGE = 50
 """Groups one page of GET /groups lists by default (at most 200)."""
 GROUP_MEMBERS_MAX = 10_000
 """Members GET /groups/{id}/members lists at most (chat.max_group_members' default)."""
+NODE_STALE_BEATS = 3
+"""GET /nodes: a node whose last beat is this many heartbeat intervals old is stale."""
+NODE_ROWS_KEPT_MS = 86_400_000
+"""GET /nodes: a node whose last beat is older than a day is no longer listed."""
 
 
 def _str_field(body: dict[str, Any], key: str) -> str | None:
@@ -661,6 +665,44 @@ class AdminApi:
                 if sample.name in wanted and not sample.labels:
                     out[wanted[sample.name]] = sample.value
         return web.json_response(out)
+
+    async def list_nodes(self, request: web.Request, ctx: Ctx) -> web.Response:
+        """Every active node of the installation, from the replication heartbeat rows
+        the nodes rewrite every site.heartbeat_interval in the shared database (each
+        with its version, address, open connections and start time): "live" while
+        its beat is younger than NODE_STALE_BEATS intervals (this node's), else
+        "stale"; a node that stopped stays listed, stale, until its row is a day old.
+        On the embedded SQLite store (one node, no heartbeat) the list is this node.
+        Not audited, like GET /node: numbers the console polls; refusals are."""
+        from tongxin.site.heartbeat import HeartbeatStore, local_status
+
+        node, cfg = self.node, self.node.cfg
+        now = now_ms()
+        if isinstance(node.store, HeartbeatStore):
+            try:
+                beats = await node.store.node_beats(now - NODE_ROWS_KEPT_MS)
+            except StoreError as exc:  # as the node's 503 for any backend outage
+                refused = _err(503, "UNAVAILABLE", f"the node list cannot be read from the "
+                               f"database: {exc}", retry_after_ms=1000)
+                refused.headers["Retry-After"] = "1"
+                return refused
+            source = "heartbeat"
+        else:
+            beats = [NodeBeat(node.node_id, cfg.site.name, now,
+                              local_status(cfg, len(node.hub.all)))]
+            source = "self"
+        live_ms = NODE_STALE_BEATS * cfg.site.heartbeat_interval * 1000
+
+        def row(b: NodeBeat) -> dict[str, Any]:
+            age = max(0, now - b.beat_ms)
+            return {"node_id": b.node_id, "site": b.site, "version": b.status.version,
+                    "address": b.status.address, "connections": b.status.connections,
+                    "started_at": b.status.started_ms, "last_beat_ms": b.beat_ms,
+                    "age_s": round(age / 1000, 1), "state": "live" if age < live_ms else "stale",
+                    "self": b.node_id == node.node_id}
+
+        return web.json_response({"nodes": [row(b) for b in beats], "source": source,
+                                  "stale_after_s": live_ms / 1000, "ts": now})
 
     async def site_status(self, request: web.Request, ctx: Ctx) -> web.Response:
         """This node's site, the database endpoint it uses, and the newest evidence of
@@ -1286,6 +1328,7 @@ def add_routes(app: web.Application, node: Node) -> None:
     r.add_get(f"{p}/groups/{{conversation_id}}/members", g("group.list", api.group_members))
     r.add_get(f"{p}/node", g("node.status", api.node_status))
     r.add_get(f"{p}/site", g("node.status", api.site_status))
+    r.add_get(f"{p}/nodes", g("node.status", api.list_nodes))
     r.add_get(f"{p}/config", g("config.read", api.config_view))
     # secadmin
     r.add_get(f"{p}/roles", g("role.list", api.list_roles))

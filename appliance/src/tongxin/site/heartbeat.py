@@ -5,31 +5,64 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import socket
 import time
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from prometheus_client import CollectorRegistry, Gauge
 
-from tongxin.store.ports import StoreError
+from tongxin import __version__
+from tongxin.store.ports import NodeBeat, NodeStatus, StoreError
+
+if TYPE_CHECKING:
+    from tongxin.config import Config
 
 log = logging.getLogger("tongxin.site")
+
+STARTED_MS = int(time.time() * 1000)
+"""When this process started, about (this module is imported as the node starts)."""
 
 
 @runtime_checkable
 class HeartbeatStore(Protocol):
     """What the heartbeat needs of a store (the MySQL store implements it)."""
 
-    async def write_heartbeat(self, node_id: str, site: str, beat_ms: int) -> None: ...
+    async def write_heartbeat(self, node_id: str, site: str, beat_ms: int,
+                              status: NodeStatus | None = None) -> None: ...
 
     async def newest_heartbeat(self) -> tuple[str, str, int] | None: ...
 
+    async def node_beats(self, since_ms: int) -> list[NodeBeat]: ...
+
+
+def node_address(cfg: Config) -> str:
+    """server.listen as others would reach it: a wildcard host is replaced by this
+    host's name (the node does not know the address a load balancer gives it)."""
+    host, port = cfg.listen_address()
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def local_status(cfg: Config, connections: int) -> NodeStatus:
+    """What this node says of itself with each beat (and, without a heartbeat store,
+    what the console's node list shows of it)."""
+    return NodeStatus(version=__version__, address=node_address(cfg), connections=connections,
+                      started_ms=STARTED_MS)
+
 
 class HeartbeatWriter:
-    """Rewrites this node's heartbeat row every ``interval`` seconds (active nodes)."""
+    """Rewrites this node's heartbeat row every ``interval`` seconds (active nodes).
+
+    ``status``, when given, is asked at each beat for what the row also carries
+    (version, address, open connections, start time: the console's node list)."""
 
     def __init__(self, store: HeartbeatStore, node_id: str, site: str, interval: float,
-                 registry: CollectorRegistry) -> None:
+                 registry: CollectorRegistry,
+                 status: Callable[[], NodeStatus] | None = None) -> None:
         self.store, self.node_id, self.site, self.interval = store, node_id, site, interval
+        self.status = status
         self.written_at = math.nan  # wall-clock seconds of the last committed beat
         Gauge("tongxin_replication_heartbeat_written_timestamp_seconds",
               "When this node last committed its replication heartbeat row (Unix time)",
@@ -37,7 +70,8 @@ class HeartbeatWriter:
 
     async def beat(self) -> None:
         now = time.time()
-        await self.store.write_heartbeat(self.node_id, self.site, int(now * 1000))
+        status = self.status() if self.status is not None else None
+        await self.store.write_heartbeat(self.node_id, self.site, int(now * 1000), status)
         self.written_at = now
 
     async def run(self) -> None:

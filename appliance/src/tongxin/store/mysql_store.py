@@ -72,6 +72,8 @@ from tongxin.store.ports import (
     GroupFull,
     MemberOps,
     MemberRow,
+    NodeBeat,
+    NodeStatus,
     NoSuchConversation,
     OrgUnit,
     StoreError,
@@ -85,6 +87,7 @@ log = logging.getLogger("tongxin.store.mysql")
 T = TypeVar("T")
 
 ER_DUP_ENTRY = 1062
+ER_DUP_FIELDNAME = 1060  # ALTER TABLE ... ADD COLUMN of a column that exists
 ER_DUP_KEYNAME = 1061  # CREATE INDEX of an index that exists
 ER_NO_SUCH_TABLE = 1146
 ER_NOT_SUPPORTED_YET = 1235  # TiDB before 6.1: GET_LOCK "has only noop implementation"
@@ -170,16 +173,18 @@ def _retryable(exc: BaseException) -> bool:
 
 
 async def run_ddl(cur: Cursor, sql: str) -> None:
-    """Run one migration statement; an index that already exists counts as created.
+    """Run one migration statement; an index or column that already exists counts as
+    created.
 
-    MySQL 8 has no ``CREATE INDEX IF NOT EXISTS``: this makes a plain
-    ``CREATE INDEX`` re-runnable, so a migration interrupted after it (and
-    before it was recorded) applies cleanly on the next start.
+    MySQL 8 has no ``CREATE INDEX IF NOT EXISTS`` nor ``ADD COLUMN IF NOT
+    EXISTS``: this makes a plain ``CREATE INDEX`` and a one-column ``ALTER TABLE
+    ... ADD COLUMN`` re-runnable, so a migration interrupted after it (and before
+    it was recorded) applies cleanly on the next start.
     """
     try:
         await cur.execute(sql)
     except myerrors.MySQLError as exc:
-        if _code(exc) != ER_DUP_KEYNAME:
+        if _code(exc) not in (ER_DUP_KEYNAME, ER_DUP_FIELDNAME):
             raise
 
 
@@ -373,9 +378,9 @@ class MysqlStore:
         starting together may then apply the same migration side by side. That
         is safe because every migration statement is re-runnable (the rule of
         tongxin/store/migrations, with ``CREATE INDEX``'s "duplicate key name"
-        counted as done) and recording a migration is idempotent and checked
-        (``_record``); each version is recorded once, by whichever node gets
-        there first.
+        and ``ADD COLUMN``'s "duplicate column name" counted as done) and
+        recording a migration is idempotent and checked (``_record``); each
+        version is recorded once, by whichever node gets there first.
         """
         try:
             await cur.execute("SELECT GET_LOCK(%s, %s)", (_MIGRATION_LOCK, _MIGRATION_LOCK_WAIT))
@@ -1135,12 +1140,32 @@ class MysqlStore:
 
     # ---- site heartbeat (tongxin.site.heartbeat.HeartbeatStore) --------------
 
-    async def write_heartbeat(self, node_id: str, site: str, beat_ms: int) -> None:
-        """This node's row only: nodes never write each other's, so never conflict."""
+    async def write_heartbeat(self, node_id: str, site: str, beat_ms: int,
+                              status: NodeStatus | None = None) -> None:
+        """This node's row only: nodes never write each other's, so never conflict.
+        One statement, the beat and what the node says of itself (schema version 8)."""
+        st = status or NodeStatus()
         await self._exec(
-            "INSERT INTO site_heartbeat (node_id, site, beat_ms) VALUES (%s,%s,%s) "
-            "ON DUPLICATE KEY UPDATE site = VALUES(site), beat_ms = VALUES(beat_ms)",
-            (node_id, site, beat_ms))
+            "INSERT INTO site_heartbeat (node_id, site, beat_ms, node_version, address, "
+            "connections, started_ms) VALUES (%s,%s,%s,%s,%s,%s,%s) "
+            "ON DUPLICATE KEY UPDATE site = VALUES(site), beat_ms = VALUES(beat_ms), "
+            "node_version = VALUES(node_version), address = VALUES(address), "
+            "connections = VALUES(connections), started_ms = VALUES(started_ms)",
+            (node_id, site, beat_ms, st.version, st.address, st.connections, st.started_ms))
+
+    async def node_beats(self, since_ms: int) -> list[NodeBeat]:
+        """Every node's row whose last beat is at ``since_ms`` or later, by site and node."""
+        async def job(cur: Cursor) -> list[NodeBeat]:
+            rows = await self._all(
+                cur, "SELECT node_id, site, beat_ms, node_version, address, connections, "
+                "started_ms FROM site_heartbeat WHERE beat_ms >= %s ORDER BY site, node_id",
+                (since_ms,))
+            return [NodeBeat(_s(r[0]), _s(r[1]), int(r[2]), NodeStatus(
+                None if r[3] is None else _s(r[3]), None if r[4] is None else _s(r[4]),
+                None if r[5] is None else int(r[5]), None if r[6] is None else int(r[6])))
+                for r in rows]
+
+        return await self._read(job)
 
     async def newest_heartbeat(self) -> tuple[str, str, int] | None:
         """(node_id, site, beat_ms) of the newest beat; None without rows or without the table

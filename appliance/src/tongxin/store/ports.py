@@ -113,6 +113,28 @@ class OrgUnit:
     member_count: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """What an active node says of itself with each replication heartbeat, for the
+    console's node list (GET /api/v1/admin/nodes). None: not known (a row written by
+    a node of a release before schema version 8)."""
+
+    version: str | None = None
+    address: str | None = None  # HOST:PORT of server.listen, a wildcard host as the hostname
+    connections: int | None = None  # open WebSocket connections
+    started_ms: int | None = None  # when the node's process started (Unix ms)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeBeat:
+    """One node's heartbeat row: its last beat and what it said then."""
+
+    node_id: str
+    site: str
+    beat_ms: int
+    status: NodeStatus = NodeStatus()
+
+
 @dataclass(slots=True)
 class MemberOps:
     """Membership changes applied atomically with the entry that records them."""

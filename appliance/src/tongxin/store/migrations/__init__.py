@@ -9,7 +9,8 @@ runs only on that kind of server (MySQL and MariaDB count as ``mysql``).
 
 MySQL runs DDL outside transactions, so every statement must be safe to run
 again (``CREATE TABLE IF NOT EXISTS`` ...; a ``CREATE INDEX`` of an index
-that exists counts as done): a migration interrupted half-way is simply
+that exists, and an ``ALTER TABLE ... ADD COLUMN`` of one column that exists,
+count as done): a migration interrupted half-way is simply
 applied again on the next start. Nodes starting together take turns through
 ``GET_LOCK``; where the server has none (TiDB before 6.1) they may run the
 same statements side by side, which the same rule makes safe, and recording a
