@@ -149,6 +149,7 @@ def test_web_client_two_users_in_chromium(node_url: str) -> None:
     print(out)
     assert run.returncode == 0, f"browser test failed (exit {run.returncode}):\n{out}"
     expected = [
+        "the page is served with its Content-Security-Policy",
         "a zh-CN browser gets the Chinese UI",
         "an en-US browser gets the English UI",
         "the 中文/English switch changes the page at once and the choice survives a reload",

@@ -76,7 +76,9 @@ async function newPage(label, viewport = { width: 1280, height: 800 }, locale = 
   page.setDefaultTimeout(T);
   page.on("pageerror", (err) => consoleErrors.push(`${label}: ${err.message}`));
   page.on("console", (msg) => {
-    if (msg.type() === "error") consoleErrors.push(`${label}: ${msg.text()}`);
+    // The node serves the page with a Content-Security-Policy (docs/security.md): anything
+    // the page needs and the policy refuses is reported here, whatever its level, and fails.
+    if (msg.type() === "error" || /Content Security Policy/i.test(msg.text())) consoleErrors.push(`${label}: ${msg.text()}`);
     else if (msg.type() === "warning") consoleWarnings.push(`${label}: ${msg.text()}`);
   });
   return page;
@@ -125,7 +127,13 @@ try {
   // ---- two users, two contexts ----------------------------------------------
   const a = await newPage("alice");
   const b = await newPage("bob");
-  await a.goto(base);
+  const served = await a.goto(base);
+  // The checks below run under the page's real policy, not without one.
+  const csp = served.headers()["content-security-policy"] || "";
+  for (const directive of ["default-src 'none'", "script-src 'self';", "style-src 'self';", "frame-ancestors 'none'"]) {
+    if (!csp.includes(directive)) fail(`the page's Content-Security-Policy lacks ${directive}: "${csp}"`);
+  }
+  ok("the page is served with its Content-Security-Policy (no inline script or style, no framing)");
   await a.locator("#login-form").waitFor();
   const zhLogin = { lang: await a.getAttribute("html", "lang"), button: (await a.textContent("#login-submit")).trim() };
   if (zhLogin.lang !== "zh-CN" || zhLogin.button !== zh.login.submit || zhLogin.button !== "登录") {
@@ -387,7 +395,7 @@ try {
   ok("at 390px the list and the chat take the whole screen in turn, nothing overflows, and sending works");
 
   if (consoleErrors.length) fail(`errors in the page console:\n  ${consoleErrors.join("\n  ")}`);
-  ok("no errors in the page consoles");
+  ok("no errors in the page consoles (none a Content Security Policy violation)");
   console.log(`e2e: ${passed} checks passed in ${((Date.now() - started) / 1000).toFixed(1)}s; screenshots in ${artifacts}`);
 } catch (err) {
   console.log(`FAILED: ${err.message}`);

@@ -26,6 +26,9 @@ const scratch = mkdtempSync(join(tmpdir(), "tongxin-e2ee-"));
 const browser = await launchChromium();
 const pages = new Map();
 const consoleErrors = [];
+// What the page's Content-Security-Policy refused (docs/security.md): any fails the
+// command that was running when it was reported, and every one after it.
+const cspViolations = [];
 
 function page(label) {
   const p = pages.get(label);
@@ -65,6 +68,7 @@ const ops = {
     p.on("pageerror", (err) => consoleErrors.push(`${label}: ${err.message}`));
     p.on("console", (msg) => {
       if (msg.type() === "error") consoleErrors.push(`${label}: ${msg.text()}`);
+      if (/Content Security Policy/i.test(msg.text())) cspViolations.push(`${label}: ${msg.text()}`);
     });
     pages.set(label, p);
     return true;
@@ -246,7 +250,9 @@ for await (const line of rl) {
   try {
     const fn = ops[cmd.op];
     if (!fn) throw new Error(`unknown op ${cmd.op}`);
-    answer({ id: cmd.id, ok: true, result: await fn(cmd) });
+    const result = await fn(cmd);
+    if (cspViolations.length) throw new Error(`Content Security Policy violations:\n  ${cspViolations.join("\n  ")}`);
+    answer({ id: cmd.id, ok: true, result });
   } catch (err) {
     const label = cmd.page && pages.has(cmd.page) ? cmd.page : null;
     if (label) await pages.get(label).screenshot({ path: join(artifacts, `e2ee-failure-${label}.png`) }).catch(() => {});

@@ -44,6 +44,11 @@ async function newPage(label) {
   const page = await context.newPage();
   page.setDefaultTimeout(T);
   page.on("pageerror", (err) => pageErrors.push(`${label}: ${err.message}`));
+  // The page's Content-Security-Policy must let it reach entry B (connect-src names the
+  // installation's entries): a refused connection or anything else it blocks fails.
+  page.on("console", (msg) => {
+    if (/Content Security Policy/i.test(msg.text())) pageErrors.push(`${label}: ${msg.text()}`);
+  });
   return page;
 }
 
