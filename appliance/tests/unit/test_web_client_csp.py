@@ -17,7 +17,8 @@ import aiohttp
 import pytest
 from conftest import NodeFactory, RunningNode  # type: ignore[import-not-found, unused-ignore]
 
-from tongxin.server.node import WEB_DIR, csp_ws_source, web_client_csp
+from tongxin.server.csp import csp_ws_source, web_client_csp
+from tongxin.server.node import WEB_DIR
 
 # Written out, not imported: a change to the policy must change this test too.
 POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
