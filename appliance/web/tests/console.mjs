@@ -349,6 +349,16 @@ try {
   await sockets.goto(`${base}/healthz`);
   await sockets.evaluate((url) => { window.socks = [new WebSocket(url), new WebSocket(url)]; }, `${base.replace("http", "ws")}/ws`);
   await p.locator("#chart-connections", { hasText: /^当前 2 个连接/ }).waitFor();
+  // 全部节点 (GET /api/v1/admin/nodes): on the SQLite store the list is this node, live,
+  // read again every 10 s, so the two connections reach its row within a reading.
+  const nodeRows = p.locator("#nodes-list tbody tr");
+  if ((await nodeRows.count()) !== 1) fail(`the node list has ${await nodeRows.count()} rows, expected this node alone`);
+  const nodeId = (await p.textContent("#st-node-id")).trim();
+  await nodeRows.locator("td", { hasText: nodeId }).locator("text=本节点").waitFor();
+  await nodeRows.locator(".badge.state-active", { hasText: "在线" }).waitFor();
+  await nodeRows.locator("td", { hasText: /秒前$/ }).waitFor();
+  await nodeRows.locator("td", { hasText: /^2$/ }).waitFor({ timeout: 30000 });
+  ok(`the node list shows this node live, refreshed with its 2 connections: "${(await nodeRows.textContent()).trim()}"`);
   await p.waitForFunction(() => (document.querySelector(".charts polyline")
     ?.getAttribute("points") || "").split(" ").length >= 2, null, { timeout: T });
   ok(`the live chart shows connections and messages per second: "${await p.textContent("#chart-connections")}", "${await p.textContent("#chart-messages")}"`);

@@ -1,5 +1,6 @@
 // 系统管理员: ordinary accounts (list, create, disable, enable, unlock, reset the
-// password, revoke sessions, delete), organisation units, groups and the node's status.
+// password, revoke sessions, delete), organisation units, groups, the node's status and
+// every node of the installation.
 import { h, field, values, table } from "../dom.js";
 import { formatDateTime, formatNumber } from "../../i18n/index.js";
 import { lineChart } from "../chart.js";
@@ -145,8 +146,72 @@ export async function status(el, { api, t }) {
       h("h2", { id: "st-ep" }, t("status.endpoints")),
       (info.body.endpoints || []).length ? h("ul", { id: "st-endpoints" }, info.body.endpoints.map((e) =>
         h("li", {}, typeof e === "string" ? e : JSON.stringify(e)))) : h("p", { class: "muted" }, t("status.noEndpoints"))),
+    await nodesPanel(api, t),
     await siteAndEvidence(api, t),
     liveCharts(api, t));
+}
+
+// Every active node of the installation (GET /nodes): each node rewrites its replication
+// heartbeat row in the shared database every site.heartbeat_interval, with its version,
+// open connections and start time; on the embedded SQLite store the list is this node.
+// Read again every NODES_POLL_MS while the page is open, like the DR copy below.
+const NODES_POLL_MS = 10000;
+
+async function nodesPanel(api, t) {
+  const section = h("section", { class: "panel", "aria-labelledby": "st-nodes" },
+    h("h2", { id: "st-nodes" }, t("status.nodes")));
+  let body;
+  try {
+    body = await api.call("GET", "/nodes");
+  } catch {
+    section.append(h("p", { class: "muted", id: "nodes-list" }, t("status.nodesUnavailable")));
+    return section;
+  }
+  let current = nodesTable(t, body);
+  const problem = h("p", { class: "status error", role: "status", id: "nodes-status", hidden: true });
+  section.append(current, problem, h("p", { class: "help" }, body.source === "self" ? t("status.nodesSelf")
+    : t("status.nodesNote", { n: formatNumber(body.stale_after_s, { maximumFractionDigits: 1 }) })));
+  async function tick() {
+    if (!section.isConnected) return; // the page was left
+    try {
+      const next = await api.call("GET", "/nodes");
+      const fresh = nodesTable(t, next);
+      current.replaceWith(fresh);
+      current = fresh;
+      problem.textContent = "";
+      problem.hidden = true;
+    } catch (err) {
+      // The database may be down for a while (503): say so, keep the last reading and try
+      // again. Signed out (401, handled by the API layer) or anything else: stop.
+      if (err.status !== 503) return;
+      problem.textContent = t("status.nodesStale503");
+      problem.hidden = false;
+    }
+    setTimeout(tick, NODES_POLL_MS);
+  }
+  setTimeout(tick, NODES_POLL_MS);
+  return section;
+}
+
+function nodesTable(t, body) {
+  const list = body.nodes || [];
+  const dash = (v) => (v === null || v === undefined || v === "" ? "—" : v);
+  const name = (n) => h("span", {}, n.node_id, n.self ? h("span", { class: "muted" }, ` (${t("status.nodeThis")})`) : null,
+    n.address && n.address !== n.node_id ? h("span", { class: "muted" }, ` · ${n.address}`) : null);
+  const badge = (n) => h("span", { class: `badge ${n.state === "live" ? "state-active" : "state-disabled"}` },
+    t(n.state === "live" ? "status.nodeLive" : "status.nodeStale"));
+  const live = list.filter((n) => n.state === "live").length;
+  return h("div", { id: "nodes-list", "data-count": String(list.length), "data-live": String(live) },
+    h("p", { class: "lead", id: "nodes-summary" }, t("status.nodesSummary", { n: formatNumber(list.length), live: formatNumber(live) })),
+    table(t("status.nodes"), [
+      { head: t("status.site"), cell: (n) => dash(n.site) },
+      { head: t("status.nodeName"), cell: name },
+      { head: t("status.version"), cell: (n) => dash(n.version) },
+      { head: t("status.nodeConnections"), cell: (n) => (typeof n.connections === "number" ? formatNumber(n.connections) : "—") },
+      { head: t("status.nodeStarted"), cell: (n) => (n.started_at ? formatDateTime(new Date(n.started_at)) : "—") },
+      { head: t("status.nodeLastSeen"), cell: (n) => t("status.secondsAgo", { n: formatNumber(n.age_s, { maximumFractionDigits: n.age_s < 10 ? 1 : 0 }) }) },
+      { head: t("status.nodeState"), cell: badge },
+    ], list, t("status.nodesNone")));
 }
 
 // The site, its database endpoint, and the newest backup, restore test and DR drill (GET /site).
