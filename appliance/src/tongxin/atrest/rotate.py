@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+from tongxin.atrest.errors import AtRestError
 from tongxin.atrest.keyring import DataKeyRow, DekStore, wrap_aad
 from tongxin.atrest.providers import MasterKeyProvider
 
@@ -100,6 +102,31 @@ async def rotate(provider: MasterKeyProvider, store: DekStore, batch: int = BATC
             result.complete = True
             return result
     return result
+
+
+Record = Callable[..., Awaitable[None]]
+"""``record(event, outcome, **details)``: writes one audit record as the authorising
+administrator (the CLI's and the admin API's; see :func:`rotate_audited`)."""
+
+
+async def rotate_audited(provider: MasterKeyProvider, store: DekStore, record: Record | None,
+                         batch: int = BATCH, progress: Callable[[int], None] | None = None,
+                         max_batches: int | None = None) -> RotateResult:
+    """:func:`rotate` with its ``keys.rotate`` audit record: outcome ``ok`` (complete),
+    ``partial`` (stopped early: run again) or ``failed`` (the error, then re-raised).
+    ``tongxin keys rotate`` and the admin API's ``POST /keys/atrest/rotate`` both run this."""
+    try:
+        res = await rotate(provider, store, batch=batch, progress=progress,
+                           max_batches=max_batches)
+    except AtRestError as exc:
+        if record is not None:
+            await record("keys.rotate", "failed", error=str(exc))
+        raise
+    if record is not None:
+        details: dict[str, Any] = {"kek": res.kek_id, "resumed": res.resumed,
+                                   "rewrapped": res.rewrapped, "retired": res.retired}
+        await record("keys.rotate", "ok" if res.complete else "partial", **details)
+    return res
 
 
 def _rewrap(provider: MasterKeyProvider, row: DataKeyRow, aad: bytes) -> tuple[str, bytes]:

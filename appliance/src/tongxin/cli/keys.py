@@ -79,11 +79,10 @@ Audit = Callable[..., Coroutine[Any, Any, None]]
 
 async def _keys(cfg: Config, args: argparse.Namespace, audit: Audit | None) -> int:
     """``audit`` records as the authorising administrator (None: ``status``, no records)."""
-    from tongxin.atrest.errors import AtRestError
     from tongxin.atrest.keyring import DekStore
     from tongxin.atrest.providers import make_provider
     from tongxin.atrest.records import init_key_file
-    from tongxin.atrest.rotate import key_status, rotate
+    from tongxin.atrest.rotate import key_status, rotate_audited
     from tongxin.server.node import make_store
 
     if args.action == "init":
@@ -118,16 +117,8 @@ async def _keys(cfg: Config, args: argparse.Namespace, audit: Audit | None) -> i
         def progress(n: int) -> None:
             print(f"re-wrapped {n} data keys", flush=True)
 
-        try:
-            res = await rotate(provider, deks, batch=args.batch, progress=progress,
-                               max_batches=args.max_batches)
-        except AtRestError as exc:
-            if audit is not None:
-                await audit("keys.rotate", "failed", error=str(exc))
-            raise
-        if audit is not None:
-            await audit("keys.rotate", "ok" if res.complete else "partial", kek=res.kek_id,
-                         resumed=res.resumed, rewrapped=res.rewrapped, retired=res.retired)
+        res = await rotate_audited(provider, deks, audit, batch=args.batch, progress=progress,
+                                   max_batches=args.max_batches)
         state = "complete" if res.complete else "stopped early (run again to finish)"
         print(f"rotation to KEK {res.kek_id} {state}: {res.rewrapped} data keys re-wrapped"
               + (f", retired KEKs {', '.join(res.retired)}" if res.retired else ""))

@@ -43,6 +43,9 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     SECADMIN: frozenset({
         # sms.confirm: the code sent at enrolment (sms.enroll, stepped up) comes back
         "role.list", "role.assign", "totp.reset", "sms.enroll", "sms.confirm", "key.rotate",
+        # the keys' state: the audit signing key's fingerprint, the at-rest master key's
+        # status and a rotation's progress (never key material)
+        "key.read",
         # the password and lockout policy in force, against 等保's thresholds, and changing it
         "policy.read", "policy.set",
         # end every session of another administrator (a lost laptop, a leaver)

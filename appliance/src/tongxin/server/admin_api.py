@@ -20,10 +20,12 @@ by its cleanup hook, after the node has stopped; ``Node.app()`` only calls
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
@@ -50,7 +52,7 @@ from tongxin.server.http_util import json_body
 from tongxin.store.ports import ConversationRow, NodeBeat, StoreError, User
 
 if TYPE_CHECKING:
-    from tongxin.atrest.keyring import DekStore
+    from tongxin.atrest.keyring import DataKeyRow, DekStore
     from tongxin.server.node import Node
 
 # The files of an export (compliance/export.py) and how they are served.
@@ -123,6 +125,9 @@ class AdminApi:
         self.node = node
         self._compliance: Compliance | None = None
         self._policy_task: asyncio.Task[None] | None = None
+        # The at-rest key rotation this node runs or ran last (POST /keys/atrest/rotate).
+        self._rotation: AtRestRotation | None = None
+        self._rotation_task: asyncio.Task[None] | None = None
 
     @property
     def c(self) -> Compliance:
@@ -180,6 +185,10 @@ class AdminApi:
         if self._policy_task is not None:
             self._policy_task.cancel()
             self._policy_task = None
+        if self._rotation_task is not None and not self._rotation_task.done():
+            # Stopped between batches: the next rotation finishes it (tongxin.atrest.rotate).
+            self._rotation_task.cancel()
+            await asyncio.gather(self._rotation_task, return_exceptions=True)
         comp = self._compliance
         if comp is None:
             return
@@ -931,6 +940,141 @@ class AdminApi:
         await self.c.sign_head(force=True)
         return web.json_response({"key": "audit_sign", "old_fingerprint": old, "fingerprint": new})
 
+    async def audit_key(self, request: web.Request, ctx: Ctx) -> web.Response:
+        """This node's audit signing key (each node signs the chain head with its own):
+        the fingerprint the page shows before a rotation, and how many public keys
+        audit-keys/ keeps for verifying older heads."""
+        keys = self.c.keys
+        fp = await asyncio.to_thread(keys.current_fingerprint)
+        kept = await asyncio.to_thread(keys.found_keys)
+        await self.c.audit("key.read", actor=ctx.user.id, actor_role=ctx.role,
+                           target="audit_sign", source=ctx.source, fingerprint=fp or "")
+        return web.json_response({"key": "audit_sign", "node": self.node.node_id,
+                                  "fingerprint": fp, "public_keys": len(kept)})
+
+    def _atrest_store(self) -> DekStore | None:
+        store = self.node.store
+        return cast("DekStore", store) if hasattr(store, "data_keys") else None
+
+    async def atrest_status(self, request: web.Request, ctx: Ctx) -> web.Response:
+        """The master key of encryption at rest (``tongxin keys status`` and more): suite,
+        provider and where the key comes from (never the key, nor the KMS command, which
+        may carry a credential), the current KEK, the older KEKs and how many data keys
+        each still wraps (the small data_keys table; messages are not read), and this
+        node's last rotation with its progress."""
+        from tongxin.atrest.errors import AtRestError
+        from tongxin.atrest.providers import FileKeyProvider, make_provider
+        from tongxin.atrest.rotate import key_status
+
+        cfg = self.node.cfg
+        out: dict[str, Any] = {
+            "node": self.node.node_id, "encryption": cfg.storage.encryption,
+            "suite": cfg.crypto.suite, "cipher": _DEK_CIPHERS.get(cfg.crypto.suite, ""),
+            "in_use": self.node.keyring is not None,
+            "source": ({"kind": "command", "setting": "keys.kms_command"}
+                       if cfg.keys.kms_command.strip() else
+                       {"kind": "file", "setting": "keys.master_key_file",
+                        "path": str(cfg.master_key_file)}),
+            "rotation": None if self._rotation is None else self._rotation.view()}
+        who = {"actor": ctx.user.id, "actor_role": ctx.role, "target": "master key",
+               "source": ctx.source}
+        deks = self._atrest_store()
+        if self.node.keyring is None or deks is None:
+            await self.c.audit("keys.status", in_use=False, **who)
+            return web.json_response(out)
+        try:
+            provider = await asyncio.to_thread(make_provider, cfg.master_key_file,
+                                               cfg.keys.kms_command, cfg.crypto.suite)
+            st = await key_status(provider, deks)
+            rows = await _all_data_keys(deks)
+        except (AtRestError, StoreError) as exc:
+            await self.c.audit("keys.status", outcome="failed", reason=str(exc), **who)
+            return _err(503, "UNAVAILABLE", f"the at-rest key status cannot be read: {exc}",
+                        rotation=out["rotation"])
+        held: list[str] = []
+        if isinstance(provider, FileKeyProvider):
+            # The file has no date per KEK; it is rewritten by each rotation (then by the
+            # retirement of the old KEK at its end), so this is when the current KEK came.
+            held = provider.known_ids()
+            with contextlib.suppress(OSError):
+                out["source"]["modified_at"] = int(
+                    (await asyncio.to_thread(cfg.master_key_file.stat)).st_mtime * 1000)
+        older = [k for k in [*held, *sorted(st.by_kek)] if k != st.current_kek]
+        out.update({
+            "provider": st.provider,
+            "kek": {"id": st.current_kek, "data_keys": st.by_kek.get(st.current_kek, 0)},
+            "older_keks": [{"id": k, "data_keys": st.by_kek.get(k, 0), "in_key_file": k in held}
+                           for k in dict.fromkeys(older)],
+            "data_keys": {"total": len(rows), "pending": st.pending,
+                          "newest_created_at": max((r.created_at for r in rows), default=None),
+                          "by_suite": dict(Counter(r.suite for r in rows))}})
+        await self.c.audit("keys.status", kek=st.current_kek, pending=st.pending, **who)
+        return web.json_response(out)
+
+    async def atrest_rotate(self, request: web.Request, ctx: Ctx) -> web.Response:
+        """Rotate the master key as ``tongxin keys rotate`` does (the same function,
+        tongxin.atrest.rotate.rotate_audited), in a task of this node: 202 at once, the
+        progress and the result in GET /keys/atrest. A second rotation while one runs on
+        this node is refused (409)."""
+        from tongxin.atrest.errors import AtRestError
+        from tongxin.atrest.providers import make_provider
+        from tongxin.atrest.rotate import key_status, rotate_audited
+
+        comp, cfg = self.c, self.node.cfg
+        who = {"actor": ctx.user.id, "actor_role": ctx.role, "target": "master key",
+               "source": ctx.source, "via": "admin-api", "admin": ctx.user.username}
+        deks = self._atrest_store()
+        running = self._rotation is not None and self._rotation.state == "running"
+        reason = ("a rotation is already running on this node" if running else
+                  "at-rest encryption is not in use on this node (no master key)"
+                  if self.node.keyring is None or deks is None else "")
+        if reason or deks is None:
+            await comp.audit("keys.rotate", outcome="denied", reason=reason, **who)
+            return _err(409, "ROTATION_RUNNING" if running else "FAILED_PRECONDITION", reason,
+                        rotation=None if self._rotation is None else self._rotation.view())
+        job = AtRestRotation(started_at=now_ms(), by=ctx.user.username)
+        self._rotation = job  # from here on a second request sees it running
+        try:
+            provider = await asyncio.to_thread(make_provider, cfg.master_key_file,
+                                               cfg.keys.kms_command, cfg.crypto.suite)
+            before = await key_status(provider, deks)
+        except (AtRestError, StoreError) as exc:
+            job.finish("failed", error=str(exc))
+            await comp.audit("keys.rotate", outcome="failed", error=str(exc), **who)
+            return _err(503, "UNAVAILABLE", f"cannot rotate the master key: {exc}",
+                        rotation=job.view())
+        job.old_kek = before.current_kek
+        job.total = before.pending or sum(before.by_kek.values())
+
+        async def record(event: str, outcome: str, **details: Any) -> None:
+            await comp.audit(event, outcome=outcome, **who, **details)
+
+        def progress(n: int) -> None:
+            job.rewrapped = n
+
+        async def run() -> None:
+            try:
+                res = await rotate_audited(provider, deks, record, progress=progress)
+            except AtRestError as exc:
+                job.finish("failed", error=str(exc))  # audited by rotate_audited
+            except asyncio.CancelledError:
+                job.finish("failed", error="the node stopped during the rotation; rotate "
+                           "again to finish it")
+                await record("keys.rotate", "partial", error=job.error, kek=job.kek,
+                             rewrapped=job.rewrapped)
+                raise
+            except Exception as exc:  # a store failure: audited, shown, the node goes on
+                log.exception("at-rest key rotation failed")
+                job.finish("failed", error=str(exc))
+                await record("keys.rotate", "failed", error=str(exc))
+            else:
+                job.kek, job.rewrapped, job.resumed = res.kek_id, res.rewrapped, res.resumed
+                job.retired = res.retired
+                job.finish("done" if res.complete else "partial")
+
+        self._rotation_task = asyncio.get_running_loop().create_task(run())
+        return web.json_response({"rotation": job.view()}, status=202)
+
     async def _retention_view(self) -> dict[str, Any]:
         days, override = await self.c.audit_retention()
         holds = await self.c.store.holds()
@@ -1297,6 +1441,42 @@ EVIDENCE_HTML_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src dat
 
 ADMIN_API = web.AppKey("tongxin_admin_api", AdminApi)
 
+# The data keys' cipher per crypto.suite (tongxin.crypto.suite).
+_DEK_CIPHERS = {"gm": "SM4-GCM", "international": "AES-256-GCM"}
+
+
+@dataclass(slots=True)
+class AtRestRotation:
+    """One master key rotation run by this node's admin API (GET /keys/atrest shows it)."""
+
+    started_at: int
+    by: str
+    state: str = "running"  # running, done, partial (run again), failed
+    old_kek: str = ""
+    kek: str = ""
+    resumed: bool = False
+    total: int = 0  # data keys to re-wrap when it started
+    rewrapped: int = 0
+    retired: list[str] = field(default_factory=list)
+    finished_at: int | None = None
+    error: str = ""
+
+    def finish(self, state: str, error: str = "") -> None:
+        self.state, self.error, self.finished_at = state, error, now_ms()
+
+    def view(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def _all_data_keys(store: DekStore) -> list[DataKeyRow]:
+    """Every row of data_keys (one or a few a day: small, unlike the messages)."""
+    rows: list[DataKeyRow] = []
+    after = -1
+    while got := await store.data_keys(after, 1000):
+        rows += got
+        after = got[-1].id
+    return rows
+
 
 def add_routes(app: web.Application, node: Node) -> None:
     api = AdminApi(node)
@@ -1340,7 +1520,10 @@ def add_routes(app: web.Application, node: Node) -> None:
     r.add_put(f"{p}/users/{{name}}/sms", g("sms.enroll", api.enroll_sms))
     r.add_delete(f"{p}/users/{{name}}/sms", g("sms.enroll", api.enroll_sms))
     r.add_post(f"{p}/users/{{name}}/sms/confirm", g("sms.confirm", api.enroll_sms))
+    r.add_get(f"{p}/keys/audit", g("key.read", api.audit_key))
     r.add_post(f"{p}/keys/audit/rotate", g("key.rotate", api.rotate_key))
+    r.add_get(f"{p}/keys/atrest", g("key.read", api.atrest_status))
+    r.add_post(f"{p}/keys/atrest/rotate", g("key.rotate", api.atrest_rotate))
     r.add_get(f"{p}/retention", g("retention.read", api.get_retention))
     r.add_put(f"{p}/retention", g("retention.set", api.set_retention))
     r.add_get(f"{p}/holds", g("hold.list", api.list_holds))
