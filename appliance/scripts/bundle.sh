@@ -13,8 +13,8 @@
 #                    install kafka) and its .sha256; the Prometheus JMX
 #                    exporter agent jmx_prometheus_javaagent-<v>.jar and its
 #                    .sha256
-#   debs/<arch>/     Debian 12 packages of bundle-debs.txt and their
-#                    dependencies a base install lacks, as a flat apt repo
+#   debs/<arch>/     Debian 12 packages of bundle-debs.txt and all their
+#                    dependencies (base packages too), as a flat apt repo
 #                    (Packages, Packages.gz, Release, InRelease, Release.gpg:
 #                    the Release OpenPGP-signed with the bundle's apt key)
 #   apt-signing.gpg  that key's public half, which role bundle gives apt as
@@ -59,7 +59,7 @@ PY=$ROOT/.venv/bin/python
 TONGXIN=$ROOT/.venv/bin/tongxin
 # What every host has before the roles run, besides Debian's required and
 # important packages: what Ansible needs and the molecule base image holds
-# (tests/molecule/run.sh IMAGE_PACKAGES). Their dependencies are not bundled.
+# (tests/molecule/run.sh IMAGE_PACKAGES). Only what the bundled packages depend on is bundled.
 BASE=(systemd systemd-sysv dbus python3 python3-apt sudo ca-certificates iproute2 procps)
 
 log() { printf 'bundle: %s\n' "$*" >&2; }
@@ -301,7 +301,7 @@ build_debs() {
     flock 9
     local files=$NEW/.files-$arch
     : >"$files"
-    : >"$s/status"  # nothing installed: the closure is computed against BASE below
+    : >"$s/status"  # nothing installed: the whole closure is computed below
     local mirror_sec=${MIRROR%/debian}/debian-security
     cat >"$s/sources.list" <<EOF
 deb [arch=$da signed-by=$keyring] $MIRROR $SUITE main
@@ -321,16 +321,35 @@ EOF
     # The base system: Debian's required + important packages and BASE.
     mapfile -t base < <({ apt-cache "${APT[@]}" dumpavail |
       awk '/^Package:/{p=$2} /^Priority: (required|important)$/{print p}'; printf '%s\n' "${BASE[@]}"; } | sort -u)
-    local inst_base inst_all need
+    local inst_base closure need srcs
     inst_base=$(apt-get "${APT[@]}" -s -qq install "${base[@]}" 2>&1 | awk '/^Inst /{print $2"="substr($3,2)}' | sort -u) ||
       die "debs/$arch: cannot resolve the base system"
-    if ! inst_all=$(apt-get "${APT[@]}" -s -qq install "${base[@]}" "${pkgs[@]}" 2>"$WORK/apt.err"); then
+    # Every package the list needs, base packages included: a host is installed
+    # from a point release and may lack the updates since, while the list is
+    # resolved against today's archive (python3.11-venv 3.11.2-6+deb12u9 wants
+    # python3.11 of exactly that version, and the host has +deb12u8). Without
+    # them in the bundle apt on the host reports "held broken packages".
+    if ! closure=$(apt-get "${APT[@]}" -s -qq install "${pkgs[@]}" 2>"$WORK/apt.err"); then
       cat "$WORK/apt.err" >&2
       die "debs/$arch: cannot resolve ${pkgs[*]}"
     fi
-    inst_all=$(awk '/^Inst /{print $2"="substr($3,2)}' <<<"$inst_all" | sort -u)
-    mapfile -t need < <(comm -13 <(echo "$inst_base") <(echo "$inst_all"))
-    log "debs/$arch: ${#pkgs[@]} packages need ${#need[@]} .debs beyond the base system"
+    closure=$(awk '/^Inst /{print $2"="substr($3,2)}' <<<"$closure" | sort -u)
+    # And the base packages built from the same sources: they depend on each
+    # other at exact versions, so upgrading one (libpython3.11-stdlib) needs
+    # its siblings (libpython3.11) too.
+    srcs=$(apt-cache "${APT[@]}" dumpavail | awk '
+      /^Package:/ {p = $2; src = $2}
+      /^Source:/  {src = $2}
+      /^$/        {if (p != "") print p, src; p = ""}' | sort -u)
+    mapfile -t need < <({
+      echo "$closure"
+      awk -v cl="$(cut -d= -f1 <<<"$closure" | tr '\n' ' ')" -v base="$inst_base" '
+        BEGIN { n = split(cl, c, " "); for (i = 1; i <= n; i++) inclosure[c[i]] = 1
+                m = split(base, b, "\n"); for (i = 1; i <= m; i++) { split(b[i], kv, "="); inbase[kv[1]] = b[i] } }
+        { src[$1] = $2; if (inclosure[$1]) want[$2] = 1 }
+        END { for (p in inbase) if (want[src[p]] && !inclosure[p]) print inbase[p] }' <<<"$srcs"
+    } | sort -u)
+    log "debs/$arch: ${#pkgs[@]} packages need ${#need[@]} .debs (with the base packages they depend on)"
     # Download what the cache lacks; apt checks each file against the signed index.
     local uris todo=() cached=0 file size
     # From an empty directory: apt-get download leaves out what the current one holds.
