@@ -149,50 +149,51 @@ EOF
 
 # ---- 3. base image ---------------------------------------------------------------
 
-image_recipe_id() {
-  printf '%s|%s|%s|%s' "$IMAGE_RECIPE" "$SUITE" "$IMAGE_PACKAGES" "$(dpkg --print-architecture)" \
+image_recipe_id() {  # image_recipe_id DEB_ARCH
+  printf '%s|%s|%s|%s' "$IMAGE_RECIPE" "$SUITE" "$IMAGE_PACKAGES" "$1" \
     | sha256sum | cut -c1-12
 }
 
-ensure_image() {
-  local rid arch tarball have
-  rid=$(image_recipe_id)
-  arch=$(dpkg --print-architecture)
+ensure_image() {  # ensure_image [IMAGE DEB_ARCH]: the base image (the controller's architecture by default)
+  local image=${1:-$IMAGE} arch=${2:-$(dpkg --print-architecture)} rid tarball have
+  rid=$(image_recipe_id "$arch")
   tarball=$CACHE/images/tongxin-debian12-$arch-$rid.tar
-  if [ "${TONGXIN_MOLECULE_REBUILD:-0}" != 1 ] && podman image exists "$IMAGE"; then
-    have=$(podman image inspect --format '{{ index .Labels "org.tongxin.recipe" }}' "$IMAGE" 2>/dev/null || true)
+  if [ "${TONGXIN_MOLECULE_REBUILD:-0}" != 1 ] && podman image exists "$image"; then
+    have=$(podman image inspect --format '{{ index .Labels "org.tongxin.recipe" }}' "$image" 2>/dev/null || true)
     if [ "$have" = "$rid" ]; then
       return 0
     fi
-    log "image $IMAGE has recipe '${have:-none}', want $rid: rebuilding"
+    log "image $image has recipe '${have:-none}', want $rid: rebuilding"
   fi
   mkdir -p "$CACHE/images"
   if [ "${TONGXIN_MOLECULE_REBUILD:-0}" = 1 ] || [ ! -s "$tarball" ]; then
-    build_rootfs "$tarball"
+    build_rootfs "$tarball" "$arch"
   fi
   local old
-  old=$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
-  log "importing $tarball as $IMAGE"
-  "${NICE[@]}" podman import --quiet \
+  old=$(podman image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
+  log "importing $tarball as $image"
+  "${NICE[@]}" podman import --quiet --os linux --arch "$arch" \
     --change 'CMD ["/sbin/init"]' \
     --change 'STOPSIGNAL SIGRTMIN+3' \
     --change "LABEL org.tongxin.recipe=$rid" \
     --change 'LABEL org.tongxin.base=debian-12' \
-    "$tarball" "$IMAGE" >/dev/null
+    "$tarball" "$image" >/dev/null || die "podman import of $tarball failed"
   # The image this one replaced, unless a container still uses it.
   if [ -n "$old" ]; then podman rmi "$old" >/dev/null 2>&1 || true; fi
   # Older tarballs of the same architecture (other recipes).
   find "$CACHE/images" -maxdepth 1 -name "tongxin-debian12-$arch-*.tar" ! -name "${tarball##*/}" -delete
 }
 
-build_rootfs() {  # build_rootfs TARBALL
-  local tarball=$1 work t0=$SECONDS
+build_rootfs() {  # build_rootfs TARBALL DEB_ARCH
+  local tarball=$1 arch=$2 work t0=$SECONDS
   as_root "debootstrap"
   work=$(mktemp -d "$CACHE/images/.build.XXXXXX")
   # shellcheck disable=SC2064
   trap "rm -rf '$work'" EXIT
-  log "debootstrap $SUITE into $work/rootfs (a few minutes)"
-  if ! "${NICE[@]}" debootstrap --include="$IMAGE_PACKAGES" \
+  log "debootstrap $SUITE ($arch) into $work/rootfs (a few minutes)"
+  # Another architecture's second stage runs its own binaries: through
+  # qemu-user-static (ensure_binfmt registered it), as the hosts later do.
+  if ! "${NICE[@]}" debootstrap --arch="$arch" --include="$IMAGE_PACKAGES" \
       --components=main "$SUITE" "$work/rootfs" "$MIRROR" >"$work/debootstrap.log" 2>&1; then
     tail -n 30 "$work/debootstrap.log" >&2
     die "debootstrap failed"
@@ -228,11 +229,52 @@ EOF
   rm -rf "$r/var/cache/apt/archives/"*.deb "$r/usr/share/doc/"* "$r/usr/share/man/"* \
     "$r/var/log/"*.log
   log "debootstrap done in $((SECONDS - t0)) s; packing $tarball"
-  tar -C "$r" --numeric-owner -cf "$tarball.tmp" .
+  tar -C "$r" --numeric-owner -cf "$tarball.tmp" . || die "packing $tarball failed"
   mv "$tarball.tmp" "$tarball"
   rm -rf "$work"
   trap - EXIT
   log "rootfs built in $((SECONDS - t0)) s ($(du -h "$tarball" | cut -f1))"
+}
+
+# ---- 3b. foreign-architecture hosts ----------------------------------------------
+
+# Scenarios whose hosts are another architecture, emulated by qemu-user-static
+# through binfmt_misc (issue 17: the ARM 信创 hosts): scenario=debian-arch.
+FOREIGN_SCENARIOS=(arm64=arm64)
+
+ensure_binfmt() {  # ensure_binfmt QEMU_NAME: the kernel runs that architecture's ELF binaries through qemu
+  local name=$1 dir=/proc/sys/fs/binfmt_misc conf=/usr/lib/binfmt.d/qemu-$1.conf
+  [ -x "/usr/bin/qemu-$name-static" ] && [ -f "$conf" ] || apt_install qemu-user-static
+  if ! mountpoint -q "$dir"; then
+    as_root "mounting binfmt_misc"
+    mount -t binfmt_misc binfmt_misc "$dir" || die "cannot mount binfmt_misc on $dir (needed to emulate $name)"
+  fi
+  if [ ! -e "$dir/qemu-$name" ]; then
+    as_root "registering qemu-$name with binfmt_misc"
+    # Debian's entry has the F flag: the kernel opens the interpreter now, so
+    # it works inside containers and chroots that do not have it.
+    tr -d '\n' <"$conf" >"$dir/register" || die "cannot register qemu-$name with binfmt_misc"
+    log "registered qemu-$name with binfmt_misc (left registered: the kernel keeps it until reboot)"
+  fi
+  grep -qx enabled "$dir/qemu-$name" || die "binfmt_misc has qemu-$name but it is disabled ($dir/qemu-$name)"
+}
+
+foreign_image() {  # foreign_image DEB_ARCH: the image name for that architecture's hosts
+  echo "${IMAGE%:*}-$1:${IMAGE##*:}"
+}
+
+prepare_foreign() {  # prepare_foreign SCENARIO...: binfmt and base image for foreign-architecture scenarios
+  local s f arch t0
+  for s in "$@"; do
+    for f in "${FOREIGN_SCENARIOS[@]}"; do
+      [ "${f%%=*}" = "$s" ] || continue
+      arch=${f#*=}
+      t0=$SECONDS
+      case $arch in arm64) ensure_binfmt aarch64 ;; *) die "no emulator known for $arch" ;; esac
+      ensure_image "$(foreign_image "$arch")" "$arch"
+      log "$arch base image ready ($((SECONDS - t0)) s)"
+    done
+  done
 }
 
 # ---- what the scenarios share -------------------------------------------------------
@@ -306,7 +348,7 @@ lint() {
 
 # Longest first, so that a parallel run does not end with one long scenario
 # alone; the rest alphabetically. Measured times in docs/ansible.md.
-SCENARIO_ORDER=(multisite site appliance lb kafka rolling restore database bundle monitoring redis pki logs common lab preflight)
+SCENARIO_ORDER=(multisite site arm64 rolling restore kafka lb database redis monitoring appliance pki logs lab bundle common preflight)
 
 scenarios_all() {
   local d s
@@ -356,12 +398,14 @@ main() {
   ensure_appliance_sources
   local list=("$@")
   [ ${#list[@]} -gt 0 ] || mapfile -t list < <(scenarios_all)
-  [ "$mode" = setup ] && exit 0
+  # Otherwise in the scenario's own slot (one() below): three minutes of
+  # debootstrap under emulation would delay every scenario's start.
+  if [ "$mode" = setup ]; then prepare_foreign "${list[@]}"; exit 0; fi
   prepare_bundle "${list[@]}"
   prepare_object_store "${list[@]}"
 
   local passed=0 failed=0 s results=() t_all=$SECONDS
-  export TONGXIN_MOLECULE_IMAGE=$IMAGE TONGXIN_CACHE=$CACHE
+  export TONGXIN_MOLECULE_IMAGE=$IMAGE TONGXIN_CACHE=$CACHE TONGXIN_MOLECULE_IMAGE_ARM64=$(foreign_image arm64)
   export PATH=$VENV/bin:$PATH
   if [ ! -t 1 ]; then export NO_COLOR=1 PY_COLORS=0 ANSIBLE_NOCOLOR=1 ANSIBLE_FORCE_COLOR=0; fi
   # Molecule looks for molecule/<scenario>/molecule.yml under its working directory.
@@ -381,7 +425,20 @@ main() {
   one() {
     local s=$1 logfile=$2 start=$SECONDS rc=0
     log "scenario $s: molecule $MOLECULE_COMMAND${logfile:+ (output in $logfile)}"
-    run_one "$s" "$logfile" || rc=$?
+    # In a subshell: its die() ends only the preparation, and the scenario fails.
+    if [ -n "$logfile" ]; then
+      (prepare_foreign "$s") >"$logfile.prepare" 2>&1 || rc=$?
+    else
+      (prepare_foreign "$s") || rc=$?
+    fi
+    if [ "$rc" = 0 ]; then
+      run_one "$s" "$logfile" || rc=$?
+    fi
+    if [ -n "$logfile" ]; then
+      # The preparation's lines first, in the scenario's log.
+      cat "$logfile.prepare" "$logfile" 2>/dev/null >"$logfile.tmp"; mv "$logfile.tmp" "$logfile"
+      rm -f "$logfile.prepare"
+    fi
     echo "$rc $((SECONDS - start))" >"$status_dir/$s"
     if [ -n "$logfile" ]; then
       log "scenario $s: $([ "$rc" = 0 ] && echo passed || echo FAILED) in $((SECONDS - start)) s"
