@@ -247,11 +247,13 @@ def test_console_three_roles_in_chromium(tmp_path: Path, standbys: Standbys) -> 
                      "the configuration page shows accounts.scrypt_n 1024",
                      "sysadmin is refused the auditor's pages (audit trail, drill reports)",
                      "secadmin enrolled a new TOTP for the auditor",
+                     "secadmin saw the at-rest key status and rotated the master key",
                      "secadmin rotated the audit signing key",
                      "secadmin changed the password policy from the page",
                      "secadmin is refused the sysadmin's page and its API",
                      "auditor signed in with the TOTP enrolled on the secadmin's page",
                      "the audit trail shows the sysadmin's actions",
+                     "the audit trail shows the secadmin's master key rotation",
                      "the audit chain verifies from the page",
                      "the compliance report is shown and downloaded",
                      "the drill reports page lists the failed backup and the drill",
@@ -260,6 +262,6 @@ def test_console_three_roles_in_chromium(tmp_path: Path, standbys: Standbys) -> 
                      "follows the browser language"):
         assert any(verified in line for line in ok_lines), f"not verified: {verified}\n{out}"
     for shot in ("01-login", "02-users", "02b-org", "02c-groups", "03-status", "03b-config",
-                 "05-admins-totp", "06b-policy", "06d-policy-changed", "09-audit", "10-report",
-                 "10b-drills", "10c-drill-open"):
+                 "05-admins-totp", "06-keys-atrest", "06b-policy", "06d-policy-changed", "09-audit",
+                 "10-report", "10b-drills", "10c-drill-open"):
         assert (ARTIFACTS / f"{shot}.png").stat().st_size > 1000, shot

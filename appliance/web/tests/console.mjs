@@ -433,13 +433,45 @@ try {
   ok(`secadmin signed the sysadmin out after a TOTP step-up: its token is refused and its console asks to sign in (${await s.textContent("#admins-status")})`);
   await p2.context().close();
 
+  // The keys page: the at-rest master key's status (GET /keys/atrest), its rotation
+  // (step-up) followed to the end, then the audit signing key, whose fingerprint shows
+  // before it is rotated.
   await goTo(s, "keys");
+  await s.locator("#atrest-kek").waitFor();
+  const oldKek = (await s.textContent("#atrest-kek")).trim();
+  const source = await s.textContent("#atrest-source");
+  if (!/^[0-9a-f]{16}$/.test(oldKek) || !source.includes("master.key")) fail(`at-rest status: KEK ${oldKek}, source ${source}`);
+  if ((await s.getAttribute("#atrest-data-keys", "data-pending")) !== "0") fail("data keys under an older KEK before any rotation");
+  await s.click("#rotate-atrest-key");
+  await s.locator("dialog[open] button[type=submit]").click();
+  await stepUp(s, sec.secret);
+  await s.locator('#atrest-rotation-state[data-state="done"]').waitFor();
+  const newKek = (await s.textContent("#atrest-kek")).trim();
+  if (newKek === oldKek || (await s.textContent("#atrest-new-kek")).trim() !== newKek) {
+    fail(`after the rotation the page shows KEK ${newKek} (was ${oldKek})`);
+  }
+  await s.locator("#atrest-status", { hasText: newKek }).waitFor();
+  if ((await s.textContent("#atrest-rotation")).includes("null")) fail(`the rotation panel: ${await s.textContent("#atrest-rotation")}`);
+  if ((await s.getAttribute("#atrest-older", "data-count")) !== "0") fail("the old KEK is still listed after a complete rotation");
+  const atrest = await apiAs(s, await myToken(s), "GET", "/keys/atrest");
+  if (atrest.body.kek?.id !== newKek || atrest.body.rotation?.retired?.[0] !== oldKek) {
+    fail(`GET /keys/atrest after the rotation: ${JSON.stringify(atrest.body)}`);
+  }
+  ok(`secadmin saw the at-rest key status and rotated the master key after a TOTP step-up: KEK ${oldKek} -> ${newKek}, the old one retired`);
+  await shot(s, "06-keys-atrest");
+
+  const shownFingerprint = (await s.textContent("#audit-fingerprint")).trim();
+  if (!/^[0-9a-f]{16,}$/.test(shownFingerprint)) fail(`audit key fingerprint before the rotation: ${shownFingerprint}`);
   await s.click("#rotate-audit-key");
   await s.locator("dialog[open] button[type=submit]").click();
   await stepUp(s, sec.secret);
   await s.locator("#new-fingerprint").waitFor();
   const newFingerprint = (await s.textContent("#new-fingerprint")).trim();
-  ok(`secadmin rotated the audit signing key after a TOTP step-up (new ${newFingerprint.slice(0, 16)}…)`);
+  const oldShown = (await s.textContent("#rotation dd code")).trim();
+  if (oldShown !== shownFingerprint || (await s.textContent("#audit-fingerprint")).trim() !== newFingerprint) {
+    fail(`audit key: shown ${shownFingerprint} before, the rotation's old one ${oldShown}, new ${newFingerprint}`);
+  }
+  ok(`secadmin rotated the audit signing key after a TOTP step-up; the fingerprint the page showed before was the old one (new ${newFingerprint.slice(0, 16)}…)`);
   await shot(s, "06-keys");
   await axe(s, "keys");
 
@@ -573,6 +605,11 @@ try {
   }
   if (!has(rows, "escrow.approve", undefined, "失败")) fail(`no failed escrow.approve: ${JSON.stringify(rows)}`);
   ok("the audit trail shows the secadmin's TOTP enrolment, key rotation, policy change, legal hold and refused approval");
+  rows = await search({ actor: sec.username, event: "keys." });
+  if (!has(rows, "keys.rotate", "master key", "成功") || !has(rows, "keys.status", "master key")) {
+    fail(`the master key rotation is not in the audit page: ${JSON.stringify(rows)}`);
+  }
+  ok("the audit trail shows the secadmin's master key rotation and status reads");
   const future = new Date(Date.now() + 3600e3);
   const local = (d) => new Date(d.getTime() - d.getTimezoneOffset() * 60000).toISOString().slice(0, 19);
   rows = await search({ from: local(future) });
@@ -699,7 +736,8 @@ try {
   await axe(a, "export");
 
   await refused(a, "auditor", "admins", "GET", "/roles", "secadmin");
-  ok("auditor is refused the secadmin's page and its API (403)");
+  await refused(a, "auditor", "keys", "GET", "/keys/atrest", "secadmin");
+  ok("auditor is refused the secadmin's page and its API (403): administrators, keys");
   await goTo(a, "audit");
   rows = await search({ actor: aud.username, event: "escrow.request" });
   if (!has(rows, "escrow.request", "conversation:c_test", "失败")) fail(`escrow.request not audited: ${JSON.stringify(rows)}`);

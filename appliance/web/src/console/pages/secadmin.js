@@ -1,6 +1,6 @@
 // 安全管理员: administrators and their second factor (TOTP enrolment with a QR
-// code), role assignment, the audit signing key, retention and legal holds,
-// escrow approvals.
+// code), role assignment, the keys (the at-rest master key and the audit signing
+// key: status and rotation), retention and legal holds, escrow approvals.
 import QRCode from "qrcode";
 import { h, field, values, table } from "../dom.js";
 import { formatDateTime, formatNumber } from "../../i18n/index.js";
@@ -97,25 +97,170 @@ export async function admins(el, { api, t, session, errorText }) {
   await load();
 }
 
+// The keys: the at-rest master key (GET /keys/atrest: provider, where the key comes
+// from, the current KEK, older KEKs and the data keys under each; POST
+// /keys/atrest/rotate, step-up, runs on the node while this page reads its progress)
+// and the audit signing key (GET /keys/audit: this node's fingerprint; POST
+// /keys/audit/rotate, step-up).
+const POLL_MS = 1000;
+
 export async function keys(el, { api, t, errorText, ask }) {
   const [status, say] = reporter(t, "keys-status");
+  const [atrestStatus, sayAtrest] = reporter(t, "atrest-status");
+  const facts = h("dl", { class: "facts", id: "atrest-facts" });
+  const progress = h("div", { id: "atrest-rotation", "aria-live": "polite" });
+  let polling = false;
+
+  const code = (text, attrs = {}) => h("code", attrs, text);
+  const when = (ms) => (ms ? formatDateTime(ms) : "—");
+  const badge = (good, text) => h("span", { class: `badge ${good ? "state-active" : "state-locked"}` }, text);
+
+  function source(doc) {
+    const src = doc.source || {};
+    if (src.kind === "command") return [t("keys.sourceCommand"), " ", code("keys.kms_command")];
+    return [t("keys.sourceFile"), " ", code(src.path || "", { class: "wrap" }),
+      src.modified_at ? h("div", { class: "muted" }, t("keys.fileWritten", { time: when(src.modified_at) })) : null];
+  }
+
+  function showRotation(r) {
+    if (!r) {
+      progress.replaceChildren();
+      return;
+    }
+    const states = { running: "keys.stateRunning", done: "keys.stateDone", partial: "keys.statePartial", failed: "keys.stateFailed" };
+    const rows = [
+      h("dt", {}, t("keys.rotationState")),
+      h("dd", {}, h("span", { id: "atrest-rotation-state", "data-state": r.state,
+        class: `badge ${r.state === "done" ? "state-active" : r.state === "running" ? "state-locked" : "state-disabled"}` },
+      t(states[r.state] || "keys.stateFailed"))),
+      h("dt", {}, t("keys.rotationStarted")), h("dd", {}, t("keys.startedBy", { time: when(r.started_at), name: r.by })),
+      h("dt", {}, t("keys.rewrapped")),
+      h("dd", {}, h("progress", { id: "atrest-progress", max: String(Math.max(r.total, 1)),
+        value: String(r.state === "done" ? Math.max(r.total, 1) : r.rewrapped), "aria-label": t("keys.rewrapped") }), " ",
+      t("keys.rewrappedOf", { n: formatNumber(r.rewrapped), total: formatNumber(r.total) })),
+    ];
+    if (r.kek) {
+      rows.push(h("dt", {}, t("keys.oldKek")), h("dd", {}, code(r.old_kek || "—")),
+        h("dt", {}, t("keys.newKek")), h("dd", {}, code(r.kek, { id: "atrest-new-kek" })));
+    }
+    if (r.retired?.length) rows.push(h("dt", {}, t("keys.retired")), h("dd", {}, r.retired.flatMap((k, i) => (i ? [" ", code(k)] : [code(k)]))));
+    if (r.finished_at) rows.push(h("dt", {}, t("keys.rotationFinished")), h("dd", {}, when(r.finished_at)));
+    // replaceChildren() would print a null: only the parts there are.
+    progress.replaceChildren(...[h("h3", {}, t("keys.rotationTitle")), h("dl", { class: "facts" }, rows),
+      r.error ? h("p", { class: "error", role: "alert", id: "atrest-rotation-error" }, r.error) : null,
+      r.state === "partial" ? h("p", { class: "warn" }, t("keys.partialHelp")) : null].filter(Boolean));
+  }
+
+  function show(doc) {
+    const rows = [
+      h("dt", {}, t("keys.encryption")),
+      h("dd", {}, badge(doc.encryption, doc.encryption ? t("keys.on") : t("keys.off"))),
+      h("dt", {}, t("keys.suite")), h("dd", {}, t("keys.suiteText", { suite: doc.suite, cipher: doc.cipher || "—" })),
+      h("dt", {}, t("keys.source")), h("dd", { id: "atrest-source" }, source(doc)),
+    ];
+    if (doc.kek) {
+      const older = doc.older_keks || [];
+      const dk = doc.data_keys;
+      rows.push(
+        h("dt", {}, t("keys.currentKek")), h("dd", {}, code(doc.kek.id, { id: "atrest-kek" })),
+        h("dt", {}, t("keys.dataKeys")), h("dd", { id: "atrest-data-keys", "data-pending": String(dk.pending) },
+          dk.pending ? badge(false, t("keys.dataKeysPending", { total: formatNumber(dk.total), n: formatNumber(dk.pending) }))
+            : t("keys.dataKeysAll", { total: formatNumber(dk.total) })),
+        h("dt", {}, t("keys.olderKeks")), h("dd", { id: "atrest-older", "data-count": String(older.length) },
+          older.length ? h("ul", { class: "plain" }, older.map((k) => h("li", {}, code(k.id), " ",
+            t("keys.olderItem", { n: formatNumber(k.data_keys) })))) : t("keys.noOlder")),
+        h("dt", {}, t("keys.newestDek")), h("dd", {}, when(dk.newest_created_at)));
+    } else if (!doc.in_use) {
+      rows.push(h("dt", {}, t("keys.currentKek")), h("dd", {}, t("keys.notInUse")));
+    }
+    facts.replaceChildren(...rows);
+    rotateAtRest.disabled = !doc.kek || doc.rotation?.state === "running";
+    showRotation(doc.rotation);
+  }
+
+  async function load() {
+    try {
+      const doc = await api.call("GET", "/keys/atrest");
+      show(doc);
+      return doc;
+    } catch (err) {
+      sayAtrest(errorText(err), true);
+      if (err.body?.rotation !== undefined) showRotation(err.body.rotation);
+      return null;
+    }
+  }
+
+  // Read the progress until the rotation has ended (or the page was left).
+  async function follow() {
+    if (polling) return;
+    polling = true;
+    try {
+      for (;;) {
+        await new Promise((r) => setTimeout(r, POLL_MS));
+        if (!el.isConnected) return;
+        const doc = await load();
+        const r = doc?.rotation;
+        if (!r || r.state !== "running") {
+          if (r?.state === "done") sayAtrest(t("keys.atrestRotated", { kek: r.kek }));
+          else if (r?.state === "partial") sayAtrest(t("keys.statePartial"), true);
+          else if (r?.state === "failed") sayAtrest(t("keys.atrestFailed"), true);
+          return;
+        }
+      }
+    } finally {
+      polling = false;
+    }
+  }
+
+  const rotateAtRest = h("button", { type: "button", class: "primary", id: "rotate-atrest-key", onclick: async () => {
+    const ok = await ask({ title: t("keys.atrestConfirmTitle"), help: t("keys.atrestConfirmHelp"),
+      submit: t("keys.atrestRotate"), fields: [] });
+    if (!ok) return;
+    rotateAtRest.disabled = true;
+    sayAtrest(t("keys.atrestStarting"));
+    try {
+      const r = await api.call("POST", "/keys/atrest/rotate");
+      showRotation(r.rotation);
+      sayAtrest(t("keys.stateRunning"));
+      await follow();
+    } catch (err) {
+      sayAtrest(errorText(err), true);
+      if (err.body?.rotation) showRotation(err.body.rotation);
+      await load();
+      if (err.code === "ROTATION_RUNNING") await follow();
+    }
+  } }, t("keys.atrestRotate"));
+
+  // The audit signing key: this node's fingerprint now, then the old and new ones.
+  const fingerprint = h("dl", { class: "facts", id: "audit-key" });
   const result = h("dl", { class: "facts", id: "rotation" });
+  const showFingerprint = (fp) => fingerprint.replaceChildren(h("dt", {}, t("keys.current")),
+    h("dd", {}, code(fp || t("keys.noAuditKey"), { id: "audit-fingerprint", class: "wrap" })));
   const button = h("button", { type: "button", class: "primary", id: "rotate-audit-key", onclick: async () => {
     const ok = await ask({ title: t("keys.confirmTitle"), help: t("keys.confirmHelp"), submit: t("keys.rotate"), fields: [] });
     if (!ok) return;
     try {
       const r = await api.call("POST", "/keys/audit/rotate");
+      showFingerprint(r.fingerprint);
       result.replaceChildren(
-        h("dt", {}, t("keys.old")), h("dd", {}, h("code", {}, r.old_fingerprint || "—")),
-        h("dt", {}, t("keys.new")), h("dd", {}, h("code", { id: "new-fingerprint" }, r.fingerprint)));
+        h("dt", {}, t("keys.old")), h("dd", {}, code(r.old_fingerprint || "—", { class: "wrap" })),
+        h("dt", {}, t("keys.new")), h("dd", {}, code(r.fingerprint, { id: "new-fingerprint", class: "wrap" })));
       say(t("keys.rotated"));
     } catch (err) {
       say(errorText(err), true);
     }
   } }, t("keys.rotate"));
+
   el.append(h("p", { class: "lead" }, t("keys.lead")),
-    h("section", { class: "panel" }, h("h2", {}, t("keys.audit")), h("p", {}, t("keys.auditHelp")), button, result),
-    status, h("p", { class: "help" }, t("keys.atRestNote")));
+    h("section", { class: "panel", id: "atrest-panel", "aria-labelledby": "atrest-title" },
+      h("h2", { id: "atrest-title" }, t("keys.atrest")), facts,
+      h("p", { class: "help" }, t("keys.atrestHelp")), rotateAtRest, atrestStatus, progress),
+    h("section", { class: "panel", "aria-labelledby": "audit-key-title" },
+      h("h2", { id: "audit-key-title" }, t("keys.audit")), fingerprint,
+      h("p", { class: "help" }, t("keys.auditHelp")), button, result, status));
+  const [doc] = await Promise.all([load(), api.call("GET", "/keys/audit").then(
+    (r) => showFingerprint(r.fingerprint), (err) => say(errorText(err), true))]);
+  if (doc?.rotation?.state === "running") follow();
 }
 
 // The password and lockout policy in force (GET /policy), rule by rule against

@@ -2,7 +2,7 @@
 // password, revoke sessions, delete), organisation units, groups, the node's status and
 // every node of the installation.
 import { h, field, values, table } from "../dom.js";
-import { formatDateTime, formatNumber } from "../../i18n/index.js";
+import { formatDateTime, formatList, formatNumber } from "../../i18n/index.js";
 import { lineChart } from "../chart.js";
 import { accountsFromCsv } from "../csv.js";
 
@@ -468,7 +468,7 @@ export async function org(el, { api, t, errorText, ask }) {
           h("div", { class: "org-unit" },
             h("span", { class: "org-name" }, u.name), " ",
             h("span", { class: "badge", "data-members": String(u.member_count) }, t("org.memberCount", { n: formatNumber(u.member_count) })),
-            who.length ? h("span", { class: "muted org-people" }, " ", who.map((p) => p.display_name || p.username).join("、")) : null,
+            who.length ? h("span", { class: "muted org-people" }, " ", formatList(who.map((p) => p.display_name || p.username))) : null,
             h("span", { class: "row-actions" },
               h("button", { type: "button", class: "secondary small", "data-action": "rename",
                 "aria-label": t("org.renameTitle", { name: u.name }), onclick: () => rename(u) }, t("org.rename")),
