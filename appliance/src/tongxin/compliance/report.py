@@ -212,7 +212,7 @@ async def _at_rest_item(cfg: Config, deks: DekStore | None,
     rotated = events_last.get("keys.rotate")
     it.evidence.append("last master key (KEK) rotation: "
                        + (_iso(rotated) if rotated else "none in the hot audit log")
-                       + " (`tongxin keys rotate`)")
+                       + " (`tongxin keys rotate`, or 密钥管理 in the console)")
     for name in _SEALED_SECRETS:
         path = cfg.home / "secrets" / name
         mode = _mode(path)
