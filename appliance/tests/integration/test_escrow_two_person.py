@@ -110,6 +110,17 @@ async def test_escrow_decryption_needs_the_auditor_and_a_second_person(
                                     aud_totp.at(time.time() + 30))
         assert status == 201, answer
         rid = answer["request_id"]
+        # The security administrator sees what waits for approval (no step-up to look),
+        # with who asked and why, and never the requester's share; the auditor does not.
+        status, answer = await call(http, rn, "GET", "/e2ee/escrow-requests", sec)
+        assert status == 200, answer
+        assert [(r["request_id"], r["requester"], r["conversation_id"], r["reason"],
+                 r["from_ms"], r["approved"]) for r in answer["requests"]] == [
+            (rid, "auditor1", conv, "case 2026-17", start, False)]
+        assert 0 < answer["requests"][0]["expires_in_s"] <= 3600
+        assert str(shares[0]).split(":")[-1] not in str(answer)
+        status, answer = await call(http, rn, "GET", "/e2ee/escrow-requests", aud)
+        assert status == 403 and answer["required_role"] == "secadmin"
         # One person: not collectable before a second approves; the auditor cannot approve.
         status, answer = await call(http, rn, "GET", f"/e2ee/escrow-requests/{rid}", aud)
         assert status == 409 and answer["error"] == "NOT_APPROVED"
@@ -124,6 +135,9 @@ async def test_escrow_decryption_needs_the_auditor_and_a_second_person(
                                     sec, {"share": str(shares[1])})
         assert status == 200 and answer == {"request_id": rid, "approved": True, "entries": 1}
         assert "inside the scope" not in str(answer)  # the approver sees no plaintext
+        status, answer = await call(http, rn, "GET", "/e2ee/escrow-requests", sec)
+        assert [r["approved"] for r in answer["requests"]] == [True]
+        assert "inside the scope" not in str(answer)
 
         # Only the requesting auditor collects, once, and gets only the scope.
         status, _ = await call(http, rn, "GET", f"/e2ee/escrow-requests/{rid}", aud2)
@@ -134,6 +148,9 @@ async def test_escrow_decryption_needs_the_auditor_and_a_second_person(
         assert answer["entries"][0]["seq"] == ack.seq
         status, _ = await call(http, rn, "GET", f"/e2ee/escrow-requests/{rid}", aud)
         assert status == 404
+        # Collected: no longer open.
+        status, answer = await call(http, rn, "GET", "/e2ee/escrow-requests", sec)
+        assert status == 200 and answer["requests"] == []
 
     records = await rn.runner.app[ADMIN_API].c.store.audit_records(0, 100000)
     rows = [r.fields() for r in records]
@@ -149,6 +166,9 @@ async def test_escrow_decryption_needs_the_auditor_and_a_second_person(
         ("escrow.decrypt", "ok", "auditor"),
         ("escrow.decrypt", "denied", "auditor"),   # a second collection
     ]
+    listed = [(r.get("outcome", "ok"), r["details"]["count"]) for r in rows
+              if r["event"] == "escrow.list"]
+    assert listed == [("ok", 1), ("ok", 1), ("ok", 0)]
     done = [r for r in rows if r["event"] == "escrow.decrypt" and r.get("outcome", "ok") == "ok"]
     details = done[0]["details"]
     assert done[0]["target"] == f"conversation:{conv}" and details["entries"] == 1, done[0]

@@ -534,6 +534,8 @@ try {
   await axe(s, "retention");
 
   await goTo(s, "approvals");
+  await s.locator("#approvals-pending td.empty", { hasText: "本节点上没有待处理的申请" }).waitFor();
+  ok("secadmin's list of open escrow requests is shown (none on this node)");
   await s.fill("#approve-form input[name=request_id]", "no-such-request");
   await s.fill("#approve-form textarea[name=share]", "not-a-share");
   await s.click("#approve-form button[type=submit]");

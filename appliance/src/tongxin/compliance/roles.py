@@ -51,8 +51,9 @@ PERMISSIONS: dict[str, frozenset[str]] = {
         # end every session of another administrator (a lost laptop, a leaver)
         "admin.sign_out",
         "retention.read", "retention.set", "hold.list", "hold.set", "hold.release",
-        # the second person of an escrow decryption (the auditor asks: escrow.request)
-        "escrow.approve",
+        # the second person of an escrow decryption (the auditor asks: escrow.request),
+        # and the list of what waits for approval (who asked, for what, why; no share)
+        "escrow.approve", "escrow.list",
     }),
     AUDITOR: frozenset({
         "audit.read", "audit.verify", "audit.sign", "report.read", "export.messages",

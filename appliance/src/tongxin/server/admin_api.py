@@ -1543,6 +1543,7 @@ def add_routes(app: web.Application, node: Node) -> None:
     # two-person escrow decryption (issue 16): the auditor asks, the secadmin approves
     escrow = EscrowAccess(api)
     r.add_post(f"{p}/e2ee/escrow-requests", g("escrow.request", escrow.request))
+    r.add_get(f"{p}/e2ee/escrow-requests", g("escrow.list", escrow.pending))
     r.add_post(f"{p}/e2ee/escrow-requests/{{request_id}}/approve",
                g("escrow.approve", escrow.approve))
     r.add_get(f"{p}/e2ee/escrow-requests/{{request_id}}", g("escrow.decrypt", escrow.collect))

@@ -2,6 +2,9 @@
 
     POST /e2ee/escrow-requests                 auditor: {conversation_id, from_ms, to_ms,
                                                reason, share} -> {request_id, expires_at_ms}
+    GET  /e2ee/escrow-requests                 security administrator: the open requests of
+                                               this node (what to approve), never a share or
+                                               a result
     POST /e2ee/escrow-requests/{id}/approve    security administrator: {share}
     GET  /e2ee/escrow-requests/{id}            the requesting auditor: the decrypted entries,
                                                once
@@ -182,6 +185,25 @@ class EscrowAccess:
         return web.json_response({"request_id": req.request_id, "conversation_id": conv,
                                   "from_ms": from_ms, "to_ms": to_ms,
                                   "expires_in_s": int(REQUEST_TTL)}, status=201)
+
+    async def pending(self, request: web.Request, ctx: _Ctx) -> web.Response:
+        """The security administrator's list of this node's open requests, oldest first: who
+        asked, for what and why, and whether it is approved and waiting to be collected. The
+        shares and the decrypted entries are not in it."""
+        self._expire()
+        now = time.monotonic()
+        names: dict[str, str] = {}
+        for req in self.requests.values():
+            if req.requester not in names:
+                user = await self.node.store.get_user(req.requester)
+                names[req.requester] = user.username if user else ""
+        items = [{"request_id": r.request_id, "requester_id": r.requester,
+                  "requester": names.get(r.requester, ""), "conversation_id": r.conversation_id,
+                  "from_ms": r.from_ms, "to_ms": r.to_ms, "reason": r.reason,
+                  "approved": bool(r.approver), "expires_in_s": max(0, int(r.expires_at - now))}
+                 for r in sorted(self.requests.values(), key=lambda r: r.expires_at)]
+        await self._audit("escrow.list", ctx, "escrow-requests", count=len(items))
+        return web.json_response({"requests": items})
 
     async def approve(self, request: web.Request, ctx: _Ctx) -> web.Response:
         """The security administrator, another person, approves with a second share; the

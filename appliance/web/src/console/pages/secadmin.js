@@ -472,6 +472,25 @@ export async function retention(el, { api, t, errorText }) {
 
 export async function approvals(el, { api, t, errorText }) {
   const [status, say] = reporter(t, "approvals-status");
+  const pending = h("div", { id: "approvals-pending" });
+  async function loadPending() {
+    try {
+      const r = await api.call("GET", "/e2ee/escrow-requests");
+      pending.replaceChildren(table(t("approvals.pendingCaption"), [
+        { head: t("approvals.requestId"), cell: (x) => h("code", {}, x.request_id) },
+        { head: t("approvals.requester"), cell: (x) => x.requester || x.requester_id },
+        { head: t("escrow.conversation"), cell: (x) => h("code", {}, x.conversation_id) },
+        { head: t("escrow.range"), cell: (x) => `${formatDateTime(x.from_ms)} – ${formatDateTime(x.to_ms)}` },
+        { head: t("approvals.reason"), cell: (x) => x.reason },
+        { head: t("approvals.state"), cell: (x) => (x.approved ? t("approvals.approvedWaiting") : t("approvals.waiting")) },
+        { head: t("approvals.expires"), cell: (x) => t("approvals.minutes", { n: formatNumber(Math.ceil(x.expires_in_s / 60)) }) },
+        { head: t("users.actions"), cell: (x) => (x.approved ? "" : h("button", { type: "button", class: "secondary small",
+          onclick: () => { form.elements.request_id.value = x.request_id; form.elements.share.focus(); } }, t("approvals.use"))) },
+      ], r.requests, t("approvals.none")));
+    } catch (err) {
+      say(errorText(err), true);
+    }
+  }
   const form = h("form", { class: "panel inline-form", id: "approve-form" },
     h("h2", {}, t("approvals.title")),
     field(t("approvals.requestId"), { name: "request_id", required: true, autocomplete: "off", spellcheck: "false" }),
@@ -485,9 +504,14 @@ export async function approvals(el, { api, t, errorText }) {
         { share: v.share.trim() });
       form.reset();
       say(t("approvals.approved", { id: r.request_id, n: formatNumber(r.entries) }));
+      await loadPending();
     } catch (err) {
       say(errorText(err), true);
     }
   });
-  el.append(h("p", { class: "lead" }, t("approvals.lead")), form, status);
+  el.append(h("p", { class: "lead" }, t("approvals.lead")),
+    h("section", { class: "panel" }, h("h2", {}, t("approvals.pending")), pending,
+      h("button", { type: "button", class: "secondary", id: "approvals-refresh", onclick: loadPending }, t("approvals.refresh"))),
+    form, status);
+  await loadPending();
 }
