@@ -226,6 +226,19 @@ async def test_each_role_is_refused_the_others_work_and_it_is_audited(
     status, body = await call(http, rn, "POST", "/holds", admins["secadmin"].token,
                               {"kind": "user", "target": "carol", "reason": "case 1"})
     assert status == 201
+    hold_id = body["id"]
+    # The auditor checks retention and holds, read only, through its own route: sees the
+    # hold, cannot release it (nor set one, nor change retention: OPERATIONS above).
+    status, mine = await call(http, rn, "GET", "/retention", admins["secadmin"].token)
+    status, answer = await call(http, rn, "GET", "/audit/retention", admins["auditor"].token)
+    assert status == 200, answer
+    assert [h["reason"] for h in answer["holds"]] == ["case 1"] and answer == mine
+    for role in ("sysadmin", "secadmin"):
+        status, _ = await call(http, rn, "GET", "/audit/retention", admins[role].token)
+        assert status == 403
+    status, answer = await call(http, rn, "DELETE", f"/holds/{hold_id}", admins["auditor"].token,
+                                totp=admins["auditor"].code(1))
+    assert status == 403 and answer["required_role"] == "secadmin"
     # Administrative accounts are out of the sysadmin's reach; no one changes their own role.
     status, _ = await call(http, rn, "POST", "/users/auditor1/disable", admins["sysadmin"].token)
     assert status == 403

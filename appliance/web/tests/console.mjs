@@ -559,7 +559,7 @@ try {
   await a.locator("#login-error", { hasText: "动态口令" }).waitFor();
   await login(a, aud, newSecret);
   const audLinks = await navLinks(a);
-  if (JSON.stringify(audLinks) !== JSON.stringify(["#/audit", "#/report", "#/drills", "#/export", "#/escrow"])) fail(`auditor navigation: ${audLinks}`);
+  if (JSON.stringify(audLinks) !== JSON.stringify(["#/audit", "#/report", "#/drills", "#/export", "#/escrow", "#/retained"])) fail(`auditor navigation: ${audLinks}`);
   ok("auditor signed in with the TOTP enrolled on the secadmin's page (the old secret is refused)");
 
   await a.locator("#audit-records table").waitFor();
@@ -736,6 +736,17 @@ try {
   ok(`the auditor exported ${staff.username}'s messages (${exportId}, ${manifest.records} records) and downloaded the signed manifest`);
   await shot(a, "12-export");
   await axe(a, "export");
+
+  // Retention and legal holds, read-only: the hold the secadmin set is there, and
+  // nothing on the page changes anything.
+  await goTo(a, "retained");
+  await a.locator("#holds tr", { hasText: "案件调查 2026-17" }).waitFor();
+  const changers = await a.locator("[data-release], #hold-form, #audit-retention-form").count();
+  if (changers !== 0) fail(`the auditor's retention page offers ${changers} controls that change something`);
+  if ((await a.locator("body").textContent()).includes("null")) fail("the auditor's retention page shows a stray \"null\"");
+  ok("the auditor sees the retention periods and the secadmin's legal hold, read-only");
+  await shot(a, "12b-retained");
+  await axe(a, "retained");
 
   await refused(a, "auditor", "admins", "GET", "/roles", "secadmin");
   await refused(a, "auditor", "keys", "GET", "/keys/atrest", "secadmin");

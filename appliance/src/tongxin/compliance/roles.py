@@ -7,7 +7,9 @@ otherwise hold, so that no single person can both act and hide the act:
   organisation units they belong to, and sees groups (names and members only);
 * ``secadmin`` (安全管理员) sets security policy: roles, second factors, keys,
   the password and lockout policy, retention and legal holds;
-* ``auditor`` (审计管理员) reads the audit log, verifies it, reports and exports.
+* ``auditor`` (审计管理员) reads the audit log, verifies it, reports and exports,
+  and sees (never changes) what is kept how long and what is held: retention
+  and legal holds are the secadmin's to set, the auditor's to check.
 
 Ordinary users (``user``) hold none of these permissions. An account holds
 exactly one role (the ``users.role`` column), so no one holds two. The admin
@@ -60,6 +62,9 @@ PERMISSIONS: dict[str, frozenset[str]] = {
         # the files of an export already made (and stepped up): audited, not stepped up again
         "export.download",
         "escrow.decrypt", "escrow.request",
+        # retention and legal holds, read only, through a route of its own (GET
+        # /audit/retention): the secadmin sets them, and no two roles share an operation
+        "retention.inspect",
     }),
     USER: frozenset(),
 }

@@ -1525,6 +1525,8 @@ def add_routes(app: web.Application, node: Node) -> None:
     r.add_get(f"{p}/keys/atrest", g("key.read", api.atrest_status))
     r.add_post(f"{p}/keys/atrest/rotate", g("key.rotate", api.atrest_rotate))
     r.add_get(f"{p}/retention", g("retention.read", api.get_retention))
+    # the same answer for the auditor, who checks what the secadmin set
+    r.add_get(f"{p}/audit/retention", g("retention.inspect", api.get_retention))
     r.add_put(f"{p}/retention", g("retention.set", api.set_retention))
     r.add_get(f"{p}/holds", g("hold.list", api.list_holds))
     r.add_post(f"{p}/holds", g("hold.set", api.add_hold))

@@ -117,7 +117,9 @@ function loginView() {
 // ---- the signed-in shell ---------------------------------------------------------
 
 function allowed(session, page) {
-  return session.permissions.includes(page.permission);
+  // Both: a read permission two roles share (retention.read) must not show one role's
+  // page in the other's navigation.
+  return page.role === session.role && session.permissions.includes(page.permission);
 }
 
 function currentPage(session) {

@@ -20,4 +20,6 @@ export const PAGES = [
   { id: "drills", role: "auditor", permission: "report.read", render: auditor.drills },
   { id: "export", role: "auditor", permission: "export.messages", render: auditor.exportPage },
   { id: "escrow", role: "auditor", permission: "escrow.request", render: auditor.escrow },
+  { id: "retained", role: "auditor", permission: "retention.inspect",
+    render: (el, ctx) => secadmin.retention(el, { ...ctx, readOnly: true }) },
 ];

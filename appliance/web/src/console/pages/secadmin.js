@@ -394,7 +394,8 @@ export async function policy(el, { api, t, errorText }) {
   show(await api.call("GET", "/policy"));
 }
 
-export async function retention(el, { api, t, errorText }) {
+// readOnly: the auditor's view of the same page (retention.read): no release, no forms.
+export async function retention(el, { api, t, errorText, readOnly = false }) {
   const [status, say] = reporter(t, "retention-status");
   const view = h("div", { id: "retention-view" });
   const holdsBox = h("div", { id: "holds" });
@@ -423,12 +424,12 @@ export async function retention(el, { api, t, errorText }) {
       { head: t("retention.target"), cell: (x) => x.target },
       { head: t("retention.reason"), cell: (x) => x.reason },
       { head: t("retention.since"), cell: (x) => formatDateTime(x.created_at) },
-      { head: t("users.actions"), cell: (x) => h("button", { type: "button", class: "secondary small",
-        "data-release": String(x.id), onclick: () => release(x) }, t("retention.release")) },
+      ...(readOnly ? [] : [{ head: t("users.actions"), cell: (x) => h("button", { type: "button", class: "secondary small",
+        "data-release": String(x.id), onclick: () => release(x) }, t("retention.release")) }]),
     ], r.holds, t("retention.noHolds")));
   }
   async function load() {
-    show(await api.call("GET", "/retention"));
+    show(await api.call("GET", readOnly ? "/audit/retention" : "/retention"));
   }
   const holdForm = h("form", { class: "panel inline-form", id: "hold-form" },
     h("h2", {}, t("retention.newHold")),
@@ -463,10 +464,10 @@ export async function retention(el, { api, t, errorText }) {
       say(errorText(err), true);
     }
   });
-  el.append(h("p", { class: "lead" }, t("retention.lead")), status,
+  el.append(h("p", { class: "lead" }, t(readOnly ? "retention.leadReadOnly" : "retention.lead")), status,
     h("section", { class: "panel" }, h("h2", {}, t("retention.policies")), view),
     h("section", { class: "panel" }, h("h2", {}, t("retention.holds")), holdsBox),
-    holdForm, auditForm);
+    ...(readOnly ? [] : [holdForm, auditForm]));
   await load();
 }
 
