@@ -79,6 +79,10 @@ class DekStore(Protocol):
         ...
 
 
+DEK_CIPHERS = {"gm": "SM4-GCM", "international": "AES-256-GCM"}
+"""The data keys' cipher per crypto.suite (get_symmetric_suite), as reports name it."""
+
+
 def wrap_aad(key_id: int, suite: str) -> bytes:
     """A wrapped DEK is bound to its id and suite: one cannot be swapped for another."""
     return b"tongxin/dek/v1\x00" + struct.pack(">I", key_id) + suite.encode()

@@ -44,7 +44,8 @@ class KeyStatus:
         return sum(n for kek, n in self.by_kek.items() if kek != self.current_kek)
 
 
-async def _all_rows(store: DekStore, batch: int) -> list[DataKeyRow]:
+async def all_data_keys(store: DekStore, batch: int = 1000) -> list[DataKeyRow]:
+    """Every row of data_keys (one or a few a day: small, unlike the messages)."""
     rows: list[DataKeyRow] = []
     after = -1
     while True:
@@ -55,9 +56,13 @@ async def _all_rows(store: DekStore, batch: int) -> list[DataKeyRow]:
         after = got[-1].id
 
 
-async def key_status(provider: MasterKeyProvider, store: DekStore) -> KeyStatus:
+async def key_status(provider: MasterKeyProvider, store: DekStore,
+                     rows: list[DataKeyRow] | None = None) -> KeyStatus:
+    """``rows``: data_keys already read by the caller (else read here)."""
     current = await asyncio.to_thread(provider.current_id)
-    counts = Counter(r.kek_id for r in await _all_rows(store, 1000))
+    if rows is None:
+        rows = await all_data_keys(store)
+    counts = Counter(r.kek_id for r in rows)
     return KeyStatus(provider.name, current, dict(counts))
 
 
@@ -97,7 +102,7 @@ async def rotate(provider: MasterKeyProvider, store: DekStore, batch: int = BATC
                 break
             after = rows[-1].id
         if not found:
-            in_use = {r.kek_id for r in await _all_rows(store, 1000)}
+            in_use = {r.kek_id for r in await all_data_keys(store)}
             result.retired = await asyncio.to_thread(provider.retire, in_use)
             result.complete = True
             return result

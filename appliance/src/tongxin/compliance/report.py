@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tongxin import __version__
-from tongxin.atrest.keyring import DataKeyRow, DekStore, is_sealed
+from tongxin.atrest.keyring import DEK_CIPHERS, DataKeyRow, DekStore, is_sealed
 from tongxin.clock import now_ms
 from tongxin.compliance import report_text, roles
 from tongxin.compliance.report_text import STATUS, Pair, finding, want
@@ -173,7 +173,7 @@ async def _at_rest_item(cfg: Config, deks: DekStore | None,
               "采用密码技术保证重要数据在存储过程中的保密性（鉴别数据、重要业务数据）",
               "Confidentiality at rest: message contents, file blobs, authentication data, keys")
     enc = cfg.storage.encryption
-    cipher = "SM4-GCM" if cfg.crypto.suite == "gm" else "AES-256-GCM"
+    cipher = DEK_CIPHERS.get(cfg.crypto.suite, cfg.crypto.suite)
     it.evidence.append(f"storage.encryption = {str(enc).lower()}"
                        + (f": message contents, file blobs and secrets/* sealed with {cipher} "
                           f"data keys (crypto.suite {cfg.crypto.suite})" if enc else ""))

@@ -52,7 +52,7 @@ from tongxin.server.http_util import json_body
 from tongxin.store.ports import ConversationRow, NodeBeat, StoreError, User
 
 if TYPE_CHECKING:
-    from tongxin.atrest.keyring import DataKeyRow, DekStore
+    from tongxin.atrest.keyring import DekStore
     from tongxin.server.node import Node
 
 # The files of an export (compliance/export.py) and how they are served.
@@ -963,13 +963,14 @@ class AdminApi:
         each still wraps (the small data_keys table; messages are not read), and this
         node's last rotation with its progress."""
         from tongxin.atrest.errors import AtRestError
+        from tongxin.atrest.keyring import DEK_CIPHERS
         from tongxin.atrest.providers import FileKeyProvider, make_provider
-        from tongxin.atrest.rotate import key_status
+        from tongxin.atrest.rotate import all_data_keys, key_status
 
         cfg = self.node.cfg
         out: dict[str, Any] = {
             "node": self.node.node_id, "encryption": cfg.storage.encryption,
-            "suite": cfg.crypto.suite, "cipher": _DEK_CIPHERS.get(cfg.crypto.suite, ""),
+            "suite": cfg.crypto.suite, "cipher": DEK_CIPHERS.get(cfg.crypto.suite, ""),
             "in_use": self.node.keyring is not None,
             "source": ({"kind": "command", "setting": "keys.kms_command"}
                        if cfg.keys.kms_command.strip() else
@@ -985,8 +986,8 @@ class AdminApi:
         try:
             provider = await asyncio.to_thread(make_provider, cfg.master_key_file,
                                                cfg.keys.kms_command, cfg.crypto.suite)
-            st = await key_status(provider, deks)
-            rows = await _all_data_keys(deks)
+            rows = await all_data_keys(deks)
+            st = await key_status(provider, deks, rows)
         except (AtRestError, StoreError) as exc:
             await self.c.audit("keys.status", outcome="failed", reason=str(exc), **who)
             return _err(503, "UNAVAILABLE", f"the at-rest key status cannot be read: {exc}",
@@ -1010,6 +1011,13 @@ class AdminApi:
                           "by_suite": dict(Counter(r.suite for r in rows))}})
         await self.c.audit("keys.status", kek=st.current_kek, pending=st.pending, **who)
         return web.json_response(out)
+
+    async def atrest_rotation(self, request: web.Request, ctx: Ctx) -> web.Response:
+        """Only this node's rotation and its progress: what the console polls every second
+        while one runs. Not audited, like GET /node (GET /keys/atrest, which reads the key
+        provider and every data key, is), and it touches neither the provider nor the store."""
+        return web.json_response({"rotation": None if self._rotation is None
+                                  else self._rotation.view()})
 
     async def atrest_rotate(self, request: web.Request, ctx: Ctx) -> web.Response:
         """Rotate the master key as ``tongxin keys rotate`` does (the same function,
@@ -1441,10 +1449,6 @@ EVIDENCE_HTML_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src dat
 
 ADMIN_API = web.AppKey("tongxin_admin_api", AdminApi)
 
-# The data keys' cipher per crypto.suite (tongxin.crypto.suite).
-_DEK_CIPHERS = {"gm": "SM4-GCM", "international": "AES-256-GCM"}
-
-
 @dataclass(slots=True)
 class AtRestRotation:
     """One master key rotation run by this node's admin API (GET /keys/atrest shows it)."""
@@ -1467,15 +1471,6 @@ class AtRestRotation:
     def view(self) -> dict[str, Any]:
         return asdict(self)
 
-
-async def _all_data_keys(store: DekStore) -> list[DataKeyRow]:
-    """Every row of data_keys (one or a few a day: small, unlike the messages)."""
-    rows: list[DataKeyRow] = []
-    after = -1
-    while got := await store.data_keys(after, 1000):
-        rows += got
-        after = got[-1].id
-    return rows
 
 
 def add_routes(app: web.Application, node: Node) -> None:
@@ -1523,6 +1518,7 @@ def add_routes(app: web.Application, node: Node) -> None:
     r.add_get(f"{p}/keys/audit", g("key.read", api.audit_key))
     r.add_post(f"{p}/keys/audit/rotate", g("key.rotate", api.rotate_key))
     r.add_get(f"{p}/keys/atrest", g("key.read", api.atrest_status))
+    r.add_get(f"{p}/keys/atrest/rotation", g("key.read", api.atrest_rotation))
     r.add_post(f"{p}/keys/atrest/rotate", g("key.rotate", api.atrest_rotate))
     r.add_get(f"{p}/retention", g("retention.read", api.get_retention))
     # the same answer for the auditor, who checks what the secadmin set

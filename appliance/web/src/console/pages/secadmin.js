@@ -190,7 +190,9 @@ export async function keys(el, { api, t, errorText, ask }) {
     }
   }
 
-  // Read the progress until the rotation has ended (or the page was left).
+  // Read the progress until the rotation has ended (or the page was left): the light
+  // GET /keys/atrest/rotation each second (not audited, no key provider or store read),
+  // then the whole status once.
   async function follow() {
     if (polling) return;
     polling = true;
@@ -198,8 +200,18 @@ export async function keys(el, { api, t, errorText, ask }) {
       for (;;) {
         await new Promise((r) => setTimeout(r, POLL_MS));
         if (!el.isConnected) return;
-        const doc = await load();
-        const r = doc?.rotation;
+        let r;
+        try {
+          r = (await api.call("GET", "/keys/atrest/rotation")).rotation;
+        } catch (err) {
+          sayAtrest(errorText(err), true);
+          return;
+        }
+        if (r?.state === "running") {
+          showRotation(r);
+          continue;
+        }
+        r = (await load())?.rotation ?? r;
         if (!r || r.state !== "running") {
           if (r?.state === "done") sayAtrest(t("keys.atrestRotated", { kek: r.kek }));
           else if (r?.state === "partial") sayAtrest(t("keys.statePartial"), true);
