@@ -53,7 +53,7 @@ async def test_each_beat_is_one_write_with_the_status_of_that_moment() -> None:
     assert isinstance(store, HeartbeatStore)
     connections = [3]
     writer = HeartbeatWriter(store, "n1", "dc1", 1.0, CollectorRegistry(),
-                             lambda: local_status(cfg, connections[0]))
+                             lambda: local_status(node_address(cfg), connections[0]))
     await writer.beat()
     connections[0] = 5
     await writer.beat()

@@ -698,7 +698,7 @@ class AdminApi:
             source = "heartbeat"
         else:
             beats = [NodeBeat(node.node_id, cfg.site.name, now,
-                              local_status(cfg, len(node.hub.all)))]
+                              local_status(node.address, len(node.hub.all)))]
             source = "self"
         live_ms = NODE_STALE_BEATS * cfg.site.heartbeat_interval * 1000
 

@@ -45,7 +45,7 @@ from tongxin.server.metrics_listener import MetricsListener, add_metrics
 from tongxin.server.pauses import GcPauses, watch_loop_lag
 from tongxin.server.ratelimit import RateLimit, RateLimiter
 from tongxin.server.wsarrival import ArrivalWebSocketResponse
-from tongxin.site.heartbeat import HeartbeatStore, HeartbeatWriter, local_status
+from tongxin.site.heartbeat import HeartbeatStore, HeartbeatWriter, local_status, node_address
 from tongxin.site.metrics import register_endpoint_metrics
 from tongxin.store.ports import ChatStore, Unavailable
 from tongxin.store.sqlite_store import SqliteStore
@@ -182,10 +182,12 @@ class Node:
         self.accounts: Accounts  # set in start(): the token key lives in the data dir
         self.keyring: Keyring | None = None  # set in start(): at-rest encryption keys
         register_endpoint_metrics(self.metrics.registry, self.store)
-        # The replication heartbeat a standby site measures its lag by (tongxin.site).
+        # The replication heartbeat a standby site measures its lag by (tongxin.site);
+        # its row also says who this node is (the console's node list).
+        self.address = node_address(cfg)
         self.heartbeat = (HeartbeatWriter(self.store, self.node_id, cfg.site.name,
                                           cfg.site.heartbeat_interval, self.metrics.registry,
-                                          lambda: local_status(cfg, len(self.hub.all)))
+                                          lambda: local_status(self.address, len(self.hub.all)))
                           if isinstance(self.store, HeartbeatStore) else None)
         self.ready = False
         self.metrics_listener: MetricsListener | None = None  # set by app()

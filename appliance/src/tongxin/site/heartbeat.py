@@ -45,10 +45,11 @@ def node_address(cfg: Config) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def local_status(cfg: Config, connections: int) -> NodeStatus:
+def local_status(address: str, connections: int) -> NodeStatus:
     """What this node says of itself with each beat (and, without a heartbeat store,
-    what the console's node list shows of it)."""
-    return NodeStatus(version=__version__, address=node_address(cfg), connections=connections,
+    what the console's node list shows of it). ``address``: node_address(), worked out
+    once when the node starts, not at every beat."""
+    return NodeStatus(version=__version__, address=address, connections=connections,
                       started_ms=STARTED_MS)
 
 
