@@ -36,7 +36,10 @@
 #      tarball is kept in ${TONGXIN_CACHE:-$HOME/.cache/tongxin}/images, so a
 #      machine whose image store was wiped re-imports it in seconds.
 #   4. when the site, multisite or bundle scenario is among them, the offline bundle
-#      (appliance/scripts/bundle.sh, cached) before any scenario starts.
+#      (appliance/scripts/bundle.sh, cached) before any scenario starts;
+#   5. for a scenario of another architecture (FOREIGN_SCENARIOS: arm64), in its
+#      own slot: qemu-user-static, binfmt_misc with Debian's qemu entry, and the
+#      image <image>-arm64 built the same way with debootstrap --arch=arm64.
 # then runs `molecule --base-config base.yml test -s <scenario>` for each (longest first when
 # parallel), prints each one's time and ends with the line
 # `molecule: N passed, M failed in S s`. The exit code is non-zero if any failed.
@@ -380,7 +383,7 @@ main() {
       -j) [ $# -ge 2 ] || die "-j needs a number"; jobs=$2; shift 2 ;;
       -j*) jobs=${1#-j}; shift ;;
       --beside) [ $# -ge 2 ] || die "--beside needs a number"; beside=$2; shift 2 ;;
-      -h|--help) sed -n '2,51p' "$0"; exit 0 ;;
+      -h|--help) sed -n '2,54p' "$0"; exit 0 ;;
       *) break ;;
     esac
   done
