@@ -24,7 +24,7 @@ import contextlib
 import logging
 import re
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -33,6 +33,7 @@ from aiohttp import web
 from tongxin import __version__
 from tongxin.clock import now_ms
 from tongxin.compliance import account_policy, roles
+from tongxin.compliance.audit_search import AuditFilter, FilterInvalid
 from tongxin.compliance.export import export_messages
 from tongxin.compliance.ports import AdminSession, AuditRecord
 from tongxin.compliance.report import build_report
@@ -47,6 +48,7 @@ from tongxin.errors import RequestError
 from tongxin.keydir.service import read_key_file
 from tongxin.org.units import MAX_DEPTH, MAX_NAME, OrgRefused, new_unit_id, unit_paths
 from tongxin.proto import tongxin_pb2 as pb
+from tongxin.server.audit_download import AuditDownload
 from tongxin.server.escrow_api import EscrowAccess, payload_json
 from tongxin.server.http_util import json_body
 from tongxin.store.ports import ConversationRow, NodeBeat, StoreError, User
@@ -1168,30 +1170,11 @@ class AdminApi:
         try:
             after = int(q.get("after", "0"))
             limit = max(1, min(1000, int(q.get("limit", "100"))))
-            from_ms = int(q["from_ms"]) if q.get("from_ms") else None
-            to_ms = int(q["to_ms"]) if q.get("to_ms") else None
-        except ValueError:
+            f = await self.audit_filter(q)
+        except (ValueError, FilterInvalid):
             return _err(400, "INVALID_ARGUMENT", "after, limit, from_ms and to_ms are integers")
-        actor = q.get("actor", "").strip()
-        if actor and not actor.startswith("u_"):
-            named = await self.node.store.get_user_by_name(actor.lower())
-            actor = named.id if named is not None else actor
-        event = q.get("event", "").strip()
-        outcome = q.get("outcome", "").strip()
-        filters: dict[str, Any] = {k: v for k, v in (("actor", actor), ("event", event), ("outcome", outcome),
-                                     ("from_ms", from_ms), ("to_ms", to_ms)) if v}
-
-        def wanted(r: AuditRecord) -> bool:
-            if actor and r.actor != actor:
-                return False
-            if event and not (r.event == event or (event[-1] in ".*"
-                                                   and r.event.startswith(event.rstrip("*")))):
-                return False
-            if outcome and r.outcome != outcome:
-                return False
-            if from_ms is not None and r.ts < from_ms:
-                return False
-            return to_ms is None or r.ts < to_ms
+        filters = f.as_dict()
+        wanted = f.matches
 
         if q.get("order") == "desc":
             return await self._read_audit_newest_first(ctx, q.get("before", ""), limit, wanted,
@@ -1219,6 +1202,16 @@ class AdminApi:
                            after=after, count=len(rows), filters=filters)
         return web.json_response({"records": [{**r.fields(), "hash": r.hash} for r in rows],
                                   "next_after": cursor, "more": more})
+
+    async def audit_filter(self, q: Mapping[str, str]) -> AuditFilter:
+        """The filters of GET /audit and GET /audit/download; an actor given by username
+        becomes the user's id (FilterInvalid for a bad number)."""
+        f = AuditFilter.from_query(q)
+        if f.actor and not f.actor.startswith("u_"):
+            named = await self.node.store.get_user_by_name(f.actor.lower())
+            if named is not None:
+                f = f.with_actor(named.id)
+        return f
 
     async def _read_audit_newest_first(self, ctx: Ctx, before_arg: str, limit: int,
                                        wanted: Callable[[AuditRecord], bool],
@@ -1529,6 +1522,8 @@ def add_routes(app: web.Application, node: Node) -> None:
     r.add_delete(f"{p}/holds/{{hold_id}}", g("hold.release", api.release_hold))
     # auditor
     r.add_get(f"{p}/audit", g("audit.read", api.read_audit))
+    # the whole result of a search as a file: the same operation, so the same role
+    r.add_get(f"{p}/audit/download", g("audit.read", AuditDownload(api).download))
     r.add_post(f"{p}/audit/verify", g("audit.verify", api.verify_audit))
     r.add_post(f"{p}/audit/sign", g("audit.sign", api.sign_audit))
     r.add_post(f"{p}/export", g("export.messages", api.export))
