@@ -3,6 +3,7 @@
 // and downloaded), and two-person escrow requests.
 import { h, field, values, table, download } from "../dom.js";
 import { formatDate, formatDateTime, formatNumber, getLanguage } from "../../i18n/index.js";
+import { summarise } from "../auditfile.js";
 
 // Audit records to the second.
 const stamp = (ms) => formatDate(ms, { dateStyle: "medium", timeStyle: "medium" });
@@ -77,6 +78,32 @@ export async function audit(el, { api, t, errorText }) {
       h("button", { type: "button", class: "secondary", id: "audit-next", disabled: next === null,
         onclick: () => { cursors.push(next); load().catch((e) => say(errorText(e), true)); } }, t("audit.next")));
   }
+  // The whole result of the search shown (every page, not only this one) as a file:
+  // GET /audit/download with the same filters, newest first like the pages. The node
+  // stops at its cap and ends the file with a marker, which is told here in words.
+  const downloads = h("div", { class: "toolbar", id: "audit-downloads" },
+    ["jsonl", "csv"].map((fmt) => h("button", { type: "button", class: "secondary", id: `audit-download-${fmt}`,
+      onclick: async (ev) => {
+        const button = ev.currentTarget;
+        const q = new URLSearchParams({ format: fmt, order: "desc" });
+        for (const [k, v] of Object.entries(query)) if (v) q.set(k, v);
+        button.disabled = true;
+        say(t("audit.downloading"));
+        try {
+          const text = await api.fetchFile(`/audit/download?${q}`);
+          const stampNow = new Date().toISOString().slice(0, 19).replace(/[-:]/g, "").replace("T", "-");
+          const name = `tongxin-audit-${stampNow}.${fmt}`;
+          download(name, fmt === "csv" ? "text/csv" : "application/x-ndjson", text);
+          const { count, truncated } = summarise(fmt, text);
+          say(truncated ? t("audit.downloadCapped", { n: formatNumber(count) })
+            : t("audit.downloaded", { n: formatNumber(count), file: name }), truncated);
+        } catch (err) {
+          say(errorText(err), true);
+        } finally {
+          button.disabled = false;
+        }
+      } }, t(`audit.download_${fmt}`))),
+    h("p", { class: "help" }, t("audit.downloadHint")));
   filters.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const v = values(filters);
@@ -128,7 +155,7 @@ export async function audit(el, { api, t, errorText }) {
     h("div", { class: "toolbar" },
       h("button", { type: "button", class: "primary", id: "verify-chain", onclick: verify }, t("audit.verify")),
       h("button", { type: "button", class: "secondary", id: "sign-head", onclick: sign }, t("audit.sign"))),
-    verifyBox, filters, status, results, pager);
+    verifyBox, filters, downloads, status, results, pager);
   await load();
 }
 
