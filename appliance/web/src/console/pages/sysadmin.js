@@ -4,6 +4,7 @@
 import { h, field, values, table } from "../dom.js";
 import { formatDateTime, formatList, formatNumber } from "../../i18n/index.js";
 import { lineChart } from "../chart.js";
+import * as history from "../history.js";
 import { accountsFromCsv } from "../csv.js";
 
 function stateBadge(t, state) {
@@ -258,13 +259,16 @@ function drCopy(api, t, s) {
   if (!current || !(s.standbys || []).length) return current;
   const chart = lineChart(t("status.chartDrLag"), { color: "#7c2d12" });
   const value = h("p", { class: "chart-value", id: "chart-dr-lag" });
-  const points = [];
+  // The readings before a reload of the page (history.js), of this site's standbys.
+  const kept = { owner: s.site || "", names: ["lag"], keep: LAG_KEEP, maxAgeMs: LAG_KEEP * STANDBY_POLL_MS };
+  const points = history.restore(sessionStorage, "drLag", { ...kept, now: Date.now() }).series.lag;
   const record = (site) => {
     const lags = (site.standbys || [])
       .filter((sb) => sb.reachable && !sb.error && typeof sb.replication_lag_seconds === "number")
       .map((sb) => sb.replication_lag_seconds);
     if (lags.length) points.push({ t: Date.now(), v: Math.max(...lags) });
     points.splice(0, Math.max(0, points.length - LAG_KEEP));
+    history.save(sessionStorage, "drLag", { ...kept, now: Date.now(), series: { lag: points } });
     const text = lags.length
       ? t("status.drLagNow", { n: formatNumber(Math.max(...lags), { maximumFractionDigits: 1 }) })
       : t("status.drLagNone");
@@ -351,14 +355,25 @@ function liveCharts(api, t) {
       h("figure", {}, h("figcaption", {}, t("status.chartMessages")), rate.el, rateText),
       h("figure", {}, h("figcaption", {}, t("status.chartAck")), ack.el, ackText)),
     h("p", { class: "help" }, t("status.metricsNote")));
-  const conns = [];
-  const rates = [];
-  const acks = []; // mean ACK latency of the ACKs between two polls, in ms
+  let conns = [];
+  let rates = [];
+  let acks = []; // mean ACK latency of the ACKs between two polls, in ms
   let last = null;
+  let kept = null; // where the history is kept across a reload (history.js), once the node is known
   async function tick() {
     if (!section.isConnected && last) return; // the page was left
     try {
       const n = await api.call("GET", "/node");
+      if (!kept) {
+        // The first answer names the node: its points from before a reload come back.
+        kept = { owner: n.node, names: ["connections", "messages", "ack"], keep: KEEP, maxAgeMs: KEEP * POLL_MS };
+        const before = history.restore(sessionStorage, "node", { ...kept, now: n.ts });
+        ({ connections: conns, messages: rates, ack: acks } = before.series);
+        last = before.extra && before.extra.ts < n.ts ? before.extra : null;
+        section.setAttribute("data-restored", String(conns.length));
+      }
+      // A restarted node counts from zero again: no rate across that.
+      if (last && (n.messages_stored < last.messages_stored || n.ack_latency_count < last.ack_latency_count)) last = null;
       conns.push({ t: n.ts, v: n.connections });
       if (last && n.ts > last.ts) rates.push({ t: n.ts, v: Math.max(0, (n.messages_stored - last.messages_stored) * 1000 / (n.ts - last.ts)) });
       if (last && n.ack_latency_count > last.ack_latency_count) {
@@ -368,6 +383,8 @@ function liveCharts(api, t) {
       conns.splice(0, Math.max(0, conns.length - KEEP));
       rates.splice(0, Math.max(0, rates.length - KEEP));
       acks.splice(0, Math.max(0, acks.length - KEEP));
+      history.save(sessionStorage, "node", { ...kept, now: n.ts, series: { connections: conns, messages: rates, ack: acks },
+        extra: { ts: n.ts, messages_stored: n.messages_stored, ack_latency_sum_s: n.ack_latency_sum_s, ack_latency_count: n.ack_latency_count } });
       const c = t("status.connectionsNow", { n: formatNumber(n.connections), auth: formatNumber(n.authenticated) });
       const r = t("status.messagesNow", { n: formatNumber(rates.length ? rates[rates.length - 1].v : 0, { maximumFractionDigits: 1 }),
         total: formatNumber(n.messages_stored) });
