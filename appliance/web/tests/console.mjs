@@ -163,6 +163,9 @@ async function refused(page, who, pageId, apiMethod, apiPath, owner) {
   return r;
 }
 
+// A failed login whose "username" is a spreadsheet formula: the node audits what was typed
+// (auth.login, failed, target lower-cased), and the auditor's CSV download must defuse it.
+const FORMULA_USER = "=HYPERLINK(\"http://evil.example/\",\"x\")";
 const sys = admins.sysadmin;
 const sec = admins.secadmin;
 const aud = admins.auditor;
@@ -179,6 +182,9 @@ try {
   if (!(await p.textContent("#login-submit")).includes("登录")) fail("the login button is not Chinese");
   await shot(p, "01-login");
   await axe(p, "login");
+  const formulaLogin = await fetch(`${base}/api/v1/admin/login`, { method: "POST", headers: { "content-type": "application/json" },
+    body: JSON.stringify({ username: FORMULA_USER, password: "x", totp: "000000" }) });
+  if (formulaLogin.status !== 401) fail(`a login as ${FORMULA_USER} answered ${formulaLogin.status}`);
   await p.fill("#username", sys.username);
   await p.fill("#password", sys.password);
   await p.fill("#totp", "000000");
@@ -362,6 +368,37 @@ try {
   await p.waitForFunction(() => (document.querySelector(".charts polyline")
     ?.getAttribute("points") || "").split(" ").length >= 2, null, { timeout: T });
   ok(`the live chart shows connections and messages per second: "${await p.textContent("#chart-connections")}", "${await p.textContent("#chart-messages")}"`);
+  // A reload keeps the charts' recent history (sessionStorage, src/console/history.js):
+  // the first poll after it already draws the points from before, where without the
+  // history a single point would draw nothing. The DR lag chart likewise.
+  const polyPoints = (sel) => p.evaluate((sel) => (document.querySelector(sel)?.closest("figure")
+    ?.querySelector("polyline")?.getAttribute("points") || "").split(" ").filter(Boolean).length, sel);
+  const before = await polyPoints("#chart-connections");
+  await p.reload();
+  await p.waitForFunction(() => document.querySelector("[data-restored]"), null, { timeout: T });
+  const restored = Number(await p.getAttribute("[data-restored]", "data-restored"));
+  const afterReload = await polyPoints("#chart-connections");
+  if (restored < 2 || restored < before - 1 || afterReload < restored + 1) {
+    fail(`the connections chart after a reload: ${restored} points restored, ${afterReload} drawn (${before} before)`);
+  }
+  await p.locator("#chart-dr-lag", { hasText: "最大" }).waitFor();
+  const lagPoints = await polyPoints("#chart-dr-lag");
+  if (lagPoints < 2) fail(`the DR lag chart starts empty after a reload (${lagPoints} points)`);
+  ok(`a reload keeps the charts' history: ${restored} connection readings restored (${before} before), ${lagPoints} DR lag readings`);
+  // Corrupt or foreign stored history is ignored, removed and written afresh.
+  await p.evaluate(() => {
+    sessionStorage.setItem("tongxin.console.charts.v1.node", "{corrupt");
+    sessionStorage.setItem("tongxin.console.charts.v1.drLag", JSON.stringify({ v: 1, owner: "", series: { lag: [{ t: "x", v: 1 }] } }));
+  });
+  await p.reload();
+  await p.waitForFunction(() => document.querySelector("[data-restored]"), null, { timeout: T });
+  if ((await p.getAttribute("[data-restored]", "data-restored")) !== "0") fail("corrupt chart history was restored");
+  await p.waitForFunction(() => document.querySelector("#chart-connections")?.textContent.trim());
+  const rewritten = await p.evaluate(() => JSON.parse(sessionStorage.getItem("tongxin.console.charts.v1.node") || "null"));
+  if (!rewritten || rewritten.v !== 1 || !Array.isArray(rewritten.series?.connections)) {
+    fail(`the corrupt chart history was not replaced: ${JSON.stringify(rewritten)}`);
+  }
+  ok("corrupt chart history in sessionStorage is ignored and replaced; the charts start afresh");
   await shot(p, "03-status");
   await axe(p, "status");
   await sockets.context().close();
@@ -390,6 +427,7 @@ try {
 
   await refused(p, "sysadmin", "drills", "GET", "/evidence", "auditor");
   await refused(p, "sysadmin", "audit", "GET", "/audit", "auditor");
+  await refused(p, "sysadmin", "audit", "GET", "/audit/download?format=csv", "auditor");
   await shot(p, "04-forbidden");
   await axe(p, "forbidden");
   ok("sysadmin is refused the auditor's pages (audit trail, drill reports) and their API (403, separation of duties)");
@@ -617,6 +655,39 @@ try {
   rows = await search({ from: local(future) });
   if (rows.length !== 1 || !rows[0][0].includes("没有")) fail(`a time range in the future found records: ${JSON.stringify(rows)}`);
   ok("the time filter narrows the trail (nothing after an hour from now)");
+  // Download the whole search result (GET /audit/download): the same records as the page,
+  // and in the CSV the formula typed as a username at a failed login is defused.
+  rows = await search({ event: "auth.login", outcome: "failed" });
+  const shownSeqs = rows.map((r) => r[0]);
+  const savedAs = async (fmt) => {
+    const [dl] = await Promise.all([a.waitForEvent("download"), a.click(`#audit-download-${fmt}`)]);
+    const path = join(mkdtempSync(join(tmpdir(), "tongxin-audit-")), dl.suggestedFilename());
+    await dl.saveAs(path);
+    await a.locator("#audit-status", { hasText: "已下载" }).waitFor();
+    return [dl.suggestedFilename(), readFileSync(path, "utf8")];
+  };
+  const [jsonlName, jsonlText] = await savedAs("jsonl");
+  const lines = jsonlText.split("\n").filter(Boolean).map((l) => JSON.parse(l));
+  if (!jsonlName.endsWith(".jsonl") || JSON.stringify(lines.map((r) => String(r.seq))) !== JSON.stringify(shownSeqs)
+    || lines.some((r) => r.event !== "auth.login" || r.outcome !== "failed")) {
+    fail(`the JSON Lines download is not the search result: ${jsonlName} ${JSON.stringify(lines.map((r) => r.seq))} vs ${shownSeqs}`);
+  }
+  const [csvName, csvText] = await savedAs("csv");
+  const Papa = require("papaparse");
+  const csvRows = Papa.parse(csvText.replace(/^\uFEFF/, ""), { skipEmptyLines: true }).data;
+  const targetCol = csvRows[0].indexOf("target");
+  const formulaRow = csvRows.find((r) => r[targetCol] === `'${FORMULA_USER.toLowerCase()}`);
+  if (!csvName.endsWith(".csv") || csvRows.length - 1 !== shownSeqs.length || !formulaRow
+    || csvRows.slice(1).some((r) => r.some((c) => /^[=+\-@\t\r]/.test(c)))) {
+    fail(`the CSV download: ${csvName}, ${csvRows.length - 1} rows for ${shownSeqs.length}, formula row ${JSON.stringify(formulaRow)}`);
+  }
+  await a.locator("#audit-status", { hasText: `已下载 ${shownSeqs.length} 条记录` }).waitFor();
+  rows = await search({ event: "audit.download", actor: aud.username });
+  const finished = rows.filter((r) => r[6].includes("\"step\":\"finished\"") && r[6].includes(`"count":${shownSeqs.length},`)
+    && r[6].includes("auth.login"));
+  if (finished.length !== 2) fail(`the two downloads are not in the audit trail: ${JSON.stringify(rows)}`);
+  ok(`the auditor downloaded the search result as JSON Lines and CSV (${shownSeqs.length} records each, the formula username quoted), both audited`);
+  await shot(a, "05a-audit-download");
   // Paging: 50 a page, newest first; the next page holds older records.
   await search({});
   const first = await a.locator("#audit-records tbody tr td:first-child").allTextContents();
