@@ -50,6 +50,8 @@ test("every key the console uses exists in both languages", () => {
   for (const s of ["active", "disabled", "locked"]) used.add(`state.${s}`);
   for (const s of ["active", "standby"]) used.add(`status.siteRole.${s}`);
   for (const o of ["ok", "denied", "failed"]) used.add(`audit.outcome_${o}`);
+  // The audit page's download buttons, one a format of GET /audit/download.
+  for (const f of ["jsonl", "csv"]) used.add(`audit.download_${f}`);
   for (const s of ["pass", "fail", "gap"]) used.add(`report.status_${s}`);
   for (const k of ["user", "conversation"]) used.add(`retention.kind_${k}`);
   // A member's role in a group (GET /groups/{id}/members: owner, admin, member).
