@@ -226,12 +226,13 @@ class Accounts:
     # first (the source of truth; if it fails, nothing is published), then
     # the shared revocation list, whose failure only costs store reads.
 
-    async def revoke(self, token_id: str, user_id: str, expires_at_ms: int) -> bool:
-        """Revoke one token (logout)."""
+    async def revoke(self, token_id: str, user_id: str, expires_at_ms: int,
+                     reason: str = "logout") -> bool:
+        """Revoke one token (logout; a security administrator's force logout)."""
         revoked = await self.store.revoke_token(token_id, now_ms())
         await self.revocations.revoke_token(user_id, token_id, expires_at_ms)
         if revoked:
-            await self._emit("auth.token_revoked", target=token_id, reason="logout")
+            await self._emit("auth.token_revoked", target=token_id, reason=reason)
         if self.end_sessions is not None:
             await self.end_sessions(user_id, token_id, 0)
         return revoked

@@ -6,7 +6,8 @@ otherwise hold, so that no single person can both act and hide the act:
 * ``sysadmin`` (系统管理员) administers ordinary user accounts, the
   organisation units they belong to, and sees groups (names and members only);
 * ``secadmin`` (安全管理员) sets security policy: roles, second factors, keys,
-  the password and lockout policy, retention and legal holds;
+  the password and lockout policy, retention and legal holds, and sees and ends
+  the accounts' live sessions (force logout);
 * ``auditor`` (审计管理员) reads the audit log, verifies it, reports and exports,
   and sees (never changes) what is kept how long and what is held: retention
   and legal holds are the secadmin's to set, the auditor's to check.
@@ -52,6 +53,9 @@ PERMISSIONS: dict[str, frozenset[str]] = {
         "policy.read", "policy.set",
         # end every session of another administrator (a lost laptop, a leaver)
         "admin.sign_out",
+        # the live sessions (devices) of any account, and forcing one or all of a user's
+        # out at once (tongxin.server.sessions_api; not "session.*", which is one's own)
+        "user_session.list", "user_session.revoke",
         "retention.read", "retention.set", "hold.list", "hold.set", "hold.release",
         # the second person of an escrow decryption (the auditor asks: escrow.request),
         # and the list of what waits for approval (who asked, for what, why; no share)
@@ -75,7 +79,7 @@ SESSION_OPERATIONS: frozenset[str] = frozenset({"session.read", "session.logout"
 # Operations that need a fresh second factor (step-up) on top of the login.
 SENSITIVE: frozenset[str] = frozenset({
     "user.delete", "key.rotate", "retention.set", "export.messages", "hold.release",
-    "admin.sign_out", "policy.set",
+    "admin.sign_out", "user_session.revoke", "policy.set",
     "role.assign", "sms.enroll", "escrow.decrypt", "escrow.request", "escrow.approve",
 })
 

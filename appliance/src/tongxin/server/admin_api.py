@@ -48,6 +48,7 @@ from tongxin.errors import RequestError
 from tongxin.keydir.service import read_key_file
 from tongxin.org.units import MAX_DEPTH, MAX_NAME, OrgRefused, new_unit_id, unit_paths
 from tongxin.proto import tongxin_pb2 as pb
+from tongxin.server import sessions_api
 from tongxin.server.audit_download import AuditDownload
 from tongxin.server.escrow_api import EscrowAccess, payload_json
 from tongxin.server.http_util import json_body
@@ -1503,6 +1504,7 @@ def add_routes(app: web.Application, node: Node) -> None:
     r.add_get(f"{p}/policy", g("policy.read", api.policy))
     r.add_put(f"{p}/policy", g("policy.set", api.set_policy))
     r.add_post(f"{p}/users/{{name}}/sign-out", g("admin.sign_out", api.sign_out_admin))
+    sessions_api.add_routes(r, p, api)
     r.add_put(f"{p}/users/{{name}}/role", g("role.assign", api.assign_role))
     r.add_post(f"{p}/users/{{name}}/totp", g("totp.reset", api.reset_totp))
     r.add_put(f"{p}/users/{{name}}/sms", g("sms.enroll", api.enroll_sms))

@@ -77,6 +77,7 @@ from tongxin.store.ports import (
     NoSuchConversation,
     OrgUnit,
     StoreError,
+    TokenRow,
     TooLarge,
     Unavailable,
     User,
@@ -682,6 +683,30 @@ class MysqlStore:
             "INSERT INTO token_activity (token_id, last_used_at) VALUES (%s,%s) "
             "ON DUPLICATE KEY UPDATE last_used_at = GREATEST(last_used_at, VALUES(last_used_at))",
             (token_id, at))
+
+    async def live_tokens(self, user_id: str, now: int, before: tuple[int, str] | None,
+                          limit: int, token_id: str = "") -> list[TokenRow]:
+        where = ["t.revoked_at = 0", "t.expires_at > %s"]
+        args: list[Any] = [now]
+        if user_id:
+            where.append("t.user_id = %s")
+            args.append(user_id)
+        if token_id:
+            where.append("t.id = %s")
+            args.append(token_id)
+        if before is not None:
+            where.append("(t.issued_at < %s OR (t.issued_at = %s AND t.id < %s))")
+            args += [before[0], before[0], before[1]]
+        sql = ("SELECT t.id, t.user_id, t.device_id, t.issued_at, t.expires_at, "
+               "COALESCE(a.last_used_at, 0) FROM tokens t LEFT JOIN token_activity a "
+               f"ON a.token_id = t.id WHERE {' AND '.join(where)} "
+               "ORDER BY t.issued_at DESC, t.id DESC LIMIT %s")
+
+        async def job(cur: Cursor) -> list[TokenRow]:
+            return [TokenRow(str(r[0]), str(r[1]), str(r[2]), int(r[3]), int(r[4]), int(r[5]))
+                    for r in await self._all(cur, sql, (*args, limit))]
+
+        return await self._read(job)
 
     async def token_last_used(self, token_id: str) -> int:
         async def job(cur: Cursor) -> int:

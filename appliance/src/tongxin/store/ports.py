@@ -135,6 +135,20 @@ class NodeBeat:
     status: NodeStatus = NodeStatus()
 
 
+@dataclass(frozen=True, slots=True)
+class TokenRow:
+    """A login token that is still valid (not revoked, not expired): one session of a
+    device. ``last_used_at`` is when its use was last recorded (0: never; recorded only
+    with accounts.session_idle_timeout, at most once a minute)."""
+
+    token_id: str
+    user_id: str
+    device_id: str
+    issued_at: int
+    expires_at: int
+    last_used_at: int = 0
+
+
 @dataclass(slots=True)
 class MemberOps:
     """Membership changes applied atomically with the entry that records them."""
@@ -176,6 +190,12 @@ class ChatStore(Protocol):
         ...
     async def password_history(self, user_id: str, limit: int) -> list[tuple[int, str]]:
         """(changed_at, password_hash) of the user's latest passwords, newest first."""
+        ...
+    async def live_tokens(self, user_id: str, now: int, before: tuple[int, str] | None,
+                          limit: int, token_id: str = "") -> list[TokenRow]:
+        """Tokens neither revoked nor expired at ``now``, of one user (``user_id``) or of
+        everyone (""), newest first by (issued_at, token_id), strictly after the key
+        ``before`` when given; at most ``limit``. ``token_id``: that token only."""
         ...
     async def touch_token(self, token_id: str, at: int) -> None:
         """Record that the token was used at ``at`` (the time never moves back)."""

@@ -25,6 +25,7 @@ from tongxin.store.ports import (
     NoSuchConversation,
     OrgUnit,
     StoreError,
+    TokenRow,
     User,
 )
 from tongxin.store.sqlite_worker import SqliteDatabase
@@ -311,6 +312,27 @@ class SqliteStore(SqliteDatabase):
             "INSERT INTO token_activity (token_id, last_used_at) VALUES (?,?) "
             "ON CONFLICT(token_id) DO UPDATE SET "
             "last_used_at = MAX(last_used_at, excluded.last_used_at)", (token_id, at)))
+
+    async def live_tokens(self, user_id: str, now: int, before: tuple[int, str] | None,
+                          limit: int, token_id: str = "") -> list[TokenRow]:
+        where = ["t.revoked_at = 0", "t.expires_at > ?"]
+        args: list[Any] = [now]
+        if user_id:
+            where.append("t.user_id = ?")
+            args.append(user_id)
+        if token_id:
+            where.append("t.id = ?")
+            args.append(token_id)
+        if before is not None:
+            where.append("(t.issued_at < ? OR (t.issued_at = ? AND t.id < ?))")
+            args += [before[0], before[0], before[1]]
+        sql = ("SELECT t.id, t.user_id, t.device_id, t.issued_at, t.expires_at, "
+               "COALESCE(a.last_used_at, 0) FROM tokens t LEFT JOIN token_activity a "
+               f"ON a.token_id = t.id WHERE {' AND '.join(where)} "
+               "ORDER BY t.issued_at DESC, t.id DESC LIMIT ?")
+        return await self._reader.run(lambda c: [TokenRow(
+            str(r[0]), str(r[1]), str(r[2]), int(r[3]), int(r[4]), int(r[5]))
+            for r in c.execute(sql, (*args, limit))])
 
     async def token_last_used(self, token_id: str) -> int:
         def job(conn: sqlite3.Connection) -> int:
