@@ -2,6 +2,7 @@
 // session holds `permission` (the admin API's operation its first call needs).
 import * as auditor from "./auditor.js";
 import * as secadmin from "./secadmin.js";
+import * as sessions from "./sessions.js";
 import * as sysadmin from "./sysadmin.js";
 
 export const PAGES = [
@@ -11,6 +12,7 @@ export const PAGES = [
   { id: "status", role: "sysadmin", permission: "user.list", render: sysadmin.status },
   { id: "config", role: "sysadmin", permission: "config.read", render: sysadmin.config },
   { id: "admins", role: "secadmin", permission: "role.list", render: secadmin.admins },
+  { id: "sessions", role: "secadmin", permission: "user_session.list", render: sessions.sessions },
   { id: "keys", role: "secadmin", permission: "key.rotate", render: secadmin.keys },
   { id: "policy", role: "secadmin", permission: "policy.read", render: secadmin.policy },
   { id: "retention", role: "secadmin", permission: "retention.read", render: secadmin.retention },
