@@ -33,7 +33,9 @@ from pathlib import Path
 
 import pytest
 
-from tongxin.client import Client
+from tongxin.client import Client, TongxinError
+from tongxin.proto import tongxin_pb2 as pb
+from tongxin.wire import closecodes
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_web_client import (
@@ -163,6 +165,54 @@ async def _create_group(port: int) -> str:
         return str(conv.conversation_id)
 
 
+LIVE_DEVICE = "console-live-phone"
+
+
+class _LiveClient:
+    """An ordinary user's client kept connected over WebSocket, in a thread of its own,
+    while console.mjs runs: the secadmin forces it out from the sessions page. Records
+    its token and the close code the node sent."""
+
+    def __init__(self, port: int) -> None:
+        self.url = f"ws://127.0.0.1:{port}/ws"
+        self.token = ""
+        self.close_code: int | None = None
+        self.ready = threading.Event()
+        self.done = threading.Event()
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    async def _main(self) -> None:
+        try:
+            async with Client(self.url, device_id=LIVE_DEVICE) as c:
+                auth = await c.login(GROUP["member"], GROUP["password"])
+                self.token = auth.token
+                self.ready.set()
+                while not c.closed and not self.stop.is_set():  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+                self.close_code = c.close_code if c.closed else None
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+        finally:
+            self.ready.set()
+            self.done.set()
+
+    def start(self) -> None:
+        self.thread.start()
+        assert self.ready.wait(30) and self.error is None and self.token, self.error
+
+
+async def _resume_refused(port: int, token: str) -> int:
+    """The error code the node answers a resume with the token (0: accepted)."""
+    async with Client(f"ws://127.0.0.1:{port}/ws", device_id=LIVE_DEVICE) as c:
+        try:
+            await c.resume(token)
+        except TongxinError as err:
+            return err.code
+    return 0
+
+
 def _evidence(home: Path) -> dict[str, str]:
     """The auditor's drill reports page reads the node's evidence/: a DR drill report as
     `tongxin drill report` writes it (JSON and HTML), its run id with markup that must
@@ -221,6 +271,8 @@ def test_console_three_roles_in_chromium(tmp_path: Path, standbys: Standbys) -> 
         for directive in ("script-src 'self';", "default-src 'none';", "frame-ancestors 'none'"):
             assert directive in csp, f"console CSP lacks {directive!r}: {csp!r}"
         group = {**GROUP, "id": asyncio.run(_create_group(port))}
+        live = _LiveClient(port)
+        live.start()
         run = subprocess.run(
             [node, str(WEB / "tests" / "console.mjs"), f"http://127.0.0.1:{port}",
              "--artifacts", str(ARTIFACTS)],
@@ -229,13 +281,23 @@ def test_console_three_roles_in_chromium(tmp_path: Path, standbys: Standbys) -> 
                  "CONSOLE_GROUP": json.dumps(group),
                  "CONSOLE_SECRETS": json.dumps([DB_PASSWORD, REDIS_PASSWORD]),
                  "CONSOLE_EVIDENCE": json.dumps(evidence),
+                 "CONSOLE_LIVE": json.dumps({"username": GROUP["member"], "device": LIVE_DEVICE}),
                  "CONSOLE_STANDBY_CATCH_UP": standbys.catch_up})
+        # The secadmin's force logout closed the live client's connection (4010) and its
+        # token is refused afterwards, on a new connection.
+        live.done.wait(10)
+        live.stop.set()
+        live.thread.join(10)
+        refused_with = asyncio.run(_resume_refused(port, live.token)) if run.returncode == 0 else -1
     finally:
         _stop(proc)
     out = run.stdout + run.stderr
     print(out)
     assert run.returncode == 0, f"console test failed (exit {run.returncode}):\n{out}\n" \
                                 f"--- server log ---\n{log_path.read_text()[-4000:]}"
+    assert live.error is None, live.error
+    assert live.close_code == closecodes.SESSION_REVOKED, live.close_code
+    assert refused_with == pb.TOKEN_REVOKED, refused_with
     ok_lines = [line for line in out.splitlines() if line.startswith("ok - ")]
     for verified in ("sysadmin signed in with password and TOTP",
                      "sysadmin created, disabled, enabled",
@@ -251,6 +313,9 @@ def test_console_three_roles_in_chromium(tmp_path: Path, standbys: Standbys) -> 
                      "secadmin rotated the audit signing key",
                      "secadmin changed the password policy from the page",
                      "secadmin is refused the sysadmin's page and its API",
+                     "secadmin forced the live session of",
+                     "the audit trail shows who forced whom out",
+                     "no raw catalogue key shown",
                      "auditor signed in with the TOTP enrolled on the secadmin's page",
                      "the audit trail shows the sysadmin's actions",
                      "the audit trail shows the secadmin's master key rotation",
@@ -262,6 +327,7 @@ def test_console_three_roles_in_chromium(tmp_path: Path, standbys: Standbys) -> 
                      "follows the browser language"):
         assert any(verified in line for line in ok_lines), f"not verified: {verified}\n{out}"
     for shot in ("01-login", "02-users", "02b-org", "02c-groups", "03-status", "03b-config",
-                 "05-admins-totp", "06-keys-atrest", "06b-policy", "06d-policy-changed", "09-audit",
+                 "05-admins-totp", "05b-sessions", "06-keys-atrest", "06b-policy",
+                 "06d-policy-changed", "09-audit",
                  "10-report", "10b-drills", "10c-drill-open"):
         assert (ARTIFACTS / f"{shot}.png").stat().st_size > 1000, shot

@@ -34,7 +34,11 @@ const cfgSecrets = JSON.parse(process.env.CONSOLE_SECRETS || "[]");
 // drill report (drillFile, its run id drillRunId carries markup that must stay text) and
 // a failed backup (backupFile, backupError).
 const evidence = JSON.parse(process.env.CONSOLE_EVIDENCE || "null");
-if (!base || !admins || !group || !evidence) {
+// An ordinary user's client the driver keeps connected over WebSocket (username, device):
+// the secadmin forces it out from the sessions page; the driver then finds its connection
+// closed (4010) and its token refused.
+const live = JSON.parse(process.env.CONSOLE_LIVE || "null");
+if (!base || !admins || !group || !evidence || !live) {
   console.error("usage: CONSOLE_ADMINS=JSON CONSOLE_GROUP=JSON node tests/console.mjs http://HOST:PORT [--artifacts DIR]");
   process.exit(2);
 }
@@ -88,7 +92,40 @@ async function newPage(label, locale = "zh-CN") {
 }
 
 async function shot(page, name) {
+  await rawKeys(page, name);
   await page.screenshot({ path: join(artifacts, `${name}.png`), fullPage: true });
+}
+
+// A catalogue key shown instead of its text (a key missing from both catalogues, or built
+// from a value the catalogue has no entry for): the console's keys are "<section>.<name>"
+// (src/console/i18n/*.json, sections such as "users", "keys", "sessions"). Identifiers
+// that are data and may look the same (audit events, operations, configuration keys)
+// are shown in <code> or marked translate="no", and are not looked at.
+const SECTIONS = Object.keys(JSON.parse(readFileSync(new URL("../src/console/i18n/en.json", import.meta.url), "utf8")));
+const KEY_LIKE = `(?<![\\w./:@-])(?:${SECTIONS.join("|")})\\.[A-Za-z_]\\w*(?:\\.\\w+)*(?![\\w/:@-])`;
+const rawKeysChecked = [];
+async function rawKeys(page, name) {
+  const found = await page.evaluate((source) => {
+    const re = new RegExp(source, "g");
+    const out = [];
+    const skip = (el) => !el || el.closest("code, pre, script, style, [translate=no]") || !el.getClientRects().length;
+    const where = (el) => `<${el.tagName.toLowerCase()}${el.id ? `#${el.id}` : ""}>`;
+    const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+    for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+      if (skip(n.parentElement)) continue;
+      for (const m of n.data.matchAll(re)) out.push(`${m[0]} in ${where(n.parentElement)}`);
+    }
+    for (const el of document.querySelectorAll("[title], [placeholder], [aria-label], [alt]")) {
+      if (skip(el)) continue;
+      for (const a of ["title", "placeholder", "aria-label", "alt"]) {
+        for (const m of (el.getAttribute(a) || "").matchAll(re)) out.push(`${m[0]} in ${where(el)} ${a}`);
+      }
+    }
+    for (const m of document.title.matchAll(re)) out.push(`${m[0]} in the title`);
+    return out;
+  }, KEY_LIKE);
+  if (found.length) fail(`raw catalogue keys shown on ${name}: ${found.join("; ")}`);
+  rawKeysChecked.push(name);
 }
 
 // axe-core on the page as it is now: serious and critical violations fail.
@@ -105,6 +142,7 @@ async function axe(page, name) {
   const bad = violations.filter((v) => v.impact === "serious" || v.impact === "critical");
   if (bad.length) fail(`axe on ${name}: ${JSON.stringify(bad, null, 1)}`);
   axeChecked.push(name);
+  await rawKeys(page, name);
 }
 
 async function login(page, who, secret = who.secret) {
@@ -350,11 +388,11 @@ try {
   if ((await p.locator("#dr-standbys tbody tr").count()) !== 3) fail("a reading of the DR copy changed its rows");
   ok("the site panel reads the DR copy again while open: the standby that caught up turns green and the lag chart follows (最大 2 秒)");
   // The live chart polls GET /api/v1/admin/node: two WebSocket connections opened
-  // from another page show up in it.
+  // from another page show up in it, beside the driver's live client (CONSOLE_LIVE).
   const sockets = await newPage("sockets");
   await sockets.goto(`${base}/healthz`);
   await sockets.evaluate((url) => { window.socks = [new WebSocket(url), new WebSocket(url)]; }, `${base.replace("http", "ws")}/ws`);
-  await p.locator("#chart-connections", { hasText: /^当前 2 个连接/ }).waitFor();
+  await p.locator("#chart-connections", { hasText: /^当前 3 个连接/ }).waitFor();
   // 全部节点 (GET /api/v1/admin/nodes): on the SQLite store the list is this node, live,
   // read again every 10 s, so the two connections reach its row within a reading.
   const nodeRows = p.locator("#nodes-list tbody tr");
@@ -363,8 +401,8 @@ try {
   await nodeRows.locator("td", { hasText: nodeId }).locator("text=本节点").waitFor();
   await nodeRows.locator(".badge.state-active", { hasText: "在线" }).waitFor();
   await nodeRows.locator("td", { hasText: /秒前$/ }).waitFor();
-  await nodeRows.locator("td", { hasText: /^2$/ }).waitFor({ timeout: 30000 });
-  ok(`the node list shows this node live, refreshed with its 2 connections: "${(await nodeRows.textContent()).trim()}"`);
+  await nodeRows.locator("td", { hasText: /^3$/ }).waitFor({ timeout: 30000 });
+  ok(`the node list shows this node live, refreshed with its 3 connections: "${(await nodeRows.textContent()).trim()}"`);
   await p.waitForFunction(() => (document.querySelector(".charts polyline")
     ?.getAttribute("points") || "").split(" ").length >= 2, null, { timeout: T });
   ok(`the live chart shows connections and messages per second: "${await p.textContent("#chart-connections")}", "${await p.textContent("#chart-messages")}"`);
@@ -428,6 +466,8 @@ try {
   await refused(p, "sysadmin", "drills", "GET", "/evidence", "auditor");
   await refused(p, "sysadmin", "audit", "GET", "/audit", "auditor");
   await refused(p, "sysadmin", "audit", "GET", "/audit/download?format=csv", "auditor");
+  await refused(p, "sysadmin", "sessions", "GET", "/sessions", "secadmin");
+  await refused(p, "sysadmin", "sessions", "DELETE", `/users/${live.username}/sessions`, "secadmin");
   await shot(p, "04-forbidden");
   await axe(p, "forbidden");
   ok("sysadmin is refused the auditor's pages (audit trail, drill reports) and their API (403, separation of duties)");
@@ -438,7 +478,7 @@ try {
   const s = await newPage("secadmin");
   await login(s, sec);
   const secLinks = await navLinks(s);
-  if (JSON.stringify(secLinks) !== JSON.stringify(["#/admins", "#/keys", "#/policy", "#/retention", "#/approvals"])) {
+  if (JSON.stringify(secLinks) !== JSON.stringify(["#/admins", "#/sessions", "#/keys", "#/policy", "#/retention", "#/approvals"])) {
     fail(`secadmin navigation: ${secLinks}`);
   }
   await s.locator("#admins-list table").waitFor();
@@ -470,6 +510,33 @@ try {
   await p2.locator("#login-form").waitFor();
   ok(`secadmin signed the sysadmin out after a TOTP step-up: its token is refused and its console asks to sign in (${await s.textContent("#admins-status")})`);
   await p2.context().close();
+
+  // The sessions page: an ordinary user's live client (the driver's, over WebSocket) is
+  // listed with its device, address and node; force logout (a confirmation, then a step-up)
+  // revokes its token and the row goes. The driver checks the connection was closed and
+  // the token is refused afterwards.
+  await goTo(s, "sessions");
+  await s.locator("#sessions-list table").waitFor();
+  await s.fill("#sessions-search input[name=user]", live.username);
+  await s.click("#sessions-search button[type=submit]");
+  const liveRow = s.locator("#sessions-list tr", { has: s.locator(`[data-device="${live.device}"]`) });
+  await liveRow.waitFor();
+  const liveText = await liveRow.textContent();
+  if (!liveText.includes("127.0.0.1") || !liveText.includes("本节点") || !liveText.includes(live.username)) {
+    fail(`the live session's row lacks the user, address or node: ${liveText}`);
+  }
+  await shot(s, "05b-sessions");
+  await axe(s, "sessions");
+  await liveRow.locator(`[data-device="${live.device}"]`).click();
+  await s.locator("dialog[open] button[type=submit]").click(); // the confirmation
+  await stepUp(s, sec.secret);
+  await s.locator("#sessions-status", { hasText: "已强制" }).waitFor();
+  await s.locator(`#sessions-list [data-device="${live.device}"]`).waitFor({ state: "detached" });
+  const left = await apiAs(s, await myToken(s), "GET", `/sessions?user=${live.username}`);
+  if (left.status !== 200 || left.body.sessions.some((x) => x.device_id === live.device)) {
+    fail(`the forced-out session is still listed: ${JSON.stringify(left)}`);
+  }
+  ok(`secadmin forced the live session of ${live.username} (${live.device}) out from the sessions page after a confirmation and a TOTP step-up (${await s.textContent("#sessions-status")})`);
 
   // The keys page: the at-rest master key's status (GET /keys/atrest), its rotation
   // (step-up) followed to the end, then the audit signing key, whose fingerprint shows
@@ -650,6 +717,15 @@ try {
     fail(`the master key rotation is not in the audit page: ${JSON.stringify(rows)}`);
   }
   ok("the audit trail shows the secadmin's master key rotation and status reads");
+  rows = await search({ actor: sec.username, event: "user_session." });
+  if (!has(rows, "user_session.revoke", live.username, "成功") || !has(rows, "user_session.list", live.username)) {
+    fail(`the force logout is not in the audit page: ${JSON.stringify(rows)}`);
+  }
+  rows = await search({ event: "admin.forbidden", actor: sys.username });
+  if (!has(rows, "admin.forbidden", "user_session.list") || !has(rows, "admin.forbidden", "user_session.revoke")) {
+    fail(`the sysadmin's refused session calls are not in the audit page: ${JSON.stringify(rows)}`);
+  }
+  ok("the audit trail shows who forced whom out (user_session.revoke) and the sysadmin's refused session calls");
   const future = new Date(Date.now() + 3600e3);
   const local = (d) => new Date(d.getTime() - d.getTimezoneOffset() * 60000).toISOString().slice(0, 19);
   rows = await search({ from: local(future) });
@@ -821,7 +897,8 @@ try {
 
   await refused(a, "auditor", "admins", "GET", "/roles", "secadmin");
   await refused(a, "auditor", "keys", "GET", "/keys/atrest", "secadmin");
-  ok("auditor is refused the secadmin's page and its API (403): administrators, keys");
+  await refused(a, "auditor", "sessions", "GET", "/sessions", "secadmin");
+  ok("auditor is refused the secadmin's page and its API (403): administrators, keys, sessions");
   await goTo(a, "audit");
   rows = await search({ actor: aud.username, event: "escrow.request" });
   if (!has(rows, "escrow.request", "conversation:c_test", "失败")) fail(`escrow.request not audited: ${JSON.stringify(rows)}`);
@@ -854,6 +931,7 @@ try {
   ok("the console works at phone width (390px)");
 
   ok(`no serious or critical accessibility violations on ${axeChecked.length} pages (${axeChecked.join(", ")})`);
+  ok(`no raw catalogue key shown on ${rawKeysChecked.length} rendered pages`);
   if (pageErrors.length) fail(`errors in the pages:\n${pageErrors.join("\n")}`);
   ok("no uncaught errors in the pages");
   console.log(`console: ${passed} checks passed`);

@@ -66,7 +66,8 @@ export async function audit(el, { api, t, errorText }) {
       { head: t("audit.time"), cell: (x) => stamp(x.ts) },
       { head: t("audit.event"), cell: (x) => h("code", {}, x.event) },
       { head: t("audit.actor"), cell: (x) => [x.actor || "—", x.actor_role ? h("div", { class: "muted" }, t(`role.${x.actor_role}`)) : null] },
-      { head: t("audit.target"), cell: (x) => x.target || "—" },
+      // Data, not text: an operation or event name may look like a catalogue key.
+      { head: t("audit.target"), cell: (x) => (x.target ? h("span", { translate: "no" }, x.target) : "—") },
       { head: t("audit.outcome"), cell: (x) => outcomeBadge(t, x.outcome) },
       { head: t("audit.details"), cell: details },
     ], r.records, t("audit.none")));
@@ -190,7 +191,8 @@ export async function report(el, { api, t, errorText }) {
         { head: t("report.requirement"), cell: (i) => [h("div", { class: "muted" }, i.category), h("div", {}, i.title)] },
         { head: t("report.status"), cell: (i) => statusBadge(i.status) },
         { head: t("report.evidence"), cell: (i) => h("ul", { class: "evidence" },
-          findings(i).map((f) => h("li", { class: "finding" }, f)), i.evidence.map((e) => h("li", {}, e))) },
+          // The evidence as the node recorded it: settings, events and operations by name.
+          findings(i).map((f) => h("li", { class: "finding" }, f)), i.evidence.map((e) => h("li", { translate: "no" }, e))) },
       ], data.items, "—"));
   }
   const fileStamp = () => new Date(data.generated_at).toISOString().slice(0, 19).replace(/[-:]/g, "").replace("T", "-");

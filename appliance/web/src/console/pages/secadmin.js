@@ -69,7 +69,7 @@ export async function admins(el, { api, t, session, errorText }) {
     perms.replaceChildren(table(t("admins.permCaption"), [
       { head: t("users.role"), cell: ([role]) => t(`role.${role}`) },
       { head: t("admins.operations"), cell: ([, ops]) => (ops.length ? ops.map((op) =>
-        h("span", { class: sensitive.has(op) ? "op sensitive" : "op" }, op)) : "—") },
+        h("span", { class: sensitive.has(op) ? "op sensitive" : "op", translate: "no" }, op)) : "—") },
     ], Object.entries(r.roles), ""));
   }
   const perms = h("div", { id: "permissions" });
