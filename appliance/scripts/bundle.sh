@@ -17,6 +17,9 @@
 #                    dependencies (base packages too), as a flat apt repo
 #                    (Packages, Packages.gz, Release, InRelease, Release.gpg:
 #                    the Release OpenPGP-signed with the bundle's apt key)
+#   images/<arch>/   tongxin-<version>.tar: an OCI image (docker-archive) with
+#                    Debian 12's CPython 3.11 and OpenSSL 3 and the wheels,
+#                    for hosts whose Python is too old (bundle_image.sh)
 #   apt-signing.gpg  that key's public half, which role bundle gives apt as
 #                    the repository's only signed-by key
 #   manifest.json, manifest.sig, signer.pem
@@ -24,7 +27,7 @@
 # signing key as signing.pub.pem: carry that to the controller separately.
 #
 # Environment:
-#   BUNDLE_COMPONENTS    which parts ("wheels kafka debs")
+#   BUNDLE_COMPONENTS    which parts ("wheels kafka debs image"; image needs wheels)
 #   BUNDLE_ARCHES        target architectures ("x86_64 aarch64")
 #   BUNDLE_PACKAGES      Debian packages instead of bundle-debs.txt
 #   BUNDLE_OUT           parent of the bundle directory ($TONGXIN_CACHE/bundle)
@@ -46,7 +49,7 @@ APP=$(cd "$HERE/.." && pwd)
 ROOT=$(cd "$APP/.." && pwd)
 CACHE=${TONGXIN_CACHE:-${HOME:-/root}/.cache/tongxin}
 DL=$CACHE/bundle-cache
-COMPONENTS=${BUNDLE_COMPONENTS:-wheels kafka debs}
+COMPONENTS=${BUNDLE_COMPONENTS:-wheels kafka debs image}
 ARCHES=${BUNDLE_ARCHES:-x86_64 aarch64}
 OUT_PARENT=${BUNDLE_OUT:-$CACHE/bundle}
 KEY=${BUNDLE_SIGNING_KEY:-$CACHE/bundle-signing/signing.key}
@@ -73,7 +76,7 @@ case "$(realpath -m "$OUT")/" in
   "$ROOT"/*) die "BUNDLE_OUT=$OUT_PARENT is inside the git tree; choose a directory outside $ROOT" ;;
 esac
 for c in $COMPONENTS; do
-  case $c in wheels|kafka|debs) ;; *) die "unknown component '$c' in BUNDLE_COMPONENTS (wheels, kafka, debs)" ;; esac
+  case $c in wheels|kafka|debs|image) ;; *) die "unknown component '$c' in BUNDLE_COMPONENTS (wheels, kafka, debs, image)" ;; esac
 done
 for a in $ARCHES; do
   case $a in x86_64|aarch64) ;; *) die "unknown architecture '$a' in BUNDLE_ARCHES (x86_64, aarch64)" ;; esac
@@ -102,6 +105,9 @@ APT_GPG_WORK=""
 trap 'stop_gpg_agent; rm -rf "$NEW" "$WORK"' EXIT
 T0=$SECONDS
 log "building tongxin-$VERSION ($COMPONENTS; $ARCHES) into $OUT"
+
+# shellcheck source=bundle_image.sh
+. "$HERE/bundle_image.sh"
 
 # ---- wheels ---------------------------------------------------------------------
 
@@ -233,6 +239,38 @@ apt_opts() {  # apt_opts STATE_DIR DEB_ARCH: a private apt for another architect
        -o "Acquire::Languages=none" -o "APT::Sandbox::User=root" -o "Debug::NoLocking=1")
 }
 
+# apt_state ARCH WHAT: a private apt for ARCH's Debian packages (APT holds its
+# options), its package lists fresh, nothing marked installed. Holds the
+# architecture's lock on fd 9 until the caller closes it: builds may run at
+# once (two Molecule scenarios) and share the apt state and the download cache.
+apt_state() {
+  local arch=$1 what=$2 da s keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+  da=$(deb_arch "$arch")
+  s=$DL/apt/$da
+  [ -f "$keyring" ] || die "$what: $keyring missing (apt-get install debian-archive-keyring)"
+  mkdir -p "$s/sources.list.d" "$s/preferences.d" "$s/state/lists/partial" "$s/cache/archives/partial" \
+    "$DL/debs/$arch"
+  exec 9>"$s/.lock"
+  flock 9
+  : >"$s/status"  # nothing installed: every closure is computed in full
+  local mirror_sec=${MIRROR%/debian}/debian-security
+  cat >"$s/sources.list" <<EOF
+deb [arch=$da signed-by=$keyring] $MIRROR $SUITE main
+deb [arch=$da signed-by=$keyring] $MIRROR $SUITE-updates main
+deb [arch=$da signed-by=$keyring] $mirror_sec $SUITE-security main
+EOF
+  apt_opts "$s" "$da"
+  # Package lists younger than an hour are reused (as the roles' cache_valid_time).
+  if [ -n "$(find "$s/state/lists" -maxdepth 1 -name '*_Packages' -mmin -60 -print -quit)" ] &&
+      [ "$(cat "$s/sources.stamp" 2>/dev/null)" = "$(sha256sum <"$s/sources.list")" ]; then
+    log "$what/$arch: package lists are recent, not updating"
+  else
+    log "$what/$arch: apt-get update ($da)"
+    nice -n 10 apt-get "${APT[@]}" -qq update >&2 || die "$what/$arch: apt-get update failed"
+    sha256sum <"$s/sources.list" >"$s/sources.stamp"
+  fi
+}
+
 deb_packages() {
   if [ -n "${BUNDLE_PACKAGES:-}" ]; then
     local list
@@ -287,37 +325,16 @@ build_debs() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dpkg-dev apt-utils gpg >/dev/null
   fi
   apt_signing_key
-  local keyring=/usr/share/keyrings/debian-archive-keyring.gpg arch da s pkgs base
-  [ -f "$keyring" ] || die "debs: $keyring missing (apt-get install debian-archive-keyring)"
+  local arch da s pkgs base
   mapfile -t pkgs < <(deb_packages)
   [ ${#pkgs[@]} -gt 0 ] || die "debs: no packages (bundle-debs.txt / BUNDLE_PACKAGES)"
   for arch in $ARCHES; do
     da=$(deb_arch "$arch")
     s=$DL/apt/$da
-    mkdir -p "$s/sources.list.d" "$s/preferences.d" "$s/state/lists/partial" "$s/cache/archives/partial" \
-      "$DL/debs/$arch" "$NEW/debs/$arch"
-    # One build at a time per architecture: the apt state and the cache are shared.
-    exec 9>"$s/.lock"
-    flock 9
+    mkdir -p "$NEW/debs/$arch"
+    apt_state "$arch" debs
     local files=$NEW/.files-$arch
     : >"$files"
-    : >"$s/status"  # nothing installed: the whole closure is computed below
-    local mirror_sec=${MIRROR%/debian}/debian-security
-    cat >"$s/sources.list" <<EOF
-deb [arch=$da signed-by=$keyring] $MIRROR $SUITE main
-deb [arch=$da signed-by=$keyring] $MIRROR $SUITE-updates main
-deb [arch=$da signed-by=$keyring] $mirror_sec $SUITE-security main
-EOF
-    apt_opts "$s" "$da"
-    # Package lists younger than an hour are reused (as the roles' cache_valid_time).
-    if [ -n "$(find "$s/state/lists" -maxdepth 1 -name '*_Packages' -mmin -60 -print -quit)" ] &&
-        [ "$(cat "$s/sources.stamp" 2>/dev/null)" = "$(sha256sum <"$s/sources.list")" ]; then
-      log "debs/$arch: package lists are recent, not updating"
-    else
-      log "debs/$arch: apt-get update ($da)"
-      nice -n 10 apt-get "${APT[@]}" -qq update >&2 || die "debs/$arch: apt-get update failed"
-      sha256sum <"$s/sources.list" >"$s/sources.stamp"
-    fi
     # The base system: Debian's required + important packages and BASE.
     mapfile -t base < <({ apt-cache "${APT[@]}" dumpavail |
       awk '/^Package:/{p=$2} /^Priority: (required|important)$/{print p}'; printf '%s\n' "${BASE[@]}"; } | sort -u)
@@ -400,6 +417,7 @@ EOF
 want wheels && build_wheels
 want kafka && build_kafka
 want debs && build_debs
+want image && build_image
 
 # ---- manifest, signature, swap -----------------------------------------------------------
 

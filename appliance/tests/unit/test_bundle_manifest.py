@@ -214,3 +214,18 @@ def test_cli_manifest_records_missing_and_prints_fingerprint(tmp_path: Path,
     assert main(["bundle", "manifest", str(root), "--key", str(keyfile), "--version", "9.9",
                  "--missing-file", str(gaps)]) == 1
     assert "expected 4 tab-separated fields" in capsys.readouterr().err
+
+
+def test_images_are_recorded_per_architecture(tmp_path: Path, key: SM2PrivateKey) -> None:
+    """images/<arch>/ (the OCI image for hosts whose Python is too old) is a per-architecture
+    component like wheels and debs: the role picks the image by the host's architecture."""
+    (tmp_path / "images" / "aarch64").mkdir(parents=True)
+    (tmp_path / "images" / "aarch64" / "tongxin-0.1.0.tar").write_bytes(b"image")
+    data = build_manifest(tmp_path, name="t", version="0.1.0", signer=key.public_key())
+    sign_manifest(tmp_path, data, key)
+    summary = verify_bundle(tmp_path, key.public_key())
+    assert summary["components"] == {"images/aarch64": {"files": 1, "bytes": 5}}
+    (tmp_path / "images" / "arm64").mkdir()
+    (tmp_path / "images" / "arm64" / "x.tar").write_bytes(b"x")
+    with pytest.raises(BundleError, match=r"^images/arm64/x\.tar: unknown architecture directory 'arm64'"):
+        build_manifest(tmp_path, name="t", version="0.1.0", signer=key.public_key())

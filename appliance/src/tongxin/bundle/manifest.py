@@ -4,6 +4,7 @@ Layout of a bundle directory (``tongxin-<version>/``)::
 
     wheels/<arch>/*.whl          the appliance and every dependency (arch: x86_64, aarch64)
     debs/<arch>/*.deb            Debian packages + Packages(.gz), Release (a flat apt repo)
+    images/<arch>/tongxin-<v>.tar  the OCI image for hosts whose Python is too old
     kafka/kafka-<v>.tgz          the Kafka distribution
     manifest.json                this module's output (the signed bytes)
     manifest.sig                 SM2 signature (DER) over manifest.json, signer ID 1234567812345678
@@ -38,7 +39,7 @@ FORMAT = 1
 # The files that describe the bundle rather than belong to it.
 _META = frozenset({MANIFEST_NAME, SIGNATURE_NAME, SIGNER_NAME})
 # Components whose files sit one directory per architecture.
-_PER_ARCH = frozenset({"wheels", "debs"})
+_PER_ARCH = frozenset({"wheels", "debs", "images"})
 _ARCHES = frozenset({"x86_64", "aarch64"})
 _CHUNK = 1 << 20
 
@@ -74,7 +75,7 @@ def _digests(path: Path) -> tuple[int, str, str]:
 
 
 def classify(rel: str) -> tuple[str, str]:
-    """(component, arch) of a bundle-relative path; arch is ``any`` outside wheels/ and debs/."""
+    """(component, arch) of a bundle-relative path; arch is ``any`` outside wheels/, debs/ and images/."""
     parts = PurePosixPath(rel).parts
     if len(parts) >= 3 and parts[0] in _PER_ARCH:
         if parts[1] not in _ARCHES:
