@@ -39,7 +39,9 @@
 #      (appliance/scripts/bundle.sh, cached) before any scenario starts;
 #   5. for a scenario of another architecture (FOREIGN_SCENARIOS: arm64), in its
 #      own slot: qemu-user-static, binfmt_misc with Debian's qemu entry, and the
-#      image <image>-arm64 built the same way with debootstrap --arch=arm64.
+#      image <image>-arm64 built the same way with debootstrap --arch=arm64;
+#      for a scenario of another Debian release (SUITE_SCENARIOS: oldpython on
+#      bullseye, whose Python 3.9 is too old), the image localhost/tongxin-debian11.
 # then runs `molecule --base-config base.yml test -s <scenario>` for each (longest first when
 # parallel), prints each one's time and ends with the line
 # `molecule: N passed, M failed in S s`. The exit code is non-zero if any failed.
@@ -152,15 +154,28 @@ EOF
 
 # ---- 3. base image ---------------------------------------------------------------
 
-image_recipe_id() {  # image_recipe_id DEB_ARCH
-  printf '%s|%s|%s|%s' "$IMAGE_RECIPE" "$SUITE" "$IMAGE_PACKAGES" "$1" \
+image_recipe_id() {  # image_recipe_id DEB_ARCH [SUITE]
+  local suite=${2:-$SUITE}
+  printf '%s|%s|%s|%s' "$IMAGE_RECIPE" "$suite" "$(suite_packages "$suite")" "$1" \
     | sha256sum | cut -c1-12
 }
+suite_packages() {  # suite_packages SUITE: what debootstrap includes for that suite's hosts
+  case $1 in
+    # The old-Python host (scenario oldpython): podman from its own archive,
+    # as Kylin V10 and openEuler have it from theirs.
+    bullseye) echo "$IMAGE_PACKAGES,podman" ;;
+    *) echo "$IMAGE_PACKAGES" ;;
+  esac
+}
+debian_release() {  # debian_release SUITE: its number (image and tarball names)
+  case $1 in bookworm) echo 12 ;; bullseye) echo 11 ;; *) die "unknown Debian suite $1" ;; esac
+}
 
-ensure_image() {  # ensure_image [IMAGE DEB_ARCH]: the base image (the controller's architecture by default)
-  local image=${1:-$IMAGE} arch=${2:-$(dpkg --print-architecture)} rid tarball have
-  rid=$(image_recipe_id "$arch")
-  tarball=$CACHE/images/tongxin-debian12-$arch-$rid.tar
+ensure_image() {  # ensure_image [IMAGE DEB_ARCH SUITE]: the base image (the controller's architecture, bookworm by default)
+  local image=${1:-$IMAGE} arch=${2:-$(dpkg --print-architecture)} suite=${3:-$SUITE} rid tarball have rel
+  rid=$(image_recipe_id "$arch" "$suite")
+  rel=$(debian_release "$suite")
+  tarball=$CACHE/images/tongxin-debian$rel-$arch-$rid.tar
   if [ "${TONGXIN_MOLECULE_REBUILD:-0}" != 1 ] && podman image exists "$image"; then
     have=$(podman image inspect --format '{{ index .Labels "org.tongxin.recipe" }}' "$image" 2>/dev/null || true)
     if [ "$have" = "$rid" ]; then
@@ -170,7 +185,7 @@ ensure_image() {  # ensure_image [IMAGE DEB_ARCH]: the base image (the controlle
   fi
   mkdir -p "$CACHE/images"
   if [ "${TONGXIN_MOLECULE_REBUILD:-0}" = 1 ] || [ ! -s "$tarball" ]; then
-    build_rootfs "$tarball" "$arch"
+    build_rootfs "$tarball" "$arch" "$suite"
   fi
   local old
   old=$(podman image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
@@ -179,33 +194,33 @@ ensure_image() {  # ensure_image [IMAGE DEB_ARCH]: the base image (the controlle
     --change 'CMD ["/sbin/init"]' \
     --change 'STOPSIGNAL SIGRTMIN+3' \
     --change "LABEL org.tongxin.recipe=$rid" \
-    --change 'LABEL org.tongxin.base=debian-12' \
+    --change "LABEL org.tongxin.base=debian-$rel" \
     "$tarball" "$image" >/dev/null || die "podman import of $tarball failed"
   # The image this one replaced, unless a container still uses it.
   if [ -n "$old" ]; then podman rmi "$old" >/dev/null 2>&1 || true; fi
   # Older tarballs of the same architecture (other recipes).
-  find "$CACHE/images" -maxdepth 1 -name "tongxin-debian12-$arch-*.tar" ! -name "${tarball##*/}" -delete
+  find "$CACHE/images" -maxdepth 1 -name "tongxin-debian$rel-$arch-*.tar" ! -name "${tarball##*/}" -delete
 }
 
-build_rootfs() {  # build_rootfs TARBALL DEB_ARCH
-  local tarball=$1 arch=$2 work t0=$SECONDS
+build_rootfs() {  # build_rootfs TARBALL DEB_ARCH SUITE
+  local tarball=$1 arch=$2 suite=$3 work t0=$SECONDS
   as_root "debootstrap"
   work=$(mktemp -d "$CACHE/images/.build.XXXXXX")
   # shellcheck disable=SC2064
   trap "rm -rf '$work'" EXIT
-  log "debootstrap $SUITE ($arch) into $work/rootfs (a few minutes)"
+  log "debootstrap $suite ($arch) into $work/rootfs (a few minutes)"
   # Another architecture's second stage runs its own binaries: through
   # qemu-user-static (ensure_binfmt registered it), as the hosts later do.
-  if ! "${NICE[@]}" debootstrap --arch="$arch" --include="$IMAGE_PACKAGES" \
-      --components=main "$SUITE" "$work/rootfs" "$MIRROR" >"$work/debootstrap.log" 2>&1; then
+  if ! "${NICE[@]}" debootstrap --arch="$arch" --include="$(suite_packages "$suite")" \
+      --components=main "$suite" "$work/rootfs" "$MIRROR" >"$work/debootstrap.log" 2>&1; then
     tail -n 30 "$work/debootstrap.log" >&2
     die "debootstrap failed"
   fi
   local r=$work/rootfs
   cat >"$r/etc/apt/sources.list" <<EOF
-deb $MIRROR $SUITE main
-deb $MIRROR $SUITE-updates main
-deb ${MIRROR%/debian}/debian-security $SUITE-security main
+deb $MIRROR $suite main
+deb $MIRROR $suite-updates main
+deb ${MIRROR%/debian}/debian-security $suite-security main
 EOF
   # Each container gets its own machine-id at first boot.
   : >"$r/etc/machine-id"
@@ -244,6 +259,9 @@ EOF
 # Scenarios whose hosts are another architecture, emulated by qemu-user-static
 # through binfmt_misc (issue 17: the ARM 信创 hosts): scenario=debian-arch.
 FOREIGN_SCENARIOS=(arm64=arm64)
+# Scenarios whose hosts are another Debian release: scenario=suite (issue 17:
+# a host whose only Python is older than Tongxin needs).
+SUITE_SCENARIOS=(oldpython=bullseye)
 
 ensure_binfmt() {  # ensure_binfmt QEMU_NAME: the kernel runs that architecture's ELF binaries through qemu
   local name=$1 dir=/proc/sys/fs/binfmt_misc conf=/usr/lib/binfmt.d/qemu-$1.conf
@@ -265,10 +283,20 @@ ensure_binfmt() {  # ensure_binfmt QEMU_NAME: the kernel runs that architecture'
 foreign_image() {  # foreign_image DEB_ARCH: the image name for that architecture's hosts
   echo "${IMAGE%:*}-$1:${IMAGE##*:}"
 }
+suite_image() {  # suite_image SUITE: the image name for that release's hosts
+  local base=${IMAGE%:*}
+  echo "${base%debian12}debian$(debian_release "$1"):${IMAGE##*:}"
+}
 
-prepare_foreign() {  # prepare_foreign SCENARIO...: binfmt and base image for foreign-architecture scenarios
+prepare_foreign() {  # prepare_foreign SCENARIO...: binfmt and base image for foreign-architecture (and other-release) scenarios
   local s f arch t0
   for s in "$@"; do
+    for f in "${SUITE_SCENARIOS[@]}"; do
+      [ "${f%%=*}" = "$s" ] || continue
+      t0=$SECONDS
+      ensure_image "$(suite_image "${f#*=}")" "$(dpkg --print-architecture)" "${f#*=}"
+      log "${f#*=} base image ready ($((SECONDS - t0)) s)"
+    done
     for f in "${FOREIGN_SCENARIOS[@]}"; do
       [ "${f%%=*}" = "$s" ] || continue
       arch=${f#*=}
@@ -319,7 +347,10 @@ prepare_bundle() {  # prepare_bundle SCENARIO...: the offline bundle, once, befo
   [ "$wanted" = 1 ] || return 0
   local t0=$SECONDS
   log "offline bundle for $(uname -m) (appliance/scripts/bundle.sh)"
-  BUNDLE_ARCHES=$(uname -m) "${NICE[@]}" bash "$ROOT/appliance/scripts/bundle.sh" >&2 \
+  # Without the OCI image, as _shared/bundle-prepare.yml builds it (the lab's
+  # hosts have Python 3.11; scenario oldpython builds its own).
+  BUNDLE_ARCHES=$(uname -m) BUNDLE_COMPONENTS="wheels kafka debs" \
+    "${NICE[@]}" bash "$ROOT/appliance/scripts/bundle.sh" >&2 \
     || die "building the offline bundle failed"
   log "bundle ready ($((SECONDS - t0)) s)"
   # The scenarios' prepare step (_shared/bundle-prepare.yml) rebuilds the
@@ -351,7 +382,7 @@ lint() {
 
 # Longest first, so that a parallel run does not end with one long scenario
 # alone; the rest alphabetically. Measured times in docs/ansible.md.
-SCENARIO_ORDER=(multisite site arm64 rolling restore kafka lb database redis monitoring appliance pki logs lab bundle common preflight)
+SCENARIO_ORDER=(multisite site arm64 rolling restore oldpython kafka lb database redis monitoring appliance pki logs lab bundle common preflight)
 
 scenarios_all() {
   local d s
@@ -408,7 +439,8 @@ main() {
   prepare_object_store "${list[@]}"
 
   local passed=0 failed=0 s results=() t_all=$SECONDS
-  export TONGXIN_MOLECULE_IMAGE=$IMAGE TONGXIN_CACHE=$CACHE TONGXIN_MOLECULE_IMAGE_ARM64=$(foreign_image arm64)
+  export TONGXIN_MOLECULE_IMAGE=$IMAGE TONGXIN_CACHE=$CACHE TONGXIN_MOLECULE_IMAGE_ARM64=$(foreign_image arm64) \
+    TONGXIN_MOLECULE_IMAGE_DEBIAN11=$(suite_image bullseye)
   export PATH=$VENV/bin:$PATH
   if [ ! -t 1 ]; then export NO_COLOR=1 PY_COLORS=0 ANSIBLE_NOCOLOR=1 ANSIBLE_FORCE_COLOR=0; fi
   # Molecule looks for molecule/<scenario>/molecule.yml under its working directory.
