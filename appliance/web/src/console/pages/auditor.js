@@ -239,7 +239,7 @@ export async function exportPage(el, { api, t, errorText }) {
       result.replaceChildren(h("dl", { class: "facts" },
         h("dt", {}, t("export.id")), h("dd", { id: "export-id" }, m.export_id),
         h("dt", {}, t("export.records")), h("dd", { id: "export-records" }, formatNumber(m.records)),
-        h("dt", {}, t("export.digest")), h("dd", { class: "mono" }, `${file.sm3 || "—"} (${formatNumber(file.bytes || 0)} B)`),
+        h("dt", {}, t("export.digest")), h("dd", { class: "mono" }, t("export.digestValue", { sm3: file.sm3 || "—", n: formatNumber(file.bytes || 0) })),
         h("dt", {}, t("export.where")), h("dd", { class: "mono" }, r.path)),
       h("div", { class: "toolbar" }, names.map((name) =>
         h("button", { type: "button", class: "secondary", "data-file": name, onclick: () => {

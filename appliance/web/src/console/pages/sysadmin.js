@@ -58,7 +58,7 @@ export async function users(el, { api, t, session, errorText, ask }) {
       { head: t("users.role"), cell: (u) => t(`role.${u.role}`) },
       { head: t("users.unit"), cell: (u) => u.unit_path || "—" },
       { head: t("users.state"), cell: (u) => stateBadge(t, u.state) },
-      { head: t("users.factor"), cell: (u) => (u.totp ? "TOTP" : u.sms ? "SMS" : "—") },
+      { head: t("users.factor"), cell: (u) => (u.totp ? t("users.factorTotp") : u.sms ? t("users.factorSms") : "—") },
       { head: t("users.created"), cell: (u) => formatDateTime(u.created_at) },
       { head: t("users.actions"), cell: actions },
     ], rows, t("users.none")));
