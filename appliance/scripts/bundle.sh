@@ -261,7 +261,10 @@ deb [arch=$da signed-by=$keyring] $mirror_sec $SUITE-security main
 EOF
   apt_opts "$s" "$da"
   # Package lists younger than an hour are reused (as the roles' cache_valid_time).
-  if [ -n "$(find "$s/state/lists" -maxdepth 1 -name '*_Packages' -mmin -60 -print -quit)" ] &&
+  # Their age is the stamp's: apt gives the lists the archive's own dates
+  # (and stores them compressed, *_Packages.lz4).
+  if [ -n "$(find "$s/sources.stamp" -mmin -60 -print 2>/dev/null)" ] &&
+      [ -n "$(find "$s/state/lists" -maxdepth 1 -name '*_Packages*' -print -quit)" ] &&
       [ "$(cat "$s/sources.stamp" 2>/dev/null)" = "$(sha256sum <"$s/sources.list")" ]; then
     log "$what/$arch: package lists are recent, not updating"
   else
