@@ -447,6 +447,31 @@ async def test_tokens(opener: Opener) -> None:
     assert await s.token_revoked("t4") is False
 
 
+async def test_live_tokens(opener: Opener) -> None:
+    """The secadmin's sessions page (server/sessions_api.py): valid tokens, newest first,
+    paged by (issued_at, id), of one user or everyone, one by id, with their last use."""
+    s = await opener()
+    for i in range(5):
+        await s.add_token(f"t{i}", "u_1" if i % 2 else "u_2", f"d{i}", 100 + i, 1000)
+    await s.add_token("t9", "u_1", "d9", 104, 1000)  # the same login time as t4
+    await s.add_token("old", "u_1", "d", 50, 200)  # expired at 500
+    await s.revoke_token("t3", 150)
+    await s.touch_token("t1", 700)
+    rows = await s.live_tokens("", 500, None, 10)
+    assert [r.token_id for r in rows] == ["t9", "t4", "t2", "t1", "t0"]
+    assert rows[3].last_used_at == 700 and rows[0].last_used_at == 0
+    assert (rows[3].user_id, rows[3].device_id, rows[3].issued_at, rows[3].expires_at) == \
+        ("u_1", "d1", 101, 1000)
+    first = await s.live_tokens("", 500, None, 1)
+    rest = await s.live_tokens("", 500, (first[0].issued_at, first[0].token_id), 10)
+    assert [r.token_id for r in first + rest] == ["t9", "t4", "t2", "t1", "t0"]
+    assert [r.token_id for r in await s.live_tokens("u_1", 500, None, 10)] == ["t9", "t1"]
+    assert [r.token_id for r in await s.live_tokens("", 150, None, 10, token_id="old")] == ["old"]
+    assert await s.live_tokens("", 500, None, 10, token_id="t3") == []
+    assert await s.revoke_user_tokens("u_1", 600) == 3
+    assert [r.token_id for r in await s.live_tokens("", 500, None, 10)] == ["t4", "t2", "t0"]
+
+
 async def test_password_history_and_token_use(opener: Opener) -> None:
     s = await opener()
     await s.create_user(user("u_1", "alice", 10))

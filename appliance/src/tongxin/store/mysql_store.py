@@ -703,7 +703,7 @@ class MysqlStore:
                "ORDER BY t.issued_at DESC, t.id DESC LIMIT %s")
 
         async def job(cur: Cursor) -> list[TokenRow]:
-            return [TokenRow(str(r[0]), str(r[1]), str(r[2]), int(r[3]), int(r[4]), int(r[5]))
+            return [TokenRow(_s(r[0]), _s(r[1]), _s(r[2]), int(r[3]), int(r[4]), int(r[5]))
                     for r in await self._all(cur, sql, (*args, limit))]
 
         return await self._read(job)
