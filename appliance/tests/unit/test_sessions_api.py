@@ -10,18 +10,27 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pyotp
 import pytest
-from conftest import NodeFactory, RunningNode  # type: ignore[import-not-found, unused-ignore]
+from aiohttp import web
+from conftest import (  # type: ignore[import-not-found, unused-ignore]
+    NodeFactory,
+    RunningNode,
+    make_config,
+)
 
 from tongxin.client import Client
 from tongxin.compliance import roles
+from tongxin.delivery.ports import Delivery, Handler
 from tongxin.errors import RequestError
+from tongxin.presence.memory import MemoryPresence
 from tongxin.proto import tongxin_pb2 as pb
 from tongxin.server.admin_api import ADMIN_API
+from tongxin.server.node import Node
 from tongxin.wire import closecodes
 
 PW = "admin-password-1"
@@ -211,3 +220,58 @@ def test_the_operations_are_the_secadmins_alone_and_force_logout_is_stepped_up()
         assert roles.owner_of(op) == roles.SECADMIN
         assert [r for r in roles.ADMIN_ROLES if roles.allowed(r, op)] == [roles.SECADMIN]
     assert "user_session.revoke" in roles.SENSITIVE and "user_session.list" not in roles.SENSITIVE
+
+
+class SharedBus:
+    """Every node's handler gets every delivery: the cluster's bus in miniature."""
+
+    republish_duplicates = False
+
+    def __init__(self, handlers: list[Handler]) -> None:
+        self.handlers = handlers
+
+    async def start(self, handler: Handler) -> None:
+        self.handlers.append(handler)
+
+    async def publish(self, delivery: Delivery) -> None:
+        for h in list(self.handlers):
+            await h(delivery)
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_force_logout_through_one_node_ends_a_session_held_by_another(
+        tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    """Two nodes sharing a store, a bus and presence (the cluster in miniature): node a's
+    page lists the client node b holds, with b as its node and no address (a does not
+    hold the connection), and its force logout closes the connection on b."""
+    handlers: list[Handler] = []
+    presence = MemoryPresence()
+    running: list[RunningNode] = []
+    try:
+        for name in ("a", "b"):
+            cfg = make_config(tmp_path / "shared")  # one SQLite file, one token key
+            cfg.node_id = name
+            n = Node(cfg, bus=SharedBus(handlers), presence=presence)
+            runner = web.AppRunner(n.app(), access_log=None, handle_signals=False)
+            await runner.setup()
+            host, port = cfg.listen_address()
+            await web.TCPSite(runner, host, port).start()
+            running.append(RunningNode(n, runner, cfg))
+        a, b = running
+        sec = (await admins(a, http))["secadmin"]
+        phone = await b.user("henry", device_id="phone")
+        assert phone.auth is not None
+        status, body = await call(http, a, "GET", "/sessions?user=henry", sec)
+        assert status == 200 and body["node"] == "a", body
+        [row] = body["sessions"]
+        assert row["device_id"] == "phone" and row["here"] is None and row["online_nodes"] == ["b"]
+        status, body = await call(http, a, "DELETE", f"/sessions/{row['token_id']}", sec)
+        assert status == 200, body
+        assert await closed(phone) == closecodes.SESSION_REVOKED
+        with pytest.raises(RequestError):
+            await b.node.accounts.resume(phone.auth.token, "")
+    finally:
+        for rn in reversed(running):
+            await rn.stop()
