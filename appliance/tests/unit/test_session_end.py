@@ -19,9 +19,10 @@ from conftest import (  # type: ignore[import-not-found, unused-ignore]
     RunningNode,
     make_config,
 )
+from fake_bus import SharedBus  # type: ignore[import-not-found, unused-ignore]
 
 from tongxin.client import Client, TongxinError
-from tongxin.delivery.ports import Delivery, Handler
+from tongxin.delivery.ports import Handler
 from tongxin.proto import tongxin_pb2 as pb
 from tongxin.server.node import Node
 from tongxin.server.session_end import END_SESSIONS, EndSessions, parse
@@ -114,25 +115,6 @@ async def test_own_logout_still_closes_normally(node_factory: NodeFactory) -> No
     c = await node.user("erin", PASSWORD)
     await c.logout(revoke_token=True)
     assert await closed_code(c) == closecodes.NORMAL
-
-
-class SharedBus:
-    """Every node's handler gets every delivery: the cluster's bus in miniature."""
-
-    republish_duplicates = False
-
-    def __init__(self, handlers: list[Handler]) -> None:
-        self.handlers = handlers
-
-    async def start(self, handler: Handler) -> None:
-        self.handlers.append(handler)
-
-    async def publish(self, delivery: Delivery) -> None:
-        for h in list(self.handlers):
-            await h(delivery)
-
-    async def close(self) -> None:
-        return None
 
 
 async def test_revocation_on_one_node_closes_the_socket_on_another(tmp_path: Path) -> None:

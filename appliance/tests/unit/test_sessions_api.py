@@ -22,10 +22,11 @@ from conftest import (  # type: ignore[import-not-found, unused-ignore]
     RunningNode,
     make_config,
 )
+from fake_bus import SharedBus  # type: ignore[import-not-found, unused-ignore]
 
 from tongxin.client import Client
 from tongxin.compliance import roles
-from tongxin.delivery.ports import Delivery, Handler
+from tongxin.delivery.ports import Handler
 from tongxin.errors import RequestError
 from tongxin.presence.memory import MemoryPresence
 from tongxin.proto import tongxin_pb2 as pb
@@ -220,25 +221,6 @@ def test_the_operations_are_the_secadmins_alone_and_force_logout_is_stepped_up()
         assert roles.owner_of(op) == roles.SECADMIN
         assert [r for r in roles.ADMIN_ROLES if roles.allowed(r, op)] == [roles.SECADMIN]
     assert "user_session.revoke" in roles.SENSITIVE and "user_session.list" not in roles.SENSITIVE
-
-
-class SharedBus:
-    """Every node's handler gets every delivery: the cluster's bus in miniature."""
-
-    republish_duplicates = False
-
-    def __init__(self, handlers: list[Handler]) -> None:
-        self.handlers = handlers
-
-    async def start(self, handler: Handler) -> None:
-        self.handlers.append(handler)
-
-    async def publish(self, delivery: Delivery) -> None:
-        for h in list(self.handlers):
-            await h(delivery)
-
-    async def close(self) -> None:
-        return None
 
 
 async def test_force_logout_through_one_node_ends_a_session_held_by_another(
