@@ -209,7 +209,7 @@ async def _resume_refused(port: int, token: str) -> int:
         try:
             await c.resume(token)
         except TongxinError as err:
-            return err.code
+            return int(err.code)
     return 0
 
 
