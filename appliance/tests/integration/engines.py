@@ -222,6 +222,30 @@ def database_pid(name: str) -> int:
     return int(Path(service_env()[_DB[name].pid_var]).read_text().split()[0])
 
 
+def stop_database(name: str) -> int:
+    """SIGSTOP the engine and wait until every one of its threads is stopped; its pid.
+
+    kill() returns before the process stops: one thread takes the signal and then stops
+    the others, and on a loaded machine a connection thread can still answer a query in
+    between (the hung-database test once saw its write succeed)."""
+    pid = database_pid(name)
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        states = []
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                # state is the field after the parenthesised command name
+                states.append(task.joinpath("stat").read_text().rpartition(")")[2].split()[0])
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # a thread that has just exited
+        if states and all(st in ("T", "t") for st in states):
+            return pid
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGCONT)
+    raise AssertionError(f"{_DB[name].process} (pid {pid}) did not stop within 30 s of SIGSTOP")
+
+
 def kill_database(name: str) -> None:
     """SIGKILL the engine (no clean shutdown: a crashed server or a lost host)."""
     pid = database_pid(name)

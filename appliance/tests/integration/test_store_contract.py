@@ -20,7 +20,7 @@ from pathlib import Path
 import asyncmy
 import pytest
 from conftest import NodeFactory
-from engines import DB_ENGINES, database_pid, kill_database, start_database
+from engines import DB_ENGINES, kill_database, start_database, stop_database
 
 from tongxin.client import pb
 from tongxin.org import units as org
@@ -658,8 +658,7 @@ async def test_hung_database_times_out(fresh_mysql: MysqlDsn, engine: str) -> No
     try:
         await s.create_conversation(ConversationRow("g:h", GROUP, "h", 0, "u_a", 0, 0),
                                     [("u_a", 3)], entry("g:h", "create"))
-        pid = database_pid(engine)
-        os.kill(pid, signal.SIGSTOP)
+        pid = stop_database(engine)
         try:
             started = time.monotonic()
             with pytest.raises(Unavailable):
