@@ -83,6 +83,15 @@ for a in $ARCHES; do
 done
 want() { [[ " $COMPONENTS " == *" $1 "* ]]; }
 deb_arch() { case $1 in x86_64) echo amd64 ;; aarch64) echo arm64 ;; esac; }
+# pip_target ARCH: PIP_TARGET holds pip's options for the hosts' interpreter,
+# CPython 3.11 on ARCH. pip takes each platform tag literally: every manylinux
+# level the hosts accept is listed.
+pip_target() {
+  local v
+  PIP_TARGET=()
+  for v in $(seq "${GLIBC#2_}" -1 17); do PIP_TARGET+=(--platform "manylinux_2_${v}_$1"); done
+  PIP_TARGET+=(--platform "manylinux2014_$1" --python-version 3.11 --implementation cp --abi cp311)
+}
 
 mkdir -p "$OUT_PARENT" "$DL"
 # Built beside the old one and swapped in at the end: a failed build leaves
@@ -112,7 +121,7 @@ log "building tongxin-$VERSION ($COMPONENTS; $ARCHES) into $OUT"
 # ---- wheels ---------------------------------------------------------------------
 
 build_wheels() {
-  local src=$WORK/src arch reqs=() reqs_todo=() req n=0 ok platforms=() v
+  local src=$WORK/src arch reqs=() reqs_todo=() req n=0 ok
   # tongxin itself, from a copy of the sources (pip writes build/ and
   # egg-info next to them) with the generated modules and web client.
   if [ ! -f "$APP/src/tongxin/proto/tongxin_pb2.py" ] || [ ! -f "$APP/src/tongxin/web/index.html" ]; then
@@ -132,16 +141,13 @@ for r in tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]:
     print(r.split(";")[0].strip())' "$APP/pyproject.toml")
   for arch in $ARCHES; do
     mkdir -p "$NEW/wheels/$arch"
-    # pip takes each platform tag literally: list every manylinux level the hosts accept.
-    platforms=()
-    for v in $(seq "${GLIBC#2_}" -1 17); do platforms+=(--platform "manylinux_2_${v}_$arch"); done
-    platforms+=(--platform "manylinux2014_$arch")
+    pip_target "$arch"
     n=0 ok=0
     log "wheels/$arch: ${#reqs[@]} pinned requirements and their dependencies"
     # All at once first (one resolution); one at a time only if that fails,
     # so that a missing wheel is recorded, not fatal.
     if nice -n 10 "$PY" -m pip download -q --disable-pip-version-check --only-binary=:all: \
-        "${platforms[@]}" --python-version 3.11 --implementation cp --abi cp311 \
+        "${PIP_TARGET[@]}" \
         -d "$NEW/wheels/$arch" "${reqs[@]}" >"$WORK/pip.log" 2>&1; then
       ok=${#reqs[@]} reqs_todo=()
     else
@@ -153,7 +159,7 @@ for r in tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]:
       # Straight into the bundle: pip's own HTTP cache (~/.cache/pip) makes
       # a rebuild download nothing new.
       if ! nice -n 10 "$PY" -m pip download -q --disable-pip-version-check --only-binary=:all: \
-          "${platforms[@]}" --python-version 3.11 --implementation cp --abi cp311 \
+          "${PIP_TARGET[@]}" \
           -d "$NEW/wheels/$arch" "$req" >"$WORK/pip.log" 2>&1; then
         if ! grep -q -E 'No matching distribution|Could not find a version' "$WORK/pip.log"; then
           cat "$WORK/pip.log" >&2

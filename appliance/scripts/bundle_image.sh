@@ -24,7 +24,7 @@ IMAGE_NAME=localhost/tongxin
 build_image() {
   command -v podman >/dev/null || die "image: podman is needed (apt-get install podman)"
   command -v dpkg-deb >/dev/null || die "image: dpkg-deb is needed"
-  local arch da s root closure pkgs=() file platforms=() v id out
+  local arch da s root closure pkgs=() file id out
   for arch in $ARCHES; do
     [ -f "$NEW/wheels/$arch/tongxin-$VERSION-py3-none-any.whl" ] ||
       die "image/$arch: no wheels/$arch/tongxin-$VERSION-*.whl in this build (BUNDLE_COMPONENTS needs wheels too)"
@@ -58,15 +58,12 @@ build_image() {
     printf 'root:x:0:0:root:/root:/usr/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n' \
       >"$root/etc/passwd"
     printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
-    platforms=()
-    for v in $(seq "${GLIBC#2_}" -1 17); do platforms+=(--platform "manylinux_2_${v}_$arch"); done
-    platforms+=(--platform "manylinux2014_$arch")
+    pip_target "$arch"
     log "image/$arch: installing tongxin $VERSION from wheels/$arch"
     # The build machine's CPython 3.11 writes the bytecode: same version, so
     # the same .pyc format on every architecture.
     nice -n 10 "$PY" -m pip install -q --disable-pip-version-check --no-index \
-      --find-links "$NEW/wheels/$arch" --only-binary=:all: "${platforms[@]}" \
-      --python-version 3.11 --implementation cp --abi cp311 \
+      --find-links "$NEW/wheels/$arch" --only-binary=:all: "${PIP_TARGET[@]}" \
       --target "$root/opt/tongxin/lib" "tongxin==$VERSION" >&2 ||
       die "image/$arch: pip install into the image failed"
     # Console scripts written for the build machine's interpreter path.
