@@ -157,6 +157,18 @@ redis_cluster_ok() {
   done
 }
 
+redis_replicas_synced() {
+  # A replica whose link is not up yet cannot take over: a primary killed
+  # before its replica synced leaves the slots uncovered (the failover tests).
+  local p info
+  for p in "${REDIS_PORTS[@]}"; do
+    info=$(redis-cli -p "$p" info replication 2>/dev/null) || return 1
+    case $info in
+      *role:slave*) grep -q '^master_link_status:up' <<<"$info" || return 1 ;;
+    esac
+  done
+}
+
 redis_all_answer() {
   local p
   for p in "${REDIS_PORTS[@]}"; do
@@ -194,7 +206,12 @@ redis_start() {
     redis_start_node "$p"
   done
   wait_for "redis nodes" redis_all_answer || die "redis nodes did not answer; see $STATE/redis/*/redis.log"
-  redis_cluster_ok && { log "redis cluster up (127.0.0.1:${REDIS_PORTS[0]}-${REDIS_PORTS[5]})"; return 0; }
+  if redis_cluster_ok; then
+    wait_for "redis replicas in sync" redis_replicas_synced \
+      || die "redis replicas did not sync; see $STATE/redis/*/redis.log"
+    log "redis cluster up (127.0.0.1:${REDIS_PORTS[0]}-${REDIS_PORTS[5]})"
+    return 0
+  fi
   local known
   known=$(redis-cli -p "${REDIS_PORTS[0]}" cluster info | sed -n 's/^cluster_known_nodes:\([0-9]*\).*/\1/p')
   if [ "$fresh" = 1 ] || [ "${known:-1}" = 1 ]; then
@@ -210,6 +227,8 @@ redis_start() {
   # Restarted nodes re-form the cluster from their nodes.conf on their own.
   wait_for "redis cluster_state:ok" redis_cluster_ok \
     || die "redis cluster did not reach cluster_state:ok; see $STATE/redis/*/redis.log"
+  wait_for "redis replicas in sync" redis_replicas_synced \
+    || die "redis replicas did not sync; see $STATE/redis/*/redis.log"
   log "redis cluster up (127.0.0.1:${REDIS_PORTS[0]}-${REDIS_PORTS[5]})"
 }
 
