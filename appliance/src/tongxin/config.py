@@ -13,6 +13,7 @@ import difflib
 import os
 import re
 import shlex
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -183,6 +184,10 @@ class PresenceConfig:
                                      "them (routing stays local)")
     visibility: str = _f("shared", "whose presence and last-seen a user may see: shared (their "
                          "own and of people who share a conversation with them) or all")
+    redis_tls_ca_file: str = _f("", "PEM CA file; when set, every Redis client of the node (this "
+                                "site's cluster, the remote sites', rate limits, revocations) "
+                                "speaks TLS and verifies the server's certificate and its "
+                                "address against it (role redis's redis_tls); empty: plaintext")
 
     def remote_sites(self) -> list[str]:
         """One startup-node list per other site."""
@@ -479,12 +484,21 @@ def _validate(obj: Any, path: str) -> None:
                 if not sep or not port.isdigit() or not 0 < int(port) <= 65535:
                     raise ConfigError(f"presence.remote_redis_nodes: expected HOST:PORT, got "
                                       f"{addr.strip()!r}")
+        if obj.redis_tls_ca_file:
+            _check_ca_file("presence.redis_tls_ca_file", obj.redis_tls_ca_file)
     if isinstance(obj, KeysConfig):
         try:
             shlex.split(obj.kms_command)
         except ValueError as exc:
             raise ConfigError(f"keys.kms_command: {exc}") from None
     if isinstance(obj, Config):
+        if (obj.presence.redis_tls_ca_file and obj.presence.backend != "redis"
+                and obj.chat.rate_limit_backend != "redis"):
+            # Nothing would use it: a file set for a Redis the node never talks to
+            # is a mistake (the wrong section or a forgotten presence.backend).
+            raise ConfigError("presence.redis_tls_ca_file: set, but this node uses no Redis "
+                              "(presence.backend is memory): set presence.backend redis or "
+                              "remove it")
         comp, files = obj.compliance, obj.files
         if comp.audit_archive_backend == "s3" and not (
                 files.s3_endpoint and (comp.audit_archive_bucket or files.s3_bucket)):
@@ -559,6 +573,21 @@ def _validate_files(f: FilesConfig) -> None:
             raise ConfigError("files.max_parts: S3 allows at most 10000 parts")
         if not f.s3_endpoint or not f.s3_bucket:
             raise ConfigError("files.s3_endpoint and files.s3_bucket: required with the s3 backend")
+
+
+def _check_ca_file(where: str, path: str) -> None:
+    """``path`` is a readable file with at least one PEM certificate that TLS can load."""
+    try:
+        text = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {path}: {exc.strerror}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in text:
+        raise ConfigError(f"{where}: {path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+    try:
+        ssl.create_default_context(cafile=path)
+    except (ssl.SSLError, ValueError) as exc:
+        raise ConfigError(f"{where}: {path} is not a PEM CA certificate TLS can use: {exc}") \
+            from None
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> Config:

@@ -21,7 +21,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from tongxin.presence.redis_presence import parse_nodes, redis_password
+from tongxin.config import ConfigError
+from tongxin.presence.redis_presence import parse_nodes, redis_password, tls_kwargs
 
 #: What a failed call may raise: the driver's errors (RedisClusterException,
 #: e.g. "no startup node answers" or an uncovered slot, is not a RedisError),
@@ -30,28 +31,35 @@ FAILURES: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, 
                                              OSError)
 
 
-def bounded_cluster(nodes: str, timeout: float, retries: int) -> RedisCluster:
+def bounded_cluster(nodes: str, timeout: float, retries: int,
+                    tls_ca_file: str = "") -> RedisCluster:
     """A cluster client whose retries ride out MOVED and a promoted replica
     (the slot map is re-read after a connection error) but not a long outage.
-    It authenticates with $TONGXIN_REDIS_PASSWORD, as every Redis client of the
-    node does (this site's cluster and the other sites')."""
+    It authenticates with $TONGXIN_REDIS_PASSWORD and, with ``tls_ca_file``
+    (presence.redis_tls_ca_file), speaks TLS verified against it, as every
+    Redis client of the node does (this site's cluster and the other sites')."""
     return RedisCluster(
         startup_nodes=parse_nodes(nodes), decode_responses=True, password=redis_password(),
         retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), retries),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        socket_timeout=timeout, socket_connect_timeout=timeout,
+        socket_timeout=timeout, socket_connect_timeout=timeout, **tls_kwargs(tls_ca_file),
     )
 
 
 class Breaker:
     """After a failure, skip Redis for ``pause`` seconds: an outage costs one
     timeout per pause, not one per request. Logs once when Redis goes away
-    and once when it answers again."""
+    and once when it answers again. ``explain`` turns a failure that is this
+    node's configuration (a wrong password, a certificate the CA file does not
+    verify: redis_presence.misconfigured) into the error to log instead; it
+    still falls back, as for an outage."""
 
     def __init__(self, what: str, log: logging.Logger, pause: float = 1.0,
                  on_fallback: Callable[[], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 explain: Callable[[BaseException], ConfigError | None] | None = None) -> None:
         self.what = what
+        self.explain = explain
         self.log = log
         self.pause = pause
         self.on_fallback = on_fallback
@@ -70,8 +78,13 @@ class Breaker:
         self._open_until = self._clock() + self.pause
         if not self.down:
             self.down = True
-            self.log.warning("%s: Redis did not answer (%r); falling back, asking again every %gs",
-                             self.what, exc, self.pause)
+            wrong = self.explain(exc) if self.explain is not None else None
+            if wrong is not None:
+                self.log.error("%s: configuration error: %s; falling back, asking again every %gs",
+                               self.what, wrong, self.pause)
+            else:
+                self.log.warning("%s: Redis did not answer (%r); falling back, asking again "
+                                 "every %gs", self.what, exc, self.pause)
         self.fell_back()
 
     def ok(self) -> None:

@@ -33,6 +33,7 @@ import logging
 from collections.abc import Callable
 
 from tongxin.clock import now_ms
+from tongxin.presence.redis_presence import misconfigured
 from tongxin.redisutil import FAILURES, Breaker, bounded_cluster
 
 log = logging.getLogger("tongxin.revocation")
@@ -52,13 +53,14 @@ return 0
 
 class RedisRevocations:
     def __init__(self, nodes: str, prefix: str, *, timeout: float = 1.0, pause: float = 1.0,
-                 on_fallback: Callable[[], None] | None = None) -> None:
+                 on_fallback: Callable[[], None] | None = None, tls_ca_file: str = "") -> None:
         self.prefix = prefix
         self.timeout = timeout
-        self.breaker = Breaker("token revocation", log, pause, on_fallback)
+        self.breaker = Breaker("token revocation", log, pause, on_fallback,
+                               explain=lambda exc: misconfigured(exc, nodes, tls_ca_file))
         # Retries as for presence, but bounded in time: a failover lasts
         # longer than a login should wait, and the store has the answer.
-        self.redis = bounded_cluster(nodes, timeout / 2, retries=3)
+        self.redis = bounded_cluster(nodes, timeout / 2, retries=3, tls_ca_file=tls_ca_file)
 
     def token_key(self, user_id: str, token_id: str) -> str:
         return f"{self.prefix}:{{{user_id}}}:rv:{token_id}"

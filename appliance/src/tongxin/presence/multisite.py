@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 
 from tongxin.clock import now_ms
 from tongxin.presence.ports import PresenceEntry, PresenceRegistry
-from tongxin.presence.redis_presence import dev_key, nodes_key, seen_key
+from tongxin.presence.redis_presence import dev_key, misconfigured, nodes_key, seen_key
 from tongxin.redisutil import FAILURES, Breaker, bounded_cluster
 
 log = logging.getLogger("tongxin.presence")
@@ -49,7 +49,7 @@ class RemotePresence:
 
     def __init__(self, nodes: str, prefix: str, node_ttl: float, *,
                  timeout: float = REMOTE_TIMEOUT, probe_interval: float = PROBE_INTERVAL,
-                 on_fallback: Callable[[], None] | None = None) -> None:
+                 on_fallback: Callable[[], None] | None = None, tls_ca_file: str = "") -> None:
         self.nodes = nodes
         self.prefix = prefix
         self.node_ttl_ms = int(node_ttl * 1000)
@@ -57,8 +57,9 @@ class RemotePresence:
         self.probe_interval = probe_interval
         # An infinite pause: only the probe (or a request already under way)
         # closes the breaker, so requests never wait on a site that failed.
-        self.breaker = Breaker(f"presence of site {nodes}", log, float("inf"), on_fallback)
-        self.redis = bounded_cluster(nodes, timeout / 2, retries=1)
+        self.breaker = Breaker(f"presence of site {nodes}", log, float("inf"), on_fallback,
+                               explain=lambda exc: misconfigured(exc, nodes, tls_ca_file))
+        self.redis = bounded_cluster(nodes, timeout / 2, retries=1, tls_ca_file=tls_ca_file)
         self._probe: asyncio.Task[None] | None = None
 
     async def status(self, user_ids: Sequence[str]) -> dict[str, PresenceEntry] | None:

@@ -20,8 +20,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
+import ssl
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
@@ -91,6 +94,50 @@ def auth_failure(exc: BaseException, nodes: str) -> ConfigError | None:
                        f"${PASSWORD_ENV} ({seen}): it must be the redis role's redis_password")
 
 
+#: The configuration key of the CA that Redis's certificates are verified against.
+TLS_CA_FIELD = "presence.redis_tls_ca_file"
+
+
+def tls_kwargs(ca_file: str) -> dict[str, Any]:
+    """RedisCluster keyword arguments for Redis over TLS, the one place every
+    Redis client of the node (presence, the other sites' presence, rate limits,
+    revocations) takes them from. ``ca_file`` empty: plaintext, no arguments.
+    Otherwise TLS, the server's certificate verified against ``ca_file`` (PEM),
+    and its name checked against the address connected to (the IP address an
+    instance announces, which role redis puts in the certificate's SANs). No
+    client certificate: Redis runs with tls-auth-clients no and clients
+    authenticate with the password. (redis-py builds the context with
+    ssl.create_default_context(), so the system's CAs are trusted as well.)"""
+    if not ca_file:
+        return {}
+    return {"ssl": True, "ssl_ca_certs": ca_file, "ssl_cert_reqs": "required",
+            "ssl_check_hostname": True}
+
+
+def tls_failure(exc: BaseException, nodes: str, ca_file: str) -> ConfigError | None:
+    """A clear configuration error when ``exc`` (or what caused it) is Redis's
+    certificate failing verification: not signed by the CA in ``ca_file``, or
+    not naming the address connected to. None for any other failure (a
+    TLS client at a plaintext Redis only times out: an outage, as it looks)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        text = str(seen)
+        if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in text:
+            found = re.search(r"certificate verify failed: ([^(]*[^ (])", text)
+            reason = (getattr(seen, "verify_message", "") or (found.group(1) if found else text))
+            return ConfigError(f"{TLS_CA_FIELD}: the certificate of Redis ({nodes}) is not verified "
+                               f"by {ca_file or 'the system CAs'} ({reason}): it must be the CA "
+                               "that signed role redis's certificates (redis_tls_ca_file), and "
+                               "each certificate must name the address the instance announces")
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def misconfigured(exc: BaseException, nodes: str, ca_file: str = "") -> ConfigError | None:
+    """auth_failure or tls_failure: this node's settings, not an outage."""
+    return auth_failure(exc, nodes) or tls_failure(exc, nodes, ca_file)
+
+
 def parse_nodes(spec: str) -> list[ClusterNode]:
     nodes = []
     for part in spec.split(","):
@@ -100,17 +147,19 @@ def parse_nodes(spec: str) -> list[ClusterNode]:
 
 
 class RedisPresence:
-    def __init__(self, nodes: str, prefix: str = "tx", node_ttl: float = 15.0) -> None:
+    def __init__(self, nodes: str, prefix: str = "tx", node_ttl: float = 15.0, *,
+                 tls_ca_file: str = "") -> None:
         self.prefix = prefix
         self.node_ttl_ms = int(node_ttl * 1000)
         # Retries ride out a primary failover: MOVED/connection errors make
         # the client refresh the slot map and try again.
         self.nodes = nodes
+        self.tls_ca_file = tls_ca_file
         self.redis = RedisCluster(
             startup_nodes=parse_nodes(nodes), decode_responses=True, password=redis_password(),
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 8),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
-            socket_timeout=2.0, socket_connect_timeout=2.0,
+            socket_timeout=2.0, socket_connect_timeout=2.0, **tls_kwargs(tls_ca_file),
         )
         self.node_id = ""
         self._beat: asyncio.Task[None] | None = None
@@ -140,9 +189,10 @@ class RedisPresence:
         try:
             await self.redis.initialize()
         except _FAILURES as exc:
-            # A wrong or missing password is a configuration error (one line at
-            # start, exit 2), not an outage to retry.
-            refused = auth_failure(exc, self.nodes)
+            # A wrong or missing password, or a certificate the CA file does not
+            # verify, is a configuration error (one line at start, exit 2), not
+            # an outage to retry.
+            refused = misconfigured(exc, self.nodes, self.tls_ca_file)
             if refused is not None:
                 raise refused from None
             raise

@@ -111,14 +111,16 @@ def make_presence(cfg: Config, metrics: Metrics | None = None) -> PresenceRegist
     if p.backend == "redis":
         from tongxin.presence.redis_presence import RedisPresence
 
-        local = RedisPresence(p.redis_nodes, p.key_prefix, p.node_ttl)
+        local = RedisPresence(p.redis_nodes, p.key_prefix, p.node_ttl,
+                              tls_ca_file=p.redis_tls_ca_file)
         if not p.remote_sites():
             return local
         from tongxin.presence.multisite import RemotePresence, SitesPresence
 
         on_fallback = metrics.redis_fallbacks.labels("remote_presence").inc if metrics else None
         return SitesPresence(local, [RemotePresence(site, p.key_prefix, p.node_ttl,
-                                                    on_fallback=on_fallback)
+                                                    on_fallback=on_fallback,
+                                                    tls_ca_file=p.redis_tls_ca_file)
                                      for site in p.remote_sites()])
     return MemoryPresence()
 
@@ -138,7 +140,8 @@ def make_rate_limiter(cfg: Config, metrics: Metrics | None = None) -> RateLimit:
         on_fallback = metrics.redis_fallbacks.labels("rate_limit").inc if metrics else None
         return RedisRateLimiter(cfg.presence.redis_nodes, cfg.presence.key_prefix,
                                 c.rate_limit_per_second, c.rate_limit_burst,
-                                on_fallback=on_fallback)
+                                on_fallback=on_fallback,
+                                tls_ca_file=cfg.presence.redis_tls_ca_file)
     return RateLimiter(c.rate_limit_per_second, c.rate_limit_burst)
 
 
@@ -149,7 +152,8 @@ def make_revocations(cfg: Config, metrics: Metrics | None = None) -> Revocations
 
         on_fallback = metrics.redis_fallbacks.labels("revocation").inc if metrics else None
         return RedisRevocations(cfg.presence.redis_nodes, cfg.presence.key_prefix,
-                                on_fallback=on_fallback)
+                                on_fallback=on_fallback,
+                                tls_ca_file=cfg.presence.redis_tls_ca_file)
     return NoRevocations()
 
 

@@ -32,6 +32,7 @@ from collections.abc import Callable
 
 from redis.exceptions import NoScriptError
 
+from tongxin.presence.redis_presence import misconfigured
 from tongxin.redisutil import FAILURES, Breaker, bounded_cluster
 from tongxin.server.ratelimit import RateLimiter
 
@@ -59,16 +60,17 @@ class RedisRateLimiter:
     def __init__(self, nodes: str, prefix: str, rate: float, burst: float, *,
                  timeout: float = 0.5, pause: float = 1.0,
                  on_fallback: Callable[[], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, tls_ca_file: str = "") -> None:
         self.prefix = prefix
         self.rate = rate
         self.local = RateLimiter(rate, burst, clock)
         self.interval_us = int(1_000_000 / rate) if rate > 0 else 0
         self.tolerance_us = int(burst * 1_000_000 / rate) if rate > 0 else 0
         self.timeout = timeout
-        self.breaker = Breaker("rate limits", log, pause, on_fallback, clock)
+        self.breaker = Breaker("rate limits", log, pause, on_fallback, clock,
+                               explain=lambda exc: misconfigured(exc, nodes, tls_ca_file))
         # One quick retry: a frame must not wait out a failover.
-        self.redis = bounded_cluster(nodes, timeout, retries=1)
+        self.redis = bounded_cluster(nodes, timeout, retries=1, tls_ca_file=tls_ca_file)
 
     def key(self, user_id: str) -> str:
         return f"{self.prefix}:{{{user_id}}}:rl"
