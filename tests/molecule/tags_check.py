@@ -1,7 +1,8 @@
 """Check that site.yml's tags select what docs/ansible.md says they do.
 
-``--tags certs`` must run the pki role and the lb hosts' certificate copies
-and no other role's work; ``--tags <role>`` must run that role's tasks and no
+``--tags certs`` must run the pki role and the copies of certificates that
+other services read (the lb hosts', Redis's TLS files, the appliance's Redis
+CA) and no other role's work; ``--tags <role>`` must run that role's tasks and no
 other role's (the read-only preflight, argument validation and tasks tagged always -
 the roles' OS family facts - run whatever the tags).
 Reads ``ansible-playbook --list-tasks`` over the lab inventory; exits 1 and
@@ -42,11 +43,18 @@ def main() -> int:
     problems = []
     certs = tasks("certs")
     roles = {r for r, _ in certs}
-    if not {"pki", "lb"} <= roles or roles - {"pki", "lb"}:
-        problems.append(f"--tags certs runs the roles {sorted(roles)}, expected pki and lb")
-    lb_tasks = [t for r, t in certs if r == "lb"]
-    if sorted(lb_tasks) != ["Copy the certificate", "Copy the private key", "Create the certificate directory"]:
-        problems.append(f"--tags certs runs these lb tasks: {lb_tasks}")
+    if roles != {"pki", "lb", "redis", "appliance"}:
+        problems.append(f"--tags certs runs the roles {sorted(roles)}, expected pki, lb, redis and appliance")
+    # Besides pki, only the copies of certificates that other roles' services read.
+    copies = {
+        "lb": ["Copy the certificate", "Copy the private key", "Create the certificate directory"],
+        "redis": ["Copy the CA certificate, this host's certificate and key", "Create the TLS directory"],
+        "appliance": ["Install the CA that Redis's certificates are checked against"],
+    }
+    for role, want in copies.items():
+        got = sorted(t for r, t in certs if r == role)
+        if got != want:
+            problems.append(f"--tags certs runs these {role} tasks: {got}, expected {want}")
     for role in ROLES:
         # The exporters' play includes the monitoring role from a task of its own.
         got = {r or "monitoring" for r, _ in tasks(role)}
