@@ -12,7 +12,9 @@ one-node TLS cluster (every slot on it) on a free port, and stops it by PID.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -205,14 +207,19 @@ async def test_another_ca_makes_the_bounded_clients_fall_back(
                                tls_ca_file=tls_redis.other_ca_file)
     revocations = RedisRevocations(tls_redis.nodes, "txtlsbad", timeout=2.0,
                                    tls_ca_file=tls_redis.other_ca_file)
+    remote = RemotePresence(tls_redis.nodes, "txtlsbad", 15.0, timeout=2.0,
+                            tls_ca_file=tls_redis.other_ca_file)
     try:
         started = time.monotonic()
-        # The local bucket answers (burst 2), the store decides (None).
+        # The local bucket answers (burst 2), the store decides (None), the
+        # other site's presence is left out (None).
         assert await limiter.acquire("u_bob") == 0.0
         assert await revocations.revoked("u_bob", "tok", now_ms()) is None
+        assert await remote.status(["u_bob"]) is None
         assert time.monotonic() - started < 10
-        assert limiter.breaker.down and revocations.breaker.down
+        assert limiter.breaker.down and revocations.breaker.down and remote.breaker.down
     finally:
+        await remote.close()
         await revocations.close()
         await limiter.close()
     logged = [r.getMessage() for r in caplog.records if TLS_CA_FIELD in r.getMessage()]
@@ -220,6 +227,60 @@ async def test_another_ca_makes_the_bounded_clients_fall_back(
                for m in logged), logged
     assert any(m.startswith("token revocation: configuration error: presence.redis_tls_ca_file")
                for m in logged), logged
+    assert any(m.startswith(f"presence of site {tls_redis.nodes}: configuration error: "
+                            "presence.redis_tls_ca_file") for m in logged), logged
+
+
+async def _serve(tmp_path: Path, redis: TlsRedis, ca_file: str,
+                 wait: float = 60) -> tuple[int | None, str, str]:
+    """``tongxin serve`` on this Redis with ``ca_file``: (exit code or None if it
+    ran, stdout, stderr)."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    config = tmp_path / "tongxin.yml"
+    config.write_text(f"presence:\n  backend: redis\n  redis_nodes: {redis.nodes}\n"
+                      f"  key_prefix: txtlsserve\n  redis_tls_ca_file: {ca_file}\n"
+                      f"server:\n  listen: 127.0.0.1:{free_port()}\n"
+                      "  metrics_listen: 127.0.0.1:0\n", encoding="utf-8")
+    env = {"PATH": "/usr/bin:/bin", "TONGXIN_HOME": str(home), "PYTHONUNBUFFERED": "1",
+           "TONGXIN_LANG": "en", PASSWORD_ENV: PASSWORD}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tongxin.cli.main", "serve", "--config", str(config), env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        async with asyncio.timeout(wait):
+            assert proc.stdout is not None
+            out = b""
+            while b"is running" not in out:
+                line = await proc.stdout.readline()
+                if not line:
+                    break
+                out += line
+        if b"is running" in out:
+            proc.terminate()
+            _, err = await proc.communicate()
+            return None, out.decode(), err.decode()
+        _, err = await proc.communicate()
+        return proc.returncode, out.decode(), err.decode()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_serve_with_another_ca_stops_with_one_clear_line(tls_redis: TlsRedis,
+                                                               tmp_path: Path) -> None:
+    code, _out, err = await _serve(tmp_path, tls_redis, tls_redis.other_ca_file)
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert "tongxin: configuration error: presence.redis_tls_ca_file: the certificate of Redis" \
+        in err
+
+
+async def test_serve_with_the_ca_runs(tls_redis: TlsRedis, tmp_path: Path) -> None:
+    code, out, err = await _serve(tmp_path, tls_redis, tls_redis.ca_file)
+    assert code is None, err
+    assert "presence redis" in out
 
 
 async def test_a_plaintext_client_cannot_talk_to_it(tls_redis: TlsRedis) -> None:

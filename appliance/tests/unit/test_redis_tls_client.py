@@ -214,3 +214,16 @@ async def test_bounded_clients_fall_back_and_log_the_configuration_error(
     [record] = [r for r in caplog.records if TLS_CA_FIELD in r.getMessage()]
     assert "token revocation: configuration error: presence.redis_tls_ca_file" in record.getMessage()
     assert "falling back" in record.getMessage()
+
+
+def test_config_check_reports_it(ca_file: str, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from tongxin.cli.main import main
+
+    good = write(tmp_path, f"presence:\n  backend: redis\n  redis_tls_ca_file: {ca_file}\n")
+    assert main(["config", "check", "--config", str(good)]) == 0
+    assert "configuration is valid" in capsys.readouterr().out
+    bad = write(tmp_path, f"presence:\n  backend: redis\n  redis_tls_ca_file: {tmp_path}/gone.crt\n")
+    assert main(["config", "check", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tongxin: configuration error: presence.redis_tls_ca_file: cannot read ")
