@@ -2,7 +2,7 @@
 
 ``--tags certs`` must run the pki role and the copies of certificates that
 other services read (the lb hosts', Redis's TLS files, the appliance's Redis
-CA) and no other role's work; ``--tags <role>`` must run that role's tasks and no
+CA, the journal upload's and receiver's) and no other role's work; ``--tags <role>`` must run that role's tasks and no
 other role's (the read-only preflight, argument validation and tasks tagged always -
 the roles' OS family facts - run whatever the tags).
 Reads ``ansible-playbook --list-tasks`` over the lab inventory; exits 1 and
@@ -43,13 +43,15 @@ def main() -> int:
     problems = []
     certs = tasks("certs")
     roles = {r for r, _ in certs}
-    if roles != {"pki", "lb", "redis", "appliance"}:
-        problems.append(f"--tags certs runs the roles {sorted(roles)}, expected pki, lb, redis and appliance")
+    if roles != {"pki", "lb", "redis", "appliance", "logs"}:
+        problems.append(f"--tags certs runs the roles {sorted(roles)}, expected pki, lb, redis, appliance and logs")
     # Besides pki, only the copies of certificates that other roles' services read.
     copies = {
         "lb": ["Copy the certificate", "Copy the private key", "Create the certificate directory"],
         "redis": ["Copy the CA certificate, this host's certificate and key", "Create the TLS directory"],
         "appliance": ["Install the CA that Redis's certificates are checked against"],
+        # the includes whose TLS copies are tagged certs inside
+        "logs": ["Receive the other hosts' journals", "Upload this host's journal"],
     }
     for role, want in copies.items():
         got = sorted(t for r, t in certs if r == role)
