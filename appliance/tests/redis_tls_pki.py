@@ -1,5 +1,5 @@
 """A throwaway ECDSA P-256 CA and a server certificate it signs (as role pki
-issues them), for the Redis TLS tests."""
+issues them), for the Redis and Kafka TLS tests."""
 
 from __future__ import annotations
 
@@ -46,11 +46,13 @@ def write_ca(directory: Path, name: str = "Tongxin test CA") -> Ca:
     return Ca(cert_file, cert, key)
 
 
-def write_server_cert(directory: Path, ca: Ca, ip: str = "127.0.0.1") -> tuple[Path, Path]:
-    """(certificate, key) for a server at ``ip`` (an IP address SAN), signed by ``ca``."""
+def write_server_cert(directory: Path, ca: Ca, ip: str = "127.0.0.1",
+                      name: str = "redis") -> tuple[Path, Path]:
+    """(certificate, key: PKCS#8) for a server at ``ip`` (an IP address SAN), signed by
+    ``ca``, as ``<name>.crt`` and ``<name>.key``."""
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"redis {ip}")]))
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} {ip}")]))
             .issuer_name(ca.cert.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(_now() - datetime.timedelta(minutes=5))
@@ -65,7 +67,7 @@ def write_server_cert(directory: Path, ca: Ca, ip: str = "127.0.0.1") -> tuple[P
                 ca.key.public_key()), critical=False)
             .sign(ca.key, hashes.SHA256()))
     directory.mkdir(parents=True, exist_ok=True)
-    cert_file, key_file = directory / "redis.crt", directory / "redis.key"
+    cert_file, key_file = directory / f"{name}.crt", directory / f"{name}.key"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
                                            serialization.PrivateFormat.PKCS8,

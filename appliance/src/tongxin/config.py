@@ -164,6 +164,17 @@ class KafkaConfig:
     max_in_flight: int = _f(10000, "deliveries awaiting broker acks before sends are refused")
     mirrored_from: str = _f("", "site aliases, comma-separated, whose deliveries MirrorMaker 2 "
                                 "copies here as <alias>.<deliveries_topic>; routers read them too")
+    security_protocol: str = _f("PLAINTEXT", "how every Kafka client of the node connects: "
+                                "PLAINTEXT, SSL (TLS, the brokers' certificates and addresses "
+                                "verified against ssl_ca_file) or SASL_SSL (TLS and a password: "
+                                "role kafka's kafka_security sasl_ssl)")
+    sasl_mechanism: str = _f("PLAIN", "SASL mechanism with SASL_SSL: PLAIN (role kafka's), "
+                             "SCRAM-SHA-256 or SCRAM-SHA-512")
+    sasl_username: str = _f("tongxin", "SASL user with SASL_SSL; the password is "
+                            "$TONGXIN_KAFKA_PASSWORD (role kafka's kafka_client_password), never "
+                            "this file")
+    ssl_ca_file: str = _f("", "PEM CA file the brokers' certificates are verified against; "
+                          "required with SSL and SASL_SSL (role pki's CA)")
 
     def mirrored_topics(self) -> list[str]:
         """The mirrored deliveries topics MirrorMaker 2 (DefaultReplicationPolicy) names."""
@@ -395,6 +406,8 @@ _CHOICES = {
     "files.backend": ("local", "s3", "database"),
     "logging.level": ("debug", "info", "warning", "error"),
     "delivery.backend": ("inprocess", "kafka"),
+    "kafka.security_protocol": ("PLAINTEXT", "SSL", "SASL_SSL"),
+    "kafka.sasl_mechanism": ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
     "presence.backend": ("memory", "redis"),
     "presence.visibility": ("shared", "all"),
     "chat.rate_limit_backend": ("auto", "memory", "redis"),
@@ -403,6 +416,13 @@ _CHOICES = {
     "crypto.suite": ("gm", "international"),
     "site.role": ("active", "standby"),
 }
+
+
+#: Secrets that are never read from the file: the key someone may try, and
+#: the environment variable that holds it instead.
+_SECRETS = {"kafka.sasl_password": "TONGXIN_KAFKA_PASSWORD",
+            "kafka.sasl_plain_password": "TONGXIN_KAFKA_PASSWORD",
+            "kafka.password": "TONGXIN_KAFKA_PASSWORD"}
 
 
 def _build(cls: type[Any], data: Any, path: str) -> Any:
@@ -415,6 +435,9 @@ def _build(cls: type[Any], data: Any, path: str) -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         where = f"{path}.{key}" if path else str(key)
+        if key not in fields and where in _SECRETS:
+            raise ConfigError(f"{where}: not read from the configuration file; set "
+                              f"${_SECRETS[where]} in the environment (tongxin.env)")
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -477,6 +500,21 @@ def _validate(obj: Any, path: str) -> None:
             if alias.strip() and not re.fullmatch(r"[A-Za-z0-9_-]+", alias.strip()):
                 raise ConfigError(f"kafka.mirrored_from: {alias.strip()!r} is not a site alias "
                                   "(letters, digits, '_' and '-')")
+        if obj.security_protocol == "PLAINTEXT":
+            if obj.ssl_ca_file:
+                # Nothing would use it: TLS is chosen by security_protocol, not by the file.
+                raise ConfigError("kafka.ssl_ca_file: set, but kafka.security_protocol is "
+                                  "PLAINTEXT: set security_protocol SASL_SSL (or SSL) or "
+                                  "remove it")
+        elif not obj.ssl_ca_file:
+            raise ConfigError(f"kafka.ssl_ca_file: required with kafka.security_protocol "
+                              f"{obj.security_protocol} (the PEM CA that signed the brokers' "
+                              "certificates)")
+        else:
+            _check_ca_file("kafka.ssl_ca_file", obj.ssl_ca_file)
+        if obj.security_protocol.startswith("SASL_") and not obj.sasl_username.strip():
+            raise ConfigError("kafka.sasl_username: required with kafka.security_protocol "
+                              f"{obj.security_protocol}")
     if isinstance(obj, PresenceConfig):
         for site in obj.remote_sites():
             for addr in site.split(","):

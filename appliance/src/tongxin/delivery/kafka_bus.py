@@ -37,6 +37,7 @@ import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -45,6 +46,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 from tongxin.clock import now_ms
 from tongxin.config import KafkaConfig
+from tongxin.delivery.kafka_client import client_kwargs, diagnose
 from tongxin.delivery.ports import Delivery, Handler
 from tongxin.proto import internal_pb2 as ipb
 from tongxin.store.ports import Unavailable
@@ -113,6 +115,7 @@ class KafkaBus:
         self._router: AIOKafkaConsumer | None = None
         self._inbox: AIOKafkaConsumer | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._security: dict[str, Any] = {}  # client_kwargs(cfg), set by start()
         self._in_flight = 0
         self.lag = Gauge("tongxin_kafka_consumer_lag", "Records behind the partition end",
                          ["topic", "partition"], registry=registry)
@@ -131,7 +134,8 @@ class KafkaBus:
         return f"^(?:{names})$"
 
     async def _ensure_topics(self) -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.cfg.bootstrap_servers)
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.cfg.bootstrap_servers,
+                                    **self._security)
         await admin.start()
         try:
             topics = [
@@ -148,12 +152,27 @@ class KafkaBus:
             await admin.close()
 
     async def start(self, handler: Handler) -> None:
+        # Every client below takes kafka.security_protocol's settings from here
+        # (nothing for PLAINTEXT); no SASL password in the environment fails now.
+        self._security = client_kwargs(self.cfg)
+        try:
+            await self._start(handler)
+        except (KafkaError, OSError, TimeoutError):
+            # A refused password or an unverified certificate is this node's
+            # configuration (one line, exit 2), not an outage: aiokafka only
+            # says it could not bootstrap, so ask the brokers once more.
+            refused = await diagnose(self.cfg)
+            if refused is not None:
+                raise refused from None
+            raise
+
+    async def _start(self, handler: Handler) -> None:
         self._handler = handler
         await self._ensure_topics()
         self._producer = AIOKafkaProducer(
             bootstrap_servers=self.cfg.bootstrap_servers, enable_idempotence=True, acks="all",
             linger_ms=self.cfg.linger_ms, request_timeout_ms=int(self.cfg.send_timeout * 1000),
-            client_id=f"tongxin-{self.node_id}")
+            client_id=f"tongxin-{self.node_id}", **self._security)
         await self._producer.start()
         # "earliest": a mirrored topic first seen by the group holds what
         # MirrorMaker 2 copied before the next metadata refresh noticed it.
@@ -162,14 +181,15 @@ class KafkaBus:
             bootstrap_servers=self.cfg.bootstrap_servers,
             group_id=self.cfg.router_group, enable_auto_commit=False,
             auto_offset_reset="earliest", session_timeout_ms=6000, heartbeat_interval_ms=1000,
-            client_id=f"tongxin-router-{self.node_id}", **discovery)
+            client_id=f"tongxin-router-{self.node_id}", **discovery, **self._security)
         await self._router.start()
         self._router.subscribe(pattern=self.router_pattern())
         # A node's own topic is read from its end: what was routed to an
         # earlier process of this node is for connections that no longer exist.
         self._inbox = AIOKafkaConsumer(bootstrap_servers=self.cfg.bootstrap_servers,
                                        enable_auto_commit=False,
-                                       client_id=f"tongxin-inbox-{self.node_id}")
+                                       client_id=f"tongxin-inbox-{self.node_id}",
+                                       **self._security)
         await self._inbox.start()
         tp = TopicPartition(self.my_topic, 0)
         self._inbox.assign([tp])
