@@ -52,6 +52,7 @@ from tongxin.backup.target import (
     DirTarget,
     PartFile,
     Reader,
+    StillLocked,
     Target,
     Writer,
 )
@@ -479,7 +480,12 @@ def prune(target: Target | Path, *, keep_days: float, keep_min: int, now: float,
     for backup_id in candidates:
         taken = calendar.timegm(time.strptime(_taken(backup_id), "%Y%m%dT%H%M%SZ"))
         if keep_days > 0 and now - taken > keep_days * 86400:
-            target.remove(backup_id)
+            try:
+                target.remove(backup_id, now)
+            except StillLocked as exc:
+                progress(f"retention: kept {backup_id}, older than {keep_days:g} days but "
+                         f"still locked: {exc}")
+                continue
             removed.append(backup_id)
             progress(f"retention: removed {backup_id} (older than {keep_days:g} days)")
     for name in target.remove_unfinished(now, lambda i: bool(ID_RE.fullmatch(i))):

@@ -23,6 +23,17 @@ $TONGXIN_S3_ACCESS_KEY, ...), the backup keys still taken from
 $TONGXIN_BACKUP_S3_* when set (a backup user of the same store). Never from the
 command line. An endpoint whose certificate a private CA issued: that CA's file
 in $AWS_CA_BUNDLE (botocore's; role backup's backup_s3_ca_file sets it).
+
+Object lock (:class:`ObjectLock`, ``--lock-days``/``--lock-mode`` or
+$TONGXIN_BACKUP_S3_LOCK_DAYS/_MODE): every object of a backup is written with
+ObjectLockMode and ObjectLockRetainUntilDate (the backup's start plus the days;
+a multipart upload takes them on CreateMultipartUpload), in a bucket created
+with Object Lock, which is checked before anything is written. Such a bucket
+is versioned: a DELETE without a version only hides an object behind a delete
+marker, so retention there deletes versions (all of a backup's, the manifest's
+first) and only of backups whose lock has ended; a backup still locked is kept
+(:class:`StillLocked`), and an object store that refuses the deletion all the
+same (its clock, GOVERNANCE, ...) counts as locked too.
 """
 
 from __future__ import annotations
@@ -34,14 +45,24 @@ import io
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tongxin.backup.target import MANIFEST, STALE_SECONDS, BackupError, PartFile, Reader, Target, Writer
+from tongxin.backup.target import (
+    MANIFEST,
+    STALE_SECONDS,
+    BackupError,
+    PartFile,
+    Reader,
+    StillLocked,
+    Target,
+    Writer,
+)
 from tongxin.s3client import MISSING, create_client, error_code
 
 if TYPE_CHECKING:
@@ -54,6 +75,48 @@ PART = 16 << 20  # multipart part size; grows by PART every 1000 parts (S3 allow
 MAX_PARTS = 10000
 RANGE = 8 << 20  # bytes per ranged GET
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_TAKEN_RE = re.compile(r"(\d{8}T\d{6}Z)$")
+DAY = 86400.0  # seconds in a day of lock
+LOCK_MODES = ("compliance", "governance")
+# What object stores answer a deletion that a lock forbids: AWS AccessDenied (or
+# ObjectLocked), MinIO InvalidRequest ("Object is WORM protected").
+_LOCKED = frozenset({"AccessDenied", "ObjectLocked", "InvalidRequest", "403"})
+
+
+@dataclass(frozen=True)
+class ObjectLock:
+    """Every object of a backup locked for ``days`` from the backup's start."""
+
+    mode: str  # COMPLIANCE or GOVERNANCE
+    days: int
+
+    @classmethod
+    def of(cls, days: int | str | None, mode: str | None,
+           env: Mapping[str, str] = os.environ) -> ObjectLock | None:
+        """From ``--lock-days``/``--lock-mode``, else $TONGXIN_BACKUP_S3_LOCK_DAYS/_MODE;
+        None without days. Days under 1 and unknown modes are refused."""
+        raw_days = days if days is not None else env.get("TONGXIN_BACKUP_S3_LOCK_DAYS", "").strip()
+        raw_mode = (mode if mode is not None
+                    else env.get("TONGXIN_BACKUP_S3_LOCK_MODE", "").strip()) or "compliance"
+        if raw_days in ("", None):
+            return None
+        try:
+            n = int(raw_days)
+        except ValueError:
+            raise BackupError(f"the object lock's days must be a whole number, not "
+                              f"{raw_days!r}") from None
+        if n < 1:
+            raise BackupError(f"an object lock of {n} days: the lock is at least 1 day (leave "
+                              "--lock-days and $TONGXIN_BACKUP_S3_LOCK_DAYS unset for none)")
+        if raw_mode.lower() not in LOCK_MODES:
+            raise BackupError(f"object lock mode {raw_mode!r}: compliance or governance")
+        return cls(raw_mode.upper(), n)
+
+    def until(self, start: float) -> datetime:
+        return datetime.fromtimestamp(start, UTC) + timedelta(seconds=self.days * DAY)
+
+    def args(self, start: float) -> dict[str, Any]:
+        return {"ObjectLockMode": self.mode, "ObjectLockRetainUntilDate": self.until(start)}
 
 
 @dataclass(frozen=True)
@@ -143,8 +206,10 @@ class _Upload(PartFile):
     One part is in flight while the next fills, so sealing and sending overlap;
     memory holds two parts at most."""
 
-    def __init__(self, conn: _Connection, bucket: str, key: str) -> None:
+    def __init__(self, conn: _Connection, bucket: str, key: str,
+                 lock: Mapping[str, Any] | None = None) -> None:
         self._conn, self._bucket, self._key = conn, bucket, key
+        self._lock = dict(lock or {})  # ObjectLockMode, ObjectLockRetainUntilDate
         self._buf = bytearray()
         self._upload_id = ""
         self._parts: list[dict[str, Any]] = []
@@ -165,7 +230,7 @@ class _Upload(PartFile):
         if not self._upload_id:
             try:
                 res = self._conn.run(self._conn.s3.create_multipart_upload(
-                    Bucket=self._bucket, Key=self._key))
+                    Bucket=self._bucket, Key=self._key, **self._lock))
             except (ClientError, BotoCoreError) as exc:
                 raise _failed(f"starting the upload of s3://{self._bucket}/{self._key}",
                               exc) from exc
@@ -198,7 +263,7 @@ class _Upload(PartFile):
             if not self._upload_id:
                 data = bytes(self._buf)
                 self._conn.run(s3.put_object(Bucket=self._bucket, Key=self._key, Body=data,
-                                             ContentLength=len(data)))
+                                             ContentLength=len(data), **self._lock))
             else:
                 if self._buf:
                     self._send(bytes(self._buf))
@@ -305,14 +370,17 @@ class _S3Writer(Writer):
         if target.keys(self._prefix):
             raise BackupError(f"{self.where} holds objects already (two backups in one second?)")
         self._written: list[str] = []
+        # The lock runs from the backup's start (the time in its id), the same for all
+        # its objects.
+        self._lock = target.lock.args(_taken(backup_id)) if target.lock is not None else None
 
     def open_part(self, name: str) -> PartFile:
         self._written.append(self._prefix + name)
-        return _Upload(self._t.conn, self._t.bucket, self._prefix + name)
+        return _Upload(self._t.conn, self._t.bucket, self._prefix + name, self._lock)
 
     def put(self, name: str, data: bytes) -> None:
         self._written.append(self._prefix + name)
-        up = _Upload(self._t.conn, self._t.bucket, self._prefix + name)
+        up = _Upload(self._t.conn, self._t.bucket, self._prefix + name, self._lock)
         up.write(data)
         up.commit()
 
@@ -321,6 +389,10 @@ class _S3Writer(Writer):
         self.put(MANIFEST, manifest)
 
     def abort(self) -> None:
+        if self._lock is not None:
+            # Locked objects stay until their lock ends (a DELETE would only hide them
+            # behind delete markers): an incomplete backup, which retention removes then.
+            return
         with contextlib.suppress(BackupError):
             self._t.delete(self._t.keys(self._prefix))
 
@@ -329,6 +401,126 @@ class S3Target(Target):
     def __init__(self, conn: _Connection, bucket: str, prefix: str) -> None:
         self.conn, self.bucket, self.prefix = conn, bucket, prefix
         self.where = f"s3://{bucket}/{prefix}".rstrip("/")
+        self.lock: ObjectLock | None = None
+        self._lock_enabled: bool | None = None
+
+    def lock_enabled(self) -> bool:
+        """Whether the bucket has Object Lock (GetObjectLockConfiguration; cached)."""
+        if self._lock_enabled is None:
+            try:
+                res = self.conn.run(self.conn.s3.get_object_lock_configuration(
+                    Bucket=self.bucket))
+            except ClientError as exc:
+                if error_code(exc) != "ObjectLockConfigurationNotFoundError":
+                    raise _failed(f"reading the object lock configuration of "
+                                  f"s3://{self.bucket}", exc) from exc
+                self._lock_enabled = False
+            except BotoCoreError as exc:
+                raise _failed(f"reading the object lock configuration of s3://{self.bucket}",
+                              exc) from exc
+            else:
+                conf = res.get("ObjectLockConfiguration", {})
+                self._lock_enabled = conf.get("ObjectLockEnabled") == "Enabled"
+        return self._lock_enabled
+
+    def require_lock(self, lock: ObjectLock) -> None:
+        """Write every object of the next backups with ``lock``; refused (before anything
+        is written) if the bucket has no Object Lock."""
+        if not self.lock_enabled():
+            raise BackupError(f"an object lock was asked for ({lock.mode} {lock.days} days) "
+                              f"but the bucket s3://{self.bucket} has no Object Lock; it can "
+                              "only be enabled when a bucket is created (S3 "
+                              "ObjectLockEnabledForBucket, `mc mb --with-lock`): create a new "
+                              "bucket with it, or leave the lock out. Nothing was written")
+        self.lock = lock
+
+    def lock_of(self, backup_id: str) -> dict[str, str] | None:
+        """The manifest object's lock: {"mode", "until"}, or None."""
+        if not self._lock_state():
+            return None
+        head = S3Reader(self.conn, self.bucket, f"{self.prefix}{backup_id}/")._head(MANIFEST)
+        if not head or not head.get("ObjectLockMode"):
+            return None
+        until = head.get("ObjectLockRetainUntilDate")
+        return {"mode": str(head["ObjectLockMode"]),
+                "until": until.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                if isinstance(until, datetime) else str(until)}
+
+    def _lock_state(self) -> bool:
+        """lock_enabled(), counting a store that will not say (no permission) as no lock."""
+        try:
+            return self.lock_enabled()
+        except BackupError:
+            self._lock_enabled = False
+            return False
+
+    def _versions(self, prefix: str) -> list[dict[str, Any]]:
+        """Every version and delete marker under ``prefix`` (a versioned bucket's)."""
+        async def run() -> list[dict[str, Any]]:
+            found: list[dict[str, Any]] = []
+            paginator = self.conn.s3.get_paginator("list_object_versions")
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                found.extend(dict(v) for v in page.get("Versions", []))
+                found.extend(dict(m, marker=True) for m in page.get("DeleteMarkers", []))
+            return found
+
+        try:
+            return self.conn.run(run())
+        except (ClientError, BotoCoreError) as exc:
+            raise _failed(f"listing the versions in s3://{self.bucket}/{prefix}", exc) from exc
+
+    def _locked_until(self, key: str, version: str) -> datetime | None:
+        try:
+            head = self.conn.run(self.conn.s3.head_object(Bucket=self.bucket, Key=key,
+                                                          VersionId=version))
+        except ClientError as exc:
+            if error_code(exc) in MISSING or error_code(exc) == "405":
+                return None
+            raise _failed(f"looking up s3://{self.bucket}/{key}", exc) from exc
+        except BotoCoreError as exc:
+            raise _failed(f"looking up s3://{self.bucket}/{key}", exc) from exc
+        until = head.get("ObjectLockRetainUntilDate")
+        return until if head.get("ObjectLockMode") and isinstance(until, datetime) else None
+
+    def purge(self, prefix: str, now: float, what: str) -> None:
+        """Delete every version under ``prefix`` (the manifest's first) if no lock holds any
+        at ``now``; :class:`StillLocked` otherwise, or if the store refuses."""
+        versions = self._versions(prefix)
+        latest: datetime | None = None
+        for v in versions:
+            if v.get("marker"):
+                continue
+            until = self._locked_until(str(v["Key"]), str(v["VersionId"]))
+            if until is not None and until.timestamp() > now and (latest is None
+                                                                  or until > latest):
+                latest = until
+        if latest is not None:
+            raise StillLocked(f"{what} is locked until "
+                              f"{latest.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}")
+        versions.sort(key=lambda v: not str(v["Key"]).endswith("/" + MANIFEST))
+        for i in range(0, len(versions), 1000):
+            batch = versions[i:i + 1000]
+            try:
+                res = self.conn.run(self.conn.s3.delete_objects(Bucket=self.bucket, Delete={
+                    "Objects": [{"Key": str(v["Key"]), "VersionId": str(v["VersionId"])}
+                                for v in batch], "Quiet": True}))
+            except ClientError as exc:
+                if error_code(exc) in _LOCKED:
+                    raise StillLocked(f"{what}: the object store refuses its deletion "
+                                      f"(locked: {exc})") from exc
+                raise _failed(f"deleting {len(batch)} versions from s3://{self.bucket}",
+                              exc) from exc
+            except BotoCoreError as exc:
+                raise _failed(f"deleting {len(batch)} versions from s3://{self.bucket}",
+                              exc) from exc
+            if res.get("Errors"):
+                first = res["Errors"][0]
+                msg = (f"s3://{self.bucket}/{first.get('Key')}: {first.get('Code')} "
+                       f"{first.get('Message')}")
+                if first.get("Code") in _LOCKED:
+                    raise StillLocked(f"{what}: the object store refuses its deletion "
+                                      f"(locked: {msg})")
+                raise BackupError(f"deleting {msg}")
 
     @classmethod
     def open(cls, url: str, cfg: Config | None) -> S3Target:
@@ -429,7 +621,12 @@ class S3Target(Target):
         return [name for name, objs in self._by_backup().items()
                 if any(str(o["Key"]) == f"{self.prefix}{name}/{MANIFEST}" for o in objs)]
 
-    def remove(self, backup_id: str) -> None:
+    def remove(self, backup_id: str, now: float | None = None) -> None:
+        if self._lock_state():
+            # Versioned: delete the versions, or keep what a lock holds.
+            self.purge(f"{self.prefix}{backup_id}/", time.time() if now is None else now,
+                       f"backup {backup_id}")
+            return
         # The manifest first: a removal cut short leaves an incomplete backup, not a
         # listed one with parts missing.
         manifest = f"{self.prefix}{backup_id}/{MANIFEST}"
@@ -444,7 +641,13 @@ class S3Target(Target):
                 continue
             newest = max(_epoch(o["LastModified"]) for o in objs)
             if now - newest > STALE_SECONDS:
-                self.delete([str(o["Key"]) for o in objs])
+                if self._lock_state():
+                    try:
+                        self.purge(f"{self.prefix}{name}/", now, name)
+                    except StillLocked:
+                        continue  # removed once its lock ends
+                else:
+                    self.delete([str(o["Key"]) for o in objs])
                 removed.append(name)
         # Multipart uploads a crash left open hold storage but no object.
         for up in self._uploads():
@@ -458,6 +661,14 @@ class S3Target(Target):
                     Bucket=self.bucket, Key=key, UploadId=str(up.get("UploadId", ""))))
                 removed.append(f"{name} (unfinished upload of {key[len(self.prefix):]})")
         return removed
+
+
+def _taken(backup_id: str) -> float:
+    """The time in a backup id (``<site>-YYYYmmddTHHMMSSZ``); now for another name."""
+    m = _TAKEN_RE.search(backup_id)
+    if not m:
+        return time.time()
+    return datetime.strptime(m.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
 
 
 def _epoch(t: datetime) -> float:

@@ -29,6 +29,10 @@ class BackupError(Exception):
     """A backup that cannot be taken or used; the message says what to do."""
 
 
+class StillLocked(BackupError):
+    """A backup (or what is left of one) that an object lock keeps for now."""
+
+
 class PartFile(ABC):
     """One file of a backup being written (write, then commit or abort)."""
 
@@ -114,7 +118,12 @@ class Target(ABC):
     def reader(self, backup_id: str) -> Reader: ...
 
     @abstractmethod
-    def remove(self, backup_id: str) -> None: ...
+    def remove(self, backup_id: str, now: float | None = None) -> None:
+        """Remove the backup (:class:`StillLocked` if an object lock holds it at ``now``)."""
+
+    def lock_of(self, backup_id: str) -> dict[str, str] | None:
+        """The backup's object lock, {"mode", "until"}, or None."""
+        return None
 
     @abstractmethod
     def remove_unfinished(self, now: float, is_id: Callable[[str], bool]) -> list[str]:
@@ -237,7 +246,7 @@ class DirTarget(Target):
     def reader(self, backup_id: str) -> Reader:
         return DirReader(self.path / backup_id)
 
-    def remove(self, backup_id: str) -> None:
+    def remove(self, backup_id: str, now: float | None = None) -> None:
         shutil.rmtree(self.path / backup_id)
 
     def remove_unfinished(self, now: float, is_id: Callable[[str], bool]) -> list[str]:

@@ -11,7 +11,9 @@ restore  restore a backup into an empty site (the nodes stopped)
 
 An s3:// target takes its endpoint and credentials from $TONGXIN_BACKUP_S3_*
 or the node's files.s3_* settings (backup/s3_target.py), never from the
-command line.
+command line. ``create --lock-days N [--lock-mode compliance|governance]`` (or
+$TONGXIN_BACKUP_S3_LOCK_DAYS/_MODE) writes every object of the backup under S3
+Object Lock until its start plus N days; ``list`` shows each backup's lock.
 
 create and restore write evidence files (<data_dir>/evidence/backup-*.json,
 restore-*.json) that the 等保 report's BR-1 reads, and an audit record
@@ -148,7 +150,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     from contextlib import ExitStack
 
     from tongxin.backup.archive import create, file_digests_bytes, prune
-    from tongxin.backup.target import MANIFEST, open_target
+    from tongxin.backup.target import MANIFEST, BackupError, open_target
 
     cfg = _config(args)
     if cfg.site.role != "active":
@@ -156,9 +158,18 @@ def cmd_create(args: argparse.Namespace) -> int:
     recipient = _key(args.recipient, need_private=False)
     etc = None if args.no_etc else Path(args.etc or Path(args.config or ".").resolve().parent)
     started = time.time()
+    lock = _lock(args)
     with ExitStack() as stack:
         try:
             target = stack.enter_context(open_target(args.to, cfg))
+            if lock is not None:
+                from tongxin.backup.s3_target import S3Target
+
+                if not isinstance(target, S3Target):
+                    raise BackupError("an object lock (--lock-days, "
+                                      "$TONGXIN_BACKUP_S3_LOCK_DAYS) is for s3:// targets only")
+                target.require_lock(lock)
+                _progress(f"object lock: {lock.mode} for {lock.days} days on every object")
             manifest = create(cfg, target, recipient, etc_dir=etc, progress=_progress,
                               signer=_signer(cfg))
         except Exception as exc:  # every failure is evidence, whatever failed
@@ -171,6 +182,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         where = target.location(manifest["id"])
         manifest_sha256 = file_digests_bytes(
             target.reader(manifest["id"]).read_bytes(MANIFEST))[0]
+        lock_seen = target.lock_of(manifest["id"])  # as the store has it
         removed = prune(target, keep_days=args.keep_days, keep_min=args.keep_min,
                         now=time.time(), progress=_progress)
     size = sum(p["sealed_bytes"] for p in manifest["parts"])
@@ -182,6 +194,8 @@ def cmd_create(args: argparse.Namespace) -> int:
            "manifest_sha256": manifest_sha256,
            "parts": {p["name"]: p["sealed_bytes"] for p in manifest["parts"]},
            "pruned": removed}
+    if lock is not None:
+        doc["lock"] = {"days": lock.days, **(lock_seen or {"mode": lock.mode})}
     path = _evidence(cfg, "backup", doc)
     audit = _audit(cfg, "backup.create", "ok", target=where, bytes=size,
                    backup_id=manifest["id"], manifest_sha256=doc["manifest_sha256"])
@@ -189,6 +203,21 @@ def cmd_create(args: argparse.Namespace) -> int:
               f"evidence {path}; {audit}")
     print(json.dumps(doc, ensure_ascii=False, indent=2))
     return 0
+
+
+def _lock(args: argparse.Namespace) -> Any:
+    """The object lock asked for (flags first, then $TONGXIN_BACKUP_S3_LOCK_*), or None."""
+    from tongxin.backup.s3_target import ObjectLock
+    from tongxin.backup.target import BackupError
+
+    try:
+        lock = ObjectLock.of(args.lock_days, args.lock_mode)
+    except BackupError as exc:
+        raise _fail(str(exc)) from None
+    if lock is not None and 0 < args.keep_days < lock.days:
+        _progress(f"note: the object lock ({lock.days} days) outlasts --keep-days "
+                  f"({args.keep_days:g}): retention keeps each backup until its lock ends")
+    return lock
 
 
 def _s3_config(args: argparse.Namespace, *specs: str) -> Config | None:
@@ -205,6 +234,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     try:
         with open_target(args.to, _s3_config(args, args.to)) as target:
+            if args.require_lock:
+                _check_lock(target)
             for backup_id in list_backups(target):
                 try:
                     m = read_manifest(target.reader(backup_id))
@@ -218,11 +249,27 @@ def cmd_list(args: argparse.Namespace) -> int:
                        "location": target.location(backup_id)}
                 if m["id"] != backup_id:  # copied or renamed: the manifest keeps its own
                     row["manifest_id"] = m["id"]
+                lock = target.lock_of(backup_id)
+                if lock is not None:
+                    row["lock"] = lock
                 rows.append(row)
     except BackupError as exc:
         raise _fail(str(exc)) from None
     print(json.dumps(rows, ensure_ascii=False, indent=2))
     return 0
+
+
+def _check_lock(target: Any) -> None:
+    """Refuse a target that cannot take locked backups (a bucket without Object Lock)."""
+    from tongxin.backup.s3_target import S3Target
+    from tongxin.backup.target import BackupError
+
+    if not isinstance(target, S3Target):
+        raise BackupError(f"{target.where}: an object lock is for s3:// targets only")
+    if not target.lock_enabled():
+        raise BackupError(f"the bucket s3://{target.bucket} has no Object Lock; it can only be "
+                          "enabled when a bucket is created (S3 ObjectLockEnabledForBucket, "
+                          "`mc mb --with-lock`)")
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -338,6 +385,14 @@ def add_commands(sub: Any, common: Any) -> None:
                    help="remove backups older than this many days after a good one (0: never)")
     c.add_argument("--keep-min", type=int, default=3,
                    help="always keep this many newest backups, whatever their age")
+    c.add_argument("--lock-days", type=int, default=None, metavar="N",
+                   help="s3:// only: write every object under S3 Object Lock until the "
+                   "backup's start plus N days (at least 1; the bucket must have Object "
+                   "Lock); default $TONGXIN_BACKUP_S3_LOCK_DAYS, else no lock")
+    c.add_argument("--lock-mode", choices=("compliance", "governance"), default=None,
+                   help="the lock's mode: compliance (default; no one can shorten or remove "
+                   "it) or governance (users with s3:BypassGovernanceRetention can); default "
+                   "$TONGXIN_BACKUP_S3_LOCK_MODE, else compliance")
     c.set_defaults(func=cmd_create)
 
     backup_help = ("the backup's directory or s3://bucket/prefix/<id>; with --from, "
@@ -347,6 +402,9 @@ def add_commands(sub: Any, common: Any) -> None:
     ls = bs.add_parser("list", help="the complete backups in a target")
     common(ls)
     ls.add_argument("--to", required=True, help="target directory or s3://bucket/prefix")
+    ls.add_argument("--require-lock", action="store_true",
+                    help="fail unless the target is a bucket with S3 Object Lock (what "
+                    "create --lock-days needs)")
     ls.set_defaults(func=cmd_list)
 
     v = bs.add_parser("verify", help="check a backup's digests; with --key, open every part")
