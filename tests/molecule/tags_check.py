@@ -1,8 +1,8 @@
 """Check that site.yml's tags select what docs/ansible.md says they do.
 
 ``--tags certs`` must run the pki role and the copies of certificates that
-other services read (the lb hosts', Redis's TLS files, the appliance's Redis
-CA, the journal upload's and receiver's) and no other role's work; ``--tags <role>`` must run that role's tasks and no
+other services read (the lb hosts', Redis's and Kafka's TLS files, the
+appliance's Redis and Kafka CAs, the journal upload's and receiver's) and no other role's work; ``--tags <role>`` must run that role's tasks and no
 other role's (the read-only preflight, argument validation and tasks tagged always -
 the roles' OS family facts - run whatever the tags).
 Reads ``ansible-playbook --list-tasks`` over the lab inventory; exits 1 and
@@ -43,13 +43,17 @@ def main() -> int:
     problems = []
     certs = tasks("certs")
     roles = {r for r, _ in certs}
-    if roles != {"pki", "lb", "redis", "appliance", "logs"}:
-        problems.append(f"--tags certs runs the roles {sorted(roles)}, expected pki, lb, redis, appliance and logs")
+    if roles != {"pki", "lb", "redis", "kafka", "appliance", "logs"}:
+        problems.append(f"--tags certs runs the roles {sorted(roles)}, expected pki, lb, redis, kafka, appliance and logs")
     # Besides pki, only the copies of certificates that other roles' services read.
     copies = {
         "lb": ["Copy the certificate", "Copy the private key", "Create the certificate directory"],
         "redis": ["Copy the CA certificate, this host's certificate and key", "Create the TLS directory"],
-        "appliance": ["Install the CA that Redis's certificates are checked against"],
+        "kafka": ["Copy the CA certificate (the trust store)", "Create the TLS directory",
+                  "Keep the key store readable by the kafka group only",
+                  "Make the key store (the key as PKCS#8, then the certificate)"],
+        "appliance": ["Install the CA that Redis's certificates are checked against",
+                      "Install the CA that the Kafka brokers' certificates are checked against"],
         # the includes whose TLS copies are tagged certs inside
         "logs": ["Receive the other hosts' journals", "Upload this host's journal"],
     }
