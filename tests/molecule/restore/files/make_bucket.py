@@ -2,7 +2,9 @@
 (the test host has no S3 client before the node is installed, and MinIO's
 `mc` is not built): one CreateBucket request signed with AWS Signature V4.
 
-    S3_ACCESS_KEY=... S3_SECRET_KEY=... python3 make_bucket.py ENDPOINT BUCKET CAFILE
+    S3_ACCESS_KEY=... S3_SECRET_KEY=... python3 make_bucket.py ENDPOINT BUCKET CAFILE [lock]
+
+With ``lock``, the bucket is made with S3 Object Lock (x-amz-bucket-object-lock-enabled).
 
 An existing bucket of the same owner is fine (prints "exists").
 """
@@ -28,14 +30,18 @@ def _hmac(key: bytes, msg: str) -> bytes:
 
 def main() -> int:
     endpoint, bucket, cafile = sys.argv[1], sys.argv[2], sys.argv[3]
+    lock = sys.argv[4:5] == ["lock"]
     access, secret = os.environ["S3_ACCESS_KEY"], os.environ["S3_SECRET_KEY"]
     host = urllib.parse.urlsplit(endpoint).netloc
     now = datetime.datetime.now(datetime.timezone.utc)
     amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
     payload = hashlib.sha256(b"").hexdigest()
-    signed = "host;x-amz-content-sha256;x-amz-date"
-    canonical = "\n".join(["PUT", f"/{bucket}", "", f"host:{host}",
-                           f"x-amz-content-sha256:{payload}", f"x-amz-date:{amz_date}", "",
+    headers = {"host": host, "x-amz-bucket-object-lock-enabled": "true" if lock else "",
+               "x-amz-content-sha256": payload, "x-amz-date": amz_date}
+    headers = {k: v for k, v in headers.items() if v}
+    signed = ";".join(sorted(headers))
+    canonical = "\n".join(["PUT", f"/{bucket}", "",
+                           *(f"{k}:{headers[k]}" for k in sorted(headers)), "",
                            signed, payload])
     scope = f"{day}/{REGION}/s3/aws4_request"
     to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope,
@@ -43,7 +49,7 @@ def main() -> int:
     key = _hmac(_hmac(_hmac(_hmac(f"AWS4{secret}".encode(), day), REGION), "s3"), "aws4_request")
     signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
     req = urllib.request.Request(f"{endpoint.rstrip('/')}/{bucket}", method="PUT", headers={
-        "x-amz-content-sha256": payload, "x-amz-date": amz_date,
+        **{k: v for k, v in headers.items() if k != "host"},
         "Authorization": f"AWS4-HMAC-SHA256 Credential={access}/{scope}, "
                          f"SignedHeaders={signed}, Signature={signature}"})
     ctx = ssl.create_default_context(cafile=cafile)
