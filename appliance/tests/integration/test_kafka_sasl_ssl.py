@@ -20,7 +20,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -34,6 +33,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 from engines import free_port, service_env, services, start_node_process
 from redis_tls_pki import Ca, write_ca, write_server_cert
+from serve_once import serve_once
 from test_multinode import login, next_chat
 
 from tongxin.config import ConfigError, KafkaConfig, load_config
@@ -357,28 +357,8 @@ async def _serve(tmp_path: Path, kafka: SaslKafka, ca_file: str, password: str |
            "TONGXIN_LANG": "en"}
     if password is not None:
         env[PASSWORD_ENV] = password
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tongxin.cli.main", "serve", "--config", str(config), env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        async with asyncio.timeout(wait):
-            assert proc.stdout is not None
-            out = b""
-            while b"is running" not in out:
-                line = await proc.stdout.readline()
-                if not line:
-                    break
-                out += line
-            if b"is running" in out:
-                proc.terminate()
-                _, err = await proc.communicate()
-                return None, err.decode()
-            _, err = await proc.communicate()
-            return proc.returncode, err.decode()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    code, _, err = await serve_once(config, env, wait)
+    return code, err
 
 
 async def test_serve_with_a_wrong_password_stops_with_one_clear_line(

@@ -10,15 +10,14 @@ port, and stops it.
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from engines import free_port
+from serve_once import serve_once
 
 from tongxin.config import ConfigError
 from tongxin.presence.redis_presence import PASSWORD_ENV, RedisPresence
@@ -108,28 +107,7 @@ async def _serve(tmp_path: Path, redis_port: int, password: str | None,
            "TONGXIN_LANG": "en"}
     if password is not None:
         env[PASSWORD_ENV] = password
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tongxin.cli.main", "serve", "--config", str(config), env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        async with asyncio.timeout(wait):
-            assert proc.stdout is not None
-            out = b""
-            while b"is running" not in out:
-                line = await proc.stdout.readline()
-                if not line:
-                    break
-                out += line
-        if b"is running" in out:
-            proc.terminate()
-            _, err = await proc.communicate()
-            return None, out.decode(), err.decode()
-        _, err = await proc.communicate()
-        return proc.returncode, out.decode(), err.decode()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    return await serve_once(config, env, wait)
 
 
 async def test_serve_with_a_wrong_password_stops_with_one_clear_line(

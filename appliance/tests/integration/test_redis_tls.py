@@ -12,9 +12,7 @@ one-node TLS cluster (every slot on it) on a free port, and stops it by PID.
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,6 +23,7 @@ import pytest
 from engines import free_port
 from redis.exceptions import RedisClusterException
 from redis_tls_pki import Ca, write_ca, write_server_cert
+from serve_once import serve_once
 
 from tongxin.auth.redis_revocation import RedisRevocations
 from tongxin.clock import now_ms
@@ -244,28 +243,7 @@ async def _serve(tmp_path: Path, redis: TlsRedis, ca_file: str,
                       "  metrics_listen: 127.0.0.1:0\n", encoding="utf-8")
     env = {"PATH": "/usr/bin:/bin", "TONGXIN_HOME": str(home), "PYTHONUNBUFFERED": "1",
            "TONGXIN_LANG": "en", PASSWORD_ENV: PASSWORD}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tongxin.cli.main", "serve", "--config", str(config), env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        async with asyncio.timeout(wait):
-            assert proc.stdout is not None
-            out = b""
-            while b"is running" not in out:
-                line = await proc.stdout.readline()
-                if not line:
-                    break
-                out += line
-        if b"is running" in out:
-            proc.terminate()
-            _, err = await proc.communicate()
-            return None, out.decode(), err.decode()
-        _, err = await proc.communicate()
-        return proc.returncode, out.decode(), err.decode()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    return await serve_once(config, env, wait)
 
 
 async def test_serve_with_another_ca_stops_with_one_clear_line(tls_redis: TlsRedis,
