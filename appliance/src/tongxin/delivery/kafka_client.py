@@ -25,11 +25,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import ssl
 from typing import Any
 
 from tongxin.config import ConfigError, KafkaConfig
+from tongxin.tls_errors import cert_verify_reason
 
 #: The environment variable holding the SASL password (one per installation).
 PASSWORD_ENV = "TONGXIN_KAFKA_PASSWORD"
@@ -99,11 +99,10 @@ def misconfigured(exc: BaseException, cfg: KafkaConfig) -> ConfigError | None:
         if isinstance(seen, UnsupportedSaslMechanismError):
             return ConfigError(f"kafka.sasl_mechanism: Kafka ({servers}) does not offer "
                                f"{cfg.sasl_mechanism} ({text}): role kafka's is PLAIN")
-        if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in text:
-            found = re.search(r"certificate verify failed: ([^(]*[^ (])", text)
-            reason = (getattr(seen, "verify_message", "") or (found.group(1) if found else text))
+        unverified = cert_verify_reason(seen)
+        if unverified is not None:
             return ConfigError(f"{CA_FIELD}: the certificate of Kafka ({servers}) is not verified "
-                               f"by {cfg.ssl_ca_file} ({reason}): it must be the CA that signed "
+                               f"by {cfg.ssl_ca_file} ({unverified}): it must be the CA that signed "
                                "the brokers' certificates (role pki's), and each certificate "
                                "must name the address in kafka.bootstrap_servers and the one "
                                "the broker advertises")

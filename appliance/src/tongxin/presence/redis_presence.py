@@ -20,8 +20,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
-import ssl
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -38,6 +36,7 @@ from tongxin.clock import now_ms
 from tongxin.config import ConfigError
 from tongxin.presence.ports import PresenceEntry
 from tongxin.store.ports import Unavailable
+from tongxin.tls_errors import cert_verify_reason
 
 log = logging.getLogger("tongxin.presence")
 
@@ -119,18 +118,13 @@ def tls_failure(exc: BaseException, nodes: str, ca_file: str) -> ConfigError | N
     certificate failing verification: not signed by the CA in ``ca_file``, or
     not naming the address connected to. None for any other failure (a
     TLS client at a plaintext Redis only times out: an outage, as it looks)."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        text = str(seen)
-        if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in text:
-            found = re.search(r"certificate verify failed: ([^(]*[^ (])", text)
-            reason = (getattr(seen, "verify_message", "") or (found.group(1) if found else text))
-            return ConfigError(f"{TLS_CA_FIELD}: the certificate of Redis ({nodes}) is not verified "
-                               f"by {ca_file or 'the system CAs'} ({reason}): it must be the CA "
-                               "that signed role redis's certificates (redis_tls_ca_file), and "
-                               "each certificate must name the address the instance announces")
-        seen = seen.__cause__ or seen.__context__
-    return None
+    reason = cert_verify_reason(exc)
+    if reason is None:
+        return None
+    return ConfigError(f"{TLS_CA_FIELD}: the certificate of Redis ({nodes}) is not verified "
+                       f"by {ca_file or 'the system CAs'} ({reason}): it must be the CA "
+                       "that signed role redis's certificates (redis_tls_ca_file), and "
+                       "each certificate must name the address the instance announces")
 
 
 def misconfigured(exc: BaseException, nodes: str, ca_file: str = "") -> ConfigError | None:
