@@ -54,6 +54,7 @@
 #   MOLECULE_COMMAND          molecule sub-command per scenario (test)
 #   TONGXIN_MOLECULE_JOBS     scenarios at a time (2; -j overrides)
 #   NICE                      prefix for heavy steps ("nice -n 10")
+#   ANSIBLE_VAULT_PASSWORD_FILE  the scenarios' vault password (tests/molecule/vault-password.lab)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -442,6 +443,11 @@ main() {
   export TONGXIN_MOLECULE_IMAGE=$IMAGE TONGXIN_CACHE=$CACHE TONGXIN_MOLECULE_IMAGE_ARM64=$(foreign_image arm64) \
     TONGXIN_MOLECULE_IMAGE_DEBIAN11=$(suite_image bullseye)
   export PATH=$VENV/bin:$PATH
+  # The scenarios that keep the controller's secrets vault-encrypted
+  # (tongxin_controller_vault: appliance, and the lab inventory when its
+  # TONGXIN_CONTROLLER_VAULT is set) run with the lab's vault password unless
+  # the caller gives its own.
+  export ANSIBLE_VAULT_PASSWORD_FILE=${ANSIBLE_VAULT_PASSWORD_FILE:-$HERE/vault-password.lab}
   if [ ! -t 1 ]; then export NO_COLOR=1 PY_COLORS=0 ANSIBLE_NOCOLOR=1 ANSIBLE_FORCE_COLOR=0; fi
   # Molecule looks for molecule/<scenario>/molecule.yml under its working directory.
   cd "$ROOT/tests"
