@@ -1,0 +1,1 @@
+../../appliance/action_plugins/tongxin_vault.py
