@@ -9,7 +9,7 @@ rewrites STATUS (JSON) twice a second, a last time with "stopped": true:
 - HTTP: GET /readyz every 0.2 s on a new connection; any answer but 200 or
   any connection error is a failure. Counts which node answered (its body).
 - WebSocket: a new client logs in every WS_EVERY s and PINGs once a second
-  for WS_LIFETIME s, then closes, so that about a dozen are open and new ones
+  for WS_LIFETIME s, then closes, so that about thirty are open and new ones
   reach a node that was just added. A close with 1001 (going away: the node
   is shutting down) is a move: the client logs in again on a new connection
   through the VIP at once, and that first attempt must succeed. Any other
@@ -33,8 +33,8 @@ from pathlib import Path
 import aiohttp
 from tongxin.client import Client
 
-WS_EVERY = 2.0
-WS_LIFETIME = 24.0
+WS_EVERY = 1.0
+WS_LIFETIME = 30.0
 MAX_SECONDS = 900
 GOING_AWAY = 1001
 
