@@ -26,6 +26,11 @@ had to start it stops at the end (``--keep-engines`` leaves them). The nodes
 run as subprocesses stopped by PID, also on Ctrl+C or SIGTERM. Everything is
 on 127.0.0.1. The run is bounded: each scenario takes warm-up + measured +
 at most 10 s of drain, plus set-up (bounded too).
+
+``--profile DIR`` attaches py-spy to every node for the load and reads the
+engines' counters around it (cluster_profile.py): where the nodes' CPU goes
+per message, and how many Redis commands, SQL statements and Kafka records
+each message costs.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import cluster_profile
 from relay_bench import (
     HOST,
     STOP_SIGNALS,
@@ -212,6 +218,7 @@ def run_scenario(scenario: str, args: argparse.Namespace, children: Children,
     tag = uuid.uuid4().hex[:8]
     db = f"tongxin_bench_{tag}"
     procs: list[subprocess.Popen[bytes]] = []
+    samplers: list[subprocess.Popen[bytes]] = []
     names: list[str] = []
     dsn = ""
     try:
@@ -233,6 +240,17 @@ def run_scenario(scenario: str, args: argparse.Namespace, children: Children,
         log(f"{scenario}: nodes {', '.join(str(p.pid) for p in procs)} ready; "
             f"{args.warmup:g}s warm-up + {args.duration:g}s measured")
         epids = engine_pids(env)
+        profile_dir = args.profile / scenario if args.profile else None
+        counters: dict[str, Any] = {}
+        if profile_dir:
+            profile_dir.mkdir(parents=True, exist_ok=True)
+            counters["loadavg_before"] = cluster_profile.loadavg()
+            if dsn:
+                counters["before"] = run_loop(cluster_profile.engine_counters(env))
+            counters["cpu_ns"] = {n: sched_ns(p.pid)[0] for p, n in zip(procs, names, strict=True)}
+            samplers.extend(cluster_profile.start_sampling(p.pid, profile_dir / f"{name}.txt",
+                                                           args.profile_native)
+                            for p, name in zip(procs, names, strict=True))
         e0, t0 = engines_ns(epids), time.perf_counter_ns()
         try:
             result = run_loop(run_load(
@@ -242,8 +260,15 @@ def run_scenario(scenario: str, args: argparse.Namespace, children: Children,
             raise BenchError(f"{scenario}: load generator failed: {exc!r}\n"
                              f"{tail(workdir / f'{names[0]}.log')}") from exc
         finally:
+            cpu_after = {n: sched_ns(p.pid)[0] for p, n in zip(procs, names, strict=True)}
+            for s in samplers:
+                cluster_profile.stop_sampling(s)
             if Interrupted.seen:
                 raise KeyboardInterrupt
+        if profile_dir:
+            counters["cpu_ns"] = {n: cpu_after[n] - counters["cpu_ns"][n] for n in names}
+            write_profile(profile_dir, scenario, names, result.sent, args.profile_native,
+                          counters, env, dsn, tag)
         engines_pct = 100 * (engines_ns(epids) - e0) / (time.perf_counter_ns() - t0)
         for p, name in zip(procs, names, strict=True):
             if p.poll() is not None:
@@ -253,6 +278,8 @@ def run_scenario(scenario: str, args: argparse.Namespace, children: Children,
         out["engines_cpu_pct"] = engines_pct if scenario != "1node-embedded" else None
         return out
     finally:
+        for s in samplers:
+            cluster_profile.stop_sampling(s)
         for p in procs:
             children.stop(p)
         if dsn:
@@ -260,6 +287,24 @@ def run_scenario(scenario: str, args: argparse.Namespace, children: Children,
                 run_loop(_mysql(env["TONGXIN_MYSQL_DSN"], f"DROP DATABASE IF EXISTS `{db}`"))
             run_loop(_forget_kafka_and_redis(env, tag))
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def write_profile(out: Path, scenario: str, names: list[str], sent: int, args_native: bool,
+                  counters: dict[str, Any], env: dict[str, str], dsn: str, tag: str) -> None:
+    """Counts per SEND beside the stacks; the run's topics still exist here."""
+    meta: dict[str, Any] = {"scenario": scenario, "nodes": names, "sent": sent,
+                            "native": args_native, "cpu_ns": counters["cpu_ns"],
+                            "loadavg_before": counters["loadavg_before"],
+                            "loadavg_after": cluster_profile.loadavg()}
+    if dsn:
+        after = run_loop(cluster_profile.engine_counters(env))
+        for engine in ("redis", "mysql"):
+            meta[engine] = cluster_profile.delta(counters["before"][engine], after[engine])
+        meta["kafka"] = run_loop(cluster_profile.kafka_records(env["TONGXIN_KAFKA_BOOTSTRAP"],
+                                                               f"txb-{tag}"))
+    cluster_profile.write_counts(out, meta)
+    cluster_profile.report(out)
+    log(f"{scenario}: profile in {out} (report.md, one SVG and raw stacks per node)")
 
 
 # ---- report -------------------------------------------------------------------------------
@@ -345,6 +390,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="leave running the engines this script had to start")
     p.add_argument("--data-root", type=Path, default=Path(tempfile.gettempdir()),
                    help="where per-run data directories are made (default: system temp)")
+    p.add_argument("--profile", type=Path, metavar="DIR",
+                   help="py-spy on every node during the load, engine counters around it: "
+                        "DIR/<scenario>/ gets raw stacks, flame graph SVGs, counts.json and "
+                        "report.md (py-spy reads the nodes without stopping them, but its own "
+                        "CPU comes from the same cores)")
+    p.add_argument("--profile-native", action="store_true",
+                   help="with --profile: unwind C frames too (splits time inside C extensions; "
+                        "py-spy then stops the nodes for each sample: such a run sent a third as many)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return p.parse_args(argv)
 
