@@ -302,6 +302,8 @@ def write_profile(out: Path, scenario: str, names: list[str], sent: int, args_na
             meta[engine] = cluster_profile.delta(counters["before"][engine], after[engine])
         meta["kafka"] = run_loop(cluster_profile.kafka_records(env["TONGXIN_KAFKA_BOOTSTRAP"],
                                                                f"txb-{tag}"))
+        data = Path(env["TONGXIN_SERVICES_DIR"]) / "kafka" / "data"
+        meta["kafka_batches"] = cluster_profile.kafka_batches(data, f"txb-{tag}")
     cluster_profile.write_counts(out, meta)
     cluster_profile.report(out)
     log(f"{scenario}: profile in {out} (report.md, one SVG and raw stacks per node)")

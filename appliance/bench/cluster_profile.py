@@ -168,6 +168,31 @@ async def kafka_records(bootstrap: str, prefix: str) -> dict[str, int]:
     return dict(out)
 
 
+def kafka_batches(data_dir: Path, prefix: str) -> dict[str, list[int]]:
+    """[record batches, records] per topic, read from the broker's segment files.
+
+    Each produce request puts one batch per partition into the log, so
+    records per batch is how much the producers batched. Only the v2 batch
+    header is read (baseOffset int64, length int32, then at byte 23
+    lastOffsetDelta int32); a batch still being written is left out.
+    """
+    out: dict[str, list[int]] = {}
+    for part in sorted(data_dir.glob(f"{prefix}*-*")):
+        topic = part.name.rpartition("-")[0]
+        counts = out.setdefault(topic, [0, 0])
+        for segment in sorted(part.glob("*.log")):
+            data = segment.read_bytes()
+            pos = 0
+            while pos + 27 <= len(data):
+                length = int.from_bytes(data[pos + 8:pos + 12], "big", signed=True)
+                if length <= 0 or pos + 12 + length > len(data):
+                    break
+                counts[0] += 1
+                counts[1] += int.from_bytes(data[pos + 23:pos + 27], "big", signed=True) + 1
+                pos += 12 + length
+    return out
+
+
 # ---- stacks -> shares -----------------------------------------------------------------
 
 
@@ -336,6 +361,11 @@ def report(out_dir: Path) -> str:
             lines += [f"## {engine} per SEND", ""]
             lines += [f"- {k}: {v:.3f}" for k, v in per_message(meta[engine], sent).items()]
             lines.append("")
+    if meta.get("kafka_batches"):
+        lines += ["## Kafka record batches (one per produce request and partition)", ""]
+        lines += [f"- {topic}: {b} batches, {r} records, {r / b:.1f} records per batch"
+                  for topic, (b, r) in meta["kafka_batches"].items() if b]
+        lines.append("")
     text = "\n".join(lines)
     (out_dir / "report.md").write_text(text, encoding="utf-8")
     return text

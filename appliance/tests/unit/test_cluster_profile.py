@@ -51,3 +51,20 @@ def test_flamegraph_leaves_out_frames_under_the_threshold() -> None:
     svg = cp.flamegraph_svg(Counter({big: 999, tiny: 1}), "t", min_share=0.01)
     assert "ChatService.send" in svg
     assert "rare_path" not in svg
+
+
+def _batch(base: int, records: int) -> bytes:
+    """A v2 record batch with only the header fields kafka_batches reads filled in."""
+    body = bytes(4 + 1 + 4 + 2) + (records - 1).to_bytes(4, "big") + bytes(20)
+    return base.to_bytes(8, "big") + len(body).to_bytes(4, "big") + body
+
+
+def test_kafka_batches_counts_batches_and_records_per_topic(tmp_path: Path) -> None:
+    for name, data in {"txb-1.deliveries-0": _batch(0, 3) + _batch(3, 5),
+                       "txb-1.deliveries-1": _batch(0, 1) + _batch(1, 4)[:20],  # being written
+                       "txb-1.node.a-0": _batch(0, 2),
+                       "other.topic-0": _batch(0, 9)}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "00000000000000000000.log").write_bytes(data)
+    assert cp.kafka_batches(tmp_path, "txb-1") == {"txb-1.deliveries": [3, 9],
+                                                   "txb-1.node.a": [1, 2]}
