@@ -31,6 +31,7 @@ from tongxin.store.ports import (
     ChatStore,
     Conflict,
     ConversationRow,
+    CursorMark,
     Entry,
     GroupFull,
     MemberOps,
@@ -391,6 +392,30 @@ async def test_cursor_only_moves_forward(store: ChatStore) -> None:
     member = await store.get_member("g:1", "u_b")
     assert member is not None and (member.read_seq, member.delivered_seq) == (4, 6)
     assert await store.set_cursor("g:1", "u_nobody", "read", 3) == 0
+
+
+async def test_cursors_in_one_batch(store: ChatStore) -> None:
+    # More members than one multi-row statement holds (the MySQL adapter's
+    # chunk of 500), so the batch spans statements of the same transaction.
+    many = [f"u_m{i:03d}" for i in range(600)]
+    await store.change_members("g:1", MemberOps(add=[(u, 1) for u in many]),
+                               entry("g:1", "add"), max_members=1000)
+    for i in range(5):
+        await store.append(entry("g:1", f"c{i}"))
+    assert await store.set_cursor("g:1", "u_b", "read", 5) == 5
+    marks = [CursorMark("g:1", "u_b", "read", 3),  # behind the stored 5: stays 5
+             CursorMark("g:1", "u_a", "read", 6),
+             CursorMark("g:1", "u_b", "delivered", 4),
+             CursorMark("g:1", "u_nobody", "read", 3)]
+    marks += [CursorMark("g:1", u, "read", 2 + i % 5) for i, u in enumerate(many)]
+    assert await store.set_cursors(marks) == [5, 6, 4, 0] + [2 + i % 5 for i in range(600)]
+    b = await store.get_member("g:1", "u_b")
+    assert b is not None and (b.read_seq, b.delivered_seq) == (5, 4)
+    for i in (0, 499, 500, 599):
+        m = await store.get_member("g:1", many[i])
+        assert m is not None and (m.read_seq, m.delivered_seq) == (2 + i % 5, 0)
+    assert await store.get_member("g:1", "u_nobody") is None
+    assert await store.set_cursors([]) == []
 
 
 # ---- accounts and tokens ------------------------------------------------------------

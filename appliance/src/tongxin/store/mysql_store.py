@@ -68,6 +68,7 @@ from tongxin.store.ports import (
     Conflict,
     ConversationRow,
     ConversationView,
+    CursorMark,
     Entry,
     GroupFull,
     MemberOps,
@@ -118,6 +119,7 @@ _ENTRY_COLS = ("conversation_id, sender_id, sender_device, client_msg_id, sent_a
 _CONV_COLS = "id, kind, name, created_at, created_by, last_seq, member_count"
 _MEMBER_COLS = "conversation_id, user_id, role, joined_seq, read_seq, delivered_seq"
 _CHUNK = 500  # rows per multi-row statement
+_CURSOR_COLUMNS = {"read": "read_seq", "delivered": "delivered_seq"}
 _MIGRATION_LOCK = "tongxin.schema_migrations"
 _MIGRATION_LOCK_WAIT = 600  # seconds
 _MIGRATION_PASSES = 5  # without the lock, passes that may meet another node's DDL
@@ -1119,6 +1121,45 @@ class MysqlStore:
             return int(row[0]) if row else 0
 
         return await self._write(job)
+
+    async def set_cursors(self, marks: list[CursorMark]) -> list[int]:
+        # Rows in key order, so that two nodes' batches over the same members
+        # lock them in the same order (no deadlock between them).
+        ordered = sorted(marks, key=lambda m: (m.conversation_id, m.user_id, m.kind))
+
+        async def job(cur: Cursor) -> list[int]:
+            # One multi-table UPDATE per kind and chunk instead of one per
+            # receipt: a burst of a large group's receipts is a few statements.
+            for kind, column in _CURSOR_COLUMNS.items():
+                rows = [m for m in ordered if m.kind == kind]
+                for i in range(0, len(rows), _CHUNK):
+                    part = rows[i:i + _CHUNK]
+                    values = " UNION ALL ".join(["SELECT %s AS c, %s AS u, %s AS s"]
+                                                + ["SELECT %s, %s, %s"] * (len(part) - 1))
+                    await cur.execute(
+                        f"UPDATE members m JOIN ({values}) v "
+                        "ON m.conversation_id = v.c AND m.user_id = v.u "
+                        f"SET m.{column} = GREATEST(m.{column}, v.s)",
+                        tuple(x for m in part for x in (m.conversation_id, m.user_id, m.seq)))
+            stored: dict[tuple[str, str], tuple[int, int]] = {}
+            pairs = sorted({(m.conversation_id, m.user_id) for m in ordered})
+            for i in range(0, len(pairs), _CHUNK):
+                part2 = pairs[i:i + _CHUNK]
+                keys = " UNION ALL ".join(["SELECT %s AS c, %s AS u"]
+                                          + ["SELECT %s, %s"] * (len(part2) - 1))
+                for r in await self._all(
+                        cur, "SELECT m.conversation_id, m.user_id, m.read_seq, m.delivered_seq "
+                        f"FROM members m JOIN ({keys}) v "
+                        "ON m.conversation_id = v.c AND m.user_id = v.u",
+                        tuple(x for pair in part2 for x in pair)):
+                    stored[(_s(r[0]), _s(r[1]))] = (int(r[2]), int(r[3]))
+            out = []
+            for m in marks:
+                read, delivered = stored.get((m.conversation_id, m.user_id), (0, 0))
+                out.append(read if m.kind == "read" else delivered)
+            return out
+
+        return await self._write(job) if marks else []
 
     # ---- data keys (tongxin.atrest.keyring.DekStore) -------------------------
 

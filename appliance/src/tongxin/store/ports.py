@@ -149,6 +149,16 @@ class TokenRow:
     last_used_at: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class CursorMark:
+    """Raise ``user_id``'s ``kind`` ('read' or 'delivered') cursor in a conversation to ``seq``."""
+
+    conversation_id: str
+    user_id: str
+    kind: str
+    seq: int
+
+
 @dataclass(slots=True)
 class MemberOps:
     """Membership changes applied atomically with the entry that records them."""
@@ -264,6 +274,13 @@ class ChatStore(Protocol):
                              min_seq: int = 0) -> list[Entry]: ...
     async def set_cursor(self, conversation_id: str, user_id: str, kind: str, seq: int) -> int:
         """Raise the member's 'read' or 'delivered' cursor to seq; return the new value."""
+        ...
+    async def set_cursors(self, marks: list[CursorMark]) -> list[int]:
+        """Raise many cursors in one transaction; the stored values, in order.
+
+        All or nothing: a failure stores none of them. 0 for a user who is not
+        a member. Each (conversation, user, kind) appears at most once.
+        """
         ...
 
     # compliance: retention and export (tongxin.compliance.retention, .export)

@@ -18,6 +18,7 @@ from tongxin.store.ports import (
     Conflict,
     ConversationRow,
     ConversationView,
+    CursorMark,
     Entry,
     GroupFull,
     MemberOps,
@@ -29,6 +30,8 @@ from tongxin.store.ports import (
     User,
 )
 from tongxin.store.sqlite_worker import SqliteDatabase
+
+_CURSOR_COLUMNS = {"read": "read_seq", "delivered": "delivered_seq"}
 
 SCHEMA_VERSION = 5  # 2: password_history, token_activity; 3: data_keys; 4: messages_by_time;
 # 5: org_units, org_members, conversations_by_kind
@@ -615,7 +618,7 @@ class SqliteStore(SqliteDatabase):
         return await open_entries(self.keyring, rows)
 
     async def set_cursor(self, conversation_id: str, user_id: str, kind: str, seq: int) -> int:
-        column = {"read": "read_seq", "delivered": "delivered_seq"}[kind]
+        column = _CURSOR_COLUMNS[kind]
 
         def job(conn: sqlite3.Connection) -> int:
             row = conn.execute(
@@ -623,6 +626,29 @@ class SqliteStore(SqliteDatabase):
                 f"WHERE conversation_id=? AND user_id=? RETURNING {column}",
                 (seq, conversation_id, user_id)).fetchone()
             return int(row[0]) if row else 0
+
+        return await self._writer.run(job)
+
+    async def set_cursors(self, marks: list[CursorMark]) -> list[int]:
+        def job(conn: sqlite3.Connection) -> list[int]:
+            # Its own savepoint: all or nothing also when the writer runs
+            # each job in autocommit (batch_max 1).
+            conn.execute("SAVEPOINT cursors")
+            try:
+                out = []
+                for m in marks:
+                    column = _CURSOR_COLUMNS[m.kind]
+                    row = conn.execute(
+                        f"UPDATE members SET {column} = MAX({column}, ?) "
+                        f"WHERE conversation_id=? AND user_id=? RETURNING {column}",
+                        (m.seq, m.conversation_id, m.user_id)).fetchone()
+                    out.append(int(row[0]) if row else 0)
+            except BaseException:
+                conn.execute("ROLLBACK TO cursors")
+                conn.execute("RELEASE cursors")
+                raise
+            conn.execute("RELEASE cursors")
+            return out
 
         return await self._writer.run(job)
 
