@@ -20,10 +20,12 @@ class SlowStore:
         self.members = {"g": ["a", "b"]}
         self.reads = 0
         self.gate = asyncio.Event()
+        self.started: asyncio.Queue[None] = asyncio.Queue()  # one item per read begun
 
     async def member_ids(self, conversation_id: str) -> list[str]:
         self.reads += 1
         snapshot = list(self.members[conversation_id])
+        self.started.put_nowait(None)
         await self.gate.wait()
         return snapshot
 
@@ -32,12 +34,40 @@ async def test_read_racing_an_invalidation_is_not_cached() -> None:
     store = SlowStore()
     cache = MemberCache(store)  # type: ignore[arg-type]
     pending = asyncio.create_task(cache.get("g"))
-    await asyncio.sleep(0)
+    await store.started.get()  # the read has taken its snapshot
     store.members["g"] = ["a"]  # b removed while the read is in flight
     cache.invalidate("g")
     store.gate.set()
     assert await pending == frozenset({"a", "b"})  # that caller saw the old set
     assert await cache.get("g") == frozenset({"a"})  # but it was not cached
+    assert store.reads == 2
+
+
+async def test_concurrent_misses_share_one_read() -> None:
+    store = SlowStore()
+    cache = MemberCache(store)  # type: ignore[arg-type]
+    waiting = [asyncio.create_task(cache.get("g")) for _ in range(50)]
+    await store.started.get()
+    waiting[0].cancel()  # one caller giving up does not cancel the others' read
+    store.gate.set()
+    results = await asyncio.gather(*waiting[1:])
+    assert results == [frozenset({"a", "b"})] * 49
+    assert store.reads == 1
+
+
+async def test_miss_after_an_invalidation_does_not_join_the_older_read() -> None:
+    store = SlowStore()
+    cache = MemberCache(store)  # type: ignore[arg-type]
+    old = asyncio.create_task(cache.get("g"))
+    await store.started.get()
+    store.members["g"] = ["a"]
+    cache.invalidate("g")
+    new = asyncio.create_task(cache.get("g"))
+    await store.started.get()
+    store.gate.set()
+    assert await old == frozenset({"a", "b"})
+    assert await new == frozenset({"a"})
+    assert await cache.get("g") == frozenset({"a"})
     assert store.reads == 2
 
 

@@ -7,6 +7,7 @@ membership change passes through the delivery bus (on every node).
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 
 from tongxin.store.ports import ChatStore
@@ -20,6 +21,8 @@ class MemberCache:
         # Bumped by invalidate(): a read that started before a membership
         # change must not put its (old) answer back into the cache after it.
         self._generation: dict[str, int] = {}
+        # conversation -> (generation, the read in flight for it)
+        self._loading: dict[str, tuple[int, asyncio.Future[frozenset[str]]]] = {}
 
     async def get(self, conversation_id: str) -> frozenset[str]:
         members = self._cache.get(conversation_id)
@@ -27,7 +30,22 @@ class MemberCache:
             self._cache.move_to_end(conversation_id)
             return members
         generation = self._generation.get(conversation_id, 0)
-        members = frozenset(await self.store.member_ids(conversation_id))
+        loading = self._loading.get(conversation_id)
+        if loading is None or loading[0] != generation:
+            # One read per miss, shared: a large group's members all sending
+            # receipts at once after a membership change would otherwise each
+            # read the whole list (10,000 reads of 10,000 rows).
+            loading = (generation, asyncio.ensure_future(self._load(conversation_id, generation)))
+            self._loading[conversation_id] = loading
+        # Shielded: one caller giving up must not cancel the others' read.
+        return await asyncio.shield(loading[1])
+
+    async def _load(self, conversation_id: str, generation: int) -> frozenset[str]:
+        try:
+            members = frozenset(await self.store.member_ids(conversation_id))
+        finally:
+            if (cur := self._loading.get(conversation_id)) is not None and cur[0] == generation:
+                del self._loading[conversation_id]
         if self._generation.get(conversation_id, 0) == generation:
             self._cache[conversation_id] = members
             if len(self._cache) > self.capacity:

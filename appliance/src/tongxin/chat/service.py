@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from tongxin.chat.cursors import CursorBatcher, KnownLastSeq
 from tongxin.chat.members import MemberCache
 from tongxin.clock import now_ms
 from tongxin.config import ChatConfig
@@ -85,6 +86,8 @@ class ChatService:
         self.members = members
         self.cfg = cfg
         self.max_message_size = max_message_size
+        self.cursors = CursorBatcher(store)
+        self.known_last_seq = KnownLastSeq(self._read_last_seq)
         # (event, fields) for the audit trail (tongxin.auth.accounts.AuditHook), set by the node.
         self.audit: Callable[[str, dict[str, object]], Awaitable[None]] | None = None
 
@@ -476,24 +479,37 @@ class ChatService:
 
     # ---- ephemeral: receipts and typing ----------------------------------
 
+    async def _read_last_seq(self, conversation_id: str) -> int:
+        conv = await self.store.get_conversation(conversation_id)
+        return conv.last_seq if conv else 0
+
     async def receipt(self, actor: Actor, req: pb.Receipt) -> None:
         if req.kind not in (pb.DELIVERED, pb.READ):
             raise RequestError(pb.INVALID_ARGUMENT, "receipt kind must be DELIVERED or READ")
-        await self._member(req.conversation_id, actor.user_id)
-        conv = await self.store.get_conversation(req.conversation_id)
-        assert conv is not None
-        if req.seq > conv.last_seq:
+        # Every member of a large group sends one at about the same moment:
+        # membership comes from the fan-out's member cache and the seq bound
+        # from the last_seq seen before, so that a receipt costs the store
+        # only its share of a batched cursor write (tongxin.chat.cursors).
+        members = await self.members.get(req.conversation_id)
+        if actor.user_id not in members:
+            raise RequestError(pb.NOT_FOUND, f"no conversation {req.conversation_id!r} for you")
+        last_seq = await self.known_last_seq.last_seq(req.conversation_id, req.seq)
+        if req.seq > last_seq:
             raise RequestError(pb.INVALID_ARGUMENT,
-                               f"seq {req.seq} is beyond the conversation's last {conv.last_seq}")
+                               f"seq {req.seq} is beyond the conversation's last {last_seq}")
         kind = "read" if req.kind == pb.READ else "delivered"
         try:
-            seq = await self.store.set_cursor(req.conversation_id, actor.user_id, kind, req.seq)
+            seq = await self.cursors.raise_to(req.conversation_id, actor.user_id, kind, req.seq)
         except Unavailable as exc:
             raise RequestError(pb.UNAVAILABLE, str(exc), retry_after_ms=1000) from exc
+        if seq < req.seq:
+            # 0 for a positive seq: no member row, so the user left (or was
+            # removed) after the member cache was read and nothing was written.
+            raise RequestError(pb.NOT_FOUND, f"no conversation {req.conversation_id!r} for you")
         event = pb.Receipt(conversation_id=req.conversation_id, kind=req.kind, seq=seq,
                            user_id=actor.user_id, device_id=actor.device_id, at_ms=now_ms())
         recipients: tuple[str, ...] = ()
-        if conv.member_count > self.cfg.receipt_fanout_limit:
+        if len(members) > self.cfg.receipt_fanout_limit:
             recipients = (actor.user_id,)
         await self._publish(Delivery(
             frame_type=pb.RECEIPT, payload=event.SerializeToString(),
