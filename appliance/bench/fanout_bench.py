@@ -53,6 +53,8 @@ from relay_bench import (
     PASSWORD,
     BenchError,
     Children,
+    Pauses,
+    Samples,
     Whole,
     Wire,
     error_text,
@@ -71,6 +73,7 @@ SETUP_TIMEOUT = 600.0
 REPLY_TIMEOUT = 30.0
 ARRIVAL_TIMEOUT = 30.0
 KEEPALIVE = 20.0  # below the node's 30 s heartbeat interval
+QUIET = 30.0  # no keepalive for this long after the receipts: + KEEPALIVE stays under 90 s
 CONNECT_CONCURRENCY = 64
 TAG = "fan"
 
@@ -180,12 +183,15 @@ async def worker_main(url: str, count: int, prefix: str) -> int:
     raise_nofile()
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     peers: list[Peer] = []
+    quiet_until = 0.0
 
     async def keepalive() -> None:
         # From the first connection on: registering thousands takes longer than the
         # 90 s after which the node closes a silent connection.
         while True:
             await asyncio.sleep(KEEPALIVE)
+            if time.monotonic() < quiet_until:
+                continue
             await asyncio.gather(*(p.ping() for p in list(peers)), return_exceptions=True)
 
     ka = asyncio.get_running_loop().create_task(keepalive())
@@ -210,6 +216,9 @@ async def worker_main(url: str, count: int, prefix: str) -> int:
                         got[cmid].append(ms)
                 emit({"arrivals": got, "closed": sum(p.wire.ws.closed for p in peers)})
             elif cmd[0] == "receipts":
+                # No keepalive burst (every member's PING at once) inside the
+                # measured window: it cost the node as much as the receipts.
+                quiet_until = time.monotonic() + QUIET
                 conv, seq = cmd[1], int(cmd[2])
                 data = [p.wire.frame(pb.RECEIPT, pb.Receipt(
                     conversation_id=conv, kind=pb.READ, seq=seq))[1] for p in peers]
@@ -254,7 +263,13 @@ class Member:
 
 
 
-async def run(args: argparse.Namespace, url: str, server_pid: int) -> dict[str, Any]:
+async def scrape(session: aiohttp.ClientSession, metrics_url: str) -> Samples:
+    async with session.get(metrics_url, timeout=aiohttp.ClientTimeout(total=30)) as resp:
+        return Pauses.parse(await resp.text())
+
+
+async def run(args: argparse.Namespace, url: str, server_pid: int,
+              metrics_url: str) -> dict[str, Any]:
     tag = f"{os.getpid() % 10000}{int(time.time()) % 100000}"
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     members: list[Member] = []
@@ -348,14 +363,19 @@ async def run(args: argparse.Namespace, url: str, server_pid: int) -> dict[str, 
 
         # Receipts: every member reads the last message at once, beside a probe.
         probe: list[float] = []
+        probe_at: list[float] = []  # each probe's send, in s after the receipts began
         storm_done = asyncio.Event()
 
         async def probing() -> None:
             while not storm_done.is_set():
+                at = time.perf_counter() - t0
                 _, ack_ms, _ = await owner.send_chat(direct, "probe")
                 probe.append(ack_ms)
+                probe_at.append(at)
                 await asyncio.sleep(0.05)
 
+        before = await scrape(session, metrics_url)
+        log(f"receipts: {len(user_ids)} at once (node pid {server_pid})")
         cpu0, _ = sched_ns(server_pid)
         t0 = time.perf_counter()
         prober = asyncio.get_running_loop().create_task(probing())
@@ -369,12 +389,15 @@ async def run(args: argparse.Namespace, url: str, server_pid: int) -> dict[str, 
         storm_done.set()
         await prober
         cpu1, _ = sched_ns(server_pid)
+        # GC pauses and event-loop lag of the node over the receipts' window.
+        pauses = Pauses.between(before, await scrape(session, metrics_url))
         receipts = {"sent": receipts_sent, "sent_in_s": sent_s,
                     "server_cpu_s": (cpu1 - cpu0) / 1e9,
                     "window_s": time.perf_counter() - t0,
                     "probe_ack_p50_ms": pct(probe, 0.50), "probe_ack_p99_ms": pct(probe, 0.99),
                     "probe_ack_max_ms": max(probe) if probe else float("nan"),
-                    "probes": len(probe)}
+                    "probe_worst_at_s": probe_at[probe.index(max(probe))] if probe else float("nan"),
+                    "probes": len(probe), "pauses": pauses}
         return {
             "members": len(user_ids) + 1,
             "recipients": len(user_ids),
@@ -429,7 +452,14 @@ def print_table(doc: dict[str, Any]) -> None:
     print(f"  {rc['sent']} READ receipts at once (sent in {rc['sent_in_s']:.2f} s): node CPU "
           f"{rc['server_cpu_s']:.2f} s over {rc['window_s']:.1f} s; probe ACK p50 "
           f"{fmt(rc['probe_ack_p50_ms'])} / p99 {fmt(rc['probe_ack_p99_ms'])} / max "
-          f"{fmt(rc['probe_ack_max_ms'])} ms ({rc['probes']} probes)")
+          f"{fmt(rc['probe_ack_max_ms'])} ms ({rc['probes']} probes; the slowest sent "
+          f"{rc['probe_worst_at_s']:.2f} s after the receipts began)")
+    pz = rc["pauses"]
+    lag = pz["loop_lag_max_ms_at_most"]
+    print(f"  over the receipts: GC {pz['gc_pause_total_ms']:.0f} ms in "
+          f"{sum(pz['gc_collections'].values())} collections {pz['gc_collections']}, the "
+          f"longest <= {fmt(pz['gc_pause_max_ms_at_most'] or float('nan'))} ms; event-loop lag "
+          f"max <= {fmt(lag if lag is not None else float('nan'))} ms")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -464,15 +494,17 @@ def main(argv: list[str] | None = None) -> int:
     children = Children()
     with tempfile.TemporaryDirectory(prefix="tongxin-fanout-") as tmp:
         work = Path(tmp)
-        port = free_port()
-        (work / "tongxin.yaml").write_text(server_config(work / "data", port, "full"))
+        port, metrics_port = free_port(), free_port()
+        (work / "tongxin.yaml").write_text(server_config(work / "data", port, "full",
+                                                         metrics_port))
         log_path = work / "server.log"
         server = children.start([sys.executable, "-m", "tongxin.cli.main", "serve", "--config",
                                  str(work / "tongxin.yaml")], log_path, None)
         try:
             wait_ready(server, port, log_path)
             result = run_loop(asyncio.wait_for(
-                run(args, f"ws://{HOST}:{port}/ws", server.pid), SETUP_TIMEOUT * 2))
+                run(args, f"ws://{HOST}:{port}/ws", server.pid,
+                    f"http://{HOST}:{metrics_port}/metrics"), SETUP_TIMEOUT * 2))
         finally:
             children.stop_all()
     doc = {"commit": commit(), "loadavg": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
