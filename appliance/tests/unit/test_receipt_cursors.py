@@ -215,3 +215,14 @@ async def test_receipt_of_a_member_removed_meanwhile_is_not_found(store: SqliteS
     with pytest.raises(RequestError) as err:
         await chat.receipt(Actor("u_002", "d"), receipt(5))
     assert err.value.code == pb.NOT_FOUND
+
+
+async def test_a_short_answer_from_the_store_fails_the_waiters(store: SqliteStore) -> None:
+    class Short(Recording):
+        async def set_cursors(self, marks: list[CursorMark]) -> list[int]:
+            return (await super().set_cursors(marks))[:-1]
+
+    batcher = CursorBatcher(Short(store))
+    results = await asyncio.wait_for(asyncio.gather(
+        *(batcher.raise_to("g:1", u, "read", 3) for u in USERS[:5]), return_exceptions=True), 5)
+    assert all(isinstance(r, RuntimeError) for r in results)

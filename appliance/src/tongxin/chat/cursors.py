@@ -78,6 +78,12 @@ class CursorBatcher:
                     _fail(p.waiters, exc)
                 self._pending.clear()
                 raise
+            if len(stored) != len(batch):
+                # A store bug must fail the waiters, not leave them waiting forever.
+                for _, p in batch:
+                    _fail(p.waiters, RuntimeError(
+                        f"set_cursors answered {len(stored)} of {len(batch)} cursors"))
+                continue
             for (_, p), value in zip(batch, stored, strict=True):
                 for fut in p.waiters:
                     if not fut.done():
