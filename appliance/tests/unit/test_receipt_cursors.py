@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tongxin.chat.cursors import CursorBatcher
+from tongxin.chat.cursors import CursorBatcher, KnownLastSeq
 from tongxin.chat.members import MemberCache
 from tongxin.chat.service import Actor, ChatService
 from tongxin.config import ChatConfig
@@ -226,3 +226,29 @@ async def test_a_short_answer_from_the_store_fails_the_waiters(store: SqliteStor
     results = await asyncio.wait_for(asyncio.gather(
         *(batcher.raise_to("g:1", u, "read", 3) for u in USERS[:5]), return_exceptions=True), 5)
     assert all(isinstance(r, RuntimeError) for r in results)
+
+
+async def test_known_last_seq_reads_again_after_joining_an_older_read() -> None:
+    last = {"g": 5}
+    gate = asyncio.Event()
+    reads: list[int] = []
+    started: asyncio.Queue[None] = asyncio.Queue()
+
+    async def read(conversation_id: str) -> int:
+        value = last[conversation_id]  # what the database held when the read ran
+        reads.append(value)
+        started.put_nowait(None)
+        await gate.wait()
+        return value
+
+    known = KnownLastSeq(read)
+    first = asyncio.create_task(known.last_seq("g", 5))
+    await started.get()
+    last["g"] = 6  # a message stored after that read ran, and read by a member
+    second = asyncio.create_task(known.last_seq("g", 6))
+    await asyncio.sleep(0)
+    gate.set()
+    assert await first == 5
+    assert await second == 6  # not refused on the older read's answer
+    assert reads == [5, 6]
+    assert await known.last_seq("g", 6) == 6 and len(reads) == 2  # now known, no read

@@ -120,11 +120,19 @@ class KnownLastSeq:
         seen = self._seen.get(conversation_id, 0)
         if at_least <= seen:
             return seen
-        reading = self._reading.get(conversation_id)
-        if reading is None:
-            reading = asyncio.ensure_future(self._read(conversation_id))
-            self._reading[conversation_id] = reading
-        return await asyncio.shield(reading)
+        value = 0
+        for _ in range(2):
+            reading = self._reading.get(conversation_id)
+            joined = reading is not None
+            if reading is None:
+                reading = asyncio.ensure_future(self._read(conversation_id))
+                self._reading[conversation_id] = reading
+            value = await asyncio.shield(reading)
+            # A read joined in flight may have run before the entry at_least
+            # was stored; one read begun after this call has seen it.
+            if value >= at_least or not joined:
+                break
+        return value
 
     async def _read(self, conversation_id: str) -> int:
         try:
