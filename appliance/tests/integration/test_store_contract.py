@@ -238,6 +238,117 @@ async def test_append_to_missing_conversation(store: ChatStore) -> None:
     assert await store.find_by_client_id("g:nope", "u_a", "x") is None
 
 
+# ---- group commit of appends (MysqlStore batches what waits; SqliteStore's writer does too)
+
+
+def _count_commits(store: ChatStore) -> list[int]:
+    """On a MysqlStore, counts its group-commit COMMITs (one item per batch)."""
+    commits: list[int] = []
+    if isinstance(store, MysqlStore):
+        real = store._commit
+
+        async def counting(conn: asyncmy.Connection) -> None:
+            await real(conn)
+            commits.append(1)
+
+        store._commit = counting  # type: ignore[method-assign]
+    return commits
+
+
+async def test_concurrent_appends_to_many_conversations(store: ChatStore, backend: str) -> None:
+    convs = [f"g:many{i}" for i in range(12)]
+    for c in convs:
+        await store.create_conversation(ConversationRow(c, GROUP, c, 0, "u_a", 0, 0),
+                                        [("u_a", 3)], entry(c, "create"))
+    commits = _count_commits(store)
+    # Interleaved (conversation i, then i+1, ...) so every batch spans conversations
+    # and g:1 (the fixture's) gets a share as large as all the others together.
+    jobs = [(c, f"m{n}") for n in range(25) for c in [*convs, "g:1"]]
+    jobs += [("g:1", f"x{n}") for n in range(275)]
+    results = await asyncio.gather(*(store.append(entry(c, cid)) for c, cid in jobs))
+    assert not any(dup for _, dup in results)
+    assert [(e.conversation_id, e.client_msg_id) for e, _ in results] == jobs
+    for c in [*convs, "g:1"]:
+        mine = {e.client_msg_id: e.seq for e, _ in results if e.conversation_id == c}
+        assert sorted(mine.values()) == list(range(2, 2 + len(mine)))  # gap-free, each once
+        stored = await store.entries_after(c, 1, 1000)
+        assert {e.client_msg_id: e.seq for e in stored} == mine  # each caller got its own seq
+        conv = await store.get_conversation(c)
+        assert conv is not None and conv.last_seq == 1 + len(mine)
+    if backend != "sqlite":
+        assert 1 <= len(commits) < len(jobs) // 4  # batched, and every batch committed
+
+
+async def test_duplicates_inside_one_batch(store: ChatStore, backend: str) -> None:
+    old, _ = await store.append(entry("g:1", "old"))
+    commits = _count_commits(store)
+    results = await asyncio.gather(
+        store.append(entry("g:1", "new")), store.append(entry("g:1", "old", content=b"y")),
+        store.append(entry("g:1", "new", content=b"z")), store.append(entry("g:1", "new2")),
+        store.append(entry("g:1", "new", sender="u_b")))
+    (new, d0), (old2, d1), (new_again, d2), (new2, d3), (other, d4) = results
+    assert (d0, d1, d2, d3, d4) == (False, True, True, False, False)
+    assert old2.seq == old.seq and old2.content == b"x"  # the stored one, not the re-send
+    assert new_again.seq == new.seq and new_again.content == b"x"
+    assert sorted([new.seq, new2.seq, other.seq]) == [3, 4, 5]  # no seq spent on duplicates
+    conv = await store.get_conversation("g:1")
+    assert conv is not None and conv.last_seq == 5
+    stored = await store.entries_after("g:1", 1, 100)
+    assert [(e.seq, e.client_msg_id, e.sender_id) for e in stored] == sorted(
+        [(old.seq, "old", "u_a"), (new.seq, "new", "u_a"), (new2.seq, "new2", "u_a"),
+         (other.seq, "new", "u_b")])
+    if backend != "sqlite":
+        # One batch, refused at its INSERT for the re-sent "old", then one by one.
+        assert len(commits) == 0
+
+
+async def test_refused_value_fails_only_its_append(store: ChatStore, backend: str) -> None:
+    if backend == "sqlite":
+        pytest.skip("SQLite takes an id of any length")
+    commits = _count_commits(store)
+    bad = entry("g:1", "bad")
+    bad.sender_device = "d" * 300  # VARBINARY(255): strict mode refuses it
+    jobs = [store.append(entry("g:1", f"ok{i}")) for i in range(10)]
+    jobs.insert(5, store.append(bad))
+    results = await asyncio.gather(*jobs, return_exceptions=True)
+    assert isinstance(results[5], Unavailable)
+    good = [r for i, r in enumerate(results) if i != 5]
+    assert all(isinstance(r, tuple) and not r[1] for r in good)
+    stored = await store.entries_after("g:1", 1, 100)
+    assert [e.client_msg_id for e in stored] == [f"ok{i}" for i in range(10)]  # arrival order
+    assert [e.seq for e in stored] == list(range(2, 12))
+    assert commits == []  # the batch was refused, its appends then went one by one
+
+
+async def test_failed_commit_fails_the_whole_batch(store: ChatStore, backend: str) -> None:
+    if backend == "sqlite":
+        pytest.skip("the MySQL store's COMMIT")
+    assert isinstance(store, MysqlStore)
+    real = store._commit
+    killed: list[int] = []
+
+    async def killed_before_commit(conn: asyncmy.Connection) -> None:
+        # The server loses the connection with the batch's transaction open.
+        async with conn.cursor() as cur:
+            await cur.execute("SELECT CONNECTION_ID()")
+            row = await cur.fetchone()
+        await _admin(store.dsn, f"KILL {'TIDB ' if backend == 'tidb' else ''}{row[0]}")
+        killed.append(int(row[0]))
+        await real(conn)
+
+    store._commit = killed_before_commit  # type: ignore[method-assign]
+    results = await asyncio.gather(*(store.append(entry("g:1", f"k{i}")) for i in range(8)),
+                                   return_exceptions=True)
+    assert len(killed) == 1  # one batch held all eight
+    assert all(isinstance(r, Unavailable) for r in results)
+    assert await store.entries_after("g:1", 1, 100) == []
+    conv = await store.get_conversation("g:1")
+    assert conv is not None and conv.last_seq == 1
+    store._commit = real  # type: ignore[method-assign]
+    again = await asyncio.gather(*(store.append(entry("g:1", f"k{i}")) for i in range(8)))
+    assert sorted(e.seq for e, dup in again if not dup) == list(range(2, 10))
+
+
 async def test_recall_and_edit_update_the_target(store: ChatStore) -> None:
     original, _ = await store.append(entry("g:1", "orig", content=b"v1"))
     edit = entry("g:1", "edit1")

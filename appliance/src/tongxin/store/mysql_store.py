@@ -34,7 +34,18 @@ subset TiDB runs: no RETURNING, no stored procedures, no triggers.
 * **Endpoints.** ``storage.mysql_dsn`` may list several endpoints of the
   database in order of preference; the pool uses the first that answers and
   moves on when it fails (:mod:`tongxin.store.endpoints`).
-* **Group commit.** There is no batching thread: the pool runs up to
+* **Group commit of appends.** Plain appends (not recalls or edits) wait in a
+  queue; up to ``append_txns`` transactions at once each take what is waiting
+  (at most ``append_batch``) and store it in one transaction: the rows of its
+  conversations locked in id order (so two nodes' batches lock alike), their
+  seqs reserved in one statement, the entries written in one multi-row
+  INSERT, one COMMIT. No timer: an idle store commits an append at once, a
+  busy one batches what arrived during the previous commit. Each waiter is
+  answered after that COMMIT; a failed batch fails all its waiters and stores
+  none. The dedup SELECT is folded into the INSERT: the unique key refuses a
+  re-send, and a batch whose INSERT is refused (a re-send, a bad value, a row
+  too large) is rolled back and its appends run one by one on the single path,
+  which answers each as before. The other writes run up to
   ``storage.mysql_pool_size`` transactions at once and the server groups their
   log flushes (InnoDB's group commit, TiDB's batched Raft writes).
 """
@@ -42,11 +53,13 @@ subset TiDB runs: no RETURNING, no stored procedures, no triggers.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import random
 import time
 import weakref
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -199,6 +212,42 @@ class _Raced(StoreError):
     """Internal: a concurrent transaction inserted the same unique key first."""
 
 
+class _BatchRefused(StoreError):
+    """Internal: the server refused a batch's INSERT for one of its rows (a re-sent
+    client_msg_id, a bad value, a row too large); the batch was rolled back."""
+
+
+_APPEND_BATCH = 64  # appends per group-commit transaction
+_APPEND_TXNS = 4  # group-commit transactions in flight at once
+_INSERT_BYTES = 1 << 20  # content per multi-row INSERT, well under max_allowed_packet
+_ENTRY_VALUES = "(" + ",".join(["%s"] * 12) + ")"
+
+_Outcome = tuple[Entry, bool] | StoreError
+
+
+@dataclasses.dataclass(slots=True)
+class _PendingAppend:
+    entry: Entry
+    future: asyncio.Future[tuple[Entry, bool]]
+
+
+def _same_error(exc: StoreError) -> StoreError:
+    """A fresh copy for each waiter of a batch (an exception raised in several tasks
+    would share one traceback)."""
+    copy = type(exc)(*exc.args)
+    copy.__cause__ = exc.__cause__
+    return copy
+
+
+def _answer(p: _PendingAppend, outcome: _Outcome) -> None:
+    if p.future.done():  # its caller was cancelled while the batch ran
+        return
+    if isinstance(outcome, StoreError):
+        p.future.set_exception(_same_error(outcome))
+    else:
+        p.future.set_result(outcome)
+
+
 # OSError covers TimeoutError and lost sockets; RuntimeError is the pool's "closing".
 _DB_ERRORS = (myerrors.MySQLError, OSError, EOFError, RuntimeError)
 
@@ -220,6 +269,11 @@ class MysqlStore:
         # Set by server.node.make_store: open() then loads the keyring (every command that
         # opens the store reads sealed content).
         self.atrest_config: Config | None = None
+        # Group commit of appends (see the module docstring).
+        self.append_batch = _APPEND_BATCH
+        self.append_txns = _APPEND_TXNS
+        self._appends: deque[_PendingAppend] = deque()
+        self._flushers: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_dsn(cls, dsn: str, pool_size: int = 32, timeout: float = 10.0,
@@ -888,6 +942,160 @@ class MysqlStore:
 
     async def append(self, entry: Entry, mark_recalled: bool = False,
                      mark_edited: bytes | None = None) -> tuple[Entry, bool]:
+        if mark_recalled or mark_edited is not None:
+            return await self._append_one(entry, mark_recalled, mark_edited)
+        future: asyncio.Future[tuple[Entry, bool]] = asyncio.get_running_loop().create_future()
+        self._appends.append(_PendingAppend(entry, future))
+        if len(self._flushers) < self.append_txns:
+            task = asyncio.create_task(self._flush_appends())
+            self._flushers.add(task)
+            task.add_done_callback(self._flushers.discard)
+        return await future
+
+    async def _flush_appends(self) -> None:
+        """Commit what is waiting, a batch at a time, until nothing is."""
+        while self._appends:
+            batch: list[_PendingAppend] = []
+            while self._appends and len(batch) < self.append_batch:
+                pending = self._appends.popleft()
+                if not pending.future.done():  # its caller gave up before it was taken
+                    batch.append(pending)
+            if batch:
+                await self._commit_appends(batch)
+
+    async def _commit_appends(self, batch: list[_PendingAppend]) -> None:
+        """Store ``batch`` and answer every waiter; never raises but for cancellation."""
+        # A client_msg_id twice in one batch: the first is stored, the others get its
+        # answer as a re-send (as if it had committed just before them).
+        firsts: dict[tuple[str, str, str], _PendingAppend] = {}
+        copies: list[tuple[_PendingAppend, _PendingAppend]] = []
+        for p in batch:
+            key = (p.entry.conversation_id, p.entry.sender_id, p.entry.client_msg_id)
+            if key in firsts:
+                copies.append((p, firsts[key]))
+            else:
+                firsts[key] = p
+        unique = list(firsts.values())
+        outcomes: dict[int, _Outcome] = {}
+        try:
+            try:
+                outcomes = await self._write_batch(unique)
+            except (_BatchRefused, TooLarge):  # (TiDB may refuse a large row only at COMMIT)
+                for p in unique:  # arrival order: a sender's entries keep their order
+                    try:
+                        outcomes[id(p)] = await self._append_one(p.entry)
+                    except StoreError as exc:
+                        outcomes[id(p)] = exc
+            except StoreError as exc:
+                outcomes = {id(p): exc for p in unique}
+        except BaseException:
+            cancelled = Unavailable("append cancelled (the store is closing)")
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(_same_error(cancelled))
+            raise
+        for p in unique:
+            _answer(p, outcomes[id(p)])
+        for p, first in copies:
+            outcome = outcomes[id(first)]
+            if isinstance(outcome, StoreError):
+                _answer(p, outcome)
+            else:
+                _answer(p, (dataclasses.replace(outcome[0]), True))
+
+    async def _write_batch(self, batch: list[_PendingAppend]) -> dict[int, _Outcome]:
+        """One transaction for ``batch`` (distinct keys); the outcomes by ``id()`` of each
+        pending append, returned after COMMIT. Raises _BatchRefused if the INSERT was
+        refused, StoreError (Unavailable, ...) if the transaction failed."""
+        ordered = sorted(batch, key=lambda p: p.entry.conversation_id)  # stable: arrival order
+        counts: dict[str, int] = {}
+        for p in ordered:
+            counts[p.entry.conversation_id] = counts.get(p.entry.conversation_id, 0) + 1
+
+        async def job(conn: Connection, cur: Cursor) -> dict[int, _Outcome]:
+            await conn.begin()
+            last = await self._reserve_seqs(cur, counts)
+            outcomes: dict[int, _Outcome] = {}
+            seqs: list[tuple[Entry, int]] = []
+            rows: list[tuple[Any, ...]] = []
+            for p in ordered:
+                e = p.entry
+                if e.conversation_id not in last:
+                    outcomes[id(p)] = NoSuchConversation(e.conversation_id)
+                    continue
+                last[e.conversation_id] += 1
+                seq = last[e.conversation_id]
+                seqs.append((e, seq))
+                rows.append((e.conversation_id, e.sender_id, e.sender_device, e.client_msg_id,
+                             e.sent_at, e.kind, seal_content(self.keyring, e.conversation_id, seq,
+                                                             e.content),
+                             e.target_seq, e.system, seq, int(e.recalled), e.edited_at))
+            await self._insert_rows(cur, rows)
+            await self._commit(conn)
+            for e, seq in seqs:
+                e.seq = seq
+            for p in ordered:
+                outcomes.setdefault(id(p), (p.entry, False))
+            return outcomes
+
+        return await self._with_conn(job)
+
+    async def _reserve_seqs(self, cur: Cursor, counts: dict[str, int]) -> dict[str, int]:
+        """Lock the conversations' rows (in id order) and advance each last_seq by its
+        count; the last_seq before, by conversation (a missing one is left out)."""
+        if len(counts) == 1:
+            (cid, n), = counts.items()
+            await cur.execute(
+                "UPDATE conversations SET last_seq = LAST_INSERT_ID(last_seq + %s) WHERE id = %s",
+                (n, cid))
+            if cur.rowcount != 1:
+                return {}
+            new = int(cur.lastrowid or 0) if self.flavor == "mysql" else 0
+            if not new:
+                row = await self._one(cur, "SELECT LAST_INSERT_ID()", ())
+                new = int(row[0])
+            return {cid: new - n}
+        ids = sorted(counts)
+        marks = ",".join(["%s"] * len(ids))
+        last = {_s(r[0]): int(r[1]) for r in await self._all(
+            cur, f"SELECT id, last_seq FROM conversations WHERE id IN ({marks}) "
+            "ORDER BY id FOR UPDATE", tuple(ids))}
+        found = [cid for cid in ids if cid in last]
+        if found:
+            whens = " ".join(["WHEN %s THEN %s"] * len(found))
+            marks = ",".join(["%s"] * len(found))
+            await cur.execute(
+                f"UPDATE conversations SET last_seq = CASE id {whens} END WHERE id IN ({marks})",
+                (*(x for cid in found for x in (cid, last[cid] + counts[cid])), *found))
+        return last
+
+    @staticmethod
+    async def _insert_rows(cur: Cursor, rows: list[tuple[Any, ...]]) -> None:
+        """Multi-row INSERTs of ``rows``, split so that no statement grows past _INSERT_BYTES."""
+        start, size = 0, 0
+        for i, row in enumerate(rows):
+            size += len(row[6]) + len(row[8])
+            if size >= _INSERT_BYTES or i == len(rows) - 1:
+                part = rows[start:i + 1]
+                try:
+                    await cur.execute(
+                        f"INSERT INTO messages ({_ENTRY_COLS}) VALUES "
+                        + ",".join([_ENTRY_VALUES] * len(part)),
+                        tuple(x for r in part for x in r))
+                except myerrors.MySQLError as exc:
+                    if isinstance(exc, myerrors.IntegrityError | myerrors.DataError) \
+                            or _too_large(exc):
+                        raise _BatchRefused(str(exc)) from exc
+                    raise
+                start, size = i + 1, 0
+
+    @staticmethod
+    async def _commit(conn: Connection) -> None:
+        await conn.commit()
+
+    async def _append_one(self, entry: Entry, mark_recalled: bool = False,
+                          mark_edited: bytes | None = None) -> tuple[Entry, bool]:
+        """An append in a transaction of its own, its dedup by SELECT first."""
         async def job(cur: Cursor) -> tuple[Entry, bool]:
             row = await self._one(
                 cur, f"SELECT {_ENTRY_COLS} FROM messages WHERE conversation_id=%s "
