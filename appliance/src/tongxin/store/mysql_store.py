@@ -35,7 +35,7 @@ subset TiDB runs: no RETURNING, no stored procedures, no triggers.
   database in order of preference; the pool uses the first that answers and
   moves on when it fails (:mod:`tongxin.store.endpoints`).
 * **Group commit of appends.** Plain appends (not recalls or edits) wait in a
-  queue; up to ``append_txns`` transactions at once each take what is waiting
+  queue; up to ``append_txns`` (2) transactions at once each take what is waiting
   (at most ``append_batch``) and store it in one transaction: the rows of its
   conversations locked in id order (so two nodes' batches lock alike), their
   seqs reserved in one statement, the entries written in one multi-row
@@ -218,7 +218,7 @@ class _BatchRefused(StoreError):
 
 
 _APPEND_BATCH = 64  # appends per group-commit transaction
-_APPEND_TXNS = 4  # group-commit transactions in flight at once
+_APPEND_TXNS = 2  # in flight at once: one commits while the next is written (1, 2, 4, 8 measured)
 _INSERT_BYTES = 1 << 20  # content per multi-row INSERT, well under max_allowed_packet
 _ENTRY_VALUES = "(" + ",".join(["%s"] * 12) + ")"
 
