@@ -177,6 +177,28 @@ def redis_primary_of(key: str, env: dict[str, str]) -> tuple[int, int]:
     raise RuntimeError("no Redis node answers")
 
 
+def wait_redis_replicated(primary: int, wait: float = 15.0) -> None:
+    """Until every replica of the primary on port ``primary`` has acknowledged all
+    it has written so far (replication is asynchronous: a test that kills the
+    primary must know the replica has the keys it set up)."""
+    deadline = time.monotonic() + wait
+    target: int | None = None
+    while True:
+        info = subprocess.run(["redis-cli", "-p", str(primary), "info", "replication"],
+                              capture_output=True, text=True, check=True, timeout=10).stdout
+        fields = dict(line.strip().split(":", 1) for line in info.splitlines() if ":" in line)
+        if target is None:
+            target = int(fields["master_repl_offset"])
+        acked = [int(dict(kv.split("=", 1) for kv in v.split(","))["offset"])
+                 for k, v in fields.items() if k.startswith("slave") and k[5:].isdigit()]
+        if acked and min(acked) >= target:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Redis {primary}: replicas acknowledged {acked}, "
+                               f"not offset {target}, within {wait:g} s")
+        time.sleep(0.2)
+
+
 # ---- the MySQL-protocol engines ------------------------------------------------------
 #
 # The MySQL adapter's tests run against both: MariaDB (Debian's, the lab's and

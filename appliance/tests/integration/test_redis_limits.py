@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import NodeFactory, RunningNode, free_port
-from engines import redis_primary_of, service_env, services
+from engines import redis_primary_of, service_env, services, wait_redis_replicated
 
 from tongxin.auth.redis_revocation import SKEW_MS, RedisRevocations
 from tongxin.cli.main import main as cli_main
@@ -154,12 +154,18 @@ async def test_primary_failover(redis_env: dict[str, str], prefix: str) -> None:
                           on_fallback=lambda: fallbacks.append(1))
     rv = RedisRevocations(nodes, prefix, on_fallback=lambda: fallbacks.append(1))
     other = RedisRateLimiter(nodes, prefix, rate=1000.0, burst=1000.0)
+    # The set-up must reach Redis: with the 1 s default bound, beside the
+    # Molecule scenarios the first call (it also discovers the cluster) timed
+    # out and fell back, so "t1" was never in Redis and never came back.
+    setup = RedisRevocations(nodes, prefix, timeout=10.0)
     killed = False
     try:
-        await rv.revoke_token("alice", "t1", now_ms() + 600_000)
+        await setup.revoke_token("alice", "t1", now_ms() + 600_000)
+        assert await setup.revoked("alice", "t1", 0) is True
         assert await rl.acquire("alice") == 0.0
-        await asyncio.sleep(0.5)  # let the replica copy it (replication is asynchronous)
         port, pid = redis_primary_of(rl.key("alice"), redis_env)
+        for key in (rl.key("alice"), setup.token_key("alice", "t1")):
+            wait_redis_replicated(redis_primary_of(key, redis_env)[0])
         os.kill(pid, signal.SIGKILL)
         killed = True
 
@@ -188,6 +194,7 @@ async def test_primary_failover(redis_env: dict[str, str], prefix: str) -> None:
         await rl.close()
         await rv.close()
         await other.close()
+        await setup.close()
         if killed:
             services("start", "redis")  # the killed node comes back as a replica
 
