@@ -1315,20 +1315,9 @@ class MysqlStore:
         return await open_entries(self.keyring, rows)
 
     async def set_cursor(self, conversation_id: str, user_id: str, kind: str, seq: int) -> int:
-        column = {"read": "read_seq", "delivered": "delivered_seq"}[kind]
-
-        async def job(cur: Cursor) -> int:
-            await cur.execute(
-                f"UPDATE members SET {column} = GREATEST({column}, %s) "
-                "WHERE conversation_id=%s AND user_id=%s", (seq, conversation_id, user_id))
-            if cur.rowcount == 0:
-                return 0
-            row = await self._one(
-                cur, f"SELECT {column} FROM members WHERE conversation_id=%s AND user_id=%s",
-                (conversation_id, user_id))
-            return int(row[0]) if row else 0
-
-        return await self._write(job)
+        # One cursor is a batch of one: a single write path to keep right.
+        [stored] = await self.set_cursors([CursorMark(conversation_id, user_id, kind, seq)])
+        return stored
 
     async def set_cursors(self, marks: list[CursorMark]) -> list[int]:
         # Rows in key order, so that two nodes' batches over the same members

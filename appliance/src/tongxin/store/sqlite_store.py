@@ -618,16 +618,9 @@ class SqliteStore(SqliteDatabase):
         return await open_entries(self.keyring, rows)
 
     async def set_cursor(self, conversation_id: str, user_id: str, kind: str, seq: int) -> int:
-        column = _CURSOR_COLUMNS[kind]
-
-        def job(conn: sqlite3.Connection) -> int:
-            row = conn.execute(
-                f"UPDATE members SET {column} = MAX({column}, ?) "
-                f"WHERE conversation_id=? AND user_id=? RETURNING {column}",
-                (seq, conversation_id, user_id)).fetchone()
-            return int(row[0]) if row else 0
-
-        return await self._writer.run(job)
+        # One cursor is a batch of one: a single write path to keep right.
+        [stored] = await self.set_cursors([CursorMark(conversation_id, user_id, kind, seq)])
+        return stored
 
     async def set_cursors(self, marks: list[CursorMark]) -> list[int]:
         def job(conn: sqlite3.Connection) -> list[int]:
