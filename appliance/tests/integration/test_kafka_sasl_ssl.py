@@ -135,7 +135,11 @@ def sasl_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SaslKafka]:
     props.write_text(_server_properties(state, port, controller, keystore, ca.cert_file),
                      encoding="utf-8")
     props.chmod(0o600)
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    # As Kafka's own Uuid.randomUuid: an id that starts with '-' reads as an option to the
+    # storage tool's parser (CI once drew one: "argument --cluster-id/-t: expected one argument").
+    cluster_id = "-"
+    while cluster_id.startswith("-"):
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
     fmt = subprocess.run(_java(home, "kafka.tools.StorageTool", "format", "-t", cluster_id,
                                "-c", str(props)),
                          capture_output=True, text=True, timeout=120, check=False)
