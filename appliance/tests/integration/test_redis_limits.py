@@ -77,6 +77,61 @@ async def test_nodes_share_one_budget_per_user(redis_env: dict[str, str], prefix
         await b.close()
 
 
+async def test_the_script_grants_shares_of_the_budget(redis_env: dict[str, str],
+                                                      prefix: str) -> None:
+    nodes = redis_env["TONGXIN_REDIS_NODES"]
+    rl = RedisRateLimiter(nodes, prefix, rate=1.0, burst=100.0, timeout=10.0)
+    try:
+        started = time.monotonic()
+        assert await rl._reserve("alice", 5) == (5, 0)
+        ttl = await rl.redis.pttl(rl.key("alice"))
+        assert 5000 - (time.monotonic() - started) * 1000 - 50 < ttl <= 5001, ttl
+        # Asked for more than is left: what is left (95, one more if a second
+        # of refill passed meanwhile), and the key then runs 100 s ahead.
+        granted, wait = await rl._reserve("alice", 1000)
+        assert wait == 0 and 95 <= granted <= 95 + int(time.monotonic() - started)
+        granted, wait_us = await rl._reserve("alice", 5)
+        assert granted == 0 and 0 < wait_us <= 1_000_000
+        assert 99_000 < await rl.redis.pttl(rl.key("alice")) <= 100_001
+    finally:
+        await rl.close()
+
+
+async def test_two_nodes_spending_shares_stay_within_the_tolerance(
+        redis_env: dict[str, str], prefix: str) -> None:
+    """A user flooding two nodes for a second at the defaults (20/s, burst
+    100): each node may hold one share (5) unspent, so at most 4 frames per
+    node beyond the limit, and a refused frame is answered without Redis."""
+    nodes = redis_env["TONGXIN_REDIS_NODES"]
+    calls: list[int] = []
+
+    class Counting(RedisRateLimiter):
+        async def _reserve(self, user_id: str, want: int) -> tuple[int, int]:
+            calls.append(want)
+            return await super()._reserve(user_id, want)
+
+    a = Counting(nodes, prefix, rate=20.0, burst=100.0, timeout=10.0)
+    b = Counting(nodes, prefix, rate=20.0, burst=100.0, timeout=10.0)
+    try:
+        await a.redis.initialize()  # discover the cluster before the clock starts
+        await b.redis.initialize()
+        allowed = frames = 0
+        started = time.monotonic()
+        while time.monotonic() - started < 1.0:
+            allowed += await (a if frames % 2 else b).acquire("alice") == 0.0
+            frames += 1
+        elapsed = time.monotonic() - started
+        tolerance = 2 * (a.max_share - 1)
+        assert a.max_share == 5
+        assert 100 - tolerance <= allowed <= 20 * elapsed + 100 + tolerance + 1, (allowed, elapsed)
+        assert len(calls) < allowed, (len(calls), allowed, frames)
+        assert max(calls) == a.max_share  # shares were taken, not one token a call
+        assert not a.local._buckets and not b.local._buckets  # never fell back
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def test_redis_down_falls_back_to_the_local_bucket(
         caplog: pytest.LogCaptureFixture) -> None:
     fell_back: list[int] = []

@@ -4,8 +4,9 @@ The port is ``RateLimit``. The embedded default, ``RateLimiter``, keeps a
 token bucket per user in this process, which is exact for one node. With many
 nodes a user's devices may sit on several of them, so the production adapter
 (``tongxin.server.redis_ratelimit``) keeps one counter per user in Redis
-Cluster, shared by every node, and falls back to a local bucket when Redis
-does not answer.
+Cluster, shared by every node, which each node takes in small shares and
+spends locally (within a stated tolerance), and falls back to a local bucket
+when Redis does not answer.
 """
 
 from __future__ import annotations
