@@ -188,13 +188,13 @@ def _bus(cfg: KafkaConfig, node_id: str = "n1") -> KafkaBus:
     async def members_of(_conv: str) -> frozenset[str]:
         return frozenset({"u_alice"})
 
-    async def nodes_of(users: list[str]) -> dict[str, list[str]]:
-        return {node_id: users}
+    async def devices_of(users: list[str]) -> dict[str, dict[str, str]]:
+        return {u: {"phone": node_id} for u in users}
 
     async def live_nodes() -> list[str]:
         return [node_id]
 
-    return KafkaBus(cfg, node_id, members_of, lambda _c: None, nodes_of, live_nodes,
+    return KafkaBus(cfg, node_id, members_of, lambda _c: None, devices_of, live_nodes,
                     CollectorRegistry())
 
 

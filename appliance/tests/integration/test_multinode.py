@@ -105,6 +105,37 @@ async def test_users_on_different_nodes_chat(cluster: dict[str, Any]) -> None:
             await c.close()
 
 
+async def test_devices_that_log_in_between_messages_get_the_next_one(
+        cluster: dict[str, Any]) -> None:
+    """The router leaves out the sender's node while the sending device is the
+    sender's only one there, and caches where devices are: a device whose login
+    was answered before a message is sent gets that message, on either node,
+    the sender's own other devices included."""
+    a, b = cluster["nodes"]
+    alice = await login(a.ws_url, "alice", "pc", register=True)
+    bob = await login(b.ws_url, "bob", "pc", register=True)
+    extra: list[Client] = []
+    try:
+        conv = (await alice.direct("bob")).conversation_id
+        for i in range(5):  # routed while alice's pc is her only device: her node gets nothing
+            await alice.send_text(conv, f"warm {i}")
+            assert (await next_chat(bob)).content.text == f"warm {i}"
+        for node, user, device in ((a, "alice", "phone"), (b, "alice", "tablet"),
+                                   (a, "bob", "laptop")):
+            newcomer = await login(node.ws_url, user, device)
+            extra.append(newcomer)
+            text = f"after {user}'s {device} on {node.name}"
+            ack = await alice.send_text(conv, text)
+            for reader in (bob, *extra):
+                got = await next_chat(reader, wait=10)
+                assert (got.content.text, got.seq) == (text, ack.seq), reader.device_id
+        with pytest.raises(TimeoutError):  # the sending device itself: only its ACK
+            await alice.next_event(pb.DELIVER, wait=1)
+    finally:
+        for c in (alice, bob, *extra):
+            await c.close()
+
+
 class ResilientSender:
     """Sends numbered messages, reconnecting and re-sending on failure, the way
     a real client does; records every ACK in the checker."""

@@ -215,13 +215,13 @@ def _bus(cfg: KafkaConfig) -> KafkaBus:
     async def members_of(_c: str) -> frozenset[str]:
         return frozenset()
 
-    async def nodes_of(_u: list[str]) -> dict[str, list[str]]:
+    async def devices_of(_u: list[str]) -> dict[str, dict[str, str]]:
         return {}
 
     async def live_nodes() -> list[str]:
         return []
 
-    return KafkaBus(cfg, "n1", members_of, lambda _c: None, nodes_of, live_nodes,
+    return KafkaBus(cfg, "n1", members_of, lambda _c: None, devices_of, live_nodes,
                     CollectorRegistry())
 
 

@@ -51,14 +51,14 @@ def _bus(mirrored_from: str) -> KafkaBus:
     async def members(_: str) -> frozenset[str]:
         return frozenset()
 
-    async def nodes(_: list[str]) -> dict[str, list[str]]:
+    async def devices(_: list[str]) -> dict[str, dict[str, str]]:
         return {}
 
     async def live() -> list[str]:
         return []
 
     cfg = KafkaConfig(deliveries_topic="tongxin.deliveries", mirrored_from=mirrored_from)
-    return KafkaBus(cfg, "n1", members, lambda _: None, nodes, live, CollectorRegistry())
+    return KafkaBus(cfg, "n1", members, lambda _: None, devices, live, CollectorRegistry())
 
 
 def test_router_pattern_reads_own_and_mirrored_deliveries_only() -> None:

@@ -11,8 +11,8 @@ Two stages:
    instead of a stored-but-never-pushed message. The topic keeps 7 days.
 2. A consumer group shared by all nodes (balanced: each partition is read
    by exactly one node) resolves recipients (members from the store) and
-   their nodes (from the presence registry) and writes one routed record per
-   node to that node's own topic. Each node reads its own topic and pushes
+   their devices (from the presence registry) and writes one routed record
+   per node that holds a device to push to, to that node's own topic. Each node reads its own topic and pushes
    to its local devices. Offsets are committed only after routing, so a
    node that dies mid-batch leaves the batch to the next owner of the
    partition (at-least-once; clients drop seqs they already hold).
@@ -55,7 +55,7 @@ log = logging.getLogger("tongxin.kafka")
 
 MembersOf = Callable[[str], Awaitable[frozenset[str]]]
 Invalidate = Callable[[str], None]
-NodesOf = Callable[[list[str]], Awaitable[dict[str, list[str]]]]
+DevicesOf = Callable[[list[str]], Awaitable[dict[str, dict[str, str]]]]
 LiveNodes = Callable[[], Awaitable[list[str]]]
 
 DAY_MS = 86_400_000
@@ -98,13 +98,13 @@ class KafkaBus:
     republish_duplicates = True
 
     def __init__(self, cfg: KafkaConfig, node_id: str, members_of: MembersOf,
-                 invalidate: Invalidate, nodes_of: NodesOf, live_nodes: LiveNodes,
+                 invalidate: Invalidate, devices_of: DevicesOf, live_nodes: LiveNodes,
                  registry: CollectorRegistry) -> None:
         self.cfg = cfg
         self.node_id = node_id
         self.members_of = members_of
         self.invalidate = invalidate
-        self.nodes_of = nodes_of
+        self.devices_of = devices_of
         self.live_nodes = live_nodes
         self.topic = cfg.deliveries_topic
         # Mirrored topic -> the site alias it comes from (metric label).
@@ -217,34 +217,43 @@ class KafkaBus:
             self.in_flight.dec()
 
     async def _route_batch(self, deliveries: list[Delivery]) -> None:
-        """Route a batch of deliveries to the nodes holding their recipients.
+        """Route a batch of deliveries to the nodes holding their recipients' devices.
 
         Two things keep one router fast under load. The presence look-ups are
-        made once per batch (live nodes; where each recipient is connected)
-        rather than per delivery. And every routed record is queued back to
-        back and their broker acks are awaited together: waiting for each
-        ack before routing the next delivery would cap a router at one broker
-        round trip (plus linger) per message. Queued in order, the idempotent
-        producer keeps their order per node topic. The caller commits the
-        offsets only after every ack, so a failure routes the batch again.
+        made once per batch (where each recipient's devices are connected;
+        the live nodes only when a delivery goes to every node) rather than
+        per delivery. And every routed record is queued back to back and
+        their broker acks are awaited together: waiting for each ack before
+        routing the next delivery would cap a router at one broker round trip
+        (plus linger) per message. Queued in order, the idempotent producer
+        keeps their order per node topic. The caller commits the offsets only
+        after every ack, so a failure routes the batch again.
+
+        A node gets a copy only if one of its devices is pushed to: the
+        sending device (skip_user, skip_device) is not, so the sender's node
+        gets nothing when the sender has no other device there (in a chat
+        between two nodes, one record of three). The node's hub skips the same
+        device by the same test, so leaving out the copy pushes to nobody less.
         """
         assert self._producer is not None
-        live = await self.live_nodes()
         recipients: list[list[str]] = []
+        everywhere = False
         for d in deliveries:
             if d.members_changed and d.conversation_id:
                 # In order: later deliveries of this batch read the new members.
                 self.invalidate(d.conversation_id)
+            if d.watchers_of or d.members_changed:
+                everywhere = True
             if d.watchers_of:
                 recipients.append([])
             else:
                 recipients.append(list(d.user_ids) if d.user_ids
                                   else sorted(await self.members_of(d.conversation_id)))
+        # Read now, not cached: a node that started a moment ago may already
+        # hold a member list that a membership change must drop.
+        live = await self.live_nodes() if everywhere else []
         wanted = sorted({u for users in recipients for u in users})
-        nodes_of_user: dict[str, list[str]] = {}
-        for node, users in (await self.nodes_of(wanted) if wanted else {}).items():
-            for u in users:
-                nodes_of_user.setdefault(u, []).append(node)
+        devices = await self.devices_of(wanted) if wanted else {}
         acks: list[asyncio.Future[object]] = []
         for d, users in zip(deliveries, recipients, strict=True):
             targets: dict[str, list[str]] = {}
@@ -253,8 +262,12 @@ class KafkaBus:
                 # a membership change makes every node drop its cached list.
                 targets = {n: [] for n in live}
             for u in users:
-                for node in nodes_of_user.get(u, ()):
-                    targets.setdefault(node, []).append(u)
+                for device, node in devices.get(u, {}).items():
+                    if u == d.skip_user and device == d.skip_device:
+                        continue
+                    on_node = targets.setdefault(node, [])
+                    if not on_node or on_node[-1] != u:  # once, however many devices there
+                        on_node.append(u)
             for node, node_users in targets.items():
                 routed = Delivery(frame_type=d.frame_type, payload=d.payload,
                                   conversation_id=d.conversation_id, user_ids=tuple(node_users),

@@ -44,6 +44,9 @@ class MemoryPresence:
                 out.setdefault(node, []).append(u)
         return out
 
+    async def devices_of(self, user_ids: list[str]) -> dict[str, dict[str, str]]:
+        return {u: {d: n for n, d in self._devices.get(u, ())} for u in user_ids}
+
     async def live_nodes(self) -> list[str]:
         return [self._node_id] if self._node_id else []
 

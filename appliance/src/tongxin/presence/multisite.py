@@ -171,6 +171,10 @@ class SitesPresence:
     async def nodes_of(self, user_ids: list[str]) -> dict[str, list[str]]:
         return await self.local.nodes_of(user_ids)
 
+    async def devices_of(self, user_ids: list[str]) -> dict[str, dict[str, str]]:
+        # Routing is per site, as nodes_of.
+        return await self.local.devices_of(user_ids)
+
     async def live_nodes(self) -> list[str]:
         return await self.local.live_nodes()
 

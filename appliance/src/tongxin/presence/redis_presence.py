@@ -5,13 +5,17 @@ Keys (``{user}`` is a hash tag, so a user's keys share one slot):
 * ``<prefix>:{<user_id>}:dev``  hash device_id -> node_id
 * ``<prefix>:{<user_id>}:seen`` last seen, epoch ms
 * ``<prefix>:nodes``            sorted set node_id -> last heartbeat ms
+* ``<prefix>:routes``           a random token, set anew after every change of
+  where devices are (the version of the router's device cache)
 
 A node that dies without cleaning up (kill -9) stops heartbeating; its
 devices are then ignored by every query and swept by the survivors, so a
 user does not stay "online" through a crashed node.
 
 The live-node set is cached for a moment (``LIVE_CACHE_SECONDS``), so that a
-burst of logins does not read it once per login (see ``_live_for``).
+burst of logins does not read it once per login (see ``_live_for``), and the
+Kafka router's device look-ups are cached while ``<prefix>:routes`` does not
+change (see ``devices_of``).
 """
 
 from __future__ import annotations
@@ -43,6 +47,11 @@ log = logging.getLogger("tongxin.presence")
 #: At most this old a live-node set may be taken as proof that a node is live.
 LIVE_CACHE_SECONDS = 1.0
 
+#: The router's device cache is dropped at least this often, even while the
+#: routes version stays the same: a backstop for a version write that a Redis
+#: failover lost (see devices_of).
+ROUTES_CACHE_SECONDS = 2.0
+
 #: What a failed call may raise (as tongxin.redisutil.FAILURES, which imports this module).
 _FAILURES: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, TimeoutError,
                                               OSError)
@@ -58,6 +67,10 @@ def seen_key(prefix: str, user_id: str) -> str:
 
 def nodes_key(prefix: str) -> str:
     return f"{prefix}:nodes"
+
+
+def routes_key(prefix: str) -> str:
+    return f"{prefix}:routes"
 
 
 #: The environment variable holding the Redis password (requirepass): the
@@ -167,6 +180,11 @@ class RedisPresence:
         self._live_cache: frozenset[str] = frozenset()
         self._live_cache_until = 0.0
         self.live_reads = 0  # reads of the live-node set (tests count them)
+        # devices_of's cache: user -> {device: node}, valid while the routes
+        # version read before it was filled is still the one in Redis.
+        self._routes: dict[str, dict[str, str]] = {}
+        self._routes_version: str | None = None
+        self._routes_until = 0.0
 
     def _dev(self, user_id: str) -> str:
         return dev_key(self.prefix, user_id)
@@ -177,6 +195,13 @@ class RedisPresence:
     @property
     def _nodes(self) -> str:
         return nodes_key(self.prefix)
+
+    async def _routes_changed(self) -> None:
+        """Give the routes a new version, after a change of where devices are is
+        written (never before: see devices_of). A random token, not a counter: a
+        Redis that lost the key and counted again could give back the very
+        number a cache holds."""
+        await self.redis.set(routes_key(self.prefix), os.urandom(8).hex())
 
     async def start(self, node_id: str) -> None:
         self.node_id = node_id
@@ -218,6 +243,7 @@ class RedisPresence:
                 pipe.hset(self._dev(user_id), device_id, self.node_id)
             await pipe.execute()
         if local:
+            await self._routes_changed()
             log.info("presence: %d devices of this node registered again after Redis was away",
                      len(local))
 
@@ -280,6 +306,9 @@ class RedisPresence:
             pipe.hset(self._dev(user_id), device_id, node_id)
             pipe.set(self._seen(user_id), now_ms())
             before, _, _ = await pipe.execute()
+            # After the write is acknowledged, before AUTH_OK (the caller
+            # answers it once this returns): see devices_of.
+            await self._routes_changed()
             others = {n for d, n in before.items() if d != device_id}
             live = await self._live_for(others)
         except _FAILURES as exc:
@@ -297,6 +326,9 @@ class RedisPresence:
         # may already have reconnected through another one.
         if await self.redis.hget(key, device_id) == node_id:
             await self.redis.hdel(key, device_id)
+            # Only for fewer routed copies: a cache still naming the device
+            # routes one its node pushes to nobody, and misses no push.
+            await self._routes_changed()
         await self.redis.set(self._seen(user_id), now_ms())
         rest = [str(n) for n in (await self.redis.hgetall(key)).values()]
         live = await self._live_for(rest)
@@ -337,6 +369,55 @@ class RedisPresence:
             for node in set(devs.values()):
                 out.setdefault(node, []).append(u)
         return out
+
+    async def devices_of(self, user_ids: list[str]) -> dict[str, dict[str, str]]:
+        """As ``_devices``, from a cache while the routes version has not changed:
+        one GET per call instead of one HGETALL per user (the router asks for
+        each batch's recipients, mostly the same users again).
+
+        Why the cache never leaves out a device that got AUTH_OK before the
+        message being routed was published (the port's promise):
+        ``device_online`` writes the device, then, once that write is
+        acknowledged, sets the version to a new random token, and only then
+        returns, after which AUTH_OK is sent. The router calls this after the
+        message was published (it consumed it), so the GET below, which runs
+        first, sees that token or a later one. Every cached entry was read
+        after the GET of the version it is filed under, so an entry filed
+        under the token the device's login set was read after the device was
+        written; an entry filed under an earlier token is dropped here because
+        the version differs. The order of the two writes is what makes this
+        hold: the version first would let a read between them file an entry
+        without the device under the new token (the test
+        ``test_a_router_read_at_any_point_of_a_login_sees_the_device`` pauses
+        a login before each of its round trips to catch that).
+
+        What it relies on: reads from the primaries (this client never reads
+        replicas) and a version that does not go back. A failover that loses
+        the last version write could give back an older token that a cache
+        holds; ``ROUTES_CACHE_SECONDS`` bounds how long such a cache lives.
+        (The same failover can lose the device's own entry, which nothing
+        cached or not brings back before the device reconnects.)
+        A device that went away or a node that died stays in the cache until
+        the next change or expiry: a routed copy pushed to nobody, no loss.
+        """
+        got = await self.redis.get(routes_key(self.prefix))
+        version = None if got is None else str(got)  # decode_responses: a str already
+        now = time.monotonic()
+        if version is None or version != self._routes_version or now >= self._routes_until:
+            self._routes = {}
+            self._routes_version = version
+            self._routes_until = now + ROUTES_CACHE_SECONDS
+        # The cache as of the version read above. A call that began later and
+        # saw a newer version replaces self._routes while this one waits for
+        # Redis; what this one read then fills the replaced dict, which nobody
+        # reads again, never the newer one. No version (a Redis that lost it)
+        # caches nothing.
+        routes = self._routes
+        missing = [u for u in user_ids if u not in routes]
+        found = await self._devices(missing) if missing else {}
+        if version is not None:
+            routes.update(found)
+        return {u: dict(found[u] if u in found else routes[u]) for u in user_ids}
 
     async def close(self) -> None:
         if self._beat is not None:

@@ -203,7 +203,7 @@ class Node:
             from tongxin.delivery.kafka_bus import KafkaBus
 
             return KafkaBus(self.cfg.kafka, self.node_id, self.members.get,
-                            self.members.invalidate, self.presence.nodes_of,
+                            self.members.invalidate, self.presence.devices_of,
                             self.presence.live_nodes, self.metrics.registry)
         return InProcessBus()
 
