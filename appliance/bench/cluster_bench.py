@@ -19,7 +19,9 @@ per sender, raw frames):
   owns its partition, and pushed by B.
 
 Rate limits are on in both (at 1,000,000/s, so they never refuse): the
-production path pays its Redis round trip per frame as it would in service.
+production path asks Redis for shares of the budget as it would in service
+(at this rate a share is sized by the sender's pace only, so fewer calls than
+the defaults' 5-token cap would make).
 
 The engines come from ``appliance/scripts/services.sh``; the ones this script
 had to start it stops at the end (``--keep-engines`` leaves them). The nodes
