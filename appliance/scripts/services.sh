@@ -81,6 +81,13 @@ pid_alive() {  # pid_alive FILE COMM: the process named in FILE runs and is COMM
   pid=$(head -n1 "$1")
   [[ $pid =~ ^[0-9]+$ ]] || return 1
   kill -0 "$pid" 2>/dev/null || return 1
+  # A daemon killed with SIGKILL (the failover tests do) is a zombie until
+  # PID 1 reaps it, seconds here: kill -0 still succeeds and its comm is
+  # unchanged, and taking it for running left the node down while start
+  # waited 120 s for an answer.
+  case $(sed -n 's/^State:[[:space:]]*\(.\).*/\1/p' "/proc/$pid/status" 2>/dev/null) in
+    Z|X) return 1 ;;
+  esac
   # A PID file that outlived its process (a reboot) may name someone else now.
   comm=$(cat "/proc/$pid/comm" 2>/dev/null || echo "$2")
   [ "$comm" = "$2" ]
