@@ -472,7 +472,10 @@ class MysqlStore:
         applied: list[int] = []
         for attempt in range(1, _MIGRATION_PASSES + 1):
             try:
-                applied += await self._apply_migrations(cur)
+                # Filled as each version is recorded: a pass that fails after
+                # recording some must still report them (the next pass finds them
+                # done and skips them).
+                await self._apply_migrations(cur, applied)
                 return applied
             except myerrors.MySQLError as exc:
                 if locked or attempt == _MIGRATION_PASSES or not _retryable(exc):
@@ -481,7 +484,9 @@ class MysqlStore:
                 await asyncio.sleep(random.uniform(0.05, 0.2) * attempt)
         return applied
 
-    async def _apply_migrations(self, cur: Cursor) -> list[int]:
+    async def _apply_migrations(self, cur: Cursor, applied: list[int]) -> None:
+        """Apply what ``cur``'s database lacks, appending each version this call
+        recorded to ``applied``."""
         table, label = self.migrations_table, self.migrations_label
         await cur.execute(
             "SELECT COUNT(*) FROM information_schema.tables "
@@ -496,7 +501,6 @@ class MysqlStore:
         if done and max(done) > latest:
             raise StoreError(f"database {label} version {max(done)} is newer than this "
                              f"release ({latest})")
-        applied: list[int] = []
         for mig in known:
             if mig.version in done:
                 if done[mig.version] != mig.checksum:
@@ -507,7 +511,6 @@ class MysqlStore:
                 await run_ddl(cur, sql)
             if await self._record(cur, mig):
                 applied.append(mig.version)
-        return applied
 
     async def _record(self, cur: Cursor, mig: migrations.Migration) -> bool:
         """Record ``mig`` as applied; False if another node recorded it first.
