@@ -72,41 +72,6 @@ def entry_to_pb(e: Entry) -> pb.Message:
     return m
 
 
-# Message.content is field 8, length-delimited: its tag byte.
-_CONTENT_TAG = b"\x42"
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def entry_payload(e: Entry) -> bytes:
-    """``entry_to_pb(e).SerializeToString()``: a DELIVER's payload.
-
-    For the usual entry (content, nothing in fields 9-13) the stored content
-    bytes are spliced in after the serialized fields 1-7 instead of being
-    parsed into the Message and serialized again: protobuf writes fields in
-    number order and Content is field 8, so the bytes are the same wherever
-    ``e.content`` is a serialization by this library (what send() stores),
-    and a message cheaper by one parse and one serialization of the content.
-    """
-    if (not e.content or e.recalled or e.target_seq or e.system or e.edited_at
-            or e.unavailable):
-        full: bytes = entry_to_pb(e).SerializeToString()
-        return full
-    head = pb.Message(
-        conversation_id=e.conversation_id, seq=e.seq, sender_id=e.sender_id,
-        sender_device=e.sender_device, client_msg_id=e.client_msg_id, sent_at_ms=e.sent_at,
-        kind=e.kind,
-    ).SerializeToString()
-    return b"".join((head, _CONTENT_TAG, _varint(len(e.content)), e.content))
-
-
 def _content_kind(content: pb.Content) -> str | None:
     kind: str | None = content.WhichOneof("body")
     return kind
@@ -190,7 +155,7 @@ class ChatService:
     async def _publish_entry(self, entry: Entry, actor: Actor,
                              user_ids: tuple[str, ...] = (), members_changed: bool = False) -> None:
         await self._publish(Delivery(
-            frame_type=pb.DELIVER, payload=entry_payload(entry),
+            frame_type=pb.DELIVER, payload=entry_to_pb(entry).SerializeToString(),
             conversation_id=entry.conversation_id, user_ids=user_ids,
             skip_user=actor.user_id, skip_device=actor.device_id,
             members_changed=members_changed,

@@ -2,9 +2,8 @@
 
 Frames from one connection are handled one at a time, in order, so that the
 messages one device sends to a conversation get sequence numbers in the order
-it sent them. Outgoing frames go through a bounded queue written out by a
-callback scheduled when the queue gets its first frame, and by a task only
-while the socket makes the writer wait (``_flush``); a reader too slow to keep the
+it sent them. Outgoing frames go through a bounded queue drained by a task
+that exists only while the queue is non-empty; a reader too slow to keep the
 queue under its bounds is disconnected (close 4008) rather than allowed to
 grow the server's memory. It loses nothing: it syncs by seq on reconnect.
 """
@@ -17,7 +16,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
@@ -66,32 +65,6 @@ def _auth_unavailable(exc: Unavailable) -> RequestError:
                         retry_after_ms=AUTH_RETRY_AFTER_MS + random.randrange(AUTH_RETRY_AFTER_MS))
 
 
-async def _resume(step: Coroutine[Any, Any, None], waiting: Any) -> None:
-    """Run ``step`` to its end inside the calling task: ``step`` was started by hand
-    (``send(None)``) and is suspended on ``waiting``, what it yielded (a future, or
-    None for a bare yield). Each time that is done the coroutine is resumed, as a
-    task's step would: an exception (the future's, or this task's cancellation) is
-    thrown into the coroutine where it waits, as a task throws it into its own."""
-    try:
-        while True:
-            try:
-                if waiting is None:
-                    await asyncio.sleep(0)
-                else:
-                    # Its yield marked the future as handed to a task; the task
-                    # taking it clears the mark, and so must this await.
-                    waiting._asyncio_future_blocking = False
-                    await waiting
-            except BaseException as exc:
-                waiting = step.throw(exc)
-                continue
-            waiting = step.send(None)
-    except StopIteration:
-        return
-    finally:
-        step.close()
-
-
 def _parse(cls: type[Any], payload: bytes) -> Any:
     try:
         return cls.FromString(payload)
@@ -117,7 +90,6 @@ class Connection:
         self.queue: deque[bytes] = deque()
         self.queued_bytes = 0
         self.drain_task: asyncio.Task[None] | None = None
-        self.flush_scheduled = False
         self.closing = False
         # The close decided first wins, and is decided synchronously (request_close):
         # the handler's last-resort ws.close() sends this code, never a bare 1000.
@@ -149,40 +121,11 @@ class Connection:
         self.queue.extend(frames)
         self.queued_bytes += size
         self.node.metrics.frame_out(ftype)
-        if self.drain_task is None and not self.flush_scheduled:
-            # A callback, not a task: it runs where a new task's first step
-            # would (so frames pushed in the meantime queue up and count
-            # against the bounds as before), and costs a fraction of a task.
-            self.flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        if self.drain_task is None:
+            self.drain_task = self.node.spawn(self._drain())
 
-    def _flush(self) -> None:
-        """Write what is queued; a task takes over only if the socket must drain.
-
-        ``send_bytes`` of an uncompressed frame writes it to the transport and
-        returns without suspending unless the transport asks it to wait for a
-        drain. So it is stepped here by hand: finished, the next frame follows;
-        suspended, the rest (that send included) goes on in ``_drain``, which
-        is what the old drain task did from its first step on.
-        """
-        self.flush_scheduled = False
+    async def _drain(self) -> None:
         try:
-            while self.queue and not self.ws.closed:
-                data = self.queue.popleft()
-                self.queued_bytes -= len(data)
-                step = self.ws.send_bytes(data)
-                try:
-                    waiting = step.send(None)
-                except StopIteration:
-                    continue
-                self.drain_task = self.node.spawn(self._drain(step, waiting))
-                return
-        except (ConnectionError, RuntimeError):
-            self.closing = True
-
-    async def _drain(self, step: Coroutine[Any, Any, None], waiting: Any) -> None:
-        try:
-            await _resume(step, waiting)
             while self.queue and not self.ws.closed:
                 data = self.queue.popleft()
                 self.queued_bytes -= len(data)
