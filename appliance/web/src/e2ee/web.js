@@ -113,22 +113,21 @@ export class WebE2EE {
    * passphrase, createUserKey()).
    */
   async #crossSignStatus(status) {
-    const userKey = bytes(status.userKey);
+    // Set once, when known: a render in between (any onChange while this
+    // awaits) must not see the device signed for a moment, which drops the
+    // passphrase form and the half-typed passphrase with it.
     this.userKeyBackup = bytes(status.userKeyBackup);
-    this.notSigned = "";
-    if (!userKey.length) return;
+    this.notSigned = await this.#notSignedReason(bytes(status.userKey), bytes(status.deviceSignature));
+  }
+
+  async #notSignedReason(userKey, deviceSignature) {
+    if (!userKey.length) return "";
     const pinned = await this.store.get(`ukpin:${this.auth.userId}`);
-    if (pinned && !sameBytes(bytes(pinned), userKey)) {
-      this.notSigned = ["e2ee.reason.pinnedMismatch"];
-      return;
-    }
+    if (pinned && !sameBytes(bytes(pinned), userKey)) return ["e2ee.reason.pinnedMismatch"];
     if (!pinned) await this.store.put(`ukpin:${this.auth.userId}`, userKey);
     const identity = await this.device.identityPublicKey();
-    if (!(await deviceIsSigned(this.device.suite, userKey, this.auth.userId, this.auth.deviceId, identity, bytes(status.deviceSignature)))) {
-      this.notSigned = this.userKeyBackup.length
-        ? ["e2ee.reason.needPassphrase"]
-        : ["e2ee.reason.noBackup"];
-    }
+    if (await deviceIsSigned(this.device.suite, userKey, this.auth.userId, this.auth.deviceId, identity, deviceSignature)) return "";
+    return this.userKeyBackup.length ? ["e2ee.reason.needPassphrase"] : ["e2ee.reason.noBackup"];
   }
 
   /**
