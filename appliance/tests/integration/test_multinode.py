@@ -24,6 +24,7 @@ from engines import (
     service_env,
     services,
     start_node_process,
+    wait_redis_replicated,
 )
 
 from tongxin.checker import DeliveryChecker
@@ -275,6 +276,14 @@ async def test_kafka_restart_mid_stream(cluster: dict[str, Any]) -> None:
         await bob.close()
 
 
+def _moved(key: str, port: int) -> bool:
+    """Whether a primary other than the one on ``port`` holds ``key``'s slot now."""
+    try:
+        return redis_primary_of(key, service_env())[0] != port
+    except RuntimeError:  # no live primary for the slot yet
+        return False
+
+
 async def test_redis_primary_failover_presence_and_routing_recover(
         cluster: dict[str, Any]) -> None:
     a, b = cluster["nodes"]
@@ -283,7 +292,9 @@ async def test_redis_primary_failover_presence_and_routing_recover(
     conv = (await alice.direct("bob")).conversation_id
     try:
         # The primary of one of alice's keys (the env names the cluster this run uses).
-        port, pid = redis_primary_of(f"x:{{{alice.user_id}}}", service_env())
+        key = f"x:{{{alice.user_id}}}"
+        port, pid = redis_primary_of(key, service_env())
+        wait_redis_replicated(port)  # the logins' device entries are on the replica too
         os.kill(pid, signal.SIGKILL)
         # The replica takes over after cluster-node-timeout; meanwhile routing
         # lookups may fail and be retried. Within a bounded time both presence
@@ -298,8 +309,23 @@ async def test_redis_primary_failover_presence_and_routing_recover(
             except (TongxinError, TimeoutError):
                 await asyncio.sleep(1)
         assert delivered, "cross-node delivery did not recover after the Redis failover"
-        update = await alice.subscribe_presence([bob.user_id])
-        assert update.entries[0].status == pb.ONLINE
+        # Delivery may not need the killed primary at all (the router's device
+        # cache, the rate limit's share): it can succeed before the replica
+        # takes over. Wait for the take-over, then presence must answer from it.
+        moved = _moved(key, port)
+        while not moved and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            moved = _moved(key, port)
+        assert moved, "the replica did not take over within 60 s"
+        status = None
+        while time.monotonic() < deadline and status != pb.ONLINE:
+            try:
+                status = (await alice.subscribe_presence([bob.user_id])).entries[0].status
+            except TongxinError as err:
+                # While the cluster settles: a clear, retryable refusal, nothing else.
+                assert err.code == pb.UNAVAILABLE, err
+                await asyncio.sleep(0.5)
+        assert status == pb.ONLINE
     finally:
         await alice.close()
         await bob.close()

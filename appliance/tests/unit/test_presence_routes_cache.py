@@ -214,3 +214,20 @@ async def test_a_failed_version_write_fails_the_login() -> None:
     with pytest.raises(Unavailable):
         await login.device_online("alice", "phone", "A")
     assert fake.hashes["tx:{alice}:dev"] == {"phone": "A"}  # the device was written first
+
+
+async def test_status_while_redis_fails_is_unavailable_not_an_internal_error() -> None:
+    """PRESENCE_SUB reads status(): a primary failing over must give the client a
+    clear, retryable UNAVAILABLE (a full run once answered INTERNAL here)."""
+    fake = shared()
+    presence, _ = client(fake, "A")
+    await presence.device_online("alice", "phone", "A")
+    assert [e.online for e in await presence.status(["alice"])] == [True]
+
+    class Down:
+        def pipeline(self) -> Any:
+            raise ConnectionError("Connection refused")
+
+    presence.redis = Down()  # type: ignore[assignment]
+    with pytest.raises(Unavailable, match="Redis did not answer"):
+        await presence.status(["alice"])

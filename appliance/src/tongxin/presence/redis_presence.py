@@ -355,11 +355,18 @@ class RedisPresence:
         return out
 
     async def status(self, user_ids: list[str]) -> list[PresenceEntry]:
-        devices = await self._devices(user_ids)
-        pipe = self.redis.pipeline()
-        for u in user_ids:
-            pipe.get(self._seen(u))
-        seen = await pipe.execute() if user_ids else []
+        """Raises Unavailable when Redis fails: a PRESENCE_SUB is then answered
+        UNAVAILABLE with a retry hint, not INTERNAL (a primary failing over is
+        the usual cause, seconds long)."""
+        try:
+            devices = await self._devices(user_ids)
+            pipe = self.redis.pipeline()
+            for u in user_ids:
+                pipe.get(self._seen(u))
+            seen = await pipe.execute() if user_ids else []
+        except _FAILURES as exc:
+            raise Unavailable(f"presence: Redis did not answer ({type(exc).__name__}: {exc})") \
+                from exc
         return [PresenceEntry(u, bool(devices[u]), len(devices[u]), int(s or 0))
                 for u, s in zip(user_ids, seen, strict=True)]
 
