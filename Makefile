@@ -7,7 +7,7 @@ APP := appliance
 STAMP := $(VENV)/.installed
 PROTO := $(APP)/src/tongxin/proto
 
-.PHONY: run test lint unit integration proto setup clean bench tofu molecule ansible-lint data-volume bundle engines test-cold
+.PHONY: run test test-foreground lint unit integration proto setup clean bench tofu molecule ansible-lint data-volume bundle engines test-cold
 
 # Debian's python3 lacks venv/pip until python3-venv is installed.
 $(BIN)/python:
@@ -94,20 +94,28 @@ engines:
 	bash $(APP)/scripts/services.sh install all
 	bash $(APP)/scripts/s3server.sh install
 
-## test: everything CI runs: Python lint, ansible-lint, the data volume
-## tasks on a loop device, tofu, the engines, then pytest and every Molecule
-## scenario (all sixteen, multisite with its DR drills the longest) side by
-## side: MOLECULE_JOBS_BESIDE (2) scenarios at a time, niced, while pytest
-## runs (it leaves most of the two cores idle), then MOLECULE_JOBS (3) at a
-## time (docs/ansible.md, "Timings"). The scenarios' progress is shown when
-## pytest has ended.
+## test: everything CI runs. First what the scenarios need: the venv and
+## web client, Molecule's tools, podman and base image (`run.sh --setup site`:
+## no other scenario's image), OpenTofu and its providers with `tofu test`.
+## Then every Molecule scenario (all eighteen, multisite with its DR drills
+## the longest) in the background, MOLECULE_JOBS_BESIDE (2) at a time,
+## niced, while the rest runs in the foreground (test-foreground: Python
+## lint, ansible-lint, the data volume tasks on a loop device, the engines,
+## pytest; together they leave most of the two cores idle, and the longest
+## scenario no longer waits for them), then MOLECULE_JOBS (3) at a time
+## (docs/ansible.md, "Timings"). The scenarios' progress is shown when the
+## foreground has ended.
 MOLECULE_JOBS_BESIDE ?= 2
-test: setup lint ansible-lint data-volume tofu engines
+test: setup tofu
+	tests/molecule/run.sh --setup site
+	tests/molecule/run.sh -j $(MOLECULE_JOBS) --beside $(MOLECULE_JOBS_BESIDE) $(MOLECULE_SCENARIOS) -- \
+	  $(MAKE) --no-print-directory test-foreground
+
+test-foreground: lint ansible-lint data-volume engines
 	@# the engines pytest started (Redis, Kafka, MariaDB, TiDB) are stopped
 	@# when it ends: they would idle beside the scenarios, which are bound by CPU
-	tests/molecule/run.sh -j $(MOLECULE_JOBS) --beside $(MOLECULE_JOBS_BESIDE) $(MOLECULE_SCENARIOS) -- \
-	  bash -c 'cd $(APP) && ../$(BIN)/pytest -q -p no:cacheprovider tests; rc=$$?; \
-	    bash scripts/services.sh stop all; exit $$rc'
+	cd $(APP) && ../$(BIN)/pytest -q -p no:cacheprovider tests; rc=$$?; \
+	  bash scripts/services.sh stop all; exit $$rc
 
 ## test-cold: `make test` as a fresh machine runs it: HOME, TONGXIN_CACHE,
 ## the Go module and build caches and npm's cache in an empty throwaway
