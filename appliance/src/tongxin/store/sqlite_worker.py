@@ -64,6 +64,14 @@ def _resolve(fut: asyncio.Future[Any], result: Any, error: BaseException | None)
         fut.set_result(result)
 
 
+Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
+
+
+def _resolve_all(outcomes: list[Outcome]) -> None:
+    for fut, result, error in outcomes:
+        _resolve(fut, result, error)
+
+
 class SqliteWorker:
     """One connection, one thread. ``batch`` > 1 turns on group commit."""
 
@@ -163,8 +171,14 @@ class SqliteWorker:
                     conn.execute("ROLLBACK")
             failed = Unavailable(f"database commit failed: {exc}")
             outcomes = [(None, failed)] * len(jobs)
+        # One wake-up per event loop for the whole batch, not one per job:
+        # each call_soon_threadsafe writes to the loop's self-pipe, and under
+        # load a batch holds hundreds of ACKs waiting on the same loop.
+        by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
         for (_fn, fut, loop), (result, error) in zip(jobs, outcomes, strict=True):
-            loop.call_soon_threadsafe(_resolve, fut, result, error)
+            by_loop.setdefault(loop, []).append((fut, result, error))
+        for loop, resolved in by_loop.items():
+            loop.call_soon_threadsafe(_resolve_all, resolved)
 
 
 class SqliteDatabase:
