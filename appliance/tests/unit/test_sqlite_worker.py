@@ -1,0 +1,106 @@
+"""The SQLite writer's group commit: what each caller of a batch is told."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from tongxin.store.ports import Unavailable
+from tongxin.store.sqlite_worker import SqliteWorker
+
+# A deferred foreign key is checked at COMMIT, so a batch holding a row that
+# breaks it fails as a whole there, after every job in it succeeded.
+SCHEMA = """
+CREATE TABLE parent (id INTEGER PRIMARY KEY);
+CREATE TABLE child (id INTEGER PRIMARY KEY,
+                    parent_id INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED);
+INSERT INTO parent VALUES (1);
+"""
+
+
+@pytest.fixture
+async def worker(tmp_path: Path) -> AsyncIterator[SqliteWorker]:
+    path = tmp_path / "w.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(SCHEMA)
+    conn.close()
+    w = SqliteWorker(path, "full", 64, "test-writer")
+    w.start()
+    yield w
+    await w.stop()
+
+
+def _insert_child(parent: int) -> Callable[[sqlite3.Connection], int | None]:
+    return lambda c: c.execute("INSERT INTO child (parent_id) VALUES (?)", (parent,)).lastrowid
+
+
+async def _one_batch(worker: SqliteWorker, parents: list[int]) -> list[object]:
+    """Inserts a child per parent id, all in one batch (the writer is held until all are queued)."""
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold(_conn: sqlite3.Connection) -> None:
+        held.set()
+        release.wait(10)
+
+    first = asyncio.ensure_future(worker.run(hold))
+    assert await asyncio.to_thread(held.wait, 10)
+    jobs = [asyncio.ensure_future(worker.run(_insert_child(p))) for p in parents]
+    await asyncio.sleep(0.05)  # every job queued behind the held one
+    release.set()
+    await first
+    return list(await asyncio.gather(*jobs, return_exceptions=True))
+
+
+async def _children(worker: SqliteWorker) -> list[int]:
+    return await worker.run(
+        lambda c: [r[0] for r in c.execute("SELECT parent_id FROM child ORDER BY id")])
+
+
+async def test_a_batch_that_commits_answers_each_job_with_its_own_result(
+        worker: SqliteWorker) -> None:
+    results = await _one_batch(worker, [1, 1, 1])
+    assert results == [1, 2, 3]
+    assert await _children(worker) == [1, 1, 1]
+
+
+async def test_a_failed_commit_fails_every_job_of_the_batch_and_keeps_none(
+        worker: SqliteWorker) -> None:
+    results = await _one_batch(worker, [1, 99, 1])
+    assert all(isinstance(r, Unavailable) for r in results), results
+    assert all("commit failed" in str(r) for r in results)
+    assert await _children(worker) == []
+    # The writer goes on: the next batch commits.
+    assert await _one_batch(worker, [1]) == [1]
+    assert await _children(worker) == [1]
+
+
+async def test_a_failing_job_fails_alone(worker: SqliteWorker) -> None:
+    def broken(_conn: sqlite3.Connection) -> None:
+        raise ValueError("not this one")
+
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold(_conn: sqlite3.Connection) -> None:
+        held.set()
+        release.wait(10)
+
+    first = asyncio.ensure_future(worker.run(hold))
+    assert await asyncio.to_thread(held.wait, 10)
+    ok1 = asyncio.ensure_future(worker.run(_insert_child(1)))
+    bad = asyncio.ensure_future(worker.run(broken))
+    ok2 = asyncio.ensure_future(worker.run(_insert_child(1)))
+    await asyncio.sleep(0.05)
+    release.set()
+    await first
+    assert await ok1 == 1
+    with pytest.raises(ValueError, match="not this one"):
+        await bad
+    assert await ok2 == 2
+    assert await _children(worker) == [1, 1]
