@@ -68,7 +68,7 @@ tofu:
 ## molecule: converge, idempotence and verify of every Ansible role on podman
 ## test hosts, MOLECULE_JOBS (3) scenarios at a time, through Mitogen
 ## (tests/molecule/base.yml; docs/ansible.md). MOLECULE_SCENARIOS: which ones
-## (empty: every one under tests/molecule/, including `site`, seven hosts built
+## (empty: every one under tests/molecule/, including `site`, four hosts built
 ## by a real `tofu apply` that then runs playbooks/site.yml and sends a chat
 ## message through the load balancer, and `lab`, dc1, dc2 and dr).
 MOLECULE_SCENARIOS ?=
