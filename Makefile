@@ -113,8 +113,9 @@ test: setup tofu
 
 test-foreground: lint ansible-lint data-volume engines
 	@# the engines pytest started (Redis, Kafka, MariaDB, TiDB) are stopped
-	@# when it ends: they would idle beside the scenarios, which are bound by CPU
-	cd $(APP) && ../$(BIN)/pytest -q -p no:cacheprovider tests; rc=$$?; \
+	@# when it ends: they would idle beside the scenarios, which are bound by CPU.
+	@# --durations: the slowest tests in the log, to see where its time goes
+	cd $(APP) && ../$(BIN)/pytest -q -p no:cacheprovider --durations=25 tests; rc=$$?; \
 	  bash scripts/services.sh stop all; exit $$rc
 
 ## test-cold: `make test` as a fresh machine runs it: HOME, TONGXIN_CACHE,
