@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -39,8 +40,10 @@ def _insert_child(parent: int) -> Callable[[sqlite3.Connection], int | None]:
     return lambda c: c.execute("INSERT INTO child (parent_id) VALUES (?)", (parent,)).lastrowid
 
 
-async def _one_batch(worker: SqliteWorker, parents: list[int]) -> list[object]:
-    """Inserts a child per parent id, all in one batch (the writer is held until all are queued)."""
+@contextlib.asynccontextmanager
+async def _held(worker: SqliteWorker) -> AsyncIterator[None]:
+    """The writer blocked inside a job of its own until the block ends, so that every
+    job queued meanwhile lands in the next batch."""
     held = threading.Event()
     release = threading.Event()
 
@@ -50,10 +53,18 @@ async def _one_batch(worker: SqliteWorker, parents: list[int]) -> list[object]:
 
     first = asyncio.ensure_future(worker.run(hold))
     assert await asyncio.to_thread(held.wait, 10)
-    jobs = [asyncio.ensure_future(worker.run(_insert_child(p))) for p in parents]
-    await asyncio.sleep(0.05)  # every job queued behind the held one
-    release.set()
-    await first
+    try:
+        yield
+        await asyncio.sleep(0.05)  # every job queued behind the held one
+    finally:
+        release.set()
+        await first
+
+
+async def _one_batch(worker: SqliteWorker, parents: list[int]) -> list[object]:
+    """Inserts a child per parent id, all in one batch."""
+    async with _held(worker):
+        jobs = [asyncio.ensure_future(worker.run(_insert_child(p))) for p in parents]
     return list(await asyncio.gather(*jobs, return_exceptions=True))
 
 
@@ -84,21 +95,10 @@ async def test_a_failing_job_fails_alone(worker: SqliteWorker) -> None:
     def broken(_conn: sqlite3.Connection) -> None:
         raise ValueError("not this one")
 
-    held = threading.Event()
-    release = threading.Event()
-
-    def hold(_conn: sqlite3.Connection) -> None:
-        held.set()
-        release.wait(10)
-
-    first = asyncio.ensure_future(worker.run(hold))
-    assert await asyncio.to_thread(held.wait, 10)
-    ok1 = asyncio.ensure_future(worker.run(_insert_child(1)))
-    bad = asyncio.ensure_future(worker.run(broken))
-    ok2 = asyncio.ensure_future(worker.run(_insert_child(1)))
-    await asyncio.sleep(0.05)
-    release.set()
-    await first
+    async with _held(worker):
+        ok1 = asyncio.ensure_future(worker.run(_insert_child(1)))
+        bad = asyncio.ensure_future(worker.run(broken))
+        ok2 = asyncio.ensure_future(worker.run(_insert_child(1)))
     assert await ok1 == 1
     with pytest.raises(ValueError, match="not this one"):
         await bad
