@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tongxin.store.ports import Unavailable
-from tongxin.store.sqlite_worker import SqliteWorker
+from tongxin.store.sqlite_worker import WAL_AUTOCHECKPOINT_PAGES, SqliteWorker, connect
 
 # A deferred foreign key is checked at COMMIT, so a batch holding a row that
 # breaks it fails as a whole there, after every job in it succeeded.
@@ -104,3 +104,18 @@ async def test_a_failing_job_fails_alone(worker: SqliteWorker) -> None:
         await bad
     assert await ok2 == 2
     assert await _children(worker) == [1, 1]
+
+
+def test_wal_is_checkpointed_late_not_every_thousand_pages(tmp_path: Path) -> None:
+    # SQLite's default checkpoints (and restarts) the WAL once it holds 1,000
+    # pages; a store connection lets it grow to WAL_AUTOCHECKPOINT_PAGES first.
+    conn = connect(tmp_path / "c.db", "normal")
+    try:
+        conn.execute("CREATE TABLE t (b BLOB)")
+        for _ in range(1500):  # one commit per row, each row past a page
+            conn.execute("INSERT INTO t VALUES (?)", (b"x" * 5000,))
+        _busy, frames, _done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    finally:
+        conn.close()
+    assert frames > 1000 * 2  # no automatic checkpoint restarted it on the way
+    assert frames < WAL_AUTOCHECKPOINT_PAGES
