@@ -3,9 +3,15 @@
 
     .venv/bin/python appliance/bench/conn_bench.py                      # 2,000 connections
     .venv/bin/python appliance/bench/conn_bench.py --connections 18000  # the full run
+    .venv/bin/python appliance/bench/conn_bench.py --production --server-workers 7 \
+        --connections 100000                                            # across workers
 
 One ``tongxin serve`` on embedded defaults (a subprocess with a temp home of
-its own, stopped by PID) and several client processes (this file,
+its own, stopped by PID), or with ``--production`` on the production engines
+of ``appliance/scripts/services.sh`` (MariaDB, Kafka, Redis Cluster: a fresh
+database, topics and keys of its own; the engines it had to start it stops
+again) with ``server.workers`` node processes sharing the port, and several
+client processes (this file,
 ``--worker``), each holding its share of the connections: one process may
 open 20,000 files at most, so no client process holds more than
 ``--per-worker``. Each client process connects from its own loopback source
@@ -31,7 +37,13 @@ ACK and send -> DELIVER, separately for each phase:
 Between phases the node's /metrics (its own port) is read: RSS, open
 connections, objects tracked by the cyclic GC per generation
 (``tongxin_gc_objects``), and the difference of the pause histograms
-(event-loop lag, GC pauses per generation) over each phase.
+(event-loop lag, GC pauses per generation) over each phase. With workers,
+every worker's /metrics (``server.metrics_listen`` port + N) is read and the
+samples are added up: connections, GC objects and RSS
+(``process_resident_memory_bytes``) are the workers' totals, and the pause
+histograms are those of all workers' observations together (their p99 and
+maximum over every worker); the table adds the connections of the fullest
+and the emptiest worker.
 """
 
 from __future__ import annotations
@@ -46,18 +58,22 @@ import random
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import cluster_bench
 from relay_bench import (
     HOST,
+    BenchError,
     Children,
     Latencies,
     Pauses,
@@ -78,7 +94,8 @@ from tongxin.proto import tongxin_pb2 as pb
 
 HERE = Path(__file__).resolve()
 PASSWORD = "conn-bench-password-1"
-MAX_CONNECTIONS = 19000  # the open-files limit of the one server process (20,000) and slack
+MAX_CONNECTIONS = 19000  # the open-files limit of one server process (20,000) and slack
+MAX_SERVER_WORKERS = 16
 PROBE_INTERVAL = 0.05
 CLOSE_REPLY_TIMEOUT = 15.0
 STORM_DEADLINE = 120.0  # a client not back by then counts as refused for good
@@ -503,15 +520,40 @@ class Snapshot:
     connections: float
     gc_objects: dict[str, float]
     samples: Samples = field(repr=False)
+    # Connections of each worker (one entry without workers).
+    per_worker: list[float] = field(default_factory=list)
 
 
-def scrape(metrics_url: str, pid: int) -> Snapshot:
-    with urllib.request.urlopen(metrics_url, timeout=30) as resp:
-        samples = Pauses.parse(resp.read().decode())
+@dataclass
+class Server:
+    """The node under test: one process, or a supervisor and its workers."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    metrics_urls: list[str]
+    log_path: Path
+
+
+def scrape(server: Server) -> Snapshot:
+    # Summing each sample over the workers gives the totals of the gauges
+    # (connections, GC objects, RSS) and, for a histogram, the histogram of
+    # every worker's observations together (its buckets are cumulative counts).
+    samples: Samples = {}
+    per_worker = []
+    for url in server.metrics_urls:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            one = Pauses.parse(resp.read().decode())
+        per_worker.append(one.get(("tongxin_connections", ()), math.nan))
+        for key, value in one.items():
+            samples[key] = samples.get(key, 0.0) + value
     objs = {dict(lab)["generation"]: v for (n, lab), v in samples.items()
             if n == "tongxin_gc_objects"}
-    return Snapshot(time.monotonic(), rss_bytes(pid),
-                    samples.get(("tongxin_connections", ()), math.nan), objs, samples)
+    # One process: its RSS from /proc (what the earlier runs in docs/performance.md
+    # used); workers: theirs from /metrics, the supervisor's few MB left out.
+    rss = (rss_bytes(server.proc.pid) if len(server.metrics_urls) == 1
+           else int(samples.get(("process_resident_memory_bytes", ()), 0)))
+    return Snapshot(time.monotonic(), rss, samples.get(("tongxin_connections", ()), math.nan),
+                    objs, samples, per_worker)
 
 
 def snap_doc(s: Snapshot) -> dict[str, Any]:
@@ -519,12 +561,32 @@ def snap_doc(s: Snapshot) -> dict[str, Any]:
     # gc_tracked: what a full collection examines; gc_all: that and the frozen ones.
     return {"rss_mb": s.rss / 2**20, "connections": s.connections,
             "gc_tracked": tracked, "gc_all": tracked + s.gc_objects.get("frozen", 0),
-            "gc_objects": s.gc_objects}
+            "gc_objects": s.gc_objects, "connections_per_worker": s.per_worker}
 
 
-async def run(args: argparse.Namespace, workdir: Path, children: Children) -> dict[str, Any]:
+def consecutive_free_ports(n: int) -> int:
+    """The first of ``n`` free ports in a row (worker N's /metrics is on base + N)."""
+    for _ in range(200):
+        base = free_port()
+        if base + n > 65535:
+            continue
+        socks = []
+        try:
+            for p in range(base, base + n):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind((HOST, p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError(f"no {n} free ports in a row on {HOST}")
+
+
+def start_embedded(args: argparse.Namespace, workdir: Path, children: Children) -> Server:
     port, metrics_port = free_port(), free_port()
-    metrics_url = f"http://{HOST}:{metrics_port}/metrics"
     cfg = server_config(workdir / "data", port, "normal", metrics_port)
     if args.heartbeat:
         cfg = cfg.replace("server:\n", f"server:\n  heartbeat_interval: {args.heartbeat}\n", 1)
@@ -532,10 +594,52 @@ async def run(args: argparse.Namespace, workdir: Path, children: Children) -> di
     log_path = workdir / "server.log"
     proc = children.start([sys.executable, "-m", "tongxin.cli.main", "serve", "--config",
                            str(workdir / "tongxin.yml")], log_path, None)
-    await asyncio.to_thread(wait_ready, proc, port, log_path)
-    url = f"ws://{HOST}:{port}/ws"
-    pid = proc.pid
-    log(f"server pid {pid} ready on {HOST}:{port}")
+    wait_ready(proc, port, log_path)
+    return Server(proc, port, [f"http://{HOST}:{metrics_port}/metrics"], log_path)
+
+
+def start_production(args: argparse.Namespace, workdir: Path, children: Children,
+                     env: dict[str, str], tag: str) -> Server:
+    port, metrics_base = free_port(), consecutive_free_ports(args.server_workers)
+    dsn = cluster_bench.fresh_database(env["TONGXIN_MYSQL_DSN"], f"tongxin_connb_{tag}")
+    cfg = cluster_bench.production(cluster_bench._common(port, workdir / "data", "connb"),
+                                   env, dsn, tag)
+    cfg["server"].update(workers=args.server_workers, metrics_listen=f"{HOST}:{metrics_base}")
+    if args.heartbeat:
+        cfg["server"]["heartbeat_interval"] = args.heartbeat
+    path = workdir / "tongxin.json"  # JSON is YAML
+    path.write_text(json.dumps(cfg), encoding="utf-8")
+    log_path = workdir / "server.log"
+    proc = children.start([sys.executable, "-m", "tongxin.cli.main", "serve", "--config",
+                           str(path)], log_path, None)
+    urls = [f"http://{HOST}:{metrics_base + i}/metrics" for i in range(args.server_workers)]
+    # Every worker listening on the public port, or the kernel spreads the
+    # connections over the ones that are.
+    deadline = time.monotonic() + 180
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{_tail(log_path)}")
+        running = log_path.read_text(errors="replace").count(" is running on ")
+        if running >= args.server_workers:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{running} of {args.server_workers} workers up after 180 s:\n"
+                               f"{_tail(log_path)}")
+        time.sleep(0.2)
+    wait_ready(proc, port, log_path)
+    return Server(proc, port, urls, log_path)
+
+
+async def run(args: argparse.Namespace, workdir: Path, children: Children,
+              env: dict[str, str], tag: str) -> dict[str, Any]:
+    if args.production:
+        server = await asyncio.to_thread(start_production, args, workdir, children, env, tag)
+    else:
+        server = await asyncio.to_thread(start_embedded, args, workdir, children)
+    proc, log_path = server.proc, server.log_path
+    url = f"ws://{HOST}:{server.port}/ws"
+    log(f"server pid {proc.pid} ready on {HOST}:{server.port} "
+        f"({len(server.metrics_urls)} worker(s))")
 
     phases: dict[str, dict[str, Any]] = {}
     snaps: dict[str, dict[str, Any]] = {}
@@ -544,7 +648,7 @@ async def run(args: argparse.Namespace, workdir: Path, children: Children) -> di
     probe = Probe(url)
     try:
         await probe.start(session, "")
-        snap = await asyncio.to_thread(scrape, metrics_url, pid)
+        snap = await asyncio.to_thread(scrape, server)
         snaps["start"] = snap_doc(snap)
 
         async def phase(name: str, work: Any) -> Any:
@@ -552,7 +656,7 @@ async def run(args: argparse.Namespace, workdir: Path, children: Children) -> di
             probe.phase = name
             t0 = time.monotonic()
             result = await work
-            before, snap = snap, await asyncio.to_thread(scrape, metrics_url, pid)
+            before, snap = snap, await asyncio.to_thread(scrape, server)
             phases[name] = {"seconds": time.monotonic() - t0,
                             "probe": probe.summary(name),
                             "pauses": Pauses.between(before.samples, snap.samples),
@@ -582,11 +686,13 @@ async def run(args: argparse.Namespace, workdir: Path, children: Children) -> di
             first += count
         await asyncio.gather(*(c.read(30) for c in clients))
 
-        async def all_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
-            return list(await asyncio.gather(*(c.ask(doc) for c in clients)))
+        async def all_of(doc: dict[str, Any], limit: float = PHASE_TIMEOUT) -> list[dict[str, Any]]:
+            return list(await asyncio.gather(*(c.ask(doc, limit) for c in clients)))
 
         parallel = max(1, args.parallel // n_proc)
-        opened = await phase("open", all_of({"op": "open", "parallel": parallel}))
+        # Registrations go at tens to hundreds a second on two shared cores.
+        open_limit = PHASE_TIMEOUT + args.connections / 50
+        opened = await phase("open", all_of({"op": "open", "parallel": parallel}, open_limit))
         phases["open"]["opened"] = sum(o["opened"] for o in opened)
         phases["open"]["failed"] = sum(o["failed"] for o in opened)
         phases["open"]["failures"] = [f for o in opened for f in o["failures"]][:5]
@@ -623,8 +729,11 @@ async def run(args: argparse.Namespace, workdir: Path, children: Children) -> di
         await phase("after-storm", asyncio.sleep(args.settle))
         if proc.poll() is not None:
             raise RuntimeError("the server died during the run")
+        # server/workers.py prints this when it restarts a worker that died.
+        restarts = log_path.read_text(errors="replace").count("; restarting")
         return {"phases": phases, "start": snaps["start"], "probe_errors": probe.errors,
-                "client_processes": n_proc, "server_log_tail": _tail(log_path)}
+                "client_processes": n_proc, "server_workers": len(server.metrics_urls),
+                "worker_restarts": restarts, "server_log_tail": _tail(log_path)}
     finally:
         await probe.stop()
         for c in clients:
@@ -655,6 +764,9 @@ def fmt(v: Any, spec: str = ".1f") -> str:
 
 def print_table(doc: dict[str, Any]) -> None:
     m, p, r = doc["machine"], doc["params"], doc["result"]
+    where = (f"production engines, {r['server_workers']} server workers"
+             if p.get("production") else "embedded defaults, one server process")
+    print(f"Server: {where}")
     print(f"Connections: {p['connections']} held by {r['client_processes']} client processes, "
           f"hold {p['hold']:g}s, heartbeat {r['phases']['hold'].get('heartbeat_interval_s', 0):g}s; "
           f"{m['cpus_allowed']} CPUs ({m['cpu_model']}), Python {m['python']}, "
@@ -704,6 +816,9 @@ def summarize(p: dict[str, Any], r: dict[str, Any]) -> dict[str, Any]:
         "storm_all_back_s": ph["storm"]["all_back_s"], "storm_refusals": ph["storm"]["refusals"],
         "storm_probe_ack_p99_ms": ph["storm"]["probe"]["ack_p99_ms"],
         "rss_after_storm_mb": ph["after-storm"]["server"]["rss_mb"],
+        "server_workers": r["server_workers"], "worker_restarts": r["worker_restarts"],
+        "hold_connections_per_worker_min": min(held["connections_per_worker"], default=math.nan),
+        "hold_connections_per_worker_max": max(held["connections_per_worker"], default=math.nan),
     }
 
 
@@ -721,8 +836,18 @@ def commit() -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--connections", type=bounded(int, 1, MAX_CONNECTIONS), default=2000,
-                   help="connections to hold (default 2000; the full run: 18000)")
+    p.add_argument("--connections", type=bounded(int, 1, MAX_CONNECTIONS * MAX_SERVER_WORKERS),
+                   default=2000,
+                   help=f"connections to hold (default 2000; the full run: 18000; at most "
+                        f"{MAX_CONNECTIONS} per server process)")
+    p.add_argument("--production", action="store_true",
+                   help="run the node on the production engines (services.sh: MariaDB, Kafka, "
+                        "Redis Cluster) instead of embedded defaults")
+    p.add_argument("--server-workers", type=bounded(int, 1, MAX_SERVER_WORKERS), default=1,
+                   help="server.workers: node processes sharing the port (more than 1 needs "
+                        "--production)")
+    p.add_argument("--keep-engines", action="store_true",
+                   help="--production: leave running the engines this run started")
     p.add_argument("--hold", type=bounded(float, 1, 300), default=40.0,
                    help="seconds all connections are held (default 40: longer than one "
                         "heartbeat interval, 30 s +-20%%)")
@@ -747,7 +872,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--source", default=HOST, help=argparse.SUPPRESS)
     p.add_argument("--prefix", default="c", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.server_workers > 1 and not args.production:
+        p.error("--server-workers above 1 needs --production (each worker is a node of its "
+                "own: Kafka for delivery, Redis for presence)")
+    if not args.worker and args.connections > MAX_CONNECTIONS * args.server_workers:
+        p.error(f"--connections {args.connections}: at most {MAX_CONNECTIONS} per server "
+                f"process (its open-files limit); use --production --server-workers "
+                f"{math.ceil(args.connections / MAX_CONNECTIONS)} or more")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -755,8 +888,9 @@ def main(argv: list[str] | None = None) -> int:
     nofile = raise_nofile()
     if args.worker:
         return run_loop(worker_main(args))
-    if args.connections + 200 > nofile:
-        log(f"warning: the open-files limit is {nofile}; the server needs one per connection")
+    if math.ceil(args.connections / args.server_workers) + 200 > nofile:
+        log(f"warning: the open-files limit is {nofile}; a server process needs one per "
+            f"connection it holds")
     workdir = Path(tempfile.mkdtemp(prefix="tongxin-conn-bench-"))
     children = Children()
 
@@ -767,15 +901,32 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, stop)
     machine = machine_info(workdir, sorted(os.sched_getaffinity(0)), (None, None))
     params = {k: getattr(args, k) for k in ("connections", "hold", "baseline", "settle",
-                                            "heartbeat", "per_worker", "parallel")}
+                                            "heartbeat", "per_worker", "parallel",
+                                            "production", "server_workers")}
+    env: dict[str, str] = {}
+    started: list[str] = []
+    tag = uuid.uuid4().hex[:8]
     try:
-        result = run_loop(run(args, workdir, children))
+        if args.production:
+            env, started = cluster_bench.ensure_engines()
+        result = run_loop(run(args, workdir, children, env, tag))
     except KeyboardInterrupt:
         log("interrupted; stopping the server and the client processes")
         return 130
+    except (BenchError, RuntimeError) as exc:
+        log(f"failed: {exc}")
+        return 1
     finally:
         children.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
+        if args.production and env:
+            run_loop(cluster_bench._forget_kafka_and_redis(env, tag))
+            with contextlib.suppress(Exception):
+                run_loop(cluster_bench._mysql(env["TONGXIN_MYSQL_DSN"],
+                                              f"DROP DATABASE IF EXISTS `tongxin_connb_{tag}`"))
+        if started and not args.keep_engines:
+            log(f"stopping the engines this run started: {' '.join(started)}")
+            cluster_bench.services("stop", *started)
     doc = {"machine": machine, "params": params, "commit": commit(), "result": result,
            "loadavg_end": os.getloadavg()}
     doc["summary"] = summarize(params, result)
