@@ -35,7 +35,9 @@
 #   TONGXIN_KAFKA_VERSION  Kafka release (4.3.1)
 #   TONGXIN_MARIADB_PORT   TCP port of the private MariaDB (3307)
 #   TONGXIN_TIDB_PORT      TiDB's MySQL port; its status port is this + 6080 (4000)
-#   TONGXIN_REDIS_BASE_PORT first of the six Redis ports (7000)
+#   TONGXIN_REDIS_BASE_PORT first of the six Redis ports (7000); each node's cluster bus
+#                          takes its port + 10000, so a second set of engines beside the
+#                          default one must keep clear of 17000-17005 too (the default's bus)
 #   TONGXIN_KAFKA_PORT     Kafka's listener; the controller takes the next port (9092)
 #
 # Kafka's cache directory also holds connect-mirror and connect-runtime, so
