@@ -161,6 +161,10 @@ class KafkaConfig:
     router_group: str = _f("tongxin-router", "consumer group shared by all nodes for routing")
     linger_ms: int = _f(2, "producer linger: batching versus latency")
     send_timeout: float = _f(10.0, "seconds to wait for the broker before a send fails")
+    start_timeout: float = _f(60.0, "seconds the node's start waits for Kafka (its topics, the "
+                              "producer's id, the consumers' offsets) before it exits to be "
+                              "started again; past a broker that went away half-way through, "
+                              "the Kafka client would wait for ever")
     max_in_flight: int = _f(10000, "deliveries awaiting broker acks before sends are refused")
     mirrored_from: str = _f("", "site aliases, comma-separated, whose deliveries MirrorMaker 2 "
                                 "copies here as <alias>.<deliveries_topic>; routers read them too")
@@ -558,6 +562,8 @@ def _validate(obj: Any, path: str) -> None:
             raise ConfigError("storage.mysql_pool_size: must be at least 1")
         if obj.mysql_timeout <= 0:
             raise ConfigError("storage.mysql_timeout: must be positive")
+    if isinstance(obj, KafkaConfig) and obj.start_timeout <= 0:
+        raise ConfigError("kafka.start_timeout: must be positive")
     if isinstance(obj, SiteConfig) and obj.heartbeat_interval <= 0:
         raise ConfigError("site.heartbeat_interval: must be positive")
     if isinstance(obj, SiteConfig):

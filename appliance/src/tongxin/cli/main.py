@@ -474,6 +474,10 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
 
 def _unreachable(args: argparse.Namespace, exc: BaseException) -> str:
     """One line naming the backend and address a command could not reach."""
+    from tongxin.delivery.ports import BusStartTimeout
+
+    if isinstance(exc, BusStartTimeout):  # its message names the brokers and the bound
+        return f"tongxin: {exc}"
     try:
         cfg = _config(args) if hasattr(args, "config") else None
     except ConfigError:

@@ -47,7 +47,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 from tongxin.clock import now_ms
 from tongxin.config import KafkaConfig
 from tongxin.delivery.kafka_client import client_kwargs, diagnose
-from tongxin.delivery.ports import Delivery, Handler
+from tongxin.delivery.ports import BusStartTimeout, Delivery, Handler
 from tongxin.proto import internal_pb2 as ipb
 from tongxin.store.ports import Unavailable
 
@@ -155,9 +155,22 @@ class KafkaBus:
         # Every client below takes kafka.security_protocol's settings from here
         # (nothing for PLAINTEXT); no SASL password in the environment fails now.
         self._security = client_kwargs(self.cfg)
+        # Bounded: aiokafka retries some start-up requests (the idempotent
+        # producer's id, the inbox's end offset) for as long as a broker that
+        # answered the bootstrap is away. A node hung there never listens and
+        # is never restarted; one that exits is (systemd's Restart=on-failure),
+        # and its next start finds the broker back.
+        deadline = asyncio.timeout(self.cfg.start_timeout)
         try:
-            await self._start(handler)
-        except (KafkaError, OSError, TimeoutError):
+            async with deadline:
+                await self._start(handler)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            if isinstance(exc, TimeoutError) and deadline.expired():
+                await self.close()
+                raise BusStartTimeout(
+                    f"Kafka ({self.cfg.bootstrap_servers}) did not let the node start within "
+                    f"kafka.start_timeout ({self.cfg.start_timeout:g} s: its topics, the "
+                    "producer, the consumers); exiting, to be started again") from None
             # A refused password or an unverified certificate is this node's
             # configuration (one line, exit 2), not an outage: aiokafka only
             # says it could not bootstrap, so ask the brokers once more.

@@ -11,6 +11,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from tongxin.store.ports import Unavailable
+
+
+class BusStartTimeout(Unavailable):
+    """The bus's brokers did not let the node start in time: its message says
+    which brokers and which bound, so the command line prints it as it is."""
+
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
