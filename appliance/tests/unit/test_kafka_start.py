@@ -77,5 +77,5 @@ async def test_a_timeout_inside_the_start_before_the_bound_is_not_called_the_bou
 def test_the_bound_must_be_positive(tmp_path: Path) -> None:
     path = tmp_path / "tongxin.yml"
     path.write_text("kafka:\n  start_timeout: 0\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match="kafka.start_timeout: must be positive"):
+    with pytest.raises(ConfigError, match=r"kafka\.start_timeout: must be positive"):
         load_config(path)
