@@ -42,7 +42,8 @@ async def _nothing(*_args: Any) -> Any:
 
 def _bus(port: int, start_timeout: float) -> KafkaBus:
     cfg = KafkaConfig(bootstrap_servers=f"127.0.0.1:{port}", start_timeout=start_timeout)
-    return KafkaBus(cfg, "A", _nothing, _nothing, _nothing, _nothing, CollectorRegistry())
+    return KafkaBus(cfg, "A", _nothing, lambda _conversation: None, _nothing, _nothing,
+                    CollectorRegistry())
 
 
 async def test_a_broker_that_never_answers_ends_the_start_at_the_bound(
