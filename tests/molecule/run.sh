@@ -479,8 +479,9 @@ main() {
     if [ "$rc" = 0 ]; then
       run_one "$s" "$logfile" || rc=$?
       # A container that stops answering `podman exec` under the whole suite's
-      # load ("UNREACHABLE! ... Connection timed out" in Gathering Facts, once
-      # in a full run) is the test host failing, not the roles: run the
+      # load ("UNREACHABLE! ... Connection timed out" in Gathering Facts, or
+      # a delegated task's "error occurred on host X: Connection timed out",
+      # see lost_a_host) is the test host failing, not the roles: run the
       # scenario once more from its destroy, and say so. Every assertion must
       # still pass on that run; any other failure is final.
       if [ "$rc" != 0 ] && [ -n "$logfile" ] && lost_a_host "$logfile"; then
@@ -591,10 +592,14 @@ beside_command() {
 # (an ignored failure earlier on is not the cause), each as its TASK line and
 # the first 300 characters of its fatal line, then Molecule's own complaint.
 lost_a_host() {  # lost_a_host LOG: did the run fail on an UNREACHABLE host that was not ignored?
+  # A task delegated to the host that stopped answering says it differently:
+  # "FAILED! => {... "msg": "Task failed: error occurred on host X: Connection
+  # timed out."}" (Ansible's words for its connection plugin, never a module's).
   awk '
     pending && !/\.\.\.ignoring/ { hit = 1 }
     { pending = 0 }
     /^fatal: \[[^]]*\]: UNREACHABLE!/ { pending = 1 }
+    /^fatal: \[[^]]*\]: FAILED! => .*"msg": "Task failed: error occurred on host [^"]*: Connection timed out\."/ { pending = 1 }
     END { if (pending) hit = 1; exit hit ? 0 : 1 }
   ' "$1"
 }
