@@ -30,7 +30,8 @@
 #   1. a Python venv with the pinned tools (requirements.txt) in .venv;
 #   2. podman with the runc runtime from Debian's packages (crun fails on
 #      hybrid cgroups hosts), and podman defaults in containers.conf.d
-#      (runtime runc, ulimits nofile 20000 / nproc 4096);
+#      (runtime runc, ulimits nofile 20000 / nproc 4096), and as root
+#      fs.inotify.max_user_instances raised to 1024 (every host runs systemd);
 #   3. the base image localhost/tongxin-debian12:latest: Debian 12 built with
 #      debootstrap and `podman import`ed (no registry is involved). The rootfs
 #      tarball is kept in ${TONGXIN_CACHE:-$HOME/.cache/tongxin}/images, so a
@@ -152,6 +153,20 @@ EOF
   if [ "$(cat "$conf" 2>/dev/null)" != "$body" ]; then
     printf '%s\n' "$body" >"$conf"
     log "wrote $conf"
+  fi
+  # Every test host runs systemd, which takes inotify instances of the one
+  # user all rootful containers share; Linux allows 128. At the suite's peak
+  # (three scenarios, the lab's 18 hosts among them, and pytest) that is near
+  # the edge, and past it a host's boot stops half-way ("Failed to create
+  # inotify object: Too many open files") and never finishes.
+  local inotify
+  inotify=$(cat /proc/sys/fs/inotify/max_user_instances 2>/dev/null || echo 0)
+  if [ "$inotify" -lt 1024 ]; then
+    if [ "$(id -u)" = 0 ] && sysctl -q -w fs.inotify.max_user_instances=1024 2>/dev/null; then
+      log "raised fs.inotify.max_user_instances from $inotify to 1024 (systemd in every test host)"
+    else
+      log "warning: fs.inotify.max_user_instances is $inotify; with many test hosts at once their systemd may not finish booting (raise it to 1024 as root)"
+    fi
   fi
 }
 
