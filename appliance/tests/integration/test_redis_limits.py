@@ -205,10 +205,15 @@ async def test_primary_failover(redis_env: dict[str, str], prefix: str) -> None:
     back during the failover, and use Redis again after the replica took over."""
     nodes = redis_env["TONGXIN_REDIS_NODES"]
     fallbacks: list[int] = []
-    rl = RedisRateLimiter(nodes, prefix, rate=1000.0, burst=1000.0,
+    # One token per 100 s with a burst of 1,000: never refused in this test, and the
+    # user's key lives 100 s per token granted. (At 1,000/s it lived ~2 ms, so reading
+    # it back after the failover raced its expiry and failed in CI.)
+    rl = RedisRateLimiter(nodes, prefix, rate=0.01, burst=1000.0,
                           on_fallback=lambda: fallbacks.append(1))
     rv = RedisRevocations(nodes, prefix, on_fallback=lambda: fallbacks.append(1))
-    other = RedisRateLimiter(nodes, prefix, rate=1000.0, burst=1000.0)
+    # Its first call discovers the cluster: bounded like the set-up's, so that it
+    # spends from Redis rather than falling back under the suite's load.
+    other = RedisRateLimiter(nodes, prefix, rate=0.01, burst=1000.0, timeout=10.0)
     # The set-up must reach Redis: with the 1 s default bound, beside the
     # Molecule scenarios the first call (it also discovers the cluster) timed
     # out and fell back, so "t1" was never in Redis and never came back.
@@ -243,6 +248,7 @@ async def test_primary_failover(redis_env: dict[str, str], prefix: str) -> None:
         # Shared again: the promoted replica has the user's counter, and the
         # other node spends from it.
         used_before = int(await rl.redis.get(rl.key("alice")) or 0)
+        assert used_before > 0
         assert await other.acquire("alice") == 0.0
         assert int(await rl.redis.get(rl.key("alice")) or 0) > used_before
     finally:

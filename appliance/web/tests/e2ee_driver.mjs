@@ -95,12 +95,14 @@ const ops = {
     const p = page(label);
     await p.fill("#backup-passphrase", passphrase);
     await p.click('#restore-key button[type="submit"]');
-    // Either the form goes (signed) or a toast says why not.
-    await p.locator("#restore-key").or(p.locator("#toasts .toast.error")).last().waitFor();
-    await p.locator("#restore-key").waitFor({ state: "detached", timeout: 200 }).catch(() => {});
+    // Done when the form has gone (signed) or a toast says why not. Not a wait for
+    // "the form or a toast to be visible": a restore that ended before that wait
+    // looked left neither, and the wait ran out (CI, 2026-12-07).
+    // scrypt (N = 2^15) runs in the page's JavaScript: allow for a loaded machine.
+    await p.waitForFunction(() => !document.getElementById("restore-key")
+      || document.querySelector("#toasts .toast.error"), null, { timeout: 3 * T });
     const failed = await p.locator("#toasts .toast.error").allTextContents();
     if (failed.length) throw new Error(`restoring the key failed: ${failed.join(" | ")}`);
-    await p.locator("#restore-key").waitFor({ state: "detached" });
     return p.evaluate(() => window.tongxinE2EE?.notSigned);
   },
 
