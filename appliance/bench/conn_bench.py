@@ -98,7 +98,10 @@ MAX_CONNECTIONS = 19000  # the open-files limit of one server process (20,000) a
 MAX_SERVER_WORKERS = 16
 PROBE_INTERVAL = 0.05
 CLOSE_REPLY_TIMEOUT = 15.0
-STORM_DEADLINE = 120.0  # a client not back by then counts as refused for good
+CLOSE_GRACE = 15.0  # sending the close frame and ending the reader, beyond the reply's 15 s
+# A client not back by then counts as refused for good: the SDK's own default
+# (tongxin.client.Backoff.deadline), the point where a real client gives up.
+STORM_DEADLINE = Backoff().deadline
 PHASE_TIMEOUT = 240.0  # any one command to the client processes
 CONNECT_TIMEOUT = 30.0
 
@@ -273,17 +276,30 @@ class Worker:
             h.closing = True
         t0 = time.monotonic()
         times: list[float] = []
+        stuck = 0
 
         async def one(h: Held) -> bool:
+            nonlocal stuck
             ws = h.wire.ws
             # close() from here hands the handshake to the reader, which is inside
             # receive(): it sends the close frame and reads until the server's
             # close frame comes (or ws_close, 15 s, passes). Cancelling the
             # reader instead would mark the socket closed without a handshake.
-            with contextlib.suppress(Exception):
-                await ws.close()
+            # ws_close bounds only the wait for the reply, so the whole close is
+            # bounded too: 100,000 closes at once on 7 workers once outlasted the
+            # phase's 240 s, and the run ended with no close figures at all.
+            try:
+                async with asyncio.timeout(CLOSE_REPLY_TIMEOUT + CLOSE_GRACE):
+                    with contextlib.suppress(Exception):
+                        await ws.close()
+                        if h.reader is not None:
+                            await h.reader
+            except TimeoutError:
+                stuck += 1
                 if h.reader is not None:
-                    await h.reader
+                    h.reader.cancel()
+                ws._response.close()  # drop the socket: no handshake will come
+                return False
             # aiohttp's close() gives up after ws_close (15 s) with 1006 and the
             # timeout as the exception; the server's own code means its reply came.
             replied = ws.close_code not in (None, aiohttp.WSCloseCode.ABNORMAL_CLOSURE) \
@@ -294,7 +310,8 @@ class Worker:
 
         replies = await asyncio.gather(*(one(h) for h in held))
         self.tokens = {h.index: h.token for h in held}
-        return {"closed": len(held), "replied": sum(replies), "reply_times": times}
+        return {"closed": len(held), "replied": sum(replies), "reply_times": times,
+                "stuck": stuck}
 
     async def storm(self, deadline: float) -> dict[str, Any]:
         """All reconnect at once, each with the SDK's back-off, and resume with the token."""
@@ -712,11 +729,13 @@ async def run(args: argparse.Namespace, workdir: Path, children: Children,
         times = [t for c in closes for t in c["reply_times"]]
         phases["close"].update(
             closed=sum(c["closed"] for c in closes), replied=sum(c["replied"] for c in closes),
+            stuck=sum(c["stuck"] for c in closes),
             reply_p50_s=pct(times, 0.5), reply_p99_s=pct(times, 0.99),
             reply_max_s=max(times, default=math.nan))
         await phase("after-close", asyncio.sleep(args.settle))
 
-        storms = await phase("storm", all_of({"op": "storm", "deadline": STORM_DEADLINE}))
+        storms = await phase("storm", all_of({"op": "storm", "deadline": STORM_DEADLINE},
+                                             STORM_DEADLINE + CONNECT_TIMEOUT + 60))
         back = [t for s in storms for t in s["back_times"]]
         refusals: dict[str, int] = {}
         for s in storms:
@@ -812,6 +831,7 @@ def summarize(p: dict[str, Any], r: dict[str, Any]) -> dict[str, Any]:
         "hold_loop_lag_max_ms_at_most": ph["hold"]["pauses"]["loop_lag_max_ms_at_most"],
         "close_replied": ph["close"]["replied"], "close_closed": ph["close"]["closed"],
         "close_reply_p99_s": ph["close"]["reply_p99_s"],
+        "close_not_ended_in_30s": ph["close"]["stuck"],
         "rss_after_close_mb": ph["after-close"]["server"]["rss_mb"],
         "storm_back": ph["storm"]["back"], "storm_gave_up": ph["storm"]["gave_up"],
         "storm_all_back_s": ph["storm"]["all_back_s"], "storm_refusals": ph["storm"]["refusals"],
