@@ -103,6 +103,7 @@ CLOSE_GRACE = 15.0  # sending the close frame and ending the reader, beyond the 
 # (tongxin.client.Backoff.deadline), the point where a real client gives up.
 STORM_DEADLINE = Backoff().deadline
 PHASE_TIMEOUT = 240.0  # any one command to the client processes
+SCRAPE_TIMEOUT = 300.0  # one worker's /metrics after a phase
 CONNECT_TIMEOUT = 30.0
 
 
@@ -539,6 +540,9 @@ class Snapshot:
     samples: Samples = field(repr=False)
     # Connections of each worker (one entry without workers).
     per_worker: list[float] = field(default_factory=list)
+    # Seconds the slowest worker took to answer /metrics: a worker whose loop is
+    # busy (a mass close's teardowns) answers late.
+    metrics_wait: float = 0.0
 
 
 @dataclass
@@ -557,9 +561,18 @@ def scrape(server: Server) -> Snapshot:
     # every worker's observations together (its buckets are cumulative counts).
     samples: Samples = {}
     per_worker = []
+    slowest = 0.0
     for url in server.metrics_urls:
-        with urllib.request.urlopen(url, timeout=30) as resp:
-            one = Pauses.parse(resp.read().decode())
+        # Patient: a worker tearing down 14,000 closed connections answered its
+        # /metrics after more than 30 s (the 100,000-connection runs), and that
+        # is a figure of the run, not a reason to end it.
+        t0 = time.monotonic()
+        try:
+            with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT) as resp:
+                one = Pauses.parse(resp.read().decode())
+        except TimeoutError:
+            raise BenchError(f"{url} did not answer within {SCRAPE_TIMEOUT:g} s") from None
+        slowest = max(slowest, time.monotonic() - t0)
         per_worker.append(one.get(("tongxin_connections", ()), math.nan))
         for key, value in one.items():
             samples[key] = samples.get(key, 0.0) + value
@@ -570,7 +583,7 @@ def scrape(server: Server) -> Snapshot:
     rss = (rss_bytes(server.proc.pid) if len(server.metrics_urls) == 1
            else int(samples.get(("process_resident_memory_bytes", ()), 0)))
     return Snapshot(time.monotonic(), rss, samples.get(("tongxin_connections", ()), math.nan),
-                    objs, samples, per_worker)
+                    objs, samples, per_worker, slowest)
 
 
 def snap_doc(s: Snapshot) -> dict[str, Any]:
@@ -578,7 +591,8 @@ def snap_doc(s: Snapshot) -> dict[str, Any]:
     # gc_tracked: what a full collection examines; gc_all: that and the frozen ones.
     return {"rss_mb": s.rss / 2**20, "connections": s.connections,
             "gc_tracked": tracked, "gc_all": tracked + s.gc_objects.get("frozen", 0),
-            "gc_objects": s.gc_objects, "connections_per_worker": s.per_worker}
+            "gc_objects": s.gc_objects, "connections_per_worker": s.per_worker,
+            "metrics_wait_s": s.metrics_wait}
 
 
 def consecutive_free_ports(n: int) -> int:
@@ -832,6 +846,7 @@ def summarize(p: dict[str, Any], r: dict[str, Any]) -> dict[str, Any]:
         "close_replied": ph["close"]["replied"], "close_closed": ph["close"]["closed"],
         "close_reply_p99_s": ph["close"]["reply_p99_s"],
         "close_not_ended_in_30s": ph["close"]["stuck"],
+        "close_metrics_wait_s": ph["close"]["server"]["metrics_wait_s"],
         "rss_after_close_mb": ph["after-close"]["server"]["rss_mb"],
         "storm_back": ph["storm"]["back"], "storm_gave_up": ph["storm"]["gave_up"],
         "storm_all_back_s": ph["storm"]["all_back_s"], "storm_refusals": ph["storm"]["refusals"],
