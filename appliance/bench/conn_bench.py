@@ -331,7 +331,10 @@ class Worker:
                 await asyncio.sleep(policy.delay(attempt, rng))
                 attempt += 1
                 try:
-                    wire = await self._connect()
+                    # Bounded like the AUTH: the handshake itself has only the
+                    # session's 300 s default, and 100,000 reconnecting clients
+                    # ran past the phase's bound waiting on it (run 3).
+                    wire = await asyncio.wait_for(self._connect(), CONNECT_TIMEOUT)
                     ok = await self._auth(wire, pb.AUTH, pb.AuthRequest(token=token,
                                                                          device_id="bench"))
                 except Exception as exc:
