@@ -341,6 +341,9 @@ class Worker:
                     kind = type(exc).__name__
                     if isinstance(exc, aiohttp.WSServerHandshakeError):
                         kind = f"http {exc.status}"
+                    elif isinstance(exc, BenchError):
+                        # The server's answer: an ERROR frame's code, or its close.
+                        kind = str(exc).split(":")[0][:60]
                     refusals[kind] = refusals.get(kind, 0) + 1
                     if time.monotonic() - t0 + policy.delay(attempt, rng) > deadline:
                         gave_up += 1

@@ -121,6 +121,9 @@ class Metrics:
         self.redis_fallbacks = Counter(
             "tongxin_redis_fallbacks", "Rate-limit checks and revocation look-ups answered "
             "without Redis because it did not answer (local bucket, store)", ["use"], registry=r)
+        self.presence_removals_failed = Counter(
+            "tongxin_presence_removals_failed", "Devices that left this node while presence "
+            "(Redis) did not take their removal; made again on the next heartbeat", registry=r)
 
     # Per-frame hot path: resolving a labelled child costs ~10 us (label
     # tuple, lock, name lookup); the children are cached per frame type.

@@ -23,6 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tongxin.config import ConfigError
 from tongxin.presence.redis_presence import parse_nodes, redis_password, tls_kwargs
+from tongxin.redis_gate import GatedRedisCluster
 
 #: What a failed call may raise: the driver's errors (RedisClusterException,
 #: e.g. "no startup node answers" or an uncovered slot, is not a RedisError),
@@ -37,8 +38,10 @@ def bounded_cluster(nodes: str, timeout: float, retries: int,
     (the slot map is re-read after a connection error) but not a long outage.
     It authenticates with $TONGXIN_REDIS_PASSWORD and, with ``tls_ca_file``
     (presence.redis_tls_ca_file), speaks TLS verified against it, as every
-    Redis client of the node does (this site's cluster and the other sites')."""
-    return RedisCluster(
+    Redis client of the node does (this site's cluster and the other sites').
+    Its calls wait for a free connection rather than fail (tongxin.redis_gate);
+    the callers' time bounds cover that wait."""
+    return GatedRedisCluster(
         startup_nodes=parse_nodes(nodes), decode_responses=True, password=redis_password(),
         retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), retries),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],

@@ -180,3 +180,70 @@ async def test_a_failed_auth_keeps_the_device_connection_it_would_have_replaced(
     assert not old.closing  # not replaced (4009) by a connection that did not authenticate
     assert authenticated(node) == 1
     await first.ping()
+
+
+# ---- a connection ending while presence fails -----------------------------------------
+
+
+async def wait_detached(node: Node) -> None:
+    for _ in range(500):
+        if not node.hub.all:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the server did not end the closed connection")
+
+
+async def test_a_connection_ending_while_redis_fails_ends_quietly_and_is_removed_later(
+        redis_node: tuple[RunningNode, FakeRedis], caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 18's mass close: the presence removal failed (a spent pool) and the
+    error escaped the WebSocket handler, where aiohttp logged a traceback per
+    connection. Now the handler ends normally, the failure is counted, and the
+    removal is made again once Redis answers."""
+    running, fake = redis_node
+    node = running.node
+    await node.accounts.create_user("frank", "password-1")
+    client = await running.client(device_id="d_frank")
+    auth = await client.login("frank", "password-1")
+    key = dev_key("tx", auth.user_id)
+    assert fake.hashes[key] == {"d_frank": node.node_id}
+    fake.fail = MaxConnectionsError("Too many connections")
+    caplog.set_level("WARNING")
+    await client.close()
+    await wait_detached(node)
+    assert node.metrics.registry.get_sample_value(
+        "tongxin_presence_removals_failed_total") == 1
+    assert not [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert [r for r in caplog.records if "presence removal failed" in r.getMessage()]
+    assert fake.hashes[key] == {"d_frank": node.node_id}  # left behind, for now
+    assert node.presence._unremoved == {(auth.user_id, "d_frank")}  # type: ignore[attr-defined]
+
+    fake.fail = None
+    await node.presence._remove_again()  # type: ignore[attr-defined]
+    assert fake.hashes[key] == {}
+    assert not node.presence._unremoved  # type: ignore[attr-defined]
+
+
+async def test_a_removal_made_again_spares_a_device_that_came_back(
+        redis_node: tuple[RunningNode, FakeRedis]) -> None:
+    running, fake = redis_node
+    node = running.node
+    await node.accounts.create_user("gina", "password-1")
+    first = await running.client(device_id="d_gina")
+    auth = await first.login("gina", "password-1")
+    fake.fail = RedisConnectionError("Connection refused")
+    await first.close()
+    await wait_detached(node)
+    fake.fail = None
+    again = await running.client(device_id="d_gina")  # back, through this node
+    await again.login("gina", "password-1")
+    await node.presence._remove_again()  # type: ignore[attr-defined]
+    assert fake.hashes[dev_key("tx", auth.user_id)] == {"d_gina": node.node_id}
+    assert not node.presence._unremoved  # type: ignore[attr-defined]
+    # A device that left and is listed elsewhere now (another node) is not removed either.
+    fake.fail = RedisConnectionError("Connection refused")
+    await again.close()
+    await wait_detached(node)
+    fake.fail = None
+    fake.hashes[dev_key("tx", auth.user_id)]["d_gina"] = "other-node"
+    await node.presence._remove_again()  # type: ignore[attr-defined]
+    assert fake.hashes[dev_key("tx", auth.user_id)] == {"d_gina": "other-node"}

@@ -39,6 +39,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from tongxin.clock import now_ms
 from tongxin.config import ConfigError
 from tongxin.presence.ports import PresenceEntry
+from tongxin.redis_gate import GatedRedisCluster
 from tongxin.store.ports import Unavailable
 from tongxin.tls_errors import cert_verify_reason
 
@@ -51,6 +52,10 @@ LIVE_CACHE_SECONDS = 1.0
 #: routes version stays the same: a backstop for a version write that a Redis
 #: failover lost (see devices_of).
 ROUTES_CACHE_SECONDS = 2.0
+
+#: Failed removals kept for another try (device_offline), at most: past this,
+#: an outage's leftovers wait for their device's next connection.
+UNREMOVED_MAX = 100_000
 
 #: What a failed call may raise (as tongxin.redisutil.FAILURES, which imports this module).
 _FAILURES: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, TimeoutError,
@@ -159,10 +164,12 @@ class RedisPresence:
         self.prefix = prefix
         self.node_ttl_ms = int(node_ttl * 1000)
         # Retries ride out a primary failover: MOVED/connection errors make
-        # the client refresh the slot map and try again.
+        # the client refresh the slot map and try again. Gated: a burst of
+        # logins or of closes waits for a connection instead of failing
+        # (tongxin.redis_gate).
         self.nodes = nodes
         self.tls_ca_file = tls_ca_file
-        self.redis = RedisCluster(
+        self.redis: RedisCluster = GatedRedisCluster(
             startup_nodes=parse_nodes(nodes), decode_responses=True, password=redis_password(),
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 8),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
@@ -177,6 +184,10 @@ class RedisPresence:
         self._local: set[tuple[str, str]] = set()
         self._last_beat = 0.0
         self._reregister_beats = 0
+        # Devices that left this node while Redis failed to remove their
+        # entries (device_offline): removed again on the next heartbeat.
+        self._unremoved: set[tuple[str, str]] = set()
+        self._again: asyncio.Task[None] | None = None
         self._live_cache: frozenset[str] = frozenset()
         self._live_cache_until = 0.0
         self.live_reads = 0  # reads of the live-node set (tests count them)
@@ -255,6 +266,8 @@ class RedisPresence:
                 await self._heartbeat_once()
                 # Forget nodes dead for a long time so the set stays small.
                 await self.redis.zremrangebyscore(self._nodes, 0, now_ms() - 20 * self.node_ttl_ms)
+                if self._unremoved and (self._again is None or self._again.done()):
+                    self._again = asyncio.create_task(self._remove_again())
             except Exception as exc:
                 # Not only RedisError: after a whole cluster restarts, the
                 # cluster client can raise others while it relearns the slot
@@ -319,9 +332,22 @@ class RedisPresence:
         return not others & live
 
     async def device_offline(self, user_id: str, device_id: str, node_id: str) -> bool:
-        key = self._dev(user_id)
+        """Raises Unavailable when Redis fails. The removal is then made again on
+        this node's next heartbeats that reach Redis (``_remove_again``): an entry
+        left behind would route this user's messages here and show them online
+        for as long as this node lives."""
         if node_id == self.node_id:
             self._local.discard((user_id, device_id))
+        try:
+            return await self._remove(user_id, device_id, node_id)
+        except _FAILURES as exc:
+            if node_id == self.node_id and len(self._unremoved) < UNREMOVED_MAX:
+                self._unremoved.add((user_id, device_id))
+            raise Unavailable(f"presence: Redis did not answer ({type(exc).__name__}: {exc})") \
+                from exc
+
+    async def _remove(self, user_id: str, device_id: str, node_id: str) -> bool:
+        key = self._dev(user_id)
         # Only remove the entry if it still points at this node: the device
         # may already have reconnected through another one.
         if await self.redis.hget(key, device_id) == node_id:
@@ -333,6 +359,35 @@ class RedisPresence:
         rest = [str(n) for n in (await self.redis.hgetall(key)).values()]
         live = await self._live_for(rest)
         return not any(n in live for n in rest)
+
+    async def _remove_again(self) -> None:
+        """The removals device_offline could not make, unless the device is
+        connected here again, in pipelined chunks. Watchers are not told (they
+        were not when it failed either): their next PRESENCE_SUB reads the
+        truth. Runs beside the heartbeat, never in it: thousands of removals
+        must not make this node's beat late."""
+        try:
+            pending = sorted(self._unremoved)
+            for start in range(0, len(pending), 500):
+                chunk = pending[start:start + 500]
+                pipe = self.redis.pipeline()
+                for user_id, device_id in chunk:
+                    pipe.hget(self._dev(user_id), device_id)
+                owners = await pipe.execute()
+                gone = [(u, d) for (u, d), node in zip(chunk, owners, strict=True)
+                        if node == self.node_id and (u, d) not in self._local]
+                if gone:
+                    pipe = self.redis.pipeline()
+                    for user_id, device_id in gone:
+                        pipe.hdel(self._dev(user_id), device_id)
+                        pipe.set(self._seen(user_id), now_ms())
+                    await pipe.execute()
+                    await self._routes_changed()
+                self._unremoved.difference_update(chunk)
+        except Exception as exc:
+            # Any error, as in the heartbeat: what is left is tried on the next beat.
+            log.warning("presence: %d removals still to make after Redis failed: %s: %s",
+                        len(self._unremoved), type(exc).__name__, exc)
 
     async def _devices(self, user_ids: list[str]) -> dict[str, dict[str, str]]:
         found: dict[str, dict[str, str]] = {}
@@ -427,8 +482,9 @@ class RedisPresence:
         return {u: dict(found[u] if u in found else routes[u]) for u in user_ids}
 
     async def close(self) -> None:
-        if self._beat is not None:
-            self._beat.cancel()
+        for task in (self._beat, self._again):
+            if task is not None:
+                task.cancel()
         with contextlib.suppress(RedisError, RedisClusterException):
             await self.redis.zrem(self._nodes, self.node_id)
         await self.redis.aclose()

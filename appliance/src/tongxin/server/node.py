@@ -197,6 +197,7 @@ class Node:
         self.metrics_listener: MetricsListener | None = None  # set by app()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._removal_warned_until = 0.0  # detach: log failed presence removals once a minute
 
     def _make_bus(self) -> DeliveryBus:
         if self.cfg.delivery.backend == "kafka":
@@ -367,8 +368,24 @@ class Node:
             self.metrics.authenticated.dec()
             # The session idle timeout counts from when the connection ends.
             await self.accounts.touch(conn.session.claims.token_id, force=True)
-        if self.hub.detach(conn) and await self.presence.device_offline(
-                conn.user_id, conn.device_id, self.node_id):
+        if not self.hub.detach(conn):
+            return
+        try:
+            offline = await self.presence.device_offline(conn.user_id, conn.device_id,
+                                                         self.node_id)
+        except Unavailable as exc:
+            # Redis away: the removal is made again on presence's next heartbeat
+            # (RedisPresence._remove_again). Counted, and logged at most once a
+            # minute: thousands of connections can end in one outage, and the
+            # handler's end must stay cheap (a traceback per connection once
+            # took a quarter of a worker through a mass close).
+            self.metrics.presence_removals_failed.inc()
+            now = time.monotonic()
+            if now >= self._removal_warned_until:
+                self._removal_warned_until = now + 60.0
+                log.warning("presence removal failed, to be made again: %s", exc)
+            return
+        if offline:
             await self.publish_presence(conn.user_id, False)
 
     async def end_sessions(self, user_id: str, token_id: str, issued_before_ms: int) -> None:
@@ -413,7 +430,12 @@ class Node:
             max_msg_size=2 * (self.limits.max_frame_payload + HEADER_SIZE))
         if not self.ready:
             raise web.HTTPServiceUnavailable(text="starting or stopping")
-        await ws.prepare(request)
+        try:
+            await ws.prepare(request)
+        except ConnectionResetError:
+            # The client gave up before the handshake's answer was written (a
+            # reconnect storm's timeouts): nothing to serve, nothing to log.
+            return ws
         conn = Connection(ws, self, request.remote or "", request.transport)
         self.hub.all.add(conn)
         self.metrics.connections.inc()
