@@ -103,8 +103,9 @@ class RunningNode:
         await self.runner.cleanup()
 
 
-async def start_node(cfg: Config) -> RunningNode:
-    node = Node(cfg)
+async def start_node(cfg: Config, **parts: Any) -> RunningNode:
+    """A node on ``cfg``, serving; ``parts``: Node's own (presence=, store=...)."""
+    node = Node(cfg, **parts)
     runner = web.AppRunner(node.app(), access_log=None, handle_signals=False)
     await runner.setup()
     host, port = cfg.listen_address()

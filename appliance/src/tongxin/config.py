@@ -51,6 +51,9 @@ class ServerConfig:
     fragment_budget: int = _f(268435456, "bytes of unfinished fragmented messages all connections "
                               "of a node may hold together; past it a new fragment is refused")
     auth_timeout: float = _f(10.0, "seconds a new connection has to authenticate")
+    auth_concurrency: int = _f(32, "AUTHs and REGISTERs a node works on at once; later ones "
+                               "wait their turn in order (a reconnect storm), and a connection "
+                               "waiting for its turn is not closed by auth_timeout")
     http_idle_timeout: float = _f(15.0, "seconds an HTTP connection may go without a complete "
                                   "request head, first or next (a WebSocket in use is not idle)")
     heartbeat_interval: float = _f(30.0, "seconds between client pings (jittered +-20%)")
@@ -484,6 +487,8 @@ def _validate(obj: Any, path: str) -> None:
             raise ConfigError(f"{where}: must not be negative, got {value}")
     if isinstance(obj, ServerConfig):
         parse_listen(obj.listen)
+        if obj.auth_concurrency < 1:
+            raise ConfigError("server.auth_concurrency: must be at least 1")
         if obj.max_frame_payload < 1024:
             raise ConfigError("server.max_frame_payload: must be at least 1024")
         if obj.max_message_size < obj.max_frame_payload:

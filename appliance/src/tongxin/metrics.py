@@ -121,6 +121,12 @@ class Metrics:
         self.redis_fallbacks = Counter(
             "tongxin_redis_fallbacks", "Rate-limit checks and revocation look-ups answered "
             "without Redis because it did not answer (local bucket, store)", ["use"], registry=r)
+        self.auth_waiting = Gauge(
+            "tongxin_auth_waiting", "AUTHs and REGISTERs waiting for a turn "
+            "(server.auth_concurrency)", registry=r)
+        self.auth_abandoned = Counter(
+            "tongxin_auth_abandoned", "AUTHs and REGISTERs not worked on because the client "
+            "had closed the connection while they waited for a turn", registry=r)
         self.presence_removals_failed = Counter(
             "tongxin_presence_removals_failed", "Devices that left this node while presence "
             "(Redis) did not take their removal; made again on the next heartbeat", registry=r)

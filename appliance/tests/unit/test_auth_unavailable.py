@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
-from conftest import RunningNode, make_config  # type: ignore[import-not-found, unused-ignore]
+from conftest import RunningNode, make_config, start_node  # type: ignore[import-not-found, unused-ignore]
 from fake_redis import FakeRedis, fake_presence  # type: ignore[import-not-found, unused-ignore]
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError
@@ -33,13 +32,7 @@ from tongxin.server.node import Node
 @pytest.fixture
 async def redis_node(tmp_path: Path) -> AsyncIterator[tuple[RunningNode, FakeRedis]]:
     presence, fake = fake_presence()
-    cfg = make_config(tmp_path / "node")
-    node = Node(cfg, presence=presence)
-    runner = web.AppRunner(node.app(), access_log=None, handle_signals=False)
-    await runner.setup()
-    host, port = cfg.listen_address()
-    await web.TCPSite(runner, host, port).start()
-    running = RunningNode(node, runner, cfg)
+    running = await start_node(make_config(tmp_path / "node"), presence=presence)
     yield running, fake
     fake.fail = fake.fail_live = None
     if fake.gate is not None:

@@ -101,6 +101,9 @@ class Connection:
         # with 1000 "logged out", not 4010 like the token's other sessions.
         self.logging_out = False
         self.watching: tuple[str, ...] = ()
+        # An AUTH or REGISTER is waiting for its turn or being worked on: the
+        # sweep's auth_timeout does not close it (the server is the slow one).
+        self.authenticating = False
 
     @property
     def actor(self) -> Actor:
@@ -337,8 +340,43 @@ class Connection:
             req.username, req.password, req.display_name, req.device_id))
 
     async def _open_session(self, seq: int, authenticate: Callable[[], Awaitable[Session]]) -> None:
-        """AUTH and REGISTER alike: a refusal counts towards the unauthenticated limit; a
-        backend outage answers UNAVAILABLE with a retry hint and leaves the connection as it was."""
+        """AUTH and REGISTER alike, in turns (``Node.auth_gate``, server.auth_concurrency)."""
+        node = self.node
+        self.authenticating = True
+        try:
+            if node.auth_gate.locked():
+                node.metrics.auth_waiting.inc()
+                try:
+                    await node.auth_gate.acquire()
+                finally:
+                    node.metrics.auth_waiting.dec()
+            else:
+                await node.auth_gate.acquire()
+            try:
+                if self._peer_gone():
+                    # The client gave up while this waited (its timeout, in a
+                    # storm): a login now would answer nobody, and its end would
+                    # cost a presence removal besides.
+                    node.metrics.auth_abandoned.inc()
+                    return
+                await self._authenticate(seq, authenticate)
+            finally:
+                node.auth_gate.release()
+        finally:
+            self.authenticating = False
+
+    def _peer_gone(self) -> bool:
+        if self.closing or self.ws.closed:
+            return True
+        peer_closed = getattr(self.ws, "peer_closed", None)
+        if peer_closed is not None and peer_closed():
+            return True
+        return self.transport is not None and self.transport.is_closing()
+
+    async def _authenticate(self, seq: int,
+                            authenticate: Callable[[], Awaitable[Session]]) -> None:
+        """A refusal counts towards the unauthenticated limit; a backend outage
+        answers UNAVAILABLE with a retry hint and leaves the connection as it was."""
         try:
             try:
                 session = await authenticate()

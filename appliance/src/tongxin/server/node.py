@@ -198,6 +198,11 @@ class Node:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._removal_warned_until = 0.0  # detach: log failed presence removals once a minute
+        # AUTHs and REGISTERs worked on at once (Connection.open_session): in a
+        # reconnect storm, thousands at once each progress a little, all answer
+        # late and their clients give up together; in turns, they are answered
+        # in order at the node's pace, and the loop stays free for the rest.
+        self.auth_gate = asyncio.Semaphore(cfg.server.auth_concurrency)
 
     def _make_bus(self) -> DeliveryBus:
         if self.cfg.delivery.backend == "kafka":
@@ -297,7 +302,8 @@ class Node:
             for conn in list(self.hub.all):
                 if conn.closing:
                     continue
-                if conn.session is None and now - conn.opened > s.auth_timeout:
+                if (conn.session is None and not conn.authenticating
+                        and now - conn.opened > s.auth_timeout):
                     self.metrics.errors.labels("auth_timeout").inc()
                     self.spawn(conn.close(closecodes.AUTH_REQUIRED, "no AUTH in time"))
                 elif conn.decoder.expired():

@@ -35,6 +35,7 @@ from aiohttp.http import WebSocketReader
 from aiohttp.web_request import BaseRequest
 
 _BINARY = WSMsgType.BINARY
+_CLOSE = WSMsgType.CLOSE
 
 
 class ArrivalQueue(WebSocketDataQueue):  # type: ignore[misc,unused-ignore]
@@ -49,15 +50,21 @@ class ArrivalQueue(WebSocketDataQueue):  # type: ignore[misc,unused-ignore]
     stamps, and an empty deque costs ~600 bytes per connection.
     """
 
-    __slots__ = ("stamps",)
+    __slots__ = ("close_queued", "stamps")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.stamps: list[float] = []
+        # The peer's close frame has arrived, though the reader, busy with an
+        # earlier frame, may not have taken it yet (peer_closed).
+        self.close_queued = False
 
     def feed_data(self, data: Any, size: int) -> None:
-        if data[0] is _BINARY:
+        kind = data[0]
+        if kind is _BINARY:
             self.stamps.append(time.perf_counter())
+        elif kind is _CLOSE:
+            self.close_queued = True
         super().feed_data(data, size)
 
 
@@ -76,6 +83,13 @@ class ArrivalWebSocketResponse(web.WebSocketResponse):
         cb = None if self._heartbeat is None else self._on_data_received
         request.protocol.set_parser(self._parser, data_received_cb=cb)
         request.protocol.keep_alive(False)
+
+    def peer_closed(self) -> bool:
+        """The peer's close frame has arrived (queued or read). A connection whose
+        handler is still at an earlier frame (an AUTH waiting for its turn) learns
+        from it that the work would answer nobody."""
+        reader = self._reader
+        return self.closed or (isinstance(reader, ArrivalQueue) and reader.close_queued)
 
     def pop_arrival(self) -> float:
         """``perf_counter()`` when the oldest binary message not yet accounted for was
