@@ -62,19 +62,30 @@ async def until(check: object, what: str, limit: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
+async def second_login_waiting(running: RunningNode, first_name: str, second_name: str,
+                               ) -> tuple[Any, Any, asyncio.Task[Any], asyncio.Task[Any],
+                                          asyncio.Event]:
+    """Two users' clients; the first one's login holds the one turn, the second's waits
+    for it. Returns both clients, both login tasks and the event that lets logins go on."""
+    node = running.node
+    for name in (first_name, second_name):
+        await node.accounts.create_user(name, "password-1")
+    first = await running.client(device_id=f"d_{first_name}")
+    second = await running.client(device_id=f"d_{second_name}")
+    release, held = hold_logins(node)
+    one = asyncio.create_task(first.login(first_name, "password-1"))
+    await asyncio.wait_for(held.wait(), 10)
+    two = asyncio.create_task(second.login(second_name, "password-1"))
+    await until(lambda: sample(node, "tongxin_auth_waiting") == 1,
+                f"{second_name}'s AUTH did not queue")
+    return first, second, one, two, release
+
+
 async def test_a_second_auth_waits_for_the_first_and_outlives_auth_timeout(
         one_turn: tuple[RunningNode, FakeRedis]) -> None:
     running, _ = one_turn
     node = running.node
-    for name in ("ann", "ben"):
-        await node.accounts.create_user(name, "password-1")
-    first = await running.client(device_id="d_ann")
-    second = await running.client(device_id="d_ben")
-    release, held = hold_logins(node)  # ann's AUTH holds the one turn
-    ann = asyncio.create_task(first.login("ann", "password-1"))
-    await asyncio.wait_for(held.wait(), 10)
-    ben = asyncio.create_task(second.login("ben", "password-1"))
-    await until(lambda: sample(node, "tongxin_auth_waiting") == 1, "ben's AUTH did not queue")
+    _, _, ann, ben, release = await second_login_waiting(running, "ann", "ben")
     # Past auth_timeout, and several sweeps: neither connection is closed, since
     # each sent its AUTH in time and the node is the slow one.
     await asyncio.sleep(AUTH_TIMEOUT * 2)
@@ -93,15 +104,7 @@ async def test_an_auth_whose_client_left_while_it_waited_is_not_worked_on(
         one_turn: tuple[RunningNode, FakeRedis]) -> None:
     running, fake = one_turn
     node = running.node
-    for name in ("cat", "dan"):
-        await node.accounts.create_user(name, "password-1")
-    first = await running.client(device_id="d_cat")
-    second = await running.client(device_id="d_dan")
-    release, held = hold_logins(node)
-    cat = asyncio.create_task(first.login("cat", "password-1"))
-    await asyncio.wait_for(held.wait(), 10)
-    dan = asyncio.create_task(second.login("dan", "password-1"))
-    await until(lambda: sample(node, "tongxin_auth_waiting") == 1, "dan's AUTH did not queue")
+    _, second, cat, dan, release = await second_login_waiting(running, "cat", "dan")
     dan.cancel()  # dan's client gives up and closes while its AUTH waits
     closing = asyncio.create_task(second.close())
     # The close frame is queued behind the waiting AUTH, unread by the handler.
