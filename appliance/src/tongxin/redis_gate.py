@@ -7,8 +7,8 @@ closing at once start 14,000 presence removals (``device_offline``, several
 round trips each), and in a measured run (one worker on the production
 engines, docs/performance.md) 13,542 of them failed that way. Each failure
 left the device's entry in Redis, and escaped the WebSocket handler, where
-aiohttp formatted its traceback: a quarter of the worker's CPU through the
-close, while 5,303 of the clients' closes went unanswered for 15 s.
+aiohttp formatted its traceback: 39% of the worker's loop through the close,
+while 5,303 of the clients' closes went unanswered for 15 s.
 
 ``GatedRedisCluster`` lets at most ``gate`` calls (a command or a whole
 pipeline) of one client run at once; the others wait their turn, first come
