@@ -676,8 +676,9 @@ try {
       else await f.locator(`input[name=${name}]`).fill(value);
     }
     await f.locator("button[type=submit]").click();
-    await a.waitForFunction(() => !document.querySelector("#audit-status")?.textContent);
-    await a.waitForTimeout(300);
+    // Until the newest load has drawn the table (the clear's reload may still run).
+    await a.waitForFunction(() => !document.querySelector("#audit-records")?.hasAttribute("aria-busy")
+      && !document.querySelector("#audit-status")?.textContent);
     return a.locator("#audit-records tbody tr").evaluateAll((trs) => trs.map((tr) =>
       [...tr.querySelectorAll("td")].map((td) => td.textContent)));
   };

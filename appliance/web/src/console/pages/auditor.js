@@ -35,6 +35,9 @@ export async function audit(el, { api, t, errorText }) {
   let cursors = [0]; // the "before" of each page seen (0: from the newest); the last is the current page
   let query = {};
   let next = null;
+  // Loads overlap (a clear's reload, then a search): only the newest may draw the
+  // table, or the page could show another query's records than it downloads.
+  let generation = 0;
 
   const filters = h("form", { class: "panel filters", id: "audit-filters" },
     h("h2", {}, t("audit.filters")),
@@ -49,10 +52,18 @@ export async function audit(el, { api, t, errorText }) {
       h("button", { type: "reset", class: "secondary" }, t("audit.clear"))));
 
   async function load() {
+    const mine = ++generation;
     const before = cursors[cursors.length - 1];
     const q = new URLSearchParams({ order: "desc", before: String(before), limit: String(PAGE) });
     for (const [k, v] of Object.entries(query)) if (v) q.set(k, v);
-    const r = await api.call("GET", `/audit?${q}`);
+    results.setAttribute("aria-busy", "true");
+    let r;
+    try {
+      r = await api.call("GET", `/audit?${q}`);
+    } finally {
+      if (mine === generation) results.removeAttribute("aria-busy");
+    }
+    if (mine !== generation) return; // a newer load draws the table
     next = r.more ? r.next_before : null;
     const details = (rec) => {
       const extra = Object.entries(rec).filter(([k]) => !BASE.has(k));
