@@ -103,12 +103,11 @@ async def _classified(call: Callable[[], Awaitable[Any]]) -> Any:
 class GatedPipeline(ClusterPipeline):
     """A pipeline that runs in one turn of its client's gate."""
 
+    cluster_client: GatedRedisCluster  # only GatedRedisCluster.pipeline makes one
+
     async def execute(self, raise_on_error: bool = True,
                       allow_redirections: bool = True) -> list[Any]:
-        client = self.cluster_client
         run = super().execute
-        if not isinstance(client, GatedRedisCluster):
-            return await run(raise_on_error, allow_redirections)
-        result: list[Any] = await client.in_turn(lambda: run(raise_on_error,
-                                                             allow_redirections))
+        result: list[Any] = await self.cluster_client.in_turn(
+            lambda: run(raise_on_error, allow_redirections))
         return result

@@ -194,10 +194,8 @@ async def test_a_connection_ending_while_redis_fails_ends_quietly_and_is_removed
     removal is made again once Redis answers."""
     running, fake = redis_node
     node = running.node
-    await node.accounts.create_user("frank", "password-1")
-    client = await running.client(device_id="d_frank")
-    auth = await client.login("frank", "password-1")
-    key = dev_key("tx", auth.user_id)
+    client = await running.user("frank", device_id="d_frank")
+    key = dev_key("tx", client.user_id)
     assert fake.hashes[key] == {"d_frank": node.node_id}
     fake.fail = MaxConnectionsError("Too many connections")
     caplog.set_level("WARNING")
@@ -208,7 +206,7 @@ async def test_a_connection_ending_while_redis_fails_ends_quietly_and_is_removed
     assert not [r for r in caplog.records if r.name == "aiohttp.server"]
     assert [r for r in caplog.records if "presence removal failed" in r.getMessage()]
     assert fake.hashes[key] == {"d_frank": node.node_id}  # left behind, for now
-    assert node.presence._unremoved == {(auth.user_id, "d_frank")}  # type: ignore[attr-defined]
+    assert node.presence._unremoved == {(client.user_id, "d_frank")}  # type: ignore[attr-defined]
 
     fake.fail = None
     await node.presence._remove_again()  # type: ignore[attr-defined]
@@ -220,9 +218,8 @@ async def test_a_removal_made_again_spares_a_device_that_came_back(
         redis_node: tuple[RunningNode, FakeRedis]) -> None:
     running, fake = redis_node
     node = running.node
-    await node.accounts.create_user("gina", "password-1")
-    first = await running.client(device_id="d_gina")
-    auth = await first.login("gina", "password-1")
+    first = await running.user("gina", device_id="d_gina")
+    key = dev_key("tx", first.user_id)
     fake.fail = RedisConnectionError("Connection refused")
     await first.close()
     await wait_detached(node)
@@ -230,13 +227,13 @@ async def test_a_removal_made_again_spares_a_device_that_came_back(
     again = await running.client(device_id="d_gina")  # back, through this node
     await again.login("gina", "password-1")
     await node.presence._remove_again()  # type: ignore[attr-defined]
-    assert fake.hashes[dev_key("tx", auth.user_id)] == {"d_gina": node.node_id}
+    assert fake.hashes[key] == {"d_gina": node.node_id}
     assert not node.presence._unremoved  # type: ignore[attr-defined]
     # A device that left and is listed elsewhere now (another node) is not removed either.
     fake.fail = RedisConnectionError("Connection refused")
     await again.close()
     await wait_detached(node)
     fake.fail = None
-    fake.hashes[dev_key("tx", auth.user_id)]["d_gina"] = "other-node"
+    fake.hashes[key]["d_gina"] = "other-node"
     await node.presence._remove_again()  # type: ignore[attr-defined]
-    assert fake.hashes[dev_key("tx", auth.user_id)] == {"d_gina": "other-node"}
+    assert fake.hashes[key] == {"d_gina": "other-node"}

