@@ -21,33 +21,40 @@ ask() {  # ask PORT COMMAND...: the reply, with the old password, else the new
   esac
   printf '%s' "$out"
 }
+# unanswered OUTPUT: whether redis-cli's output says no instance answered the
+# command, so nothing was acknowledged and a cluster client sends it to another
+# instance: an instance still starting (CLUSTERDOWN until it has heard from the
+# others, LOADING its data), or one going away. redis-cli names the latter
+# "Could not connect ...", "Could not negotiate a TLS connection ...", "I/O
+# error" (the connection closed during its AUTH) or "Error: <reason>" (any
+# error of the connection itself: "Server closed the connection", "Connection
+# reset by peer", and with TLS strerror of whatever errno was, even
+# "Success"). Everything else is an answer: OK or a refusal, which fails.
+unanswered() {
+  case "$1" in
+    *CLUSTERDOWN*|*LOADING*|*"Could not connect"*|*"Could not negotiate"*|*"I/O error"*|"Error: "*|*$'\n'"Error: "*) return 0 ;;
+    *) return 1 ;;
+  esac
+}
 i=0; fails=0
 while [ ! -e "$stop" ]; do
-  i=$((i + 1)); ok=""; last=""
+  i=$((i + 1)); ok=""; last=""; out=""
   # Up to three rounds over the instances, 0.25 s apart, as redis-py's cluster
   # client does after CLUSTERDOWN: a failover's hand-over leaves a slot without
   # a primary for a moment, which a client rides out; a primary restarted
   # without handing over stays down for seconds and still fails every round.
   for round in 1 2 3; do
-  [ "$round" = 1 ] || { case "$last" in *CLUSTERDOWN*|*LOADING*|*"Could not connect"*|*refused*|*reset*|*"Broken pipe"*|*TLS*|*SSL_*|*"Server closed"*) sleep 0.25 ;; *) break ;; esac; }
+  if [ "$round" -gt 1 ]; then unanswered "$out" || break; sleep 0.25; fi
   for p in $TX_PORTS; do
     out=$(ask "$p" set "tx:$TX_NAME:$i" "v$i")
     if [ "$out" = OK ] && [ "${TX_READ:-0}" = 1 ]; then
       out=$(ask "$p" get "tx:$TX_NAME:$i")
       [ "$out" = "v$i" ] && out=OK
     fi
-    case "$out" in
-      OK) ok=1; break ;;
-      # An instance still starting (CLUSTERDOWN until it has heard from the
-      # others, LOADING its data) or going away (the reset of a connection it
-      # was closing): nothing was acknowledged, so a cluster client sends the
-      # same command to another instance.
-      *"Could not connect"*|*"Connection refused"*|*"Connection reset"*|*"Broken pipe"*) last="$p $out"; continue ;;
-      # The same with TLS: the handshake with an instance going away.
-      *"negotiate a TLS"*|*SSL_*) last="$p $out"; continue ;;
-      *CLUSTERDOWN*|*LOADING*|*"Server closed"*) last="$p $out"; continue ;;
-      *) last="$p $out"; break ;;
-    esac
+    [ "$out" = OK ] && { ok=1; break; }
+    last="$p $(printf '%s' "$out" | tr '\n' ' ')"
+    unanswered "$out" && continue
+    break
   done
   [ -n "$ok" ] && break
   done
