@@ -70,7 +70,9 @@ def to_record(d: Delivery, origin: str) -> bytes:
         frame_type=d.frame_type, payload=d.payload, conversation_id=d.conversation_id,
         user_ids=list(d.user_ids), skip_user=d.skip_user, skip_device=d.skip_device,
         members_changed=d.members_changed, watchers_of=d.watchers_of, routed=d.routed,
-        origin_node=origin, published_at_ms=now_ms())
+        origin_node=origin, published_at_ms=now_ms(),
+        presence_of=[u for u, _ in d.presence_bundle],
+        presence_payloads=[p for _, p in d.presence_bundle])
     data: bytes = rec.SerializeToString()
     return data
 
@@ -82,7 +84,9 @@ def decode_record(data: bytes) -> tuple[Delivery, int]:
                     conversation_id=rec.conversation_id, user_ids=tuple(rec.user_ids),
                     skip_user=rec.skip_user, skip_device=rec.skip_device,
                     members_changed=rec.members_changed, watchers_of=rec.watchers_of,
-                    routed=rec.routed), rec.published_at_ms
+                    routed=rec.routed,
+                    presence_bundle=tuple(zip(rec.presence_of, rec.presence_payloads,
+                                              strict=False))), rec.published_at_ms
 
 
 def from_record(data: bytes) -> Delivery:
@@ -247,6 +251,12 @@ class KafkaBus:
         gets nothing when the sender has no other device there (in a chat
         between two nodes, one record of three). The node's hub skips the same
         device by the same test, so leaving out the copy pushes to nobody less.
+
+        Presence changes go to every live node (their watchers are not in
+        Redis), so the batch's changes travel together: one record per node
+        after the batch's other records, their order kept. A mass login or
+        close of N users then costs each node a record per batch instead of
+        N. Nothing orders a presence change against a message.
         """
         assert self._producer is not None
         recipients: list[list[str]] = []
@@ -268,11 +278,14 @@ class KafkaBus:
         wanted = sorted({u for users in recipients for u in users})
         devices = await self.devices_of(wanted) if wanted else {}
         acks: list[asyncio.Future[object]] = []
+        presence: dict[int, list[tuple[str, bytes]]] = {}  # frame type: bundle
         for d, users in zip(deliveries, recipients, strict=True):
+            if d.watchers_of:
+                presence.setdefault(d.frame_type, []).append((d.watchers_of, d.payload))
+                continue
             targets: dict[str, list[str]] = {}
-            if d.watchers_of or d.members_changed:
-                # Presence goes to every node (watchers are not in Redis);
-                # a membership change makes every node drop its cached list.
+            if d.members_changed:
+                # Every node drops its cached member list.
                 targets = {n: [] for n in live}
             for u in users:
                 for device, node in devices.get(u, {}).items():
@@ -289,6 +302,12 @@ class KafkaBus:
                                   routed=True)
                 acks.append(await self._producer.send(
                     node_topic(self.cfg.topic_prefix, node), to_record(routed, self.node_id)))
+        for frame_type, bundle in presence.items():
+            record = to_record(Delivery(frame_type=frame_type, payload=b"", routed=True,
+                                        presence_bundle=tuple(bundle)), self.node_id)
+            for node in live:
+                acks.append(await self._producer.send(
+                    node_topic(self.cfg.topic_prefix, node), record))
         if acks:
             await asyncio.gather(*acks)
 

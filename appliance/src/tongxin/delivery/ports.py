@@ -37,6 +37,11 @@ class Delivery:
     # user_ids is the exact recipient list on this node, even when empty
     # (set by the Kafka router, which already resolved the members).
     routed: bool = False
+    # Set by the Kafka router instead of watchers_of: a batch's presence
+    # changes for one node in one record, (watched user, payload) in order.
+    # A user coming online is a change for every node; one record each per
+    # change made a mass login or close cost nodes x changes records.
+    presence_bundle: tuple[tuple[str, bytes], ...] = ()
 
 
 Handler = Callable[[Delivery], Awaitable[None]]

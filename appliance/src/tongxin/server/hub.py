@@ -103,6 +103,9 @@ class Hub:
             if sig is not None:
                 self.end_sessions(sig)
             return
+        if d.presence_bundle:
+            self._push_presence(d.frame_type, d.presence_bundle)
+            return
         if d.members_changed and d.conversation_id:
             self.members.invalidate(d.conversation_id)
         frames: list[bytes] | None = None
@@ -125,3 +128,18 @@ class Hub:
             conn.push(frames, d.frame_type)
         if targets:
             self.metrics.deliveries.inc(len(targets))
+
+    def _push_presence(self, frame_type: int, bundle: tuple[tuple[str, bytes], ...]) -> None:
+        """A router's bundle: each change to its user's watchers here, as its own
+        frame (a client sees what it would without the bundle)."""
+        pushed = 0
+        for user_id, payload in bundle:
+            targets = self.watchers.get(user_id)
+            if not targets:
+                continue
+            frames = self.encoder.encode(frame_type, 0, payload)
+            for conn in list(targets):
+                conn.push(frames, frame_type)
+            pushed += len(targets)
+        if pushed:
+            self.metrics.deliveries.inc(pushed)
