@@ -441,7 +441,11 @@ class Node:
         except ConnectionResetError:
             # The client gave up before the handshake's answer was written (a
             # reconnect storm's timeouts): nothing to serve, nothing to log.
-            return ws
+            # Not the half-prepared ws: aiohttp ends a handler's response with
+            # write_eof, which on it raises RuntimeError ("Call .prepare()
+            # first") and logs a traceback; this one's write meets the lost
+            # connection, which aiohttp passes over quietly.
+            return web.Response(status=499)
         conn = Connection(ws, self, request.remote or "", request.transport)
         self.hub.all.add(conn)
         self.metrics.connections.inc()
