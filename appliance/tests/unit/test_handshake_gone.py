@@ -54,7 +54,7 @@ async def test_a_client_gone_before_the_handshake_costs_no_traceback(
                                 ) -> object:
         nonlocal resets
         # Answer only once the reset has arrived, as a worker that was busy does.
-        for _ in range(500):
+        for _ in range(3000):
             if request.transport is None or request.transport.is_closing():
                 break
             await asyncio.sleep(0.01)
@@ -68,11 +68,11 @@ async def test_a_client_gone_before_the_handshake_costs_no_traceback(
     caplog.set_level(logging.DEBUG, logger="aiohttp")
     for _ in range(5):
         await asyncio.to_thread(gone_after_asking, node.port)
-    for _ in range(300):
+    for _ in range(3000):  # bounds for a loaded box; each step ends as soon as it can
         if resets >= 5:
             break
         await asyncio.sleep(0.01)
-    await asyncio.sleep(0.2)  # aiohttp's end of each request runs after the handler
+    await asyncio.sleep(0.5)  # aiohttp's end of each request runs after the handler
     assert resets >= 5, f"the handshakes did not meet a reset connection: {resets}"
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [r.getMessage() for r in errors]
