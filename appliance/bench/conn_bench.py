@@ -85,6 +85,7 @@ from relay_bench import (
     free_port,
     machine_info,
     run_loop,
+    sched_ns,
     server_config,
     wait_ready,
 )
@@ -561,6 +562,30 @@ class Server:
     log_path: Path
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its children (a supervisor's workers)."""
+    out = [pid]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # ended meanwhile
+        if ppid == pid:
+            out.append(int(entry.name))
+    return out
+
+
+def sched_of(pids: list[int]) -> tuple[int, int]:
+    """(on-CPU ns, runnable-but-waiting ns) summed over processes."""
+    run = wait = 0
+    for pid in pids:
+        r, w = sched_ns(pid)
+        run, wait = run + r, wait + w
+    return run, wait
+
+
 def scrape(server: Server) -> Snapshot:
     # Summing each sample over the workers gives the totals of the gauges
     # (connections, GC objects, RSS) and, for a histogram, the histogram of
@@ -688,13 +713,24 @@ async def run(args: argparse.Namespace, workdir: Path, children: Children,
         snap = await asyncio.to_thread(scrape, server)
         snaps["start"] = snap_doc(snap)
 
+        server_pids = process_tree(proc.pid)
+
         async def phase(name: str, work: Any) -> Any:
             nonlocal snap
             probe.phase = name
+            # Who had the CPU: on two cores shared with the clients, a phase that
+            # starves the server (waiting cores) is told apart from an idle one.
+            client_pids = [c.proc.pid for c in clients]
+            cpu0 = sched_of(server_pids), sched_of(client_pids)
             t0 = time.monotonic()
             result = await work
+            elapsed_ns = (time.monotonic() - t0) * 1e9
+            cpu1 = sched_of(server_pids), sched_of(client_pids)
+            cpu = {f"{who}_{kind}_cores": round((cpu1[i][j] - cpu0[i][j]) / elapsed_ns, 3)
+                   for i, who in enumerate(("server", "clients"))
+                   for j, kind in enumerate(("on_cpu", "waiting"))}
             before, snap = snap, await asyncio.to_thread(scrape, server)
-            phases[name] = {"seconds": time.monotonic() - t0,
+            phases[name] = {"seconds": time.monotonic() - t0, "cpu": cpu,
                             "probe": probe.summary(name),
                             "pauses": Pauses.between(before.samples, snap.samples),
                             "server": snap_doc(snap),
@@ -802,6 +838,13 @@ def fmt(v: Any, spec: str = ".1f") -> str:
     return format(v, spec)
 
 
+def cores(cpu: dict[str, float] | None) -> str:
+    if not cpu:  # a JSON from before the column
+        return "-"
+    return (f"{cpu['server_on_cpu_cores']:.2f} ({cpu['server_waiting_cores']:.2f}) / "
+            f"{cpu['clients_on_cpu_cores']:.2f} ({cpu['clients_waiting_cores']:.2f})")
+
+
 def print_table(doc: dict[str, Any]) -> None:
     m, p, r = doc["machine"], doc["params"], doc["result"]
     where = (f"production engines, {r['server_workers']} server workers"
@@ -814,8 +857,8 @@ def print_table(doc: dict[str, Any]) -> None:
     print()
     print("| phase | s | probe ACK p50 / p99 / max ms | DELIVER p50 / p99 ms | loop lag p99 / max ms "
           "| GC runs (gen 0/1/2) | GC max ms | GC total ms | RSS MB | conns | GC objs (not frozen) "
-          "| load |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| load | cores: server (waiting) / clients (waiting) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, ph in r["phases"].items():
         pr, pa, sv = ph["probe"], ph["pauses"], ph["server"]
         gcs = "/".join(str(pa["gc_collections"].get(g, 0)) for g in "012")
@@ -824,7 +867,7 @@ def print_table(doc: dict[str, Any]) -> None:
               f"<={fmt(pa['loop_lag_p99_ms_at_most'], 'g')} / <={fmt(pa['loop_lag_max_ms_at_most'], 'g')}"
               f" | {gcs} | <={fmt(pa['gc_pause_max_ms_at_most'], 'g')} | {pa['gc_pause_total_ms']:.0f} "
               f"| {sv['rss_mb']:.0f} | {sv['connections']:g} | {sv['gc_all']:.0f} ({sv['gc_tracked']:.0f}) "
-              f"| {ph['loadavg_1m']} |")
+              f"| {ph['loadavg_1m']} | {cores(ph.get('cpu'))} |")
     print()
     s = doc["summary"]
     for k, v in s.items():
