@@ -14,11 +14,14 @@ read -r -a cli <<<"$TX_CLI"
 stop=/tmp/$TX_NAME.stop count=/tmp/$TX_NAME.count err=/tmp/$TX_NAME.err
 rm -f "$stop" "$count" "$err"
 ask() {  # ask PORT COMMAND...: the reply, with the old password, else the new
-  local out
-  out=$(REDISCLI_AUTH=$TX_PW_OLD "${cli[@]}" -c -h "$TX_ADDR" -p "$@" 2>&1)
+  local out rc
+  out=$(REDISCLI_AUTH=$TX_PW_OLD "${cli[@]}" -c -h "$TX_ADDR" -p "$@" 2>&1); rc=$?
   case "$out" in
-    *"AUTH failed"*|*NOAUTH*|*WRONGPASS*) out=$(REDISCLI_AUTH=$TX_PW_NEW "${cli[@]}" -c -h "$TX_ADDR" -p "$@" 2>&1) ;;
+    *"AUTH failed"*|*NOAUTH*|*WRONGPASS*) out=$(REDISCLI_AUTH=$TX_PW_NEW "${cli[@]}" -c -h "$TX_ADDR" -p "$@" 2>&1); rc=$? ;;
   esac
+  # redis-cli ended without a word (CI's run of stop 30 and the next one each
+  # had one, from the instance being restarted): named, with its exit status.
+  [ -n "$out" ] || out="(no output, exit $rc)"
   printf '%s' "$out"
 }
 # unanswered OUTPUT: whether redis-cli's output says no instance answered the
@@ -29,10 +32,12 @@ ask() {  # ask PORT COMMAND...: the reply, with the old password, else the new
 # error" (the connection closed during its AUTH) or "Error: <reason>" (any
 # error of the connection itself: "Server closed the connection", "Connection
 # reset by peer", and with TLS strerror of whatever errno was, even
-# "Success"). Everything else is an answer: OK or a refusal, which fails.
+# "Success"), or nothing at all ("(no output ...)", from ask: the process
+# ended with no reply, killed or not). Everything else is an answer: OK or a
+# refusal, which fails.
 unanswered() {
   case "$1" in
-    *CLUSTERDOWN*|*LOADING*|*"Could not connect"*|*"Could not negotiate"*|*"I/O error"*|"Error: "*|*$'\n'"Error: "*) return 0 ;;
+    *CLUSTERDOWN*|*LOADING*|*"Could not connect"*|*"Could not negotiate"*|*"I/O error"*|"Error: "*|*$'\n'"Error: "*|"(no output, exit "*) return 0 ;;
     *) return 1 ;;
   esac
 }
@@ -49,7 +54,8 @@ while [ ! -e "$stop" ]; do
     out=$(ask "$p" set "tx:$TX_NAME:$i" "v$i")
     if [ "$out" = OK ] && [ "${TX_READ:-0}" = 1 ]; then
       out=$(ask "$p" get "tx:$TX_NAME:$i")
-      [ "$out" = "v$i" ] && out=OK
+      # A nil reply prints an empty line: the key is gone, an answer that fails.
+      case "$out" in "v$i") out=OK ;; "(no output, exit 0)") out="(nil: the key is not there)" ;; esac
     fi
     [ "$out" = OK ] && { ok=1; break; }
     last="$p $(printf '%s' "$out" | tr '\n' ' ')"
