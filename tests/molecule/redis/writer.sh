@@ -19,8 +19,8 @@ ask() {  # ask PORT COMMAND...: the reply, with the old password, else the new
   case "$out" in
     *"AUTH failed"*|*NOAUTH*|*WRONGPASS*) out=$(REDISCLI_AUTH=$TX_PW_NEW "${cli[@]}" -c -h "$TX_ADDR" -p "$@" 2>&1); rc=$? ;;
   esac
-  # redis-cli ended without a word (CI's run of stop 30 and the next one each
-  # had one, from the instance being restarted): named, with its exit status.
+  # redis-cli ended without a word (a full run had one, asking the instance
+  # being restarted): named, with its exit status.
   [ -n "$out" ] || out="(no output, exit $rc)"
   printf '%s' "$out"
 }
