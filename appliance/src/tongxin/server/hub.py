@@ -108,7 +108,6 @@ class Hub:
             return
         if d.members_changed and d.conversation_id:
             self.members.invalidate(d.conversation_id)
-        frames: list[bytes] | None = None
         if d.watchers_of:
             targets = list(self.watchers.get(d.watchers_of, ()))
         else:
@@ -122,24 +121,19 @@ class Hub:
                     if (uid == d.skip_user and dev == d.skip_device) or conn.session is None:
                         continue
                     targets.append(conn)
-        for conn in targets:
-            if frames is None:
-                frames = self.encoder.encode(d.frame_type, 0, d.payload)
-            conn.push(frames, d.frame_type)
-        if targets:
-            self.metrics.deliveries.inc(len(targets))
+        self._push(targets, d.frame_type, d.payload)
 
     def _push_presence(self, frame_type: int, bundle: tuple[tuple[str, bytes], ...]) -> None:
         """A router's bundle: each change to its user's watchers here, as its own
         frame (a client sees what it would without the bundle)."""
-        pushed = 0
         for user_id, payload in bundle:
-            targets = self.watchers.get(user_id)
-            if not targets:
-                continue
-            frames = self.encoder.encode(frame_type, 0, payload)
-            for conn in list(targets):
-                conn.push(frames, frame_type)
-            pushed += len(targets)
-        if pushed:
-            self.metrics.deliveries.inc(pushed)
+            self._push(list(self.watchers.get(user_id, ())), frame_type, payload)
+
+    def _push(self, targets: list[Connection], frame_type: int, payload: bytes) -> None:
+        """One encode for every target (none when there is no target)."""
+        if not targets:
+            return
+        frames = self.encoder.encode(frame_type, 0, payload)
+        for conn in targets:
+            conn.push(frames, frame_type)
+        self.metrics.deliveries.inc(len(targets))
